@@ -1,0 +1,3 @@
+from vfio_advisor.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,353 @@
+"""The libvirt domain model: lxml in, frozen values out.
+
+Every XPath the tool uses is declared in `XPATH` below, named after libvirt's
+own elements and attributes (https://libvirt.org/formatdomain.html), so this
+file and `virsh dumpxml` grep together (virt-manager's virtinst does the same
+with XMLProperty). Value conversion (hex/decimal, yes/no/on/off) lives in
+`_int` and `_onoff` only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from lxml import etree
+
+from vfio_advisor.errors import DomainXMLError
+from vfio_advisor.facts.kernel import parse_cpulist
+
+NS = {"libosinfo": "http://libosinfo.org/xmlns/libvirt/domain/1.0"}
+
+XPATH = {
+    "name": "string(name)",
+    "uuid": "string(uuid)",
+    "type": "string(@type)",
+    "os_type_machine": "string(os/type/@machine)",
+    "os_type_arch": "string(os/type/@arch)",
+    "os_loader": "string(os/loader)",
+    "os_firmware": "string(os/@firmware)",
+    "libosinfo_os_id": "string(metadata/libosinfo:libosinfo/libosinfo:os/@id)",
+    "features_hyperv": "features/hyperv",
+    "clock_hypervclock": "clock/timer[@name='hypervclock']",
+    "features_ioapic_driver": "string(features/ioapic/@driver)",
+    "vcpu_count": "string(vcpu)",
+    "vcpu_cpuset": "string(vcpu/@cpuset)",
+    "cputune_vcpupin": "cputune/vcpupin",
+    "cputune_emulatorpin_cpuset": "string(cputune/emulatorpin/@cpuset)",
+    "pci_controllers": "devices/controller[@type='pci']",
+    "hostdev_pci": "devices/hostdev[@mode='subsystem' and @type='pci']",
+    "interface_hostdev": "devices/interface[@type='hostdev']",
+    "pci_addressed_devices": "devices/*[address/@type='pci']",
+    "iommu_model": "string(devices/iommu/@model)",
+    "iommu_intremap": "string(devices/iommu/driver/@intremap)",
+}
+
+# Values of libvirt's <controller type='pci' model=...> that are PCI bridges.
+PCI_CONTROLLER_MODELS = frozenset({
+    "pci-root", "pcie-root", "pci-bridge", "dmi-to-pci-bridge", "pcie-to-pci-bridge",
+    "pcie-root-port", "pcie-switch-upstream-port", "pcie-switch-downstream-port",
+    "pci-expander-bus", "pcie-expander-bus",
+})
+
+
+def _int(text: str | None, what: str, maximum: int) -> int:
+    """libvirt accepts decimal or 0x-hex (virStrToLong_uip with base 0)."""
+    if text is None or text == "":
+        raise DomainXMLError(f"{what} is missing")
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise DomainXMLError(f"{what} {text!r} is not a number") from None
+    if not 0 <= value <= maximum:
+        raise DomainXMLError(f"{what} {text} is out of range (0-{maximum:#x})")
+    return value
+
+
+def _onoff(text: str | None) -> bool | None:
+    if text is None:
+        return None
+    return text.lower() in ("on", "yes")
+
+
+@dataclass(frozen=True, order=True)
+class PciAddress:
+    domain: int
+    bus: int
+    slot: int
+    function: int
+
+    def __str__(self) -> str:
+        return f"{self.domain:04x}:{self.bus:02x}:{self.slot:02x}.{self.function:x}"
+
+    @classmethod
+    def from_element(cls, el: etree._Element, what: str) -> PciAddress:
+        return cls(
+            domain=_int(el.get("domain", "0"), f"{what} domain", 0xFFFF),
+            bus=_int(el.get("bus", "0"), f"{what} bus", 0xFF),
+            slot=_int(el.get("slot", "0"), f"{what} slot", 0x1F),
+            function=_int(el.get("function", "0"), f"{what} function", 0x7),
+        )
+
+
+@dataclass(frozen=True)
+class GuestPciAddress:
+    address: PciAddress
+    multifunction: bool | None  # the multifunction='on' attribute
+
+
+def _guest_address(parent: etree._Element, what: str) -> GuestPciAddress | None:
+    el = parent.find("address")
+    if el is None or el.get("type") != "pci":
+        return None
+    return GuestPciAddress(PciAddress.from_element(el, what), _onoff(el.get("multifunction")))
+
+
+@dataclass(frozen=True)
+class PciController:
+    index: int
+    model: str | None
+    target_chassis: int | None
+    target_port: int | None
+    target_bus_nr: int | None  # pci-expander-bus / pcie-expander-bus <target busNr>
+    address: GuestPciAddress | None
+
+
+@dataclass(frozen=True)
+class Hostdev:
+    source: PciAddress  # the host device
+    guest: GuestPciAddress | None  # None: libvirt assigns it at define time
+    managed: bool | None
+    rom_bar: bool | None
+    rom_file: str | None
+    driver: str | None  # <driver name='vfio'>
+    alias: str | None
+    element: str  # "hostdev" or "interface" (SR-IOV VF as <interface type='hostdev'>)
+
+
+@dataclass(frozen=True)
+class EmulatedDevice:
+    element: str  # "interface", "video", "sound", "controller", "disk", ...
+    model: str | None
+    guest: GuestPciAddress
+    alias: str | None
+
+
+@dataclass(frozen=True)
+class VcpuPin:
+    vcpu: int
+    cpus: frozenset[int]
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    uuid: str | None
+    virt_type: str
+    machine: str | None
+    chipset: str  # "i440fx" | "q35" | "other"
+    arch: str | None
+    guest_os: str  # "windows" | "linux" | "macos" | "other" | "unknown"
+    guest_os_evidence: str
+    ioapic_driver: str | None  # "kvm" | "qemu" (split irqchip) | None
+    iommu_model: str | None
+    vcpus: int | None
+    vcpu_pins: tuple[VcpuPin, ...]
+    vcpu_cpuset: frozenset[int]
+    emulator_pin: frozenset[int]
+    controllers: tuple[PciController, ...]
+    hostdevs: tuple[Hostdev, ...]
+    emulated: tuple[EmulatedDevice, ...]
+
+    @property
+    def pinned_cpus(self) -> frozenset[int]:
+        cpus: set[int] = set()
+        for pin in self.vcpu_pins:
+            cpus |= pin.cpus
+        return frozenset(cpus) or self.vcpu_cpuset
+
+
+def chipset_of(machine: str | None) -> str:
+    """QEMU machine type -> chipset family.
+
+    "pc" and "pc-X.Y" / "pc-i440fx-*" are i440FX (QEMU hw/i386/pc_piix.c
+    registers "pc" as the alias of the newest pc-i440fx); "q35" and
+    "pc-q35-*" are ICH9 (hw/i386/pc_q35.c). "pc-1.0".."pc-1.3" and "pc-0.x"
+    are old i440FX names. RHEL's "pc-i440fx-rhel7.6.0" follows the pattern.
+    """
+    if not machine:
+        return "other"
+    m = machine.lower()
+    if m == "q35" or m.startswith("pc-q35"):
+        return "q35"
+    if m == "pc" or m.startswith("pc-i440fx") or (m.startswith("pc-") and m[3:4].isdigit()):
+        return "i440fx"
+    return "other"
+
+
+def _guest_os(root: etree._Element) -> tuple[str, str]:
+    os_id = root.xpath(XPATH["libosinfo_os_id"], namespaces=NS)
+    if os_id:
+        lowered = os_id.lower()
+        if "microsoft.com/win" in lowered:
+            return "windows", f"libosinfo os id {os_id}"
+        if "apple.com" in lowered:
+            return "macos", f"libosinfo os id {os_id}"
+        if any(s in lowered for s in ("freebsd", "openbsd", "netbsd", "dragonfly", "solaris")):
+            return "other", f"libosinfo os id {os_id}"
+        if "/linux" in lowered or any(s in lowered for s in (
+                "debian", "ubuntu", "fedora", "redhat", "rhel", "centos", "archlinux",
+                "gentoo", "opensuse", "suse", "alpine", "android", "nixos", "rocky",
+                "alma", "manjaro", "popos", "mint", "clearlinux", "void")):
+            return "linux", f"libosinfo os id {os_id}"
+        return "unknown", f"libosinfo os id {os_id} is not one we know"
+    # Hyper-V enlightenments are only useful to Windows guests.
+    if root.xpath(XPATH["features_hyperv"]) or root.xpath(XPATH["clock_hypervclock"]):
+        return "windows", "Hyper-V enlightenments in <features>/<clock>"
+    loader = root.xpath(XPATH["os_loader"]).lower()
+    if "opencore" in loader or "clover" in loader:
+        return "macos", f"loader {loader}"
+    return "unknown", "no libosinfo metadata and no Hyper-V features"
+
+
+def _pin_list(elements: Iterable[etree._Element]) -> tuple[VcpuPin, ...]:
+    pins = []
+    for el in elements:
+        try:
+            vcpu = _int(el.get("vcpu"), "vcpupin vcpu", 0xFFFF)
+        except DomainXMLError:
+            continue
+        pins.append(VcpuPin(vcpu, parse_cpulist(el.get("cpuset", ""))))
+    return tuple(pins)
+
+
+def parse_domain_xml(text: str | bytes) -> Domain:
+    """Parse a domain XML. Raises DomainXMLError with a one-line reason."""
+    if isinstance(text, str):
+        text = text.encode("utf-8", "surrogateescape")
+    if not text.strip():
+        raise DomainXMLError("empty input, expected a libvirt <domain> XML")
+    # No network, no entities: a domain XML never needs them, and the hook
+    # reads stdin that we do not control.
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False,
+                             remove_comments=True)
+    try:
+        root = etree.fromstring(text, parser)
+    except etree.XMLSyntaxError as exc:
+        raise DomainXMLError(f"not well-formed XML: {exc.msg} (line {exc.lineno})") from None
+    return domain_from_element(root)
+
+
+def domain_from_element(root: etree._Element) -> Domain:
+    if not isinstance(root.tag, str) or root.tag != "domain":
+        raise DomainXMLError(f"root element is <{root.tag}>, not <domain>")
+    name = root.xpath(XPATH["name"]).strip()
+    if not name:
+        raise DomainXMLError("<domain> has no <name>")
+    virt_type = root.xpath(XPATH["type"])
+    if not virt_type:
+        raise DomainXMLError(f"domain {name!r}: <domain> has no type attribute")
+
+    controllers = []
+    seen_index: set[int] = set()
+    unindexed = []
+    for el in root.xpath(XPATH["pci_controllers"]):
+        if el.get("index") is None:
+            unindexed.append(el)
+            continue
+        index = _int(el.get("index"), f"domain {name!r}: pci controller index", 0xFF)
+        if index in seen_index:
+            raise DomainXMLError(f"domain {name!r}: two pci controllers with index {index}")
+        seen_index.add(index)
+        controllers.append(_controller(el, index, name))
+    for el in unindexed:
+        # libvirt fills a missing index with the lowest free one
+        # (domain_conf.c, virDomainControllerFindUnusedIndex).
+        index = next(i for i in range(256) if i not in seen_index)
+        seen_index.add(index)
+        controllers.append(_controller(el, index, name))
+    controllers.sort(key=lambda c: c.index)
+
+    hostdevs = []
+    for el in root.xpath(XPATH["hostdev_pci"]) + root.xpath(XPATH["interface_hostdev"]):
+        src = el.find("source/address")
+        if src is None:
+            raise DomainXMLError(f"domain {name!r}: <{el.tag}> has no <source><address>")
+        if el.tag == "interface" and src.get("type") not in (None, "pci"):
+            continue  # a USB or other non-PCI source
+        what = f"domain {name!r}: {el.tag} source address"
+        rom = el.find("rom")
+        driver = el.find("driver")
+        alias = el.find("alias")
+        hostdevs.append(Hostdev(
+            source=PciAddress.from_element(src, what),
+            guest=_guest_address(el, f"domain {name!r}: {el.tag} guest address"),
+            managed=_onoff(el.get("managed")),
+            rom_bar=_onoff(rom.get("bar")) if rom is not None else None,
+            rom_file=rom.get("file") if rom is not None else None,
+            driver=driver.get("name") if driver is not None else None,
+            alias=alias.get("name") if alias is not None else None,
+            element=el.tag,
+        ))
+
+    emulated = []
+    for el in root.xpath(XPATH["pci_addressed_devices"]):
+        if el.tag == "hostdev" or (el.tag == "interface" and el.get("type") == "hostdev"):
+            continue
+        if el.tag == "controller" and el.get("type") == "pci":
+            continue
+        model_el = el.find("model")
+        model = (el.get("model") or (model_el.get("type") if model_el is not None else None)
+                 or el.get("type") or (el.find("target").get("bus") if el.find("target") is not None else None))
+        if el.tag == "controller":
+            model = f"{el.get('type')}:{el.get('model') or 'default'}"
+        alias = el.find("alias")
+        emulated.append(EmulatedDevice(
+            element=el.tag, model=model,
+            guest=_guest_address(el, f"domain {name!r}: <{el.tag}> address"),
+            alias=alias.get("name") if alias is not None else None))
+
+    guest_os, evidence = _guest_os(root)
+    vcpus = _maybe_int(root.xpath(XPATH["vcpu_count"]).strip())
+    machine = root.xpath(XPATH["os_type_machine"]) or None
+    return Domain(
+        name=name,
+        uuid=root.xpath(XPATH["uuid"]).strip() or None,
+        virt_type=virt_type,
+        machine=machine,
+        chipset=chipset_of(machine),
+        arch=root.xpath(XPATH["os_type_arch"]) or None,
+        guest_os=guest_os,
+        guest_os_evidence=evidence,
+        ioapic_driver=root.xpath(XPATH["features_ioapic_driver"]) or None,
+        iommu_model=root.xpath(XPATH["iommu_model"]) or None,
+        vcpus=vcpus,
+        vcpu_pins=_pin_list(root.xpath(XPATH["cputune_vcpupin"])),
+        vcpu_cpuset=parse_cpulist(root.xpath(XPATH["vcpu_cpuset"])),
+        emulator_pin=parse_cpulist(root.xpath(XPATH["cputune_emulatorpin_cpuset"])),
+        controllers=tuple(controllers),
+        hostdevs=tuple(hostdevs),
+        emulated=tuple(emulated),
+    )
+
+
+def _controller(el: etree._Element, index: int, name: str) -> PciController:
+    target = el.find("target")
+    chassis = port = bus_nr = None
+    if target is not None:
+        chassis = _maybe_int(target.get("chassis"))
+        port = _maybe_int(target.get("port"))
+        bus_nr = _maybe_int(target.get("busNr"))
+    return PciController(
+        index=index, model=el.get("model"), target_chassis=chassis,
+        target_port=port, target_bus_nr=bus_nr,
+        address=_guest_address(el, f"domain {name!r}: pci controller {index} address"))
+
+
+def _maybe_int(text: str | None) -> int | None:
+    if not text:
+        return None
+    try:
+        return int(text, 0)
+    except ValueError:
+        return None

@@ -1,0 +1,111 @@
+"""HostRoot: the one place that opens files under /proc and /sys.
+
+Every fact about the host is read through a HostRoot, so pointing it at a
+recorded tree (`--host-root DIR`, a snapshot, a test fixture) replays that
+host without patching `open` (the psutil PROCFS_PATH idea, extended to sysfs).
+
+OSError is translated into FactUnavailable here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from vfio_advisor.errors import FactUnavailable
+
+# A full PCIe config space is 4096 bytes; nothing we read is larger except
+# /proc/interrupts, which is read with its own limit.
+_DEFAULT_LIMIT = 1 << 16
+# /proc/interrupts on a 256-CPU host with thousands of vectors is a few MiB.
+INTERRUPTS_LIMIT = 64 << 20
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return "missing"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied (run as root for full facts)"
+    return exc.strerror or type(exc).__name__
+
+
+class HostRoot:
+    """Reads files relative to a root directory ("/" on a live host).
+
+    `recorded` collects every relative path that was looked at, so
+    `snapshot` can archive exactly what the tool reads.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] = "/", *, record: bool = False):
+        self.root = Path(path)
+        self.recorded: set[str] | None = set() if record else None
+
+    def __repr__(self) -> str:
+        return f"HostRoot({str(self.root)!r})"
+
+    @property
+    def is_live(self) -> bool:
+        return self.root.resolve() == Path("/")
+
+    def _path(self, rel: str) -> Path:
+        rel = rel.lstrip("/")
+        if self.recorded is not None:
+            self.recorded.add(rel)
+        return self.root / rel
+
+    def read_bytes(self, rel: str, limit: int = _DEFAULT_LIMIT) -> bytes:
+        try:
+            with open(self._path(rel), "rb") as f:
+                return f.read(limit)
+        except OSError as exc:
+            raise FactUnavailable(rel, _reason(exc)) from None
+
+    def read_text(self, rel: str, limit: int = _DEFAULT_LIMIT) -> str:
+        # sysfs and procfs text is ASCII; a damaged recording must not crash us.
+        return self.read_bytes(rel, limit).decode("utf-8", "replace")
+
+    def read_value(self, rel: str) -> str:
+        """A one-value sysfs attribute, stripped."""
+        return self.read_text(rel, 4096).strip()
+
+    def read_link_name(self, rel: str) -> str:
+        """The last component of a symlink's target (driver, iommu_group)."""
+        try:
+            return os.path.basename(os.readlink(self._path(rel)))
+        except OSError as exc:
+            raise FactUnavailable(rel, _reason(exc)) from None
+
+    def list_dir(self, rel: str) -> list[str]:
+        try:
+            return sorted(os.listdir(self._path(rel)))
+        except OSError as exc:
+            raise FactUnavailable(rel, _reason(exc)) from None
+
+    def exists(self, rel: str) -> bool:
+        return os.path.lexists(self._path(rel))
+
+    def resolve(self, rel: str) -> str:
+        """The path of `rel` with symlinks resolved, relative to the root.
+
+        sysfs device links are relative (../../../devices/pci0000:00/...), so
+        they resolve inside a recorded tree as they do on the live host.
+        """
+        path = self._path(rel)
+        if not os.path.lexists(path):
+            raise FactUnavailable(rel, "missing")
+        real = Path(os.path.realpath(path))
+        root = Path(os.path.realpath(self.root))
+        try:
+            resolved = str(real.relative_to(root))
+        except ValueError:
+            raise FactUnavailable(rel, "symlink points outside the host root") from None
+        if self.recorded is not None:
+            # Record every link on the way, so a snapshot can rebuild the chain.
+            parts = Path(rel.lstrip("/")).parts
+            for i in range(1, len(parts) + 1):
+                self.recorded.add(str(Path(*parts[:i])))
+            rparts = Path(resolved).parts
+            for i in range(1, len(rparts) + 1):
+                self.recorded.add(str(Path(*rparts[:i])))
+        return resolved

@@ -1,0 +1,168 @@
+"""/proc/interrupts: a pure parser.
+
+Row format (kernel/irq/proc.c, show_interrupts):
+    "%*d: " IRQ, then one "%10u " count per online CPU, then the chip name,
+    then (since Linux 3.11, with an irq domain) " %*lu" hwirq, then
+    "-%-8s" the flow handler name (edge, level, fasteoi, ...), then
+    "  name" for the first action and ", name" for each shared one.
+Older kernels print "IR-IO-APIC-edge" with the flow glued to the chip.
+Since Linux 6.2 PCI/MSI chips may carry the device ("IR-PCI-MSIX-0000:03:00.0").
+Architecture rows (NMI, LOC, ERR, MIS, ...) have a name instead of a number
+and free text after the counts; ERR and MIS have one count only.
+
+vfio-pci names its handlers (drivers/vfio/pci/vfio_pci_intrs.c):
+    "vfio-intx(%s)", "vfio-msi[%d](%s)", "vfio-msix[%d](%s)" with the BDF.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_VFIO = re.compile(
+    r"^vfio-(?P<mode>intx|msix|msi)(?:\[(?P<index>\d+)\])?"
+    r"\((?P<bdf>[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7])\)$")
+# chip, optional hwirq, flow.  "IR-PCI-MSI 1572865-edge", "IO-APIC   2-edge",
+# "IR-IO-APIC-edge" (pre-3.11), "PCI-MSIX-0000:00:09.0    0-edge".
+_CHIP_HWIRQ_FLOW = re.compile(
+    r"^(?P<chip>\S+)\s+(?P<hwirq>(?:0x)?[0-9a-fA-F]+)-(?P<flow>[A-Za-z]+)(?:\s+|$)")
+_CHIP_FLOW = re.compile(r"^(?P<chip>\S+?)-(?P<flow>edge|level|fasteoi|simple|percpu|none)(?:\s+|$)")
+# Since Linux 3.11 a chip with an irq domain but no flow name ("intel-gpio   87  rt5682s").
+_CHIP_HWIRQ = re.compile(r"^(?P<chip>\S+)\s+(?P<hwirq>(?:0x)?[0-9a-fA-F]+)(?:\s{2,}|$)")
+# Flow handler names (kernel/irq/chip.c handle_*_irq, set via irq_set_chip_and_handler_name).
+KNOWN_FLOWS = frozenset({"edge", "level", "fasteoi", "simple", "percpu", "percpu_devid",
+                         "none", "bad", "edge-eoi", "fasteoi_ack", "untracked"})
+
+
+@dataclass(frozen=True)
+class VfioHandler:
+    mode: str  # "intx" | "msi" | "msix"
+    index: int | None  # vector index for msi/msix
+    bdf: str
+
+
+@dataclass(frozen=True)
+class IrqLine:
+    irq: str  # "16", "NMI", "LOC" ...
+    counts: tuple[int, ...]  # per CPU, as many as the row held
+    chip: str | None
+    hwirq: str | None
+    flow: str | None  # trigger/flow handler: "edge", "fasteoi", ...
+    handlers: tuple[str, ...]
+    truncated: bool  # fewer count columns than CPUs, or the text ended early
+
+    @property
+    def number(self) -> int | None:
+        return int(self.irq) if self.irq.isdigit() else None
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+    @property
+    def vfio(self) -> tuple[VfioHandler, ...]:
+        return tuple(v for v in map(parse_vfio_handler, self.handlers) if v)
+
+    @property
+    def remapped(self) -> bool:
+        # Interrupt-remapping irq domains prefix their chips with "IR-"
+        # (arch/x86/kernel/apic/msi.c, drivers/iommu/intel/irq_remapping.c).
+        return bool(self.chip and self.chip.startswith("IR-"))
+
+
+@dataclass(frozen=True)
+class Interrupts:
+    cpus: int | None  # from the header; None for a headerless fragment
+    lines: tuple[IrqLine, ...]
+    skipped: tuple[str, ...]  # one line of explanation per unparsable row
+
+    def by_irq(self) -> dict[str, IrqLine]:
+        return {line.irq: line for line in self.lines}
+
+    def vfio_lines(self, bdf: str) -> tuple[tuple[IrqLine, VfioHandler], ...]:
+        bdf = bdf.lower()
+        return tuple((line, v) for line in self.lines for v in line.vfio if v.bdf.lower() == bdf)
+
+
+def parse_vfio_handler(name: str) -> VfioHandler | None:
+    m = _VFIO.match(name)
+    if not m:
+        return None
+    index = m.group("index")
+    return VfioHandler(m.group("mode"), int(index) if index is not None else None,
+                       m.group("bdf").lower())
+
+
+def _split_handlers(text: str) -> tuple[str, ...]:
+    # Actions are joined with ", " (kernel/irq/proc.c). A name could contain
+    # ", " in theory; no driver we know does.
+    return tuple(h.strip() for h in text.split(", ") if h.strip())
+
+
+def parse_interrupts(text: str) -> Interrupts:
+    """Parse the text of /proc/interrupts. Never raises on odd rows."""
+    cpus: int | None = None
+    lines: list[IrqLine] = []
+    skipped: list[str] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        row = raw.strip()
+        if not row:
+            continue
+        if cpus is None and not lines and row.startswith("CPU"):
+            cpus = sum(1 for tok in row.split() if tok.startswith("CPU"))
+            continue
+        parsed = parse_interrupt_row(row, cpus)
+        if parsed is None:
+            skipped.append(f"line {number}: not an interrupt row: {raw[:60]!r}")
+        else:
+            lines.append(parsed)
+    return Interrupts(cpus=cpus, lines=tuple(lines), skipped=tuple(skipped))
+
+
+def parse_interrupt_row(row: str, cpus: int | None) -> IrqLine | None:
+    """One row, without its newline. None if it is not an interrupt row."""
+    irq, sep, rest = row.partition(":")
+    irq = irq.strip()
+    if not sep or not irq or " " in irq:
+        return None
+    tokens = rest.split()
+    counts: list[int] = []
+    limit = cpus if cpus is not None else len(tokens)
+    i = 0
+    while i < len(tokens) and len(counts) < limit and tokens[i].isdigit():
+        counts.append(int(tokens[i]))
+        i += 1
+    # The description starts at the first token we did not take as a count.
+    # Re-find it in the text to keep its original spacing.
+    desc = _tail_after_tokens(rest, i)
+    # ERR and MIS print one global count by design (arch/x86/kernel/irq.c).
+    truncated = cpus is not None and len(counts) < cpus and irq not in ("ERR", "MIS")
+    chip = hwirq = flow = None
+    handlers: tuple[str, ...] = ()
+    if irq.isdigit():
+        m = _CHIP_HWIRQ_FLOW.match(desc) or _CHIP_FLOW.match(desc) or _CHIP_HWIRQ.match(desc)
+        if m:
+            chip = m.group("chip")
+            hwirq = m.groupdict().get("hwirq")
+            flow = m.groupdict().get("flow")
+            handlers = _split_handlers(desc[m.end():])
+            if flow is not None and flow not in KNOWN_FLOWS and not handlers:
+                flow, truncated = None, True  # "IR-IO-APIC    8-e": cut off mid-word
+        elif desc:
+            # Cut-off row ("IR-IO-APIC    8-e") or an unknown layout: keep the chip.
+            chip = desc.split()[0]
+            truncated = True
+    elif desc:
+        handlers = (desc,)  # "Non-maskable interrupts": a description, not an action
+    return IrqLine(irq=irq, counts=tuple(counts), chip=chip, hwirq=hwirq, flow=flow,
+                   handlers=handlers, truncated=truncated)
+
+
+def _tail_after_tokens(text: str, n: int) -> str:
+    pos = 0
+    for _ in range(n):
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        while pos < len(text) and not text[pos].isspace():
+            pos += 1
+    return text[pos:].strip()

@@ -1,0 +1,180 @@
+"""Kernel facts: command line, vfio module parameters, IOMMU and interrupt remapping."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from vfio_advisor.errors import FactUnavailable
+from vfio_advisor.facts.host import HostRoot
+from vfio_advisor.facts.interrupts import Interrupts
+
+
+def parse_cpulist(text: str) -> frozenset[int]:
+    """'0-3,8,10-11' -> {0,1,2,3,8,10,11}. Flags such as 'domain,managed_irq,'
+    in isolcpus= are skipped. Bad ranges are ignored, not fatal."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part or not part[0].isdigit():
+            continue
+        rng, _, _stride = part.partition(":")  # "0-15:2/4" group syntax: keep the range
+        lo, _, hi = rng.partition("-")
+        try:
+            first, last = int(lo), int(hi) if hi else int(lo)
+        except ValueError:
+            continue
+        if 0 <= first <= last < 8192:
+            cpus.update(range(first, last + 1))
+    return frozenset(cpus)
+
+
+@dataclass(frozen=True)
+class KernelCmdline:
+    raw: str
+    params: tuple[tuple[str, str | None], ...]  # in order; "quiet" -> ("quiet", None)
+
+    def get(self, key: str) -> str | None:
+        """The last value given for `key` (the kernel takes the last one)."""
+        value = None
+        for k, v in self.params:
+            if k.replace("-", "_") == key.replace("-", "_"):
+                value = v if v is not None else ""
+        return value
+
+    def values(self, key: str) -> list[str]:
+        """All comma-separated values of every `key=` ("pci=nomsi,noaer" -> [nomsi, noaer])."""
+        out: list[str] = []
+        for k, v in self.params:
+            if k == key and v:
+                out.extend(x.strip() for x in v.split(",") if x.strip())
+        return out
+
+    @property
+    def pci_nomsi(self) -> bool:
+        return "nomsi" in self.values("pci")
+
+    @property
+    def isolcpus(self) -> frozenset[int]:
+        return parse_cpulist(self.get("isolcpus") or "")
+
+    @property
+    def nohz_full(self) -> frozenset[int]:
+        return parse_cpulist(self.get("nohz_full") or "")
+
+    @property
+    def irqaffinity(self) -> frozenset[int]:
+        return parse_cpulist(self.get("irqaffinity") or "")
+
+    @property
+    def iommu_options(self) -> dict[str, str]:
+        keys = ("intel_iommu", "amd_iommu", "iommu", "intremap", "amd_iommu_intr")
+        return {k: v for k in keys if (v := self.get(k)) is not None}
+
+    @property
+    def intremap_off(self) -> bool:
+        # Documentation/admin-guide/kernel-parameters.txt: intremap=off,
+        # intel_iommu=off / amd_iommu=off, iommu=off all leave remapping off.
+        if self.get("intremap") == "off":
+            return True
+        return any(self.get(k) == "off" for k in ("intel_iommu", "amd_iommu", "iommu"))
+
+
+def parse_cmdline(text: str) -> KernelCmdline:
+    try:
+        tokens = shlex.split(text)
+    except ValueError:  # unbalanced quote
+        tokens = text.split()
+    params = []
+    for tok in tokens:
+        key, sep, value = tok.partition("=")
+        params.append((key, value if sep else None))
+    return KernelCmdline(raw=text.strip(), params=tuple(params))
+
+
+def _flag(text: str | None) -> bool | None:
+    if text is None:
+        return None
+    return text.strip() in ("Y", "y", "1")
+
+
+@dataclass(frozen=True)
+class KernelFacts:
+    cmdline: KernelCmdline | None
+    # /sys/module/vfio_pci/parameters/*, e.g. {"nointxmask": "N"}; None if not loaded.
+    vfio_pci_params: dict[str, str] | None
+    allow_unsafe_interrupts: bool | None
+    iommu_groups: int | None  # count of sys/kernel/iommu_groups/*; None if unreadable
+    unreadable: tuple[str, ...]
+
+    @property
+    def nointxmask(self) -> bool:
+        value = (self.vfio_pci_params or {}).get("nointxmask")
+        if value is None and self.cmdline is not None:
+            value = self.cmdline.get("vfio_pci.nointxmask")
+        return bool(_flag(value))
+
+    @property
+    def iommu_active(self) -> bool | None:
+        return None if self.iommu_groups is None else self.iommu_groups > 0
+
+    def interrupt_remapping(self, interrupts: Interrupts | None) -> bool | None:
+        """True/False where the host shows it, None where it does not.
+
+        /proc/interrupts is the evidence: with remapping on, MSI and IO-APIC
+        chips are "IR-PCI-MSI", "IR-IO-APIC" (x86 irq_remapping domains).
+        """
+        if self.cmdline is not None and self.cmdline.intremap_off:
+            return False
+        if interrupts is None:
+            return None
+        chips = [line.chip for line in interrupts.lines if line.chip]
+        relevant = [c for c in chips if "MSI" in c or "APIC" in c]
+        if not relevant:
+            return None
+        return any(c.startswith("IR-") for c in relevant)
+
+
+def read_kernel_facts(host: HostRoot) -> KernelFacts:
+    unreadable: list[str] = []
+    cmdline = None
+    try:
+        cmdline = parse_cmdline(host.read_text("proc/cmdline"))
+    except FactUnavailable as exc:
+        unreadable.append(f"{exc.path}: {exc.reason}")
+
+    params: dict[str, str] | None = None
+    base = "sys/module/vfio_pci/parameters"
+    if host.exists(base):
+        params = {}
+        try:
+            for name in host.list_dir(base):
+                try:
+                    params[name] = host.read_value(f"{base}/{name}")
+                except FactUnavailable as exc:
+                    unreadable.append(f"{exc.path}: {exc.reason}")
+        except FactUnavailable as exc:
+            unreadable.append(f"{exc.path}: {exc.reason}")
+
+    unsafe = None
+    rel = "sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts"
+    if host.exists(rel):
+        try:
+            unsafe = _flag(host.read_value(rel))
+        except FactUnavailable as exc:
+            unreadable.append(f"{exc.path}: {exc.reason}")
+    elif cmdline is not None and cmdline.get("vfio_iommu_type1.allow_unsafe_interrupts") is not None:
+        unsafe = _flag(cmdline.get("vfio_iommu_type1.allow_unsafe_interrupts"))
+
+    groups = None
+    try:
+        groups = len(host.list_dir("sys/kernel/iommu_groups"))
+    except FactUnavailable as exc:
+        if exc.reason == "missing":
+            groups = 0  # no IOMMU driver registered groups
+        else:
+            unreadable.append(f"{exc.path}: {exc.reason}")
+
+    return KernelFacts(cmdline=cmdline, vfio_pci_params=params,
+                       allow_unsafe_interrupts=unsafe, iommu_groups=groups,
+                       unreadable=tuple(unreadable))

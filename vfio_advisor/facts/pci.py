@@ -1,0 +1,266 @@
+"""Host PCI devices from sysfs (sys/bus/pci/devices/<BDF>/), read through HostRoot."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from vfio_advisor.errors import FactUnavailable
+from vfio_advisor.facts.host import HostRoot
+from vfio_advisor.facts.pci_config import (
+    UNKNOWN,
+    ConfigSpace,
+    ConfigSpaceError,
+    _Unknown,
+    parse_config_space,
+)
+from vfio_advisor.facts.pciids import PciIds
+
+BDF_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
+
+# Devices whose INTx masking the kernel marks broken (drivers/pci/quirks.c,
+# quirk_broken_intx_masking, Linux 6.1): vfio-pci then treats them as
+# non-PCI-2.3 and needs an exclusive line. (vendor, device) pairs.
+BROKEN_INTX_MASKING: frozenset[tuple[int, int]] = frozenset({
+    (0x1814, 0x0601),  # Ralink RT2800 802.11n PCI
+    (0x1b7c, 0x0004),  # Ceton InfiniTV4
+    (0x10ec, 0x8169),  # Realtek RTL8169 PCI Gigabit (bug 1145145)
+    # Intel XL710/X710/X722 family; firmware ignores INTx Disable.
+    (0x8086, 0x1572), (0x8086, 0x1574), (0x8086, 0x1580), (0x8086, 0x1581),
+    (0x8086, 0x1583), (0x8086, 0x1584), (0x8086, 0x1585), (0x8086, 0x1586),
+    (0x8086, 0x1587), (0x8086, 0x1588), (0x8086, 0x1589), (0x8086, 0x158a),
+    (0x8086, 0x158b), (0x8086, 0x37d0), (0x8086, 0x37d1), (0x8086, 0x37d2),
+})
+
+
+def normalize_bdf(text: str) -> str:
+    """'1:00.0', '01:00.0' or '0000:01:00.0' -> '0000:01:00.0'. ValueError otherwise."""
+    t = text.strip().lower()
+    m = re.fullmatch(r"(?:([0-9a-f]{1,4}):)?([0-9a-f]{1,2}):([0-9a-f]{1,2})\.([0-7])", t)
+    if not m:
+        raise ValueError(f"not a PCI address (expected DDDD:BB:SS.F): {text!r}")
+    domain, bus, slot, fn = m.groups()
+    if int(slot, 16) > 31:
+        raise ValueError(f"PCI slot out of range (0-1f): {text!r}")
+    return f"{int(domain or '0', 16):04x}:{int(bus, 16):02x}:{int(slot, 16):02x}.{fn}"
+
+
+@dataclass(frozen=True)
+class IntxMasking:
+    """Can vfio-pci mask this device's INTx at the device (PCI 2.3)?
+
+    Nothing in sysfs says so: vfio-pci probes it by toggling Command bit 10
+    (drivers/pci/pci.c, pci_intx_mask_supported). We infer it from evidence.
+    """
+
+    supported: bool | None  # None: no evidence either way
+    evidence: str
+
+
+@dataclass(frozen=True)
+class PciDevice:
+    address: str
+    vendor_id: int | None
+    device_id: int | None
+    subsystem_vendor_id: int | None
+    subsystem_device_id: int | None
+    revision: int | None
+    class_code: int | None
+    driver: str | None
+    iommu_group: int | None
+    iommu_group_members: tuple[str, ...]
+    irq: int | None
+    msi_bus: bool | None
+    # Bridges above the device, nearest first, with their msi_bus value.
+    upstream: tuple[tuple[str, bool | None], ...]
+    msi_irqs: tuple[int, ...]  # host vectors the host driver allocated (msi_irqs/)
+    vendor_name: str | None
+    device_name: str | None
+    config: ConfigSpace | None
+    # What could not be read, one line each ("config: permission denied").
+    unreadable: tuple[str, ...] = field(default=())
+
+    @property
+    def name(self) -> str:
+        if self.device_name and self.vendor_name:
+            return f"{self.vendor_name} {self.device_name}"
+        if self.vendor_id is not None and self.device_id is not None:
+            return f"[{self.vendor_id:04x}:{self.device_id:04x}]"
+        return "unknown device"
+
+    @property
+    def slot(self) -> str:
+        """Domain:bus:slot, shared by all functions of one physical device."""
+        return self.address.rsplit(".", 1)[0]
+
+    @property
+    def function(self) -> int:
+        return int(self.address[-1])
+
+    @property
+    def base_class(self) -> int | None:
+        return None if self.class_code is None else self.class_code >> 16
+
+    @property
+    def is_hda_audio(self) -> bool:
+        return self.class_code is not None and self.class_code >> 8 == 0x0403
+
+    @property
+    def is_display(self) -> bool:
+        return self.base_class == 0x03
+
+    @property
+    def config_bytes(self) -> int:
+        return self.config.length if self.config else 0
+
+    @property
+    def supports_msi(self) -> bool | _Unknown:
+        return self.config.supports_msi if self.config else UNKNOWN
+
+    @property
+    def intx_pin(self) -> str | None | _Unknown:
+        return self.config.intx_pin_letter if self.config else UNKNOWN
+
+    @property
+    def hardware_id(self) -> str | None:
+        """The Windows PnP hardware ID, PCI\\VEN_xxxx&DEV_xxxx&SUBSYS_xxxxxxxx&REV_xx.
+
+        vfio-pci passes IDs through unchanged, so the guest sees the host's.
+        """
+        if None in (self.vendor_id, self.device_id, self.subsystem_vendor_id,
+                    self.subsystem_device_id, self.revision):
+            return None
+        return (f"PCI\\VEN_{self.vendor_id:04X}&DEV_{self.device_id:04X}"
+                f"&SUBSYS_{self.subsystem_device_id:04X}{self.subsystem_vendor_id:04X}"
+                f"&REV_{self.revision:02X}")
+
+    def intx_masking(self, nointxmask: bool = False) -> IntxMasking:
+        if nointxmask:
+            return IntxMasking(False, "vfio_pci nointxmask=1 turns INTx masking off for every device")
+        if (self.vendor_id, self.device_id) in BROKEN_INTX_MASKING:
+            return IntxMasking(False, "the kernel lists this device with broken INTx masking "
+                                      "(drivers/pci/quirks.c, quirk_broken_intx_masking)")
+        cfg = self.config
+        if cfg is None:
+            return IntxMasking(None, "config space unreadable")
+        if cfg.intx_disable:
+            return IntxMasking(True, "Command register has INTx Disable set, so the bit is writable")
+        if cfg.interrupt_status:
+            return IntxMasking(True, "Status register implements Interrupt Status (PCI 2.3)")
+        if cfg.pcie:
+            # PCIe base spec 7.5.1.1: Interrupt Disable is required of every function.
+            return IntxMasking(True, "PCI Express functions must implement INTx Disable")
+        if cfg.pm and cfg.pm.version == 1:
+            # PCI PM 1.0 (1997) predates PCI 2.3 (2002), which defined the bits.
+            return IntxMasking(False, "conventional PCI device with PCI PM 1.0, older than "
+                                      "PCI 2.3; INTx Disable has never been seen set")
+        return IntxMasking(None, "conventional PCI device; no sign of PCI 2.3 INTx masking "
+                                 "in its config space")
+
+
+def read_pci_device(host: HostRoot, bdf: str, pci_ids: PciIds | None = None) -> PciDevice:
+    """Read one device. Raises FactUnavailable only if the device does not exist."""
+    bdf = normalize_bdf(bdf)
+    base = f"sys/bus/pci/devices/{bdf}"
+    if not host.exists(base):
+        raise FactUnavailable(base, "no such PCI device on this host")
+    unreadable: list[str] = []
+
+    def value(name: str) -> str | None:
+        try:
+            return host.read_value(f"{base}/{name}")
+        except FactUnavailable as exc:
+            unreadable.append(f"{name}: {exc.reason}")
+            return None
+
+    def hex_value(name: str) -> int | None:
+        text = value(name)
+        try:
+            return int(text, 16) if text else None
+        except ValueError:
+            unreadable.append(f"{name}: not a number: {text[:20]!r}")
+            return None
+
+    config: ConfigSpace | None = None
+    try:
+        config = parse_config_space(host.read_bytes(f"{base}/config", 4096))
+    except FactUnavailable as exc:
+        unreadable.append(f"config: {exc.reason}")
+    except ConfigSpaceError as exc:
+        unreadable.append(f"config: {exc}")
+    if config is not None and config.truncated:
+        unreadable.append(f"config: only {config.length} of 256 bytes readable "
+                          "(not root, or no CAP_SYS_ADMIN); capabilities not checked")
+
+    vendor = hex_value("vendor")
+    device = hex_value("device")
+    sub_vendor = hex_value("subsystem_vendor")
+    sub_device = hex_value("subsystem_device")
+    revision = hex_value("revision")
+    class_code = hex_value("class")
+    if config is not None:
+        # Fall back on the config header for attributes a recording lacks.
+        vendor = config.vendor_id if vendor is None else vendor
+        device = config.device_id if device is None else device
+        revision = config.revision if revision is None else revision
+        class_code = config.class_code if class_code is None else class_code
+        sub_vendor = config.subsystem_vendor_id if sub_vendor is None else sub_vendor
+        sub_device = config.subsystem_device_id if sub_device is None else sub_device
+
+    driver = None
+    if host.exists(f"{base}/driver"):
+        try:
+            driver = host.read_link_name(f"{base}/driver")
+        except FactUnavailable as exc:
+            unreadable.append(f"driver: {exc.reason}")
+
+    group = None
+    members: tuple[str, ...] = ()
+    try:
+        group_name = host.read_link_name(f"{base}/iommu_group")
+        group = int(group_name)
+        members = tuple(host.list_dir(f"sys/kernel/iommu_groups/{group_name}/devices"))
+    except FactUnavailable as exc:
+        unreadable.append(f"iommu_group: {exc.reason}")
+    except ValueError:
+        unreadable.append("iommu_group: not a number")
+
+    irq_text = value("irq")
+    irq = int(irq_text) if irq_text and irq_text.isdigit() else None
+
+    msi_bus_text = value("msi_bus")
+    msi_bus = None if msi_bus_text is None else msi_bus_text != "0"
+
+    upstream: list[tuple[str, bool | None]] = []
+    try:
+        parts = host.resolve(base).split("/")
+        for i in range(len(parts) - 2, -1, -1):  # nearest bridge first
+            if BDF_RE.match(parts[i]):
+                try:
+                    bridge_msi = host.read_value("/".join(parts[: i + 1] + ["msi_bus"])) != "0"
+                except FactUnavailable:
+                    bridge_msi = None
+                upstream.append((parts[i], bridge_msi))
+    except FactUnavailable as exc:
+        unreadable.append(f"device path: {exc.reason}")
+
+    msi_irqs: tuple[int, ...] = ()
+    if host.exists(f"{base}/msi_irqs"):
+        try:
+            msi_irqs = tuple(sorted(int(n) for n in host.list_dir(f"{base}/msi_irqs") if n.isdigit()))
+        except FactUnavailable as exc:
+            unreadable.append(f"msi_irqs: {exc.reason}")
+
+    vendor_name = device_name = None
+    if pci_ids is not None and vendor is not None and device is not None:
+        vendor_name, device_name = pci_ids.lookup(vendor, device)
+
+    return PciDevice(
+        address=bdf, vendor_id=vendor, device_id=device,
+        subsystem_vendor_id=sub_vendor, subsystem_device_id=sub_device,
+        revision=revision, class_code=class_code, driver=driver,
+        iommu_group=group, iommu_group_members=members, irq=irq,
+        msi_bus=msi_bus, upstream=tuple(upstream), msi_irqs=msi_irqs,
+        vendor_name=vendor_name, device_name=device_name, config=config,
+        unreadable=tuple(unreadable),
+    )
