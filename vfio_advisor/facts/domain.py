@@ -234,7 +234,7 @@ def parse_domain_xml(text: str | bytes) -> Domain:
     try:
         root = etree.fromstring(text, parser)
     except etree.XMLSyntaxError as exc:
-        raise DomainXMLError(f"not well-formed XML: {exc.msg} (line {exc.lineno})") from None
+        raise DomainXMLError(f"not well-formed XML: {exc.msg}") from None
     return domain_from_element(root)
 
 

@@ -78,9 +78,12 @@ class HostRoot:
 
     def list_dir(self, rel: str) -> list[str]:
         try:
-            return sorted(os.listdir(self._path(rel)))
+            names = sorted(os.listdir(self._path(rel)))
         except OSError as exc:
             raise FactUnavailable(rel, _reason(exc)) from None
+        if self.recorded is not None:
+            self.recorded.update(f"{rel.strip('/')}/{name}" for name in names)
+        return names
 
     def exists(self, rel: str) -> bool:
         return os.path.lexists(self._path(rel))

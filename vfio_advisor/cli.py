@@ -1,0 +1,295 @@
+"""The `vfio-advisor` command: a thin shell around the engine.
+
+Exit status: 0 no finding of warning or worse, 1 at least one, 2 usage error,
+XML that cannot be a domain, or a failed connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from typing import Sequence
+
+from vfio_advisor import __version__
+from vfio_advisor.errors import AdvisorError, ConnectionFailed, DomainXMLError, UsageError
+from vfio_advisor.facts.domain import Domain
+
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like the rest
+        self.exit(EXIT_USAGE, f"vfio-advisor: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="vfio-advisor", description="Interrupt advice for VFIO PCI passthrough.")
+    p.add_argument("--version", action="version", version=f"vfio-advisor {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    a = sub.add_parser("advise", help="analyse domains with assigned PCI devices")
+    a.add_argument("domains", nargs="*", metavar="DOMAIN", help="domain names (default: all with PCI hostdevs)")
+    a.add_argument("--connect", "-c", metavar="URI", help="libvirt URI (default qemu:///system, read-only)")
+    a.add_argument("--xml", action="append", default=[], metavar="FILE", help="a domain XML file (repeatable)")
+    a.add_argument("--host-root", default="/", metavar="DIR", help="host tree or snapshot .tar.gz to read instead of /")
+    a.add_argument("--format", choices=("text", "json"), default="text")
+    a.add_argument("--sample", type=float, metavar="SECONDS",
+                   help="read /proc/interrupts twice, SECONDS apart, for rising counters")
+
+    d = sub.add_parser("device", help="show host PCI devices as vfio-advisor sees them")
+    d.add_argument("bdfs", nargs="+", metavar="BDF")
+    d.add_argument("--host-root", default="/", metavar="DIR")
+    d.add_argument("--format", choices=("text", "json"), default="text")
+
+    e = sub.add_parser("explain", help="explain a rule")
+    e.add_argument("rule", metavar="VAxxxx|SLUG")
+
+    r = sub.add_parser("rules", help="list all rules")
+    r.add_argument("--format", choices=("text", "json"), default="text")
+
+    s = sub.add_parser("snapshot", help="archive the host files and domain XMLs the tool reads")
+    s.add_argument("-o", "--output", required=True, metavar="FILE.tar.gz")
+    s.add_argument("domains", nargs="*", metavar="DOMAIN")
+    s.add_argument("--connect", "-c", metavar="URI")
+    s.add_argument("--xml", action="append", default=[], metavar="FILE")
+    s.add_argument("--host-root", default="/", metavar="DIR")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (UsageError, ConnectionFailed) as exc:
+        print(f"vfio-advisor: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except AdvisorError as exc:
+        print(f"vfio-advisor: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def _load_domains(args, root: str) -> tuple[list[tuple[Domain, str]], list[tuple[str, str]]]:
+    from vfio_advisor.sources import DEFAULT_URI, domains_from_libvirt, read_domain_file, snapshot_domains
+
+    files = list(args.xml)
+    if not files and not args.connect and args.host_root != "/":
+        files = snapshot_domains(root)  # a snapshot replays its own domains
+    if files and args.connect:
+        raise UsageError("use either --xml or --connect, not both")
+    if files:
+        loaded, errors = [], []
+        for path in files:
+            try:
+                loaded.append(read_domain_file(path))
+            except DomainXMLError as exc:
+                errors.append((path, str(exc)))
+        if args.domains:
+            wanted = set(args.domains)
+            loaded = [d for d in loaded if d[0].name in wanted]
+        return loaded, errors
+    return domains_from_libvirt(args.connect or DEFAULT_URI, list(args.domains))
+
+
+def cmd_advise(args) -> int:
+    from vfio_advisor.engine import DeviceCache, analyse_domain, gather_host
+    from vfio_advisor.facts.host import HostRoot
+    from vfio_advisor.facts.pciids import PciIds
+    from vfio_advisor.sinks.report import DomainReport, Report
+    from vfio_advisor.sources import open_host_root
+
+    if args.sample is not None and not 0 < args.sample <= 3600:
+        raise UsageError("--sample takes a number of seconds between 0 and 3600")
+    root, tmp = open_host_root(args.host_root)
+    try:
+        domains, errors = _load_domains(args, root)
+        if not domains and errors and all(src.endswith(".xml") or "/" in src for src, _ in errors):
+            # Every given file was refused: that is a usage error, not advice.
+            for src, msg in errors:
+                print(f"vfio-advisor: {src}: {msg}", file=sys.stderr)
+            return EXIT_USAGE
+        host = HostRoot(root)
+        progress = _progress_bar if (args.sample and sys.stderr.isatty()) else None
+        host_facts = gather_host(host, args.sample, progress)
+        devices = DeviceCache(host, PciIds.load(HostRoot(root), HostRoot("/")))
+        report = Report(host_root=args.host_root, host=host_facts, errors=errors)
+        for domain, _xml in domains:
+            facts, findings = analyse_domain(domain, host_facts, devices)
+            report.domains.append(DomainReport(facts, findings))
+        _emit(report, args.format)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    worst = report.worst
+    return EXIT_FINDINGS if worst is not None and worst >= _warning() else EXIT_OK
+
+
+def _warning():
+    from vfio_advisor.findings import Severity
+    return Severity.WARNING
+
+
+def _emit(report, fmt: str) -> None:
+    if fmt == "json":
+        from vfio_advisor.sinks.jsonout import write_json
+        write_json(report, sys.stdout)
+    else:
+        from vfio_advisor.sinks.text import write_text
+        write_text(report, sys.stdout)
+
+
+def _progress_bar(fraction: float) -> None:
+    width = 30
+    done = int(fraction * width)
+    sys.stderr.write(f"\rsampling /proc/interrupts [{'#' * done}{'.' * (width - done)}] {fraction:4.0%}")
+    if fraction >= 1.0:
+        sys.stderr.write("\r" + " " * (width + 40) + "\r")
+    sys.stderr.flush()
+
+
+def cmd_device(args) -> int:
+    from vfio_advisor.engine import gather_host, host_interrupts
+    from vfio_advisor.errors import FactUnavailable
+    from vfio_advisor.facts.host import HostRoot
+    from vfio_advisor.facts.pci import normalize_bdf, read_pci_device
+    from vfio_advisor.facts.pciids import PciIds
+    from vfio_advisor.sinks.report import DEVICE_SCHEMA, device_json
+    from vfio_advisor.sources import open_host_root
+
+    try:
+        bdfs = [normalize_bdf(b) for b in args.bdfs]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    root, tmp = open_host_root(args.host_root)
+    try:
+        host = HostRoot(root)
+        host_facts = gather_host(host)
+        ids = PciIds.load(HostRoot(root), HostRoot("/"))
+        out, missing = [], []
+        for bdf in bdfs:
+            try:
+                dev = read_pci_device(host, bdf, ids)
+            except FactUnavailable as exc:
+                missing.append(bdf)
+                out.append({"host_address": bdf, "error": exc.reason})
+                continue
+            entry = device_json(dev, bdf, host_facts.kernel.nointxmask)
+            irq = host_interrupts(bdf, dev, host_facts)
+            entry["host_interrupts"] = {"mode": irq.mode, "irqs": list(irq.irqs),
+                                        "intx_irq": irq.intx_irq,
+                                        "shared_with": list(irq.shared_with),
+                                        "intx_count": irq.intx_count}
+            out.append(entry)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    if args.format == "json":
+        json.dump({"schema": DEVICE_SCHEMA, "devices": out}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for entry in out:
+            _print_device(entry)
+    return EXIT_USAGE if missing else EXIT_OK
+
+
+def _print_device(e: dict) -> None:
+    from vfio_advisor.sinks.text import clean
+
+    if "error" in e:
+        print(f"{e['host_address']}: {e['error']}")
+        return
+    caps = e["capabilities"] or {}
+
+    def show(v, fmt):
+        return "unknown (config space truncated)" if v == "unknown" else ("absent" if v is None else fmt(v))
+
+    irq = e["host_interrupts"]
+    lines = [
+        f"{e['host_address']}  {clean(e['name'] or '?')}  [{e['vendor_id']}:{e['device_id']}] class {e['class']}",
+        f"  driver: {clean(e['driver'] or 'none')}   IOMMU group: {e['iommu_group']} "
+        f"({', '.join(e['iommu_group_members']) or '-'})",
+        "  MSI: " + show(caps.get("msi"), lambda m: "%d vector(s), 64bit=%s, maskable=%s, enabled=%s"
+                         % (m["vectors"], m["64bit"], m["maskable"], m["enabled"])),
+        "  MSI-X: " + show(caps.get("msix"), lambda m: "table size %d, enabled=%s"
+                           % (m["table_size"], m["enabled"])),
+        "  PCIe: " + show(caps.get("pcie"), lambda c: "%s (cap v%d)" % (c["type"], c["version"])),
+        f"  INTx pin: {caps.get('intx_pin') or 'none'}   host IRQ: {e['host_irq']}   "
+        f"INTx masking: {e['intx_masking']['supported']} ({e['intx_masking']['evidence']})",
+        f"  interrupts now: {irq['mode']}" + (f", IRQs {irq['irqs']}" if irq["irqs"] else "")
+        + (", INTx line shared with " + ", ".join(irq["shared_with"]) if irq["shared_with"] else ""),
+        f"  msi_bus: {e['msi_bus']}" + "".join(f", bridge {b}: {v}" for b, v in e["upstream_msi_bus"].items()),
+        f"  config space: {caps.get('config_bytes', 0)} bytes readable",
+    ]
+    for item in e["unreadable"]:
+        lines.append(f"  could not read {item}")
+    print("\n".join(lines))
+
+
+def cmd_explain(args) -> int:
+    from vfio_advisor.rules import RETIRED, lookup
+
+    rule = lookup(args.rule)
+    if rule is None:
+        if args.rule.upper() in RETIRED:
+            print(f"{args.rule.upper()} is retired: {RETIRED[args.rule.upper()]}")
+            return EXIT_OK
+        raise UsageError(f"no rule {args.rule!r}; 'vfio-advisor rules' lists them")
+    wrap = lambda t: textwrap.fill(t, 78)  # noqa: E731
+    print(f"{rule.id} {rule.slug} ({rule.severity})\n{rule.title}\n")
+    print(wrap(rule.explanation) + "\n")
+    print("What to do:\n" + wrap(rule.remedy))
+    print(f"\nFamily: {rule.family}. MESSAGE_ID={rule.message_id.hex}")
+    for doc in rule.documentation:
+        print(f"See: {doc}")
+    return EXIT_OK
+
+
+def cmd_rules(args) -> int:
+    from vfio_advisor.rules import RULES
+
+    if args.format == "json":
+        json.dump([{"id": r.id, "slug": r.slug, "severity": str(r.severity), "title": r.title,
+                    "explanation": r.explanation, "remedy": r.remedy,
+                    "message_id": r.message_id.hex} for r in RULES], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for r in RULES:
+            print(f"{r.id}  {str(r.severity):7}  {r.slug:38}  {r.title}")
+    return EXIT_OK
+
+
+def cmd_snapshot(args) -> int:
+    from vfio_advisor.engine import DeviceCache, gather_domain, gather_host
+    from vfio_advisor.facts.host import HostRoot
+    from vfio_advisor.facts.pciids import PciIds
+    from vfio_advisor.snapshot import write_snapshot
+    from vfio_advisor.sources import open_host_root
+
+    root, tmp = open_host_root(args.host_root)
+    try:
+        domains, errors = _load_domains(args, root)
+        for src, msg in errors:
+            print(f"vfio-advisor: skipped {src}: {msg}", file=sys.stderr)
+        host = HostRoot(root, record=True)
+        host_facts = gather_host(host)
+        devices = DeviceCache(host, PciIds(None))
+        for domain, _ in domains:
+            gather_domain(domain, host_facts, devices)
+        try:
+            count = write_snapshot(args.output, host, [(d.name, xml) for d, xml in domains])
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    print(f"wrote {args.output}: {count} entries, {len(domains)} domain(s)")
+    return EXIT_OK
+
+
+COMMANDS = {"advise": cmd_advise, "device": cmd_device, "explain": cmd_explain,
+            "rules": cmd_rules, "snapshot": cmd_snapshot}

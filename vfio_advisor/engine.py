@@ -1,0 +1,196 @@
+"""Gather facts once, run every rule, return findings.
+
+The hook, the daemon and the CLI all call `analyse_domain`; none of them
+reads a file or applies a rule by itself.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from vfio_advisor.errors import FactUnavailable
+from vfio_advisor.facts.domain import Domain, Hostdev
+from vfio_advisor.facts.host import INTERRUPTS_LIMIT, HostRoot
+from vfio_advisor.facts.interrupts import Interrupts, IrqLine, parse_interrupts
+from vfio_advisor.facts.kernel import KernelFacts, read_kernel_facts
+from vfio_advisor.facts.pci import PciDevice, read_pci_device
+from vfio_advisor.facts.pciids import PciIds
+from vfio_advisor.findings import Finding
+
+
+@dataclass(frozen=True)
+class HostInterrupts:
+    """How one assigned device signals interrupts on the host right now."""
+
+    mode: str  # "intx" | "msi" | "msix" | "none" | "unknown"
+    irqs: tuple[int, ...]
+    intx_irq: int | None  # the device's INTx line on the host
+    shared_with: tuple[str, ...]  # other handlers on that line
+    intx_count: int | None  # vfio-intx count, when on INTx
+    intx_delta: int | None  # its increase over the sample, when sampled
+
+    @property
+    def on_intx(self) -> bool:
+        return self.mode == "intx"
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    kernel: KernelFacts
+    interrupts: Interrupts | None
+    interrupts_problem: str | None
+    later: Interrupts | None  # second read, with --sample
+    sample_seconds: float | None
+
+    @property
+    def interrupt_remapping(self) -> bool | None:
+        return self.kernel.interrupt_remapping(self.interrupts)
+
+
+@dataclass(frozen=True)
+class AssignedDevice:
+    hostdev: Hostdev
+    address: str  # host BDF
+    device: PciDevice | None  # None when the host has no such device
+    problem: str | None  # why host facts are missing
+    interrupts: HostInterrupts
+
+    @property
+    def guest_address(self) -> str | None:
+        return str(self.hostdev.guest.address) if self.hostdev.guest else None
+
+
+@dataclass(frozen=True)
+class DomainFacts:
+    domain: Domain
+    host: HostFacts
+    devices: tuple[AssignedDevice, ...]
+
+    def siblings(self, dev: AssignedDevice) -> tuple[AssignedDevice, ...]:
+        """Other functions of the same physical host device assigned to this domain."""
+        slot = dev.address.rsplit(".", 1)[0]
+        return tuple(d for d in self.devices
+                     if d is not dev and d.address.rsplit(".", 1)[0] == slot)
+
+
+def read_interrupts(host: HostRoot) -> Interrupts:
+    return parse_interrupts(host.read_text("proc/interrupts", INTERRUPTS_LIMIT))
+
+
+def gather_host(host: HostRoot, sample_seconds: float | None = None,
+                progress: Callable[[float], None] | None = None) -> HostFacts:
+    kernel = read_kernel_facts(host)
+    interrupts = later = None
+    problem = None
+    try:
+        interrupts = read_interrupts(host)
+    except FactUnavailable as exc:
+        problem = f"{exc.path}: {exc.reason}"
+    if interrupts is not None and sample_seconds:
+        _sleep(sample_seconds, progress)
+        try:
+            later = read_interrupts(host)
+        except FactUnavailable as exc:
+            problem = f"{exc.path}: {exc.reason} (second sample)"
+    return HostFacts(kernel=kernel, interrupts=interrupts, interrupts_problem=problem,
+                     later=later, sample_seconds=sample_seconds if later else None)
+
+
+def _sleep(seconds: float, progress: Callable[[float], None] | None) -> None:
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        if progress:
+            progress(1.0 - left / seconds)
+        time.sleep(min(left, 0.25))
+    if progress:
+        progress(1.0)
+
+
+def host_interrupts(bdf: str, device: PciDevice | None, host: HostFacts) -> HostInterrupts:
+    table = host.interrupts
+    if table is None:
+        return HostInterrupts("unknown", (), None, (), None, None)
+    vfio = table.vfio_lines(bdf)
+    modes = {v.mode for _, v in vfio}
+    irqs = tuple(sorted({line.number for line, _ in vfio if line.number is not None}))
+    intx_line: IrqLine | None = next((line for line, v in vfio if v.mode == "intx"), None)
+    if "msix" in modes:
+        mode = "msix"
+    elif "msi" in modes:
+        mode = "msi"
+    elif intx_line is not None:
+        mode = "intx"
+    elif device is not None and device.msi_irqs:
+        # A host driver (not vfio-pci) owns MSI vectors.
+        mode, irqs = "msi", device.msi_irqs
+    else:
+        mode = "none"
+    if intx_line is None and device is not None and device.irq:
+        candidate = table.by_irq().get(str(device.irq))
+        # While MSI is on, older kernels put the first MSI vector in sysfs `irq`.
+        if candidate is not None and not (candidate.chip and "MSI" in candidate.chip):
+            intx_line = candidate
+    own = {f"vfio-intx({bdf})"}
+    shared = tuple(h for h in intx_line.handlers if h not in own) if intx_line else ()
+    count = delta = None
+    if mode == "intx" and intx_line is not None:
+        count = intx_line.total
+        if host.later is not None:
+            after = host.later.by_irq().get(intx_line.irq)
+            if after is not None and any(v.bdf == bdf and v.mode == "intx" for v in after.vfio):
+                delta = max(after.total - count, 0)
+            else:
+                delta = 0  # the handler went away: no longer on INTx
+    return HostInterrupts(mode=mode, irqs=irqs,
+                          intx_irq=intx_line.number if intx_line else None,
+                          shared_with=shared, intx_count=count, intx_delta=delta)
+
+
+class DeviceCache:
+    """Reads each host device once, however many domains assign it."""
+
+    def __init__(self, host: HostRoot, pci_ids: PciIds):
+        self.host = host
+        self.pci_ids = pci_ids
+        self._cache: dict[str, tuple[PciDevice | None, str | None]] = {}
+
+    def get(self, bdf: str) -> tuple[PciDevice | None, str | None]:
+        if bdf not in self._cache:
+            try:
+                self._cache[bdf] = (read_pci_device(self.host, bdf, self.pci_ids), None)
+            except FactUnavailable as exc:
+                self._cache[bdf] = (None, exc.reason)
+        return self._cache[bdf]
+
+
+def gather_domain(domain: Domain, host: HostFacts, devices: DeviceCache) -> DomainFacts:
+    assigned = []
+    for hd in domain.hostdevs:
+        bdf = str(hd.source)
+        device, problem = devices.get(bdf)
+        assigned.append(AssignedDevice(hostdev=hd, address=bdf, device=device, problem=problem,
+                                       interrupts=host_interrupts(bdf, device, host)))
+    return DomainFacts(domain=domain, host=host, devices=tuple(assigned))
+
+
+def run_rules(facts: DomainFacts, rules: Iterable | None = None,
+              disabled: frozenset[str] = frozenset()) -> list[Finding]:
+    from vfio_advisor.rules import RULES, internal_error
+
+    findings: list[Finding] = []
+    for rule in rules if rules is not None else RULES:
+        if rule.check is None or rule.id in disabled or rule.slug in disabled:
+            continue
+        try:
+            findings.extend(rule.check(facts))
+        except Exception as exc:  # noqa: BLE001 - one broken rule must not hide the others
+            findings.append(internal_error(facts.domain.name, f"{rule.id} failed: {exc!r}"))
+    findings.sort(key=Finding.sort_key)
+    return findings
+
+
+def analyse_domain(domain: Domain, host: HostFacts, devices: DeviceCache) -> tuple[DomainFacts, list[Finding]]:
+    facts = gather_domain(domain, host, devices)
+    return facts, run_rules(facts)

@@ -1,0 +1,52 @@
+"""Severity and Finding: what rules produce and sinks consume."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Severity(enum.IntEnum):
+    # Ordered so that max() gives the worst. Values are not syslog priorities;
+    # see SYSLOG_PRIORITY for those.
+    INFO = 1
+    WARNING = 2
+    ERROR = 3
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+
+# journald PRIORITY (syslog levels, sys/syslog.h).
+SYSLOG_PRIORITY = {Severity.INFO: 6, Severity.WARNING: 4, Severity.ERROR: 3}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One piece of advice about one subject.
+
+    `subject` is the host BDF for device findings, or None for the domain as a
+    whole. `message` holds the observed values; `remedy` is worded for this
+    domain (guest OS, IDs) and falls back on the rule's generic remedy.
+    """
+
+    rule_id: str
+    domain: str | None
+    subject: str | None
+    message: str
+    remedy: str
+    guest_address: str | None = None
+    # Files or facts behind the finding: {"proc/interrupts IRQ 16": "ehci_hcd:usb1, ..."}.
+    evidence: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def rule(self):  # -> Rule; imported late to keep findings free of rules
+        from vfio_advisor.rules import RULES_BY_ID
+        return RULES_BY_ID[self.rule_id]
+
+    @property
+    def severity(self) -> Severity:
+        return self.rule.severity
+
+    def sort_key(self) -> tuple:
+        return (-int(self.severity), self.rule_id, self.domain or "", self.subject or "")

@@ -1,0 +1,44 @@
+"""Rule: data plus a pure check over facts."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from vfio_advisor.findings import Finding, Severity
+
+RULE_ID_RE = re.compile(r"^VA[1-9]\d{3}$")
+SLUG_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+
+# Families, by the thousands digit of the ID. IDs are never reused; a retired
+# rule keeps its number in RETIRED (flake8 left F703 as a gap the same way).
+FAMILIES = {
+    1: "interrupt mode (INTx vs MSI/MSI-X)",
+    2: "host INTx line sharing",
+    3: "host platform: MSI, IOMMU, interrupt remapping",
+    4: "guest topology: chipset, slots, irqchip",
+    8: "coverage: host checks that could not run",
+    9: "internal",
+}
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    slug: str
+    severity: Severity
+    title: str  # one line; the catalog's Subject
+    explanation: str  # what happens and why it matters
+    remedy: str  # generic; findings may carry a specific one
+    message_id: uuid.UUID  # fixed forever (journalctl --new-id128)
+    check: Callable[..., Iterable[Finding]] | None  # None: raised by the engine itself
+    # Names of example fixtures (rules/examples.py) that must / must not fire.
+    fires_on: tuple[str, ...] = field(default=())
+    silent_on: tuple[str, ...] = field(default=())
+    documentation: tuple[str, ...] = field(default=())
+
+    @property
+    def family(self) -> str:
+        return FAMILIES[int(self.id[2])]

@@ -1,0 +1,96 @@
+"""Guest-OS-specific remedies for "the guest driver keeps the device on INTx".
+
+Everything that comes from outside (device names, IDs) is escaped for the
+language it lands in: PowerShell single-quoted strings double their quotes;
+shell words are quoted with shlex.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from vfio_advisor.facts.pci import PciDevice
+
+MSI_REGISTRY_PATH = (r"HKLM\SYSTEM\CurrentControlSet\Enum\<Device Instance Path>"
+                     r"\Device Parameters\Interrupt Management\MessageSignaledInterruptProperties")
+
+
+def ps_quote(text: str) -> str:
+    """A PowerShell single-quoted string literal (about_Quoting_Rules)."""
+    # PowerShell also treats the typographic quotes U+2018/U+2019/U+201A/U+201B
+    # as single quotes; double them too.
+    out = []
+    for ch in text:
+        out.append(ch * 2 if ch in "'\u2018\u2019\u201a\u201b" else ch)
+    return "'" + "".join(out) + "'"
+
+
+def windows_msi_remedy(devices: list[PciDevice]) -> str:
+    ids = [d.hardware_id for d in devices if d.hardware_id]
+    names = ", ".join(f"{d.address} {d.name} ({d.hardware_id or 'ID unknown'})" for d in devices)
+    lines = [
+        f"In the Windows guest set the DWORD MSISupported=1 under {MSI_REGISTRY_PATH} "
+        f"for every function of this device: {names}. "
+        "Device Manager > device > Details > Device instance path gives the path. "
+        "A driver update resets the value, so check again after one. Reboot the guest afterwards.",
+    ]
+    if ids:
+        id_list = ", ".join(ps_quote(i) for i in ids)
+        lines.append(
+            "PowerShell (as Administrator in the guest):\n"
+            f"  $ids = @({id_list})\n"
+            "  Get-PnpDevice -PresentOnly | Where-Object { $i = $_.InstanceId; "
+            "$ids | Where-Object { $i.StartsWith($_ + '\\') } } | ForEach-Object {\n"
+            "    $key = 'HKLM:\\SYSTEM\\CurrentControlSet\\Enum\\' + $_.InstanceId + "
+            "'\\Device Parameters\\Interrupt Management\\MessageSignaledInterruptProperties'\n"
+            "    if (-not (Test-Path -LiteralPath $key)) { New-Item -Path $key -Force | Out-Null }\n"
+            "    New-ItemProperty -LiteralPath $key -Name 'MSISupported' -PropertyType DWord "
+            "-Value 1 -Force | Out-Null\n"
+            "    'MSISupported=1: ' + $_.FriendlyName }")
+    return "\n".join(lines)
+
+
+def linux_module_option(device: PciDevice) -> tuple[str, str] | None:
+    """(module, option) that turns MSI on for this kind of device in a Linux guest."""
+    if device.is_hda_audio:
+        # sound/pci/hda/hda_intel.c: enable_msi (-1 = driver default, which is
+        # off for some AMD/NVIDIA HDMI controllers on older kernels).
+        return "snd_hda_intel", "enable_msi=1"
+    if device.is_display and device.vendor_id == 0x10DE:
+        # The proprietary driver's NVreg_EnableMSI (default 1 since ~R375, 0 before).
+        return "nvidia", "NVreg_EnableMSI=1"
+    if device.is_display and device.vendor_id == 0x1002:
+        # drivers/gpu/drm/amd/amdgpu/amdgpu_drv.c: amdgpu.msi (-1 auto, 1 on).
+        return "amdgpu", "msi=1"
+    return None
+
+
+def linux_msi_remedy(devices: list[PciDevice]) -> str:
+    parts = []
+    for device in devices:
+        option = linux_module_option(device)
+        if option:
+            module, opt = option
+            conf = f"options {module} {opt}"
+            parts.append(
+                f"{device.address} {device.name}: in the guest, add "
+                f"{shlex.quote(conf)} to /etc/modprobe.d/vfio-advisor-msi.conf "
+                f"(or {module}.{opt} on the guest kernel command line), then rebuild the "
+                "initramfs if the module loads from it, and reboot. "
+                "Check with: grep -i msi /proc/interrupts in the guest.")
+        else:
+            parts.append(
+                f"{device.address} {device.name}: find the guest driver with "
+                "'lspci -k' in the guest, then look for an MSI option with "
+                "'modinfo -p <module> | grep -i msi'. If there is none, the driver "
+                "chose INTx on purpose (some hardware has broken MSI).")
+    return "\n".join(parts)
+
+
+def msi_remedy(guest_os: str, devices: list[PciDevice]) -> str:
+    if guest_os == "windows":
+        return windows_msi_remedy(devices)
+    if guest_os == "linux":
+        return linux_msi_remedy(devices)
+    return ("Guest OS unknown (add libosinfo metadata to the domain to get exact steps). "
+            "Windows: " + windows_msi_remedy(devices) + "\nLinux: " + linux_msi_remedy(devices))

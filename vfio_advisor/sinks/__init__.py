@@ -1,0 +1,1 @@
+"""Output sinks: terminal text, JSON, journald. They only format findings."""

@@ -1,0 +1,149 @@
+"""The advice report as plain data: shared by the JSON and text sinks.
+
+Schema "vfio-advisor/advice/1" is documented in docs/json-schema.md; field
+names here are an API and change only with a new schema version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vfio_advisor import __version__
+from vfio_advisor.engine import AssignedDevice, DomainFacts, HostFacts
+from vfio_advisor.facts.pci import PciDevice
+from vfio_advisor.facts.pci_config import UNKNOWN
+from vfio_advisor.findings import Finding, Severity
+
+ADVICE_SCHEMA = "vfio-advisor/advice/1"
+DEVICE_SCHEMA = "vfio-advisor/device/1"
+
+
+@dataclass
+class DomainReport:
+    facts: DomainFacts
+    findings: list[Finding]
+
+
+@dataclass
+class Report:
+    host_root: str
+    host: HostFacts | None
+    domains: list[DomainReport] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (source, one-line message)
+
+    @property
+    def findings(self) -> list[Finding]:
+        return [f for d in self.domains for f in d.findings]
+
+    @property
+    def worst(self) -> Severity | None:
+        return max((f.severity for f in self.findings), default=None)
+
+
+def _known(value, convert):
+    if value is UNKNOWN:
+        return "unknown"
+    return None if value is None else convert(value)
+
+
+def capabilities_json(device: PciDevice | None) -> dict | None:
+    if device is None:
+        return None
+    cfg = device.config
+    if cfg is None:
+        return {"msi": "unknown", "msix": "unknown", "pcie": "unknown", "pm": "unknown",
+                "intx_pin": "unknown", "config_bytes": 0}
+    return {
+        "msi": _known(cfg.msi, lambda m: {"64bit": m.is_64bit, "maskable": m.maskable,
+                                          "vectors": m.vectors, "enabled": m.enabled}),
+        "msix": _known(cfg.msix, lambda m: {"table_size": m.table_size, "enabled": m.enabled}),
+        "pcie": _known(cfg.pcie, lambda p: {"type": p.port_type, "version": p.version}),
+        "pm": _known(cfg.pm, lambda p: {"version": p.version}),
+        "intx_pin": cfg.intx_pin_letter,
+        "config_bytes": cfg.length,
+    }
+
+
+def finding_json(f: Finding) -> dict:
+    return {
+        "rule": f.rule_id,
+        "slug": f.rule.slug,
+        "severity": str(f.severity),
+        "subject": f.subject,
+        "guest_address": f.guest_address,
+        "message": f.message,
+        "remedy": f.remedy,
+        "evidence": dict(f.evidence),
+    }
+
+
+def device_json(device: PciDevice | None, address: str, nointxmask: bool = False) -> dict:
+    out = {
+        "host_address": address,
+        "name": device.name if device else None,
+        "vendor_id": f"{device.vendor_id:04x}" if device and device.vendor_id is not None else None,
+        "device_id": f"{device.device_id:04x}" if device and device.device_id is not None else None,
+        "class": f"{device.class_code:06x}" if device and device.class_code is not None else None,
+        "driver": device.driver if device else None,
+        "iommu_group": device.iommu_group if device else None,
+        "iommu_group_members": list(device.iommu_group_members) if device else [],
+        "host_irq": device.irq if device else None,
+        "msi_bus": device.msi_bus if device else None,
+        "upstream_msi_bus": {b: v for b, v in device.upstream} if device else {},
+        "capabilities": capabilities_json(device),
+        "intx_masking": None,
+        "unreadable": list(device.unreadable) if device else [],
+    }
+    if device is not None:
+        m = device.intx_masking(nointxmask)
+        out["intx_masking"] = {"supported": m.supported, "evidence": m.evidence}
+    return out
+
+
+def assigned_json(dev: AssignedDevice, findings: list[Finding], nointxmask: bool) -> dict:
+    out = device_json(dev.device, dev.address, nointxmask)
+    irq = dev.interrupts
+    out.update({
+        "guest_address": dev.guest_address,
+        "found_on_host": dev.device is not None,
+        "host_interrupts": {
+            "mode": irq.mode, "irqs": list(irq.irqs), "intx_irq": irq.intx_irq,
+            "shared_with": list(irq.shared_with), "intx_count": irq.intx_count,
+            "intx_delta": irq.intx_delta,
+        },
+        "findings": [finding_json(f) for f in findings if f.subject == dev.address],
+    })
+    return out
+
+
+def report_json(report: Report) -> dict:
+    host = report.host
+    summary = {str(s): 0 for s in Severity}
+    for f in report.findings:
+        summary[str(f.severity)] += 1
+    return {
+        "schema": ADVICE_SCHEMA,
+        "tool": {"name": "vfio-advisor", "version": __version__},
+        "host": None if host is None else {
+            "root": report.host_root,
+            "interrupt_remapping": host.interrupt_remapping,
+            "iommu_groups": host.kernel.iommu_groups,
+            "allow_unsafe_interrupts": host.kernel.allow_unsafe_interrupts,
+            "cmdline": host.kernel.cmdline.raw if host.kernel.cmdline else None,
+            "sample_seconds": host.sample_seconds,
+            "interrupts_problem": host.interrupts_problem,
+        },
+        "domains": [{
+            "name": d.facts.domain.name,
+            "uuid": d.facts.domain.uuid,
+            "machine": d.facts.domain.machine,
+            "chipset": d.facts.domain.chipset,
+            "guest_os": d.facts.domain.guest_os,
+            "guest_os_evidence": d.facts.domain.guest_os_evidence,
+            "devices": [assigned_json(dev, d.findings, d.facts.host.kernel.nointxmask)
+                        for dev in d.facts.devices],
+            "findings": [finding_json(f) for f in d.findings],
+        } for d in report.domains],
+        "errors": [{"source": s, "message": m} for s, m in report.errors],
+        "summary": summary,
+    }

@@ -1,0 +1,125 @@
+"""Terminal text for people: grouped by domain and device, one line per
+finding with its remedy, ending with shellcheck-style "For details" lines.
+Colour only on a TTY, and never with NO_COLOR set (https://no-color.org)."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from typing import TextIO
+
+from vfio_advisor.engine import AssignedDevice
+from vfio_advisor.facts.pci_config import UNKNOWN
+from vfio_advisor.findings import Finding, Severity
+from vfio_advisor.sinks.report import Report
+
+_COLOURS = {Severity.ERROR: "\033[1;31m", Severity.WARNING: "\033[33m", Severity.INFO: "\033[36m"}
+_BOLD, _DIM, _RESET = "\033[1m", "\033[2m", "\033[0m"
+
+
+def use_colour(out: TextIO) -> bool:
+    if "NO_COLOR" in os.environ and os.environ["NO_COLOR"] != "":
+        return False
+    isatty = getattr(out, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def clean(text: str) -> str:
+    """Drop control characters from data we did not write (domain names,
+    handler names) so they cannot move the cursor or recolour the terminal."""
+    return "".join(ch if ch == "\n" or ch >= " " and ch != "\x7f" else "?" for ch in text)
+
+
+class TextWriter:
+    def __init__(self, out: TextIO, colour: bool | None = None, width: int = 100):
+        self.out = out
+        self.colour = use_colour(out) if colour is None else colour
+        self.width = width
+
+    def _c(self, code: str, text: str) -> str:
+        return f"{code}{text}{_RESET}" if self.colour else text
+
+    def line(self, text: str = "") -> None:
+        self.out.write(text + "\n")
+
+    def finding(self, f: Finding, indent: str) -> None:
+        sev = self._c(_COLOURS[f.severity], f"{str(f.severity):7}")
+        self.line(f"{indent}{sev} {self._c(_BOLD, f.rule_id)} {clean(f.message)}")
+        pad = indent + " " * 8
+        remedy = clean(f.remedy).splitlines()
+        for i, para in enumerate(remedy):
+            lead = "fix: " if i == 0 else "     "
+            if para.startswith("  "):  # code: keep as it is
+                self.line(f"{pad}{lead}{para}")
+                continue
+            wrapped = textwrap.wrap(para, self.width - len(pad) - 5) or [""]
+            self.line(f"{pad}{lead}{wrapped[0]}")
+            for rest in wrapped[1:]:
+                self.line(f"{pad}     {rest}")
+
+    def device_line(self, dev: AssignedDevice) -> str:
+        pci = dev.device
+        guest = f" -> guest {dev.guest_address}" if dev.guest_address else " -> guest (auto)"
+        if pci is None:
+            return f"{dev.address}{guest}  not found on this host"
+        caps = []
+        if pci.config is not None:
+            for label, value in (("MSI", pci.config.msi), ("MSI-X", pci.config.msix)):
+                if value is UNKNOWN:
+                    caps.append(f"{label}?")
+                elif value:
+                    caps.append(label)
+            if pci.config.intx_pin_letter:
+                caps.append(f"INT{pci.config.intx_pin_letter}")
+        irq = dev.interrupts
+        now = {"intx": f"on INTx (IRQ {irq.intx_irq})", "msi": "on MSI", "msix": "on MSI-X",
+               "none": "idle", "unknown": "mode unknown"}[irq.mode]
+        if irq.mode in ("msi", "msix") and irq.irqs:
+            now += f" ({len(irq.irqs)} vector{'s' if len(irq.irqs) != 1 else ''})"
+        if irq.shared_with:
+            now += f", line shared with {', '.join(irq.shared_with)}"
+        return (f"{self._c(_BOLD, dev.address)}{guest}  {clean(pci.name)}  "
+                f"[{' '.join(caps) or 'no INTx/MSI'}; {clean(pci.driver or 'no driver')}; {clean(now)}]")
+
+    def write(self, report: Report) -> None:
+        for source, message in report.errors:
+            self.line(f"{self._c(_COLOURS[Severity.ERROR], 'refused')} {clean(source)}: {clean(message)}")
+        if report.errors and report.domains:
+            self.line()
+        for d in report.domains:
+            dom = d.facts.domain
+            self.line(self._c(_BOLD, f"{clean(dom.name)}") + self._c(
+                _DIM, f"  {dom.chipset} ({clean(dom.machine or 'no machine type')}), "
+                      f"guest OS {dom.guest_os}, {len(d.facts.devices)} assigned PCI device"
+                      f"{'s' if len(d.facts.devices) != 1 else ''}"))
+            for f in d.findings:
+                if f.subject is None:
+                    self.finding(f, "  ")
+            for dev in d.facts.devices:
+                self.line(f"  {self.device_line(dev)}")
+                for f in d.findings:
+                    if f.subject == dev.address:
+                        self.finding(f, "    ")
+            if not d.findings:
+                self.line("  " + self._c(_DIM, "no findings"))
+            self.line()
+        counts = {s: 0 for s in Severity}
+        for f in report.findings:
+            counts[f.severity] += 1
+        self.line(f"{len(report.domains)} domain{'s' if len(report.domains) != 1 else ''}: "
+                  f"{counts[Severity.ERROR]} error, {counts[Severity.WARNING]} warning, "
+                  f"{counts[Severity.INFO]} info")
+        ids = sorted({f.rule_id for f in report.findings})
+        if ids:
+            self.line("For details:")
+            for rule_id in ids:
+                self.line(f"  vfio-advisor explain {rule_id} -- {report_rule_title(rule_id)}")
+
+
+def report_rule_title(rule_id: str) -> str:
+    from vfio_advisor.rules import RULES_BY_ID
+    return RULES_BY_ID[rule_id].title
+
+
+def write_text(report: Report, out: TextIO, colour: bool | None = None) -> None:
+    TextWriter(out, colour).write(report)

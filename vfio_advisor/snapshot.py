@@ -1,0 +1,78 @@
+"""`vfio-advisor snapshot`: archive exactly the host files the tool read, plus
+the domain XMLs, in the layout `--host-root` replays (a tar.gz whose members
+are proc/..., sys/..., domains/<name>.xml and SNAPSHOT.txt)."""
+
+from __future__ import annotations
+
+import io
+import os
+import platform
+import tarfile
+import time
+from pathlib import Path
+
+from vfio_advisor import __version__
+from vfio_advisor.facts.host import HostRoot
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = mode
+    info.mtime = int(time.time())
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_snapshot(out_path: str, host: HostRoot, domains: list[tuple[str, str]]) -> int:
+    """Write the archive. `host` must have recorded its reads. Returns member count."""
+    if host.recorded is None:
+        raise RuntimeError("programming error: snapshot needs a recording HostRoot")
+    root = host.root
+    count = 0
+    with tarfile.open(out_path, "w:gz") as tar:
+        dirs_done: set[str] = set()
+        for rel in sorted(host.recorded):
+            path = root / rel
+            # Parent directories first, so links and files have somewhere to go.
+            parts = Path(rel).parts
+            for i in range(1, len(parts)):
+                parent = str(Path(*parts[:i]))
+                if parent not in dirs_done and not (root / parent).is_symlink():
+                    dirs_done.add(parent)
+                    info = tarfile.TarInfo(parent)
+                    info.type, info.mode = tarfile.DIRTYPE, 0o755
+                    tar.addfile(info)
+            if path.is_symlink():
+                info = tarfile.TarInfo(rel)
+                info.type = tarfile.SYMTYPE
+                info.linkname = os.readlink(path)
+                tar.addfile(info)
+            elif path.is_dir():
+                if rel not in dirs_done:
+                    dirs_done.add(rel)
+                    info = tarfile.TarInfo(rel)
+                    info.type, info.mode = tarfile.DIRTYPE, 0o755
+                    tar.addfile(info)
+            elif path.is_file():
+                try:
+                    # sysfs reports 4096 for every attribute; read the real bytes.
+                    with open(path, "rb") as f:
+                        data = f.read(64 << 20)
+                except OSError:
+                    continue
+                _add_bytes(tar, rel, data)
+            else:
+                continue
+            count += 1
+        for name, xml in domains:
+            safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in name) or "domain"
+            _add_bytes(tar, f"domains/{safe}.xml", xml.encode("utf-8"), 0o600)
+            count += 1
+        _add_bytes(tar, "SNAPSHOT.txt", (
+            f"vfio-advisor {__version__} snapshot\n"
+            f"taken: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n"
+            f"host root: {root}\n"
+            f"kernel: {platform.release()}\n"
+            f"as root: {os.geteuid() == 0}\n"
+            "replay: vfio-advisor advise --host-root THIS.tar.gz\n").encode())
+    return count

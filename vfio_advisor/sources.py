@@ -1,0 +1,124 @@
+"""Where domain XMLs and host trees come from: files, libvirt, snapshots.
+
+libvirt is imported lazily: the hook must never load it (it runs inside
+libvirtd and must not call back into it).
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import tempfile
+from pathlib import Path
+
+from vfio_advisor.errors import ConnectionFailed, DomainXMLError, UsageError
+from vfio_advisor.facts.domain import Domain, parse_domain_xml
+
+DEFAULT_URI = "qemu:///system"
+# An XML larger than this is not a domain definition (libvirt's own limit for
+# a domain XML read by virsh is 10 MiB, VIR_FILE_READ_ALL max in virsh-domain.c).
+MAX_XML_BYTES = 10 << 20
+
+
+def read_domain_file(path: str) -> tuple[Domain, str]:
+    """(Domain, its XML text). Raises DomainXMLError / UsageError with one line."""
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_XML_BYTES:
+            raise DomainXMLError(f"{size} bytes is too large for a domain XML")
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return parse_domain_xml(data), data.decode("utf-8", "replace")
+
+
+def domains_from_libvirt(uri: str, names: list[str]) -> tuple[list[tuple[Domain, str]], list[tuple[str, str]]]:
+    """Domains over a read-only connection: the named ones, or every domain
+    with a PCI hostdev. Returns (domains, errors)."""
+    try:
+        import libvirt  # noqa: PLC0415 - lazy on purpose, see module docstring
+    except ImportError:
+        raise ConnectionFailed("libvirt-python is not installed") from None
+    # Silence libvirt's default handler, which prints every error to stderr.
+    libvirt.registerErrorHandler(lambda *_: None, None)
+    try:
+        conn = libvirt.openReadOnly(uri)
+    except libvirt.libvirtError as exc:
+        raise ConnectionFailed(f"cannot connect to {uri}: {exc.get_error_message()}") from None
+    if conn is None:
+        raise ConnectionFailed(f"cannot connect to {uri}")
+    out: list[tuple[Domain, str]] = []
+    errors: list[tuple[str, str]] = []
+    try:
+        if names:
+            handles = []
+            for name in names:
+                try:
+                    handles.append(conn.lookupByName(name))
+                except libvirt.libvirtError as exc:
+                    errors.append((name, exc.get_error_message()))
+        else:
+            handles = conn.listAllDomains(0)
+        for dom in handles:
+            try:
+                # Running domains give their live XML, with the addresses libvirt assigned.
+                xml = dom.XMLDesc(0)
+            except libvirt.libvirtError as exc:
+                # Domain gone between list and read.
+                errors.append((dom.name(), exc.get_error_message()))
+                continue
+            try:
+                domain = parse_domain_xml(xml)
+            except DomainXMLError as exc:
+                errors.append((dom.name(), str(exc)))
+                continue
+            if names or domain.hostdevs:
+                out.append((domain, xml))
+    finally:
+        conn.close()
+    out.sort(key=lambda d: d[0].name)
+    return out, errors
+
+
+def _safe_members(tar: tarfile.TarFile, dest: str):
+    """Members that stay inside `dest` (for Pythons before tarfile's data filter, 3.11.4)."""
+    root = os.path.realpath(dest)
+    for member in tar.getmembers():
+        target = os.path.realpath(os.path.join(root, member.name))
+        if not (target == root or target.startswith(root + os.sep)):
+            continue
+        if member.issym() or member.islnk():
+            link = os.path.realpath(os.path.join(os.path.dirname(target), member.linkname))
+            if not link.startswith(root + os.sep):
+                continue
+        if member.isdev():
+            continue
+        yield member
+
+
+def open_host_root(path: str) -> tuple[str, tempfile.TemporaryDirectory | None]:
+    """A directory to use as host root: `path` itself, or a snapshot unpacked."""
+    if os.path.isdir(path):
+        return path, None
+    if not os.path.exists(path):
+        raise UsageError(f"host root {path} does not exist")
+    if not tarfile.is_tarfile(path):
+        raise UsageError(f"host root {path} is neither a directory nor a snapshot (.tar.gz)")
+    tmp = tempfile.TemporaryDirectory(prefix="vfio-advisor-")
+    try:
+        with tarfile.open(path) as tar:
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(tmp.name, filter="data")
+            else:
+                tar.extractall(tmp.name, members=list(_safe_members(tar, tmp.name)))
+    except (tarfile.TarError, OSError) as exc:
+        tmp.cleanup()
+        raise UsageError(f"cannot unpack snapshot {path}: {exc}") from None
+    return tmp.name, tmp
+
+
+def snapshot_domains(root: str) -> list[str]:
+    """Domain XMLs stored in a snapshot (domains/*.xml), if any."""
+    d = Path(root) / "domains"
+    return sorted(str(p) for p in d.glob("*.xml")) if d.is_dir() else []
