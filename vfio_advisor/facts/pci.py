@@ -221,7 +221,8 @@ def read_pci_device(host: HostRoot, bdf: str, pci_ids: PciIds | None = None) -> 
         group = int(group_name)
         members = tuple(host.list_dir(f"sys/kernel/iommu_groups/{group_name}/devices"))
     except FactUnavailable as exc:
-        unreadable.append(f"iommu_group: {exc.reason}")
+        if exc.reason != "missing":  # missing: the host has no IOMMU, a fact, not a failure
+            unreadable.append(f"iommu_group: {exc.reason}")
     except ValueError:
         unreadable.append("iommu_group: not a number")
 
