@@ -6,6 +6,7 @@ libvirtd and must not call back into it).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tarfile
 import tempfile
@@ -33,6 +34,25 @@ def read_domain_file(path: str) -> tuple[Domain, str]:
     return parse_domain_xml(data), data.decode("utf-8", "replace")
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """libxml2 inside libvirt prints parse warnings ("I/O warning : failed to
+    load external entity") straight to fd 2, past registerErrorHandler. The
+    same error comes back as the libvirtError we report, so drop the copy."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def domains_from_libvirt(uri: str, names: list[str]) -> tuple[list[tuple[Domain, str]], list[tuple[str, str]]]:
     """Domains over a read-only connection: the named ones, or every domain
     with a PCI hostdev. Returns (domains, errors)."""
@@ -43,7 +63,8 @@ def domains_from_libvirt(uri: str, names: list[str]) -> tuple[list[tuple[Domain,
     # Silence libvirt's default handler, which prints every error to stderr.
     libvirt.registerErrorHandler(lambda *_: None, None)
     try:
-        conn = libvirt.openReadOnly(uri)
+        with _quiet_stderr():
+            conn = libvirt.openReadOnly(uri)
     except libvirt.libvirtError as exc:
         raise ConnectionFailed(f"cannot connect to {uri}: {exc.get_error_message()}") from None
     if conn is None:

@@ -1,0 +1,95 @@
+"""Bad input gets one clear line and the right exit status, never a traceback."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def run(*args, env=None, stdin=None):
+    e = dict(os.environ, NO_COLOR="1")
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "vfio_advisor", *args], capture_output=True,
+                          text=True, timeout=120, env=e, input=stdin)
+
+
+def assert_clean_failure(out, code=2):
+    assert out.returncode == code, (out.returncode, out.stdout, out.stderr)
+    assert "Traceback" not in out.stderr + out.stdout
+    assert out.stderr.strip(), "a failure must say why"
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+@pytest.mark.parametrize("content", [
+    b"", b"not xml at all", b"<domain", b"<node/>", b"<domain type='kvm'/>",
+    b"<domain type='kvm'><name>x</name><devices><hostdev mode='subsystem' type='pci'><source>"
+    b"<address domain='0x0000' bus='0x1ff' slot='0' function='0'/></source></hostdev></devices></domain>",
+    b"\xff\xfe\x00garbage\x00",
+])
+def test_bad_domain_xml(tmp_path, content):
+    f = tmp_path / "bad.xml"
+    f.write_bytes(content)
+    assert_clean_failure(run("advise", "--xml", str(f), "--host-root", str(tmp_path)))
+
+
+def test_missing_xml_file(tmp_path):
+    assert_clean_failure(run("advise", "--xml", str(tmp_path / "nope.xml")))
+
+
+def test_missing_host_root(tmp_path):
+    assert_clean_failure(run("advise", "--xml", str(tmp_path / "x.xml"),
+                             "--host-root", str(tmp_path / "nowhere")))
+
+
+def test_failed_connection():
+    out = run("advise", "--connect", "test:///nonexistent/node.xml")
+    assert_clean_failure(out)
+    assert "cannot connect" in out.stderr
+
+
+def test_usage_errors():
+    assert_clean_failure(run("advise", "--format", "yaml"))
+    assert_clean_failure(run("device", "not-a-bdf"))
+    assert_clean_failure(run("advise", "--sample", "-1", "--xml", "x"))
+
+
+def test_host_without_anything_still_analyses(tmp_path):
+    """A domain that loads is analysed even when sysfs and procfs are absent:
+    each device says which checks were skipped, and the status follows findings."""
+    domain = DATA / "corpus" / "user-domains" / "vanities_win10-i440fx.xml"
+    if not domain.exists():
+        pytest.skip("corpus copy not present")
+    out = run("advise", "--xml", str(domain), "--host-root", str(tmp_path), "--format", "json")
+    assert out.returncode == 1, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["schema"] == "vfio-advisor/advice/1"
+    (dom,) = doc["domains"]
+    assert dom["chipset"] == "i440fx"
+    assert dom["devices"], "the hostdevs are listed even though the host lacks them"
+    for dev in dom["devices"]:
+        assert dev["found_on_host"] is False
+        assert any(f["rule"] == "VA8001" for f in dev["findings"])
+    assert any(f["rule"] == "VA8002" and f["subject"] is None for f in dom["findings"])
+
+
+def test_unreadable_sysfs_file(tmp_path):
+    """A config file that cannot be read at all (a directory in its place)."""
+    dev = tmp_path / "sys/bus/pci/devices/0000:01:00.0"
+    (dev / "config").mkdir(parents=True)
+    (dev / "vendor").write_text("0x10de\n")
+    xml = tmp_path / "d.xml"
+    xml.write_text("<domain type='kvm'><name>d</name><os><type machine='q35'>hvm</type></os>"
+                   "<devices><hostdev mode='subsystem' type='pci'><source><address domain='0' "
+                   "bus='1' slot='0' function='0'/></source></hostdev></devices></domain>")
+    out = run("advise", "--xml", str(xml), "--host-root", str(tmp_path), "--format", "json")
+    assert out.returncode in (0, 1), out.stderr
+    doc = json.loads(out.stdout)
+    dev = doc["domains"][0]["devices"][0]
+    assert dev["found_on_host"] is True
+    assert any(u.startswith("config:") for u in dev["unreadable"])
+    assert dev["capabilities"]["msi"] == "unknown"
