@@ -23,21 +23,48 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) 
     tar.addfile(info, io.BytesIO(data))
 
 
+def _canonical(root: Path, rel: str) -> list[str]:
+    """Paths to archive for one path read: every symlink met on the way (as a
+    link), then the final target by its symlink-free path. sysfs reaches
+    devices through links (bus/pci/devices/<BDF> -> ../../../devices/...), and
+    a tar member must not sit below a symlink member."""
+    real_root = os.path.realpath(root)
+    out: list[str] = []
+    cur = ""
+    for part in Path(rel).parts:
+        cand = os.path.join(cur, part) if cur else part
+        full = root / cand
+        if full.is_symlink():
+            out.append(cand)
+            target = os.path.realpath(full)
+            if not (target + os.sep).startswith(real_root + os.sep):
+                return out  # points outside the root: keep the link only
+            cur = os.path.relpath(target, real_root)
+        else:
+            cur = cand
+    if cur and os.path.lexists(root / cur):
+        out.append(cur)
+    return out
+
+
 def write_snapshot(out_path: str, host: HostRoot, domains: list[tuple[str, str]]) -> int:
     """Write the archive. `host` must have recorded its reads. Returns member count."""
     if host.recorded is None:
         raise RuntimeError("programming error: snapshot needs a recording HostRoot")
     root = host.root
     count = 0
+    entries: set[str] = set()
+    for rel in host.recorded:
+        entries.update(_canonical(root, rel))
     with tarfile.open(out_path, "w:gz") as tar:
         dirs_done: set[str] = set()
-        for rel in sorted(host.recorded):
+        for rel in sorted(entries):
             path = root / rel
             # Parent directories first, so links and files have somewhere to go.
             parts = Path(rel).parts
             for i in range(1, len(parts)):
                 parent = str(Path(*parts[:i]))
-                if parent not in dirs_done and not (root / parent).is_symlink():
+                if parent not in dirs_done:
                     dirs_done.add(parent)
                     info = tarfile.TarInfo(parent)
                     info.type, info.mode = tarfile.DIRTYPE, 0o755
