@@ -55,6 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--connect", "-c", metavar="URI")
     s.add_argument("--xml", action="append", default=[], metavar="FILE")
     s.add_argument("--host-root", default="/", metavar="DIR")
+    c = sub.add_parser("catalog", help="print the journald message catalog generated from the rules")
+    c.add_argument("-o", "--output", metavar="FILE")
+
+    i = sub.add_parser("install", help="install the libvirt hook, config and journald catalog")
+    i.add_argument("--root", default="/", metavar="DIR", help="install under DIR (default /)")
+    i.add_argument("--python", metavar="PATH", help="interpreter for the hook (default: this one)")
+    i.add_argument("--config", metavar="PATH", help="config file the hook reads "
+                   "(default /etc/vfio-advisor/config.toml)")
+    i.add_argument("--classic", action="store_true",
+                   help="install as /etc/libvirt/hooks/qemu instead of qemu.d/vfio-advisor")
+
+    u = sub.add_parser("uninstall", help="remove what install placed (keeps the config)")
+    u.add_argument("--root", default="/", metavar="DIR")
     return p
 
 
@@ -291,5 +304,43 @@ def cmd_snapshot(args) -> int:
     return EXIT_OK
 
 
+def cmd_catalog(args) -> int:
+    from vfio_advisor.catalog import render_catalog
+
+    text = render_catalog()
+    if args.output:
+        try:
+            with open(args.output, "w") as f:
+                f.write(text)
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_install(args) -> int:
+    from vfio_advisor.install import install
+
+    try:
+        notes = install(args.root, args.python, args.config, args.classic)
+    except OSError as exc:
+        raise UsageError(f"install failed: {exc.strerror or exc} ({getattr(exc, 'filename', '')})") from None
+    print("\n".join(notes))
+    return EXIT_OK
+
+
+def cmd_uninstall(args) -> int:
+    from vfio_advisor.install import uninstall
+
+    try:
+        notes = uninstall(args.root)
+    except OSError as exc:
+        raise UsageError(f"uninstall failed: {exc.strerror or exc}") from None
+    print("\n".join(notes))
+    return EXIT_OK
+
+
 COMMANDS = {"advise": cmd_advise, "device": cmd_device, "explain": cmd_explain,
-            "rules": cmd_rules, "snapshot": cmd_snapshot}
+            "rules": cmd_rules, "snapshot": cmd_snapshot, "catalog": cmd_catalog,
+            "install": cmd_install, "uninstall": cmd_uninstall}

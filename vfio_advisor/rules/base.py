@@ -38,6 +38,9 @@ class Rule:
     fires_on: tuple[str, ...] = field(default=())
     silent_on: tuple[str, ...] = field(default=())
     documentation: tuple[str, ...] = field(default=())
+    # "device": findings name a host device (VFIO_ADVISOR_HOST_BDF is set);
+    # "domain": they are about the domain or host as a whole.
+    scope: str = "device"
 
     @property
     def family(self) -> str:

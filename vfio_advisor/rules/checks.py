@@ -349,7 +349,7 @@ RULES: tuple[Rule, ...] = (
          "Turn on interrupt remapping in the firmware and kernel, and unset "
          "allow_unsafe_interrupts.",
          _id("cfe41719da2d463eae90ac6c90f91dea"), check_unsafe_interrupts,
-         fires_on=("unsafe-interrupts",), silent_on=("gpu-audio-msi",)),
+         fires_on=("unsafe-interrupts",), silent_on=("gpu-audio-msi",), scope="domain"),
     Rule("VA4001", "i440fx-with-pcie-or-intx-devices", Severity.WARNING,
          "i440FX machine with PCI Express or INTx-only assigned devices",
          "The i440FX machine has no PCI Express bus, so assigned PCIe devices appear as "
@@ -359,7 +359,7 @@ RULES: tuple[Rule, ...] = (
          "(A-H) on GSI 16-23.",
          "Move the domain to a Q35 machine type with pcie-root-port controllers.",
          _id("8481b99c0c144a55b34960720376d9ff"), check_i440fx_limits,
-         fires_on=("i440fx-intx-only",), silent_on=("gpu-audio-msi",)),
+         fires_on=("i440fx-intx-only",), silent_on=("gpu-audio-msi",), scope="domain"),
     Rule("VA4002", "multifunction-device-split", Severity.WARNING,
          "Functions of one host device are split across guest slots",
          "The host device has several functions (typically a GPU's video and HDMI audio) "
@@ -400,5 +400,13 @@ RULES: tuple[Rule, ...] = (
          "ran. This is a bug in vfio-advisor, not in the domain.",
          "Report it with the message and, if possible, a snapshot "
          "(vfio-advisor snapshot -o report.tar.gz).",
-         _id("00113ac7df114add87300056cd258a31"), None),
+         _id("00113ac7df114add87300056cd258a31"), None, scope="domain"),
+    Rule("VA9002", "run-summary", Severity.INFO,
+         "vfio-advisor checked a domain",
+         "vfio-advisor checked the domain @VFIO_ADVISOR_DOMAIN@ (@VFIO_ADVISOR_SOURCE@) and "
+         "logged @VFIO_ADVISOR_FINDINGS@ findings for @VFIO_ADVISOR_DEVICES@ assigned PCI "
+         "devices, one journal entry each. This entry is logged once per check, also when "
+         "there is nothing to report.",
+         "Read the findings with journalctl -t vfio-advisor VFIO_ADVISOR_DOMAIN=<name> -x.",
+         _id("c77143cee7824d24965769fa0d8fa414"), None, scope="domain"),
 )

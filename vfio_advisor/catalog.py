@@ -1,0 +1,48 @@
+"""The journald message catalog, generated from the rule registry.
+
+Format: systemd's catalog/systemd.catalog.in and docs/CATALOG.md: a
+"-- MESSAGE_ID" line, a one-line Subject, Defined-By, Documentation, a blank
+line, then prose (what happened, then what to do) wrapped at 76 columns.
+`@FIELD@` is replaced by journalctl -x from the entry.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+from vfio_advisor.rules import RULES
+
+HEADER = """\
+#  SPDX-License-Identifier: GPL-2.0-or-later
+#
+#  Message catalog for vfio-advisor. Generated from the rule registry by
+#  `vfio-advisor catalog`; do not edit. Install to /usr/lib/systemd/catalog/
+#  and run `journalctl --update-catalog`; `journalctl -x` then shows these.
+"""
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, 76, break_long_words=False, break_on_hyphens=False)
+
+
+def render_catalog() -> str:
+    parts = [HEADER]
+    for rule in RULES:
+        lines = [
+            f"-- {rule.message_id.hex}",
+            f"Subject: {rule.id} {rule.title}",
+            "Defined-By: vfio-advisor",
+        ]
+        lines += [f"Documentation: {doc}" for doc in rule.documentation]
+        body = [_wrap(rule.explanation)]
+        if rule.check is not None:
+            where = "Domain: @VFIO_ADVISOR_DOMAIN@."
+            if rule.scope == "device":
+                where += (" Host device: @VFIO_ADVISOR_HOST_BDF@, guest address "
+                          "@VFIO_ADVISOR_GUEST_ADDRESS@.")
+            body.append(_wrap(where))
+            body.append("What to do:\n@VFIO_ADVISOR_REMEDY@")
+        body.append(_wrap(f"Rule {rule.id} ({rule.slug}). "
+                          f"Run `vfio-advisor explain {rule.id}` for more."))
+        parts.append("\n".join(lines) + "\n\n" + "\n\n".join(body) + "\n")
+    return "\n".join(parts)
