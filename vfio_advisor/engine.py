@@ -132,8 +132,7 @@ def host_interrupts(bdf: str, device: PciDevice | None, host: HostFacts) -> Host
         # While MSI is on, older kernels put the first MSI vector in sysfs `irq`.
         if candidate is not None and not (candidate.chip and "MSI" in candidate.chip):
             intx_line = candidate
-    own = {f"vfio-intx({bdf})"}
-    shared = tuple(h for h in intx_line.handlers if h not in own) if intx_line else ()
+    shared = tuple(h for h in intx_line.handlers if not _own_handler(h, bdf, device)) if intx_line else ()
     count = delta = None
     if mode == "intx" and intx_line is not None:
         count = intx_line.total
@@ -146,6 +145,23 @@ def host_interrupts(bdf: str, device: PciDevice | None, host: HostFacts) -> Host
     return HostInterrupts(mode=mode, irqs=irqs,
                           intx_irq=intx_line.number if intx_line else None,
                           shared_with=shared, intx_count=count, intx_delta=delta)
+
+
+def _own_handler(handler: str, bdf: str, device: PciDevice | None) -> bool:
+    """Is this /proc/interrupts action the device's own?
+
+    Its vfio-intx, or its host driver's handler: with managed='yes' libvirt
+    unbinds that driver before QEMU opens the device, which frees the line.
+    Drivers name actions after themselves ("snd_hda_intel:card0") or the BDF.
+    """
+    if handler == f"vfio-intx({bdf})" or bdf in handler:
+        return True
+    driver = device.driver if device is not None else None
+    if not driver or driver == "vfio-pci":
+        return False
+    norm = handler.replace("-", "_")
+    drv = driver.replace("-", "_")
+    return norm == drv or norm.startswith(drv + ":")
 
 
 class DeviceCache:

@@ -384,27 +384,16 @@ def test_number_property():
 
 # --- known bugs -----------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG interrupts.py parse_interrupt_row: counts are taken with str.isdigit() and "
-    "converted with int(); a non-ASCII digit such as '\u00b2' (isdigit() is True, int() "
-    "fails) raises ValueError instead of ending the counts / skipping the row"))
 def test_unicode_digit_does_not_raise():
     result = parse_interrupts("           CPU0\n  0: \u00b2 IO-APIC   2-edge      timer\n")
     assert len(result.lines) + len(result.skipped) == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG interrupts.py parse_interrupt_row: a count column of more than 4300 digits "
-    "raises ValueError (Python's int-string conversion limit) from int()"))
 def test_overlong_count_does_not_raise():
     result = parse_interrupts("  0: " + "9" * 5000 + " IO-APIC   2-edge      timer\n")
     assert len(result.lines) + len(result.skipped) == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG interrupts.py: ARM GIC rows ('GICv3  30 Level     arch_timer', kernel/irq/proc.c "
-    "with CONFIG_GENERIC_IRQ_SHOW_LEVEL prints ' Level'/' Edge' after the hwirq) match "
-    "none of the chip regexes, so complete rows are flagged truncated"))
 def test_arm_gic_row_not_truncated():
     text = textwrap.dedent("""\
                    CPU0       CPU1       CPU2       CPU3

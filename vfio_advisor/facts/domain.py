@@ -10,6 +10,7 @@ with XMLProperty). Value conversion (hex/decimal, yes/no/on/off) lives in
 from __future__ import annotations
 
 from dataclasses import dataclass
+import re
 from typing import Iterable
 
 from lxml import etree
@@ -51,14 +52,23 @@ PCI_CONTROLLER_MODELS = frozenset({
 })
 
 
+_NUMBER = re.compile(r"^(?:0[xX](?P<hex>[0-9a-fA-F]+)|(?P<oct>0[0-7]*)|(?P<dec>-?[1-9][0-9]*))$")
+
+
 def _int(text: str | None, what: str, maximum: int) -> int:
-    """libvirt accepts decimal or 0x-hex (virStrToLong_uip with base 0)."""
+    """libvirt parses these with virStrToLong_uip(..., base 0), i.e. strtoul:
+    0x-hex, 0-prefixed octal ("010" is 8), or decimal."""
     if text is None or text == "":
         raise DomainXMLError(f"{what} is missing")
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise DomainXMLError(f"{what} {text!r} is not a number") from None
+    m = _NUMBER.match(text.strip())
+    if not m or len(text) > 20:
+        raise DomainXMLError(f"{what} {text[:20]!r} is not a number")
+    if m.group("hex") is not None:
+        value = int(m.group("hex"), 16)
+    elif m.group("oct") is not None:
+        value = int(m.group("oct"), 8)
+    else:
+        value = int(m.group("dec"))
     if not 0 <= value <= maximum:
         raise DomainXMLError(f"{what} {text} is out of range (0-{maximum:#x})")
     return value
@@ -224,7 +234,10 @@ def _pin_list(elements: Iterable[etree._Element]) -> tuple[VcpuPin, ...]:
 def parse_domain_xml(text: str | bytes) -> Domain:
     """Parse a domain XML. Raises DomainXMLError with a one-line reason."""
     if isinstance(text, str):
-        text = text.encode("utf-8", "surrogateescape")
+        try:
+            text = text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DomainXMLError("input is not valid Unicode (lone surrogate)") from None
     if not text.strip():
         raise DomainXMLError("empty input, expected a libvirt <domain> XML")
     # No network, no entities: a domain XML never needs them, and the hook
@@ -263,7 +276,9 @@ def domain_from_element(root: etree._Element) -> Domain:
     for el in unindexed:
         # libvirt fills a missing index with the lowest free one
         # (domain_conf.c, virDomainControllerFindUnusedIndex).
-        index = next(i for i in range(256) if i not in seen_index)
+        index = next((i for i in range(256) if i not in seen_index), None)
+        if index is None:
+            raise DomainXMLError(f"domain {name!r}: more than 256 pci controllers")
         seen_index.add(index)
         controllers.append(_controller(el, index, name))
     controllers.sort(key=lambda c: c.index)
@@ -348,6 +363,6 @@ def _maybe_int(text: str | None) -> int | None:
     if not text:
         return None
     try:
-        return int(text, 0)
-    except ValueError:
+        return _int(text, "value", 0xFFFFFFFF)
+    except DomainXMLError:
         return None

@@ -20,13 +20,17 @@ import re
 from dataclasses import dataclass
 
 _VFIO = re.compile(
-    r"^vfio-(?P<mode>intx|msix|msi)(?:\[(?P<index>\d+)\])?"
+    r"^vfio-(?P<mode>intx|msix|msi)(?:\[(?P<index>[0-9]{1,7})\])?"
     r"\((?P<bdf>[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7])\)$")
 # chip, optional hwirq, flow.  "IR-PCI-MSI 1572865-edge", "IO-APIC   2-edge",
 # "IR-IO-APIC-edge" (pre-3.11), "PCI-MSIX-0000:00:09.0    0-edge".
 _CHIP_HWIRQ_FLOW = re.compile(
     r"^(?P<chip>\S+)\s+(?P<hwirq>(?:0x)?[0-9a-fA-F]+)-(?P<flow>[A-Za-z]+)(?:\s+|$)")
 _CHIP_FLOW = re.compile(r"^(?P<chip>\S+?)-(?P<flow>edge|level|fasteoi|simple|percpu|none)(?:\s+|$)")
+# ARM/arm64 with CONFIG_GENERIC_IRQ_SHOW_LEVEL print "Level"/"Edge" as a word
+# after the hwirq ("GICv2  30 Level  arch_timer"), kernel/irq/proc.c.
+_CHIP_HWIRQ_LEVEL = re.compile(
+    r"^(?P<chip>\S+)\s+(?P<hwirq>(?:0x)?[0-9a-fA-F]+)\s+(?P<flow>Level|Edge)(?:\s+|$)")
 # Since Linux 3.11 a chip with an irq domain but no flow name ("intel-gpio   87  rt5682s").
 _CHIP_HWIRQ = re.compile(r"^(?P<chip>\S+)\s+(?P<hwirq>(?:0x)?[0-9a-fA-F]+)(?:\s{2,}|$)")
 # Flow handler names (kernel/irq/chip.c handle_*_irq, set via irq_set_chip_and_handler_name).
@@ -53,7 +57,7 @@ class IrqLine:
 
     @property
     def number(self) -> int | None:
-        return int(self.irq) if self.irq.isdigit() else None
+        return int(self.irq) if _is_count(self.irq) else None
 
     @property
     def total(self) -> int:
@@ -82,6 +86,12 @@ class Interrupts:
     def vfio_lines(self, bdf: str) -> tuple[tuple[IrqLine, VfioHandler], ...]:
         bdf = bdf.lower()
         return tuple((line, v) for line in self.lines for v in line.vfio if v.bdf.lower() == bdf)
+
+
+def _is_count(token: str) -> bool:
+    # ASCII digits only ("²".isdigit() is True but int() refuses it), and no
+    # more than 20 (a u64); int() also refuses strings over 4300 digits.
+    return token.isascii() and token.isdigit() and len(token) <= 20
 
 
 def parse_vfio_handler(name: str) -> VfioHandler | None:
@@ -129,7 +139,7 @@ def parse_interrupt_row(row: str, cpus: int | None) -> IrqLine | None:
     counts: list[int] = []
     limit = cpus if cpus is not None else len(tokens)
     i = 0
-    while i < len(tokens) and len(counts) < limit and tokens[i].isdigit():
+    while i < len(tokens) and len(counts) < limit and _is_count(tokens[i]):
         counts.append(int(tokens[i]))
         i += 1
     # The description starts at the first token we did not take as a count.
@@ -139,12 +149,14 @@ def parse_interrupt_row(row: str, cpus: int | None) -> IrqLine | None:
     truncated = cpus is not None and len(counts) < cpus and irq not in ("ERR", "MIS")
     chip = hwirq = flow = None
     handlers: tuple[str, ...] = ()
-    if irq.isdigit():
-        m = _CHIP_HWIRQ_FLOW.match(desc) or _CHIP_FLOW.match(desc) or _CHIP_HWIRQ.match(desc)
+    if _is_count(irq):
+        m = (_CHIP_HWIRQ_FLOW.match(desc) or _CHIP_FLOW.match(desc)
+             or _CHIP_HWIRQ_LEVEL.match(desc) or _CHIP_HWIRQ.match(desc))
         if m:
             chip = m.group("chip")
             hwirq = m.groupdict().get("hwirq")
             flow = m.groupdict().get("flow")
+            flow = flow.lower() if flow in ("Level", "Edge") else flow
             handlers = _split_handlers(desc[m.end():])
             if flow is not None and flow not in KNOWN_FLOWS and not handlers:
                 flow, truncated = None, True  # "IR-IO-APIC    8-e": cut off mid-word

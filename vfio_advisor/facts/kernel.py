@@ -75,7 +75,9 @@ class KernelCmdline:
     def intremap_off(self) -> bool:
         # Documentation/admin-guide/kernel-parameters.txt: intremap=off,
         # intel_iommu=off / amd_iommu=off, iommu=off all leave remapping off.
-        if self.get("intremap") == "off":
+        # intremap= is a comma list (drivers/iommu/irq_remapping.c, setup_irqremap);
+        # the deprecated boolean "nointremap" still turns remapping off too.
+        if "off" in self.values("intremap") or self.get("nointremap") is not None:
             return True
         return any(self.get(k) == "off" for k in ("intel_iommu", "amd_iommu", "iommu"))
 

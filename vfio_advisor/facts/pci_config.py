@@ -224,6 +224,11 @@ def parse_config_space(data: bytes) -> ConfigSpace:
             f"config space has {len(data)} bytes; at least "
             f"{UNPRIVILEGED_CONFIG_BYTES} are needed for the header")
     length = len(data)
+    if _u16(data, 0x00) == 0xFFFF:
+        # Config reads of a function that is powered off (D3cold) or gone
+        # return all ones; nothing in them is the device's.
+        raise ConfigSpaceError("config space reads as all ones (vendor 0xffff): "
+                               "the function is powered off or absent")
     header_type = _u8(data, 0x0E)
     layout = header_type & 0x7F
     status = _u16(data, PCI_STATUS)
@@ -349,14 +354,15 @@ def _pm(data: bytes, off: int, problems: list[str]) -> PmCapability | None | _Un
     return PmCapability(offset=off, version=_u16(data, off + 2) & 0x7)
 
 
-def _walk_extended(data: bytes, problems: list[str]) -> tuple[ExtCapability, ...]:
+def _walk_extended(data: bytes, problems: list[str]) -> tuple[ExtCapability, ...] | _Unknown:
     found: list[ExtCapability] = []
     seen: set[int] = set()
     pointer = STANDARD_CONFIG_BYTES
     while True:
         if pointer + 4 > len(data):
-            if pointer != STANDARD_CONFIG_BYTES:
-                problems.append(f"extended capability pointer {pointer:#05x} is past the readable bytes")
+            if len(data) < EXTENDED_CONFIG_BYTES:
+                return UNKNOWN  # our read stopped short, not the device's list
+            problems.append(f"extended capability pointer {pointer:#05x} is past the end")
             break
         header = _u32(data, pointer)
         # An all-zero or all-ones header at 0x100 means "no extended capabilities"

@@ -34,7 +34,7 @@ class Rule:
     remedy: str  # generic; findings may carry a specific one
     message_id: uuid.UUID  # fixed forever (journalctl --new-id128)
     check: Callable[..., Iterable[Finding]] | None  # None: raised by the engine itself
-    # Names of example fixtures (rules/examples.py) that must / must not fire.
+    # Names of examples (tests/rules/examples.py) on which it must / must not fire.
     fires_on: tuple[str, ...] = field(default=())
     silent_on: tuple[str, ...] = field(default=())
     documentation: tuple[str, ...] = field(default=())

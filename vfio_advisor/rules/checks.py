@@ -30,27 +30,52 @@ def _finding(rule_id: str, facts: DomainFacts, dev: AssignedDevice | None, messa
 
 # --- VA1xxx: interrupt mode -------------------------------------------------
 
+def host_blocks_msi(facts: DomainFacts, dev: AssignedDevice) -> list[str]:
+    """Why the host forbids MSI for this device (pci=nomsi, msi_bus=0), if it does."""
+    pci = dev.device
+    cmdline = facts.host.kernel.cmdline
+    reasons = []
+    if cmdline is not None and cmdline.pci_nomsi:
+        reasons.append("the host kernel command line has pci=nomsi")
+    if pci is not None and pci.msi_bus is False:
+        reasons.append(f"{pci.address}/msi_bus is 0")
+    if pci is not None:
+        reasons += [f"bridge {bdf} has msi_bus 0" for bdf, ok in pci.upstream if ok is False]
+    return reasons
+
+
 def check_msi_capable_on_intx(facts: DomainFacts) -> Iterator[Finding]:
     for dev in facts.devices:
         pci, irq = dev.device, dev.interrupts
         if pci is None or not irq.on_intx or pci.supports_msi is not True:
             continue
+        if host_blocks_msi(facts, dev):
+            continue  # the guest cannot fix this; VA3001 says what can
+        # /proc/interrupts counts per line, not per handler: on a shared line
+        # part of the count may be the other devices'.
+        whose = (f"host IRQ {irq.intx_irq}, shared with {', '.join(irq.shared_with)}, so part "
+                 "of the count may be theirs" if irq.shared_with else f"host IRQ {irq.intx_irq}")
         if irq.intx_delta is not None:
             if irq.intx_delta <= 0:
                 continue  # sampled, and nothing new arrived on INTx
-            seen = (f"its vfio-intx count rose by {irq.intx_delta} in "
-                    f"{facts.host.sample_seconds:g} s")
+            span = f" in {facts.host.sample_seconds:g} s" if facts.host.sample_seconds else ""
+            seen = f"the line's count rose by {irq.intx_delta}{span} ({whose})"
         else:
             if not irq.intx_count:
                 continue
-            seen = (f"vfio-intx has counted {irq.intx_count} interrupts "
-                    "(not sampled; use --sample 10 to confirm it is still rising)")
+            seen = (f"the line has counted {irq.intx_count} interrupts ({whose}); not sampled, "
+                    "use --sample 10 to confirm it is still rising")
         caps = [c for c, v in (("MSI", pci.config.msi), ("MSI-X", pci.config.msix)) if v]
-        functions = [dev] + [s for s in facts.siblings(dev) if s.device is not None]
+        siblings = [s for s in facts.siblings(dev) if s.device is not None]
+        if facts.domain.guest_os == "windows":
+            # MSISupported is per function: name them all (GPU and HDMI audio).
+            functions = [dev] + siblings
+        else:
+            functions = [dev] + [s for s in siblings if s.interrupts.on_intx]
         yield _finding(
             "VA1001", facts, dev,
             f"{pci.name} supports {' and '.join(caps)} but the guest driver keeps it on "
-            f"INTx (host IRQ {irq.intx_irq}): {seen}.",
+            f"vfio-intx: {seen}.",
             msi_remedy(facts.domain.guest_os, [f.device for f in functions]),
             {"proc/interrupts": f"IRQ {irq.intx_irq}: vfio-intx({dev.address})"})
 
@@ -98,15 +123,16 @@ def _exclusive_line_findings(facts: DomainFacts, want: bool | None, rule_id: str
         if irq.on_intx and want is None:
             continue  # vfio-pci already shares the line: it passed its own probe
         holders = ", ".join(irq.shared_with)
+        verb = "holds" if len(irq.shared_with) == 1 else "hold"
         if want is False:
             message = (f"{pci.name} cannot mask INTx at the device ({masking.evidence}), so "
                        f"vfio-pci needs host IRQ {irq.intx_irq} to itself, but {holders} "
-                       "hold it. QEMU will fail to start the VM with "
+                       f"{verb} it. QEMU will fail to start the VM with "
                        "\"Device or resource busy\".")
         else:
-            message = (f"{pci.name} shows no sign of PCI 2.3 INTx masking ({masking.evidence}); "
-                       f"if it lacks it, vfio-pci needs host IRQ {irq.intx_irq} to itself, "
-                       f"but {holders} hold it, and the start fails with "
+            message = (f"{pci.name} may lack PCI 2.3 INTx masking ({masking.evidence}); "
+                       f"if it does, vfio-pci needs host IRQ {irq.intx_irq} to itself, "
+                       f"but {holders} {verb} it, and the start fails with "
                        "\"Device or resource busy\".")
         yield _finding(
             rule_id, facts, dev, message,
@@ -127,18 +153,11 @@ def check_intx_masking_unproven(facts: DomainFacts) -> Iterator[Finding]:
 # --- VA3xxx: host platform --------------------------------------------------
 
 def check_msi_disabled_on_host(facts: DomainFacts) -> Iterator[Finding]:
-    cmdline = facts.host.kernel.cmdline
-    nomsi = cmdline is not None and cmdline.pci_nomsi
     for dev in facts.devices:
         pci = dev.device
         if pci is None or pci.supports_msi is not True:
             continue
-        blocked = []
-        if nomsi:
-            blocked.append("the host kernel command line has pci=nomsi")
-        if pci.msi_bus is False:
-            blocked.append(f"{pci.address}/msi_bus is 0")
-        blocked += [f"bridge {bdf} has msi_bus 0" for bdf, ok in pci.upstream if ok is False]
+        blocked = host_blocks_msi(facts, dev)
         if blocked:
             yield _finding(
                 "VA3001", facts, dev,

@@ -1,0 +1,361 @@
+"""The example fixtures that the rules name in `fires_on` / `silent_on`.
+
+Each example writes a host tree with tests/hosttree.py (config bytes from real
+dumps only, /proc/interrupts derived from a real capture), pairs it with a
+domain XML, and runs the engine's own gather functions on them, so the facts
+a rule sees are the ones the CLI would see for that host.
+
+    facts = EXAMPLES["sblive-shared-line"](tmp_path)
+
+Devices and where their bytes come from (tests/data/hosts/configs/PROVENANCE.md):
+
+    0000:05:00.0/.1   AMD Navi 23 GPU + HDMI audio, Huananzhi X99-QD4 dump,
+                      behind 00:02.0 -> 03:00.0 -> 04:00.0 as on that board
+    0000:08:00.0      Creative SB Live! EMU10K1 (PCI PM 1.0), moved from 00:0b.0
+    0000:08:01.0      NEC uPD720101 OHCI (PCI PM 1.1, no MSI), moved from 0005:90:01.0
+    0000:07:00.0      PLX PEX8112 PCIe-to-PCI bridge above them, moved from 0005:80:00.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+from vfio_advisor.engine import DeviceCache, DomainFacts, gather_domain, gather_host, read_interrupts
+from vfio_advisor.facts.domain import parse_domain_xml
+from vfio_advisor.facts.host import HostRoot
+from vfio_advisor.facts.pciids import PciIds
+from tests.hosttree import (
+    Device,
+    Host,
+    build,
+    edit_interrupts,
+    first_bytes,
+    irq_row,
+    load_capture,
+    load_config,
+    rename_handler,
+)
+
+Example = Callable[[Path], DomainFacts]
+EXAMPLES: dict[str, Example] = {}
+
+
+def example(name: str) -> Callable[[Example], Example]:
+    def register(fn: Example) -> Example:
+        assert name not in EXAMPLES, name
+        EXAMPLES[name] = fn
+        return fn
+    return register
+
+
+# --- real inputs ------------------------------------------------------------
+
+QD4 = "huananzhi-x99-qd4_navi23_lspci-nnvvvxxxx.txt"
+SBLIVE_DUMP = "lkml-2001-08-14_sblive-emu10k1.txt"
+PLX_DUMP = "0005-80-00.0.lspci-x.txt"
+NEC_DUMP = "0005-90-01.0.lspci-x.txt"
+# 8 CPUs, interrupt remapping on (IR- chips), pre-4.3 row format; IRQ 16 is
+# "ehci_hcd:usb5" alone, 45 is "vfio-msi[0](0000:07:00.0)".
+IR_CAPTURE = "forum-post_2015-10-24_vfio-msi_8cpu.txt"
+# sysstat test fixture: plain IO-APIC / PCI-MSI chips, no interrupt remapping.
+NO_IR_CAPTURE = "sysstat-tests-root1_9cpu.txt"
+
+GPU, AUDIO = "0000:05:00.0", "0000:05:00.1"
+SBLIVE, NEC, PLX = "0000:08:00.0", "0000:08:01.0", "0000:07:00.0"
+EHCI = "ehci_hcd:usb5"  # the host handler on IRQ 16 in IR_CAPTURE
+
+# Pre-4.3 format rows, as in IR_CAPTURE.
+def _msi_row(irq: int, counts: list[int], handler: str) -> str:
+    return irq_row(irq, counts, "IR-PCI-MSI", "edge", [handler])
+
+
+def _ioapic_row(irq: int, counts: list[int], handlers: list[str]) -> str:
+    return irq_row(irq, counts, "IR-IO-APIC", "fasteoi", handlers, hwirq=irq)
+
+
+def _ir_interrupts(rows: dict[int, str | None], gpu: bool = True) -> str:
+    """IR_CAPTURE with `rows` edited in; with `gpu`, the captured vfio-msi[0]
+    row (IRQ 45) becomes the Navi 23's, counts unchanged."""
+    text = load_capture(IR_CAPTURE)
+    if gpu:
+        text = rename_handler(text, "vfio-msi[0](0000:07:00.0)", f"vfio-msi[0]({GPU})")
+    return edit_interrupts(text, rows)
+
+
+# --- host devices -----------------------------------------------------------
+
+def _x99_bridges() -> list[Device]:
+    return [
+        Device("0000:00:02.0", load_config(QD4, "00:02.0"), driver="pcieport", iommu_group=28, irq=None),
+        Device("0000:03:00.0", load_config(QD4, "03:00.0"), parent="0000:00:02.0",
+               driver="pcieport", iommu_group=34, irq=None),
+        Device("0000:04:00.0", load_config(QD4, "04:00.0"), parent="0000:03:00.0",
+               driver="pcieport", iommu_group=35, irq=None),
+    ]
+
+
+def _gpu_audio(gpu_irq: int, audio_irq: int, *, gpu_msi: tuple[int, ...] = (),
+               audio_msi: tuple[int, ...] = (), config_bytes: int | None = None) -> list[Device]:
+    def cfg(bdf: str) -> bytes:
+        data = load_config(QD4, bdf)
+        return first_bytes(data, config_bytes) if config_bytes else data
+    return _x99_bridges() + [
+        Device(GPU, cfg("05:00.0"), parent="0000:04:00.0", iommu_group=36, irq=gpu_irq, msi_irqs=gpu_msi),
+        Device(AUDIO, cfg("05:00.1"), parent="0000:04:00.0", iommu_group=36, irq=audio_irq,
+               msi_irqs=audio_msi),
+    ]
+
+
+def _legacy_pci(*, sblive_irq: int | None = None, nec_irq: int | None = None) -> list[Device]:
+    devices = [
+        Device("0000:00:1c.0", load_config(QD4, "00:1c.0"), driver="pcieport", iommu_group=31, irq=None),
+        Device(PLX, load_config(PLX_DUMP, "0005:80:00.0"), parent="0000:00:1c.0", driver=None,
+               iommu_group=38, irq=None),
+    ]
+    if sblive_irq is not None:
+        devices.append(Device(SBLIVE, load_config(SBLIVE_DUMP, "00:0b.0"), parent=PLX,
+                              iommu_group=38, irq=sblive_irq))
+    if nec_irq is not None:
+        devices.append(Device(NEC, load_config(NEC_DUMP, "0005:90:01.0"), parent=PLX,
+                              iommu_group=38, irq=nec_irq))
+    return devices
+
+
+# --- domains ----------------------------------------------------------------
+
+OS_IDS = {
+    "windows": "http://microsoft.com/win/11",
+    "win7": "http://microsoft.com/win/7",
+    "linux": "http://debian.org/debian/12",
+}
+
+
+def _hostdev(source: str, guest: tuple[int, int, int] | None, multifunction: bool = False) -> str:
+    d, b, sf = source.split(":")
+    s, f = sf.split(".")
+    xml = (f"    <hostdev mode='subsystem' type='pci' managed='yes'>\n"
+           f"      <source><address domain='0x{d}' bus='0x{b}' slot='0x{s}' function='0x{f}'/></source>\n")
+    if guest is not None:
+        bus, slot, fn = guest
+        mf = " multifunction='on'" if multifunction else ""
+        xml += (f"      <address type='pci' domain='0x0000' bus='0x{bus:02x}' slot='0x{slot:02x}' "
+                f"function='0x{fn:x}'{mf}/>\n")
+    return xml + "    </hostdev>\n"
+
+
+def domain_xml(name: str, hostdevs: list[str], *, os: str = "windows",
+               machine: str = "pc-q35-7.2", features: str = "") -> str:
+    if "q35" in machine:
+        controllers = "    <controller type='pci' index='0' model='pcie-root'/>\n"
+        for i in range(1, 5):
+            mf = " multifunction='on'" if i == 1 else ""
+            controllers += (f"    <controller type='pci' index='{i}' model='pcie-root-port'>\n"
+                            f"      <target chassis='{i}' port='0x{0x0f + i:x}'/>\n"
+                            f"      <address type='pci' domain='0x0000' bus='0x00' slot='0x02' "
+                            f"function='0x{i - 1:x}'{mf}/>\n"
+                            "    </controller>\n")
+    else:
+        controllers = "    <controller type='pci' index='0' model='pci-root'/>\n"
+    return f"""<domain type='kvm'>
+  <name>{name}</name>
+  <metadata>
+    <libosinfo:libosinfo xmlns:libosinfo="http://libosinfo.org/xmlns/libvirt/domain/1.0">
+      <libosinfo:os id="{OS_IDS[os]}"/>
+    </libosinfo:libosinfo>
+  </metadata>
+  <memory unit='KiB'>8388608</memory>
+  <vcpu placement='static'>4</vcpu>
+  <os>
+    <type arch='x86_64' machine='{machine}'>hvm</type>
+  </os>
+  <features>
+    <acpi/>
+    <apic/>
+{features}  </features>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+{controllers}{"".join(hostdevs)}  </devices>
+</domain>
+"""
+
+
+def gpu_audio_hostdevs(split: bool = False) -> list[str]:
+    """GPU and audio in one guest slot (function 0 multifunction='on'), or split."""
+    if split:
+        return [_hostdev(GPU, (0x03, 0, 0)), _hostdev(AUDIO, (0x04, 0, 0))]
+    return [_hostdev(GPU, (0x03, 0, 0), multifunction=True), _hostdev(AUDIO, (0x03, 0, 1))]
+
+
+# --- running the engine -----------------------------------------------------
+
+def analyse(root: Path, host: Host, xml: str, *, resample: bool = False) -> DomainFacts:
+    """Build `host` under `root` and gather the domain's facts as the CLI does.
+
+    `resample`: read /proc/interrupts a second time, as `--sample` does after
+    its sleep; the tree does not change in between, so nothing counted.
+    """
+    build(root, host)
+    hr = HostRoot(root)
+    host_facts = gather_host(hr)
+    if resample:
+        host_facts = dataclasses.replace(host_facts, later=read_interrupts(hr), sample_seconds=10.0)
+    return gather_domain(parse_domain_xml(xml), host_facts, DeviceCache(hr, PciIds(None)))
+
+
+# --- the examples -----------------------------------------------------------
+
+def _audio_on_shared_intx_host() -> Host:
+    # Audio on vfio-intx, sharing IRQ 16 with the capture's EHCI (the first
+    # action registered, at boot, is printed first).
+    return Host(
+        devices=_gpu_audio(gpu_irq=45, audio_irq=16, gpu_msi=(45,)),
+        interrupts=_ir_interrupts({16: _ioapic_row(16, [301514, 0, 0, 0, 0, 9, 0, 0],
+                                                   [EHCI, f"vfio-intx({AUDIO})"])}))
+
+
+def _audio_on_own_intx_host() -> Host:
+    # Audio alone on IRQ 28 (a line the capture does not use).
+    return Host(
+        devices=_gpu_audio(gpu_irq=45, audio_irq=28, gpu_msi=(45,)),
+        interrupts=_ir_interrupts({28: _ioapic_row(28, [448207, 0, 0, 0, 0, 0, 0, 0],
+                                                   [f"vfio-intx({AUDIO})"])}))
+
+
+def _both_on_msi_host(config_bytes: int | None = None) -> Host:
+    return Host(
+        devices=_gpu_audio(gpu_irq=45, audio_irq=51, gpu_msi=(45,), audio_msi=(51,),
+                           config_bytes=config_bytes),
+        interrupts=_ir_interrupts({51: _msi_row(51, [0, 0, 0, 182733, 0, 0, 0, 0],
+                                                f"vfio-msi[0]({AUDIO})")}))
+
+
+@example("gpu-audio-intx-windows")
+def gpu_audio_intx_windows(tmp: Path) -> DomainFacts:
+    """Windows 11 guest left the HDMI audio on INTx; its line is shared with EHCI."""
+    return analyse(tmp, _audio_on_shared_intx_host(),
+                   domain_xml("win11", gpu_audio_hostdevs(), os="windows"))
+
+
+@example("gpu-audio-intx-linux")
+def gpu_audio_intx_linux(tmp: Path) -> DomainFacts:
+    """Debian guest left the HDMI audio on INTx (snd_hda_intel without MSI)."""
+    return analyse(tmp, _audio_on_own_intx_host(),
+                   domain_xml("debian", gpu_audio_hostdevs(), os="linux"))
+
+
+@example("gpu-audio-msi")
+def gpu_audio_msi(tmp: Path) -> DomainFacts:
+    """The healthy case: Q35, one guest slot, both functions on vfio-msi."""
+    return analyse(tmp, _both_on_msi_host(), domain_xml("win11", gpu_audio_hostdevs()))
+
+
+@example("intx-sampled-idle")
+def intx_sampled_idle(tmp: Path) -> DomainFacts:
+    """Audio on vfio-intx with a large count, but read twice with no change."""
+    return analyse(tmp, _audio_on_own_intx_host(), domain_xml("win11", gpu_audio_hostdevs()),
+                   resample=True)
+
+
+@example("intx-only-usb")
+def intx_only_usb(tmp: Path) -> DomainFacts:
+    """Running guest with the NEC OHCI (no MSI) on vfio-intx, sharing IRQ 16 with EHCI."""
+    host = Host(
+        devices=_legacy_pci(nec_irq=16),
+        interrupts=_ir_interrupts({16: _ioapic_row(16, [58213, 0, 0, 0, 0, 9, 0, 0],
+                                                   [EHCI, f"vfio-intx({NEC})"])}, gpu=False))
+    return analyse(tmp, host, domain_xml("usbvm", [_hostdev(NEC, (0x00, 0x10, 0))], os="linux"))
+
+
+@example("intx-exclusive-line")
+def intx_exclusive_line(tmp: Path) -> DomainFacts:
+    """Running guest with the SB Live! on vfio-intx, alone on IRQ 17."""
+    host = Host(
+        devices=_legacy_pci(sblive_irq=17),
+        interrupts=_ir_interrupts({17: _ioapic_row(17, [92412, 0, 0, 0, 0, 0, 0, 0],
+                                                   [f"vfio-intx({SBLIVE})"])}, gpu=False))
+    return analyse(tmp, host, domain_xml("oldbox", [_hostdev(SBLIVE, (0x00, 0x05, 0))],
+                                         os="win7", machine="pc-i440fx-6.2"))
+
+
+@example("sblive-shared-line")
+def sblive_shared_line(tmp: Path) -> DomainFacts:
+    """Shut-off guest; the SB Live! (PCI PM 1.0, no INTx masking) is on IRQ 16 with EHCI."""
+    host = Host(devices=_legacy_pci(sblive_irq=16), interrupts=_ir_interrupts({}, gpu=False))
+    return analyse(tmp, host, domain_xml("oldbox", [_hostdev(SBLIVE, (0x00, 0x05, 0))],
+                                         os="win7", machine="pc-i440fx-6.2"))
+
+
+@example("conventional-unknown-shared")
+def conventional_unknown_shared(tmp: Path) -> DomainFacts:
+    """Shut-off guest; the NEC OHCI (PM 1.1, masking not shown) is on IRQ 16 with EHCI."""
+    host = Host(devices=_legacy_pci(nec_irq=16), interrupts=_ir_interrupts({}, gpu=False))
+    return analyse(tmp, host, domain_xml("usbvm", [_hostdev(NEC, (0x00, 0x10, 0))], os="linux"))
+
+
+@example("pci-nomsi")
+def pci_nomsi(tmp: Path) -> DomainFacts:
+    """Host booted with pci=nomsi: no PCI-MSI rows at all; GPU and audio on vfio-intx."""
+    text = load_capture(IR_CAPTURE)
+    drop = {line.split(":")[0].strip(): None for line in text.splitlines() if "PCI-MSI" in line}
+    interrupts = edit_interrupts(text, {
+        **drop,
+        28: _ioapic_row(28, [1502265, 0, 0, 0, 0, 0, 0, 0], [f"vfio-intx({GPU})"]),
+        29: _ioapic_row(29, [448207, 0, 0, 0, 0, 0, 0, 0], [f"vfio-intx({AUDIO})"]),
+    })
+    host = Host(devices=_gpu_audio(gpu_irq=28, audio_irq=29), interrupts=interrupts,
+                cmdline="BOOT_IMAGE=/boot/vmlinuz root=/dev/mapper/host-root ro quiet "
+                        "intel_iommu=on iommu=pt pci=nomsi")
+    return analyse(tmp, host, domain_xml("win11", gpu_audio_hostdevs()))
+
+
+@example("unsafe-interrupts")
+def unsafe_interrupts(tmp: Path) -> DomainFacts:
+    """No interrupt remapping (plain IO-APIC / PCI-MSI chips) and allow_unsafe_interrupts=Y."""
+    # Linux >= 4.3 format: "PCI-MSI <hwirq>-edge"; hwirq = PCI requester ID << 11.
+    interrupts = edit_interrupts(load_capture(NO_IR_CAPTURE), {
+        37: irq_row(37, [0, 0, 0, 0, 0, 0, 2316334, 0, 0], "PCI-MSI", "edge",
+                    [f"vfio-msi[0]({GPU})"], hwirq=0x0500 << 11),
+        38: irq_row(38, [0, 0, 0, 0, 0, 0, 0, 182733, 0], "PCI-MSI", "edge",
+                    [f"vfio-msi[0]({AUDIO})"], hwirq=0x0501 << 11),
+    })
+    host = Host(devices=_gpu_audio(gpu_irq=37, audio_irq=38, gpu_msi=(37,), audio_msi=(38,)),
+                interrupts=interrupts, allow_unsafe_interrupts="Y",
+                cmdline="BOOT_IMAGE=/boot/vmlinuz root=/dev/mapper/host-root ro quiet "
+                        "intel_iommu=on vfio_iommu_type1.allow_unsafe_interrupts=1")
+    return analyse(tmp, host, domain_xml("win11", gpu_audio_hostdevs()))
+
+
+@example("i440fx-intx-only")
+def i440fx_intx_only(tmp: Path) -> DomainFacts:
+    """i440FX guest (shut off) with the NEC OHCI, which has INTx only; its line is free."""
+    host = Host(devices=_legacy_pci(nec_irq=17), interrupts=_ir_interrupts({}, gpu=False))
+    return analyse(tmp, host, domain_xml("oldbox", [_hostdev(NEC, (0x00, 0x06, 0))],
+                                         os="win7", machine="pc-i440fx-6.2"))
+
+
+@example("gpu-audio-split")
+def gpu_audio_split(tmp: Path) -> DomainFacts:
+    """Both functions on vfio-msi, but the audio sits in another guest slot."""
+    return analyse(tmp, _both_on_msi_host(), domain_xml("win11", gpu_audio_hostdevs(split=True)))
+
+
+@example("split-irqchip-intx")
+def split_irqchip_intx(tmp: Path) -> DomainFacts:
+    """<ioapic driver='qemu'/> with the HDMI audio on vfio-intx."""
+    return analyse(tmp, _audio_on_own_intx_host(),
+                   domain_xml("win11", gpu_audio_hostdevs(), features="    <ioapic driver='qemu'/>\n"))
+
+
+@example("hostdev-missing")
+def hostdev_missing(tmp: Path) -> DomainFacts:
+    """The domain assigns 0000:0a:00.0, which this host does not have."""
+    return analyse(tmp, _both_on_msi_host(),
+                   domain_xml("win11", gpu_audio_hostdevs() + [_hostdev("0000:0a:00.0", (0x04, 0, 0))]))
+
+
+@example("config-64-bytes")
+def config_64_bytes(tmp: Path) -> DomainFacts:
+    """Run without CAP_SYS_ADMIN: sysfs gives only the first 64 config bytes."""
+    return analyse(tmp, _both_on_msi_host(config_bytes=64), domain_xml("win11", gpu_audio_hostdevs()))

@@ -1,0 +1,64 @@
+"""Regressions found in review of the engine and rules (each once reproduced)."""
+
+import dataclasses
+
+from tests.hosttree import Host, edit_interrupts
+from tests.rules.examples import (
+    AUDIO, EHCI, SBLIVE, _audio_on_shared_intx_host, _hostdev, _ioapic_row, _ir_interrupts,
+    _legacy_pci, analyse, domain_xml, gpu_audio_hostdevs,
+)
+from vfio_advisor.engine import DeviceCache, gather_domain, run_rules
+from vfio_advisor.facts.host import HostRoot
+from vfio_advisor.facts.interrupts import parse_interrupts
+from vfio_advisor.facts.pciids import PciIds
+
+
+def _rules(facts):
+    return [f.rule_id for f in run_rules(facts)]
+
+
+def test_shared_line_count_is_not_claimed_as_the_devices(tmp_path):
+    """/proc/interrupts counts per line: with EHCI on the same line, VA1001
+    must not present the line's count as the device's own."""
+    facts = analyse(tmp_path, _audio_on_shared_intx_host(),
+                    domain_xml("win11", gpu_audio_hostdevs(), os="windows"))
+    (f,) = [f for f in run_rules(facts) if f.rule_id == "VA1001"]
+    assert EHCI in f.message and "may be theirs" in f.message
+
+
+def test_devices_own_host_driver_does_not_hold_the_line(tmp_path):
+    """The SB Live! still bound to snd_emu10k1 (VM off): its own handler is on
+    IRQ 19; managed='yes' unbinds the driver first, so the line is free."""
+    devices = _legacy_pci(sblive_irq=19)
+    devices[-1] = dataclasses.replace(devices[-1], driver="snd_emu10k1")
+    host = Host(devices=devices, interrupts=_ir_interrupts(
+        {19: _ioapic_row(19, [7, 0, 0, 0, 0, 0, 0, 0], ["snd_emu10k1"])}, gpu=False))
+    facts = analyse(tmp_path, host, domain_xml("oldbox", [_hostdev(SBLIVE, (0, 5, 0))],
+                                               os="win7", machine="pc-i440fx-6.2"))
+    (dev,) = facts.devices
+    assert dev.interrupts.intx_irq == 19
+    assert dev.interrupts.shared_with == ()
+    assert "VA2002" not in _rules(facts)
+
+
+def test_nomsi_host_gets_va3001_not_the_guest_remedy(tmp_path):
+    from tests.rules.examples import EXAMPLES
+
+    ids = _rules(EXAMPLES["pci-nomsi"](tmp_path))
+    assert "VA3001" in ids
+    assert "VA1001" not in ids
+
+
+def test_sample_without_duration_does_not_crash(tmp_path):
+    facts = analyse(tmp_path, _audio_on_shared_intx_host(),
+                    domain_xml("win11", gpu_audio_hostdevs(), os="windows"))
+    text = (tmp_path / "proc/interrupts").read_text()
+    assert "301514" in text
+    later = parse_interrupts(text.replace("301514", "301600"))
+    host = dataclasses.replace(facts.host, later=later, sample_seconds=None)
+    hr = HostRoot(tmp_path)
+    facts = gather_domain(facts.domain, host, DeviceCache(hr, PciIds(None)))
+    audio = next(d for d in facts.devices if d.address == AUDIO)
+    assert audio.interrupts.intx_delta == 86
+    ids = _rules(facts)
+    assert "VA9001" not in ids and "VA1001" in ids

@@ -1,0 +1,122 @@
+"""Every rule fires on each of its `fires_on` examples and stays silent on each
+of its `silent_on` examples (shellcheck's per-check examples, run through the
+real engine on host trees built from real config dumps)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.hosttree import load_config
+from tests.rules.examples import AUDIO, EHCI, EXAMPLES, GPU, QD4, SBLIVE
+from vfio_advisor.engine import run_rules
+from vfio_advisor.rules import RULES, RULES_BY_ID
+
+FIRES = [(r.id, name) for r in RULES for name in r.fires_on]
+SILENT = [(r.id, name) for r in RULES for name in r.silent_on]
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory):
+    """name -> (DomainFacts, all findings); each example is built once."""
+    built: dict = {}
+
+    def get(name: str):
+        if name not in built:
+            facts = EXAMPLES[name](tmp_path_factory.mktemp(name))
+            built[name] = (facts, run_rules(facts))
+        return built[name]
+    return get
+
+
+def _check(rule_id: str, facts):
+    # The check itself, not run_rules: an exception must fail the test, not
+    # turn into a VA9001 finding.
+    return list(RULES_BY_ID[rule_id].check(facts))
+
+
+@pytest.mark.parametrize("rule_id,name", FIRES, ids=[f"{r}-fires-on-{n}" for r, n in FIRES])
+def test_rule_fires_on_example(example, rule_id, name):
+    facts, _ = example(name)
+    found = _check(rule_id, facts)
+    assert found, f"{rule_id} did not fire on {name}"
+    assert all(f.rule_id == rule_id for f in found)
+
+
+@pytest.mark.parametrize("rule_id,name", SILENT, ids=[f"{r}-silent-on-{n}" for r, n in SILENT])
+def test_rule_silent_on_example(example, rule_id, name):
+    facts, _ = example(name)
+    found = _check(rule_id, facts)
+    assert not found, f"{rule_id} fired on {name}: " + " | ".join(f.message for f in found)
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_no_rule_breaks_on_example(example, name):
+    _, findings = example(name)
+    assert not [f.message for f in findings if f.rule_id == "VA9001"]
+
+
+def test_every_named_example_exists_and_every_example_is_named():
+    named = {n for r in RULES for n in (*r.fires_on, *r.silent_on)}
+    assert sorted(named - EXAMPLES.keys()) == [], "rules name examples that examples.py lacks"
+    assert sorted(EXAMPLES.keys() - named) == [], "examples.py has examples no rule names"
+
+
+def test_every_checked_rule_has_both_kinds_of_example():
+    for r in RULES:
+        if r.check is None:
+            continue
+        assert r.fires_on, f"{r.id} has no example that must fire"
+        assert r.silent_on, f"{r.id} has no example that must stay silent"
+        assert not set(r.fires_on) & set(r.silent_on), r.id
+
+
+# --- what the findings say --------------------------------------------------
+
+def _windows_id(config: bytes) -> str:
+    """The PnP hardware ID, from the dump's header bytes (not from the tool)."""
+    le = lambda off: int.from_bytes(config[off:off + 2], "little")  # noqa: E731
+    return (f"PCI\\VEN_{le(0):04X}&DEV_{le(2):04X}&SUBSYS_{le(0x2E):04X}{le(0x2C):04X}"
+            f"&REV_{config[8]:02X}")
+
+
+NAVI23_GPU_ID = r"PCI\VEN_1002&DEV_73FF&SUBSYS_0E361002&REV_C3"
+NAVI23_AUDIO_ID = r"PCI\VEN_1002&DEV_AB28&SUBSYS_AB281002&REV_00"
+
+
+def test_hardware_ids_are_the_dumps():
+    assert _windows_id(load_config(QD4, "05:00.0")) == NAVI23_GPU_ID
+    assert _windows_id(load_config(QD4, "05:00.1")) == NAVI23_AUDIO_ID
+
+
+def test_va1001_windows_remedy_names_both_functions(example):
+    _, findings = example("gpu-audio-intx-windows")
+    (va1001,) = [f for f in findings if f.rule_id == "VA1001"]
+    assert va1001.subject == AUDIO  # the GPU is on MSI: no finding for it
+    assert "MSISupported" in va1001.remedy
+    assert NAVI23_GPU_ID in va1001.remedy and NAVI23_AUDIO_ID in va1001.remedy
+    assert GPU in va1001.remedy and AUDIO in va1001.remedy
+
+
+def test_va1001_linux_remedy_is_the_hda_module_option(example):
+    _, findings = example("gpu-audio-intx-linux")
+    (va1001,) = [f for f in findings if f.rule_id == "VA1001"]
+    assert va1001.subject == AUDIO
+    assert "snd_hda_intel enable_msi=1" in va1001.remedy
+    assert "MSISupported" not in va1001.remedy
+
+
+def test_va2002_says_busy_and_names_the_holder(example):
+    _, findings = example("sblive-shared-line")
+    (va2002,) = [f for f in findings if f.rule_id == "VA2002"]
+    assert va2002.subject == SBLIVE
+    assert "Device or resource busy" in va2002.message
+    assert EHCI in va2002.message
+    assert "IRQ 16" in va2002.message
+
+
+def test_va2001_names_the_other_handler(example):
+    _, findings = example("gpu-audio-intx-windows")
+    (va2001,) = [f for f in findings if f.rule_id == "VA2001"]
+    assert va2001.subject == AUDIO
+    assert EHCI in va2001.message
+    assert f"vfio-intx({AUDIO})" not in va2001.message  # its own handler is not "another"
