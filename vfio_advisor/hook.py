@@ -78,12 +78,13 @@ def run(argv: list[str], config_path: str = DEFAULT_CONFIG) -> int:
 
     from vfio_advisor.rules import internal_error  # noqa: PLC0415
 
-    signal.signal(signal.SIGALRM, _on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, float(timeout))
     findings = []
     domain = None
     devices = 0
+    signal.signal(signal.SIGALRM, _on_alarm)
     try:
+        # Armed inside the try, so the alarm cannot land outside the handler.
+        signal.setitimer(signal.ITIMER_REAL, float(timeout))
         if cfg_problem:
             findings.append(internal_error(name, f"config ignored: {cfg_problem}"))
         data = _read_stdin()

@@ -53,14 +53,9 @@ done
 journalctl --flush >/dev/null 2>&1 || true
 "$@" <&3
 echo $? > "$work/rc"
-# Writes are asynchronous: wait until the entry count stops changing.
-last=-1
-for _ in $(seq 1 50); do
-    n=$(journalctl -q -o json -t vfio-advisor 2>/dev/null | wc -l)
-    [ "$n" = "$last" ] && [ "$n" != 0 ] && break
-    last=$n
-    sleep 0.1
-done
+# Writes are asynchronous: --sync returns once journald has written every
+# message queued before it.
+timeout 10 journalctl --sync >/dev/null 2>&1 || sleep 1
 journalctl -q -o json -t vfio-advisor > "$work/entries.json" 2>/dev/null
 journalctl -q -x --no-pager -t vfio-advisor > "$work/explained.txt" 2>/dev/null
 kill "$jpid" 2>/dev/null; wait "$jpid" 2>/dev/null
