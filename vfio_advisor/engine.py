@@ -12,6 +12,7 @@ from typing import Callable, Iterable
 
 from vfio_advisor.errors import FactUnavailable
 from vfio_advisor.facts.domain import Domain, Hostdev
+from vfio_advisor.facts.guest_intx import GuestIntxMap, build_guest_intx_map
 from vfio_advisor.facts.host import INTERRUPTS_LIMIT, HostRoot
 from vfio_advisor.facts.interrupts import Interrupts, IrqLine, parse_interrupts
 from vfio_advisor.facts.kernel import KernelFacts, read_kernel_facts
@@ -67,6 +68,7 @@ class DomainFacts:
     domain: Domain
     host: HostFacts
     devices: tuple[AssignedDevice, ...]
+    guest_intx: GuestIntxMap
 
     def siblings(self, dev: AssignedDevice) -> tuple[AssignedDevice, ...]:
         """Other functions of the same physical host device assigned to this domain."""
@@ -188,7 +190,9 @@ def gather_domain(domain: Domain, host: HostFacts, devices: DeviceCache) -> Doma
         device, problem = devices.get(bdf)
         assigned.append(AssignedDevice(hostdev=hd, address=bdf, device=device, problem=problem,
                                        interrupts=host_interrupts(bdf, device, host)))
-    return DomainFacts(domain=domain, host=host, devices=tuple(assigned))
+    pins = {d.address: (d.device.guest_pin if d.device else None) for d in assigned}
+    return DomainFacts(domain=domain, host=host, devices=tuple(assigned),
+                       guest_intx=build_guest_intx_map(domain, pins))
 
 
 def run_rules(facts: DomainFacts, rules: Iterable | None = None,

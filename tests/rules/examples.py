@@ -359,3 +359,39 @@ def hostdev_missing(tmp: Path) -> DomainFacts:
 def config_64_bytes(tmp: Path) -> DomainFacts:
     """Run without CAP_SYS_ADMIN: sysfs gives only the first 64 config bytes."""
     return analyse(tmp, _both_on_msi_host(config_bytes=64), domain_xml("win11", gpu_audio_hostdevs()))
+
+
+# Emulated devices as libvirt writes them after define.
+E1000_ON_ROOT_SLOT_3 = """    <interface type='user'>
+      <model type='e1000'/>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x03' function='0x0'/>
+    </interface>
+"""
+
+PXB_PCIE_WITH_E1000 = """    <controller type='pci' index='5' model='pcie-expander-bus'>
+      <target busNr='254'/>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x05' function='0x0'/>
+    </controller>
+    <controller type='pci' index='6' model='pcie-root-port'>
+      <address type='pci' domain='0x0000' bus='0x05' slot='0x00' function='0x0'/>
+    </controller>
+    <interface type='user'>
+      <model type='e1000'/>
+      <address type='pci' domain='0x0000' bus='0x06' slot='0x00' function='0x0'/>
+    </interface>
+"""
+
+
+@example("guest-line-shared-q35")
+def guest_line_shared_q35(tmp: Path) -> DomainFacts:
+    """Q35: the HDMI audio (host pin B) behind root port 00:02.x routes to PIRQH,
+    GSI 23, as does an e1000 (INTx only) on pcie.0 slot 3 pin A."""
+    return analyse(tmp, _audio_on_own_intx_host(),
+                   domain_xml("win11", gpu_audio_hostdevs() + [E1000_ON_ROOT_SLOT_3]))
+
+
+@example("pxb-pcie-intx")
+def pxb_pcie_intx(tmp: Path) -> DomainFacts:
+    """Q35 with an e1000 (INTx only) behind a root port on a pcie-expander-bus."""
+    return analyse(tmp, _both_on_msi_host(),
+                   domain_xml("win11", gpu_audio_hostdevs() + [PXB_PCIE_WITH_E1000]))

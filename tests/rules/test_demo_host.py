@@ -19,7 +19,9 @@ DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo-host"
 
 EXPECTED = {
     "win11": [("VA1001", "0000:05:00.1")],
-    "oldbox": [("VA2002", "0000:08:00.0"), ("VA4001", None)],
+    "oldbox": [("VA2002", "0000:08:00.0"), ("VA4001", None),
+               # i440FX: SB Live! (00:05.0, PIRQA) and NEC OHCI (00:06.0, PIRQB) both on IRQ 10
+               ("VA5001", "0000:08:00.0"), ("VA5001", "0000:08:01.0"), ("VA5002", None)],
     "nvme-linux": [],
 }
 

@@ -62,3 +62,20 @@ def test_sample_without_duration_does_not_crash(tmp_path):
     assert audio.interrupts.intx_delta == 86
     ids = _rules(facts)
     assert "VA9001" not in ids and "VA1001" in ids
+
+
+def test_guest_line_shared_names_sharer_and_a_free_address(tmp_path):
+    from tests.rules.examples import EXAMPLES
+    from vfio_advisor.facts.guest_intx import q35_pirq
+
+    facts = EXAMPLES["guest-line-shared-q35"](tmp_path)
+    (f,) = [f for f in run_rules(facts) if f.rule_id == "VA5001"]
+    assert f.subject == AUDIO
+    assert "GSI 23" in f.message and "0000:00:03.0 (e1000)" in f.message
+    # the suggested slot really gives pin B a GSI nobody else uses
+    import re
+    slot = int(re.search(r"slot='0x([0-9a-f]{2})'", f.remedy).group(1), 16)
+    gsi = 16 + q35_pirq(slot, 1)
+    used = {fn.irq for fn in facts.guest_intx.functions if fn.routed and fn.host_address != AUDIO}
+    assert gsi not in used
+    assert f"GSI {gsi} alone" in f.remedy

@@ -79,6 +79,7 @@ class PciDevice:
     config: ConfigSpace | None
     # What could not be read, one line each ("config: permission denied").
     unreadable: tuple[str, ...] = field(default=())
+    sriov_vf: bool = False  # has a physfn link: an SR-IOV virtual function
 
     @property
     def name(self) -> str:
@@ -133,6 +134,17 @@ class PciDevice:
         return (f"PCI\\VEN_{self.vendor_id:04X}&DEV_{self.device_id:04X}"
                 f"&SUBSYS_{self.subsystem_device_id:04X}{self.subsystem_vendor_id:04X}"
                 f"&REV_{self.revision:02X}")
+
+    @property
+    def guest_pin(self) -> int | None:
+        """The INTx pin vfio-pci shows the guest: the host's Interrupt Pin,
+        except 0 for SR-IOV VFs and the nointx IDs (vfio_pci_config.c,
+        vfio_config_init). None when the config space is unreadable."""
+        from vfio_advisor.facts.guest_intx import VFIO_NOINTX
+
+        if self.sriov_vf or (self.vendor_id, self.device_id) in VFIO_NOINTX:
+            return 0
+        return self.config.interrupt_pin if self.config is not None else None
 
     def intx_masking(self, nointxmask: bool = False) -> IntxMasking:
         if nointxmask:
@@ -252,6 +264,8 @@ def read_pci_device(host: HostRoot, bdf: str, pci_ids: PciIds | None = None) -> 
         except FactUnavailable as exc:
             unreadable.append(f"msi_irqs: {exc.reason}")
 
+    sriov_vf = host.exists(f"{base}/physfn")
+
     vendor_name = device_name = None
     if pci_ids is not None and vendor is not None and device is not None:
         vendor_name, device_name = pci_ids.lookup(vendor, device)
@@ -263,5 +277,5 @@ def read_pci_device(host: HostRoot, bdf: str, pci_ids: PciIds | None = None) -> 
         iommu_group=group, iommu_group_members=members, irq=irq,
         msi_bus=msi_bus, upstream=tuple(upstream), msi_irqs=msi_irqs,
         vendor_name=vendor_name, device_name=device_name, config=config,
-        unreadable=tuple(unreadable),
+        unreadable=tuple(unreadable), sriov_vf=sriov_vf,
     )

@@ -19,6 +19,7 @@ FAMILIES = {
     2: "host INTx line sharing",
     3: "host platform: MSI, IOMMU, interrupt remapping",
     4: "guest topology: chipset, slots, irqchip",
+    5: "guest INTx routing: PIRQ links and guest lines",
     8: "coverage: host checks that could not run",
     9: "internal",
 }
