@@ -43,6 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--host-root", default="/", metavar="DIR")
     d.add_argument("--format", choices=("text", "json"), default="text")
 
+    g = sub.add_parser("guest-irqs", help="predict each guest PCI function's INTx line")
+    g.add_argument("domain", nargs="?", metavar="DOMAIN")
+    g.add_argument("--xml", metavar="FILE", help="a domain XML file instead of a libvirt domain")
+    g.add_argument("--connect", "-c", metavar="URI")
+    g.add_argument("--host-root", default="/", metavar="DIR",
+                   help="where to read assigned devices' INTx pins (default /)")
+    g.add_argument("--format", choices=("text", "json"), default="text")
+
     e = sub.add_parser("explain", help="explain a rule")
     e.add_argument("rule", metavar="VAxxxx|SLUG")
 
@@ -243,6 +251,40 @@ def _print_device(e: dict) -> None:
     print("\n".join(lines))
 
 
+def cmd_guest_irqs(args) -> int:
+    from vfio_advisor.engine import DeviceCache, analyse_domain, gather_host
+    from vfio_advisor.facts.host import HostRoot
+    from vfio_advisor.facts.pciids import PciIds
+    from vfio_advisor.sinks.report import guest_irqs_json
+    from vfio_advisor.sources import domains_from_libvirt, open_host_root, read_domain_file, DEFAULT_URI
+
+    if bool(args.domain) == bool(args.xml):
+        raise UsageError("give a DOMAIN name or --xml FILE")
+    if args.xml:
+        domain, _ = read_domain_file(args.xml)
+    else:
+        found, errors = domains_from_libvirt(args.connect or DEFAULT_URI, [args.domain])
+        if not found:
+            raise UsageError(f"{args.domain}: {errors[0][1] if errors else 'not found'}")
+        domain = found[0][0]
+    root, tmp = open_host_root(args.host_root)
+    try:
+        host = HostRoot(root)
+        facts, findings = analyse_domain(domain, gather_host(host),
+                                         DeviceCache(host, PciIds.load(HostRoot(root), HostRoot("/"))))
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    doc = guest_irqs_json(facts, findings)
+    if args.format == "json":
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        from vfio_advisor.sinks.text import write_guest_irqs
+        write_guest_irqs(doc, sys.stdout)
+    return EXIT_OK
+
+
 def cmd_explain(args) -> int:
     from vfio_advisor.rules import RETIRED, lookup
 
@@ -341,6 +383,6 @@ def cmd_uninstall(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"advise": cmd_advise, "device": cmd_device, "explain": cmd_explain,
+COMMANDS = {"advise": cmd_advise, "guest-irqs": cmd_guest_irqs, "device": cmd_device, "explain": cmd_explain,
             "rules": cmd_rules, "snapshot": cmd_snapshot, "catalog": cmd_catalog,
             "install": cmd_install, "uninstall": cmd_uninstall}

@@ -101,12 +101,10 @@ def run(argv: list[str], config_path: str = DEFAULT_CONFIG) -> int:
         except DomainXMLError as exc:
             raise ValueError(f"stdin is not a usable domain XML: {exc}") from None
         devices = len(domain.hostdevs)
-        if devices:
-            host = HostRoot(host_root)
-            host_facts = gather_host(host)
-            cache = DeviceCache(host, PciIds.load(host))
-            _, found = analyse_domain(domain, host_facts, cache)
-            findings.extend(found)
+        # Every domain: guest routing rules (VA5xxx) apply to emulated devices too.
+        host = HostRoot(host_root)
+        _, found = analyse_domain(domain, gather_host(host), DeviceCache(host, PciIds.load(host)))
+        findings.extend(found)
     except _Timeout:
         findings.append(internal_error(name, f"hook stopped after {timeout} s; advice incomplete"))
     except Exception as exc:  # noqa: BLE001 - a hook must never fail the VM start

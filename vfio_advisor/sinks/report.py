@@ -10,11 +10,13 @@ from dataclasses import dataclass, field
 
 from vfio_advisor import __version__
 from vfio_advisor.engine import AssignedDevice, DomainFacts, HostFacts
+from vfio_advisor.facts.guest_intx import PINS, PIRQS, GuestFunction, GuestIntxMap
 from vfio_advisor.facts.pci import PciDevice
 from vfio_advisor.facts.pci_config import UNKNOWN
 from vfio_advisor.findings import Finding, Severity
 
 ADVICE_SCHEMA = "vfio-advisor/advice/1"
+GUEST_IRQS_SCHEMA = "vfio-advisor/guest-irqs/1"
 DEVICE_SCHEMA = "vfio-advisor/device/1"
 
 
@@ -64,6 +66,36 @@ def capabilities_json(device: PciDevice | None) -> dict | None:
     }
 
 
+def guest_function_json(fn: GuestFunction, gmap: GuestIntxMap) -> dict:
+    return {
+        "guest_address": str(fn.guest_address),
+        "kind": "emulated" if fn.kind == "implicit" else fn.kind,
+        "host_address": fn.host_address,
+        "model": fn.model,
+        "pin": fn.pin_letter,
+        "root_slot": fn.root_slot,
+        "root_pin": PINS[fn.root_pin] if fn.root_pin is not None else None,
+        "pirq": PIRQS[fn.pirq] if fn.pirq is not None else None,
+        "irq": fn.irq if fn.predictable else None,
+        "shares_with": [str(s.guest_address) for s in gmap.sharers(fn)],
+        "notes": list(fn.notes),
+    }
+
+
+def guest_irqs_json(facts: DomainFacts, findings: list[Finding]) -> dict:
+    gmap = facts.guest_intx
+    routing = {"VA5001", "VA5002", "VA5003"}
+    return {
+        "schema": GUEST_IRQS_SCHEMA,
+        "domain": facts.domain.name,
+        "chipset": facts.domain.chipset,
+        "machine": facts.domain.machine,
+        "functions": [guest_function_json(fn, gmap) for fn in gmap.functions],
+        "unaddressed": list(gmap.unaddressed),
+        "findings": [finding_json(f) for f in findings if f.rule_id in routing],
+    }
+
+
 def finding_json(f: Finding) -> dict:
     return {
         "rule": f.rule_id,
@@ -100,8 +132,13 @@ def device_json(device: PciDevice | None, address: str, nointxmask: bool = False
     return out
 
 
-def assigned_json(dev: AssignedDevice, findings: list[Finding], nointxmask: bool) -> dict:
+def assigned_json(dev: AssignedDevice, findings: list[Finding], nointxmask: bool,
+                  gmap: GuestIntxMap | None = None) -> dict:
     out = device_json(dev.device, dev.address, nointxmask)
+    fn = None
+    if gmap is not None and dev.hostdev.guest is not None:
+        fn = gmap.by_address().get(dev.hostdev.guest.address)
+    out["guest_intx"] = guest_function_json(fn, gmap) if fn is not None else None
     irq = dev.interrupts
     out.update({
         "guest_address": dev.guest_address,
@@ -140,7 +177,8 @@ def report_json(report: Report) -> dict:
             "chipset": d.facts.domain.chipset,
             "guest_os": d.facts.domain.guest_os,
             "guest_os_evidence": d.facts.domain.guest_os_evidence,
-            "devices": [assigned_json(dev, d.findings, d.facts.host.kernel.nointxmask)
+            "devices": [assigned_json(dev, d.findings, d.facts.host.kernel.nointxmask,
+                                      d.facts.guest_intx)
                         for dev in d.facts.devices],
             "findings": [finding_json(f) for f in d.findings],
         } for d in report.domains],

@@ -123,3 +123,34 @@ def report_rule_title(rule_id: str) -> str:
 
 def write_text(report: Report, out: TextIO, colour: bool | None = None) -> None:
     TextWriter(out, colour).write(report)
+
+
+def write_guest_irqs(doc: dict, out: TextIO) -> None:
+    """The guest interrupt map as a table, one row per guest PCI function."""
+    line_word = "GSI" if doc["chipset"] == "q35" else "IRQ"
+    out.write(f"{clean(doc['domain'])}: {doc['chipset']} ({clean(doc['machine'] or '?')})\n")
+    header = ("guest addr", "what", "pin", "root", "link", line_word, "shares with")
+    rows = []
+    for fn in doc["functions"]:
+        what = (f"hostdev {fn['host_address']}" if fn["kind"] == "hostdev"
+                else f"{fn['model']}")
+        root = (f"{fn['root_slot']:02x}/{fn['root_pin']}" if fn["root_slot"] is not None
+                and fn["root_pin"] else "-")
+        unknown = any(n.startswith("INTx pin unknown") for n in fn["notes"])
+        irq = str(fn["irq"]) if fn["irq"] is not None else ("?" if fn["pin"] or unknown else "-")
+        sharers = [a[5:] for a in fn["shares_with"]]
+        if len(sharers) > 4:
+            sharers = sharers[:4] + [f"+{len(sharers) - 4} more"]
+        rows.append((fn["guest_address"][5:], clean(what)[:40],
+                     fn["pin"] or ("?" if unknown else "-"), root,
+                     fn["pirq"] or "-", irq, ", ".join(sharers) or "-"))
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    for r in [header] + rows:
+        out.write("  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() + "\n")
+    notes = {n for fn in doc["functions"] for n in fn["notes"]}
+    for n in sorted(notes):
+        out.write(f"  note: {clean(n)}\n")
+    for a in doc["unaddressed"]:
+        out.write(f"  not yet addressed (libvirt assigns at define): {clean(a)}\n")
+    for f in doc["findings"]:
+        out.write(f"  {f['severity']} {f['rule']} {clean(f['message'])}\n")
