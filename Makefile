@@ -8,7 +8,7 @@ STAMPS   := .stamps
 # Build deps of libvirt-python and systemd-python (no wheels), plus what the
 # tests run: systemd-journald/journalctl (systemd), pci.ids (hwdata).
 APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libvirt-dev \
-                libsystemd-dev systemd hwdata
+                libsystemd-dev systemd hwdata libvirt-daemon-system qemu-system-x86
 
 .PHONY: demo test deps venv clean bench
 
