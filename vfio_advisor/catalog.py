@@ -29,7 +29,7 @@ def render_catalog() -> str:
     parts = [HEADER]
     for rule in RULES:
         lines = [
-            f"-- {rule.message_id.hex}",
+            f"-- {rule.message_id}",
             f"Subject: {rule.id} {rule.title}",
             "Defined-By: vfio-advisor",
         ]

@@ -298,7 +298,7 @@ def cmd_explain(args) -> int:
     print(f"{rule.id} {rule.slug} ({rule.severity})\n{rule.title}\n")
     print(wrap(rule.explanation) + "\n")
     print("What to do:\n" + wrap(rule.remedy))
-    print(f"\nFamily: {rule.family}. MESSAGE_ID={rule.message_id.hex}")
+    print(f"\nFamily: {rule.family}. MESSAGE_ID={rule.message_id}")
     for doc in rule.documentation:
         print(f"See: {doc}")
     return EXIT_OK
@@ -310,7 +310,7 @@ def cmd_rules(args) -> int:
     if args.format == "json":
         json.dump([{"id": r.id, "slug": r.slug, "severity": str(r.severity), "title": r.title,
                     "explanation": r.explanation, "remedy": r.remedy,
-                    "message_id": r.message_id.hex} for r in RULES], sys.stdout, indent=2)
+                    "message_id": r.message_id} for r in RULES], sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         for r in RULES:

@@ -7,8 +7,7 @@ reads a file or applies a rule by itself.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 from vfio_advisor.errors import FactUnavailable
 from vfio_advisor.facts.domain import Domain, Hostdev
@@ -21,8 +20,7 @@ from vfio_advisor.facts.pciids import PciIds
 from vfio_advisor.findings import Finding
 
 
-@dataclass(frozen=True)
-class HostInterrupts:
+class HostInterrupts(NamedTuple):
     """How one assigned device signals interrupts on the host right now."""
 
     mode: str  # "intx" | "msi" | "msix" | "none" | "unknown"
@@ -37,8 +35,7 @@ class HostInterrupts:
         return self.mode == "intx"
 
 
-@dataclass(frozen=True)
-class HostFacts:
+class HostFacts(NamedTuple):
     kernel: KernelFacts
     interrupts: Interrupts | None
     interrupts_problem: str | None
@@ -50,8 +47,7 @@ class HostFacts:
         return self.kernel.interrupt_remapping(self.interrupts)
 
 
-@dataclass(frozen=True)
-class AssignedDevice:
+class AssignedDevice(NamedTuple):
     hostdev: Hostdev
     address: str  # host BDF
     device: PciDevice | None  # None when the host has no such device
@@ -63,8 +59,7 @@ class AssignedDevice:
         return str(self.hostdev.guest.address) if self.hostdev.guest else None
 
 
-@dataclass(frozen=True)
-class DomainFacts:
+class DomainFacts(NamedTuple):
     domain: Domain
     host: HostFacts
     devices: tuple[AssignedDevice, ...]

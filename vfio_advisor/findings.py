@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import enum
-from dataclasses import dataclass, field
 
 
 class Severity(enum.IntEnum):
@@ -21,8 +22,7 @@ class Severity(enum.IntEnum):
 SYSLOG_PRIORITY = {Severity.INFO: 6, Severity.WARNING: 4, Severity.ERROR: 3}
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(NamedTuple):
     """One piece of advice about one subject.
 
     `subject` is the host BDF for device findings, or None for the domain as a
@@ -37,7 +37,7 @@ class Finding:
     remedy: str
     guest_address: str | None = None
     # Files or facts behind the finding: {"proc/interrupts IRQ 16": "ehci_hcd:usb1, ..."}.
-    evidence: tuple[tuple[str, str], ...] = field(default=())
+    evidence: tuple[tuple[str, str], ...] = ()
 
     @property
     def rule(self):  # -> Rule; imported late to keep findings free of rules

@@ -51,7 +51,7 @@ def write_snapshot(out_path: str, host: HostRoot, domains: list[tuple[str, str]]
     """Write the archive. `host` must have recorded its reads. Returns member count."""
     if host.recorded is None:
         raise RuntimeError("programming error: snapshot needs a recording HostRoot")
-    root = host.root
+    root = Path(host.root)
     count = 0
     entries: set[str] = set()
     for rel in host.recorded:

@@ -83,10 +83,18 @@ def test_quoted_values():
     assert len(cmd.params) == 3
 
 
-def test_unbalanced_quote_falls_back_to_whitespace_split():
+def test_unbalanced_quote_runs_to_the_end_as_in_the_kernel():
+    # lib/cmdline.c next_arg: an open quote swallows the rest of the line.
     cmd = parse_cmdline('root=/dev/sda1 acpi_osi="Linux intel_iommu=on')
-    assert cmd.get("intel_iommu") == "on"
     assert cmd.get("root") == "/dev/sda1"
+    assert cmd.get("acpi_osi") == "Linux intel_iommu=on"
+    assert cmd.get("intel_iommu") is None
+
+
+def test_quoted_value_keeps_its_spaces():
+    cmd = parse_cmdline('a=1 dyndbg="file vfio_pci_core.c +p" intel_iommu=on')
+    assert cmd.get("dyndbg") == "file vfio_pci_core.c +p"
+    assert cmd.get("intel_iommu") == "on"
 
 
 def test_empty_cmdline():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import textwrap
 from functools import lru_cache
@@ -112,12 +111,12 @@ def h310(tmp_path) -> HostRoot:
 
 
 def test_sysfs_links_are_relative(h310):
-    link = h310.root / "sys/bus/pci/devices/0000:01:00.0"
+    link = Path(h310.root) / "sys/bus/pci/devices/0000:01:00.0"
     assert os.readlink(link) == "../../../devices/pci0000:00/0000:00:01.0/0000:01:00.0"
     assert os.readlink(link / "driver") == "../../../../bus/pci/drivers/vfio-pci"
     assert os.readlink(link / "iommu_group") == "../../../../kernel/iommu_groups/1"
-    assert (link / "driver").resolve() == (h310.root / "sys/bus/pci/drivers/vfio-pci").resolve()
-    assert (link / "iommu_group").resolve() == (h310.root / "sys/kernel/iommu_groups/1").resolve()
+    assert (link / "driver").resolve() == (Path(h310.root) / "sys/bus/pci/drivers/vfio-pci").resolve()
+    assert (link / "iommu_group").resolve() == (Path(h310.root) / "sys/kernel/iommu_groups/1").resolve()
 
 
 def test_read_gpu_on_vfio_pci(h310):
@@ -152,11 +151,11 @@ def test_hardware_id_format(h310):
     gpu = read_pci_device(h310, "0000:01:00.0")
     # SUBSYS is subsystem device id, then subsystem vendor id
     assert gpu.hardware_id == "PCI\\VEN_10DE&DEV_1244&SUBSYS_809D1462&REV_A1"
-    gtx1080 = dataclasses.replace(gpu, device_id=0x1B80, subsystem_vendor_id=0x1458,
+    gtx1080 = gpu._replace(device_id=0x1B80, subsystem_vendor_id=0x1458,
                                   subsystem_device_id=0x3702, revision=0xA1)
     assert gtx1080.hardware_id == "PCI\\VEN_10DE&DEV_1B80&SUBSYS_37021458&REV_A1"
-    assert dataclasses.replace(gpu, subsystem_vendor_id=None).hardware_id is None
-    assert dataclasses.replace(gpu, revision=None).hardware_id is None
+    assert gpu._replace(subsystem_vendor_id=None).hardware_id is None
+    assert gpu._replace(revision=None).hardware_id is None
 
 
 def test_missing_device_raises(h310):
@@ -341,11 +340,11 @@ def test_intx_masking_kernel_quirk_list(h310):
     audio = read_pci_device(h310, "0000:01:00.1")
     assert (0x10EC, 0x8169) in BROKEN_INTX_MASKING and (0x8086, 0x1572) in BROKEN_INTX_MASKING
     for vendor, device in [(0x10EC, 0x8169), (0x8086, 0x1572), (0x1814, 0x0601)]:
-        quirky = dataclasses.replace(audio, vendor_id=vendor, device_id=device)
+        quirky = audio._replace(vendor_id=vendor, device_id=device)
         m = quirky.intx_masking()
         assert m.supported is False and "quirk_broken_intx_masking" in m.evidence
     # The RTL8168 next to it (10ec:8168) is not on the list.
-    assert dataclasses.replace(audio, vendor_id=0x10EC, device_id=0x8168).intx_masking().supported
+    assert audio._replace(vendor_id=0x10EC, device_id=0x8168).intx_masking().supported
 
 
 def test_intx_masking_sb_live_pm_1_0(tmp_path):

@@ -60,7 +60,7 @@ def test_prepare_logs_findings_with_fields_and_catalog(installed, tmp_path):
     (entry,) = run.by_rule("VA1001")
     rule = RULES_BY_ID["VA1001"]
     assert entry["SYSLOG_IDENTIFIER"] == "vfio-advisor"
-    assert entry["MESSAGE_ID"] == rule.message_id.hex
+    assert entry["MESSAGE_ID"] == rule.message_id
     assert entry["PRIORITY"] == "4"
     assert entry["VFIO_ADVISOR_DOMAIN"] == "win11"
     assert entry["VFIO_ADVISOR_DOMAIN_UUID"]

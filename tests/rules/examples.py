@@ -18,7 +18,6 @@ Devices and where their bytes come from (tests/data/hosts/configs/PROVENANCE.md)
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Callable
 
@@ -200,7 +199,7 @@ def analyse(root: Path, host: Host, xml: str, *, resample: bool = False) -> Doma
     hr = HostRoot(root)
     host_facts = gather_host(hr)
     if resample:
-        host_facts = dataclasses.replace(host_facts, later=read_interrupts(hr), sample_seconds=10.0)
+        host_facts = host_facts._replace(later=read_interrupts(hr), sample_seconds=10.0)
     return gather_domain(parse_domain_xml(xml), host_facts, DeviceCache(hr, PciIds(None)))
 
 

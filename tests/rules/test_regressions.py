@@ -55,7 +55,7 @@ def test_sample_without_duration_does_not_crash(tmp_path):
     text = (tmp_path / "proc/interrupts").read_text()
     assert "301514" in text
     later = parse_interrupts(text.replace("301514", "301600"))
-    host = dataclasses.replace(facts.host, later=later, sample_seconds=None)
+    host = facts.host._replace(later=later, sample_seconds=None)
     hr = HostRoot(tmp_path)
     facts = gather_domain(facts.domain, host, DeviceCache(hr, PciIds(None)))
     audio = next(d for d in facts.devices if d.address == AUDIO)

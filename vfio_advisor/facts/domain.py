@@ -9,9 +9,8 @@ with XMLProperty). Value conversion (hex/decimal, yes/no/on/off) lives in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import re
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from lxml import etree
 
@@ -80,8 +79,7 @@ def _onoff(text: str | None) -> bool | None:
     return text.lower() in ("on", "yes")
 
 
-@dataclass(frozen=True, order=True)
-class PciAddress:
+class PciAddress(NamedTuple):
     domain: int
     bus: int
     slot: int
@@ -100,8 +98,7 @@ class PciAddress:
         )
 
 
-@dataclass(frozen=True)
-class GuestPciAddress:
+class GuestPciAddress(NamedTuple):
     address: PciAddress
     multifunction: bool | None  # the multifunction='on' attribute
 
@@ -113,8 +110,7 @@ def _guest_address(parent: etree._Element, what: str) -> GuestPciAddress | None:
     return GuestPciAddress(PciAddress.from_element(el, what), _onoff(el.get("multifunction")))
 
 
-@dataclass(frozen=True)
-class PciController:
+class PciController(NamedTuple):
     index: int
     model: str | None
     target_chassis: int | None
@@ -123,8 +119,7 @@ class PciController:
     address: GuestPciAddress | None
 
 
-@dataclass(frozen=True)
-class Hostdev:
+class Hostdev(NamedTuple):
     source: PciAddress  # the host device
     guest: GuestPciAddress | None  # None: libvirt assigns it at define time
     managed: bool | None
@@ -135,22 +130,19 @@ class Hostdev:
     element: str  # "hostdev" or "interface" (SR-IOV VF as <interface type='hostdev'>)
 
 
-@dataclass(frozen=True)
-class EmulatedDevice:
+class EmulatedDevice(NamedTuple):
     element: str  # "interface", "video", "sound", "controller", "disk", ...
     model: str | None
     guest: GuestPciAddress
     alias: str | None
 
 
-@dataclass(frozen=True)
-class VcpuPin:
+class VcpuPin(NamedTuple):
     vcpu: int
     cpus: frozenset[int]
 
 
-@dataclass(frozen=True)
-class Domain:
+class Domain(NamedTuple):
     name: str
     uuid: str | None
     virt_type: str

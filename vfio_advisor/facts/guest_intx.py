@@ -19,7 +19,8 @@ below refer to it):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
+
 
 from vfio_advisor.facts.domain import Domain, PciAddress, PciController
 
@@ -97,8 +98,7 @@ NOTE_PXB_PCIE = ("behind a pcie-expander-bus (pxb-pcie) on Q35: QEMU raises a GS
                  "(QEMU pxb_map_irq_fn with ich9_lpc_map_irq; seen on QEMU 7.2); use MSI")
 
 
-@dataclass(frozen=True)
-class GuestFunction:
+class GuestFunction(NamedTuple):
     guest_address: PciAddress
     kind: str  # "hostdev" | "emulated" | "controller" | "implicit"
     model: str | None
@@ -109,7 +109,7 @@ class GuestFunction:
     pirq: int | None = None  # 0..7
     irq: int | None = None  # guest IRQ (i440FX) or GSI (Q35)
     predictable: bool = True
-    notes: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = ()
 
     @property
     def pin_letter(self) -> str | None:
@@ -120,8 +120,7 @@ class GuestFunction:
         return self.irq is not None and self.predictable
 
 
-@dataclass(frozen=True)
-class GuestIntxMap:
+class GuestIntxMap(NamedTuple):
     chipset: str
     functions: tuple[GuestFunction, ...]
     unaddressed: tuple[str, ...]  # devices without a guest address yet
@@ -256,10 +255,9 @@ def _route(fn: GuestFunction, chipset: str, controllers: dict[int, PciController
 
 
 def _replace(fn: GuestFunction, **changes) -> GuestFunction:
-    from dataclasses import replace
     if "notes" in changes:
         changes["notes"] = tuple(changes["notes"])
-    return replace(fn, **changes)
+    return fn._replace(**changes)
 
 
 def free_line_addresses(gmap: GuestIntxMap, fn: GuestFunction) -> list[tuple[PciAddress, int]]:

@@ -16,8 +16,9 @@ vfio-pci names its handlers (drivers/vfio/pci/vfio_pci_intrs.c):
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import re
-from dataclasses import dataclass
 
 _VFIO = re.compile(
     r"^vfio-(?P<mode>intx|msix|msi)(?:\[(?P<index>[0-9]{1,7})\])?"
@@ -38,15 +39,13 @@ KNOWN_FLOWS = frozenset({"edge", "level", "fasteoi", "simple", "percpu", "percpu
                          "none", "bad", "edge-eoi", "fasteoi_ack", "untracked"})
 
 
-@dataclass(frozen=True)
-class VfioHandler:
+class VfioHandler(NamedTuple):
     mode: str  # "intx" | "msi" | "msix"
     index: int | None  # vector index for msi/msix
     bdf: str
 
 
-@dataclass(frozen=True)
-class IrqLine:
+class IrqLine(NamedTuple):
     irq: str  # "16", "NMI", "LOC" ...
     counts: tuple[int, ...]  # per CPU, as many as the row held
     chip: str | None
@@ -74,8 +73,7 @@ class IrqLine:
         return bool(self.chip and self.chip.startswith("IR-"))
 
 
-@dataclass(frozen=True)
-class Interrupts:
+class Interrupts(NamedTuple):
     cpus: int | None  # from the header; None for a headerless fragment
     lines: tuple[IrqLine, ...]
     skipped: tuple[str, ...]  # one line of explanation per unparsable row

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import shlex
-from dataclasses import dataclass
+from typing import NamedTuple
+
 
 from vfio_advisor.errors import FactUnavailable
 from vfio_advisor.facts.host import HostRoot
@@ -29,8 +29,7 @@ def parse_cpulist(text: str) -> frozenset[int]:
     return frozenset(cpus)
 
 
-@dataclass(frozen=True)
-class KernelCmdline:
+class KernelCmdline(NamedTuple):
     raw: str
     params: tuple[tuple[str, str | None], ...]  # in order; "quiet" -> ("quiet", None)
 
@@ -82,11 +81,28 @@ class KernelCmdline:
         return any(self.get(k) == "off" for k in ("intel_iommu", "amd_iommu", "iommu"))
 
 
+def _split_cmdline(text: str) -> list[str]:
+    """Split as the kernel does (lib/cmdline.c, next_arg): spaces separate
+    parameters except inside double quotes, which are dropped; an unbalanced
+    quote runs to the end."""
+    tokens, current, quoted, started = [], [], False, False
+    for ch in text:
+        if ch == '"':
+            quoted, started = not quoted, True
+        elif ch.isspace() and not quoted:
+            if started:
+                tokens.append("".join(current))
+            current, started = [], False
+        else:
+            current.append(ch)
+            started = True
+    if started:
+        tokens.append("".join(current))
+    return tokens
+
+
 def parse_cmdline(text: str) -> KernelCmdline:
-    try:
-        tokens = shlex.split(text)
-    except ValueError:  # unbalanced quote
-        tokens = text.split()
+    tokens = _split_cmdline(text)
     params = []
     for tok in tokens:
         key, sep, value = tok.partition("=")
@@ -100,8 +116,7 @@ def _flag(text: str | None) -> bool | None:
     return text.strip() in ("Y", "y", "1")
 
 
-@dataclass(frozen=True)
-class KernelFacts:
+class KernelFacts(NamedTuple):
     cmdline: KernelCmdline | None
     # /sys/module/vfio_pci/parameters/*, e.g. {"nointxmask": "N"}; None if not loaded.
     vfio_pci_params: dict[str, str] | None

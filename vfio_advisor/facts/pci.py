@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import re
-from dataclasses import dataclass, field
 
 from vfio_advisor.errors import FactUnavailable
 from vfio_advisor.facts.host import HostRoot
@@ -45,8 +46,7 @@ def normalize_bdf(text: str) -> str:
     return f"{int(domain or '0', 16):04x}:{int(bus, 16):02x}:{int(slot, 16):02x}.{fn}"
 
 
-@dataclass(frozen=True)
-class IntxMasking:
+class IntxMasking(NamedTuple):
     """Can vfio-pci mask this device's INTx at the device (PCI 2.3)?
 
     Nothing in sysfs says so: vfio-pci probes it by toggling Command bit 10
@@ -57,8 +57,7 @@ class IntxMasking:
     evidence: str
 
 
-@dataclass(frozen=True)
-class PciDevice:
+class PciDevice(NamedTuple):
     address: str
     vendor_id: int | None
     device_id: int | None
@@ -78,7 +77,7 @@ class PciDevice:
     device_name: str | None
     config: ConfigSpace | None
     # What could not be read, one line each ("config: permission denied").
-    unreadable: tuple[str, ...] = field(default=())
+    unreadable: tuple[str, ...] = ()
     sriov_vf: bool = False  # has a physfn link: an SR-IOV virtual function
 
     @property

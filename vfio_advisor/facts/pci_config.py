@@ -6,8 +6,9 @@ field names follow Linux include/uapi/linux/pci_regs.h so they grep together.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import re
-from dataclasses import dataclass
 
 
 class _Unknown:
@@ -87,8 +88,7 @@ _MAX_CAPS = 48
 _MAX_EXT_CAPS = 960
 
 
-@dataclass(frozen=True)
-class MsiCapability:
+class MsiCapability(NamedTuple):
     offset: int
     enabled: bool
     is_64bit: bool
@@ -97,30 +97,26 @@ class MsiCapability:
     vectors_enabled: int
 
 
-@dataclass(frozen=True)
-class MsixCapability:
+class MsixCapability(NamedTuple):
     offset: int
     enabled: bool
     function_masked: bool
     table_size: int
 
 
-@dataclass(frozen=True)
-class PcieCapability:
+class PcieCapability(NamedTuple):
     offset: int
     version: int
     port_type: str  # PCIE_PORT_TYPES value, or "type-N" for reserved values
 
 
-@dataclass(frozen=True)
-class PmCapability:
+class PmCapability(NamedTuple):
     offset: int
     # PMC bits 2:0. 1 = PCI PM 1.0, 2 = PM 1.1 (PCI 2.2 era), 3 = PM 1.2 (PCI 2.3 and later).
     version: int
 
 
-@dataclass(frozen=True)
-class Capability:
+class Capability(NamedTuple):
     id: int
     offset: int
 
@@ -129,8 +125,7 @@ class Capability:
         return CAP_NAMES.get(self.id, f"cap-{self.id:#04x}")
 
 
-@dataclass(frozen=True)
-class ExtCapability:
+class ExtCapability(NamedTuple):
     id: int
     offset: int
     version: int
@@ -140,8 +135,7 @@ class ExtCapability:
         return EXT_CAP_NAMES.get(self.id, f"ecap-{self.id:#06x}")
 
 
-@dataclass(frozen=True)
-class ConfigSpace:
+class ConfigSpace(NamedTuple):
     """Decoded configuration space. `length` is how many bytes were readable."""
 
     length: int

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import re
-import uuid
-from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 from vfio_advisor.findings import Finding, Severity
 
@@ -25,20 +23,19 @@ FAMILIES = {
 }
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     id: str
     slug: str
     severity: Severity
     title: str  # one line; the catalog's Subject
     explanation: str  # what happens and why it matters
     remedy: str  # generic; findings may carry a specific one
-    message_id: uuid.UUID  # fixed forever (journalctl --new-id128)
+    message_id: str  # 32 hex digits, fixed forever (journalctl --new-id128)
     check: Callable[..., Iterable[Finding]] | None  # None: raised by the engine itself
     # Names of examples (tests/rules/examples.py) on which it must / must not fire.
-    fires_on: tuple[str, ...] = field(default=())
-    silent_on: tuple[str, ...] = field(default=())
-    documentation: tuple[str, ...] = field(default=())
+    fires_on: tuple[str, ...] = ()
+    silent_on: tuple[str, ...] = ()
+    documentation: tuple[str, ...] = ()
     # "device": findings name a host device (VFIO_ADVISOR_HOST_BDF is set);
     # "domain": they are about the domain or host as a whole.
     scope: str = "device"

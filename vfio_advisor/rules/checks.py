@@ -9,7 +9,6 @@ ID families (thousands digit): 1 interrupt mode, 2 host INTx line sharing,
 from __future__ import annotations
 
 from typing import Iterator
-from uuid import UUID
 
 from vfio_advisor.engine import AssignedDevice, DomainFacts
 from vfio_advisor.facts.guest_intx import (
@@ -389,8 +388,11 @@ def check_facts_incomplete(facts: DomainFacts) -> Iterator[Finding]:
             {"proc/interrupts": facts.host.interrupts_problem})
 
 
-def _id(hexstr: str) -> UUID:
-    return UUID(hex=hexstr)
+def _id(hexstr: str) -> str:
+    # Kept as text: importing uuid costs the hook a platform.system() call.
+    if len(hexstr) != 32 or int(hexstr, 16) == 0:
+        raise RuntimeError(f"programming error: bad MESSAGE_ID {hexstr!r}")
+    return hexstr
 
 
 RULES: tuple[Rule, ...] = (

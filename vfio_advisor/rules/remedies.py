@@ -7,8 +7,6 @@ shell words are quoted with shlex.
 
 from __future__ import annotations
 
-import shlex
-
 from vfio_advisor.facts.pci import PciDevice
 
 MSI_REGISTRY_PATH = (r"HKLM\SYSTEM\CurrentControlSet\Enum\<Device Instance Path>"
@@ -71,6 +69,8 @@ def linux_msi_remedy(devices: list[PciDevice]) -> str:
         option = linux_module_option(device)
         if option:
             module, opt = option
+            import shlex  # noqa: PLC0415 - only when this remedy is written
+
             conf = f"options {module} {opt}"
             parts.append(
                 f"{device.address} {device.name}: in the guest, add "

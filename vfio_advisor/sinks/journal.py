@@ -58,7 +58,7 @@ def finding_fields(f: Finding, domain: Domain | None, source: str) -> list[str]:
         "MESSAGE": f"{f.domain or '-'}{where}: {rule.id} {f.message}",
         "PRIORITY": str(SYSLOG_PRIORITY[rule.severity]),
         "SYSLOG_IDENTIFIER": IDENTIFIER,
-        "MESSAGE_ID": rule.message_id.hex,
+        "MESSAGE_ID": rule.message_id,
         "VFIO_ADVISOR_RULE": rule.id,
         "VFIO_ADVISOR_SLUG": rule.slug,
         "VFIO_ADVISOR_SEVERITY": str(rule.severity),
@@ -97,7 +97,7 @@ def summary_fields(domain: Domain | None, name: str | None, findings: Sequence[F
         # notice (5) when the run found something to act on, else info (6)
         "PRIORITY": "5" if worst >= Severity.WARNING else "6",
         "SYSLOG_IDENTIFIER": IDENTIFIER,
-        "MESSAGE_ID": rule.message_id.hex,
+        "MESSAGE_ID": rule.message_id,
         "VFIO_ADVISOR_RULE": rule.id,
         "VFIO_ADVISOR_SLUG": rule.slug,
         "VFIO_ADVISOR_SOURCE": source,
