@@ -63,6 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--connect", "-c", metavar="URI")
     s.add_argument("--xml", action="append", default=[], metavar="FILE")
     s.add_argument("--host-root", default="/", metavar="DIR")
+    dm = sub.add_parser("daemon", help="watch running domains' interrupts and log runtime advice")
+    dm.add_argument("--connect", "-c", metavar="URI", help="libvirt URI (default qemu:///system, read-only)")
+    dm.add_argument("--host-root", metavar="DIR", help="host tree to sample instead of /")
+    dm.add_argument("--config", default="/etc/vfio-advisor/config.toml", metavar="FILE")
+    dm.add_argument("--interval", type=float, metavar="SECONDS", help="sampling interval (default 5)")
+    dm.add_argument("--settle", type=float, metavar="SECONDS",
+                    help="time after a domain starts before INTx is advice-worthy (default 60)")
+    dm.add_argument("--state-dir", metavar="DIR", help="state across runs (default /var/lib/vfio-advisor)")
+    dm.add_argument("--metrics-file", metavar="FILE", help="write Prometheus textfile metrics here")
+
     c = sub.add_parser("catalog", help="print the journald message catalog generated from the rules")
     c.add_argument("-o", "--output", metavar="FILE")
 
@@ -346,6 +356,12 @@ def cmd_snapshot(args) -> int:
     return EXIT_OK
 
 
+def cmd_daemon(args) -> int:
+    from vfio_advisor.daemon import main as daemon_main
+
+    return daemon_main(args)
+
+
 def cmd_catalog(args) -> int:
     from vfio_advisor.catalog import render_catalog
 
@@ -384,5 +400,5 @@ def cmd_uninstall(args) -> int:
 
 
 COMMANDS = {"advise": cmd_advise, "guest-irqs": cmd_guest_irqs, "device": cmd_device, "explain": cmd_explain,
-            "rules": cmd_rules, "snapshot": cmd_snapshot, "catalog": cmd_catalog,
+            "rules": cmd_rules, "snapshot": cmd_snapshot, "catalog": cmd_catalog, "daemon": cmd_daemon,
             "install": cmd_install, "uninstall": cmd_uninstall}

@@ -195,6 +195,7 @@ def run_rules(facts: DomainFacts, rules: Iterable | None = None,
     from vfio_advisor.rules import RULES, internal_error
 
     findings: list[Finding] = []
+    disabled = disabled | facts.domain.ignored_rules
     for rule in rules if rules is not None else RULES:
         if rule.check is None or rule.id in disabled or rule.slug in disabled:
             continue

@@ -17,7 +17,12 @@ from lxml import etree
 from vfio_advisor.errors import DomainXMLError
 from vfio_advisor.facts.kernel import parse_cpulist
 
-NS = {"libosinfo": "http://libosinfo.org/xmlns/libvirt/domain/1.0"}
+# Per-domain settings of vfio-advisor live in the domain's <metadata>:
+#   <vfio-advisor:advisor xmlns:vfio-advisor="urn:x-vfio-advisor:domain:1">
+#     <vfio-advisor:ignore rule="VA6001"/>
+#   </vfio-advisor:advisor>
+ADVISOR_NS = "urn:x-vfio-advisor:domain:1"
+NS = {"libosinfo": "http://libosinfo.org/xmlns/libvirt/domain/1.0", "va": ADVISOR_NS}
 
 XPATH = {
     "name": "string(name)",
@@ -41,6 +46,7 @@ XPATH = {
     "pci_addressed_devices": "devices/*[address/@type='pci']",
     "iommu_model": "string(devices/iommu/@model)",
     "iommu_intremap": "string(devices/iommu/driver/@intremap)",
+    "advisor_ignore_rule": "metadata/va:advisor/va:ignore/@rule",
 }
 
 # Values of libvirt's <controller type='pci' model=...> that are PCI bridges.
@@ -160,6 +166,7 @@ class Domain(NamedTuple):
     controllers: tuple[PciController, ...]
     hostdevs: tuple[Hostdev, ...]
     emulated: tuple[EmulatedDevice, ...]
+    ignored_rules: frozenset[str] = frozenset()  # rule IDs or slugs, from <metadata>
 
     @property
     def pinned_cpus(self) -> frozenset[int]:
@@ -335,6 +342,8 @@ def domain_from_element(root: etree._Element) -> Domain:
         controllers=tuple(controllers),
         hostdevs=tuple(hostdevs),
         emulated=tuple(emulated),
+        ignored_rules=frozenset(str(r).strip() for r in
+                                root.xpath(XPATH["advisor_ignore_rule"], namespaces=NS)),
     )
 
 

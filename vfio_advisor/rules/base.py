@@ -18,6 +18,7 @@ FAMILIES = {
     3: "host platform: MSI, IOMMU, interrupt remapping",
     4: "guest topology: chipset, slots, irqchip",
     5: "guest INTx routing: PIRQ links and guest lines",
+    6: "runtime: what running guests do with their interrupts (daemon)",
     8: "coverage: host checks that could not run",
     9: "internal",
 }

@@ -526,6 +526,62 @@ RULES: tuple[Rule, ...] = (
          "drivers enable MSI or MSI-X.",
          _id("c598ab6075a043cea0a0c20cf5dd0d53"), check_intx_behind_pxb_pcie,
          fires_on=("pxb-pcie-intx",), silent_on=("gpu-audio-msi",)),
+    Rule("VA6001", "stays-on-intx", Severity.WARNING,
+         "Running guest keeps an MSI-capable device on INTx",
+         "The domain has run longer than the settle time, its guest driver had time to "
+         "load, and this MSI-capable device's vfio-intx counter keeps rising: the guest "
+         "driver chose INTx. Every interrupt then needs a mask, a trip through the guest "
+         "and an unmask after its EOI; HDMI audio crackles and frame times stutter.",
+         "Enable MSI in the guest: Windows MSISupported=1 for every function of the card "
+         "(and again after driver updates); Linux, the driver's MSI option.",
+         _id("60b452f510024659af0f6d48fbec1ee0"), None, documentation=(SEED_ARTICLE,)),
+    Rule("VA6002", "switched-to-msi", Severity.INFO,
+         "Device switched from INTx to MSI: the fix worked",
+         "A device that vfio-advisor had seen stay on INTx now uses MSI or MSI-X: the guest "
+         "driver enabled message-signalled interrupts, usually after MSISupported was set or "
+         "a driver option changed.",
+         "Nothing to do. Check again after guest driver updates, which can reset the setting.",
+         _id("1936b40983384a06a30e555d8d8c480d"), None),
+    Rule("VA6003", "msi-to-intx-regression", Severity.WARNING,
+         "Device used MSI in the previous run and INTx now",
+         "In the previous run of this domain the device used MSI or MSI-X; in this run its "
+         "guest driver stays on INTx. A Windows driver update reinstalls the device and "
+         "resets MSISupported; a Linux kernel or module change can do the same.",
+         "Set MSISupported=1 again for every function of the card (Windows), or restore the "
+         "driver's MSI option (Linux), then restart the guest.",
+         _id("4311428fa02a4380a07d7c7a8b3d26a9"), None),
+    Rule("VA6004", "intx-storm", Severity.WARNING,
+         "Interrupt storm on an assigned device's INTx line",
+         "The device raises INTx faster than the threshold for several samples in a row. "
+         "Each INTx costs a host interrupt, a mask and an unmask after the guest's EOI, so a "
+         "storm eats host CPU and guest latency; it often means a guest driver that does not "
+         "acknowledge the device, or a device that should be on MSI.",
+         "Check the guest driver (and its logs) for this device; enable MSI if the device "
+         "supports it. The threshold is [daemon] storm_rate in the config.",
+         _id("6c7b6d7ab9414e3490ac862d7eb2a3dd"), None),
+    Rule("VA6005", "intx-storm-shared-line", Severity.ERROR,
+         "Interrupt storm on a host INTx line shared with other devices",
+         "As VA6004, but the host line is shared: every interrupt of the storm also makes "
+         "the host run the other devices' handlers, and their interrupts wait behind the "
+         "guest's. Host devices on the line (USB, storage) suffer too.",
+         "Stop the storm (guest driver, MSI), or give the device a host line of its own.",
+         _id("f90aba7e5162418e8a794c36b87980ef"), None),
+    Rule("VA6006", "no-interrupts", Severity.INFO,
+         "Assigned device raised no interrupt after the settle time",
+         "The domain has run longer than the settle time and this assigned device has not "
+         "raised a single interrupt: most often no guest driver is bound to it, or the "
+         "guest has not finished booting.",
+         "Check in the guest that a driver is bound to the device (Device Manager, or "
+         "lspci -k in Linux).",
+         _id("3d219b988e0643289eabc7fe1bfecd0f"), None),
+    Rule("VA6007", "vfio-irq-affinity-overlap", Severity.WARNING,
+         "A vfio vector may run on the domain's pinned vCPU CPUs or isolated CPUs",
+         "The host interrupt of an assigned device may be delivered to CPUs that run the "
+         "domain's pinned vCPUs, or that the host isolates (isolcpus, nohz_full). Its "
+         "handler then preempts those CPUs, adding latency where it was meant to be lowest.",
+         "Set the vector's /proc/irq/N/smp_affinity_list to housekeeping CPUs, or use "
+         "irqaffinity= on the host kernel command line. vfio-advisor only advises.",
+         _id("ca692677e0fd4f29b856f5fefbb536e2"), None),
     Rule("VA8001", "hostdev-missing-on-host", Severity.WARNING,
          "Assigned device not found on this host: its checks were skipped",
          "The domain assigns a host PCI address that sysfs does not have. The domain will "
@@ -541,6 +597,12 @@ RULES: tuple[Rule, ...] = (
          "Run as root.",
          _id("d92502904c274f179326771266394df5"), check_facts_incomplete,
          fires_on=("config-64-bytes",), silent_on=("gpu-audio-msi",)),
+    Rule("VA8003", "interrupt-rows-skipped", Severity.INFO,
+         "Some /proc/interrupts rows could not be read",
+         "The daemon found rows in /proc/interrupts it could not parse (cut off, or in a "
+         "format it does not know) and skips them. It says so once, not at every sample.",
+         "If vfio rows are among them, report it with a snapshot (vfio-advisor snapshot).",
+         _id("f331f323c1874b3198add8a8302467e2"), None, scope="domain"),
     Rule("VA9001", "internal-error", Severity.ERROR,
          "vfio-advisor hit an internal error",
          "A check or a sink of vfio-advisor failed unexpectedly. The other checks still "
