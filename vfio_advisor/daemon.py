@@ -97,11 +97,13 @@ def _notify_sender() -> Callable[[str], None]:
 
 class Service:
     def __init__(self, cfg: DaemonConfig, config_path: str | None = None,
+                 overrides: dict | None = None,
                  open_connection: Callable[[str], object] | None = None,
                  sink: JournalSink | None = None, notify: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.cfg = cfg
         self.config_path = config_path
+        self.overrides = overrides or {}
         self.sink = sink or JournalSink("daemon")
         self.notify = notify or _notify_sender()
         self.open_connection = open_connection or self._open_readonly
@@ -273,17 +275,27 @@ class Service:
             task.cancel()
 
     async def _sample_loop(self) -> None:
-        watchdog = os.environ.get("WATCHDOG_USEC")
         while not self.stopping.is_set():
             try:
                 self.watcher.sample()
                 if self.cfg.metrics_file:
                     self.watcher.write_metrics(self.cfg.metrics_file)
-            except Exception as exc:  # noqa: BLE001 - keep the daemon alive, say it once
+            except Exception as exc:  # noqa: BLE001 - keep the daemon alive
                 self.log(f"sample failed: {type(exc).__name__}: {exc}", "sample-failed", 3)
-            if watchdog:
-                self.notify("WATCHDOG=1")
             await self._sleep(self.cfg.interval)
+
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 at half the period systemd asked for (sd_watchdog_enabled),
+        independent of the sampling interval, which may be longer."""
+        try:
+            usec = int(os.environ.get("WATCHDOG_USEC", "0"))
+        except ValueError:
+            usec = 0
+        if usec <= 0 or os.environ.get("WATCHDOG_PID", str(os.getpid())) != str(os.getpid()):
+            return
+        while not self.stopping.is_set():
+            self.notify("WATCHDOG=1")
+            await self._sleep(usec / 2e6)
 
     def reload(self) -> None:
         try:
@@ -291,10 +303,12 @@ class Service:
         except UsageError as exc:
             self.log(f"reload failed, keeping the old config: {exc}", "reload-failed", 4)
             return
+        self.notify("RELOADING=1")
         # Keep what the command line set explicitly.
-        self.cfg = cfg._replace(connect=self.cfg.connect, host_root=self.cfg.host_root)
+        self.cfg = cfg._replace(**{k: v for k, v in self.overrides.items() if v is not None})
         self.watcher.config = self.cfg.runtime
-        self.log("configuration reloaded", "reloaded")
+        self.log(f"configuration reloaded: interval {self.cfg.interval:g} s, settle "
+                 f"{self.cfg.settle:g} s", "reloaded")
         self.notify("READY=1")
 
     async def run(self) -> None:
@@ -312,11 +326,12 @@ class Service:
         self.log(f"started: watching {len(self.watcher.domains)} running domains on "
                  f"{self.cfg.connect}", "started")
         sampler = asyncio.ensure_future(self._sample_loop())
+        watchdog = asyncio.ensure_future(self._watchdog())
         await self.stopping.wait()
         self.notify("STOPPING=1")
-        for task in (keeper, sampler):
+        for task in (keeper, sampler, watchdog):
             task.cancel()
-        await asyncio.gather(keeper, sampler, return_exceptions=True)
+        await asyncio.gather(keeper, sampler, watchdog, return_exceptions=True)
         self.disconnect()
         self.log("stopped", "stopped")
 
@@ -333,7 +348,7 @@ def main(args) -> int:
     # Must precede libvirt.open; an event implementation is registered once per process.
     libvirtaio.virEventRegisterAsyncIOImpl(loop=loop)
     libvirt.registerErrorHandler(lambda *_: None, None)
-    service = Service(cfg, config_path=args.config)
+    service = Service(cfg, config_path=args.config, overrides=overrides)
     try:
         loop.run_until_complete(service.run())
     finally:

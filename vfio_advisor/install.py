@@ -17,9 +17,28 @@ HOOK_DIR = "etc/libvirt/hooks/qemu.d"
 HOOK_NAME = "vfio-advisor"
 CATALOG = "usr/lib/systemd/catalog/vfio-advisor.catalog"
 CONFIG = "etc/vfio-advisor/config.toml"
+UNIT = "etc/systemd/system/vfio-advisor.service"
 
 DEFAULT_CONFIG_TEXT = """\
-# vfio-advisor configuration (TOML).
+# vfio-advisor configuration (TOML). The daemon rereads it on SIGHUP
+# (systemctl reload vfio-advisor); command-line flags win over it.
+
+[daemon]
+# Seconds between two reads of /proc/interrupts while a watched domain runs.
+interval = 5
+# Seconds after a domain starts before INTx counts as the guest's choice
+# (vfio-pci starts every device on INTx; drivers switch to MSI as they load).
+settle = 60
+# INTx per second that count as a storm, and for how many samples in a row.
+storm_rate = 20000
+storm_samples = 3
+# Rules (IDs or slugs) never to report.
+disabled_rules = []
+# metrics_file = "/var/lib/prometheus/node-exporter/vfio-advisor.prom"
+
+# Per-domain ignores (also possible in the domain's own <metadata>):
+# [domains.win11]
+# ignore = ["VA6007"]
 
 [hook]
 # Stop analysing after this many seconds; the VM start goes on regardless.
@@ -35,6 +54,13 @@ def render_hook(python: str, config: str) -> str:
     text = resources.files("vfio_advisor").joinpath("data/qemu-hook.sh").read_text()
     text = re.sub(r"^VFIO_ADVISOR_PYTHON=.*$", f"VFIO_ADVISOR_PYTHON={_sh(python)}", text, count=1, flags=re.M)
     return re.sub(r"^VFIO_ADVISOR_CONFIG=.*$", f"VFIO_ADVISOR_CONFIG={_sh(config)}", text, count=1, flags=re.M)
+
+
+def render_unit(python: str) -> str:
+    """The daemon's unit, started with this interpreter (so a venv install works)."""
+    text = resources.files("vfio_advisor").joinpath("data/vfio-advisor.service").read_text()
+    return re.sub(r"^ExecStart=.*$", f"ExecStart={python} -m vfio_advisor daemon", text,
+                  count=1, flags=re.M)
 
 
 def _sh(text: str) -> str:
@@ -76,6 +102,11 @@ def install(root: str = "/", python: str | None = None, config: str | None = Non
     cat.parent.mkdir(parents=True, exist_ok=True)
     cat.write_text(render_catalog())
     notes.append(f"catalog: {cat}; {_update_catalog(base)}")
+    unit = base / UNIT
+    unit.parent.mkdir(parents=True, exist_ok=True)
+    unit.write_text(render_unit(python))
+    notes.append(f"daemon unit: {unit} (start it with: systemctl daemon-reload && "
+                 "systemctl enable --now vfio-advisor)")
     if not had_hooks:
         notes.append("libvirtd looks for hooks only when it starts: restart it once "
                      "(systemctl restart libvirtd) so the hook runs at the next VM start.")
@@ -85,7 +116,7 @@ def install(root: str = "/", python: str | None = None, config: str | None = Non
 def uninstall(root: str = "/") -> list[str]:
     base = Path(root)
     notes = []
-    for rel in (f"{HOOK_DIR}/{HOOK_NAME}", CATALOG):
+    for rel in (f"{HOOK_DIR}/{HOOK_NAME}", CATALOG, UNIT):
         path = base / rel
         if path.exists():
             path.unlink()

@@ -1,0 +1,46 @@
+"""The daemon's service against libvirt's test driver: it follows domains as
+they are defined, started and destroyed, and tells systemd."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def run():
+    out = subprocess.run([sys.executable, str(REPO / "tests/daemon/testdriver_run.py")],
+                         capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_follows_domains_through_their_lifecycle(run):
+    steps = dict((name, state) for name, state in run["steps"])
+    assert steps["at start"] == {"test": []}  # test:///default's own running domain
+    assert steps["defined, not started"] == {"test": []}
+    assert steps["started"]["gpuvm"] == ["0000:05:00.0", "0000:05:00.1"]
+    assert steps["transient started"]["nvmevm"] == ["0000:06:00.0"]
+    assert "gpuvm" not in steps["destroyed"] and "nvmevm" in steps["destroyed"]
+    assert steps["transient destroyed"] == {"test": []}
+    assert steps["started and destroyed at once"] == {"test": []}
+
+
+def test_notifies_systemd(run):
+    notes = run["notes"]
+    assert notes.index("READY=1") < notes.index("STOPPING=1")
+    assert "STATUS=watching 2 VMs, 2 devices" in notes
+    assert "STATUS=watching 3 VMs, 3 devices" in notes
+    assert notes[-1] == "STOPPING=1"
+
+
+def test_logs_its_own_lifecycle_and_samples(run):
+    assert run["events"][0] == "started" and run["events"][-1] == "stopped"
+    assert run["sampled"]
+    assert run["findings"] == []  # settle time not reached: boot-time INTx is never advice

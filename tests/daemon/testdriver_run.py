@@ -1,0 +1,110 @@
+"""Drive the daemon's Service in-process against libvirt's test driver.
+
+test:///default keeps one state per process, shared by every connection, so
+this script opens its own admin connection next to the daemon's read-only
+one, defines, starts and destroys domains, and records what the daemon
+follows after each step. Prints one JSON document. Run in a subprocess:
+libvirtaio binds to the first asyncio loop of a process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import libvirt
+import libvirtaio
+
+from vfio_advisor.daemon import DaemonConfig, Service
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "examples/demo-host"
+
+HOSTDEV = ("<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' "
+           "bus='0x{bus:02x}' slot='0x00' function='0x{fn:x}'/></source><address type='pci' "
+           "domain='0x0000' bus='0x00' slot='0x{slot:02x}' function='0x0'/></hostdev>")
+
+
+def domain(name: str, hostdevs: list[tuple[int, int, int]]) -> str:
+    devs = "".join(HOSTDEV.format(bus=b, fn=f, slot=s) for b, f, s in hostdevs)
+    return (f"<domain type='kvm'><name>{name}</name><memory>1048576</memory><vcpu>2</vcpu>"
+            f"<os><type arch='x86_64' machine='pc-i440fx-7.2'>hvm</type></os>"
+            f"<devices>{devs}</devices></domain>")
+
+
+class Recorder:
+    def __init__(self):
+        self.findings, self.events = [], []
+
+    def emit(self, finding, dom):
+        self.findings.append(finding.rule_id)
+
+    def sender(self, fields):
+        values = dict(f.split("=", 1) for f in fields)
+        self.events.append(values.get("VFIO_ADVISOR_EVENT", values.get("VFIO_ADVISOR_RULE")))
+
+
+async def settle(svc, predicate, timeout=5.0):
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end and not predicate():
+        await asyncio.sleep(0.02)
+    return predicate()
+
+
+async def scenario(out: dict) -> None:
+    rec, notes = Recorder(), []
+    cfg = DaemonConfig(connect="test:///default", host_root=str(DEMO / "root"), interval=0.05,
+                       settle=3600, state_dir=None)
+    svc = Service(cfg, sink=rec, notify=notes.append)
+    task = asyncio.ensure_future(svc.run())
+    await settle(svc, lambda: svc.conn is not None)
+    admin = libvirt.open("test:///default")
+
+    def follows():
+        return {n: sorted(d.devices) for n, d in sorted(svc.watcher.domains.items())}
+
+    steps = [("at start", follows())]
+    dom = admin.defineXML(domain("gpuvm", [(5, 0, 5), (5, 1, 6)]))
+    await asyncio.sleep(0.2)
+    steps.append(("defined, not started", follows()))
+    dom.create()
+    await settle(svc, lambda: "gpuvm" in svc.watcher.domains)
+    steps.append(("started", follows()))
+    second = admin.createXML(domain("nvmevm", [(6, 0, 7)]), 0)
+    await settle(svc, lambda: "nvmevm" in svc.watcher.domains)
+    steps.append(("transient started", follows()))
+    dom.destroy()
+    await settle(svc, lambda: "gpuvm" not in svc.watcher.domains)
+    steps.append(("destroyed", follows()))
+    second.destroy()
+    await settle(svc, lambda: "nvmevm" not in svc.watcher.domains)
+    steps.append(("transient destroyed", follows()))
+    # a domain that is gone between the event and our XMLDesc: the daemon shrugs
+    dom.create()
+    dom.destroy()
+    await asyncio.sleep(0.3)
+    steps.append(("started and destroyed at once", follows()))
+    samples_before = svc.watcher.last_sample
+    await asyncio.sleep(0.2)
+    svc.stopping.set()
+    await task
+    out.update(steps=steps, notes=notes, events=rec.events, findings=rec.findings,
+               sampled=svc.watcher.last_sample is not None and samples_before is not None)
+
+
+def main() -> int:
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    libvirtaio.virEventRegisterAsyncIOImpl(loop=loop)
+    libvirt.registerErrorHandler(lambda *_: None, None)
+    out: dict = {}
+    loop.run_until_complete(scenario(out))
+    json.dump(out, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
