@@ -86,3 +86,24 @@ def test_report_time_added_to_virsh_start(started, request):
         reporter.write_line(f"\n[e2e] {message}")
     # Generous bound: the analysis must not be what makes a start slow.
     assert added < 2000, message
+
+
+def test_daemon_survives_a_libvirtd_restart(tmp_path):
+    """The daemon follows a running VM over qemu:///system (read-only), libvirtd
+    is killed and started again under it, and it reconnects and resyncs."""
+    reason = _missing()
+    if reason:
+        pytest.skip(reason)
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    run = run_in_journal(tmp_path / "journal",
+                         [str(WITH_LIBVIRTD), str(tmp_path), str(hooks), "--",
+                          str(Path(__file__).with_name("daemon-reconnect.sh")), str(tmp_path),
+                          str(DOMAIN), sys.executable], timeout=600)
+    assert run.rc == 0, run.stderr[-2000:]
+    events = [e.get("VFIO_ADVISOR_EVENT") for e in run.entries if e.get("VFIO_ADVISOR_EVENT")]
+    assert events[0] == "started" and events[-1] == "stopped", events
+    assert "disconnected" in events and "reconnected" in events
+    (reconnected,) = [e for e in run.entries if e.get("VFIO_ADVISOR_EVENT") == "reconnected"]
+    assert "watching 1 domains" in reconnected["MESSAGE"]  # the VM kept running; resynced
+    assert (tmp_path / "daemon.rc").read_text().strip() == "daemon exit 0"
