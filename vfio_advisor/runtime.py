@@ -170,10 +170,10 @@ class Watcher:
             self.last_sample = now
             return []
         try:
-            text = self.host.read_text("proc/interrupts", INTERRUPTS_LIMIT)
+            data = self.host.read_bytes("proc/interrupts", INTERRUPTS_LIMIT)
         except FactUnavailable:
             return []
-        rows, odd = sample_lines(text, self._wanted())
+        rows, odd = sample_lines(data, self._wanted())
         findings: list[Finding] = []
         if odd and not self.odd_reported:
             self.odd_reported = True

@@ -246,7 +246,8 @@ def parse_domain_xml(text: str | bytes) -> Domain:
     try:
         root = etree.fromstring(text, parser)
     except etree.XMLSyntaxError as exc:
-        raise DomainXMLError(f"not well-formed XML: {exc.msg}") from None
+        # libxml2 messages can carry newlines; the user gets one line.
+        raise DomainXMLError("not well-formed XML: " + " ".join(str(exc.msg).split())) from None
     return domain_from_element(root)
 
 

@@ -58,7 +58,18 @@ class HostRoot:
     def read_bytes(self, rel: str, limit: int = _DEFAULT_LIMIT) -> bytes:
         try:
             with open(self._path(rel), "rb") as f:
-                return f.read(limit)
+                if limit <= _DEFAULT_LIMIT:
+                    return f.read(limit)
+                # f.read(n) allocates n bytes up front; for the 64 MiB bound on
+                # /proc/interrupts read in chunks instead (procfs reports size 0).
+                chunks, size = [], 0
+                while size < limit:
+                    chunk = f.read(min(1 << 20, limit - size))
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    size += len(chunk)
+                return b"".join(chunks)
         except OSError as exc:
             raise FactUnavailable(rel, _reason(exc)) from None
 

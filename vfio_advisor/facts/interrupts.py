@@ -140,9 +140,10 @@ def parse_interrupt_row(row: str, cpus: int | None) -> IrqLine | None:
     while i < len(tokens) and len(counts) < limit and _is_count(tokens[i]):
         counts.append(int(tokens[i]))
         i += 1
-    # The description starts at the first token we did not take as a count.
-    # Re-find it in the text to keep its original spacing.
-    desc = _tail_after_tokens(rest, i)
+    # The description starts at the first token we did not take as a count;
+    # split(None, i) keeps its original spacing.
+    parts = rest.split(None, i)
+    desc = parts[i].strip() if len(parts) > i else ""
     # ERR and MIS print one global count by design (arch/x86/kernel/irq.c).
     truncated = cpus is not None and len(counts) < cpus and irq not in ("ERR", "MIS")
     chip = hwirq = flow = None
@@ -168,16 +169,6 @@ def parse_interrupt_row(row: str, cpus: int | None) -> IrqLine | None:
                    handlers=handlers, truncated=truncated)
 
 
-def _tail_after_tokens(text: str, n: int) -> str:
-    pos = 0
-    for _ in range(n):
-        while pos < len(text) and text[pos].isspace():
-            pos += 1
-        while pos < len(text) and not text[pos].isspace():
-            pos += 1
-    return text[pos:].strip()
-
-
 class LineSample(NamedTuple):
     """The few fields the daemon needs from one /proc/interrupts row."""
 
@@ -186,27 +177,43 @@ class LineSample(NamedTuple):
     handlers: tuple[str, ...]
 
 
-def sample_lines(text: str, wanted: frozenset[str]) -> tuple[dict[str, LineSample], int]:
+def sample_lines(data: bytes | str, wanted: frozenset[str]) -> tuple[dict[str, LineSample], int]:
     """Totals of the rows whose IRQ is in `wanted` or that carry a vfio
-    handler; every other row costs one partition and one substring test.
+    handler. Returns (rows, number of those rows it could not read).
 
     The daemon calls this every few seconds on files of thousands of rows and
-    hundreds of CPU columns, so it does not build IrqLine objects or keep
-    per-CPU counts. Returns (rows, number of rows it could not read).
+    hundreds of CPU columns, so it never splits the rows it does not need: it
+    finds the vfio rows with bytes.find("vfio-") and the wanted rows by their
+    "NN:" label, and parses only those.
     """
+    if isinstance(data, str):
+        data = data.encode("utf-8", "replace")
+    starts: set[int] = set()
+    pos = data.find(b"vfio-")
+    while pos != -1:
+        starts.add(data.rfind(b"\n", 0, pos) + 1)
+        end = data.find(b"\n", pos)
+        pos = -1 if end == -1 else data.find(b"vfio-", end)
+    for irq in wanted:
+        label = irq.encode() + b":"
+        pos = data.find(label)
+        while pos != -1:
+            # A label is alone at the start of its row, after padding only
+            # ("  16:"); "16:" also occurs inside names like 0000:16:00.0.
+            line_start = data.rfind(b"\n", 0, pos) + 1
+            if not data[line_start:pos].strip(b" "):
+                starts.add(line_start)
+                break
+            pos = data.find(label, pos + 1)
     out: dict[str, LineSample] = {}
     odd = 0
-    for raw in text.splitlines():
-        label, sep, rest = raw.partition(":")
-        if not sep:
-            continue
-        irq = label.strip()
-        if irq not in wanted and "vfio-" not in rest:
-            continue
-        row = parse_interrupt_row(raw.strip(), None)
+    for start in starts:
+        end = data.find(b"\n", start)
+        row = parse_interrupt_row(data[start:None if end == -1 else end].decode("utf-8", "replace").strip(),
+                                  None)
         if row is None or row.truncated:
             odd += 1
             if row is None:
                 continue
-        out[irq] = LineSample(irq, row.total, row.handlers)
+        out[row.irq] = LineSample(row.irq, row.total, row.handlers)
     return out, odd
