@@ -39,6 +39,7 @@ $(STAMPS)/venv: $(STAMPS)/apt pyproject.toml
 
 bench: venv
 	$(VPY) bench/run.py
+	$(VPY) bench/daemon_bench.py
 
 clean:
 	rm -rf $(VENV) $(STAMPS) .pytest_cache
