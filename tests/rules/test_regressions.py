@@ -79,3 +79,19 @@ def test_guest_line_shared_names_sharer_and_a_free_address(tmp_path):
     used = {fn.irq for fn in facts.guest_intx.functions if fn.routed and fn.host_address != AUDIO}
     assert gsi not in used
     assert f"GSI {gsi} alone" in f.remedy
+
+
+def test_domain_metadata_ignores_a_rule(tmp_path):
+    from tests.rules.examples import _audio_on_shared_intx_host
+
+    ignore = ("<metadata><vfio-advisor:advisor xmlns:vfio-advisor='urn:x-vfio-advisor:domain:1'>"
+              "<vfio-advisor:ignore rule='VA1001'/><vfio-advisor:ignore rule='host-intx-line-shared'/>"
+              "</vfio-advisor:advisor>")
+    xml = domain_xml("win11", gpu_audio_hostdevs(), os="windows").replace("<metadata>", ignore, 1)
+    facts = analyse(tmp_path, _audio_on_shared_intx_host(), xml)
+    assert facts.domain.ignored_rules == {"VA1001", "host-intx-line-shared"}
+    ids = _rules(facts)
+    plain = _rules(analyse(tmp_path / "plain", _audio_on_shared_intx_host(),
+                           domain_xml("win11", gpu_audio_hostdevs(), os="windows")))
+    assert {"VA1001", "VA2001"} <= set(plain)
+    assert sorted(ids) == sorted(r for r in plain if r not in ("VA1001", "VA2001"))
