@@ -8,9 +8,10 @@ STAMPS   := .stamps
 # Build deps of libvirt-python and systemd-python (no wheels), plus what the
 # tests run: systemd-journald/journalctl (systemd), pci.ids (hwdata).
 APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libvirt-dev \
-                libsystemd-dev systemd hwdata libvirt-daemon-system qemu-system-x86
+                libsystemd-dev systemd hwdata libvirt-daemon-system qemu-system-x86 \
+                libc6-dev
 
-.PHONY: demo test deps venv clean bench
+.PHONY: demo test deps venv clean bench lab
 
 demo: venv
 	$(VENV)/bin/vfio-advisor advise \
@@ -40,6 +41,10 @@ $(STAMPS)/venv: $(STAMPS)/apt pyproject.toml
 bench: venv
 	$(VPY) bench/run.py
 	$(VPY) bench/daemon_bench.py
+
+# Regenerate the lab's real vfio captures (lab/captures) from QEMU guests.
+lab: venv
+	$(VPY) lab/run.py
 
 clean:
 	rm -rf $(VENV) $(STAMPS) .pytest_cache

@@ -15,7 +15,7 @@ from vfio_advisor.facts.guest_intx import GuestIntxMap, build_guest_intx_map
 from vfio_advisor.facts.host import INTERRUPTS_LIMIT, HostRoot
 from vfio_advisor.facts.interrupts import Interrupts, IrqLine, parse_interrupts
 from vfio_advisor.facts.kernel import KernelFacts, read_kernel_facts
-from vfio_advisor.facts.pci import PciDevice, read_pci_device
+from vfio_advisor.facts.pci import IntxMasking, PciDevice, read_pci_device
 from vfio_advisor.facts.pciids import PciIds
 from vfio_advisor.findings import Finding
 
@@ -57,6 +57,18 @@ class AssignedDevice(NamedTuple):
     @property
     def guest_address(self) -> str | None:
         return str(self.hostdev.guest.address) if self.hostdev.guest else None
+
+    def intx_masking(self, nointxmask: bool = False) -> IntxMasking | None:
+        """The device's own evidence, overruled by what vfio-pci did: it
+        requests a shared line only for devices that passed its PCI 2.3
+        masking probe (vfio_pci_intrs.c: IRQF_SHARED only if pci_2_3)."""
+        if self.device is None:
+            return None
+        own = self.device.intx_masking(nointxmask)
+        if own.supported is None and self.interrupts.on_intx and self.interrupts.shared_with:
+            return IntxMasking(True, f"vfio-pci shares host IRQ {self.interrupts.intx_irq} with "
+                                     "other handlers, which it does only for PCI 2.3 devices")
+        return own
 
 
 class DomainFacts(NamedTuple):

@@ -99,7 +99,7 @@ def check_host_line_shared(facts: DomainFacts) -> Iterator[Finding]:
         irq = dev.interrupts
         if dev.device is None or not irq.shared_with or not _uses_intx(dev):
             continue
-        if dev.device.intx_masking(nointxmask).supported is not True and not irq.on_intx:
+        if dev.intx_masking(nointxmask).supported is not True and not irq.on_intx:
             continue  # VA2002/VA2003 speak about this one
         now = "is on" if irq.on_intx else "has only INTx and will use"
         yield _finding(
@@ -119,11 +119,9 @@ def _exclusive_line_findings(facts: DomainFacts, want: bool | None, rule_id: str
         pci, irq = dev.device, dev.interrupts
         if pci is None or pci.intx_pin in (None, UNKNOWN) or not irq.shared_with:
             continue
-        masking = pci.intx_masking(nointxmask)
+        masking = dev.intx_masking(nointxmask)
         if masking.supported is not want:
             continue
-        if irq.on_intx and want is None:
-            continue  # vfio-pci already shares the line: it passed its own probe
         holders = ", ".join(irq.shared_with)
         verb = "holds" if len(irq.shared_with) == 1 else "hold"
         if want is False:
@@ -291,6 +289,8 @@ def check_guest_line_shared(facts: DomainFacts) -> Iterator[Finding]:
         if not costly:
             continue  # only MSI-capable functions share it: they leave once their drivers load
         dev = next(d for d in facts.devices if d.address == fn.host_address)
+        if dev.interrupts.mode in ("msi", "msix"):
+            continue  # running on MSI now: the guest line carries nothing of it
         line = f"IRQ {fn.irq}" if gmap.chipset == "i440fx" else f"GSI {fn.irq}"
         others = ", ".join(_describe(s, facts) for s in costly)
         free = free_line_addresses(gmap, fn)

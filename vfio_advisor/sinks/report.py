@@ -135,6 +135,9 @@ def device_json(device: PciDevice | None, address: str, nointxmask: bool = False
 def assigned_json(dev: AssignedDevice, findings: list[Finding], nointxmask: bool,
                   gmap: GuestIntxMap | None = None) -> dict:
     out = device_json(dev.device, dev.address, nointxmask)
+    masking = dev.intx_masking(nointxmask)
+    if masking is not None:
+        out["intx_masking"] = {"supported": masking.supported, "evidence": masking.evidence}
     fn = None
     if gmap is not None and dev.hostdev.guest is not None:
         fn = gmap.by_address().get(dev.hostdev.guest.address)

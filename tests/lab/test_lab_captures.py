@@ -1,0 +1,100 @@
+"""advise and the daemon on real kernel vfio states from the lab
+(lab/captures, made by `make lab`; see lab/captures/ORIGIN.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.journal import run_in_journal
+
+REPO = Path(__file__).resolve().parents[2]
+CAPTURES = REPO / "lab/captures"
+DOMAINS = REPO / "tests/data/domains/lab"
+
+
+def advise(domain: str, capture: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "vfio_advisor", "advise", "--xml",
+                          str(DOMAINS / f"{domain}.xml"), "--host-root", str(CAPTURES / capture),
+                          "--format", "json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode in (0, 1), out.stderr
+    doc = json.loads(out.stdout)
+    return {d["host_address"]: d for d in doc["domains"][0]["devices"]} | {"_doc": doc}
+
+
+def rules_of(dev: dict) -> list[str]:
+    return [f["rule"] for f in dev["findings"]]
+
+
+def test_modes_side_by_side():
+    devs = advise("modes", "modes")
+    intx, msi, msix = devs["0000:00:03.0"], devs["0000:00:04.0"], devs["0000:00:05.0"]
+    assert intx["host_interrupts"]["mode"] == "intx" and intx["host_interrupts"]["intx_count"] == 200
+    assert intx["host_interrupts"]["shared_with"] == []
+    assert msi["host_interrupts"]["mode"] == "msi" and len(msi["host_interrupts"]["irqs"]) == 1
+    assert msix["host_interrupts"]["mode"] == "msix" and len(msix["host_interrupts"]["irqs"]) == 2
+    assert msi["capabilities"]["msi"]["vectors"] >= 1
+    assert msix["capabilities"]["msix"]["table_size"] == 2
+    # the edu supports MSI and sits on INTx: advice; the healthy ones: nothing at all
+    assert rules_of(intx) == ["VA1001"]
+    assert rules_of(msi) == [] and rules_of(msix) == []
+    assert devs["_doc"]["host"]["interrupt_remapping"] is True
+
+
+def test_shared_line_names_every_sharer():
+    devs = advise("shared", "shared")
+    a, b = devs["0000:00:03.0"], devs["0000:00:07.0"]
+    assert a["host_interrupts"]["intx_irq"] == b["host_interrupts"]["intx_irq"] == 23
+    assert sorted(a["host_interrupts"]["shared_with"]) == ["vfio-intx(0000:00:07.0)", "virtio0"]
+    assert sorted(b["host_interrupts"]["shared_with"]) == ["vfio-intx(0000:00:03.0)", "virtio0"]
+    for dev in (a, b):
+        assert "VA2001" in rules_of(dev)
+        # vfio-pci shares the line, so the device passed its INTx masking probe
+        assert dev["intx_masking"]["supported"] is True
+        assert "VA2002" not in rules_of(dev) and "VA2003" not in rules_of(dev)
+
+
+@pytest.mark.parametrize("capture, mode", [("switch-1", "intx"), ("switch-2", "intx"),
+                                           ("switch-3", "msi"), ("switch-4", "msi"),
+                                           ("switch-5", "none")])
+def test_switch_moments(capture, mode):
+    devs = advise("switch", capture)
+    assert devs["0000:00:03.0"]["host_interrupts"]["mode"] == mode
+
+
+def replay(tmp_path, domain, moments, settle, storm):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    run = run_in_journal(tmp_path / "j", [sys.executable, "-m", "tests.lab.replay",
+                                          str(DOMAINS / f"{domain}.xml"), str(settle), str(storm),
+                                          *[str(CAPTURES / m) for m in moments]], env=env)
+    assert run.rc == 0, run.stderr
+    entries = [e for e in run.entries if e.get("VFIO_ADVISOR_RULE")]
+    emitted = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert [e["VFIO_ADVISOR_RULE"] for e in entries] == [e["rule"] for e in emitted]
+    return entries
+
+
+def test_daemon_replay_stays_on_intx_and_storm(tmp_path):
+    # settle 0.3 s of guest time; the last phase fired 3000 INTx in about half a second
+    entries = replay(tmp_path, "edu", [f"stays-intx-{i}" for i in (1, 2, 3, 4)], 0.3, 2000)
+    rules = [e["VFIO_ADVISOR_RULE"] for e in entries]
+    assert rules.count("VA6001") == 1
+    assert rules.count("VA6004") == 1 and "VA6005" not in rules  # not shared
+    storm = next(e for e in entries if e["VFIO_ADVISOR_RULE"] == "VA6004")
+    assert float(storm["VFIO_ADVISOR_EVIDENCE_RATE"]) >= 2000
+
+
+def test_daemon_replay_switch_to_msi(tmp_path):
+    entries = replay(tmp_path, "switch", [f"switch-{i}" for i in (1, 2, 3, 4, 5)], 0.3, 1e9)
+    by_dev = [(e["VFIO_ADVISOR_RULE"], e["VFIO_ADVISOR_HOST_BDF"]) for e in entries]
+    assert ("VA6001", "0000:00:03.0") in by_dev
+    assert ("VA6002", "0000:00:03.0") in by_dev
+    assert by_dev.index(("VA6001", "0000:00:03.0")) < by_dev.index(("VA6002", "0000:00:03.0"))
+    # the virtio-rng was bound to vfio-pci but nothing raised its interrupts
+    assert ("VA6006", "0000:00:05.0") in by_dev
+    assert not [r for r, d in by_dev if d == "0000:00:03.0" and r not in ("VA6001", "VA6002")]
