@@ -8,7 +8,6 @@ Needs root, libvirt-daemon-system and qemu-system-x86 (installed by
 
 from __future__ import annotations
 
-import shutil
 import statistics
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.journal import journal_available, run_in_journal
+from tests.support.journal import missing_tools, run_in_journal
 
 REPO = Path(__file__).resolve().parents[2]
 DOMAIN = REPO / "tests/data/domains/e2e-pxb-pcie.xml"
@@ -26,10 +25,7 @@ STARTS = 3
 
 
 def _missing() -> str | None:
-    for tool in ("libvirtd", "virtlogd", "virsh", "qemu-system-x86_64"):
-        if shutil.which(tool) is None:
-            return f"{tool} not installed (make test installs libvirt-daemon-system qemu-system-x86)"
-    return journal_available()
+    return missing_tools("libvirtd", "virtlogd", "virsh", "qemu-system-x86_64")
 
 
 @pytest.fixture(scope="module")

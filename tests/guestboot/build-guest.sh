@@ -3,22 +3,19 @@
 # whose /init enables every PCI function through sysfs (which makes the guest
 # kernel allocate its INTx line via ACPI) and prints what it got.
 #   build-guest.sh CACHE_DIR    -> CACHE_DIR/vmlinuz, CACHE_DIR/initrd.img
-# Packages come from Debian's archive with `apt-get download`; nothing is installed.
+# Kernel and busybox: lab/fetch-debian-guest.sh (apt-get download; nothing installed).
 set -euo pipefail
 cache=$(realpath -m "$1")
 mkdir -p "$cache"
 [ -s "$cache/vmlinuz" ] && [ -s "$cache/initrd.img" ] && exit 0
+debian="$cache/debian"
+"$(dirname "$0")/../../lab/fetch-debian-guest.sh" "$debian"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
-kpkg=$(apt-cache depends linux-image-cloud-amd64 | sed -n 's/^ *Depends: \(linux-image-[^ ]*\)$/\1/p' | head -1)
-[ -n "$kpkg" ] || { echo "linux-image-cloud-amd64 not found (apt-get update?)" >&2; exit 1; }
-apt-get download -q "$kpkg" busybox-static >/dev/null 2>&1 \
-    || { apt-get update -qq && apt-get download -q "$kpkg" busybox-static >/dev/null; }
-for deb in *.deb; do dpkg -x "$deb" x; done
-cp x/boot/vmlinuz-* "$cache/vmlinuz"
+cp "$debian/vmlinuz" "$cache/vmlinuz"
 mkdir -p root/bin
-cp x/bin/busybox root/bin/busybox
+cp "$debian/busybox" root/bin/busybox
 cat > root/init <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -36,4 +33,4 @@ echo "VFIOADV-END"
 poweroff -f
 INIT
 chmod +x root/init
-(cd root && find . | ../x/bin/busybox cpio -o -H newc 2>/dev/null | gzip -1) > "$cache/initrd.img"
+(cd root && find . | "$debian/busybox" cpio -o -H newc 2>/dev/null | gzip -1) > "$cache/initrd.img"

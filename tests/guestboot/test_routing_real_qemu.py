@@ -12,12 +12,11 @@ Needs root, libvirt-daemon-system, qemu-system-x86, and Debian's archive for
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.support.journal import journal_available, run_in_journal
+from tests.support.journal import missing_tools, run_in_journal
 from vfio_advisor.facts.domain import parse_domain_xml
 from vfio_advisor.facts.guest_intx import PINS, PIRQS, build_guest_intx_map
 
@@ -33,10 +32,7 @@ LOG_LINE = re.compile(r"VFIOADV-LOG .*? (\w{4}:\w\w:\w\w\.\d): PCI INT ([A-D]) -
 
 
 def _missing() -> str | None:
-    for tool in ("libvirtd", "virsh", "qemu-system-x86_64", "apt-get", "dpkg"):
-        if shutil.which(tool) is None:
-            return f"{tool} not installed"
-    return journal_available()
+    return missing_tools("libvirtd", "virsh", "qemu-system-x86_64", "apt-get", "dpkg")
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,14 @@ def journal_available() -> str | None:
     return None
 
 
+def missing_tools(*tools: str) -> str | None:
+    """Why a tier that needs these commands and a private journald cannot run."""
+    for tool in tools:
+        if shutil.which(tool) is None:
+            return f"{tool} not installed (make test installs what the tiers need)"
+    return journal_available()
+
+
 def build_catalog_db(root: Path, catalog_text: str) -> Path:
     """journalctl --root=ROOT --update-catalog, as `install` does on a host."""
     cat = root / "usr/lib/systemd/catalog"
