@@ -163,6 +163,8 @@ def parse_interrupt_row(row: str, cpus: int | None) -> IrqLine | None:
             # Cut-off row ("IR-IO-APIC    8-e") or an unknown layout: keep the chip.
             chip = desc.split()[0]
             truncated = True
+        else:
+            truncated = True  # a numbered row always names its chip; this one was cut
     elif desc:
         handlers = (desc,)  # "Non-maskable interrupts": a description, not an action
     return IrqLine(irq=irq, counts=tuple(counts), chip=chip, hwirq=hwirq, flow=flow,
@@ -188,6 +190,8 @@ def sample_lines(data: bytes | str, wanted: frozenset[str]) -> tuple[dict[str, L
     """
     if isinstance(data, str):
         data = data.encode("utf-8", "replace")
+    header = data[:data.find(b"\n")] if b"\n" in data else data
+    cpus = header.count(b"CPU") if header.lstrip().startswith(b"CPU") else None
     starts: set[int] = set()
     pos = data.find(b"vfio-")
     while pos != -1:
@@ -210,7 +214,7 @@ def sample_lines(data: bytes | str, wanted: frozenset[str]) -> tuple[dict[str, L
     for start in starts:
         end = data.find(b"\n", start)
         row = parse_interrupt_row(data[start:None if end == -1 else end].decode("utf-8", "replace").strip(),
-                                  None)
+                                  cpus)
         if row is None or row.truncated:
             odd += 1
             if row is None:
