@@ -15,6 +15,7 @@ from typing import Sequence
 from vfio_advisor import __version__
 from vfio_advisor.errors import AdvisorError, ConnectionFailed, DomainXMLError, UsageError
 from vfio_advisor.facts.domain import Domain
+from vfio_advisor.findings import Severity
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 
@@ -139,8 +140,9 @@ def cmd_advise(args) -> int:
     root, tmp = open_host_root(args.host_root)
     try:
         domains, errors = _load_domains(args, root)
-        if not domains and errors and all(src.endswith(".xml") or "/" in src for src, _ in errors):
-            # Every given file was refused: that is a usage error, not advice.
+        if not domains and errors and (args.xml or args.host_root != "/"):
+            # Every XML file given (or stored in the snapshot) was refused:
+            # that is a usage error, not advice.
             for src, msg in errors:
                 print(f"vfio-advisor: {src}: {msg}", file=sys.stderr)
             return EXIT_USAGE
@@ -157,12 +159,7 @@ def cmd_advise(args) -> int:
         if tmp is not None:
             tmp.cleanup()
     worst = report.worst
-    return EXIT_FINDINGS if worst is not None and worst >= _warning() else EXIT_OK
-
-
-def _warning():
-    from vfio_advisor.findings import Severity
-    return Severity.WARNING
+    return EXIT_FINDINGS if worst is not None and worst >= Severity.WARNING else EXIT_OK
 
 
 def _emit(report, fmt: str) -> None:
