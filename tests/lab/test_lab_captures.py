@@ -98,3 +98,18 @@ def test_daemon_replay_switch_to_msi(tmp_path):
     # the virtio-rng was bound to vfio-pci but nothing raised its interrupts
     assert ("VA6006", "0000:00:05.0") in by_dev
     assert not [r for r, d in by_dev if d == "0000:00:03.0" and r not in ("VA6001", "VA6002")]
+
+
+def test_daemon_replay_healthy_modes_has_no_false_positive(tmp_path):
+    # One moment, sampled twice (no counter moves in between): the MSI and
+    # MSI-X devices are healthy; the virtio-rng's vectors never fired.
+    entries = replay(tmp_path, "modes", ["modes", "modes"], 0.0, 1e9)
+    by_dev = {(e["VFIO_ADVISOR_RULE"], e["VFIO_ADVISOR_HOST_BDF"]) for e in entries}
+    assert not [r for r, d in by_dev if d == "0000:00:04.0"]
+    assert by_dev & {("VA6006", "0000:00:05.0")} == {("VA6006", "0000:00:05.0")}
+    assert ("VA6001", "0000:00:03.0") not in by_dev  # counted, but not while we watched
+
+
+def test_daemon_replay_shared_line(tmp_path):
+    entries = replay(tmp_path, "shared", ["shared", "shared"], 0.0, 1e9)
+    assert [e["VFIO_ADVISOR_RULE"] for e in entries] == []
