@@ -229,7 +229,7 @@ def _print_device(e: dict) -> None:
     from vfio_advisor.sinks.text import clean
 
     if "error" in e:
-        print(f"{e['host_address']}: {e['error']}")
+        print(f"{e['host_address']}: {clean(e['error'])}")
         return
     caps = e["capabilities"] or {}
 
@@ -240,7 +240,7 @@ def _print_device(e: dict) -> None:
     lines = [
         f"{e['host_address']}  {clean(e['name'] or '?')}  [{e['vendor_id']}:{e['device_id']}] class {e['class']}",
         f"  driver: {clean(e['driver'] or 'none')}   IOMMU group: {e['iommu_group']} "
-        f"({', '.join(e['iommu_group_members']) or '-'})",
+        f"({clean(', '.join(e['iommu_group_members'])) or '-'})",
         "  MSI: " + show(caps.get("msi"), lambda m: "%d vector(s), 64bit=%s, maskable=%s, enabled=%s"
                          % (m["vectors"], m["64bit"], m["maskable"], m["enabled"])),
         "  MSI-X: " + show(caps.get("msix"), lambda m: "table size %d, enabled=%s"
@@ -249,12 +249,12 @@ def _print_device(e: dict) -> None:
         f"  INTx pin: {caps.get('intx_pin') or 'none'}   host IRQ: {e['host_irq']}   "
         f"INTx masking: {e['intx_masking']['supported']} ({e['intx_masking']['evidence']})",
         f"  interrupts now: {irq['mode']}" + (f", IRQs {irq['irqs']}" if irq["irqs"] else "")
-        + (", INTx line shared with " + ", ".join(irq["shared_with"]) if irq["shared_with"] else ""),
+        + (", INTx line shared with " + clean(", ".join(irq["shared_with"])) if irq["shared_with"] else ""),
         f"  msi_bus: {e['msi_bus']}" + "".join(f", bridge {b}: {v}" for b, v in e["upstream_msi_bus"].items()),
         f"  config space: {caps.get('config_bytes', 0)} bytes readable",
     ]
     for item in e["unreadable"]:
-        lines.append(f"  could not read {item}")
+        lines.append(f"  could not read {clean(item)}")
     print("\n".join(lines))
 
 

@@ -10,6 +10,7 @@ connection is reopened with backoff, then the domain list is resynced.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import sys
@@ -73,15 +74,25 @@ def load_config(path: str | None, overrides: dict) -> DaemonConfig:
             except (TypeError, ValueError):
                 raise UsageError(f"config file {path}: [daemon] {key} must be a {kind.__name__}") from None
     if "disabled_rules" in section:
-        values["disabled"] = frozenset(map(str, section["disabled_rules"]))
+        rules = section["disabled_rules"]
+        if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
+            raise UsageError(f"config file {path}: [daemon] disabled_rules must be a list of rule IDs")
+        values["disabled"] = frozenset(rules)
+    domains = doc.get("domains", {})
+    if not isinstance(domains, dict):
+        raise UsageError(f"config file {path}: [domains] must be a table of [domains.NAME] tables")
     ignores = {}
-    for name, table in (doc.get("domains") or {}).items():
-        if isinstance(table, dict) and isinstance(table.get("ignore"), list):
-            ignores[name] = frozenset(map(str, table["ignore"]))
+    for name, table in domains.items():
+        ignore = table.get("ignore", []) if isinstance(table, dict) else None
+        if not isinstance(ignore, list) or not all(isinstance(r, str) for r in ignore):
+            raise UsageError(f"config file {path}: [domains.{name}] ignore must be a list of rule IDs")
+        ignores[name] = frozenset(ignore)
     values["ignores"] = ignores
     values.update({k: v for k, v in overrides.items() if v is not None})
     cfg = DaemonConfig(**values)
-    if not 0 < cfg.interval <= 3600 or cfg.settle < 0 or cfg.storm_rate <= 0 or cfg.storm_samples < 1:
+    numbers = (cfg.interval, cfg.settle, cfg.storm_rate)
+    if (not all(math.isfinite(x) for x in numbers) or not 0 < cfg.interval <= 3600
+            or cfg.settle < 0 or cfg.storm_rate <= 0 or cfg.storm_samples < 1):
         raise UsageError("interval must be in (0, 3600] s, settle >= 0, storm_rate > 0, "
                          "storm_samples >= 1")
     return cfg
@@ -192,26 +203,27 @@ class Service:
         running = {}
         for dom in self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
             try:
-                running[dom.name()] = dom.XMLDesc(0)
+                running[dom.name()] = (dom.XMLDesc(0), dom.ID())
             except libvirt.libvirtError:
                 continue  # gone between list and read
         for name in list(self.watcher.domains):
             if name not in running:
                 self.watcher.remove_domain(name)
-        for name, xml in running.items():
-            self.learn(name, xml, keep_start=True)
+        for name, (xml, run_id) in running.items():
+            # Same ID: the run we followed before the reconnect; else a new run.
+            self.learn(name, xml, run_id, same_run=True)
         self.status()
 
-    def learn(self, name: str, xml: str, keep_start: bool = False) -> None:
+    def learn(self, name: str, xml: str, run_id: object = None, same_run: bool = False) -> None:
         try:
             domain = parse_domain_xml(xml)
         except Exception as exc:  # noqa: BLE001 - one odd domain must not stop the daemon
             self.log(f"{name}: domain XML not usable: {exc}", "domain-skipped", 4)
             return
-        started = None if keep_start else self.clock()
-        if domain.name in self.watcher.domains and keep_start:
-            started = self.watcher.domains[domain.name].started_at
-        self.watcher.add_domain(domain, started_at=started)
+        try:
+            self.watcher.add_domain(domain, run_id=run_id, same_run=same_run)
+        except Exception as exc:  # noqa: BLE001
+            self.log(f"{name}: cannot follow: {type(exc).__name__}: {exc}", "domain-skipped", 4)
 
     def _on_lifecycle(self, conn, dom, event, detail, opaque) -> None:
         import libvirt
@@ -221,7 +233,7 @@ class Service:
             if event in (libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_RESUMED):
                 if event == libvirt.VIR_DOMAIN_EVENT_RESUMED and name in self.watcher.domains:
                     return
-                self.learn(name, dom.XMLDesc(0))
+                self.learn(name, dom.XMLDesc(0), dom.ID())
             elif event in (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_SHUTDOWN,
                            libvirt.VIR_DOMAIN_EVENT_CRASHED):
                 if event != libvirt.VIR_DOMAIN_EVENT_SHUTDOWN or not dom.isActive():
@@ -234,7 +246,7 @@ class Service:
         import libvirt
 
         try:
-            self.learn(dom.name(), dom.XMLDesc(0), keep_start=True)
+            self.learn(dom.name(), dom.XMLDesc(0), dom.ID(), same_run=True)
         except libvirt.libvirtError:
             pass
         self.status()
@@ -300,7 +312,7 @@ class Service:
     def reload(self) -> None:
         try:
             cfg = load_config(self.config_path, {})
-        except UsageError as exc:
+        except Exception as exc:  # noqa: BLE001 - a signal handler must not raise
             self.log(f"reload failed, keeping the old config: {exc}", "reload-failed", 4)
             return
         self.notify("RELOADING=1")

@@ -52,14 +52,20 @@ block_on_error = false
 
 def render_hook(python: str, config: str) -> str:
     text = resources.files("vfio_advisor").joinpath("data/qemu-hook.sh").read_text()
-    text = re.sub(r"^VFIO_ADVISOR_PYTHON=.*$", f"VFIO_ADVISOR_PYTHON={_sh(python)}", text, count=1, flags=re.M)
-    return re.sub(r"^VFIO_ADVISOR_CONFIG=.*$", f"VFIO_ADVISOR_CONFIG={_sh(config)}", text, count=1, flags=re.M)
+    # Replacements as functions: re.sub would read backslashes in a path as escapes.
+    text = re.sub(r"^VFIO_ADVISOR_PYTHON=.*$", lambda _: f"VFIO_ADVISOR_PYTHON={_sh(python)}",
+                  text, count=1, flags=re.M)
+    return re.sub(r"^VFIO_ADVISOR_CONFIG=.*$", lambda _: f"VFIO_ADVISOR_CONFIG={_sh(config)}",
+                  text, count=1, flags=re.M)
 
 
 def render_unit(python: str) -> str:
     """The daemon's unit, started with this interpreter (so a venv install works)."""
     text = resources.files("vfio_advisor").joinpath("data/vfio-advisor.service").read_text()
-    return re.sub(r"^ExecStart=.*$", f"ExecStart={python} -m vfio_advisor daemon", text,
+    # systemd.service(5) command lines: double-quote the path, escape \\ and ",
+    # and double % (specifiers).
+    quoted = '"' + python.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
+    return re.sub(r"^ExecStart=.*$", lambda _: f"ExecStart={quoted} -m vfio_advisor daemon", text,
                   count=1, flags=re.M)
 
 
@@ -89,6 +95,9 @@ def install(root: str = "/", python: str | None = None, config: str | None = Non
     hooks_dir = base / HOOK_DIR
     had_hooks = (base / "etc/libvirt/hooks").is_dir() and any((base / "etc/libvirt/hooks").iterdir())
     target = (base / "etc/libvirt/hooks/qemu") if classic else (hooks_dir / HOOK_NAME)
+    if classic and target.exists() and "vfio_advisor.hook" not in target.read_text(errors="replace"):
+        raise FileExistsError(f"{target} is someone else's hook; not replacing it. Install "
+                              "without --classic (qemu.d/vfio-advisor runs next to it)")
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(render_hook(python, config_path))
     target.chmod(0o755)

@@ -61,9 +61,10 @@ class DeviceState:
 
 
 class DomainState:
-    def __init__(self, facts: DomainFacts, started_at: float):
+    def __init__(self, facts: DomainFacts, started_at: float, run_id: object = None):
         self.facts = facts
         self.started_at = started_at
+        self.run_id = run_id  # libvirt's domain ID: a new ID is a new run
         self.devices = {d.address: DeviceState(d.address, d.device, d.guest_address)
                         for d in facts.devices}
 
@@ -87,12 +88,18 @@ class StateStore:
             except (OSError, ValueError):
                 pass  # a damaged state file only costs the cross-run comparison
 
+    def _domain(self, domain_key: str) -> dict:
+        entry = self.data["domains"].get(domain_key)
+        if not isinstance(entry, dict):  # a damaged file: start this domain afresh
+            entry = self.data["domains"][domain_key] = {}
+        return entry
+
     def previous(self, domain_key: str, bdf: str) -> dict:
-        entry = self.data["domains"].get(domain_key, {}).get(bdf)
+        entry = self._domain(domain_key).get(bdf)
         return entry if isinstance(entry, dict) else {}
 
     def record(self, domain_key: str, bdf: str, mode: str, flagged_intx: bool) -> None:
-        entry = self.data["domains"].setdefault(domain_key, {})
+        entry = self._domain(domain_key)
         if entry.get(bdf) == {"mode": mode, "flagged_intx": flagged_intx}:
             return
         entry[bdf] = {"mode": mode, "flagged_intx": flagged_intx}
@@ -127,16 +134,20 @@ class Watcher:
 
     # --- domains --------------------------------------------------------
 
-    def add_domain(self, domain: Domain, started_at: float | None = None) -> DomainState:
-        """Start (or restart) following a running domain."""
+    def add_domain(self, domain: Domain, started_at: float | None = None,
+                   run_id: object = None, same_run: bool = False) -> DomainState:
+        """Follow a running domain. `same_run`: new XML of a run we already
+        follow (a device was added or removed), whose state is kept; a
+        different `run_id` always starts afresh."""
         host_facts = gather_host(self.host)
         self.kernel = host_facts.kernel
         facts = gather_domain(domain, host_facts, DeviceCache(self.host, self.pci_ids))
         old = self.domains.get(domain.name)
-        if old is not None and started_at is None:
-            # Same run, new XML (device added or removed): keep the state we have.
+        if old is not None and not (same_run and (run_id is None or run_id == old.run_id)):
+            old = None  # a new run: settle time, flags and counters start over
+        if old is not None:
             started_at = old.started_at
-        state = DomainState(facts, self.clock() if started_at is None else started_at)
+        state = DomainState(facts, self.clock() if started_at is None else started_at, run_id)
         if old is not None:
             for bdf, dev in state.devices.items():
                 if bdf in old.devices:
@@ -222,7 +233,11 @@ class Watcher:
             dev.rate = delta / dt
         else:
             delta, dev.rate = 0, 0.0
-        if any(counts.values()):
+        # An INTx line's count is cumulative since host boot and may include
+        # other handlers' interrupts, so a non-zero line does not prove this
+        # device ever interrupted; but "none at all" (VA6006, info) must not be
+        # said of a device that may have: only an all-zero count is taken as none.
+        if delta > 0 or any(counts.values()):
             dev.ever_counted = True
         dev.mode, dev.counts = mode, counts
         settled = now - dom.started_at >= self.config.settle
@@ -248,11 +263,13 @@ class Watcher:
                                         if d is not dev and d.device is not None
                                         and d.bdf.rsplit(".", 1)[0] == dev.bdf.rsplit(".", 1)[0]
                                         and (dom.facts.domain.guest_os == "windows" or d.mode == "intx")]
-            shared = f" (shared with {', '.join(sharers)})" if sharers else ""
+            # /proc/interrupts counts per line, not per handler.
+            shared = (f" (shared with {', '.join(sharers)}, so part of that may be theirs)"
+                      if sharers else "")
             out += self._finding(dom, dev, "VA6001",
                                  f"{name} supports MSI but is still on INTx {self.config.settle:g} s after "
-                                 f"the domain started: host IRQ {intx_row.irq}{shared} counts "
-                                 f"{dev.rate:.0f}/s.",
+                                 f"the domain started: host IRQ {intx_row.irq} counts "
+                                 f"{dev.rate:.0f}/s{shared}.",
                                  msi_remedy(dom.facts.domain.guest_os, functions),
                                  {"rate": f"{dev.rate:.1f}", "irq": intx_row.irq})
         if not dev.regression_checked and mode != "none":

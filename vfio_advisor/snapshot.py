@@ -37,7 +37,7 @@ def _canonical(root: Path, rel: str) -> list[str]:
         if full.is_symlink():
             out.append(cand)
             target = os.path.realpath(full)
-            if not (target + os.sep).startswith(real_root + os.sep):
+            if target != real_root and not target.startswith(real_root.rstrip("/") + "/"):
                 return out  # points outside the root: keep the link only
             cur = os.path.relpath(target, real_root)
         else:

@@ -102,20 +102,62 @@ def domains_from_libvirt(uri: str, names: list[str]) -> tuple[list[tuple[Domain,
     return out, errors
 
 
-def _safe_members(tar: tarfile.TarFile, dest: str):
-    """Members that stay inside `dest` (for Pythons before tarfile's data filter, 3.11.4)."""
+# A snapshot is untrusted input (it comes with a bug report). Bounds on it:
+MAX_MEMBERS = 200_000
+MAX_BYTES = 1 << 30
+
+
+def _extract_snapshot(tar: tarfile.TarFile, dest: str) -> None:
+    """Unpack files and directories first, symlinks last.
+
+    Written this way, no path is ever resolved through a symlink from the
+    archive while extracting, whatever chains of links it holds; names with
+    "..", absolute names and links that leave the tree are refused. (Python
+    3.11.2, Debian 12's, has no tarfile data_filter.)
+    """
     root = os.path.realpath(dest)
-    for member in tar.getmembers():
-        target = os.path.realpath(os.path.join(root, member.name))
-        if not (target == root or target.startswith(root + os.sep)):
+    links: list[tuple[str, str]] = []
+    total = 0
+    for count, member in enumerate(tar, 1):
+        if count > MAX_MEMBERS:
+            raise UsageError(f"snapshot has more than {MAX_MEMBERS} entries")
+        name = os.path.normpath(member.name)
+        if os.path.isabs(member.name) or name == ".." or name.startswith("../") or "\0" in name:
+            raise UsageError(f"snapshot entry {member.name[:80]!r} leaves the snapshot")
+        if name == ".":
             continue
-        if member.issym() or member.islnk():
-            link = os.path.realpath(os.path.join(os.path.dirname(target), member.linkname))
-            if not link.startswith(root + os.sep):
-                continue
-        if member.isdev():
-            continue
-        yield member
+        target = os.path.join(root, name)
+        if member.issym():
+            link = os.path.normpath(os.path.join(os.path.dirname(name), member.linkname))
+            if os.path.isabs(member.linkname) or link == ".." or link.startswith("../"):
+                raise UsageError(f"snapshot link {member.name[:80]!r} points outside the snapshot")
+            links.append((target, member.linkname))
+        elif member.isdir():
+            os.makedirs(target, mode=0o755, exist_ok=True)
+        elif member.isfile():
+            total += member.size
+            if total > MAX_BYTES:
+                raise UsageError("snapshot unpacks to more than 1 GiB")
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            source = tar.extractfile(member)
+            with open(target, "xb") as out:
+                out.write(source.read() if source else b"")
+        # devices, fifos and hard links have no place in a host tree: skipped
+    for target, linkname in links:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if not os.path.lexists(target):
+            os.symlink(linkname, target)
+    # Links through links can still leave the tree (a -> ".", then a/x -> "../etc"):
+    # drop every link whose resolved target is outside, until none is.
+    changed = True
+    while changed:
+        changed = False
+        for target, _ in links:
+            if os.path.islink(target):
+                real = os.path.realpath(target)
+                if real != root and not real.startswith(root + os.sep):
+                    os.unlink(target)
+                    changed = True
 
 
 def open_host_root(path: str) -> tuple[str, tempfile.TemporaryDirectory | None]:
@@ -129,13 +171,13 @@ def open_host_root(path: str) -> tuple[str, tempfile.TemporaryDirectory | None]:
     tmp = tempfile.TemporaryDirectory(prefix="vfio-advisor-")
     try:
         with tarfile.open(path) as tar:
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(tmp.name, filter="data")
-            else:
-                tar.extractall(tmp.name, members=list(_safe_members(tar, tmp.name)))
-    except (tarfile.TarError, OSError) as exc:
+            _extract_snapshot(tar, tmp.name)
+    except (tarfile.TarError, OSError, EOFError) as exc:
         tmp.cleanup()
         raise UsageError(f"cannot unpack snapshot {path}: {exc}") from None
+    except UsageError:
+        tmp.cleanup()
+        raise
     return tmp.name, tmp
 
 

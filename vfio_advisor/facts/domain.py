@@ -276,7 +276,9 @@ def domain_from_element(root: etree._Element) -> Domain:
     for el in unindexed:
         # libvirt fills a missing index with the lowest free one
         # (domain_conf.c, virDomainControllerFindUnusedIndex).
-        index = next((i for i in range(256) if i not in seen_index), None)
+        # Index 0 belongs to pci-root / pcie-root.
+        first = 0 if el.get("model") in ("pci-root", "pcie-root") else 1
+        index = next((i for i in range(first, 256) if i not in seen_index), None)
         if index is None:
             raise DomainXMLError(f"domain {name!r}: more than 256 pci controllers")
         seen_index.add(index)

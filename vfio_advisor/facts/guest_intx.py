@@ -214,7 +214,7 @@ def build_guest_intx_map(domain: Domain, host_pins: dict[str, int | None]) -> Gu
 def _route(fn: GuestFunction, chipset: str, controllers: dict[int, PciController]) -> GuestFunction:
     notes = list(fn.notes)
     if fn.pin is None:
-        notes.append("INTx pin unknown: " + ("host device not readable" if fn.kind == "hostdev"
+        notes.append("INTx pin unknown: " + ("host device unreadable, or its Interrupt Pin register invalid" if fn.kind == "hostdev"
                                              else f"no pin known for model {fn.model}"))
         return _replace(fn, notes=notes, predictable=False)
     if fn.pin == 0 or chipset not in ("i440fx", "q35"):
@@ -225,7 +225,7 @@ def _route(fn: GuestFunction, chipset: str, controllers: dict[int, PciController
     total = 0
     bus, slot = fn.guest_address.bus, fn.guest_address.slot
     seen: set[int] = set()
-    pxb_pcie = False
+    pxb_pcie = via_pxb = False
     while bus != 0:
         ctrl = controllers.get(bus)
         if ctrl is None or ctrl.address is None or bus in seen:
@@ -233,6 +233,7 @@ def _route(fn: GuestFunction, chipset: str, controllers: dict[int, PciController
             return _replace(fn, notes=notes, predictable=False)
         seen.add(bus)
         if ctrl.model == "pci-expander-bus":
+            via_pxb = True
             break  # pxb: the expander bus routes like a root bus (3.5)
         if ctrl.model == "pcie-expander-bus":
             pxb_pcie = True
@@ -244,7 +245,8 @@ def _route(fn: GuestFunction, chipset: str, controllers: dict[int, PciController
         notes.append(NOTE_PXB_PCIE)
         return _replace(fn, notes=notes, root_slot=slot, root_pin=root_pin, predictable=False)
     if chipset == "i440fx":
-        if slot == 1 and root_pin == 0:
+        # The LNKS exception is PCI0's only: the pxb _PRT is build_prt(false).
+        if slot == 1 and root_pin == 0 and not via_pxb:
             # 00:01.x INTA is the PIIX4 PM's LNKS, fixed at IRQ 9 (SCI).
             return _replace(fn, notes=notes + ["slot 1 INTA is LNKS (ACPI SCI, IRQ 9)"],
                             root_slot=slot, root_pin=root_pin, irq=9)

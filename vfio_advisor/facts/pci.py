@@ -143,7 +143,9 @@ class PciDevice(NamedTuple):
 
         if self.sriov_vf or (self.vendor_id, self.device_id) in VFIO_NOINTX:
             return 0
-        return self.config.interrupt_pin if self.config is not None else None
+        if self.config is None or not 0 <= self.config.interrupt_pin <= 4:
+            return None  # unreadable, or a value no PCI function may hold
+        return self.config.interrupt_pin
 
     def intx_masking(self, nointxmask: bool = False) -> IntxMasking:
         if nointxmask:
@@ -238,7 +240,8 @@ def read_pci_device(host: HostRoot, bdf: str, pci_ids: PciIds | None = None) -> 
         unreadable.append("iommu_group: not a number")
 
     irq_text = value("irq")
-    irq = int(irq_text) if irq_text and irq_text.isdigit() else None
+    # isascii: "²".isdigit() is True, but int() refuses it
+    irq = int(irq_text) if irq_text and irq_text.isascii() and irq_text.isdigit() else None
 
     msi_bus_text = value("msi_bus")
     msi_bus = None if msi_bus_text is None else msi_bus_text != "0"
@@ -259,7 +262,8 @@ def read_pci_device(host: HostRoot, bdf: str, pci_ids: PciIds | None = None) -> 
     msi_irqs: tuple[int, ...] = ()
     if host.exists(f"{base}/msi_irqs"):
         try:
-            msi_irqs = tuple(sorted(int(n) for n in host.list_dir(f"{base}/msi_irqs") if n.isdigit()))
+            msi_irqs = tuple(sorted(int(n) for n in host.list_dir(f"{base}/msi_irqs")
+                                    if n.isascii() and n.isdigit()))
         except FactUnavailable as exc:
             unreadable.append(f"msi_irqs: {exc.reason}")
 

@@ -6,10 +6,13 @@ the hook does not pay for parsing 40,000 entries.
 
 from __future__ import annotations
 
+import re
+
 from vfio_advisor.errors import FactUnavailable
 from vfio_advisor.facts.host import HostRoot
 
 PCI_IDS_PATHS = ("usr/share/hwdata/pci.ids", "usr/share/misc/pci.ids")
+_NEXT_TOP_LEVEL = re.compile(r"\n[0-9a-fA-FC]")  # a vendor line, or the class section
 
 
 class PciIds:
@@ -35,15 +38,14 @@ class PciIds:
         if start < 0:
             return None, None
         line_end = text.find("\n", start + 1)
+        if line_end < 0:
+            line_end = len(text)
         vendor_name = text[start + 7: line_end].strip()
         # The vendor's block ends at the next line that starts without a tab.
-        end = line_end
-        while True:
-            nxt = text.find("\n", end + 1)
-            if nxt < 0 or end + 1 >= len(text) or text[end + 1] not in "\t#":
-                break
-            end = nxt
-        at = text.find(f"\n\t{device:04x}  ", line_end, end + 1)
+        m = _NEXT_TOP_LEVEL.search(text, line_end)
+        end = m.start() if m else len(text)
+        at = text.find(f"\n\t{device:04x}  ", line_end - 1, end)
         if at < 0:
             return vendor_name, None
-        return vendor_name, text[at + 8: text.find("\n", at + 1)].strip()
+        stop = text.find("\n", at + 1)
+        return vendor_name, text[at + 8: len(text) if stop < 0 else stop].strip()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+import unicodedata
 from typing import TextIO
 
 from vfio_advisor.engine import AssignedDevice
@@ -25,9 +26,16 @@ def use_colour(out: TextIO) -> bool:
 
 
 def clean(text: str) -> str:
-    """Drop control characters from data we did not write (domain names,
-    handler names) so they cannot move the cursor or recolour the terminal."""
-    return "".join(ch if ch == "\n" or ch >= " " and ch != "\x7f" else "?" for ch in text)
+    """Replace control, format and line/paragraph-separator characters in
+    data we did not write (domain, device and handler names) so they cannot
+    move the cursor, recolour the terminal or start a line of their own.
+    C1 controls (U+0080-U+009F, e.g. CSI) and U+2028/2029/0085 included;
+    only "\n", which we write ourselves, stays."""
+    return "".join(ch if ch == "\n" or unicodedata.category(ch) not in _UNSAFE else "?"
+                   for ch in text)
+
+
+_UNSAFE = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
 class TextWriter:
@@ -46,7 +54,7 @@ class TextWriter:
         sev = self._c(_COLOURS[f.severity], f"{str(f.severity):7}")
         self.line(f"{indent}{sev} {self._c(_BOLD, f.rule_id)} {clean(f.message)}")
         pad = indent + " " * 8
-        remedy = clean(f.remedy).splitlines()
+        remedy = clean(f.remedy).split("\n")  # not splitlines(): it splits on U+2028 too
         for i, para in enumerate(remedy):
             lead = "fix: " if i == 0 else "     "
             if para.startswith("  "):  # code: keep as it is
