@@ -246,7 +246,11 @@ class Service:
         import libvirt
 
         try:
-            self.learn(dom.name(), dom.XMLDesc(0), dom.ID(), same_run=True)
+            name = dom.name()
+            self.learn(name, dom.XMLDesc(0), dom.ID(), same_run=True)
+            state = self.watcher.domains.get(name)
+            self.log(f"{name}: device {dev_alias} added or removed; following "
+                     f"{len(state.devices) if state else 0} assigned PCI devices", "devices-changed")
         except libvirt.libvirtError:
             pass
         self.status()

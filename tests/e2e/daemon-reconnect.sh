@@ -10,6 +10,7 @@ name=$(sed -n 's:.*<name>\(.*\)</name>.*:\1:p' "$xml" | head -1)
 "$python" -m vfio_advisor daemon --connect qemu:///system --interval 0.5 \
     --state-dir "$work/state" 2>"$work/daemon.err" &
 daemon=$!
+trap 'kill -TERM "$daemon" 2>/dev/null; $v destroy "$name" >/dev/null 2>&1' EXIT
 wait_event() {
     for _ in $(seq 1 "$2"); do
         journalctl --sync >/dev/null 2>&1
@@ -19,6 +20,10 @@ wait_event() {
     return 1
 }
 wait_event started 100 || { echo "daemon did not start" >&2; cat "$work/daemon.err" >&2; exit 4; }
+# Hotplug a device: the daemon must re-read the XML on DEVICE_ADDED.
+$v attach-device "$name" "$(dirname "$0")/rng.xml" --live >"$work/attach.out" 2>&1 \
+    || { cat "$work/attach.out" >&2; exit 7; }
+wait_event devices-changed 100 || { echo "no device event" >&2; exit 8; }
 kill "$(cat "$work/libvirtd.pid")"
 for _ in $(seq 1 100); do kill -0 "$(cat "$work/libvirtd.pid")" 2>/dev/null || break; sleep 0.1; done
 libvirtd -d -p "$work/libvirtd.pid"
@@ -27,5 +32,4 @@ kill -0 "$daemon" || exit 6
 kill -TERM "$daemon"
 wait "$daemon"
 echo "daemon exit $?" > "$work/daemon.rc"
-$v destroy "$name" >/dev/null
 exit 0

@@ -85,8 +85,9 @@ def test_report_time_added_to_virsh_start(started, request):
 
 
 def test_daemon_survives_a_libvirtd_restart(tmp_path):
-    """The daemon follows a running VM over qemu:///system (read-only), libvirtd
-    is killed and started again under it, and it reconnects and resyncs."""
+    """The daemon follows a running VM over qemu:///system (read-only), sees a
+    device hotplugged into it, then libvirtd is killed and started again under
+    it, and it reconnects and resyncs."""
     reason = _missing()
     if reason:
         pytest.skip(reason)
@@ -100,6 +101,7 @@ def test_daemon_survives_a_libvirtd_restart(tmp_path):
     events = [e.get("VFIO_ADVISOR_EVENT") for e in run.entries if e.get("VFIO_ADVISOR_EVENT")]
     assert events[0] == "started" and events[-1] == "stopped", events
     assert "disconnected" in events and "reconnected" in events
+    assert "devices-changed" in events  # a hotplugged virtio-rng: the XML was re-read
     (reconnected,) = [e for e in run.entries if e.get("VFIO_ADVISOR_EVENT") == "reconnected"]
     assert "watching 1 domains" in reconnected["MESSAGE"]  # the VM kept running; resynced
     assert (tmp_path / "daemon.rc").read_text().strip() == "daemon exit 0"

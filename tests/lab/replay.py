@@ -2,7 +2,7 @@
 Watcher, with the guest's own /proc/uptime as the clock, logging through the
 journald sink. Prints one JSON line per finding.
 
-    python -m tests.lab.replay DOMAIN_XML SETTLE STORM_RATE CAPTURE_DIR...
+    python -m tests.lab.replay DOMAIN_XML SETTLE STORM_RATE STATE_DIR|- CAPTURE_DIR...
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from vfio_advisor.sinks.journal import JournalSink
 
 
 def main(argv: list[str]) -> int:
-    xml, settle, storm, moments = argv[0], float(argv[1]), float(argv[2]), argv[3:]
+    xml, settle, storm, state, moments = argv[0], float(argv[1]), float(argv[2]), argv[3], argv[4:]
     clock = {"now": 0.0}
 
     def uptime(moment: str) -> float:
@@ -34,7 +34,8 @@ def main(argv: list[str]) -> int:
 
     clock["now"] = uptime(moments[0])
     watcher = Watcher(HostRoot(moments[0]), RuntimeConfig(settle=settle, storm_rate=storm, storm_samples=1),
-                      emit, StateStore(None), clock=lambda: clock["now"], pci_ids=PciIds(None))
+                      emit, StateStore(None if state == "-" else state), clock=lambda: clock["now"],
+                      pci_ids=PciIds(None))
     with open(xml, "rb") as f:
         # The domain started at the first moment's uptime minus nothing: the
         # lab's guest is the host here, and its devices were set up just before.

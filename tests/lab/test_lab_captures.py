@@ -67,11 +67,11 @@ def test_switch_moments(capture, mode):
     assert devs["0000:00:03.0"]["host_interrupts"]["mode"] == mode
 
 
-def replay(tmp_path, domain, moments, settle, storm):
+def replay(tmp_path, domain, moments, settle, storm, state="-", work="j"):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    run = run_in_journal(tmp_path / "j", [sys.executable, "-m", "tests.lab.replay",
-                                          str(DOMAINS / f"{domain}.xml"), str(settle), str(storm),
-                                          *[str(CAPTURES / m) for m in moments]], env=env)
+    run = run_in_journal(tmp_path / work, [sys.executable, "-m", "tests.lab.replay",
+                                           str(DOMAINS / f"{domain}.xml"), str(settle), str(storm),
+                                           str(state), *[str(CAPTURES / m) for m in moments]], env=env)
     assert run.rc == 0, run.stderr
     entries = [e for e in run.entries if e.get("VFIO_ADVISOR_RULE")]
     emitted = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
@@ -113,3 +113,15 @@ def test_daemon_replay_healthy_modes_has_no_false_positive(tmp_path):
 def test_daemon_replay_shared_line(tmp_path):
     entries = replay(tmp_path, "shared", ["shared", "shared"], 0.0, 1e9)
     assert [e["VFIO_ADVISOR_RULE"] for e in entries] == []
+
+
+def test_daemon_replay_second_run_regresses_to_intx(tmp_path):
+    """Run 1 (the switch scenario) ends with the edu on MSI; run 2 (the
+    stays-intx scenario, same device, same domain) keeps it on INTx."""
+    state = tmp_path / "state"
+    first = replay(tmp_path, "edu", [f"switch-{i}" for i in (3, 4)], 0.0, 1e9, state, "j1")
+    assert not [e for e in first if e["VFIO_ADVISOR_RULE"] == "VA6003"]
+    second = replay(tmp_path, "edu", [f"stays-intx-{i}" for i in (1, 2, 3)], 0.3, 1e9, state, "j2")
+    (reg,) = [e for e in second if e["VFIO_ADVISOR_RULE"] == "VA6003"]
+    assert reg["VFIO_ADVISOR_HOST_BDF"] == "0000:00:03.0"
+    assert reg["VFIO_ADVISOR_EVIDENCE_PREVIOUS_MODE"] == "msi"

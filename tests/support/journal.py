@@ -68,11 +68,16 @@ def run_in_journal(work: Path, cmd: list[str], *, stdin: bytes = b"",
     if catalog_db is not None:
         args.append(str(catalog_db))
     args += ["--", *cmd]
-    proc = subprocess.run(args, input=stdin, capture_output=True, timeout=timeout, env=env)
+    # Files, not pipes: a process left behind (a daemon, a QEMU) that inherited
+    # them would keep subprocess.run waiting for EOF.
+    with open(work / "stdout", "wb") as out, open(work / "stderr", "wb") as err:
+        subprocess.run(args, input=stdin, stdout=out, stderr=err, timeout=timeout, env=env)
+    stdout = (work / "stdout").read_bytes()
+    stderr = (work / "stderr").read_bytes()
     rc_file = work / "rc"
-    assert rc_file.exists(), f"private journal run failed: {proc.stderr.decode(errors='replace')}"
+    assert rc_file.exists(), f"private journal run failed: {stderr.decode(errors='replace')}"
     entries = [json.loads(line) for line in (work / "entries.json").read_text().splitlines() if line.strip()]
     return JournalRun(rc=int(rc_file.read_text()), entries=entries,
                       explained=(work / "explained.txt").read_text(errors="replace"),
-                      stdout=proc.stdout.decode(errors="replace"),
-                      stderr=proc.stderr.decode(errors="replace"))
+                      stdout=stdout.decode(errors="replace"),
+                      stderr=stderr.decode(errors="replace"))

@@ -26,6 +26,10 @@ for _ in $(seq 1 300); do
 done
 "$@"
 rc=$?
+# QEMU outlives libvirtd by design: stop every domain first.
+for dom in $(virsh -q -c qemu:///system list --name 2>/dev/null); do
+    virsh -q -c qemu:///system destroy "$dom" >/dev/null 2>&1
+done
 for pidfile in "$work/libvirtd.pid" "$work/virtlogd.pid"; do
     [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null
 done
