@@ -14,7 +14,6 @@ Run with `make bench`.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys

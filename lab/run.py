@@ -35,6 +35,7 @@ SCENARIOS = {
                "-device", "virtio-rng-pci,addr=0xb,vectors=0"],
     "switch": ["-device", "edu,addr=3", "-device", "virtio-rng-pci,addr=5"],
     "stays-intx": ["-device", "edu,addr=3"],
+    "storm-shared": ["-device", "edu,addr=3", "-device", "edu,addr=7"],
 }
 
 

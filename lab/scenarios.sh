@@ -50,3 +50,16 @@ run_stays_intx() {
         [ $phase = 4 ] || next_phase 1
     done
 }
+
+run_storm_shared() {
+    # Two edus on one guest GSI (PIRQH, GSI 23); then one of them fires as
+    # fast as the VFIO round trip allows while the other stays quiet.
+    for d in 0000:00:03.0 0000:00:07.0; do bind_vfio $d; done
+    start_user 1 0000:00:03.0 intx:1:0 intx:1:5000
+    start_user 2 0000:00:07.0 intx:1:0 intx:1:0
+    for phase in 1 2; do
+        wait_phase 1 $phase && wait_phase 2 $phase || return
+        capture "storm-shared-$phase"
+        [ $phase = 2 ] || { next_phase 1; next_phase 2; }
+    done
+}

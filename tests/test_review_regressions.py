@@ -143,8 +143,8 @@ def test_a_new_run_starts_over(tmp_path):
 
 
 def test_interrupt_pin_out_of_range_is_unknown_not_a_crash(tmp_path):
-    from tests.hosttree import Device, Host, build
-    from tests.rules.examples import AUDIO, GPU, _gpu_audio, _ir_interrupts, domain_xml, gpu_audio_hostdevs
+    from tests.hosttree import Host, build
+    from tests.rules.examples import AUDIO, _gpu_audio, _ir_interrupts, domain_xml, gpu_audio_hostdevs
 
     devices = _gpu_audio(gpu_irq=45, audio_irq=28, gpu_msi=(45,))
     audio = next(d for d in devices if d.bdf == AUDIO)

@@ -3,7 +3,6 @@ message catalog, and update the catalog database."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess

@@ -1,22 +1,17 @@
-"""Runtime scenarios: a recorded host tree whose proc/interrupts advances
-between samples, a fake clock, and the real Watcher logging through the
-journald sink. Run as `python -m tests.daemon.scenarios NAME WORKDIR` inside
-a private journald (tests/support/private-journal.sh); prints one JSON line
-per finding it emitted, for the test to compare with the journal.
-"""
+"""A Watcher over a host tree (GPU and HDMI audio from real config dumps)
+whose proc/interrupts a test rewrites between samples, with a fake clock.
+For edge cases the lab cannot produce (cut rows, run bookkeeping); real
+kernel states are in lab/captures and tested in tests/lab."""
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
-from tests.hosttree import build, edit_interrupts
+from tests.hosttree import Host, build
 from tests.rules.examples import (
-    AUDIO, EHCI, GPU, _gpu_audio, _ioapic_row, _ir_interrupts, _msi_row, domain_xml,
+    AUDIO, EHCI, _gpu_audio, _ioapic_row, _ir_interrupts, _msi_row, domain_xml,
     gpu_audio_hostdevs,
 )
-from tests.hosttree import Host
 from vfio_advisor.facts.domain import parse_domain_xml
 from vfio_advisor.facts.host import HostRoot
 from vfio_advisor.facts.pciids import PciIds
@@ -76,72 +71,3 @@ class Scenario:
         self.clock.now = 1000.0 + seconds
         (self.root / "proc/interrupts").write_text(_ir_interrupts(rows))
         return self.watcher.sample()
-
-
-def stays_on_intx(work: Path) -> list:
-    """Audio on INTx through boot (normal), still counting after the settle
-    time (advice, once), then switched to MSI (the fix worked, once)."""
-    s = Scenario(work, state_dir=work / "state")
-    count = 0
-    for t in range(0, 100, 5):  # boot and 40 s past the settle time
-        count += 3000
-        s.at(t, intx_rows(count))
-    for t in range(100, 130, 5):
-        s.at(t, msi_rows(500 * (t - 95)))
-    return [s]
-
-
-def storm_on_shared_line(work: Path) -> list:
-    """Audio on vfio-intx shares IRQ 16 with EHCI and storms at 60,000/s."""
-    s = Scenario(work, shared=True)
-    count = 0
-    for t in range(0, 120, 5):
-        count += 300000 if t >= 60 else 1000
-        s.at(t, intx_rows(count, shared=True))
-    return [s]
-
-
-def regression(work: Path) -> list:
-    """Run 1 settles on MSI; run 2 (after a 'driver update') stays on INTx."""
-    state = work / "state"
-    first = Scenario(work / "run1", state_dir=state)
-    for t in range(0, 90, 5):
-        first.at(t, msi_rows(1000 * (t + 1)))
-    second = Scenario(work / "run2", state_dir=state)
-    count = 0
-    for t in range(0, 90, 5):
-        count += 2000
-        second.at(t, intx_rows(count))
-    return [first, second]
-
-
-def no_interrupts(work: Path) -> list:
-    """The audio function never gets a vfio vector (no guest driver)."""
-    s = Scenario(work)
-    for t in range(0, 90, 5):
-        s.at(t, {28: None})
-    return [s]
-
-
-def affinity(work: Path) -> list:
-    """vCPUs pinned to host CPUs 2-3; the GPU's vector may run on 0-7."""
-    xml = domain_xml("win11", gpu_audio_hostdevs()).replace(
-        "<vcpu placement='static'>4</vcpu>",
-        "<vcpu placement='static'>2</vcpu><cputune><vcpupin vcpu='0' cpuset='2'/>"
-        "<vcpupin vcpu='1' cpuset='3'/></cputune>")
-    s = Scenario(work, xml=xml, affinity={45: "0-7", 51: "0-1"})
-    for t in range(0, 90, 5):
-        s.at(t, msi_rows(1000 * (t + 1)))
-    return [s]
-
-
-SCENARIOS = {f.__name__: f for f in (stays_on_intx, storm_on_shared_line, regression,
-                                     no_interrupts, affinity)}
-
-
-if __name__ == "__main__":
-    name, work = sys.argv[1], Path(sys.argv[2])
-    work.mkdir(parents=True, exist_ok=True)
-    for scenario in SCENARIOS[name](work):
-        for e in scenario.emitted:
-            print(json.dumps(e))

@@ -18,7 +18,7 @@ import pytest
 
 from tests.support.journal import missing_tools, run_in_journal
 from vfio_advisor.facts.domain import parse_domain_xml
-from vfio_advisor.facts.guest_intx import PINS, PIRQS, build_guest_intx_map
+from vfio_advisor.facts.guest_intx import PIRQS, build_guest_intx_map
 
 REPO = Path(__file__).resolve().parents[2]
 LAYOUTS = sorted((REPO / "tests/data/domains/routing").glob("*.xml"))

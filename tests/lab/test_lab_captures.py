@@ -125,3 +125,47 @@ def test_daemon_replay_second_run_regresses_to_intx(tmp_path):
     (reg,) = [e for e in second if e["VFIO_ADVISOR_RULE"] == "VA6003"]
     assert reg["VFIO_ADVISOR_HOST_BDF"] == "0000:00:03.0"
     assert reg["VFIO_ADVISOR_EVIDENCE_PREVIOUS_MODE"] == "msi"
+
+
+def test_daemon_replay_storm_on_a_shared_line(tmp_path):
+    entries = replay(tmp_path, "shared", ["storm-shared-1", "storm-shared-2"], 0.0, 2000)
+    storms = [e for e in entries if e["VFIO_ADVISOR_RULE"] in ("VA6004", "VA6005")]
+    assert [e["VFIO_ADVISOR_RULE"] for e in storms] == ["VA6005"]  # one report for the line
+    assert storms[0]["PRIORITY"] == "3"
+    assert "vfio-intx(0000:00:07.0)" in storms[0]["MESSAGE"]
+    assert float(storms[0]["VFIO_ADVISOR_EVIDENCE_RATE"]) > 2000
+
+
+def test_daemon_replay_affinity_on_pinned_vcpus(tmp_path):
+    # The lab guest has one CPU, so every vector may run on CPU 0; a domain
+    # whose vCPU is pinned to CPU 0 gets the affinity advice.
+    xml = (DOMAINS / "edu.xml").read_text().replace(
+        "<vcpu placement='static'>2</vcpu>",
+        "<vcpu placement='static'>1</vcpu><cputune><vcpupin vcpu='0' cpuset='0'/></cputune>")
+    pinned = tmp_path / "pinned.xml"
+    pinned.write_text(xml)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    run = run_in_journal(tmp_path / "j", [sys.executable, "-m", "tests.lab.replay", str(pinned),
+                                          "0", "1e9", "-", str(CAPTURES / "stays-intx-2"),
+                                          str(CAPTURES / "stays-intx-3")], env=env)
+    (aff,) = [e for e in run.entries if e.get("VFIO_ADVISOR_RULE") == "VA6007"]
+    assert aff["VFIO_ADVISOR_EVIDENCE_IRQ"] == "23"
+    assert aff["VFIO_ADVISOR_EVIDENCE_SMP_AFFINITY_LIST"] == "0"
+
+
+def test_daemon_replay_windows_guest_gets_the_registry_remedy(tmp_path):
+    xml = (DOMAINS / "edu.xml").read_text().replace("http://debian.org/debian/12",
+                                                    "http://microsoft.com/win/11")
+    win = tmp_path / "win.xml"
+    win.write_text(xml)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    run = run_in_journal(tmp_path / "j", [sys.executable, "-m", "tests.lab.replay", str(win),
+                                          "0.3", "1e9", "-",
+                                          *[str(CAPTURES / f"stays-intx-{i}") for i in (1, 2, 3)]],
+                         env=env)
+    (stays,) = [e for e in run.entries if e.get("VFIO_ADVISOR_RULE") == "VA6001"]
+    assert stays["PRIORITY"] == "4" and stays["VFIO_ADVISOR_SOURCE"] == "daemon"
+    assert stays["VFIO_ADVISOR_GUEST_ADDRESS"] == "0000:01:00.0"
+    assert "MSISupported" in stays["VFIO_ADVISOR_REMEDY"]
+    # the edu's real IDs from its captured config space (QEMU: 1234:11e8, subsystem 1af4:1100)
+    assert "PCI\\VEN_1234&DEV_11E8&SUBSYS_11001AF4" in stays["VFIO_ADVISOR_REMEDY"]

@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from tests.hosttree import Host, edit_interrupts
+from tests.hosttree import Host
 from tests.rules.examples import (
     AUDIO, EHCI, SBLIVE, _audio_on_shared_intx_host, _hostdev, _ioapic_row, _ir_interrupts,
     _legacy_pci, analyse, domain_xml, gpu_audio_hostdevs,

@@ -219,7 +219,7 @@ def _route(fn: GuestFunction, chipset: str, controllers: dict[int, PciController
         return _replace(fn, notes=notes, predictable=False)
     if fn.pin == 0 or chipset not in ("i440fx", "q35"):
         if chipset not in ("i440fx", "q35"):
-            notes.append(f"machine type is not i440FX or Q35: routing not modelled")
+            notes.append("machine type is not i440FX or Q35: routing not modelled")
         return _replace(fn, notes=notes)
     p = fn.pin - 1
     total = 0
