@@ -58,28 +58,27 @@ def write_snapshot(out_path: str, host: HostRoot, domains: list[tuple[str, str]]
         entries.update(_canonical(root, rel))
     with tarfile.open(out_path, "w:gz") as tar:
         dirs_done: set[str] = set()
+
+        def add_dir(name: str) -> None:
+            if name not in dirs_done:
+                dirs_done.add(name)
+                info = tarfile.TarInfo(name)
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+
         for rel in sorted(entries):
             path = root / rel
             # Parent directories first, so links and files have somewhere to go.
             parts = Path(rel).parts
             for i in range(1, len(parts)):
-                parent = str(Path(*parts[:i]))
-                if parent not in dirs_done:
-                    dirs_done.add(parent)
-                    info = tarfile.TarInfo(parent)
-                    info.type, info.mode = tarfile.DIRTYPE, 0o755
-                    tar.addfile(info)
+                add_dir(str(Path(*parts[:i])))
             if path.is_symlink():
                 info = tarfile.TarInfo(rel)
                 info.type = tarfile.SYMTYPE
                 info.linkname = os.readlink(path)
                 tar.addfile(info)
             elif path.is_dir():
-                if rel not in dirs_done:
-                    dirs_done.add(rel)
-                    info = tarfile.TarInfo(rel)
-                    info.type, info.mode = tarfile.DIRTYPE, 0o755
-                    tar.addfile(info)
+                add_dir(rel)
             elif path.is_file():
                 try:
                     # sysfs reports 4096 for every attribute; read the real bytes.
