@@ -209,7 +209,7 @@ def run_rules(facts: DomainFacts, rules: Iterable | None = None,
     findings: list[Finding] = []
     disabled = disabled | facts.domain.ignored_rules
     for rule in rules if rules is not None else RULES:
-        if rule.check is None or rule.id in disabled or rule.slug in disabled:
+        if rule.check is None or rule.named_in(disabled):
             continue
         try:
             findings.extend(rule.check(facts))

@@ -29,7 +29,7 @@ from vfio_advisor.facts.kernel import parse_cpulist
 from vfio_advisor.facts.pci import PciDevice
 from vfio_advisor.findings import Finding
 from vfio_advisor.rules import RULES_BY_ID
-from vfio_advisor.rules.remedies import msi_remedy
+from vfio_advisor.rules.remedies import msi_remedy_for
 
 
 class RuntimeConfig(NamedTuple):
@@ -131,6 +131,8 @@ class Watcher:
         self.last_sample: float | None = None
         self.odd_reported = False
         self.kernel = None
+        self.wanted: frozenset[str] = frozenset()  # INTx lines of watched devices
+        self._storm_lines: set[str] = set()  # one storm report per host line per sample
 
     # --- domains --------------------------------------------------------
 
@@ -155,10 +157,12 @@ class Watcher:
                     prev.device, prev.guest_address = dev.device, dev.guest_address
                     state.devices[bdf] = prev
         self.domains[domain.name] = state
+        self._update_wanted()
         return state
 
     def remove_domain(self, name: str) -> None:
         self.domains.pop(name, None)
+        self._update_wanted()
 
     @property
     def device_count(self) -> int:
@@ -166,13 +170,10 @@ class Watcher:
 
     # --- sampling -------------------------------------------------------
 
-    def _wanted(self) -> frozenset[str]:
-        irqs = set()
-        for dom in self.domains.values():
-            for dev in dom.devices.values():
-                if dev.device is not None and dev.device.irq:
-                    irqs.add(str(dev.device.irq))
-        return frozenset(irqs)
+    def _update_wanted(self) -> None:
+        self.wanted = frozenset(str(dev.device.irq) for dom in self.domains.values()
+                                for dev in dom.devices.values()
+                                if dev.device is not None and dev.device.irq)
 
     def sample(self) -> list[Finding]:
         """Read /proc/interrupts once and update every watched device."""
@@ -184,7 +185,7 @@ class Watcher:
             data = self.host.read_bytes("proc/interrupts", INTERRUPTS_LIMIT)
         except FactUnavailable:
             return []
-        rows, odd = sample_lines(data, self._wanted())
+        rows, odd = sample_lines(data, self.wanted)
         findings: list[Finding] = []
         if odd and not self.odd_reported:
             self.odd_reported = True
@@ -198,10 +199,10 @@ class Watcher:
                 if v is not None:
                     by_bdf.setdefault(v.bdf, []).append((row, v.mode))
         dt = (now - self.last_sample) if self.last_sample is not None else None
-        self._storm_lines: set[str] = set()  # one storm report per host line per sample
+        self._storm_lines.clear()
         for dom in list(self.domains.values()):
             for dev in dom.devices.values():
-                findings += self._update(dom, dev, by_bdf.get(dev.bdf, []), rows, dt, now)
+                findings += self._update(dom, dev, by_bdf.get(dev.bdf, []), dt, now)
         self.last_sample = now
         for f in findings:
             domain = self.domains[f.domain].facts.domain if f.domain in self.domains else None
@@ -209,10 +210,9 @@ class Watcher:
         return findings
 
     def _ignored(self, dom: DomainState, rule_id: str) -> bool:
-        rule = RULES_BY_ID[rule_id]
-        names = set(self.config.disabled) | set(self.config.ignores.get(dom.facts.domain.name, ()))
-        names |= set(dom.facts.domain.ignored_rules)
-        return rule.id in names or rule.slug in names
+        return RULES_BY_ID[rule_id].named_in(
+            self.config.disabled | self.config.ignores.get(dom.facts.domain.name, frozenset())
+            | dom.facts.domain.ignored_rules)
 
     def _finding(self, dom: DomainState, dev: DeviceState, rule_id: str, message: str,
                  remedy: str | None = None, evidence: dict | None = None) -> list[Finding]:
@@ -223,7 +223,7 @@ class Watcher:
                         tuple((evidence or {}).items()))]
 
     def _update(self, dom: DomainState, dev: DeviceState, vectors: list[tuple[LineSample, str]],
-                rows: dict[str, LineSample], dt: float | None, now: float) -> list[Finding]:
+                dt: float | None, now: float) -> list[Finding]:
         out: list[Finding] = []
         modes = {m for _, m in vectors}
         mode = "msix" if "msix" in modes else "msi" if "msi" in modes else "intx" if modes else "none"
@@ -260,10 +260,9 @@ class Watcher:
             return out
         if mode == "intx" and msi_capable and delta > 0 and not dev.flagged_intx:
             dev.flagged_intx = True
-            functions = [dev.device] + [d.device for d in dom.devices.values()
-                                        if d is not dev and d.device is not None
-                                        and d.bdf.rsplit(".", 1)[0] == dev.bdf.rsplit(".", 1)[0]
-                                        and (dom.facts.domain.guest_os == "windows" or d.mode == "intx")]
+            assigned = next(a for a in dom.facts.devices if a.address == dev.bdf)
+            siblings = [(s.device, dom.devices[s.address].mode == "intx")
+                        for s in dom.facts.siblings(assigned) if s.device is not None]
             # /proc/interrupts counts per line, not per handler.
             shared = (f" (shared with {', '.join(sharers)}, so part of that may be theirs)"
                       if sharers else "")
@@ -271,7 +270,7 @@ class Watcher:
                                  f"{name} supports MSI but is still on INTx {self.config.settle:g} s after "
                                  f"the domain started: host IRQ {intx_row.irq} counts "
                                  f"{dev.rate:.0f}/s{shared}.",
-                                 msi_remedy(dom.facts.domain.guest_os, functions),
+                                 msi_remedy_for(dom.facts.domain.guest_os, dev.device, siblings),
                                  {"rate": f"{dev.rate:.1f}", "irq": intx_row.irq})
         if not dev.regression_checked and mode != "none":
             dev.regression_checked = True
@@ -281,7 +280,7 @@ class Watcher:
                                      f"{name} used {prev['mode'].upper()} in the previous run of this "
                                      "domain and is on INTx now. A guest driver update may have reset "
                                      "MSISupported (Windows) or the driver's MSI option.",
-                                     msi_remedy(dom.facts.domain.guest_os, [dev.device]),
+                                     msi_remedy_for(dom.facts.domain.guest_os, dev.device, []),
                                      {"previous mode": prev["mode"], "mode": mode})
         if mode == "intx" and dev.rate >= self.config.storm_rate:
             dev.storming += 1

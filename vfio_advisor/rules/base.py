@@ -41,6 +41,10 @@ class Rule(NamedTuple):
     # "domain": they are about the domain or host as a whole.
     scope: str = "device"
 
+    def named_in(self, names) -> bool:
+        """Is this rule among `names` (IDs or slugs, as configs and <metadata> give them)?"""
+        return self.id in names or self.slug in names
+
     @property
     def family(self) -> str:
         return FAMILIES[int(self.id[2])]

@@ -17,7 +17,7 @@ from vfio_advisor.facts.guest_intx import (
 from vfio_advisor.facts.pci_config import UNKNOWN
 from vfio_advisor.findings import Finding, Severity
 from vfio_advisor.rules.base import Rule
-from vfio_advisor.rules.remedies import msi_remedy
+from vfio_advisor.rules.remedies import msi_remedy_for
 
 SEED_ARTICLE = "https://vfio.blogspot.com/2014/09/vfio-interrupts-and-how-to-coax-windows.html"
 
@@ -68,17 +68,12 @@ def check_msi_capable_on_intx(facts: DomainFacts) -> Iterator[Finding]:
             seen = (f"the line has counted {irq.intx_count} interrupts ({whose}); not sampled, "
                     "use --sample 10 to confirm it is still rising")
         caps = [c for c, v in (("MSI", pci.config.msi), ("MSI-X", pci.config.msix)) if v]
-        siblings = [s for s in facts.siblings(dev) if s.device is not None]
-        if facts.domain.guest_os == "windows":
-            # MSISupported is per function: name them all (GPU and HDMI audio).
-            functions = [dev] + siblings
-        else:
-            functions = [dev] + [s for s in siblings if s.interrupts.on_intx]
+        siblings = [(s.device, s.interrupts.on_intx) for s in facts.siblings(dev) if s.device]
         yield _finding(
             "VA1001", facts, dev,
             f"{pci.name} supports {' and '.join(caps)} but the guest driver keeps it on "
             f"vfio-intx: {seen}.",
-            msi_remedy(facts.domain.guest_os, [f.device for f in functions]),
+            msi_remedy_for(facts.domain.guest_os, pci, siblings),
             {"proc/interrupts": f"IRQ {irq.intx_irq}: vfio-intx({dev.address})"})
 
 

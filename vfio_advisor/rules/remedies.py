@@ -87,6 +87,16 @@ def linux_msi_remedy(devices: list[PciDevice]) -> str:
     return "\n".join(parts)
 
 
+def msi_remedy_for(guest_os: str, device: PciDevice,
+                   siblings: list[tuple[PciDevice, bool]]) -> str:
+    """The remedy for `device` on INTx. `siblings`: the other functions of the
+    same card assigned to the domain, with whether each is on INTx too.
+    Windows keeps MSISupported per function, so all are named (GPU and HDMI
+    audio); a Linux module option matters only for those on INTx."""
+    named = [d for d, on_intx in siblings if guest_os == "windows" or on_intx]
+    return msi_remedy(guest_os, [device] + named)
+
+
 def msi_remedy(guest_os: str, devices: list[PciDevice]) -> str:
     if guest_os == "windows":
         return windows_msi_remedy(devices)

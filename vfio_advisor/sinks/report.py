@@ -109,7 +109,8 @@ def finding_json(f: Finding) -> dict:
     }
 
 
-def device_json(device: PciDevice | None, address: str, nointxmask: bool = False) -> dict:
+def device_json(device: PciDevice | None, address: str, nointxmask: bool = False,
+                masking=None) -> dict:
     out = {
         "host_address": address,
         "name": device.name if device else None,
@@ -127,17 +128,14 @@ def device_json(device: PciDevice | None, address: str, nointxmask: bool = False
         "unreadable": list(device.unreadable) if device else [],
     }
     if device is not None:
-        m = device.intx_masking(nointxmask)
+        m = masking or device.intx_masking(nointxmask)
         out["intx_masking"] = {"supported": m.supported, "evidence": m.evidence}
     return out
 
 
 def assigned_json(dev: AssignedDevice, findings: list[Finding], nointxmask: bool,
                   gmap: GuestIntxMap | None = None) -> dict:
-    out = device_json(dev.device, dev.address, nointxmask)
-    masking = dev.intx_masking(nointxmask)
-    if masking is not None:
-        out["intx_masking"] = {"supported": masking.supported, "evidence": masking.evidence}
+    out = device_json(dev.device, dev.address, nointxmask, dev.intx_masking(nointxmask))
     fn = None
     if gmap is not None and dev.hostdev.guest is not None:
         fn = gmap.by_address().get(dev.hostdev.guest.address)
