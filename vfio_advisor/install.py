@@ -1,22 +1,48 @@
-"""`vfio-advisor install` / `uninstall`: place the hook, the config and the
-message catalog, and update the catalog database."""
+"""`vfio-advisor install` / `uninstall`: place the hook, the config, the
+message catalog and the daemon's unit from a clone, and update the catalog
+database. (The Debian package places the same files with its own paths:
+debian/rules renders them with the functions here.)
+
+The daemon's unit sandboxes it (ProtectHome=yes, ProtectSystem=strict,
+DynamicUser=yes), so a unit pointing into a clone under /root or /home, or
+into its venv, cannot start: systemd.exec(5) makes /home, /root and
+/run/user inaccessible. install therefore copies the program and the modules
+it imports from outside the system interpreter's path (a venv's libvirt,
+lxml, systemd bindings) to /usr/local/lib/vfio-advisor, and the unit runs the
+venv's base interpreter on that copy.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 from importlib import resources
+from importlib.util import find_spec
 from pathlib import Path
 
 from vfio_advisor.catalog import render_catalog
+from vfio_advisor.errors import UsageError
 
 HOOK_DIR = "etc/libvirt/hooks/qemu.d"
 HOOK_NAME = "vfio-advisor"
 CATALOG = "usr/lib/systemd/catalog/vfio-advisor.catalog"
 CONFIG = "etc/vfio-advisor/config.toml"
 UNIT = "etc/systemd/system/vfio-advisor.service"
+METRICS_DROPIN = "etc/systemd/system/vfio-advisor.service.d/metrics.conf"
+LIB = "usr/local/lib/vfio-advisor"
+# What the daemon imports beyond the standard library (libvirt-python is four
+# top-level modules; lxml and systemd-python one package each).
+DEPENDENCIES = ("libvirt", "libvirtmod", "libvirtaio", "lxml", "systemd")
+# systemd.exec(5), ProtectHome=yes: "/home/, /root, and /run/user are made
+# inaccessible and empty for processes invoked by this unit".
+HIDDEN = ("/home", "/root", "/run/user")
+# StateDirectory= with DynamicUser=yes lives here (systemd.exec(5)); systemd
+# chowns it to the unit's dynamic UID at each start.
+PRIVATE_STATE = "/var/lib/private/vfio-advisor"
 
 DEFAULT_CONFIG_TEXT = """\
 # vfio-advisor configuration (TOML). The daemon rereads it on SIGHUP
@@ -49,27 +75,59 @@ block_on_error = false
 """
 
 
-def render_hook(python: str, config: str) -> str:
+def render_hook(python: str, config: str, lib: str | None = None) -> str:
+    """The hook (the one template, data/qemu-hook.sh) with these paths. lib:
+    the directory holding the vfio_advisor package (default: where this one
+    was imported from)."""
+    lib = lib or str(Path(__file__).resolve().parent.parent)
     text = resources.files("vfio_advisor").joinpath("data/qemu-hook.sh").read_text()
-    # Replacements as functions: re.sub would read backslashes in a path as escapes.
-    text = re.sub(r"^VFIO_ADVISOR_PYTHON=.*$", lambda _: f"VFIO_ADVISOR_PYTHON={_sh(python)}",
-                  text, count=1, flags=re.M)
-    return re.sub(r"^VFIO_ADVISOR_CONFIG=.*$", lambda _: f"VFIO_ADVISOR_CONFIG={_sh(config)}",
-                  text, count=1, flags=re.M)
+    for name, value in (("PYTHON", python), ("CONFIG", config), ("LIB", lib)):
+        # Replacements as functions: re.sub would read backslashes in a path as escapes.
+        text = re.sub(rf"^VFIO_ADVISOR_{name}=.*$", lambda _, v=value, n=name: f"VFIO_ADVISOR_{n}={_sh(v)}",
+                      text, count=1, flags=re.M)
+    return text
 
 
-def render_unit(python: str) -> str:
-    """The daemon's unit, started with this interpreter (so a venv install works)."""
+def render_unit(python: str | None = None, pythonpath: str | None = None) -> str:
+    """The daemon's unit. Without arguments: the packaged unit
+    (/usr/bin/vfio-advisor). With an interpreter: ExecStart runs it with
+    `-m vfio_advisor`, and pythonpath (if any) is where it finds the package."""
     text = resources.files("vfio_advisor").joinpath("data/vfio-advisor.service").read_text()
-    # systemd.service(5) command lines: double-quote the path, escape \\ and ",
-    # and double % (specifiers).
-    quoted = '"' + python.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
-    return re.sub(r"^ExecStart=.*$", lambda _: f"ExecStart={quoted} -m vfio_advisor daemon", text,
-                  count=1, flags=re.M)
+    if python is None:
+        return text
+    line = f"ExecStart={_unit_quote(python)} -m vfio_advisor daemon"
+    if pythonpath:
+        line = f"Environment={_unit_quote('PYTHONPATH=' + pythonpath)}\n" + line
+    return re.sub(r"^ExecStart=.*$", lambda _: line, text, count=1, flags=re.M)
+
+
+def render_metrics_dropin(metrics_file: str) -> str:
+    """A drop-in that lets the hardened unit write metrics_file."""
+    directory = os.path.dirname(os.path.abspath(metrics_file))
+    return (
+        "# Written by `vfio-advisor install` for metrics_file = " + json.dumps(metrics_file) + ".\n"
+        "# ProtectSystem=strict makes every path read-only but StateDirectory=;\n"
+        "# the metrics directory is opened up here. DynamicUser= may get another UID\n"
+        "# at each start, so the directory is handed to the UID that systemd gave the\n"
+        "# state directory (chowned before any ExecStartPre=, systemd.exec(5)).\n"
+        "[Service]\n"
+        f"ReadWritePaths={_unit_quote(directory)}\n"
+        f"ExecStartPre=+/bin/chown --reference={PRIVATE_STATE} {_unit_quote(directory)}\n")
+
+
+def _unit_quote(text: str) -> str:
+    # systemd.service(5) command lines and systemd.unit(5) values: double-quote,
+    # escape \\ and ", and double % (specifiers).
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
 
 
 def _sh(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
+
+
+def _hidden(path: str) -> bool:
+    real = os.path.realpath(path)
+    return any(real == h or real.startswith(h + "/") for h in HIDDEN)
 
 
 def _update_catalog(root: Path) -> str:
@@ -85,20 +143,95 @@ def _update_catalog(root: Path) -> str:
     return "catalog database updated (journalctl -x will explain entries)"
 
 
+def base_interpreter() -> str:
+    """The interpreter a venv was made from (/usr/bin/python3.11 for Debian's
+    venvs): the venv's own bin/python is a symlink inside the venv."""
+    base = getattr(sys, "_base_executable", None) or sys.executable
+    return os.path.realpath(base)
+
+
+def _system_path(python: str) -> list[str]:
+    out = subprocess.run([python, "-I", "-c", "import sys, json; print(json.dumps(sys.path))"],
+                         capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        raise InstallError(f"{python} does not run: {out.stderr.strip()[-200:]}")
+    return [os.path.realpath(p) for p in json.loads(out.stdout) if p]
+
+
+class InstallError(UsageError):
+    """One line that says why install refused."""
+
+
+def copy_program(base: Path, python: str) -> list[str]:
+    """Copy vfio_advisor and the modules it imports from outside python's own
+    path (a venv's) to base/LIB. Returns the copied top-level names."""
+    system = _system_path(python)
+    target = base / LIB
+    staging = target.with_name(target.name + ".new")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    copied = []
+    for name in ("vfio_advisor", *DEPENDENCIES):
+        spec = find_spec(name)
+        if spec is None or spec.origin in (None, "built-in", "frozen"):
+            if name == "vfio_advisor":
+                raise InstallError("vfio_advisor is not importable")
+            continue  # absent here: the daemon says so at its start (and python3-X provides it)
+        origin = os.path.realpath(spec.origin)
+        top = os.path.dirname(origin) if spec.submodule_search_locations else origin
+        if name != "vfio_advisor" and any(os.path.dirname(top) == p for p in system):
+            continue  # the system interpreter sees it where it is
+        dest = staging / os.path.basename(top)
+        if os.path.isdir(top):
+            shutil.copytree(top, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(top, dest)
+        copied.append(name)
+    # The dynamic user reads it: world-readable whatever root's umask is.
+    for dirpath, dirnames, filenames in os.walk(staging):
+        os.chmod(dirpath, 0o755)
+        for f in filenames:
+            p = os.path.join(dirpath, f)
+            os.chmod(p, 0o755 if os.access(p, os.X_OK) else 0o644)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return copied
+
+
+def _metrics_file(cfg: Path) -> str | None:
+    import tomllib
+
+    try:
+        with open(cfg, "rb") as f:
+            value = tomllib.load(f).get("daemon", {}).get("metrics_file")
+    except (OSError, tomllib.TOMLDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
 def install(root: str = "/", python: str | None = None, config: str | None = None,
             classic: bool = False) -> list[str]:
     base = Path(root)
-    python = python or sys.executable
     config_path = config or "/" + CONFIG
     notes = []
+    # The daemon's interpreter must be visible inside the unit's sandbox.
+    daemon_python = python or base_interpreter()
+    if _hidden(daemon_python):
+        raise InstallError(f"the daemon's interpreter {daemon_python} is under "
+                           f"{', '.join(HIDDEN)}, which the unit's ProtectHome=yes hides; install "
+                           "the Debian package, or run install with a system python (--python /usr/bin/python3)")
     hooks_dir = base / HOOK_DIR
     had_hooks = (base / "etc/libvirt/hooks").is_dir() and any((base / "etc/libvirt/hooks").iterdir())
     target = (base / "etc/libvirt/hooks/qemu") if classic else (hooks_dir / HOOK_NAME)
     if classic and target.exists() and "vfio_advisor.hook" not in target.read_text(errors="replace"):
         raise FileExistsError(f"{target} is someone else's hook; not replacing it. Install "
                               "without --classic (qemu.d/vfio-advisor runs next to it)")
+    copied = copy_program(base, daemon_python)
+    notes.append(f"program: {base / LIB} ({', '.join(copied)}), run by {daemon_python}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(render_hook(python, config_path))
+    # The hook runs as root outside any sandbox (libvirtd forks it), so it
+    # runs this interpreter on this checkout, as before.
+    target.write_text(render_hook(python or sys.executable, config_path))
     target.chmod(0o755)
     notes.append(f"hook: {target}")
     cfg = base / config_path.lstrip("/")
@@ -112,19 +245,34 @@ def install(root: str = "/", python: str | None = None, config: str | None = Non
     notes.append(f"catalog: {cat}; {_update_catalog(base)}")
     unit = base / UNIT
     unit.parent.mkdir(parents=True, exist_ok=True)
-    unit.write_text(render_unit(python))
+    unit.write_text(render_unit(daemon_python, "/" + LIB))
     notes.append(f"daemon unit: {unit} (start it with: systemctl daemon-reload && "
                  "systemctl enable --now vfio-advisor)")
+    notes += write_metrics_dropin(base, _metrics_file(cfg))
     if not had_hooks:
         notes.append("libvirtd looks for hooks only when it starts: restart it once "
                      "(systemctl restart libvirtd) so the hook runs at the next VM start.")
     return notes
 
 
+def write_metrics_dropin(base: Path, metrics_file: str | None) -> list[str]:
+    dropin = base / METRICS_DROPIN
+    if metrics_file is None:
+        if dropin.exists():
+            dropin.unlink()
+            return [f"removed {dropin} (no metrics_file in the config)"]
+        return []
+    directory = base / os.path.dirname(os.path.abspath(metrics_file)).lstrip("/")
+    directory.mkdir(parents=True, exist_ok=True)  # ReadWritePaths= of a missing path fails the start
+    dropin.parent.mkdir(parents=True, exist_ok=True)
+    dropin.write_text(render_metrics_dropin(metrics_file))
+    return [f"metrics: {dropin} lets the unit write {metrics_file}"]
+
+
 def uninstall(root: str = "/") -> list[str]:
     base = Path(root)
     notes = []
-    for rel in (f"{HOOK_DIR}/{HOOK_NAME}", CATALOG, UNIT):
+    for rel in (f"{HOOK_DIR}/{HOOK_NAME}", CATALOG, UNIT, METRICS_DROPIN):
         path = base / rel
         if path.exists():
             path.unlink()
@@ -133,6 +281,9 @@ def uninstall(root: str = "/") -> list[str]:
     if classic.exists() and "vfio_advisor.hook" in classic.read_text(errors="replace"):
         classic.unlink()
         notes.append(f"removed {classic}")
+    if (base / LIB).exists():
+        shutil.rmtree(base / LIB)
+        notes.append(f"removed {base / LIB}")
     notes.append(_update_catalog(base))
     notes.append(f"kept {base / CONFIG} (remove it by hand if you want)")
     return notes
