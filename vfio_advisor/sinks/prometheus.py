@@ -1,0 +1,173 @@
+"""Prometheus text exposition of the daemon's state, for node_exporter's
+textfile collector. Pure: it formats what it is given and reads nothing.
+
+Metrics (docs/metrics.md lists each with its labels, cardinality bound and
+example PromQL):
+
+  vfio_advisor_device_interrupts_total{domain,bdf,mode}    counter
+  vfio_advisor_device_interrupts_observable{domain,bdf}    gauge 0/1
+  vfio_advisor_device_mode{domain,bdf,mode}                gauge 0/1
+  vfio_advisor_findings{domain,rule,severity}              gauge
+  vfio_advisor_last_sample_timestamp_seconds               gauge
+  vfio_advisor_build_info{version}                         gauge 1
+
+Why a counter and not a rate: Prometheus computes rates itself with rate(),
+over any window, and survives a missed scrape; a pre-computed rate loses
+what happened between two scrapes. The counter is the sum of the kernel's
+cumulative per-CPU counts of the device's vfio vectors (/proc/interrupts or
+/sys/kernel/irq/N/per_cpu_count): it falls when a vector is freed and
+reallocated (the guest re-enables MSI-X, the domain restarts), which rate()
+treats as a counter reset. `mode` is a label of the counter because each
+mode has its own vectors: a switch from INTx to MSI ends one series and
+starts another instead of mixing two different counts.
+
+Vectors the host cannot count (posted interrupts: with VT-d PI or AMD AVIC,
+KVM's irq bypass has the IOMMU deliver MSI/MSI-X straight to the vCPU and the
+host's vfio handler never runs, so its count stays flat) have
+interrupts_observable 0 and NO interrupts_total sample: a 0 would read as
+"no interrupts" and a flat counter as rate 0.
+
+Format: https://prometheus.io/docs/instrumenting/exposition_formats/
+(text format 0.0.4): label values escape backslash, double quote and line
+feed; HELP text escapes backslash and line feed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from typing import Iterable, NamedTuple
+
+# The fixed set of `mode` label values: vfio-pci's three interrupt types
+# (vfio-intx / vfio-msi[N] / vfio-msix[N] handlers), "none" for a device
+# with no vfio vector set up (the guest driver has not enabled any), and
+# "unknown" before the first sample or while /proc/interrupts is unreadable.
+MODES = ("intx", "msi", "msix", "none", "unknown")
+SEVERITIES = ("info", "warning", "error")
+PREFIX = "vfio_advisor_"
+
+
+class DeviceMetrics(NamedTuple):
+    """One assigned device of one running domain, as of the last sample."""
+
+    domain: str
+    bdf: str  # host PCI address, 0000:01:00.0
+    mode: str  # one of MODES
+    # Cumulative count summed over CPUs and over the device's vectors of this
+    # mode; None when not known (not sampled yet, or unobservable).
+    interrupts_total: int | None
+    observable: bool = True  # False: posted interrupts, the host cannot count
+
+
+class OpenFinding(NamedTuple):
+    """A finding whose condition still holds (one per device and rule)."""
+
+    domain: str | None  # None for host-wide findings (VA8003)
+    rule: str  # rule ID, VA6001
+    severity: str  # one of SEVERITIES
+
+
+def escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(**labels: str) -> str:
+    return "{" + ",".join(f'{k}="{escape_label(v)}"' for k, v in labels.items()) + "}"
+
+
+def _family(lines: list[str], name: str, kind: str, help_text: str, samples: list[str]) -> None:
+    # HELP and TYPE even for an empty family: promtool and Prometheus accept
+    # it, and the file then always documents every metric it can carry.
+    lines.append(f"# HELP {PREFIX}{name} {help_text}")
+    lines.append(f"# TYPE {PREFIX}{name} {kind}")
+    lines.extend(samples)
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return repr(float(value))
+
+
+def render(devices: Iterable[DeviceMetrics], findings: Iterable[OpenFinding], now: float,
+           version: str) -> str:
+    """The exposition text. `now` is the last sample's wall-clock time
+    (Unix seconds, time.time(); not the monotonic clock the Watcher uses)."""
+    if not math.isfinite(now):
+        raise ValueError(f"sample timestamp is not a finite number: {now!r}")
+    devices = sorted(devices, key=lambda d: (d.domain, d.bdf))
+    seen: set[tuple[str, str]] = set()
+    totals, observable, modes = [], [], []
+    for dev in devices:
+        if dev.mode not in MODES:
+            raise ValueError(f"device {dev.bdf} of {dev.domain!r}: mode {dev.mode!r} is not one of "
+                             f"{', '.join(MODES)}")
+        if (dev.domain, dev.bdf) in seen:
+            raise ValueError(f"device {dev.bdf} of {dev.domain!r} given twice")
+        seen.add((dev.domain, dev.bdf))
+        if dev.observable and dev.interrupts_total is not None:
+            if dev.interrupts_total < 0:
+                raise ValueError(f"device {dev.bdf} of {dev.domain!r}: negative interrupt count")
+            totals.append(f"{PREFIX}device_interrupts_total"
+                          f"{_labels(domain=dev.domain, bdf=dev.bdf, mode=dev.mode)} "
+                          f"{_number(dev.interrupts_total)}")
+        observable.append(f"{PREFIX}device_interrupts_observable{_labels(domain=dev.domain, bdf=dev.bdf)} "
+                          f"{1 if dev.observable else 0}")
+        for mode in MODES:
+            modes.append(f"{PREFIX}device_mode{_labels(domain=dev.domain, bdf=dev.bdf, mode=mode)} "
+                         f"{1 if dev.mode == mode else 0}")
+
+    counts: dict[tuple[str, str, str], int] = {}
+    for f in findings:
+        if f.severity not in SEVERITIES:
+            raise ValueError(f"finding {f.rule}: severity {f.severity!r} is not one of "
+                             f"{', '.join(SEVERITIES)}")
+        key = (f.domain or "", f.rule, f.severity)
+        counts[key] = counts.get(key, 0) + 1
+    finding_lines = [f"{PREFIX}findings{_labels(domain=d, rule=r, severity=s)} {n}"
+                     for (d, r, s), n in sorted(counts.items())]
+
+    lines: list[str] = []
+    _family(lines, "device_interrupts_total", "counter",
+            "Interrupts of an assigned device's vfio vectors in this mode, summed over CPUs "
+            "(kernel counts; an INTx line's count includes its sharers).", totals)
+    _family(lines, "device_interrupts_observable", "gauge",
+            "1 if the host can count the device's interrupts, 0 if they are posted to the guest "
+            "(then no interrupts_total sample).", observable)
+    _family(lines, "device_mode", "gauge",
+            "Interrupt mode of an assigned device: 1 for the current mode, 0 for the others.", modes)
+    _family(lines, "findings", "gauge",
+            "Open findings by domain, rule and severity (absent: none).", finding_lines)
+    _family(lines, "last_sample_timestamp_seconds", "gauge",
+            "Unix time of the daemon's last sample.", [f"{PREFIX}last_sample_timestamp_seconds {_number(now)}"])
+    _family(lines, "build_info", "gauge", "vfio-advisor version; always 1.",
+            [f"{PREFIX}build_info{_labels(version=version)} 1"])
+    return "\n".join(lines) + "\n"
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Replace `path` with `text` so that a reader sees the old file or the
+    new one, never a part. The temporary name does not end in .prom, so
+    node_exporter's textfile collector (which reads only *.prom) skips it."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".vfio-advisor-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; node_exporter runs as its own user
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    # The rename is durable only once the directory is synced.
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
