@@ -5,21 +5,55 @@ PYTHON   ?= /usr/bin/python3
 VENV     := .venv
 VPY      := $(VENV)/bin/python
 STAMPS   := .stamps
+# Every Debian package the build and the test tiers need: the single list.
+# A tier adds its own line (one-line change): APT_PACKAGES += pkg ...  # tier
+APT_PACKAGES :=
 # Build deps of libvirt-python and systemd-python (no wheels), plus what the
 # tests run: systemd-journald/journalctl (systemd), pci.ids (hwdata).
-APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libvirt-dev \
-                libsystemd-dev systemd hwdata libvirt-daemon-system qemu-system-x86 \
-                libc6-dev
+APT_PACKAGES += python3 python3-venv python3-dev gcc pkg-config libvirt-dev libsystemd-dev libc6-dev
+APT_PACKAGES += systemd hwdata libvirt-daemon-system qemu-system-x86
+# make deb (debhelper + pybuild), lintian, the man page check (groff), and the
+# system tier's guest image (mmdebstrap, mkfs.ext4 -d).
+APT_PACKAGES += debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools python3-lxml
+APT_PACKAGES += lintian groff-base mmdebstrap e2fsprogs git
 
-.PHONY: demo test deps venv clean bench lab
+# make deb: from a clean checkout (git archive of DEB_REF), built and checked
+# outside the source tree; the .deb is left in DEB_DIR.
+DEB_DIR  ?= /var/tmp/vfio-advisor-deb
+DEB_REF  ?= HEAD
+
+.PHONY: demo test deps venv clean bench lab deb
 
 demo: venv
 	$(VENV)/bin/vfio-advisor advise \
 	    --connect test://$(CURDIR)/examples/demo-host/node.xml \
 	    --host-root examples/demo-host/root || [ $$? -eq 1 ]
 
+# No test may write into the host's journal: pytest runs in a private mount
+# namespace with an empty tmpfs over /run/systemd/journal (its sockets:
+# journal, stdout, dev-log). sd_journal_send() then finds no socket and the
+# code under test logs to stderr; tiers that read the journal start their own
+# private journald (tests/support/private-journal.sh).
 test: venv
-	$(VPY) -m pytest -q tests
+	@if [ "$$(id -u)" = 0 ] && unshare --mount --propagation private true 2>/dev/null; then \
+	    unshare --mount --propagation private -- sh -c \
+	        '[ ! -d /run/systemd/journal ] || mount -t tmpfs -o mode=0755 vfio-advisor-tests /run/systemd/journal; exec "$$@"' \
+	        sh $(VPY) -m pytest -q tests; \
+	else \
+	    echo "make test: no private mount namespace here (needs root and unshare); tests that log may reach the host's journal" >&2; \
+	    $(VPY) -m pytest -q tests; \
+	fi
+
+deb: deps
+	@command -v git >/dev/null && git -C $(CURDIR) rev-parse --verify -q $(DEB_REF) >/dev/null \
+	    || { echo "make deb: needs git and a commit $(DEB_REF) (it builds a clean checkout)" >&2; exit 2; }
+	rm -rf $(DEB_DIR)/src $(DEB_DIR)/vfio-advisor_* && mkdir -p $(DEB_DIR)/src
+	git -C $(CURDIR) archive $(DEB_REF) | tar -x -C $(DEB_DIR)/src
+	cd $(DEB_DIR)/src && dpkg-buildpackage -b -us -uc --no-sign >$(DEB_DIR)/build.log 2>&1 \
+	    || { tail -40 $(DEB_DIR)/build.log; exit 1; }
+	lintian --fail-on error --suppress-tags-from-file /dev/null $(DEB_DIR)/vfio-advisor_*_all.deb
+	rm -rf $(DEB_DIR)/src
+	@ls $(DEB_DIR)/vfio-advisor_*_all.deb
 
 deps: $(STAMPS)/apt
 $(STAMPS)/apt:
