@@ -1,0 +1,386 @@
+"""`vfio-advisor fix`: argparse wiring, loading, output and --apply.
+
+    fix DOMAIN... | --xml FILE... [--connect URI] [--host-root DIR] [--rule ID...]
+        [--format diff|xml|json] [--apply] [--state-dir DIR]
+
+Exit status: 0 every fixable finding got a verified fix (or nothing to fix);
+1 some finding of warning or worse that fix handles has no verified fix;
+2 usage errors, XML that is not a domain, a failed connection, a domain that
+changed since the analysis, or --apply without a read-write connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+from vfio_advisor.fix.analysis import (
+    DEFAULT_URI, Analyzer, ConnectionFailed, DomainXMLError, UsageError, lookup_rule,
+    open_host_root, parse_domain_xml,
+)
+from vfio_advisor.fix.planner import FIXABLE_RULES, RULE_ORDER, DomainPlan, plan_domain
+from vfio_advisor.fix.verify import describe_finding
+from vfio_advisor.fix.xmledit import apply_ops, parse_tree, serialize
+
+SCHEMA = "vfio-advisor/fix/1"
+EXIT_OK, EXIT_UNFIXED, EXIT_USAGE = 0, 1, 2
+DEFAULT_STATE_DIR = "/var/lib/vfio-advisor"
+MAX_XML_BYTES = 10 << 20  # as sources.MAX_XML_BYTES (virsh's own limit)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like cli.py
+        self.exit(EXIT_USAGE, f"vfio-advisor: {message}\n")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    f = subparsers.add_parser(
+        "fix", help="exact domain XML changes for findings that have one, each verified",
+        description="Compute one change to the domain XML per finding that has an XML fix "
+                    f"({', '.join(RULE_ORDER)}), verify it (re-analysis with the same host "
+                    "facts, libvirt's schema, libvirt's test driver) and print it.")
+    f.add_argument("domains", nargs="*", metavar="DOMAIN",
+                   help="domain names (default: every domain with PCI hostdevs)")
+    f.add_argument("--xml", action="append", default=[], metavar="FILE",
+                   help="a domain XML file instead of libvirt (repeatable)")
+    f.add_argument("--connect", "-c", metavar="URI",
+                   help="libvirt URI (default qemu:///system; read-only unless --apply)")
+    f.add_argument("--host-root", default="/", metavar="DIR",
+                   help="host tree or snapshot .tar.gz to read instead of /")
+    f.add_argument("--rule", action="append", default=[], metavar="ID",
+                   help="fix only these rules (IDs or slugs; repeatable or comma-separated)")
+    f.add_argument("--format", choices=("diff", "xml", "json"), default="diff",
+                   help="diff (default): unified diff of the domain XML with a '#' summary; "
+                        "xml: the whole fixed XML only; json: schema vfio-advisor/fix/1")
+    f.add_argument("--apply", action="store_true",
+                   help="define the fixed XML as the persistent config (shut-off domains, or "
+                        "the next boot of running ones; never live)")
+    f.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
+                   help="where --apply saves the previous XML (DIR/fix-backups/)")
+    f.set_defaults(func=run)
+    return f
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="vfio-advisor")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    add_parser(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Standalone entry (python -m vfio_advisor.fix ARGS) until cli.py wires `fix`."""
+    args = build_parser().parse_args(["fix", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return run(args)
+    except (UsageError, ConnectionFailed) as exc:
+        print(f"vfio-advisor: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+# --- input ------------------------------------------------------------------------
+
+@dataclass
+class Source:
+    label: str  # "file:PATH" or the libvirt domain name
+    name: str
+    xml: str  # what was analysed: the persistent config (inactive XML) for libvirt
+    persistent: bool = True
+    state: str = "file"
+
+
+def rules_from(values: list[str]) -> set[str] | None:
+    if not values:
+        return None
+    out = set()
+    for value in values:
+        for item in filter(None, (v.strip() for v in value.split(","))):
+            rule = lookup_rule(item)
+            if rule is None:
+                raise UsageError(f"unknown rule {item!r} in --rule; 'vfio-advisor rules' lists them")
+            if rule.id not in FIXABLE_RULES:
+                raise UsageError(f"{rule.id} has no domain XML fix; fix handles "
+                                 + ", ".join(RULE_ORDER))
+            out.add(rule.id)
+    return out
+
+
+def _libvirt():
+    try:
+        import libvirt  # noqa: PLC0415 - lazy: the hook must never load it
+    except ImportError:
+        raise ConnectionFailed("libvirt-python is not installed") from None
+    libvirt.registerErrorHandler(lambda *_: None, None)
+    return libvirt
+
+
+STATE_NAMES = {0: "no state", 1: "running", 2: "blocked", 3: "paused", 4: "shutting down",
+               5: "shut off", 6: "crashed", 7: "suspended (pmsuspended)"}
+
+
+def _read_file(path: str) -> str:
+    try:
+        if os.path.getsize(path) > MAX_XML_BYTES:
+            raise DomainXMLError(f"{path}: too large for a domain XML")
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DomainXMLError(f"{path}: not UTF-8 text") from None
+
+
+def load_sources(args, conn=None) -> list[Source]:
+    """Every domain to fix; raises UsageError/DomainXMLError (one line) before
+    anything is analysed, so bad input changes nothing."""
+    if args.xml and (args.connect or args.domains):
+        raise UsageError("use either --xml FILE or DOMAIN names (with --connect), not both")
+    out: list[Source] = []
+    if args.xml:
+        for path in args.xml:
+            text = _read_file(path)
+            try:
+                domain = parse_domain_xml(text)
+            except DomainXMLError as exc:
+                raise DomainXMLError(f"{path}: {exc}") from None
+            out.append(Source(f"file:{path}", domain.name, text))
+        return out
+    libvirt = _libvirt()
+    uri = args.connect or DEFAULT_URI
+    own = conn is None
+    if own:
+        try:
+            conn = libvirt.openReadOnly(uri)
+        except libvirt.libvirtError as exc:
+            raise ConnectionFailed(f"cannot connect to {uri}: {exc.get_error_message()}") from None
+    try:
+        if args.domains:
+            handles = []
+            for name in args.domains:
+                try:
+                    handles.append(conn.lookupByName(name))
+                except libvirt.libvirtError as exc:
+                    raise UsageError(f"{name}: {exc.get_error_message()}") from None
+        else:
+            handles = conn.listAllDomains(0)
+        for dom in handles:
+            persistent = bool(dom.isPersistent())
+            # The persistent config is what fix changes; a transient domain has none.
+            flags = libvirt.VIR_DOMAIN_XML_INACTIVE if persistent else 0
+            try:
+                xml = dom.XMLDesc(flags)
+            except libvirt.libvirtError as exc:
+                raise UsageError(f"{dom.name()}: {exc.get_error_message()}") from None
+            try:
+                domain = parse_domain_xml(xml)
+            except DomainXMLError as exc:
+                raise DomainXMLError(f"{dom.name()}: {exc}") from None
+            if args.domains or domain.hostdevs:
+                out.append(Source(dom.name(), domain.name, xml, persistent,
+                                  STATE_NAMES.get(dom.state()[0], "unknown")))
+    finally:
+        if own:
+            conn.close()
+    out.sort(key=lambda s: s.name)
+    return out
+
+
+# --- run ----------------------------------------------------------------------------
+
+def run(args, conn=None) -> int:
+    """`conn`: an open libvirt connection to use instead of --connect (tests)."""
+    rules = rules_from(args.rule)
+    if args.apply and args.xml:
+        raise UsageError("--apply defines domains through libvirt: give DOMAIN names, not --xml")
+    sources = load_sources(args, conn)
+    if args.format == "xml" and len(sources) != 1:
+        raise UsageError(f"--format xml prints one domain's XML; {len(sources)} domains selected")
+    root, tmp = open_host_root(args.host_root)
+    try:
+        analyzer = Analyzer(root)
+        plans = [(src, plan_domain(analyzer, src.xml, rules)) for src in sources]
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    applied: dict[str, dict] = {}
+    if args.apply:
+        applied = apply_plans(args, [(s, p) for s, p in plans if p.changed], conn)
+    emit(args, plans, applied)
+    complete = all(p.complete for _, p in plans)
+    return EXIT_OK if complete else EXIT_UNFIXED
+
+
+# --- apply ----------------------------------------------------------------------------
+
+def _normal(xml: str) -> str:
+    return serialize(parse_tree(xml))
+
+
+def apply_plans(args, plans: list[tuple[Source, DomainPlan]], conn=None) -> dict[str, dict]:
+    """Define each fixed config. Every check runs for every domain before the
+    first define, so a refusal changes nothing."""
+    if not plans:
+        return {}
+    libvirt = _libvirt()
+    uri = args.connect or DEFAULT_URI
+    own = conn is None
+    if own:
+        try:
+            conn = libvirt.open(uri)
+        except libvirt.libvirtError as exc:
+            raise UsageError(f"--apply needs a read-write connection to {uri}, and it was refused: "
+                             f"{' '.join(exc.get_error_message().split())}") from None
+    try:
+        ready = []
+        for src, plan in plans:
+            try:
+                dom = conn.lookupByName(src.name)
+            except libvirt.libvirtError as exc:
+                raise UsageError(f"{src.name}: {exc.get_error_message()}") from None
+            if not dom.isPersistent():
+                raise UsageError(f"{src.name} is transient: it has no persistent config to fix")
+            now = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            if _normal(now) != _normal(src.xml):
+                raise UsageError(f"{src.name} changed since the analysis (its XML differs); "
+                                 "nothing was applied, run fix again")
+            # SECURE keeps what a plain XMLDesc hides (graphics passwords): the
+            # define must not drop them. Only a read-write connection may ask.
+            try:
+                secure = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
+            except libvirt.libvirtError as exc:
+                raise UsageError(_refusal(libvirt, exc, uri)) from None
+            if serialize(apply_ops(parse_tree(now), plan.ops)) != plan.fixed_xml:
+                raise UsageError(f"{src.name}: the verified change does not replay on its "
+                                 "current XML; nothing was applied")
+            new_xml = serialize(apply_ops(parse_tree(secure), plan.ops))
+            state = dom.state()[0]
+            ready.append((src, plan, dom, secure, new_xml, state))
+        backups = os.path.join(args.state_dir, "fix-backups")
+        try:
+            os.makedirs(backups, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create {backups}: {exc.strerror or exc}; nothing was applied") from None
+        out: dict[str, dict] = {}
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        for src, plan, dom, secure, new_xml, state in ready:
+            path = os.path.join(backups, f"{_safe(src.name)}-{stamp}.xml")
+            try:
+                # 0600: the SECURE XML may hold passwords.
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(secure)
+            except OSError as exc:
+                raise UsageError(f"cannot save the old XML of {src.name} to {path}: "
+                                 f"{exc.strerror or exc}; nothing was applied to it") from None
+            try:
+                # defineXML replaces the persistent config only; a running
+                # domain keeps its live config until it is shut down
+                # (virDomainDefineXMLFlags, libvirt src/libvirt-domain.c).
+                conn.defineXMLFlags(new_xml, libvirt.VIR_DOMAIN_DEFINE_VALIDATE)
+            except libvirt.libvirtError as exc:
+                os.unlink(path)
+                raise UsageError(_refusal(libvirt, exc, uri)) from None
+            running = state not in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_NOSTATE)
+            out[src.name] = {
+                "backup": path,
+                "restore": f"virsh define {path}",
+                "takes_effect": "at the next boot (the running domain is unchanged)" if running
+                                else "at the next start",
+            }
+        return out
+    finally:
+        if own:
+            conn.close()
+
+
+def _refusal(libvirt, exc, uri: str) -> str:
+    msg = " ".join(exc.get_error_message().split())
+    if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_DENIED or "read only" in msg:
+        return f"--apply needs a read-write connection; {uri} is read-only ({msg}); nothing was applied"
+    return f"libvirt refused the fixed XML: {msg}"
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:100] or "domain"
+
+
+# --- output -----------------------------------------------------------------------------
+
+def emit(args, plans: list[tuple[Source, DomainPlan]], applied: dict[str, dict]) -> None:
+    out = sys.stdout
+    if args.format == "xml":
+        (_, plan), = plans
+        out.write(plan.fixed_xml)
+        for name, info in applied.items():
+            _print_applied(name, info, sys.stderr)
+        return
+    if args.format == "json":
+        json.dump(to_json(args, plans, applied), out, indent=2)
+        out.write("\n")
+        return
+    for src, plan in plans:
+        write_summary(src, plan, out)
+        out.write(plan.diff())
+        if src.name in applied:
+            _print_applied(src.name, applied[src.name], out)
+
+
+def _print_applied(name: str, info: dict, out) -> None:
+    out.write(f"# applied to {name}'s persistent config, effective {info['takes_effect']}.\n"
+              f"# previous XML saved as {info['backup']}; restore with: {info['restore']}\n")
+
+
+def write_summary(src: Source, plan: DomainPlan, out) -> None:
+    w = out.write
+    n = len(plan.changes)
+    w(f"# {plan.name} ({src.label if src.label.startswith('file:') else src.state}): "
+      f"{n} verified change{'s' if n != 1 else ''}\n")
+    for i, c in enumerate(plan.changes, 1):
+        w(f"#  {i}. {c.rule}: {c.summary}\n")
+        for d in c.details:
+            w(f"#     {d}\n")
+        w("#     resolves " + ", ".join(describe_finding(f) for f in c.resolves) + "\n")
+        w("#     verified: " + "; ".join(f"{k.name} ok" for k in c.checks) + "\n")
+    for u in plan.unfixed:
+        w(f"#  no verified fix for {describe_finding(u.finding)} ({u.finding.severity}): {u.reason}\n")
+    if plan.other:
+        w("#  not a domain XML matter (see `vfio-advisor advise`): "
+          + ", ".join(describe_finding(f) for f in plan.other) + "\n")
+
+
+def _finding_json(f) -> dict:
+    return {"rule": f.rule_id, "subject": f.subject, "severity": str(f.severity),
+            "guest_address": f.guest_address}
+
+
+def to_json(args, plans: list[tuple[Source, DomainPlan]], applied: dict[str, dict]) -> dict:
+    domains = []
+    for src, plan in plans:
+        domains.append({
+            "name": plan.name,
+            "uuid": plan.before.domain.uuid,
+            "source": src.label if src.label.startswith("file:") else f"libvirt:{args.connect or DEFAULT_URI}",
+            "state": src.state,
+            "changed": plan.changed,
+            "complete": plan.complete,
+            "changes": [c.to_json() for c in plan.changes],
+            "rejected": [c.to_json() for c in plan.rejected],
+            "unfixed": [u.to_json() for u in plan.unfixed],
+            "not_fixable": [_finding_json(f) for f in plan.other],
+            "findings_before": [_finding_json(f) for f in plan.before.findings],
+            "findings_after": [_finding_json(f) for f in plan.after.findings],
+            "diff": plan.diff(),
+            "fixed_xml": plan.fixed_xml if plan.changed else None,
+            "applied": applied.get(src.name),
+        })
+    return {"schema": SCHEMA, "host_root": args.host_root,
+            "rules": sorted(rules_from(args.rule) or FIXABLE_RULES), "domains": domains}

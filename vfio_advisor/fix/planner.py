@@ -1,0 +1,651 @@
+"""Plan verified domain XML changes for the findings that have one.
+
+For each rule with an XML fix the planner computes one change (a list of
+`xmledit.Op`s) on top of the changes accepted before it, re-analyses the
+result with the same host facts, validates it with libvirt's schema and test
+driver (verify.py), and keeps it only if all three pass. Rules are planned in
+this order, because each one changes what the next one sees:
+
+  VA4001  i440FX -> Q35 (only when the conversion can be done and verified)
+  VA4002  functions of one card into one guest slot
+  VA5003  INTx devices off a pcie-expander-bus
+  VA5001  a guest line of its own for every assigned INTx device (joint)
+  VA4003  <ioapic driver='kvm'/>
+
+Guest lines come from the routing model (facts/guest_intx.py; QEMU
+hw/pci/pci.c swizzle, hw/isa/lpc_ich9.c ich9_lpc_map_irq, hw/i386/pc_piix.c
+pc_pci_slot_get_pirq, SeaBIOS src/fw/pciinit.c), never from a fixed table here.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from lxml import etree
+
+from vfio_advisor.fix.analysis import (
+    QEMU_MODEL_MSI, Analysis, Analyzer, Domain, DomainXMLError, Finding, GuestFunction,
+    GuestIntxMap, PciAddress, Severity, build_guest_intx_map, parse_domain_xml,
+)
+from vfio_advisor.fix.verify import Check, describe_finding, finding_key, verify
+from vfio_advisor.fix.xmledit import (
+    Occupancy, Op, apply_ops, next_controller_index, parse_tree, serialize,
+)
+
+RULE_ORDER = ("VA4001", "VA4002", "VA5003", "VA5001", "VA4003")
+FIXABLE_RULES = frozenset(RULE_ORDER)
+
+
+class Manual(Exception):
+    """No XML change can be planned; str() says why, in one sentence."""
+
+
+@dataclass
+class Change:
+    rule: str
+    summary: str
+    details: list[str]
+    devices: list[str]  # host BDFs, or guest addresses of emulated devices
+    ops: list[Op]
+    targeted: list[Finding]
+    checks: list[Check] = field(default_factory=list)
+    resolves: list[Finding] = field(default_factory=list)  # every original finding it removes
+
+    @property
+    def verified(self) -> bool:
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+    def to_json(self) -> dict:
+        return {
+            "rule": self.rule,
+            "summary": self.summary,
+            "details": self.details,
+            "devices": self.devices,
+            "operations": [op.to_json() for op in self.ops],
+            "targets": [_finding_ref(f) for f in self.targeted],
+            "resolves": [_finding_ref(f) for f in self.resolves],
+            "verification": {c.name: c.to_json() for c in self.checks},
+            "verified": self.verified,
+        }
+
+
+@dataclass
+class Unfixed:
+    finding: Finding
+    reason: str
+    kind: str  # "manual": no XML change exists/planned; "unverified": planned, failed a check
+
+    def to_json(self) -> dict:
+        return {**_finding_ref(self.finding), "severity": str(self.finding.severity),
+                "kind": self.kind, "reason": self.reason}
+
+
+def _finding_ref(f: Finding) -> dict:
+    return {"rule": f.rule_id, "subject": f.subject, "guest_address": f.guest_address}
+
+
+@dataclass
+class DomainPlan:
+    name: str
+    base_xml: str  # the domain XML as analysed (lxml-serialised, comments kept)
+    fixed_xml: str
+    before: Analysis
+    after: Analysis
+    changes: list[Change]  # verified, applied in order
+    rejected: list[Change]  # planned, failed verification, not offered
+    unfixed: list[Unfixed]
+    other: list[Finding]  # warning or worse, of rules no domain XML change fixes
+
+    @property
+    def ops(self) -> list[Op]:
+        return [op for c in self.changes for op in c.ops]
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+    @property
+    def complete(self) -> bool:
+        """Every fixable finding of warning or worse got a verified fix."""
+        return not any(u.finding.severity >= Severity.WARNING for u in self.unfixed)
+
+    def fix_for_finding(self, finding: Finding) -> Change | None:
+        """The verified change that removes `finding` (matched by rule and
+        subject), or None."""
+        key = finding_key(finding)
+        for change in self.changes:
+            if any(finding_key(f) == key for f in change.resolves):
+                return change
+        return None
+
+    def unfixed_for_finding(self, finding: Finding) -> Unfixed | None:
+        key = finding_key(finding)
+        return next((u for u in self.unfixed if finding_key(u.finding) == key), None)
+
+    def diff(self) -> str:
+        return "".join(difflib.unified_diff(
+            self.base_xml.splitlines(True), self.fixed_xml.splitlines(True),
+            fromfile=f"{self.name} (current)", tofile=f"{self.name} (fixed)"))
+
+
+# --- routing helpers ----------------------------------------------------------
+
+class Router:
+    """The routing model over a working XML tree, with the host facts fixed:
+    the pins vfio-pci gives each assigned device, and which of them are on
+    MSI now and can use it (as VA5001 judges its sharers)."""
+
+    def __init__(self, analysis: Analysis):
+        self.pins = analysis.host_pins()
+        self.msi_now = {d.address for d in analysis.facts.devices
+                        if d.device is not None and d.device.supports_msi is True
+                        and not d.interrupts.on_intx}
+
+    def domain(self, root: etree._Element) -> Domain:
+        return parse_domain_xml(serialize(root))
+
+    def gmap(self, root: etree._Element) -> GuestIntxMap:
+        return build_guest_intx_map(self.domain(root), self.pins)
+
+    def costly(self, fn: GuestFunction) -> bool:
+        """Does this function's INTx cost a sharer? Routed, with a pin, and
+        not a device whose guest driver leaves INTx for MSI (emulated models
+        in QEMU_MODEL_MSI; assigned devices on MSI now)."""
+        if not fn.routed or not fn.pin:
+            return False
+        if fn.kind == "hostdev":
+            return fn.host_address not in self.msi_now
+        return fn.model not in QEMU_MODEL_MSI
+
+    def costly_sharers(self, gmap: GuestIntxMap, fn: GuestFunction) -> list[GuestFunction]:
+        return [s for s in gmap.sharers(fn) if self.costly(s)]
+
+    def conflicted(self, gmap: GuestIntxMap) -> set[str]:
+        """Host BDFs of assigned INTx functions (not on MSI) that share their
+        guest line with a costly function."""
+        return {fn.host_address for fn in gmap.functions
+                if fn.kind == "hostdev" and self.costly(fn) and self.costly_sharers(gmap, fn)}
+
+
+def _line(gmap: GuestIntxMap, fn: GuestFunction) -> str:
+    if fn.irq is None:
+        return "no line"
+    return f"{'GSI' if gmap.chipset == 'q35' else 'IRQ'} {fn.irq}"
+
+
+def free_root_slots(root: etree._Element, gmap: GuestIntxMap) -> list[int]:
+    """Root-bus slots nothing uses. Q35: not 0 (host bridge) or 0x1f (LPC,
+    SMBus, SATA: libvirt qemuDomainValidateDevicePCISlotsQ35); i440FX: not 0
+    or 1 (PIIX3 functions, qemuDomainValidateDevicePCISlotsPIIX3)."""
+    occ = Occupancy.of(root)
+    used = {f.guest_address.slot for f in gmap.functions if f.guest_address.bus == 0}
+    reserved = {0, 0x1F} if gmap.chipset == "q35" else {0, 1}
+    return [s for s in range(32) if s not in reserved and s not in used and not occ.used(0, s)]
+
+
+def _unit_of(gmap: GuestIntxMap, bdf: str) -> list[GuestFunction]:
+    """The assigned functions in the guest slot of `bdf` (a card moves whole)."""
+    fn = next(f for f in gmap.functions if f.host_address == bdf)
+    a = fn.guest_address
+    return [f for f in gmap.functions if f.kind == "hostdev"
+            and (f.guest_address.bus, f.guest_address.slot) == (a.bus, a.slot)]
+
+
+def _unit_ops(root: etree._Element, unit: list[GuestFunction], slot: int,
+              via_root_port: bool) -> tuple[list[Op], str]:
+    several = len(unit) > 1
+    ops: list[Op] = []
+    if via_root_port:
+        index = next_controller_index(root)
+        if index > 255:
+            return [], ""
+        ops.append(Op("add-pci-controller", index=index, model="pcie-root-port",
+                      address=PciAddress(0, 0, slot, 0)))
+        bus, dslot = index, 0
+        where = f"behind a new pcie-root-port (index {index}) at 0000:00:{slot:02x}.0"
+    else:
+        bus, dslot = 0, slot
+        where = f"at root-bus slot 0x{slot:02x}"
+    for fn in unit:
+        f = fn.guest_address.function
+        ops.append(Op("set-address", key=("hostdev", fn.host_address),
+                      address=PciAddress(0, bus, dslot, f),
+                      multifunction=True if (several and f == 0) else None))
+    return ops, where
+
+
+def place_unit(router: Router, root: etree._Element, unit: list[GuestFunction],
+               via_root_port: bool, before: set[str]) -> tuple[list[Op], str, GuestIntxMap] | None:
+    """The first free root-bus slot where every INTx function of `unit` has
+    a line no costly function uses, and no other assigned device starts to
+    share. None when there is no such slot."""
+    gmap = router.gmap(root)
+    bdfs = {f.host_address for f in unit}
+    for slot in free_root_slots(root, gmap):
+        ops, where = _unit_ops(root, unit, slot, via_root_port)
+        if not ops:
+            return None
+        trial = apply_ops(root, ops)
+        tmap = router.gmap(trial)
+        moved = [f for f in tmap.functions if f.host_address in bdfs and router.costly(f)]
+        if any(not f.routed or router.costly_sharers(tmap, f) for f in moved):
+            continue
+        if router.conflicted(tmap) - before:
+            continue  # would make another assigned device share
+        return ops, where, tmap
+    return None
+
+
+# --- the planners ---------------------------------------------------------------
+
+@dataclass
+class Proposal:
+    ops: list[Op]
+    summary: str
+    details: list[str]
+    devices: list[str]
+    targeted: list[Finding]
+    unfixed: list[Unfixed] = field(default_factory=list)
+
+
+def plan_va5001(root, analysis: Analysis, targets: list[Finding], router: Router) -> Proposal:
+    """Joint: move cards (whole guest slots) one at a time, each to a slot
+    whose lines are free in the layout that includes every earlier move, so
+    no two devices are ever sent to the same line."""
+    gmap = router.gmap(root)
+    if gmap.chipset not in ("q35", "i440fx"):
+        raise Manual("the machine type is neither Q35 nor i440FX: guest routing is not modelled")
+    flagged = {f.subject for f in targets}
+    start = router.conflicted(gmap)
+    ops: list[Op] = []
+    details: list[str] = []
+    devices: list[str] = []
+    stuck: set[str] = set()
+    work = root
+    for _ in range(64):
+        gmap = router.gmap(work)
+        todo = sorted((router.conflicted(gmap) & flagged) - stuck)
+        if not todo:
+            break
+        unit = _unit_of(gmap, todo[0])
+        via_root_port = gmap.chipset == "q35" and unit[0].guest_address.bus != 0
+        placed = place_unit(router, work, unit, via_root_port, router.conflicted(gmap) | start)
+        if placed is None:
+            stuck |= {f.host_address for f in unit}
+            continue
+        unit_ops, where, tmap = placed
+        ops += unit_ops
+        work = apply_ops(work, unit_ops)
+        for fn in unit:
+            new = next(f for f in tmap.functions if f.host_address == fn.host_address)
+            devices.append(fn.host_address)
+            details.append(f"{fn.host_address}: guest {fn.guest_address} -> {new.guest_address} "
+                           f"{where}; pin {new.pin_letter or '-'} -> {_line(tmap, new)}"
+                           + (", a line no other INTx user shares" if new.pin else " (no INTx)"))
+    final = router.conflicted(router.gmap(work))
+    fixed = [f for f in targets if f.subject not in final]
+    left = [f for f in targets if f.subject in final]
+    if gmap.chipset == "i440fx":
+        why = ("on i440FX every PCI INTx goes to IRQ 10 or 11 (SeaBIOS wires PIRQ A,B to 10 and "
+               "C,D to 11) and other INTx functions hold both: no guest address gives it a line "
+               "of its own; convert the domain to Q35 (VA4001) or use MSI in the guest")
+    else:
+        why = ("no free slot on pcie.0 gives it a line (GSI 16-23) that no other INTx "
+               "function uses; free a slot or use MSI in the guest")
+    if not ops:
+        raise Manual(why)
+    return Proposal(ops, "give every assigned INTx device a guest line of its own", details,
+                    devices, fixed, [Unfixed(f, why, "manual") for f in left])
+
+
+def plan_va4002(root, analysis: Analysis, targets: list[Finding], router: Router) -> Proposal:
+    facts = analysis.facts
+    ops: list[Op] = []
+    details, devices, fixed, unfixed = [], [], [], []
+    work = root
+    for finding in targets:
+        dev = next((d for d in facts.devices if d.address == finding.subject), None)
+        if dev is None:
+            unfixed.append(Unfixed(finding, "the finding names no assigned device", "manual"))
+            continue
+        group = [dev, *facts.siblings(dev)]
+        by_fn = {int(d.address.rsplit(".", 1)[1], 16): d for d in group}
+        if 0 not in by_fn:
+            unfixed.append(Unfixed(finding, f"function 0 of {dev.address.rsplit('.', 1)[0]} is not "
+                                   "assigned, and a guest slot is enumerated from function 0",
+                                   "manual"))
+            continue
+        if any(d.hostdev.guest is None for d in group):
+            unfixed.append(Unfixed(finding, "some functions have no guest address yet", "manual"))
+            continue
+        head = by_fn[0].hostdev.guest.address
+        occ = Occupancy.of(work)
+        own = {d.hostdev.guest.address for d in group}
+        clash = [f for f in by_fn if occ.used(head.bus, head.slot, f)
+                 and PciAddress(head.domain, head.bus, head.slot, f) not in own]
+        step: list[Op] = []
+        if not clash:
+            for f, d in sorted(by_fn.items()):
+                step.append(Op("set-address", key=("hostdev", d.address),
+                               address=PciAddress(head.domain, head.bus, head.slot, f),
+                               multifunction=True if f == 0 else None))
+            where = f"guest slot {head.domain:04x}:{head.bus:02x}:{head.slot:02x}"
+        else:
+            # The slot of function 0 has other devices at the functions we need:
+            # a slot of their own (behind a new root port on Q35).
+            gmap = router.gmap(work)
+            slots = free_root_slots(work, gmap)
+            if not slots:
+                unfixed.append(Unfixed(finding, "no free root-bus slot for the card", "manual"))
+                continue
+            unit = [GuestFunction(PciAddress(0, 0, 0, f), "hostdev", None, d.address, None)
+                    for f, d in sorted(by_fn.items())]
+            step, where = _unit_ops(work, unit, slots[0], gmap.chipset == "q35")
+        ops += step
+        work = apply_ops(work, step)
+        devices += [d.address for _, d in sorted(by_fn.items())]
+        fixed.append(finding)
+        details.append(f"{dev.address.rsplit('.', 1)[0]}: functions "
+                       + ", ".join(f"{d.address} -> .{f}" for f, d in sorted(by_fn.items()))
+                       + f" in {where}, multifunction='on' on function 0")
+    if not ops:
+        raise Manual(unfixed[0].reason if unfixed else "nothing to change")
+    return Proposal(ops, "put every function of a card in one guest slot", details, devices,
+                    fixed, unfixed)
+
+
+def plan_va5003(root, analysis: Analysis, targets: list[Finding], router: Router) -> Proposal:
+    domain = analysis.domain
+    gmap = analysis.facts.guest_intx
+    controllers = {c.index: c for c in domain.controllers}
+    pxb = {c.index for c in domain.controllers if c.model == "pcie-expander-bus"}
+    children: dict[tuple, GuestFunction] = {}  # direct child of a pxb-pcie -> a function behind it
+    for fn in gmap.functions:
+        if not fn.pin:
+            continue
+        addr, bus = fn.guest_address, fn.guest_address.bus
+        node: tuple | None = None
+        seen = set()
+        while bus != 0 and bus not in pxb and bus not in seen:
+            seen.add(bus)
+            ctrl = controllers.get(bus)
+            if ctrl is None or ctrl.address is None:
+                break
+            node = ("controller", ctrl.index)
+            addr, bus = ctrl.address.address, ctrl.address.address.bus
+        if bus in pxb:
+            if node is None:  # the function itself sits on the expander bus
+                node = (("hostdev", fn.host_address) if fn.kind == "hostdev"
+                        else ("controller", next(c.index for c in domain.controllers
+                                                 if c.address and c.address.address == fn.guest_address))
+                        if fn.kind == "controller" else ("device", _element_of(root, fn), str(fn.guest_address)))
+            children.setdefault(node, fn)
+    if not children:
+        raise Manual("no INTx function found behind a pcie-expander-bus")
+    ops: list[Op] = []
+    details: list[str] = []
+    work = root
+    start = router.conflicted(router.gmap(work))
+    for node, fn in sorted(children.items(), key=lambda kv: str(kv[0])):
+        gmap = router.gmap(work)
+        slots = free_root_slots(work, gmap)
+        if not slots:
+            raise Manual("no free slot on pcie.0 for the devices behind the pcie-expander-bus")
+        chosen = None
+        for slot in slots:
+            step = _move_child(work, node, slot)
+            trial = apply_ops(work, step)
+            if not (router.conflicted(router.gmap(trial)) - start):
+                chosen = (slot, step)
+                break
+        slot, step = chosen or (slots[0], _move_child(work, node, slots[0]))
+        ops += step
+        work = apply_ops(work, step)
+        what = (f"pci controller index {node[1]}" if node[0] == "controller"
+                else f"{node[0]} {node[-1]}")
+        details.append(f"{what} (with everything behind it) -> 0000:00:{slot:02x}.0 on pcie.0"
+                       + ("" if node[0] == "controller" else " behind a new pcie-root-port"))
+    devices = sorted({f.subject or (dict(f.evidence).get("guest address") or "") for f in targets})
+    return Proposal(ops, "move INTx devices off the pcie-expander-bus to pcie.0", details,
+                    devices, list(targets))
+
+
+def _element_of(root, fn: GuestFunction) -> str:
+    for el in root.xpath("devices/*"):
+        a = el.find("address")
+        if a is not None and a.get("type") == "pci":
+            try:
+                if PciAddress.from_element(a, "x") == fn.guest_address:
+                    return el.tag
+            except DomainXMLError:
+                continue
+    return "*"
+
+
+def _move_child(root, node: tuple, slot: int) -> list[Op]:
+    if node[0] == "controller":
+        return [Op("set-address", key=node, address=PciAddress(0, 0, slot, 0))]
+    index = next_controller_index(root)
+    return [Op("add-pci-controller", index=index, model="pcie-root-port",
+               address=PciAddress(0, 0, slot, 0)),
+            Op("set-address", key=node, address=PciAddress(0, index, 0, 0))]
+
+
+# Beyond 255 vCPUs QEMU needs x2APIC with an emulated IOMMU's EIM, which
+# needs the split irqchip (QEMU hw/i386/x86.c, x86_cpus_init / intel_iommu eim).
+MAX_VCPUS_IN_KERNEL_IRQCHIP = 255
+
+
+def plan_va4003(root, analysis: Analysis, targets: list[Finding], router: Router) -> Proposal:
+    domain = analysis.domain
+    intremap = root.xpath("string(devices/iommu/driver/@intremap)")
+    if intremap == "on":
+        raise Manual("the domain's <iommu> has intremap='on', which libvirt accepts only with "
+                     "<ioapic driver='qemu'/> (src/conf/domain_validate.c, "
+                     "virDomainDefIOMMUValidate); use MSI in the guest instead")
+    if domain.vcpus is not None and domain.vcpus > MAX_VCPUS_IN_KERNEL_IRQCHIP:
+        raise Manual(f"{domain.vcpus} vCPUs need the split irqchip (x2APIC beyond 255 "
+                     "vCPUs); use MSI in the guest instead")
+    return Proposal([Op("ensure-ioapic", value="kvm")],
+                    "use KVM's in-kernel IOAPIC (<ioapic driver='kvm'/>)",
+                    ["<features><ioapic driver='qemu'/> -> <ioapic driver='kvm'/>: INTx of "
+                     "assigned devices goes through KVM's irqfd resampler again"],
+                    sorted({f.subject for f in targets if f.subject}), list(targets))
+
+
+def _q35_machine(machine: str | None) -> str | None:
+    """The Q35 machine of the same QEMU version: pc -> q35,
+    pc-i440fx-X -> pc-q35-X (QEMU hw/i386/pc_q35.c registers pc-q35-2.4 and
+    later with the same version numbers as pc_piix.c)."""
+    if machine == "pc":
+        return "q35"
+    if machine and machine.startswith("pc-i440fx-"):
+        version = machine[len("pc-i440fx-"):]
+        major = version.split(".", 1)[0]
+        if major.isdigit() and int(major) >= 3:
+            return "pc-q35-" + version
+    return None
+
+
+def plan_va4001(root, analysis: Analysis, targets: list[Finding], router: Router) -> Proposal:
+    domain = analysis.domain
+    if (domain.arch or "x86_64") not in ("x86_64", "i686"):
+        raise Manual(f"arch {domain.arch} has no Q35 machine")
+    machine = _q35_machine(domain.machine)
+    if machine is None:
+        raise Manual(f"machine {domain.machine} has no Q35 counterpart of the same QEMU version "
+                     "(pc-q35-X exists for the pc-i440fx-X versions QEMU still keeps); choose one by hand")
+    blockers = []
+    for disk in root.xpath("devices/disk"):
+        bus = disk.xpath("string(target/@bus)")
+        if bus in ("ide", "fdc"):
+            blockers.append(f"disk {disk.xpath('string(target/@dev)')} is on the {bus.upper()} bus, "
+                            "which Q35 does not have; moving it to SATA needs the guest's AHCI "
+                            "driver first (a Windows boot disk otherwise stops with "
+                            "INACCESSIBLE_BOOT_DEVICE)")
+    for ctrl in domain.controllers:
+        if ctrl.model not in (None, "pci-root"):
+            blockers.append(f"pci controller {ctrl.index} ({ctrl.model}) needs re-planning for PCIe "
+                            "(behind a pcie-to-pci-bridge)")
+    for el in root.xpath("devices/controller[@type='fdc']"):
+        blockers.append("a floppy controller, which Q35 does not have")
+    if blockers:
+        raise Manual("Q35 conversion is manual here: " + "; ".join(blockers))
+    ops: list[Op] = [Op("set-attr", xpath="os/type", name="machine", value=machine)]
+    details = [f"machine {domain.machine} -> {machine}"]
+    if root.xpath("devices/controller[@type='pci' and @model='pci-root']"):
+        index0 = next(c.index for c in domain.controllers if c.model == "pci-root")
+        ops.append(Op("set-controller-model", key=("controller", index0), model="pcie-root"))
+        details.append("pci-root -> pcie-root")
+    for el in root.xpath("devices/controller[@type='ide']"):
+        ops.append(Op("remove", key=("device", "controller[@type='ide']", str(_addr(el)))))
+        details.append("removed the PIIX3 IDE controller (no IDE disks)")
+    work = apply_ops(root, ops)
+    # Devices in slot 1 were functions of the PIIX3 (USB at 00:01.2); on Q35
+    # slot 1 has no function 0, so the guest would never enumerate them.
+    for el in work.xpath("devices/*"):
+        a = _addr(el)
+        if a is not None and a.bus == 0 and a.slot == 1:
+            gmap = router.gmap(work)
+            slots = free_root_slots(work, gmap)
+            if not slots:
+                raise Manual("no free pcie.0 slot for the devices of slot 1")
+            key = ("device", el.tag if el.tag != "controller" else
+                   f"controller[@type='{el.get('type')}']", str(a))
+            step = [Op("set-address", key=key, address=PciAddress(0, 0, slots[0], 0))]
+            ops += step
+            work = apply_ops(work, step)
+            details.append(f"<{el.tag}> {a} -> 0000:00:{slots[0]:02x}.0 (slot 1 was the PIIX3's)")
+    # Assigned devices: each card behind a root port of its own, on lines
+    # planned jointly as for VA5001.
+    start: set[str] = set()
+    done: set[str] = set()
+    for hd in domain.hostdevs:
+        if hd.guest is None or str(hd.source) in done:
+            continue
+        gmap = router.gmap(work)
+        unit = _unit_of(gmap, str(hd.source))
+        placed = place_unit(router, work, unit, True, router.conflicted(gmap) | start)
+        if placed is None:
+            slots = free_root_slots(work, gmap)
+            if not slots:
+                raise Manual("Q35 conversion: no free pcie.0 slot for a root port")
+            step, where = _unit_ops(work, unit, slots[0], True)
+            tmap = router.gmap(apply_ops(work, step))
+        else:
+            step, where, tmap = placed
+        ops += step
+        work = apply_ops(work, step)
+        for fn in unit:
+            done.add(fn.host_address)
+            new = next(f for f in tmap.functions if f.host_address == fn.host_address)
+            details.append(f"{fn.host_address}: guest {fn.guest_address} -> {new.guest_address} "
+                           f"{where}; {_line(tmap, new)}")
+    if domain.guest_os == "windows":
+        details.append("Windows re-detects the chipset's devices on its first boot on Q35")
+    return Proposal(ops, "convert the machine to Q35 with PCIe root ports for assigned devices",
+                    details, sorted(done), list(targets))
+
+
+def _addr(el) -> PciAddress | None:
+    a = el.find("address")
+    if a is None or a.get("type") != "pci":
+        return None
+    try:
+        return PciAddress.from_element(a, "address")
+    except DomainXMLError:
+        return None
+
+
+PLANNERS: dict[str, Callable[..., Proposal]] = {
+    "VA4001": plan_va4001, "VA4002": plan_va4002, "VA5003": plan_va5003,
+    "VA5001": plan_va5001, "VA4003": plan_va4003,
+}
+
+
+# --- the whole domain -----------------------------------------------------------
+
+def plan_domain(analyzer: Analyzer, xml: str | bytes, rules: Iterable[str] | None = None,
+                verifier: Callable[..., list[Check]] = verify) -> DomainPlan:
+    """Plan and verify. Raises DomainXMLError (one line) for XML that is not
+    a domain. `rules`: the rule IDs to fix (default: every fixable one)."""
+    root = parse_tree(xml)
+    base = serialize(root)
+    before = analyzer.analyse(base)
+    wanted_rules = FIXABLE_RULES if rules is None else FIXABLE_RULES & set(rules)
+    router = Router(before)
+    current_root, current = root, before
+    changes: list[Change] = []
+    rejected: list[Change] = []
+    unfixed: list[Unfixed] = []
+    accepted_targets: list[Finding] = []
+    for rule in RULE_ORDER:
+        if rule not in wanted_rules:
+            continue
+        now = {finding_key(f) for f in current.findings}
+        targets = [f for f in current.findings if f.rule_id == rule and finding_key(f) in now]
+        if not targets:
+            continue
+        try:
+            proposal = PLANNERS[rule](current_root, current, targets, router)
+        except Manual as exc:
+            unfixed += [Unfixed(f, str(exc), "manual") for f in targets]
+            continue
+        except (DomainXMLError, LookupError) as exc:
+            unfixed += [Unfixed(f, f"the planned change is not valid: {exc}", "manual")
+                        for f in targets]
+            continue
+        unfixed += proposal.unfixed
+        change = Change(rule, proposal.summary, proposal.details, proposal.devices,
+                        proposal.ops, proposal.targeted)
+        try:
+            new_root = apply_ops(current_root, proposal.ops)
+            new_xml = serialize(new_root)
+            after = analyzer.analyse(new_xml)
+        except (DomainXMLError, LookupError) as exc:
+            change.checks = [Check("reanalysis", False, f"the changed XML is not a domain: {exc}")]
+            rejected.append(change)
+            unfixed += [Unfixed(f, change.checks[0].detail, "unverified") for f in proposal.targeted]
+            continue
+        # The offer is the accumulated XML: it must keep every earlier fix too.
+        change.checks = verifier(before, after, new_xml, accepted_targets + proposal.targeted)
+        if change.verified:
+            gone = now - {finding_key(f) for f in after.findings}
+            change.resolves = [f for f in before.findings if finding_key(f) in gone]
+            changes.append(change)
+            accepted_targets += proposal.targeted
+            current_root, current = new_root, after
+        else:
+            rejected.append(change)
+            failed = "; ".join(f"{c.name}: {c.detail}" for c in change.checks if not c.ok)
+            unfixed += [Unfixed(f, f"the planned change failed verification ({failed})",
+                                "unverified") for f in proposal.targeted]
+    # Findings an accepted change removed are not unfixed, whatever the
+    # planner of their own rule said before (e.g. VA5001 on i440FX after Q35).
+    final = {finding_key(f) for f in current.findings}
+    unfixed = [u for u in unfixed if finding_key(u.finding) in final]
+    other = [f for f in before.findings
+             if f.rule_id not in FIXABLE_RULES and f.severity >= Severity.WARNING]
+    return DomainPlan(name=before.domain.name, base_xml=base, fixed_xml=serialize(current_root),
+                      before=before, after=current, changes=changes, rejected=rejected,
+                      unfixed=unfixed, other=other)
+
+
+def fix_for_finding(plan: DomainPlan, finding: Finding) -> dict | None:
+    """What advise's JSON can carry as "fix" for a finding: the verified
+    change (schema vfio-advisor/fix/1 change object), or why there is none;
+    None for rules without a domain XML fix."""
+    if finding.rule_id not in FIXABLE_RULES:
+        return None
+    change = plan.fix_for_finding(finding)
+    if change is not None:
+        return {"verified": True, **change.to_json()}
+    left = plan.unfixed_for_finding(finding)
+    return {"verified": False, "rule": finding.rule_id,
+            "reason": left.reason if left else "not planned (filtered by --rule)"}
+
+
+__all__ = ["Change", "DomainPlan", "FIXABLE_RULES", "Manual", "RULE_ORDER", "Unfixed",
+           "describe_finding", "fix_for_finding", "plan_domain"]

@@ -1,0 +1,253 @@
+"""Edits of a libvirt domain XML tree, as replayable operations.
+
+A fix is a list of `Op`s, each naming what it changes by a key that does not
+depend on formatting: a <hostdev> by its host source address, a PCI
+controller by its index, another device by its element name and current guest
+address. The planner applies them to its working copy; `--apply` replays the
+same list on the XML it fetched over the read-write connection (with
+VIR_DOMAIN_XML_SECURE, so passwords in <graphics> survive the define).
+
+Attribute formats follow what libvirt writes (virPCIDeviceAddressFormat in
+libvirt src/util/virpci.c: domain 0x%04x, bus 0x%02x, slot 0x%02x,
+function 0x%x).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+from vfio_advisor.fix.analysis import DomainXMLError, PciAddress
+
+PARSER_OPTS = dict(resolve_entities=False, no_network=True, huge_tree=False)
+
+
+def parse_tree(text: str | bytes) -> etree._Element:
+    if isinstance(text, str):
+        text = text.encode("utf-8")
+    try:
+        root = etree.fromstring(text, etree.XMLParser(**PARSER_OPTS))
+    except etree.XMLSyntaxError as exc:
+        raise DomainXMLError("not well-formed XML: " + " ".join(str(exc.msg).split())) from None
+    if root.tag != "domain":
+        raise DomainXMLError(f"root element is <{root.tag}>, not <domain>")
+    return root
+
+
+def serialize(root: etree._Element) -> str:
+    return etree.tostring(root, encoding="unicode") + "\n"
+
+
+def address_of(el: etree._Element) -> PciAddress | None:
+    a = el.find("address")
+    if a is None or a.get("type") != "pci":
+        return None
+    try:
+        return PciAddress.from_element(a, f"<{el.tag}> address")
+    except DomainXMLError:
+        return None
+
+
+def source_of(el: etree._Element) -> str | None:
+    src = el.find("source/address")
+    if src is None:
+        return None
+    try:
+        return str(PciAddress.from_element(src, "source address"))
+    except DomainXMLError:
+        return None
+
+
+def pci_hostdevs(root: etree._Element) -> list[etree._Element]:
+    return (root.xpath("devices/hostdev[@mode='subsystem' and @type='pci']")
+            + root.xpath("devices/interface[@type='hostdev']"))
+
+
+def find(root: etree._Element, key: tuple) -> etree._Element:
+    """key: ("hostdev", host BDF) | ("controller", index) | ("device", tag, guest address)."""
+    kind = key[0]
+    if kind == "hostdev":
+        for el in pci_hostdevs(root):
+            if source_of(el) == key[1]:
+                return el
+    elif kind == "controller":
+        for el in root.xpath("devices/controller[@type='pci']"):
+            if el.get("index") is not None and _int(el.get("index")) == key[1]:
+                return el
+    elif kind == "device":
+        for el in root.xpath(f"devices/{key[1]}"):
+            if str(address_of(el)) == key[2]:
+                return el
+    raise LookupError(f"{describe_key(key)} is not in the domain XML")
+
+
+def describe_key(key: tuple) -> str:
+    if key[0] == "hostdev":
+        return f"hostdev {key[1]}"
+    if key[0] == "controller":
+        return f"pci controller index {key[1]}"
+    return f"<{key[1]}> at {key[2]}"
+
+
+def _int(text: str) -> int:
+    """strtoul base 0, as libvirt reads controller indexes (virStrToLong_uip)."""
+    t = text.strip()
+    try:
+        if t.lower().startswith("0x"):
+            return int(t, 16)
+        return int(t, 8) if len(t) > 1 and t.startswith("0") else int(t)
+    except ValueError:
+        return -1
+
+
+def _set_address(el: etree._Element, addr: PciAddress, multifunction: bool | None) -> None:
+    a = el.find("address")
+    if a is None:
+        a = etree.SubElement(el, "address")
+        _indent_new_child(el, a)
+    keep = {k: v for k, v in a.attrib.items()
+            if k not in ("type", "domain", "bus", "slot", "function", "multifunction")}
+    a.attrib.clear()
+    a.set("type", "pci")
+    a.set("domain", f"0x{addr.domain:04x}")
+    a.set("bus", f"0x{addr.bus:02x}")
+    a.set("slot", f"0x{addr.slot:02x}")
+    a.set("function", f"0x{addr.function:x}")
+    if multifunction:
+        a.set("multifunction", "on")
+    for k, v in keep.items():
+        a.set(k, v)
+
+
+def _indent_new_child(parent: etree._Element, child: etree._Element) -> None:
+    """Give a new last child the indentation of its siblings."""
+    siblings = [c for c in parent if c is not child]
+    if siblings:
+        prev = siblings[-1]
+        child.tail = prev.tail
+        prev.tail = (parent.text or "\n")
+    else:
+        depth = len(list(parent.iterancestors()))
+        parent.text = "\n" + "  " * (depth + 1)
+        child.tail = "\n" + "  " * depth
+
+
+@dataclass(frozen=True)
+class Op:
+    """One edit. kind:
+    set-address   key, address, multifunction: move a device (keeps <address> extras)
+    add-pci-controller  index, model, address, multifunction: a new <controller type='pci'>
+    set-attr      xpath (relative to <domain>, must exist), name, value
+    ensure-ioapic value: <features><ioapic driver=value/></features>
+    set-controller-model  key, model
+    remove        key
+    """
+
+    kind: str
+    key: tuple = ()
+    address: PciAddress | None = None
+    multifunction: bool | None = None
+    model: str | None = None
+    index: int | None = None
+    xpath: str | None = None
+    name: str | None = None
+    value: str | None = None
+
+    def apply(self, root: etree._Element) -> None:
+        if self.kind == "set-address":
+            _set_address(find(root, self.key), self.address, self.multifunction)
+        elif self.kind == "add-pci-controller":
+            devices = root.find("devices")
+            if devices is None:
+                raise LookupError("the domain has no <devices>")
+            el = etree.Element("controller", type="pci", index=str(self.index), model=self.model)
+            existing = devices.xpath("controller[@type='pci']")
+            anchor = existing[-1] if existing else None
+            if anchor is not None:
+                anchor.addnext(el)
+                el.tail = anchor.tail
+            else:
+                devices.append(el)
+                _indent_new_child(devices, el)
+            el.text = None
+            _set_address(el, self.address, self.multifunction)
+            depth = len(list(el.iterancestors()))
+            el.text = "\n" + "  " * (depth + 1)
+            el[-1].tail = "\n" + "  " * depth
+        elif self.kind == "set-attr":
+            found = root.xpath(self.xpath)
+            if not found:
+                raise LookupError(f"{self.xpath} is not in the domain XML")
+            found[0].set(self.name, self.value)
+        elif self.kind == "ensure-ioapic":
+            features = root.find("features")
+            if features is None:
+                features = etree.SubElement(root, "features")
+                _indent_new_child(root, features)
+            ioapic = features.find("ioapic")
+            if ioapic is None:
+                ioapic = etree.SubElement(features, "ioapic")
+                _indent_new_child(features, ioapic)
+            ioapic.set("driver", self.value)
+        elif self.kind == "set-controller-model":
+            find(root, self.key).set("model", self.model)
+        elif self.kind == "remove":
+            el = find(root, self.key)
+            parent = el.getparent()
+            prev = el.getprevious()
+            if prev is not None:
+                prev.tail = el.tail
+            elif parent is not None:
+                parent.text = el.tail
+            parent.remove(el)
+        else:
+            raise ValueError(f"programming error: unknown op {self.kind}")
+
+    def to_json(self) -> dict:
+        out: dict = {"op": self.kind}
+        if self.key:
+            out["target"] = describe_key(self.key)
+        if self.address is not None:
+            out["address"] = str(self.address)
+        if self.multifunction:
+            out["multifunction"] = "on"
+        for name in ("model", "index", "xpath", "name", "value"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
+
+
+def apply_ops(root: etree._Element, ops: list[Op]) -> etree._Element:
+    """A copy of `root` with `ops` applied (the original is untouched)."""
+    new = copy.deepcopy(root)
+    for op in ops:
+        op.apply(new)
+    return new
+
+
+@dataclass
+class Occupancy:
+    """PCI addresses in use in a domain XML: (bus, slot) -> functions."""
+
+    slots: dict[tuple[int, int], set[int]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, root: etree._Element) -> "Occupancy":
+        occ = cls()
+        for el in root.xpath("devices/*"):
+            a = address_of(el)
+            if a is not None:
+                occ.slots.setdefault((a.bus, a.slot), set()).add(a.function)
+        return occ
+
+    def used(self, bus: int, slot: int, function: int | None = None) -> bool:
+        fns = self.slots.get((bus, slot), set())
+        return bool(fns) if function is None else function in fns
+
+
+def next_controller_index(root: etree._Element) -> int:
+    indexes = [_int(el.get("index")) for el in root.xpath("devices/controller[@type='pci']")
+               if el.get("index") is not None]
+    return max(indexes, default=0) + 1
