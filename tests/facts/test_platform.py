@@ -1,0 +1,260 @@
+"""Posted interrupts and the effective IOMMU / interrupt-remapping state.
+
+The host trees under tests/data/hosts/posted-*/ hold published register
+values (see each PROVENANCE.md); the IR state comes from real
+/proc/interrupts captures in tests/data/corpus/proc-interrupts. Variants
+(a module parameter flipped, a unit added) are made in a copy under tmp_path.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from vfio_advisor.facts.host import HostRoot
+from vfio_advisor.facts.interrupts import parse_interrupts
+from vfio_advisor.facts.kernel import parse_cmdline
+from vfio_advisor.facts.platform import (
+    MAY_BE_POSTED,
+    NOT_POSTED,
+    POSTED,
+    UNKNOWN,
+    intremap_settings,
+    iommu_state,
+    kernel_config_option,
+    parse_amd_features,
+    parse_hex_register,
+    posting,
+    read_iommu_units,
+)
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+HOSTS = DATA / "hosts"
+CAPTURES = DATA / "corpus" / "proc-interrupts"
+
+# 32-CPU x86 host with remapping on: IR-PCI-MSIX-<bdf>, IR-IO-APIC chips.
+IR_ON = parse_interrupts((CAPTURES / "martins3_int-procfs_vfio-msix_32cpu.txt").read_text())
+# sysstat test data: IO-APIC / PCI-MSI chips without the IR- prefix.
+IR_OFF = parse_interrupts((CAPTURES / "sysstat-tests-root1_9cpu.txt").read_text())
+
+
+def tree(name: str, tmp_path: Path | None = None) -> HostRoot:
+    src = HOSTS / name
+    if tmp_path is None:
+        return HostRoot(src)
+    dst = tmp_path / name
+    shutil.copytree(src, dst)
+    return HostRoot(dst)
+
+
+def put(host: HostRoot, rel: str, text: str) -> None:
+    path = Path(host.root) / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+# --- register parsing on the published values ----------------------------------
+
+def test_published_dmar_caps_pi_bit():
+    # PI is bit 59 of the capability register (drivers/iommu/intel/iommu.h cap_pi_support).
+    servers = [u for n in ("posted-intel-xeon-server", "posted-intel-spr-server")
+               for u in read_iommu_units(tree(n))[0]]
+    laptop = read_iommu_units(tree("posted-intel-icl-laptop"))[0]
+    assert len(servers) == 13 and all(u.can_post is True for u in servers)
+    assert [u.name for u in laptop] == ["dmar0", "dmar1"]
+    assert all(u.can_post is False for u in laptop)
+    assert laptop[1].register == 0xd2008c40660462
+
+
+def test_published_amd_features_both_sysfs_formats():
+    epyc = read_iommu_units(tree("posted-amd-epyc-server"))[0]
+    b550 = read_iommu_units(tree("posted-amd-b550-desktop"))[0]
+    assert {u.register for u in epyc} == {0xa5bf732fa2295afe}  # 5.15 "%llx"
+    assert all(u.can_post for u in epyc)
+    assert b550[0].register == 0x58f77ef22294a5a  # 6.x "EFR2:EFR"
+    assert b550[0].can_post is False  # GA (bit 7) clear although GA_vAPIC is set
+    assert parse_amd_features("10:246577efa2254afa") == (0x246577efa2254afa, 0x10)
+
+
+@pytest.mark.parametrize("bad", ["", "zz", "0x", "1:2:3", "1" * 17])
+def test_bad_register_text_is_a_value_error(bad):
+    with pytest.raises(ValueError):
+        parse_amd_features(bad) if ":" in bad else parse_hex_register(bad)
+
+
+# --- posting verdicts ----------------------------------------------------------
+
+def test_xeon_server_with_remapping_posts():
+    p = posting(tree("posted-intel-xeon-server"), interrupts=IR_ON)
+    assert p.verdict == POSTED and p.vendor == "intel"
+    assert p.host_cannot_count_msi
+    assert any("bit 59" in e for e in p.evidence)
+
+
+def test_spr_server_without_visible_remapping_may_post():
+    # No /proc/interrupts in the tree: nothing rules posting out, one
+    # condition is unread.
+    p = posting(tree("posted-intel-spr-server"))
+    assert p.verdict == MAY_BE_POSTED
+    assert p.host_cannot_count_msi
+    assert any("unread" in e for e in p.evidence)
+
+
+def test_client_laptop_without_pi_does_not_post():
+    p = posting(tree("posted-intel-icl-laptop"), interrupts=IR_ON)
+    assert p.verdict == NOT_POSTED and not p.host_cannot_count_msi
+    assert any("dmar0" in e and "bit 59" in e for e in p.evidence)
+
+
+def test_one_unit_without_pi_disables_posting(tmp_path):
+    # set_irq_posting_cap (irq_remapping.c 6.1) clears the capability if ANY unit lacks PI.
+    host = tree("posted-intel-xeon-server", tmp_path)
+    put(host, "sys/class/iommu/dmar7/intel-iommu/cap", "d2008c40660462\n")
+    p = posting(host, interrupts=IR_ON)
+    assert p.verdict == NOT_POSTED
+    assert any("dmar7" in e for e in p.evidence) and not any("dmar0 (" in e for e in p.evidence)
+
+
+def test_apicv_off_means_not_posted(tmp_path):
+    host = tree("posted-intel-xeon-server", tmp_path)
+    put(host, "sys/module/kvm_intel/parameters/enable_apicv", "N\n")
+    p = posting(host, interrupts=IR_ON)
+    assert p.verdict == NOT_POSTED
+    assert any("enable_apicv=N" in e for e in p.evidence)
+
+
+@pytest.mark.parametrize("cmdline,verdict", [
+    ("ro intremap=nopost", NOT_POSTED),
+    ("ro intremap=off", NOT_POSTED),
+    ("ro nointremap", NOT_POSTED),
+    ("ro intremap=nopost,on", POSTED),   # "on" clears disable_irq_post again
+    ("ro intremap=nopost intremap=on", POSTED),
+    ("ro intremap=nosid", POSTED),
+    ("ro intel_iommu=off", POSTED),  # IR and PI do not depend on DMA remapping
+])
+def test_command_line(cmdline, verdict):
+    p = posting(tree("posted-intel-xeon-server"), interrupts=IR_ON, cmdline=parse_cmdline(cmdline))
+    assert p.verdict == verdict, p.evidence
+
+
+def test_remapping_off_in_the_kernel_state_means_not_posted():
+    p = posting(tree("posted-intel-xeon-server"), interrupts=IR_OFF)
+    assert p.verdict == NOT_POSTED
+    assert any("IR- prefix" in e for e in p.evidence)
+
+
+def test_amd_server_default_avic_off_does_not_post():
+    p = posting(tree("posted-amd-epyc-server"), interrupts=IR_ON)
+    assert p.verdict == NOT_POSTED and p.vendor == "amd"
+    assert any("avic=N" in e for e in p.evidence)
+
+
+def test_amd_server_with_avic_posts(tmp_path):
+    host = tree("posted-amd-epyc-server", tmp_path)
+    put(host, "sys/module/kvm_amd/parameters/avic", "Y\n")
+    p = posting(host, interrupts=IR_ON)
+    assert p.verdict == POSTED
+    assert any("inhibited" in e for e in p.evidence)
+    legacy = posting(host, interrupts=IR_ON, cmdline=parse_cmdline("amd_iommu_intr=legacy"))
+    assert legacy.verdict == NOT_POSTED
+    assert any("amd_iommu_intr=legacy" in e for e in legacy.evidence)
+
+
+def test_amd_desktop_without_ga_does_not_post_even_with_avic(tmp_path):
+    host = tree("posted-amd-b550-desktop", tmp_path)
+    put(host, "sys/module/kvm_amd/parameters/avic", "Y\n")
+    p = posting(host, interrupts=IR_ON)
+    assert p.verdict == NOT_POSTED
+    assert any("lacks GA on ivhd0" in e for e in p.evidence)
+
+
+def test_no_kvm_module_is_not_posted(tmp_path):
+    p = posting(HostRoot(tmp_path), interrupts=IR_ON)
+    assert p.verdict == NOT_POSTED
+    assert any("not loaded" in e for e in p.evidence)
+
+
+def test_unreadable_register_and_no_interrupts_is_may_be(tmp_path):
+    host = tree("posted-intel-xeon-server", tmp_path)
+    put(host, "sys/class/iommu/dmar3/intel-iommu/cap", "garbage\n")
+    p = posting(host)
+    assert p.verdict == MAY_BE_POSTED
+    assert any("dmar3" in e for e in p.evidence)
+
+
+def test_kvm_parameter_unreadable_and_nothing_else_is_unknown(tmp_path):
+    (tmp_path / "sys/module/kvm_intel/parameters").mkdir(parents=True)
+    p = posting(HostRoot(tmp_path))
+    assert p.verdict == UNKNOWN and not p.host_cannot_count_msi
+
+
+# --- intremap= semantics -------------------------------------------------------
+
+@pytest.mark.parametrize("cmdline,expected", [
+    ("", (False, False)),
+    ("intremap=nopost", (False, True)),
+    ("intremap=off", (True, True)),
+    ("intremap=off,on", (False, False)),
+    ("nointremap", (True, False)),
+    ("nointremap intremap=on", (False, False)),
+])
+def test_intremap_settings(cmdline, expected):
+    assert intremap_settings(parse_cmdline(cmdline)) == expected
+
+
+# --- effective IOMMU / IR state ------------------------------------------------
+
+def test_kernel_state_wins_over_command_line():
+    state = iommu_state(tree("posted-intel-xeon-server"), interrupts=IR_ON,
+                        cmdline=parse_cmdline("intremap=off"))
+    assert state.interrupt_remapping is True
+    assert state.ir_evidence[0].startswith("/proc/interrupts: IR- chips")
+    assert any("intremap=off" in e for e in state.ir_evidence)
+    assert state.dma_remapping is True and state.vendor == "intel"
+
+
+def test_command_line_decides_only_without_kernel_state():
+    state = iommu_state(tree("posted-intel-xeon-server"), cmdline=parse_cmdline("intremap=off"))
+    assert state.interrupt_remapping is False
+    off = iommu_state(tree("posted-intel-xeon-server"), cmdline=parse_cmdline("intel_iommu=off"))
+    assert off.interrupt_remapping is None  # Intel IR does not follow intel_iommu=off
+    assert any("leaves Intel interrupt remapping on" in e for e in off.ir_evidence)
+
+
+def test_no_iommu_visible_means_off(tmp_path):
+    state = iommu_state(HostRoot(tmp_path), interrupts=IR_OFF, cmdline=parse_cmdline("ro"))
+    assert state.dma_remapping is False and state.interrupt_remapping is False
+
+
+def test_amd_iommu_on_is_not_a_kernel_option(tmp_path):
+    state = iommu_state(tree("posted-amd-b550-desktop"), cmdline=parse_cmdline("amd_iommu=on"))
+    assert any("Unknown option" in e for e in state.dma_evidence)
+    assert state.dma_remapping is True
+
+
+def test_unsafe_interrupts_as_loaded(tmp_path):
+    put(HostRoot(tmp_path), "sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts", "Y\n")
+    state = iommu_state(HostRoot(tmp_path), interrupts=IR_OFF,
+                        cmdline=parse_cmdline("vfio_iommu_type1.allow_unsafe_interrupts=0"))
+    assert state.allow_unsafe_interrupts is True and state.unsafe_interrupts
+
+
+def test_debian_kernel_default_from_its_config(tmp_path):
+    # Debian 12's own config (tests/data/kernel/debian-6.1.176): the Intel
+    # IOMMU is on by default, except for the integrated GPU.
+    host = HostRoot(tmp_path)
+    put(host, "proc/sys/kernel/osrelease", "6.1.0-37-amd64\n")
+    (tmp_path / "boot").mkdir()
+    shutil.copy(DATA / "kernel" / "debian-6.1.176" / "config-amd64-iommu.txt",
+                tmp_path / "boot" / "config-6.1.0-37-amd64")
+    assert kernel_config_option(host, "INTEL_IOMMU_DEFAULT_ON") == "n"
+    assert kernel_config_option(host, "INTEL_IOMMU_DEFAULT_ON_INTGPU_OFF") == "y"
+    assert kernel_config_option(host, "IRQ_REMAP") == "y"
+    # No intel_iommu= on the command line: the build default is the evidence.
+    put(host, "proc/cmdline", "ro quiet\n")
+    state = iommu_state(host, interrupts=IR_ON)
+    assert any("INTGPU_OFF, Debian 12" in e for e in state.dma_evidence)
+    with_option = iommu_state(host, interrupts=IR_ON, cmdline=parse_cmdline("intel_iommu=on"))
+    assert not any("by default" in e for e in with_option.dma_evidence)

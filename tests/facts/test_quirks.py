@@ -1,0 +1,86 @@
+"""One INTx quirk table, checked against the kernel's lists as extracted data.
+
+tests/data/kernel/quirk-lists.json holds the IDs read from Debian 12's
+linux-source-6.1 6.1.176-1 (drivers/pci/quirks.c, drivers/vfio/pci/
+vfio_pci_core.c). The table in vfio_advisor/facts/quirks.py must equal it,
+and the two older hand-copied tables must agree with it where they overlap.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vfio_advisor.facts import quirks
+from vfio_advisor.facts.quirks import (
+    BROKEN_INTX_MASKING,
+    BROKEN_INTX_MASKING_MAYBE,
+    BROKEN_MASKING,
+    KERNEL_VERSION,
+    VFIO_NOINTX,
+    VFIO_NOINTX_IDS,
+    quirks_for,
+)
+
+LISTS = json.loads((Path(__file__).resolve().parent.parent / "data" / "kernel"
+                    / "quirk-lists.json").read_text())
+
+
+def _pairs(entries):
+    return {(int(e["vendor"], 16), int(e["device"], 16)) for e in entries}
+
+
+def test_table_names_the_extracted_kernel_version():
+    assert LISTS["source"]["kernel"] == KERNEL_VERSION
+
+
+def test_broken_masking_equals_the_kernel_list():
+    kernel = _pairs(LISTS["broken_intx_masking"]["entries"]) | _pairs(
+        LISTS["broken_intx_masking_mellanox"]["entries"])
+    assert BROKEN_INTX_MASKING == kernel
+    assert BROKEN_INTX_MASKING_MAYBE == _pairs(LISTS["broken_intx_masking_mellanox_firmware"]["entries"])
+
+
+def test_vfio_nointx_equals_the_kernel_list():
+    nointx = LISTS["vfio_pci_nointx"]
+    vendor = int(nointx["vendor"], 16)
+    assert VFIO_NOINTX_IDS == {(vendor, int(d, 16)) for d in nointx["devices"]}
+
+
+def test_every_entry_names_its_source_file():
+    files = {BROKEN_MASKING: LISTS["broken_intx_masking"]["file"],
+             VFIO_NOINTX: LISTS["vfio_pci_nointx"]["file"]}
+    for q in quirks.QUIRKS:
+        assert q.source.startswith(files[q.kind] + " "), q
+        assert q.meaning
+
+
+def test_0x37d3_is_in_neither_kernel_list():
+    # X722 10GbE SFP+ (i40e I40E_DEV_ID_SFP_X722). vfio_pci_nointx ends its
+    # range at 0x37d2 ("case 0x37d0 ... 0x37d2") and quirks.c stops at 0x37d2.
+    assert quirks_for(0x8086, 0x37d3) == ()
+    assert "0x37d3" not in LISTS["vfio_pci_nointx"]["devices"]
+    assert (0x8086, 0x37d3) not in _pairs(LISTS["broken_intx_masking"]["entries"])
+
+
+def test_x550_is_nointx_but_not_broken():
+    kinds = {q.kind for q in quirks_for(0x8086, 0x1563)}
+    assert kinds == {VFIO_NOINTX}
+    assert {q.kind for q in quirks_for(0x8086, 0x1572)} == {VFIO_NOINTX, BROKEN_MASKING}
+
+
+def test_old_tables_agree_with_the_new_one():
+    # What the coordinator replaces: every old entry must be in the kernel's
+    # list; what the old tables miss is listed here so the change is visible.
+    from vfio_advisor.facts import guest_intx, pci
+
+    old_broken = set(pci.BROKEN_INTX_MASKING)
+    assert old_broken <= BROKEN_INTX_MASKING
+    assert BROKEN_INTX_MASKING - old_broken == {
+        (0x1425, 0x0030), (0x1102, 0x000b),  # Chelsio, Creative 20K2
+        *((0x15b3, d) for d, _ in quirks._MELLANOX),
+    }
+    old_nointx = set(guest_intx.VFIO_NOINTX)
+    # 0x37d3 is the one entry the kernel does not have.
+    assert old_nointx - VFIO_NOINTX_IDS == {(0x8086, 0x37d3)}
+    assert VFIO_NOINTX_IDS <= old_nointx
