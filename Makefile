@@ -44,19 +44,21 @@ test: venv
 	    $(VPY) -m pytest -q tests; \
 	fi
 
+# PATH: Debian's toolchain and interpreter only (a pyenv or venv first in PATH
+# would build with a python3 that lacks dh-python's modules).
 deb: deps
 	@command -v git >/dev/null && git -C $(CURDIR) rev-parse --verify -q $(DEB_REF) >/dev/null \
 	    || { echo "make deb: needs git and a commit $(DEB_REF) (it builds a clean checkout)" >&2; exit 2; }
 	rm -rf $(DEB_DIR)/src $(DEB_DIR)/vfio-advisor_* && mkdir -p $(DEB_DIR)/src
 	git -C $(CURDIR) archive $(DEB_REF) | tar -x -C $(DEB_DIR)/src
-	cd $(DEB_DIR)/src && dpkg-buildpackage -b -us -uc --no-sign >$(DEB_DIR)/build.log 2>&1 \
+	cd $(DEB_DIR)/src && env PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -b -us -uc --no-sign >$(DEB_DIR)/build.log 2>&1 \
 	    || { tail -40 $(DEB_DIR)/build.log; exit 1; }
-	lintian --fail-on error --suppress-tags-from-file /dev/null $(DEB_DIR)/vfio-advisor_*_all.deb
+	lintian --allow-root --fail-on error $(DEB_DIR)/vfio-advisor_*_all.deb
 	rm -rf $(DEB_DIR)/src
 	@ls $(DEB_DIR)/vfio-advisor_*_all.deb
 
 deps: $(STAMPS)/apt
-$(STAMPS)/apt:
+$(STAMPS)/apt: Makefile
 	@mkdir -p $(STAMPS)
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
