@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import os
 import re
 import shutil
 import subprocess
@@ -25,7 +26,8 @@ from pathlib import Path
 
 LAB = Path(__file__).resolve().parent
 REPO = LAB.parent
-CACHE = REPO / ".cache/lab"
+# Downloads and the built guest live outside the clone (the project's rule for caches).
+CACHE = Path(os.environ.get("VFIO_ADVISOR_LAB_CACHE", "/var/cache/vfio-advisor-tests/lab"))
 QEMU = "qemu-system-x86_64"
 
 # Guest addresses on pcie.0; scenarios.sh uses the same.
@@ -36,14 +38,33 @@ SCENARIOS = {
     "switch": ["-device", "edu,addr=3", "-device", "virtio-rng-pci,addr=5"],
     "stays-intx": ["-device", "edu,addr=3"],
     "storm-shared": ["-device", "edu,addr=3", "-device", "edu,addr=7"],
+    # Slots 3 and 7, pin A, both swizzle to PIRQH (GSI 23) on q35's root bus.
+    "nointxmask": ["-device", "edu,addr=3", "-device", "edu,addr=7"],
+    "nomsi": ["-device", "edu,addr=3"],
+    "intremap-off": ["-device", "edu,addr=3", "-device", "edu,addr=4",
+                     "-device", "virtio-rng-pci,addr=5"],
+    "isolcpus": ["-device", "edu,addr=3"],
 }
+
+# The host kernel's state each scenario is about: its command line (module
+# options too; guest-init.sh hands "module.option=" to insmod as modprobe
+# would) and its CPU count.
+KERNEL_ARGS = {
+    "nointxmask": "vfio_pci.nointxmask=1",
+    "nomsi": "pci=nomsi",
+    "intremap-off": "intremap=off vfio_iommu_type1.allow_unsafe_interrupts=1",
+    "isolcpus": "isolcpus=1 irqaffinity=0",
+}
+CPUS = {"isolcpus": 2}
 
 
 def qemu_command(scenario: str) -> list[str]:
     return [QEMU, "-machine", "q35,kernel-irqchip=split", "-accel", "tcg", "-m", "512",
             "-nographic", "-vga", "none", "-no-reboot", "-net", "none",
             "-kernel", str(CACHE / "vmlinuz"), "-initrd", str(CACHE / "lab-initrd.img"),
-            "-append", f"console=ttyS0 quiet intel_iommu=on lab.scenario={scenario} panic=-1",
+            "-smp", str(CPUS.get(scenario, 1)),
+            "-append", f"console=ttyS0 quiet intel_iommu=on {KERNEL_ARGS.get(scenario, '')} "
+                       f"lab.scenario={scenario} panic=-1".replace("  ", " "),
             # Interrupt remapping, as on a real VFIO host (vfio refuses MSI without it
             # unless allow_unsafe_interrupts is set).
             "-device", "intel-iommu,intremap=on", *SCENARIOS[scenario]]
@@ -80,6 +101,43 @@ def extract(blob: bytes, out: Path) -> None:
                 path.symlink_to(member.linkname)
 
 
+# Kernel log lines and VFIO user output that prove a scenario's state (and,
+# second, log lines whose absence does); ORIGIN.md quotes them.
+EVIDENCE = {
+    "nointxmask": (r"genirq: Flags mismatch.*|vfio-user: .*errno.*", None),
+    "nomsi": (r"FALLBACK .*", None),
+    # drivers/iommu/intel/irq_remapping.c (Linux 6.1) logs this when it turns remapping on.
+    "intremap-off": (r"DMAR: IOMMU enabled", r"DMAR-IR: Enabled IRQ remapping"),
+    "isolcpus": (r"Kernel command line: .*", None),
+}
+
+
+def evidence(moment: Path, scenario: str) -> str:
+    present, absent = EVIDENCE.get(scenario, (None, None))
+    found = []
+    for name in ["dmesg", *sorted(p.name for p in moment.glob("vfio-user.*"))]:
+        path = moment / name
+        if present and path.is_file():
+            for m in re.finditer(present, path.read_text(errors="replace")):
+                text = re.sub(r"^\[[ 0-9.]+\] ", "", m.group(0).strip())
+                found.append(f"{name}: `{text}`")
+    dmesg = moment / "dmesg"
+    if absent and dmesg.is_file() and not re.search(absent, dmesg.read_text(errors="replace")):
+        found.append(f"dmesg has no `{absent}`")
+    if CPUS.get(scenario, 1) > 1:
+        isolated = moment / "sys/devices/system/cpu/isolated"
+        if isolated.is_file():
+            found.append(f"sys/devices/system/cpu/isolated: `{isolated.read_text().strip()}`")
+        for irq in sorted((moment / "sys/kernel/irq").glob("*/actions"), key=lambda p: int(p.parent.name)):
+            if "vfio" in irq.read_text():
+                n = irq.parent.name
+                aff = moment / f"proc/irq/{n}/smp_affinity_list"
+                found.append(f"IRQ {n} `{irq.read_text().strip()}` per_cpu_count "
+                             f"`{(irq.parent / 'per_cpu_count').read_text().strip()}` smp_affinity_list "
+                             f"`{aff.read_text().strip() if aff.is_file() else '?'}`")
+    return "; ".join(dict.fromkeys(found))
+
+
 def run(names: list[str], out: Path) -> int:
     subprocess.run([str(LAB / "build.sh"), str(CACHE)], check=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,30 +166,41 @@ def run(names: list[str], out: Path) -> int:
         print(f"{name}: {len(got)} capture(s) in {time.monotonic() - t0:.1f} s; "
               + "; ".join(users))
     origin = out / "ORIGIN.md"
-    lines = [
+    header = [
         "# Lab captures",
         "",
         "Real guest-kernel states, not hand-written fixtures. Made by `make lab` (lab/run.py):",
         f"QEMU ({qemu_version}) under TCG boots a q35 machine with `intel-iommu,intremap=on`",
-        f"and Debian's {kernel} with `intel_iommu=on`; the guest binds QEMU `edu` and",
-        "`virtio-rng-pci` devices to vfio-pci, and lab/vfio-user.c enables their interrupts",
-        "with VFIO_DEVICE_SET_IRQS as QEMU does (and makes the edu devices raise them).",
+        f"and Debian's {kernel} with `intel_iommu=on` (plus the scenario's own",
+        "kernel arguments below); the guest binds QEMU `edu` and `virtio-rng-pci` devices to",
+        "vfio-pci, and lab/vfio-user.c enables their interrupts with VFIO_DEVICE_SET_IRQS as",
+        "QEMU does (and makes the edu devices raise them). Module options on the command line",
+        "(`vfio_pci.nointxmask=1`) are given to insmod as modprobe would.",
         "Each directory is one moment, captured by lab/guest-init.sh as the guest saw it:",
         "proc/interrupts, proc/cmdline, proc/uptime (the moment's clock), proc/irq/*/",
-        "smp_affinity_list, and for every PCI device the sysfs files and links",
-        "vfio-advisor reads. Nothing was edited.",
+        "smp_affinity_list and effective_affinity_list, sys/kernel/irq/*/ (per_cpu_count,",
+        "actions, chip_name, hwirq, type, name), sys/class/iommu (links and each unit's",
+        "intel-iommu/cap, ecap...), sys/devices/system/cpu/{online,possible,present,isolated,",
+        "nohz_full}, the vfio_pci and vfio_iommu_type1 module parameters, and for every PCI",
+        "device the sysfs files and links vfio-advisor reads (config, irq, msi_irqs/, driver,",
+        "iommu_group...). Next to proc/ and sys/, and not part of a host tree, each moment",
+        "keeps the evidence: `dmesg` (the guest kernel's log at that moment) and",
+        "`vfio-user.N` (what each VFIO user printed, errno included). Nothing was edited.",
         "",
-        "| scenario | moment | devices (qemu -device) |",
-        "|---|---|---|",
+        "| scenario | moment | kernel arguments | CPUs | devices (qemu -device) | evidence kept |",
+        "|---|---|---|---|---|---|",
     ]
+    rows = []
     for name, moment in sorted(made):
         devices = " ".join(a for a in SCENARIOS[name] if a != "-device")
-        lines.append(f"| {name} | {moment} | `{devices}` |")
+        args = f"`{KERNEL_ARGS[name]}`" if name in KERNEL_ARGS else ""
+        rows.append(f"| {name} | {moment} | {args} | {CPUS.get(name, 1)} | `{devices}` | "
+                    f"{evidence(out / moment, name)} |")
     if made:
         previous = origin.read_text().splitlines() if origin.exists() else []
-        kept = [line for line in previous if line.startswith("| ") and not line.startswith("| scenario")
-                and not line.startswith("|---") and line.split(" | ")[0][2:] not in names]
-        origin.write_text("\n".join(lines[:15] + sorted(set(kept + lines[15:]))) + "\n")
+        kept = [line for line in previous[len(header):] if line.startswith("| ")
+                and line.split(" | ")[0][2:] not in names]
+        origin.write_text("\n".join(header + sorted(set(kept + rows))) + "\n")
     return 1 if failed else 0
 
 

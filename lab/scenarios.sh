@@ -63,3 +63,58 @@ run_storm_shared() {
         [ $phase = 2 ] || { next_phase 1; next_phase 2; }
     done
 }
+
+run_nointxmask() {
+    # vfio-pci loaded with nointxmask=1 (from the command line), two edus on
+    # one guest GSI (root slots 3 and 7, pin A: PIRQH, GSI 23). Without
+    # masking, vfio-pci requests the line exclusively (vfio_intx_set_signal:
+    # IRQF_SHARED only if vdev->pci_2_3; drivers/vfio/pci/vfio_pci_intrs.c,
+    # Linux 6.1), so the second device's INTx is refused with EBUSY and genirq
+    # logs "Flags mismatch" (kernel/irq/manage.c, __setup_irq).
+    for d in 0000:00:03.0 0000:00:07.0; do bind_vfio $d; done
+    capture nointxmask-before          # both bound, nobody holds the line yet
+    start_user 1 0000:00:03.0 intx:1:50
+    wait_phase 1 1 || return
+    start_user 2 0000:00:07.0 intx:1:50
+    wait_failed 2 "Device or resource busy" || return
+    dmesg | grep -q "genirq: Flags mismatch irq" || { echo "LAB-ERROR no genirq message"; return; }
+    capture nointxmask-after
+}
+
+run_nomsi() {
+    # pci=nomsi: the host cannot enable MSI (pci_msi_enabled() is false,
+    # drivers/pci/msi/msi.c), so VFIO_DEVICE_SET_IRQS for MSI fails and the
+    # user falls back to INTx, as QEMU's guest does.
+    bind_vfio 0000:00:03.0
+    start_user 1 0000:00:03.0 msi/intx:1:100
+    wait_phase 1 1 || return
+    grep -q "FALLBACK.*errno" /tmp/user.1 || { echo "LAB-ERROR MSI was not refused"; return; }
+    capture nomsi
+}
+
+run_intremap_off() {
+    # intremap=off: no IR- chips; vfio_iommu_type1 attaches groups only with
+    # allow_unsafe_interrupts=1 (vfio_iommu_type1_attach_group, Linux 6.1).
+    # INTx, MSI and MSI-X side by side, as in "modes".
+    for d in 0000:00:03.0 0000:00:04.0 0000:00:05.0; do bind_vfio $d; done
+    start_user 1 0000:00:03.0 intx:1:100
+    start_user 2 0000:00:04.0 msi:1:100
+    start_user 3 0000:00:05.0 msix:2:0
+    wait_phase 1 1 && wait_phase 2 1 && wait_phase 3 1 || return
+    capture intremap-off
+}
+
+run_isolcpus() {
+    # Two CPUs, isolcpus=1 irqaffinity=0; the edu's vfio-msi vector is then
+    # pointed at the isolated CPU by hand, as a misconfigured host would, and
+    # fires there.
+    bind_vfio 0000:00:03.0
+    start_user 1 0000:00:03.0 msi:1:50 fire:1:200
+    wait_phase 1 1 || return
+    irq=$(msi_irq 0000:00:03.0)
+    [ -n "$irq" ] || { echo "LAB-ERROR no MSI vector"; return; }
+    echo 1 > "/proc/irq/$irq/smp_affinity_list" || { echo "LAB-ERROR affinity write refused"; return; }
+    next_phase 1
+    wait_phase 1 2 || return
+    capture isolcpus
+}

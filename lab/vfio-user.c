@@ -7,7 +7,14 @@
  * vfio-intx / vfio-msi counters move.
  *
  *   vfio-user BDF PHASE [PHASE...]
- *   PHASE = MODE:VECTORS:FIRE   MODE intx|msi|msix|off
+ *   PHASE = MODE:VECTORS:FIRE   MODE intx|msi|msix|off|fire|msi/intx
+ *
+ * "fire" keeps the previous phase's vectors (same host IRQs, so an affinity
+ * written in between stays) and only raises FIRE more interrupts. "msi/intx"
+ * tries MSI and, if VFIO_DEVICE_SET_IRQS refuses it, falls back to INTx as
+ * QEMU's vfio_msi_enable does when the host fails MSI (hw/vfio/pci.c, QEMU 7.2:
+ * "vfio: Error: Failed to setup MSI fds", the guest then stays on INTx).
+ * A failing VFIO_DEVICE_SET_IRQS prints the errno ("errno 16").
  *
  * Phases run in order. After setting up a phase and firing FIRE interrupts it
  * prints "PHASE n READY" and waits for SIGUSR1 before the next one; after the
@@ -43,7 +50,7 @@ static void on_term(int sig) { (void)sig; stop = 1; }
 
 static void die(const char *what)
 {
-	fprintf(stderr, "vfio-user: %s: %s\n", what, strerror(errno));
+	fprintf(stderr, "vfio-user: %s: %s (errno %d)\n", what, strerror(errno), errno);
 	exit(1);
 }
 
@@ -75,6 +82,13 @@ static int unmask_intx(int dev)
 		.flags = VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_UNMASK,
 	};
 	return ioctl(dev, VFIO_DEVICE_SET_IRQS, &set);
+}
+
+static unsigned mode_index(const char *mode)
+{
+	return !strcmp(mode, "intx") ? VFIO_PCI_INTX_IRQ_INDEX
+		: !strcmp(mode, "msi") ? VFIO_PCI_MSI_IRQ_INDEX
+		: !strcmp(mode, "msix") ? VFIO_PCI_MSIX_IRQ_INDEX : VFIO_PCI_NUM_IRQS;
 }
 
 int main(int argc, char **argv)
@@ -141,28 +155,48 @@ int main(int argc, char **argv)
 	signal(SIGUSR1, on_usr1);
 	signal(SIGTERM, on_term);
 	unsigned current = VFIO_PCI_NUM_IRQS;
+	int fds[64];
 	for (int p = 2; p < argc && !stop; p++) {
-		char mode[8] = "";
+		char mode[16] = "";
 		unsigned vectors = 1, fire = 0;
-		if (sscanf(argv[p], "%7[a-z]:%u:%u", mode, &vectors, &fire) < 1) {
+		if (sscanf(argv[p], "%15[a-z/]:%u:%u", mode, &vectors, &fire) < 1) {
 			fprintf(stderr, "vfio-user: bad phase %s\n", argv[p]);
 			return 2;
 		}
-		unsigned index = !strcmp(mode, "intx") ? VFIO_PCI_INTX_IRQ_INDEX
-			: !strcmp(mode, "msi") ? VFIO_PCI_MSI_IRQ_INDEX
-			: !strcmp(mode, "msix") ? VFIO_PCI_MSIX_IRQ_INDEX : VFIO_PCI_NUM_IRQS;
-		if (current != VFIO_PCI_NUM_IRQS) /* QEMU tears one mode down before the next */
-			set_irqs(dev, current, 0, NULL);
-		current = index;
-		int fds[64];
 		if (vectors > 64)
 			vectors = 64;
-		if (index != VFIO_PCI_NUM_IRQS) {
-			for (unsigned i = 0; i < vectors; i++)
-				fds[i] = eventfd(0, EFD_CLOEXEC);
-			if (set_irqs(dev, index, vectors, fds))
-				die("VFIO_DEVICE_SET_IRQS");
+		if (!strcmp(mode, "fire")) {
+			if (current == VFIO_PCI_NUM_IRQS) {
+				fprintf(stderr, "vfio-user: fire without vectors\n");
+				return 2;
+			}
+			strcpy(mode, current == VFIO_PCI_INTX_IRQ_INDEX ? "intx"
+			       : current == VFIO_PCI_MSI_IRQ_INDEX ? "msi" : "msix");
+		} else {
+			char *fallback = strchr(mode, '/');
+			if (fallback)
+				*fallback++ = 0;
+			unsigned index = mode_index(mode);
+			if (current != VFIO_PCI_NUM_IRQS) /* QEMU tears one mode down before the next */
+				set_irqs(dev, current, 0, NULL);
+			current = index;
+			if (index != VFIO_PCI_NUM_IRQS) {
+				for (unsigned i = 0; i < vectors; i++)
+					fds[i] = eventfd(0, EFD_CLOEXEC);
+				if (set_irqs(dev, index, vectors, fds)) {
+					if (!fallback)
+						die("VFIO_DEVICE_SET_IRQS");
+					printf("FALLBACK VFIO_DEVICE_SET_IRQS %s: %s (errno %d); trying %s\n",
+					       mode, strerror(errno), errno, fallback);
+					fflush(stdout);
+					strcpy(mode, fallback);
+					current = index = mode_index(mode);
+					if (index == VFIO_PCI_NUM_IRQS || set_irqs(dev, index, vectors, fds))
+						die("VFIO_DEVICE_SET_IRQS (fallback)");
+				}
+			}
 		}
+		unsigned index = current;
 		unsigned fired = 0;
 		for (unsigned i = 0; i < fire && bar0 && index != VFIO_PCI_NUM_IRQS; i++) {
 			bar0[EDU_IRQ_RAISE / 4] = 1;
