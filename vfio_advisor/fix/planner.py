@@ -75,7 +75,9 @@ class Change:
 class Unfixed:
     finding: Finding
     reason: str
-    kind: str  # "manual": no XML change exists/planned; "unverified": planned, failed a check
+    # "manual": no XML change could be planned; "unverified": planned, failed a
+    # check; "unverifiable": the current XML already fails libvirt's checks
+    kind: str
 
     def to_json(self) -> dict:
         return {**_finding_ref(self.finding), "severity": str(self.finding.severity),
@@ -518,6 +520,24 @@ def plan_va4001(root, analysis: Analysis, targets: list[Finding], router: Router
             ops += step
             work = apply_ops(work, step)
             details.append(f"<{el.tag}> {a} -> 0000:00:{slots[0]:02x}.0 (slot 1 was the PIIX3's)")
+    # The ICH9 USB set (EHCI1 and its UHCI companions) goes where libvirt puts
+    # it on Q35, 00:1d.x (qemuDomainValidateDevicePCISlotsQ35): slots 25-29
+    # route by pin to PIRQ A-D (ich9_lpc_map_irq), which leaves the E-H lines
+    # of the ordinary slots to the assigned devices.
+    usb_slots = sorted({a.slot for el in work.xpath("devices/controller[@type='usb']")
+                        if (el.get("model") or "").startswith("ich9-")
+                        and (a := _addr(el)) is not None and a.bus == 0 and a.slot != 0x1D})
+    occ = Occupancy.of(work)
+    if len(usb_slots) == 1 and not occ.used(0, 0x1D):
+        for el in work.xpath("devices/controller[@type='usb']"):
+            a = _addr(el)
+            if a is not None and a.bus == 0 and a.slot == usb_slots[0]:
+                step = [Op("set-address", key=("device", "controller[@type='usb']", str(a)),
+                           address=PciAddress(0, 0, 0x1D, a.function))]
+                ops += step
+                work = apply_ops(work, step)
+        details.append(f"ICH9 USB controllers 0000:00:{usb_slots[0]:02x}.x -> 0000:00:1d.x "
+                       "(their Q35 place)")
     # Assigned devices: each card behind a root port of its own, on lines
     # planned jointly as for VA5001.
     start: set[str] = set()
@@ -581,6 +601,20 @@ def plan_domain(analyzer: Analyzer, xml: str | bytes, rules: Iterable[str] | Non
     rejected: list[Change] = []
     unfixed: list[Unfixed] = []
     accepted_targets: list[Finding] = []
+    fixable = [f for f in before.findings if f.rule_id in wanted_rules]
+    if fixable:
+        # A domain libvirt itself already refuses cannot have a verified
+        # change: say so once, rather than blame each planned change.
+        base_checks = [c for c in verifier(before, before, base, []) if c.name != "reanalysis"]
+        bad = [c for c in base_checks if not c.ok]
+        if bad:
+            reason = ("the current domain XML already fails " + "; ".join(
+                f"{'libvirt schema' if c.name == 'schema' else 'the libvirt test driver'} "
+                f"({c.detail})" for c in bad) + ", so no change to it can be verified")
+            other = [f for f in before.findings
+                     if f.rule_id not in FIXABLE_RULES and f.severity >= Severity.WARNING]
+            return DomainPlan(before.domain.name, base, base, before, before, [], [],
+                              [Unfixed(f, reason, "unverifiable") for f in fixable], other)
     for rule in RULE_ORDER:
         if rule not in wanted_rules:
             continue

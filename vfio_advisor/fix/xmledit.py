@@ -109,6 +109,7 @@ def _set_address(el: etree._Element, addr: PciAddress, multifunction: bool | Non
         _indent_new_child(el, a)
     keep = {k: v for k, v in a.attrib.items()
             if k not in ("type", "domain", "bus", "slot", "function", "multifunction")}
+    old_multifunction = a.get("multifunction")
     a.attrib.clear()
     a.set("type", "pci")
     a.set("domain", f"0x{addr.domain:04x}")
@@ -117,6 +118,8 @@ def _set_address(el: etree._Element, addr: PciAddress, multifunction: bool | Non
     a.set("function", f"0x{addr.function:x}")
     if multifunction:
         a.set("multifunction", "on")
+    elif multifunction is None and old_multifunction is not None:
+        a.set("multifunction", old_multifunction)  # None: keep what the user had
     for k, v in keep.items():
         a.set(k, v)
 
@@ -137,7 +140,7 @@ def _indent_new_child(parent: etree._Element, child: etree._Element) -> None:
 @dataclass(frozen=True)
 class Op:
     """One edit. kind:
-    set-address   key, address, multifunction: move a device (keeps <address> extras)
+    set-address   key, address, multifunction (True on, False off, None keep): move a device
     add-pci-controller  index, model, address, multifunction: a new <controller type='pci'>
     set-attr      xpath (relative to <domain>, must exist), name, value
     ensure-ioapic value: <features><ioapic driver=value/></features>
