@@ -84,12 +84,16 @@ run_nointxmask() {
 run_nomsi() {
     # pci=nomsi: the host cannot enable MSI (pci_msi_enabled() is false,
     # drivers/pci/msi/msi.c), so VFIO_DEVICE_SET_IRQS for MSI fails and the
-    # user falls back to INTx, as QEMU's guest does.
+    # user falls back to INTx, as QEMU's guest does; then interrupts keep
+    # coming on INTx (two moments, for the daemon's rate).
     bind_vfio 0000:00:03.0
-    start_user 1 0000:00:03.0 msi/intx:1:100
+    start_user 1 0000:00:03.0 msi/intx:1:0 fire:1:300
     wait_phase 1 1 || return
     grep -q "FALLBACK.*errno" /tmp/user.1 || { echo "LAB-ERROR MSI was not refused"; return; }
-    capture nomsi
+    capture nomsi-1
+    next_phase 1
+    wait_phase 1 2 || return
+    capture nomsi-2
 }
 
 run_intremap_off() {
@@ -106,15 +110,17 @@ run_intremap_off() {
 
 run_isolcpus() {
     # Two CPUs, isolcpus=1 irqaffinity=0; the edu's vfio-msi vector is then
-    # pointed at the isolated CPU by hand, as a misconfigured host would, and
-    # fires there.
+    # pointed at the isolated CPU by hand, as a misconfigured host would
+    # (isolcpus without managed_irq does not stop that, kernel/irq/manage.c),
+    # and fires there: moment 1 just after the write, moment 2 after 200 more.
     bind_vfio 0000:00:03.0
     start_user 1 0000:00:03.0 msi:1:50 fire:1:200
     wait_phase 1 1 || return
     irq=$(msi_irq 0000:00:03.0)
     [ -n "$irq" ] || { echo "LAB-ERROR no MSI vector"; return; }
     echo 1 > "/proc/irq/$irq/smp_affinity_list" || { echo "LAB-ERROR affinity write refused"; return; }
+    capture isolcpus-1
     next_phase 1
     wait_phase 1 2 || return
-    capture isolcpus
+    capture isolcpus-2
 }
