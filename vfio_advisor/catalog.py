@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import textwrap
 
+from vfio_advisor import journal_fields as F
+from vfio_advisor.journal_fields import at
 from vfio_advisor.rules import RULES
 
 HEADER = """\
@@ -36,12 +38,11 @@ def render_catalog() -> str:
         lines += [f"Documentation: {doc}" for doc in rule.documentation]
         body = [_wrap(rule.explanation)]
         if rule.check is not None:
-            where = "Domain: @VFIO_ADVISOR_DOMAIN@."
+            where = f"Domain: {at(F.DOMAIN)}."
             if rule.scope == "device":
-                where += (" Host device: @VFIO_ADVISOR_HOST_BDF@, guest address "
-                          "@VFIO_ADVISOR_GUEST_ADDRESS@.")
+                where += f" Host device: {at(F.HOST_BDF)}, guest address {at(F.GUEST_ADDRESS)}."
             body.append(_wrap(where))
-            body.append("What to do:\n@VFIO_ADVISOR_REMEDY@")
+            body.append(f"What to do:\n{at(F.REMEDY)}")
         body.append(_wrap(f"Rule {rule.id} ({rule.slug}). "
                           f"Run `vfio-advisor explain {rule.id}` for more."))
         parts.append("\n".join(lines) + "\n\n" + "\n\n".join(body) + "\n")

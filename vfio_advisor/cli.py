@@ -13,6 +13,7 @@ import textwrap
 from typing import Sequence
 
 from vfio_advisor import __version__
+from vfio_advisor.config import DEFAULT_CONFIG_PATH
 from vfio_advisor.errors import AdvisorError, ConnectionFailed, DomainXMLError, UsageError
 from vfio_advisor.facts.domain import Domain
 from vfio_advisor.findings import Severity
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--format", choices=("text", "json"), default="text")
     a.add_argument("--sample", type=float, metavar="SECONDS",
                    help="read /proc/interrupts twice, SECONDS apart, for rising counters")
+    a.add_argument("--config", default=DEFAULT_CONFIG_PATH, metavar="FILE",
+                   help=f"disabled_rules and [domains.NAME] ignore from here (default {DEFAULT_CONFIG_PATH})")
 
     d = sub.add_parser("device", help="show host PCI devices as vfio-advisor sees them")
     d.add_argument("bdfs", nargs="+", metavar="BDF")
@@ -67,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("daemon", help="watch running domains' interrupts and log runtime advice")
     dm.add_argument("--connect", "-c", metavar="URI", help="libvirt URI (default qemu:///system, read-only)")
     dm.add_argument("--host-root", metavar="DIR", help="host tree to sample instead of /")
-    dm.add_argument("--config", default="/etc/vfio-advisor/config.toml", metavar="FILE")
+    dm.add_argument("--config", default=DEFAULT_CONFIG_PATH, metavar="FILE")
     dm.add_argument("--interval", type=float, metavar="SECONDS", help="sampling interval (default 5)")
     dm.add_argument("--settle", type=float, metavar="SECONDS",
                     help="time after a domain starts before INTx is advice-worthy (default 60)")
@@ -81,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--root", default="/", metavar="DIR", help="install under DIR (default /)")
     i.add_argument("--python", metavar="PATH", help="interpreter for the hook (default: this one)")
     i.add_argument("--config", metavar="PATH", help="config file the hook reads "
-                   "(default /etc/vfio-advisor/config.toml)")
+                   f"(default {DEFAULT_CONFIG_PATH})")
     i.add_argument("--classic", action="store_true",
                    help="install as /etc/libvirt/hooks/qemu instead of qemu.d/vfio-advisor")
 
@@ -129,14 +132,14 @@ def _load_domains(args, root: str) -> tuple[list[tuple[Domain, str]], list[tuple
 
 
 def cmd_advise(args) -> int:
-    from vfio_advisor.engine import DeviceCache, analyse_domain, gather_host
-    from vfio_advisor.facts.host import HostRoot
-    from vfio_advisor.facts.pciids import PciIds
+    from vfio_advisor.config import load_config
+    from vfio_advisor.engine import Engine
     from vfio_advisor.sinks.report import DomainReport, Report
     from vfio_advisor.sources import open_host_root
 
     if args.sample is not None and not 0 < args.sample <= 3600:
         raise UsageError("--sample takes a number of seconds between 0 and 3600")
+    config = load_config(args.config)
     root, tmp = open_host_root(args.host_root)
     try:
         domains, errors = _load_domains(args, root)
@@ -146,14 +149,11 @@ def cmd_advise(args) -> int:
             for src, msg in errors:
                 print(f"vfio-advisor: {src}: {msg}", file=sys.stderr)
             return EXIT_USAGE
-        host = HostRoot(root)
+        engine = Engine(root, config)
         progress = _progress_bar if (args.sample and sys.stderr.isatty()) else None
-        host_facts = gather_host(host, args.sample, progress)
-        devices = DeviceCache(host, PciIds.load(HostRoot(root), HostRoot("/")))
-        report = Report(host_root=args.host_root, host=host_facts, errors=errors)
+        report = Report(host_root=args.host_root, host=engine.host(args.sample, progress), errors=errors)
         for domain, _xml in domains:
-            facts, findings = analyse_domain(domain, host_facts, devices)
-            report.domains.append(DomainReport(facts, findings))
+            report.domains.append(DomainReport(*engine.analyse(domain)))
         _emit(report, args.format)
     finally:
         if tmp is not None:
@@ -181,12 +181,9 @@ def _progress_bar(fraction: float) -> None:
 
 
 def cmd_device(args) -> int:
-    from vfio_advisor.engine import gather_host, host_interrupts
-    from vfio_advisor.errors import FactUnavailable
-    from vfio_advisor.facts.host import HostRoot
-    from vfio_advisor.facts.pci import normalize_bdf, read_pci_device
-    from vfio_advisor.facts.pciids import PciIds
-    from vfio_advisor.sinks.report import DEVICE_SCHEMA, device_json
+    from vfio_advisor.engine import Engine
+    from vfio_advisor.facts.pci import normalize_bdf
+    from vfio_advisor.sinks.report import DEVICE_SCHEMA, host_device_json
     from vfio_advisor.sources import open_host_root
 
     try:
@@ -195,24 +192,9 @@ def cmd_device(args) -> int:
         raise UsageError(str(exc)) from None
     root, tmp = open_host_root(args.host_root)
     try:
-        host = HostRoot(root)
-        host_facts = gather_host(host)
-        ids = PciIds.load(HostRoot(root), HostRoot("/"))
-        out, missing = [], []
-        for bdf in bdfs:
-            try:
-                dev = read_pci_device(host, bdf, ids)
-            except FactUnavailable as exc:
-                missing.append(bdf)
-                out.append({"host_address": bdf, "error": exc.reason})
-                continue
-            entry = device_json(dev, bdf, host_facts.kernel.nointxmask)
-            irq = host_interrupts(bdf, dev, host_facts)
-            entry["host_interrupts"] = {"mode": irq.mode, "irqs": list(irq.irqs),
-                                        "intx_irq": irq.intx_irq,
-                                        "shared_with": list(irq.shared_with),
-                                        "intx_count": irq.intx_count}
-            out.append(entry)
+        engine = Engine(root)
+        nointxmask = engine.host().kernel.nointxmask
+        out = [host_device_json(bdf, *engine.device(bdf), nointxmask) for bdf in bdfs]
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -220,48 +202,15 @@ def cmd_device(args) -> int:
         json.dump({"schema": DEVICE_SCHEMA, "devices": out}, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
+        from vfio_advisor.sinks.text import write_device
         for entry in out:
-            _print_device(entry)
-    return EXIT_USAGE if missing else EXIT_OK
-
-
-def _print_device(e: dict) -> None:
-    from vfio_advisor.sinks.text import clean
-
-    if "error" in e:
-        print(f"{e['host_address']}: {clean(e['error'])}")
-        return
-    caps = e["capabilities"] or {}
-
-    def show(v, fmt):
-        return "unknown (config space truncated)" if v == "unknown" else ("absent" if v is None else fmt(v))
-
-    irq = e["host_interrupts"]
-    lines = [
-        f"{e['host_address']}  {clean(e['name'] or '?')}  [{e['vendor_id']}:{e['device_id']}] class {e['class']}",
-        f"  driver: {clean(e['driver'] or 'none')}   IOMMU group: {e['iommu_group']} "
-        f"({clean(', '.join(e['iommu_group_members'])) or '-'})",
-        "  MSI: " + show(caps.get("msi"), lambda m: "%d vector(s), 64bit=%s, maskable=%s, enabled=%s"
-                         % (m["vectors"], m["64bit"], m["maskable"], m["enabled"])),
-        "  MSI-X: " + show(caps.get("msix"), lambda m: "table size %d, enabled=%s"
-                           % (m["table_size"], m["enabled"])),
-        "  PCIe: " + show(caps.get("pcie"), lambda c: "%s (cap v%d)" % (c["type"], c["version"])),
-        f"  INTx pin: {caps.get('intx_pin') or 'none'}   host IRQ: {e['host_irq']}   "
-        f"INTx masking: {e['intx_masking']['supported']} ({e['intx_masking']['evidence']})",
-        f"  interrupts now: {irq['mode']}" + (f", IRQs {irq['irqs']}" if irq["irqs"] else "")
-        + (", INTx line shared with " + clean(", ".join(irq["shared_with"])) if irq["shared_with"] else ""),
-        f"  msi_bus: {e['msi_bus']}" + "".join(f", bridge {b}: {v}" for b, v in e["upstream_msi_bus"].items()),
-        f"  config space: {caps.get('config_bytes', 0)} bytes readable",
-    ]
-    for item in e["unreadable"]:
-        lines.append(f"  could not read {clean(item)}")
-    print("\n".join(lines))
+            write_device(entry, sys.stdout)
+    return EXIT_USAGE if any("error" in e for e in out) else EXIT_OK
 
 
 def cmd_guest_irqs(args) -> int:
-    from vfio_advisor.engine import DeviceCache, analyse_domain, gather_host
-    from vfio_advisor.facts.host import HostRoot
-    from vfio_advisor.facts.pciids import PciIds
+    from vfio_advisor.engine import Engine
+    from vfio_advisor.rules import RULES
     from vfio_advisor.sinks.report import guest_irqs_json
     from vfio_advisor.sources import domains_from_libvirt, open_host_root, read_domain_file, DEFAULT_URI
 
@@ -276,13 +225,11 @@ def cmd_guest_irqs(args) -> int:
         domain = found[0][0]
     root, tmp = open_host_root(args.host_root)
     try:
-        host = HostRoot(root)
-        facts, findings = analyse_domain(domain, gather_host(host),
-                                         DeviceCache(host, PciIds.load(HostRoot(root), HostRoot("/"))))
+        facts, findings = Engine(root).analyse(domain)
     finally:
         if tmp is not None:
             tmp.cleanup()
-    doc = guest_irqs_json(facts, findings)
+    doc = guest_irqs_json(facts, findings, frozenset(r.id for r in RULES if r.routing))
     if args.format == "json":
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -326,9 +273,7 @@ def cmd_rules(args) -> int:
 
 
 def cmd_snapshot(args) -> int:
-    from vfio_advisor.engine import DeviceCache, gather_domain, gather_host
-    from vfio_advisor.facts.host import HostRoot
-    from vfio_advisor.facts.pciids import PciIds
+    from vfio_advisor.engine import Engine
     from vfio_advisor.snapshot import write_snapshot
     from vfio_advisor.sources import open_host_root
 
@@ -337,13 +282,11 @@ def cmd_snapshot(args) -> int:
         domains, errors = _load_domains(args, root)
         for src, msg in errors:
             print(f"vfio-advisor: skipped {src}: {msg}", file=sys.stderr)
-        host = HostRoot(root, record=True)
-        host_facts = gather_host(host)
-        devices = DeviceCache(host, PciIds(None))
+        engine = Engine(root, record=True)
         for domain, _ in domains:
-            gather_domain(domain, host_facts, devices)
+            engine.gather(domain)  # reading records what the archive must hold
         try:
-            count = write_snapshot(args.output, host, [(d.name, xml) for d, xml in domains])
+            count = write_snapshot(args.output, engine.root, [(d.name, xml) for d, xml in domains])
         except OSError as exc:
             raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
     finally:

@@ -10,92 +10,26 @@ connection is reopened with backoff, then the domain list is resynced.
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import signal
 import sys
 import time
-from typing import Callable, NamedTuple
+from typing import Callable
 
-from vfio_advisor.errors import UsageError
+from vfio_advisor.config import DEFAULT_CONFIG_PATH, Config, load_config
 from vfio_advisor.facts.domain import parse_domain_xml
 from vfio_advisor.facts.host import HostRoot
-from vfio_advisor.runtime import RuntimeConfig, StateStore, Watcher
-from vfio_advisor.sinks.journal import IDENTIFIER, JournalSink
+from vfio_advisor.runtime import StateStore, Watcher
+from vfio_advisor.sinks.journal import JournalSink
 
-DEFAULT_CONFIG = "/etc/vfio-advisor/config.toml"
-DEFAULT_STATE_DIR = "/var/lib/vfio-advisor"
+# One config type and loader for every command (vfio_advisor/config.py).
+DaemonConfig = Config
+DEFAULT_CONFIG = DEFAULT_CONFIG_PATH
 
-
-class DaemonConfig(NamedTuple):
-    connect: str = "qemu:///system"
-    host_root: str = "/"
-    interval: float = 5.0
-    settle: float = 60.0
-    storm_rate: float = 20000.0
-    storm_samples: int = 3
-    disabled: frozenset[str] = frozenset()
-    ignores: dict = {}
-    state_dir: str | None = DEFAULT_STATE_DIR
-    metrics_file: str | None = None
-
-    @property
-    def runtime(self) -> RuntimeConfig:
-        return RuntimeConfig(interval=self.interval, settle=self.settle, storm_rate=self.storm_rate,
-                             storm_samples=self.storm_samples, disabled=self.disabled,
-                             ignores=self.ignores)
-
-
-def load_config(path: str | None, overrides: dict) -> DaemonConfig:
-    """The [daemon] and [domains.NAME] tables of the TOML file, then the
-    command-line flags on top. Raises UsageError with one line."""
-    doc: dict = {}
-    if path:
-        import tomllib
-
-        try:
-            with open(path, "rb") as f:
-                doc = tomllib.load(f)
-        except FileNotFoundError:
-            if path != DEFAULT_CONFIG:
-                raise UsageError(f"config file {path} not found") from None
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise UsageError(f"config file {path}: {exc}") from None
-    section = doc.get("daemon", {})
-    if not isinstance(section, dict):
-        raise UsageError(f"config file {path}: [daemon] must be a table")
-    values = dict(DaemonConfig()._asdict())
-    types = {"interval": float, "settle": float, "storm_rate": float, "storm_samples": int,
-             "connect": str, "host_root": str, "state_dir": str, "metrics_file": str}
-    for key, kind in types.items():
-        if key in section:
-            try:
-                values[key] = kind(section[key])
-            except (TypeError, ValueError):
-                raise UsageError(f"config file {path}: [daemon] {key} must be a {kind.__name__}") from None
-    if "disabled_rules" in section:
-        rules = section["disabled_rules"]
-        if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
-            raise UsageError(f"config file {path}: [daemon] disabled_rules must be a list of rule IDs")
-        values["disabled"] = frozenset(rules)
-    domains = doc.get("domains", {})
-    if not isinstance(domains, dict):
-        raise UsageError(f"config file {path}: [domains] must be a table of [domains.NAME] tables")
-    ignores = {}
-    for name, table in domains.items():
-        ignore = table.get("ignore", []) if isinstance(table, dict) else None
-        if not isinstance(ignore, list) or not all(isinstance(r, str) for r in ignore):
-            raise UsageError(f"config file {path}: [domains.{name}] ignore must be a list of rule IDs")
-        ignores[name] = frozenset(ignore)
-    values["ignores"] = ignores
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    cfg = DaemonConfig(**values)
-    numbers = (cfg.interval, cfg.settle, cfg.storm_rate)
-    if (not all(math.isfinite(x) for x in numbers) or not 0 < cfg.interval <= 3600
-            or cfg.settle < 0 or cfg.storm_rate <= 0 or cfg.storm_samples < 1):
-        raise UsageError("interval must be in (0, 3600] s, settle >= 0, storm_rate > 0, "
-                         "storm_samples >= 1")
-    return cfg
+# Reconnect backoff: libvirtd restarts take seconds; doubling from 1 s up to
+# 30 s reconnects fast after a restart and costs nothing while it is down.
+RECONNECT_FIRST_DELAY = 1.0
+RECONNECT_MAX_DELAY = 30.0
 
 
 def _notify_sender() -> Callable[[str], None]:
@@ -128,16 +62,14 @@ class Service:
 
     def _new_watcher(self) -> Watcher:
         store = StateStore(self.cfg.state_dir)
-        return Watcher(HostRoot(self.cfg.host_root), self.cfg.runtime, self.sink.emit, store,
+        return Watcher(HostRoot(self.cfg.host_root), self.cfg, self.sink.emit, store,
                        clock=self.clock)
 
     # --- logging of the daemon's own events ------------------------------
 
     def log(self, message: str, event: str, priority: int = 6) -> None:
-        fields = [f"MESSAGE={message}", f"PRIORITY={priority}", f"SYSLOG_IDENTIFIER={IDENTIFIER}",
-                  "VFIO_ADVISOR_SOURCE=daemon", f"VFIO_ADVISOR_EVENT={event}"]
         try:
-            self.sink.sender(fields)
+            self.sink.event(message, event, priority)
         except OSError:
             sys.stderr.write(f"vfio-advisor: {message}\n")
 
@@ -256,7 +188,7 @@ class Service:
         self.status()
 
     async def _keep_connected(self) -> None:
-        delay = 1.0
+        delay = RECONNECT_FIRST_DELAY
         while not self.stopping.is_set():
             if self.conn is None or self.reconnect_needed.is_set():
                 self.reconnect_needed.clear()
@@ -266,13 +198,13 @@ class Service:
                     if self.connects > 1:
                         self.log(f"reconnected to {self.cfg.connect}; watching "
                                  f"{len(self.watcher.domains)} domains", "reconnected")
-                    delay = 1.0
+                    delay = RECONNECT_FIRST_DELAY
                 except Exception as exc:  # noqa: BLE001 - libvirtd may be down for a while
                     self.conn = None
                     self.log(f"cannot connect to {self.cfg.connect}: {exc}; retrying in "
                              f"{delay:g} s", "connect-failed", 4)
                     await self._sleep(delay)
-                    delay = min(delay * 2, 30.0)
+                    delay = min(delay * 2, RECONNECT_MAX_DELAY)
                     continue
             await self._wait_any(self.reconnect_needed, 1.0)
 
@@ -322,7 +254,7 @@ class Service:
         self.notify("RELOADING=1")
         # Keep what the command line set explicitly.
         self.cfg = cfg._replace(**{k: v for k, v in self.overrides.items() if v is not None})
-        self.watcher.config = self.cfg.runtime
+        self.watcher.config = self.cfg
         self.log(f"configuration reloaded: interval {self.cfg.interval:g} s, settle "
                  f"{self.cfg.settle:g} s", "reloaded")
         self.notify("READY=1")

@@ -23,11 +23,14 @@ SYSLOG_PRIORITY = {Severity.INFO: 6, Severity.WARNING: 4, Severity.ERROR: 3}
 
 
 class Finding(NamedTuple):
-    """One piece of advice about one subject.
+    """One piece of advice about one subject, carrying everything a sink
+    needs (so no sink looks anything up in the rule registry).
 
     `subject` is the host BDF for device findings, or None for the domain as a
     whole. `message` holds the observed values; `remedy` is worded for this
     domain (guest OS, IDs) and falls back on the rule's generic remedy.
+    Made by `Rule.finding`, which fills in the rule's severity, slug, title
+    and MESSAGE_ID.
     """
 
     rule_id: str
@@ -35,18 +38,13 @@ class Finding(NamedTuple):
     subject: str | None
     message: str
     remedy: str
-    guest_address: str | None = None
+    guest_address: str | None
     # Files or facts behind the finding: {"proc/interrupts IRQ 16": "ehci_hcd:usb1, ..."}.
-    evidence: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def rule(self):  # -> Rule; imported late to keep findings free of rules
-        from vfio_advisor.rules import RULES_BY_ID
-        return RULES_BY_ID[self.rule_id]
-
-    @property
-    def severity(self) -> Severity:
-        return self.rule.severity
+    evidence: tuple[tuple[str, str], ...]
+    severity: Severity
+    slug: str
+    title: str
+    message_id: str  # journald MESSAGE_ID, 32 hex digits
 
     def sort_key(self) -> tuple:
         return (-int(self.severity), self.rule_id, self.domain or "", self.subject or "")

@@ -21,7 +21,6 @@ import sys
 
 # 3, not 1: a Python that dies on its own exits 1, and that must not block a start.
 EXIT_OK, EXIT_BLOCK = 0, 3
-DEFAULT_CONFIG = "/etc/vfio-advisor/config.toml"
 MAX_STDIN = 16 << 20  # 16 MiB: far above any real domain XML
 ANALYSED = ("prepare", "begin")
 
@@ -34,23 +33,17 @@ def _on_alarm(signum, frame):
     raise _Timeout()
 
 
-def load_config(path: str) -> tuple[dict, str | None]:
-    """The [hook] table of the config file, and a problem line if it was bad."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(1 << 20)
-    except FileNotFoundError:
-        return {}, None
-    except OSError as exc:
-        return {}, f"cannot read {path}: {exc.strerror}"
-    import tomllib  # noqa: PLC0415 - only when a config exists
+def load_config(path: str):
+    """(config, problem line): a bad config is reported and the defaults
+    used, because the hook must never fail a VM start over it."""
+    from vfio_advisor.config import DEFAULTS, load_config as load  # noqa: PLC0415
+    from vfio_advisor.errors import UsageError  # noqa: PLC0415
 
     try:
-        doc = tomllib.loads(data.decode("utf-8", "replace"))
-    except tomllib.TOMLDecodeError as exc:
-        return {}, f"{path}: {exc}"
-    hook = doc.get("hook", {})
-    return (hook if isinstance(hook, dict) else {}), None
+        # install names the file; until the admin writes it, the defaults hold.
+        return load(path, missing_ok=True), None
+    except UsageError as exc:
+        return DEFAULTS, str(exc)
 
 
 def _read_stdin() -> bytes:
@@ -61,7 +54,7 @@ def _read_stdin() -> bytes:
     return data
 
 
-def run(argv: list[str], config_path: str = DEFAULT_CONFIG) -> int:
+def run(argv: list[str], config_path: str | None = None) -> int:
     from vfio_advisor.sinks.journal import JournalSink
 
     sink = JournalSink("hook")
@@ -69,14 +62,11 @@ def run(argv: list[str], config_path: str = DEFAULT_CONFIG) -> int:
     op = tuple(argv[1:3])
     if op != ANALYSED:
         return EXIT_OK
-    cfg, cfg_problem = load_config(config_path)
-    timeout = cfg.get("timeout", 10)
-    if not isinstance(timeout, (int, float)) or timeout <= 0:
-        timeout = 10
-    block = cfg.get("block_on_error") is True
-    host_root = cfg.get("host_root", "/") if isinstance(cfg.get("host_root", "/"), str) else "/"
+    from vfio_advisor.config import DEFAULT_CONFIG_PATH  # noqa: PLC0415
+    from vfio_advisor.rules import internal_error, run_summary  # noqa: PLC0415
 
-    from vfio_advisor.rules import internal_error  # noqa: PLC0415
+    cfg, cfg_problem = load_config(config_path or DEFAULT_CONFIG_PATH)
+    timeout = cfg.hook_timeout
 
     findings = []
     domain = None
@@ -90,11 +80,9 @@ def run(argv: list[str], config_path: str = DEFAULT_CONFIG) -> int:
         data = _read_stdin()
         if len(data) > MAX_STDIN:
             raise ValueError(f"stdin holds more than {MAX_STDIN} bytes; not a domain XML")
-        from vfio_advisor.engine import DeviceCache, analyse_domain, gather_host  # noqa: PLC0415
+        from vfio_advisor.engine import Engine  # noqa: PLC0415
         from vfio_advisor.errors import DomainXMLError  # noqa: PLC0415
         from vfio_advisor.facts.domain import parse_domain_xml  # noqa: PLC0415
-        from vfio_advisor.facts.host import HostRoot  # noqa: PLC0415
-        from vfio_advisor.facts.pciids import PciIds  # noqa: PLC0415
 
         try:
             domain = parse_domain_xml(data)
@@ -102,9 +90,9 @@ def run(argv: list[str], config_path: str = DEFAULT_CONFIG) -> int:
             raise ValueError(f"stdin is not a usable domain XML: {exc}") from None
         devices = len(domain.hostdevs)
         # Every domain: guest routing rules (VA5xxx) apply to emulated devices too.
-        host = HostRoot(host_root)
-        _, found = analyse_domain(domain, gather_host(host), DeviceCache(host, PciIds.load(host)))
-        findings.extend(found)
+        # The config's disabled_rules and [domains.NAME] ignore apply here as
+        # in advise and the daemon (config.IgnorePolicy).
+        findings.extend(Engine(cfg.hook_host_root, cfg).analyse(domain)[1])
     except _Timeout:
         findings.append(internal_error(name, f"hook stopped after {timeout} s; advice incomplete"))
     except Exception as exc:  # noqa: BLE001 - a hook must never fail the VM start
@@ -115,10 +103,11 @@ def run(argv: list[str], config_path: str = DEFAULT_CONFIG) -> int:
     try:
         for f in findings:
             sink.emit(f, domain)
-        sink.summary(domain, domain.name if domain else name, findings, devices)
+        sink.summary(run_summary(domain.name if domain else name, findings, devices), domain,
+                     findings, devices)
     except Exception:  # noqa: BLE001
         pass
-    if block and any(f.rule_id != "VA9001" and str(f.severity) == "error" for f in findings):
+    if cfg.hook_block_on_error and any(f.rule_id != "VA9001" and str(f.severity) == "error" for f in findings):
         sys.stderr.write("vfio-advisor: blocking the start on error findings "
                          "([hook] block_on_error in the config):\n")
         for f in findings:
@@ -130,7 +119,7 @@ def run(argv: list[str], config_path: str = DEFAULT_CONFIG) -> int:
 
 def main() -> int:
     args = sys.argv[1:]
-    config = DEFAULT_CONFIG
+    config = None
     if len(args) >= 2 and args[0] == "--config":
         config, args = args[1], args[2:]
     try:

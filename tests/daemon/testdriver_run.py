@@ -17,6 +17,7 @@ from pathlib import Path
 import libvirt
 import libvirtaio
 
+from vfio_advisor.sinks.journal import JournalSink
 from vfio_advisor.daemon import DaemonConfig, Service
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,14 +35,17 @@ def domain(name: str, hostdevs: list[tuple[int, int, int]]) -> str:
             f"<devices>{devs}</devices></domain>")
 
 
-class Recorder:
+class Recorder(JournalSink):
+    """The daemon's journal sink, with a sender that records instead of sending."""
+
     def __init__(self):
+        super().__init__("daemon", sender=self.record)
         self.findings, self.events = [], []
 
     def emit(self, finding, dom):
         self.findings.append(finding.rule_id)
 
-    def sender(self, fields):
+    def record(self, fields):
         values = dict(f.split("=", 1) for f in fields)
         self.events.append(values.get("VFIO_ADVISOR_EVENT", values.get("VFIO_ADVISOR_RULE")))
 

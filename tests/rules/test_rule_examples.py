@@ -8,11 +8,15 @@ import pytest
 
 from tests.hosttree import load_config
 from tests.rules.examples import AUDIO, EHCI, EXAMPLES, GPU, QD4, SBLIVE
+from tests.rules.runtime_examples import RUNTIME_EXAMPLES
 from vfio_advisor.engine import run_rules
 from vfio_advisor.rules import RULES, RULES_BY_ID
+from vfio_advisor.rules.runtime import DEVICE_TRANSITIONS, observe, rows_skipped
 
-FIRES = [(r.id, name) for r in RULES for name in r.fires_on]
-SILENT = [(r.id, name) for r in RULES for name in r.silent_on]
+FIRES = [(r.id, name) for r in RULES if r.check for name in r.fires_on]
+SILENT = [(r.id, name) for r in RULES if r.check for name in r.silent_on]
+RT_FIRES = [(r.id, name) for r in RULES if r.transition for name in r.fires_on]
+RT_SILENT = [(r.id, name) for r in RULES if r.transition for name in r.silent_on]
 
 
 @pytest.fixture(scope="module")
@@ -56,18 +60,87 @@ def test_no_rule_breaks_on_example(example, name):
 
 
 def test_every_named_example_exists_and_every_example_is_named():
-    named = {n for r in RULES for n in (*r.fires_on, *r.silent_on)}
+    named = {n for r in RULES if r.check for n in (*r.fires_on, *r.silent_on)}
     assert sorted(named - EXAMPLES.keys()) == [], "rules name examples that examples.py lacks"
     assert sorted(EXAMPLES.keys() - named) == [], "examples.py has examples no rule names"
+    named = {n for r in RULES if r.transition for n in (*r.fires_on, *r.silent_on)}
+    assert sorted(named - RUNTIME_EXAMPLES.keys()) == [], "runtime rules name missing examples"
+    assert sorted(RUNTIME_EXAMPLES.keys() - named) == [], "runtime_examples.py has unnamed examples"
 
 
-def test_every_checked_rule_has_both_kinds_of_example():
+def test_every_rule_but_the_internal_ones_is_checked_or_a_transition():
     for r in RULES:
-        if r.check is None:
+        if r.family == "internal":
+            assert r.check is None and r.transition is None, r.id
             continue
+        assert (r.check is None) != (r.transition is None), f"{r.id}: a check or a transition"
         assert r.fires_on, f"{r.id} has no example that must fire"
         assert r.silent_on, f"{r.id} has no example that must stay silent"
         assert not set(r.fires_on) & set(r.silent_on), r.id
+
+
+def test_the_daemon_runs_every_device_transition():
+    registered = {r.transition for r in RULES if r.transition and r.transition is not rows_skipped}
+    assert registered == set(DEVICE_TRANSITIONS)
+    assert len(DEVICE_TRANSITIONS) == len(set(DEVICE_TRANSITIONS))
+
+
+# --- runtime rules: one pure step each ----------------------------------------
+
+@pytest.fixture(scope="module")
+def runtime_example(tmp_path_factory):
+    built: dict = {}
+
+    def get(name: str):
+        if name not in built:
+            built[name] = RUNTIME_EXAMPLES[name](tmp_path_factory.mktemp(name))
+        return built[name]
+    return get
+
+
+def _step(rule_id: str, case: tuple):
+    rule = RULES_BY_ID[rule_id]
+    if rule.transition is rows_skipped:
+        return rule.transition(*case)[1]
+    state, sample, elapsed, config = case
+    _, found = rule.transition(observe(state, sample, elapsed), sample, elapsed, config)
+    return [f for f in found if f.rule_id == rule_id]
+
+
+@pytest.mark.parametrize("rule_id,name", RT_FIRES, ids=[f"{r}-fires-on-{n}" for r, n in RT_FIRES])
+def test_runtime_rule_fires_on_example(runtime_example, rule_id, name):
+    found = _step(rule_id, runtime_example(name))
+    assert found, f"{rule_id} did not fire on {name}"
+    assert all(f.severity == RULES_BY_ID[rule_id].severity for f in found)
+
+
+@pytest.mark.parametrize("rule_id,name", RT_SILENT, ids=[f"{r}-silent-on-{n}" for r, n in RT_SILENT])
+def test_runtime_rule_silent_on_example(runtime_example, rule_id, name):
+    found = _step(rule_id, runtime_example(name))
+    assert not found, f"{rule_id} fired on {name}: " + " | ".join(f.message for f in found)
+
+
+def test_runtime_transitions_are_pure(runtime_example):
+    """Same input, same output, and the input state is left as it was."""
+    for name in RUNTIME_EXAMPLES:
+        case = runtime_example(name)
+        if not isinstance(case[0], bool):
+            state = case[0]
+            from vfio_advisor.rules.runtime import step_device
+            assert step_device(*case) == step_device(*case)
+            assert case[0] is state
+
+
+def test_one_remedy_names_every_function_for_va1001_va6001_va6003(example, runtime_example):
+    """Windows keeps MSISupported per function: every remedy that tells the
+    guest to use MSI names both the GPU and its HDMI audio."""
+    facts, findings = example("gpu-audio-intx-windows")
+    (va1001,) = [f for f in findings if f.rule_id == "VA1001"]
+    (va6001,) = _step("VA6001", runtime_example("rt-intx-settled-windows"))
+    (va6003,) = _step("VA6003", runtime_example("rt-msi-last-run-intx-now"))
+    for f in (va1001, va6001, va6003):
+        assert GPU in f.remedy and AUDIO in f.remedy, f.rule_id
+    assert va1001.remedy == va6001.remedy == va6003.remedy
 
 
 # --- what the findings say --------------------------------------------------

@@ -107,6 +107,13 @@ def _split_handlers(text: str) -> tuple[str, ...]:
     return tuple(h.strip() for h in text.split(", ") if h.strip())
 
 
+def header_cpus(header: str | bytes) -> int:
+    """CPU columns named by the header row ("CPU0 CPU1 ..."; kernel/irq/proc.c
+    prints one per online CPU, so the numbers may have gaps)."""
+    cpu = b"CPU" if isinstance(header, bytes) else "CPU"
+    return sum(1 for tok in header.split() if tok.startswith(cpu))
+
+
 def parse_interrupts(text: str) -> Interrupts:
     """Parse the text of /proc/interrupts. Never raises on odd rows."""
     cpus: int | None = None
@@ -117,7 +124,7 @@ def parse_interrupts(text: str) -> Interrupts:
         if not row:
             continue
         if cpus is None and not lines and row.startswith("CPU"):
-            cpus = sum(1 for tok in row.split() if tok.startswith("CPU"))
+            cpus = header_cpus(row)
             continue
         parsed = parse_interrupt_row(row, cpus)
         if parsed is None:
@@ -171,27 +178,22 @@ def parse_interrupt_row(row: str, cpus: int | None) -> IrqLine | None:
                    handlers=handlers, truncated=truncated)
 
 
-class LineSample(NamedTuple):
-    """The few fields the daemon needs from one /proc/interrupts row."""
-
-    irq: str
-    total: int
-    handlers: tuple[str, ...]
-
-
-def sample_lines(data: bytes | str, wanted: frozenset[str]) -> tuple[dict[str, LineSample], int]:
-    """Totals of the rows whose IRQ is in `wanted` or that carry a vfio
-    handler. Returns (rows, number of those rows it could not read).
+def sample_table(data: bytes | str, wanted: frozenset[str]) -> tuple[Interrupts, int]:
+    """The rows of /proc/interrupts whose IRQ is in `wanted` or that carry a
+    vfio handler, as a partial `Interrupts` table (so `model.device_interrupts`
+    reads it exactly as it reads the full one). Returns (table, number of those
+    rows it could not read, or read cut short).
 
     The daemon calls this every few seconds on files of thousands of rows and
     hundreds of CPU columns, so it never splits the rows it does not need: it
     finds the vfio rows with bytes.find("vfio-") and the wanted rows by their
-    "NN:" label, and parses only those.
+    "NN:" label, and parses only those. The CPU count comes from the header
+    exactly as `parse_interrupts` takes it (one column per "CPUn" word).
     """
     if isinstance(data, str):
         data = data.encode("utf-8", "replace")
     header = data[:data.find(b"\n")] if b"\n" in data else data
-    cpus = header.count(b"CPU") if header.lstrip().startswith(b"CPU") else None
+    cpus = header_cpus(header) if header.strip().startswith(b"CPU") else None
     starts: set[int] = set()
     pos = data.find(b"vfio-")
     while pos != -1:
@@ -209,15 +211,18 @@ def sample_lines(data: bytes | str, wanted: frozenset[str]) -> tuple[dict[str, L
                 starts.add(line_start)
                 break
             pos = data.find(label, pos + 1)
-    out: dict[str, LineSample] = {}
-    odd = 0
-    for start in starts:
+    lines: dict[str, IrqLine] = {}
+    skipped: list[str] = []
+    for start in sorted(starts):
+        if start == 0 and cpus is not None:
+            continue  # the header itself (a BDF cannot be in it, but be safe)
         end = data.find(b"\n", start)
-        row = parse_interrupt_row(data[start:None if end == -1 else end].decode("utf-8", "replace").strip(),
-                                  cpus)
+        text = data[start:None if end == -1 else end].decode("utf-8", "replace").strip()
+        row = parse_interrupt_row(text, cpus)
         if row is None or row.truncated:
-            odd += 1
+            skipped.append(f"not an interrupt row: {text[:60]!r}" if row is None
+                           else f"IRQ {row.irq}: row cut short")
             if row is None:
                 continue
-        out[row.irq] = LineSample(row.irq, row.total, row.handlers)
-    return out, odd
+        lines[row.irq] = row
+    return Interrupts(cpus=cpus, lines=tuple(lines.values()), skipped=tuple(skipped)), len(skipped)

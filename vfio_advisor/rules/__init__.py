@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from vfio_advisor.findings import Finding
 from vfio_advisor.rules.base import Rule
-from vfio_advisor.rules.checks import RULES
+from vfio_advisor.rules import checks, runtime
+
+# Every rule, by ID (the catalog's and `rules`' order). Static rules carry a
+# `check` over DomainFacts, runtime rules a `transition` (rules/runtime.py).
+RULES: tuple[Rule, ...] = tuple(sorted((*checks.RULES, *runtime.RULES), key=lambda r: r.id))
 
 RULES_BY_ID: dict[str, Rule] = {r.id: r for r in RULES}
 RULES_BY_SLUG: dict[str, Rule] = {r.slug: r for r in RULES}
@@ -20,8 +24,19 @@ def lookup(key: str) -> Rule | None:
 
 
 def internal_error(domain: str | None, message: str) -> Finding:
-    return Finding(rule_id="VA9001", domain=domain, subject=None, message=message,
-                   remedy=RULES_BY_ID["VA9001"].remedy)
+    return RULES_BY_ID["VA9001"].finding(domain, None, message)
 
 
-__all__ = ["RULES", "RULES_BY_ID", "RULES_BY_SLUG", "RETIRED", "Rule", "lookup", "internal_error"]
+def run_summary(name: str | None, findings, devices: int) -> Finding:
+    """VA9002: one line per run with the counts (the hook's journal summary)."""
+    from vfio_advisor.findings import Severity  # noqa: PLC0415
+
+    counts = {s: sum(1 for f in findings if f.severity == s) for s in Severity}
+    text = (f"{name or '-'}: {len(findings)} finding{'s' if len(findings) != 1 else ''} "
+            f"({counts[Severity.ERROR]} error, {counts[Severity.WARNING]} warning, "
+            f"{counts[Severity.INFO]} info) for {devices} assigned PCI device"
+            f"{'s' if devices != 1 else ''}")
+    return RULES_BY_ID["VA9002"].finding(name, None, text)
+
+
+__all__ = ["RULES", "RULES_BY_ID", "RULES_BY_SLUG", "RETIRED", "Rule", "lookup", "internal_error", "run_summary"]

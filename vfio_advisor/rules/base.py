@@ -7,6 +7,17 @@ from typing import Callable, Iterable, NamedTuple
 
 from vfio_advisor.findings import Finding, Severity
 
+SEED_ARTICLE = "https://vfio.blogspot.com/2014/09/vfio-interrupts-and-how-to-coax-windows.html"
+
+
+def message_id(hexstr: str) -> str:
+    """A rule's journald MESSAGE_ID, checked where it is written."""
+    # Kept as text: importing uuid costs the hook a platform.system() call.
+    if len(hexstr) != 32 or int(hexstr, 16) == 0:
+        raise ValueError(f"bad MESSAGE_ID {hexstr!r}")
+    return hexstr
+
+
 RULE_ID_RE = re.compile(r"^VA[1-9]\d{3}$")
 SLUG_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
@@ -40,6 +51,22 @@ class Rule(NamedTuple):
     # "device": findings name a host device (VFIO_ADVISOR_HOST_BDF is set);
     # "domain": they are about the domain or host as a whole.
     scope: str = "device"
+
+    # Guest-routing rules (VA5xxx and the like): the report lists their
+    # findings next to the guest routing table (sinks/report.py).
+    routing: bool = False
+    # Runtime rules: a pure transition over one device's sampled state, in
+    # rules/runtime.py; None for static rules.
+    transition: Callable[..., object] | None = None
+
+    def finding(self, domain: str | None, subject: str | None, message: str,
+                remedy: str | None = None, guest_address: str | None = None,
+                evidence: dict[str, str] | tuple = ()) -> Finding:
+        """A finding of this rule; `remedy` defaults to the rule's generic one."""
+        if isinstance(evidence, dict):
+            evidence = tuple(evidence.items())
+        return Finding(self.id, domain, subject, message, remedy or self.remedy, guest_address,
+                       tuple(evidence), self.severity, self.slug, self.title, self.message_id)
 
     def named_in(self, names) -> bool:
         """Is this rule among `names` (IDs or slugs, as configs and <metadata> give them)?"""

@@ -10,24 +10,24 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from vfio_advisor.engine import AssignedDevice, DomainFacts
+from vfio_advisor.facts.model import AssignedDevice, DomainFacts
 from vfio_advisor.facts.guest_intx import (
     NOTE_PXB_PCIE, PINS, PIRQS, QEMU_MODEL_MSI, GuestFunction, free_line_addresses,
 )
 from vfio_advisor.facts.pci_config import UNKNOWN
+from vfio_advisor import journal_fields as F
 from vfio_advisor.findings import Finding, Severity
-from vfio_advisor.rules.base import Rule
-from vfio_advisor.rules.remedies import msi_remedy_for
+from vfio_advisor.journal_fields import at
+from vfio_advisor.rules.base import Rule, SEED_ARTICLE
+from vfio_advisor.rules.base import message_id as _id
+from vfio_advisor.rules.remedies import guest_msi_remedy
 
-SEED_ARTICLE = "https://vfio.blogspot.com/2014/09/vfio-interrupts-and-how-to-coax-windows.html"
 
 
 def _finding(rule_id: str, facts: DomainFacts, dev: AssignedDevice | None, message: str,
              remedy: str, evidence: dict[str, str] | None = None) -> Finding:
-    return Finding(rule_id=rule_id, domain=facts.domain.name,
-                   subject=dev.address if dev else None, message=message, remedy=remedy,
-                   guest_address=dev.guest_address if dev else None,
-                   evidence=tuple((evidence or {}).items()))
+    return _BY_ID[rule_id].finding(facts.domain.name, dev.address if dev else None, message, remedy,
+                                   dev.guest_address if dev else None, evidence or ())
 
 
 # --- VA1xxx: interrupt mode -------------------------------------------------
@@ -68,12 +68,11 @@ def check_msi_capable_on_intx(facts: DomainFacts) -> Iterator[Finding]:
             seen = (f"the line has counted {irq.intx_count} interrupts ({whose}); not sampled, "
                     "use --sample 10 to confirm it is still rising")
         caps = [c for c, v in (("MSI", pci.config.msi), ("MSI-X", pci.config.msix)) if v]
-        siblings = [(s.device, s.interrupts.on_intx) for s in facts.siblings(dev) if s.device]
         yield _finding(
             "VA1001", facts, dev,
             f"{pci.name} supports {' and '.join(caps)} but the guest driver keeps it on "
             f"vfio-intx: {seen}.",
-            msi_remedy_for(facts.domain.guest_os, pci, siblings),
+            guest_msi_remedy(facts, dev),
             {"proc/interrupts": f"IRQ {irq.intx_irq}: vfio-intx({dev.address})"})
 
 
@@ -383,13 +382,6 @@ def check_facts_incomplete(facts: DomainFacts) -> Iterator[Finding]:
             {"proc/interrupts": facts.host.interrupts_problem})
 
 
-def _id(hexstr: str) -> str:
-    # Kept as text: importing uuid costs the hook a platform.system() call.
-    if len(hexstr) != 32 or int(hexstr, 16) == 0:
-        raise RuntimeError(f"programming error: bad MESSAGE_ID {hexstr!r}")
-    return hexstr
-
-
 RULES: tuple[Rule, ...] = (
     Rule("VA1001", "msi-capable-device-on-intx", Severity.WARNING,
          "Assigned device supports MSI but the guest keeps it on INTx",
@@ -500,7 +492,7 @@ RULES: tuple[Rule, ...] = (
          "Give the device a guest address whose line no other INTx function uses (the "
          "message names one), or make its guest driver use MSI.",
          _id("b325b388f18345aeb0da90a39d7df911"), check_guest_line_shared,
-         fires_on=("guest-line-shared-q35",), silent_on=("gpu-audio-msi",)),
+         fires_on=("guest-line-shared-q35",), silent_on=("gpu-audio-msi",), routing=True),
     Rule("VA5002", "i440fx-two-guest-irqs", Severity.INFO,
          "i440FX: all guest INTx share IRQ 10 and 11",
          "The i440FX/PIIX3 chipset has four PIRQ links, and SeaBIOS and OVMF connect them "
@@ -509,7 +501,7 @@ RULES: tuple[Rule, ...] = (
          "has only 5, 10 and 11 to choose from.",
          "Use a Q35 machine type, whose eight links go to GSI 16-23.",
          _id("10a0dd1f359c47ff8030a1cacacc23d2"), check_i440fx_two_irqs,
-         fires_on=("i440fx-intx-only",), silent_on=("gpu-audio-msi",), scope="domain"),
+         fires_on=("i440fx-intx-only",), silent_on=("gpu-audio-msi",), scope="domain", routing=True),
     Rule("VA5003", "intx-behind-pxb-pcie", Severity.WARNING,
          "INTx behind a pcie-expander-bus on Q35 never reaches the guest",
          "For devices behind a pxb-pcie (libvirt pcie-expander-bus) on Q35, QEMU's INTx "
@@ -520,63 +512,7 @@ RULES: tuple[Rule, ...] = (
          "Keep INTx devices off the pcie-expander-bus, or use only devices whose guest "
          "drivers enable MSI or MSI-X.",
          _id("c598ab6075a043cea0a0c20cf5dd0d53"), check_intx_behind_pxb_pcie,
-         fires_on=("pxb-pcie-intx",), silent_on=("gpu-audio-msi",)),
-    Rule("VA6001", "stays-on-intx", Severity.WARNING,
-         "Running guest keeps an MSI-capable device on INTx",
-         "The domain has run longer than the settle time, its guest driver had time to "
-         "load, and this MSI-capable device's vfio-intx counter keeps rising: the guest "
-         "driver chose INTx. Every interrupt then needs a mask, a trip through the guest "
-         "and an unmask after its EOI; HDMI audio crackles and frame times stutter.",
-         "Enable MSI in the guest: Windows MSISupported=1 for every function of the card "
-         "(and again after driver updates); Linux, the driver's MSI option.",
-         _id("60b452f510024659af0f6d48fbec1ee0"), None, documentation=(SEED_ARTICLE,)),
-    Rule("VA6002", "switched-to-msi", Severity.INFO,
-         "Device switched from INTx to MSI: the fix worked",
-         "A device that vfio-advisor had seen stay on INTx now uses MSI or MSI-X: the guest "
-         "driver enabled message-signalled interrupts, usually after MSISupported was set or "
-         "a driver option changed.",
-         "Nothing to do. Check again after guest driver updates, which can reset the setting.",
-         _id("1936b40983384a06a30e555d8d8c480d"), None),
-    Rule("VA6003", "msi-to-intx-regression", Severity.WARNING,
-         "Device used MSI in the previous run and INTx now",
-         "In the previous run of this domain the device used MSI or MSI-X; in this run its "
-         "guest driver stays on INTx. A Windows driver update reinstalls the device and "
-         "resets MSISupported; a Linux kernel or module change can do the same.",
-         "Set MSISupported=1 again for every function of the card (Windows), or restore the "
-         "driver's MSI option (Linux), then restart the guest.",
-         _id("4311428fa02a4380a07d7c7a8b3d26a9"), None),
-    Rule("VA6004", "intx-storm", Severity.WARNING,
-         "Interrupt storm on an assigned device's INTx line",
-         "The device raises INTx faster than the threshold for several samples in a row. "
-         "Each INTx costs a host interrupt, a mask and an unmask after the guest's EOI, so a "
-         "storm eats host CPU and guest latency; it often means a guest driver that does not "
-         "acknowledge the device, or a device that should be on MSI.",
-         "Check the guest driver (and its logs) for this device; enable MSI if the device "
-         "supports it. The threshold is [daemon] storm_rate in the config.",
-         _id("6c7b6d7ab9414e3490ac862d7eb2a3dd"), None),
-    Rule("VA6005", "intx-storm-shared-line", Severity.ERROR,
-         "Interrupt storm on a host INTx line shared with other devices",
-         "As VA6004, but the host line is shared: every interrupt of the storm also makes "
-         "the host run the other devices' handlers, and their interrupts wait behind the "
-         "guest's. Host devices on the line (USB, storage) suffer too.",
-         "Stop the storm (guest driver, MSI), or give the device a host line of its own.",
-         _id("f90aba7e5162418e8a794c36b87980ef"), None),
-    Rule("VA6006", "no-interrupts", Severity.INFO,
-         "Assigned device raised no interrupt after the settle time",
-         "The domain has run longer than the settle time and this assigned device has not "
-         "raised a single interrupt: most often no guest driver is bound to it, or the "
-         "guest has not finished booting.",
-         "Check in the guest that a driver is bound to the device (Device Manager, or "
-         "lspci -k in Linux).",
-         _id("3d219b988e0643289eabc7fe1bfecd0f"), None),
-    Rule("VA6007", "vfio-irq-affinity-overlap", Severity.WARNING,
-         "A vfio vector may run on the domain's pinned vCPU CPUs or isolated CPUs",
-         "The host interrupt of an assigned device may be delivered to CPUs that run the "
-         "domain's pinned vCPUs, or that the host isolates (isolcpus, nohz_full). Its "
-         "handler then preempts those CPUs, adding latency where it was meant to be lowest.",
-         "Set the vector's /proc/irq/N/smp_affinity_list to housekeeping CPUs, or use "
-         "irqaffinity= on the host kernel command line. vfio-advisor only advises.",
-         _id("ca692677e0fd4f29b856f5fefbb536e2"), None),
+         fires_on=("pxb-pcie-intx",), silent_on=("gpu-audio-msi",), routing=True),
     Rule("VA8001", "hostdev-missing-on-host", Severity.WARNING,
          "Assigned device not found on this host: its checks were skipped",
          "The domain assigns a host PCI address that sysfs does not have. The domain will "
@@ -592,12 +528,6 @@ RULES: tuple[Rule, ...] = (
          "Run as root.",
          _id("d92502904c274f179326771266394df5"), check_facts_incomplete,
          fires_on=("config-64-bytes",), silent_on=("gpu-audio-msi",)),
-    Rule("VA8003", "interrupt-rows-skipped", Severity.INFO,
-         "Some /proc/interrupts rows could not be read",
-         "The daemon found rows in /proc/interrupts it could not parse (cut off, or in a "
-         "format it does not know) and skips them. It says so once, not at every sample.",
-         "If vfio rows are among them, report it with a snapshot (vfio-advisor snapshot).",
-         _id("f331f323c1874b3198add8a8302467e2"), None, scope="domain"),
     Rule("VA9001", "internal-error", Severity.ERROR,
          "vfio-advisor hit an internal error",
          "A check or a sink of vfio-advisor failed unexpectedly. The other checks still "
@@ -607,10 +537,12 @@ RULES: tuple[Rule, ...] = (
          _id("00113ac7df114add87300056cd258a31"), None, scope="domain"),
     Rule("VA9002", "run-summary", Severity.INFO,
          "vfio-advisor checked a domain",
-         "vfio-advisor checked the domain @VFIO_ADVISOR_DOMAIN@ (@VFIO_ADVISOR_SOURCE@) and "
-         "logged @VFIO_ADVISOR_FINDINGS@ findings for @VFIO_ADVISOR_DEVICES@ assigned PCI "
+         f"vfio-advisor checked the domain {at(F.DOMAIN)} ({at(F.SOURCE)}) and "
+         f"logged {at(F.FINDINGS)} findings for {at(F.DEVICES)} assigned PCI "
          "devices, one journal entry each. This entry is logged once per check, also when "
          "there is nothing to report.",
-         "Read the findings with journalctl -t vfio-advisor VFIO_ADVISOR_DOMAIN=<name> -x.",
+         f"Read the findings with journalctl -t {F.IDENTIFIER} {F.DOMAIN}=<name> -x.",
          _id("c77143cee7824d24965769fa0d8fa414"), None, scope="domain"),
 )
+
+_BY_ID = {r.id: r for r in RULES}

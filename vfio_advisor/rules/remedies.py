@@ -7,6 +7,9 @@ shell words are quoted with shlex.
 
 from __future__ import annotations
 
+from typing import Callable
+
+from vfio_advisor.facts.model import AssignedDevice, DomainFacts
 from vfio_advisor.facts.pci import PciDevice
 
 MSI_REGISTRY_PATH = (r"HKLM\SYSTEM\CurrentControlSet\Enum\<Device Instance Path>"
@@ -85,6 +88,17 @@ def linux_msi_remedy(devices: list[PciDevice]) -> str:
                 "'modinfo -p <module> | grep -i msi'. If there is none, the driver "
                 "chose INTx on purpose (some hardware has broken MSI).")
     return "\n".join(parts)
+
+
+def guest_msi_remedy(facts: DomainFacts, dev: AssignedDevice,
+                     on_intx: Callable[[AssignedDevice], bool] | None = None) -> str:
+    """The one remedy for "the guest keeps this device on INTx" (VA1001,
+    VA6001, VA6003): every function of the card that the domain assigns is
+    named for Windows. `on_intx` says whether a sibling is on INTx now (the
+    daemon knows that from its samples; advise from the facts)."""
+    on_intx = on_intx or (lambda d: d.interrupts.on_intx)
+    siblings = [(s.device, on_intx(s)) for s in facts.siblings(dev) if s.device is not None]
+    return msi_remedy_for(facts.domain.guest_os, dev.device, siblings)
 
 
 def msi_remedy_for(guest_os: str, device: PciDevice,

@@ -19,10 +19,11 @@ import re
 import sys
 from typing import Callable, Iterable, Sequence
 
+from vfio_advisor import journal_fields as F
 from vfio_advisor.facts.domain import Domain
 from vfio_advisor.findings import SYSLOG_PRIORITY, Finding, Severity
 
-IDENTIFIER = "vfio-advisor"
+IDENTIFIER = F.IDENTIFIER
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 Sender = Callable[[Sequence[str]], None]
 
@@ -52,65 +53,65 @@ def _value(text: str) -> str:
 
 
 def finding_fields(f: Finding, domain: Domain | None, source: str) -> list[str]:
-    rule = f.rule
     where = f" {f.subject}" if f.subject else ""
     fields = {
-        "MESSAGE": f"{f.domain or '-'}{where}: {rule.id} {f.message}",
-        "PRIORITY": str(SYSLOG_PRIORITY[rule.severity]),
-        "SYSLOG_IDENTIFIER": IDENTIFIER,
-        "MESSAGE_ID": rule.message_id,
-        "VFIO_ADVISOR_RULE": rule.id,
-        "VFIO_ADVISOR_SLUG": rule.slug,
-        "VFIO_ADVISOR_SEVERITY": str(rule.severity),
-        "VFIO_ADVISOR_SOURCE": source,
-        "VFIO_ADVISOR_REMEDY": f.remedy,
+        F.MESSAGE: f"{f.domain or '-'}{where}: {f.rule_id} {f.message}",
+        F.PRIORITY: str(SYSLOG_PRIORITY[f.severity]),
+        F.SYSLOG_IDENTIFIER: IDENTIFIER,
+        F.MESSAGE_ID: f.message_id,
+        F.RULE: f.rule_id,
+        F.SLUG: f.slug,
+        F.SEVERITY: str(f.severity),
+        F.SOURCE: source,
+        F.REMEDY: f.remedy,
     }
     if f.domain:
-        fields["VFIO_ADVISOR_DOMAIN"] = f.domain
+        fields[F.DOMAIN] = f.domain
     if domain is not None:
         if domain.uuid:
-            fields["VFIO_ADVISOR_DOMAIN_UUID"] = domain.uuid
-        fields["VFIO_ADVISOR_CHIPSET"] = domain.chipset
-        fields["VFIO_ADVISOR_GUEST_OS"] = domain.guest_os
+            fields[F.DOMAIN_UUID] = domain.uuid
+        fields[F.CHIPSET] = domain.chipset
+        fields[F.GUEST_OS] = domain.guest_os
     if f.subject:
-        fields["VFIO_ADVISOR_HOST_BDF"] = f.subject
+        fields[F.HOST_BDF] = f.subject
     if f.guest_address:
-        fields["VFIO_ADVISOR_GUEST_ADDRESS"] = f.guest_address
+        fields[F.GUEST_ADDRESS] = f.guest_address
     for key, value in f.evidence:
-        fields[f"VFIO_ADVISOR_EVIDENCE_{_field_name(key)}"] = value
+        fields[F.EVIDENCE_PREFIX + _field_name(key)] = value
     return [f"{k}={_value(v)}" for k, v in fields.items()]
 
 
-def summary_fields(domain: Domain | None, name: str | None, findings: Sequence[Finding],
+def summary_fields(summary: Finding, domain: Domain | None, findings: Sequence[Finding],
                    devices: int, source: str) -> list[str]:
-    from vfio_advisor.rules import RULES_BY_ID
-
-    rule = RULES_BY_ID["VA9002"]
+    """The VA9002 entry; `summary` is the finding rules.run_summary made."""
     counts = {s: sum(1 for f in findings if f.severity == s) for s in Severity}
     worst = max((f.severity for f in findings), default=Severity.INFO)
-    text = (f"{name or '-'}: {len(findings)} finding{'s' if len(findings) != 1 else ''} "
-            f"({counts[Severity.ERROR]} error, {counts[Severity.WARNING]} warning, "
-            f"{counts[Severity.INFO]} info) for {devices} assigned PCI device"
-            f"{'s' if devices != 1 else ''}")
     fields = {
-        "MESSAGE": text,
+        F.MESSAGE: summary.message,
         # notice (5) when the run found something to act on, else info (6)
-        "PRIORITY": "5" if worst >= Severity.WARNING else "6",
-        "SYSLOG_IDENTIFIER": IDENTIFIER,
-        "MESSAGE_ID": rule.message_id,
-        "VFIO_ADVISOR_RULE": rule.id,
-        "VFIO_ADVISOR_SLUG": rule.slug,
-        "VFIO_ADVISOR_SOURCE": source,
-        "VFIO_ADVISOR_FINDINGS": str(len(findings)),
-        "VFIO_ADVISOR_ERRORS": str(counts[Severity.ERROR]),
-        "VFIO_ADVISOR_WARNINGS": str(counts[Severity.WARNING]),
-        "VFIO_ADVISOR_DEVICES": str(devices),
-        "VFIO_ADVISOR_RULES": " ".join(sorted({f.rule_id for f in findings})),
+        F.PRIORITY: "5" if worst >= Severity.WARNING else "6",
+        F.SYSLOG_IDENTIFIER: IDENTIFIER,
+        F.MESSAGE_ID: summary.message_id,
+        F.RULE: summary.rule_id,
+        F.SLUG: summary.slug,
+        F.SOURCE: source,
+        F.FINDINGS: str(len(findings)),
+        F.ERRORS: str(counts[Severity.ERROR]),
+        F.WARNINGS: str(counts[Severity.WARNING]),
+        F.DEVICES: str(devices),
+        F.RULES: " ".join(sorted({f.rule_id for f in findings})),
     }
-    if name:
-        fields["VFIO_ADVISOR_DOMAIN"] = name
+    if summary.domain:
+        fields[F.DOMAIN] = summary.domain
     if domain is not None and domain.uuid:
-        fields["VFIO_ADVISOR_DOMAIN_UUID"] = domain.uuid
+        fields[F.DOMAIN_UUID] = domain.uuid
+    return [f"{k}={_value(v)}" for k, v in fields.items()]
+
+
+def event_fields(message: str, event: str, priority: int, source: str) -> list[str]:
+    """The daemon's own events (started, reconnected, reloaded, ...)."""
+    fields = {F.MESSAGE: message, F.PRIORITY: str(priority), F.SYSLOG_IDENTIFIER: IDENTIFIER,
+              F.SOURCE: source, F.EVENT: event}
     return [f"{k}={_value(v)}" for k, v in fields.items()]
 
 
@@ -141,6 +142,13 @@ class JournalSink:
     def emit(self, finding: Finding, domain: Domain | None) -> None:
         self._send(finding_fields(finding, domain, self.source))
 
-    def summary(self, domain: Domain | None, name: str | None, findings: Iterable[Finding],
+    def summary(self, summary: Finding, domain: Domain | None, findings: Iterable[Finding],
                 devices: int) -> None:
-        self._send(summary_fields(domain, name, list(findings), devices, self.source))
+        self._send(summary_fields(summary, domain, list(findings), devices, self.source))
+
+    def event(self, message: str, event: str, priority: int = 6) -> None:
+        """One of the daemon's own events; raises OSError if journald is gone."""
+        self.sender(event_fields(message, event, priority, self.source))
+
+    def close(self) -> None:
+        pass

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vfio_advisor import __version__
-from vfio_advisor.engine import AssignedDevice, DomainFacts, HostFacts
+from vfio_advisor.facts.model import AssignedDevice, DomainFacts, HostFacts, HostInterrupts
 from vfio_advisor.facts.guest_intx import PINS, PIRQS, GuestFunction, GuestIntxMap
 from vfio_advisor.facts.pci import PciDevice
 from vfio_advisor.facts.pci_config import UNKNOWN
@@ -82,9 +82,10 @@ def guest_function_json(fn: GuestFunction, gmap: GuestIntxMap) -> dict:
     }
 
 
-def guest_irqs_json(facts: DomainFacts, findings: list[Finding]) -> dict:
+def guest_irqs_json(facts: DomainFacts, findings: list[Finding], routing: frozenset[str]) -> dict:
+    """`routing`: IDs of the rules about guest routing (Rule.routing), whose
+    findings go with the table."""
     gmap = facts.guest_intx
-    routing = {"VA5001", "VA5002", "VA5003"}
     return {
         "schema": GUEST_IRQS_SCHEMA,
         "domain": facts.domain.name,
@@ -99,7 +100,7 @@ def guest_irqs_json(facts: DomainFacts, findings: list[Finding]) -> dict:
 def finding_json(f: Finding) -> dict:
     return {
         "rule": f.rule_id,
-        "slug": f.rule.slug,
+        "slug": f.slug,
         "severity": str(f.severity),
         "subject": f.subject,
         "guest_address": f.guest_address,
@@ -131,6 +132,17 @@ def device_json(device: PciDevice | None, address: str, nointxmask: bool = False
         m = masking or device.intx_masking(nointxmask)
         out["intx_masking"] = {"supported": m.supported, "evidence": m.evidence}
     return out
+
+
+def host_device_json(address: str, device: PciDevice | None, problem: str | None,
+                     irq: HostInterrupts, nointxmask: bool) -> dict:
+    """One entry of `vfio-advisor device --format json` (DEVICE_SCHEMA)."""
+    if device is None:
+        return {"host_address": address, "error": problem}
+    entry = device_json(device, address, nointxmask)
+    entry["host_interrupts"] = {"mode": irq.mode, "irqs": list(irq.irqs), "intx_irq": irq.intx_irq,
+                                "shared_with": list(irq.shared_with), "intx_count": irq.intx_count}
+    return entry
 
 
 def assigned_json(dev: AssignedDevice, findings: list[Finding], nointxmask: bool,

@@ -9,7 +9,7 @@ import textwrap
 import unicodedata
 from typing import TextIO
 
-from vfio_advisor.engine import AssignedDevice
+from vfio_advisor.facts.model import AssignedDevice
 from vfio_advisor.facts.pci_config import UNKNOWN
 from vfio_advisor.findings import Finding, Severity
 from vfio_advisor.sinks.report import Report
@@ -117,16 +117,11 @@ class TextWriter:
         self.line(f"{len(report.domains)} domain{'s' if len(report.domains) != 1 else ''}: "
                   f"{counts[Severity.ERROR]} error, {counts[Severity.WARNING]} warning, "
                   f"{counts[Severity.INFO]} info")
-        ids = sorted({f.rule_id for f in report.findings})
-        if ids:
+        titles = {f.rule_id: f.title for f in report.findings}
+        if titles:
             self.line("For details:")
-            for rule_id in ids:
-                self.line(f"  vfio-advisor explain {rule_id} -- {report_rule_title(rule_id)}")
-
-
-def report_rule_title(rule_id: str) -> str:
-    from vfio_advisor.rules import RULES_BY_ID
-    return RULES_BY_ID[rule_id].title
+            for rule_id in sorted(titles):
+                self.line(f"  vfio-advisor explain {rule_id} -- {titles[rule_id]}")
 
 
 def write_text(report: Report, out: TextIO, colour: bool | None = None) -> None:
@@ -162,3 +157,35 @@ def write_guest_irqs(doc: dict, out: TextIO) -> None:
         out.write(f"  not yet addressed (libvirt assigns at define): {clean(a)}\n")
     for f in doc["findings"]:
         out.write(f"  {f['severity']} {f['rule']} {clean(f['message'])}\n")
+
+
+def write_device(e: dict, out: TextIO) -> None:
+    """One entry of `vfio-advisor device` (host_device_json) for people."""
+    if "error" in e:
+        out.write(f"{e['host_address']}: {clean(e['error'])}\n")
+        return
+    caps = e["capabilities"] or {}
+
+    def show(v, fmt):
+        return "unknown (config space truncated)" if v == "unknown" else ("absent" if v is None else fmt(v))
+
+    irq = e["host_interrupts"]
+    lines = [
+        f"{e['host_address']}  {clean(e['name'] or '?')}  [{e['vendor_id']}:{e['device_id']}] class {e['class']}",
+        f"  driver: {clean(e['driver'] or 'none')}   IOMMU group: {e['iommu_group']} "
+        f"({clean(', '.join(e['iommu_group_members'])) or '-'})",
+        "  MSI: " + show(caps.get("msi"), lambda m: "%d vector(s), 64bit=%s, maskable=%s, enabled=%s"
+                         % (m["vectors"], m["64bit"], m["maskable"], m["enabled"])),
+        "  MSI-X: " + show(caps.get("msix"), lambda m: "table size %d, enabled=%s"
+                           % (m["table_size"], m["enabled"])),
+        "  PCIe: " + show(caps.get("pcie"), lambda c: "%s (cap v%d)" % (c["type"], c["version"])),
+        f"  INTx pin: {caps.get('intx_pin') or 'none'}   host IRQ: {e['host_irq']}   "
+        f"INTx masking: {e['intx_masking']['supported']} ({e['intx_masking']['evidence']})",
+        f"  interrupts now: {irq['mode']}" + (f", IRQs {irq['irqs']}" if irq["irqs"] else "")
+        + (", INTx line shared with " + clean(", ".join(irq["shared_with"])) if irq["shared_with"] else ""),
+        f"  msi_bus: {e['msi_bus']}" + "".join(f", bridge {b}: {v}" for b, v in e["upstream_msi_bus"].items()),
+        f"  config space: {caps.get('config_bytes', 0)} bytes readable",
+    ]
+    for item in e["unreadable"]:
+        lines.append(f"  could not read {clean(item)}")
+    out.write("\n".join(lines) + "\n")

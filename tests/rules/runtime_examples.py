@@ -1,0 +1,147 @@
+"""Named examples for the runtime rules (rules/runtime.py), as EXAMPLES in
+examples.py are for the static ones: each builds one step's input from the
+same real host trees (QD4 Navi 23 dump, the 2015 IR capture) and domain XML.
+
+A device example returns (previous DeviceState, DeviceSample, elapsed,
+Config); the rule's transition runs after `observe`, as in the daemon. The
+VA8003 examples return (already reported, rows skipped) from a real capture.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from tests.hosttree import load_capture
+from tests.rules.examples import (
+    AUDIO, GPU, IR_CAPTURE, gpu_audio_intx_linux, gpu_audio_intx_windows, gpu_audio_msi,
+)
+from vfio_advisor.config import DEFAULTS
+from vfio_advisor.facts.interrupts import Interrupts, sample_table
+from vfio_advisor.facts.model import DomainFacts, device_interrupts
+from vfio_advisor.rules.runtime import DeviceSample, DeviceState
+
+RUNTIME_EXAMPLES: dict[str, Callable[[Path], tuple]] = {}
+SETTLED, BOOTING, INTERVAL = 120.0, 10.0, 5.0
+
+
+def example(name: str):
+    def register(fn):
+        assert name not in RUNTIME_EXAMPLES, name
+        RUNTIME_EXAMPLES[name] = fn
+        return fn
+    return register
+
+
+def _sample(facts: DomainFacts, bdf: str, since_start: float, table: Interrupts | None = None,
+            **extra) -> DeviceSample:
+    dev = facts.device(bdf)
+    irq = dev.interrupts if table is None else device_interrupts(bdf, dev.device, table)
+    return DeviceSample(interrupts=irq, since_start=since_start, facts=facts, device=dev, **extra)
+
+
+def _earlier(sample: DeviceSample, mode: str, less: int, **state) -> DeviceState:
+    """The state one interval before: the same vectors, `less` interrupts fewer."""
+    counts = tuple((irq, total - less) for irq, total in sample.interrupts.vector_counts)
+    return DeviceState(sample.device.address, mode=mode, counts=counts, **state)
+
+
+def _intx_step(facts: DomainFacts, since_start: float, per_second: float, **state):
+    s = _sample(facts, AUDIO, since_start)
+    return _earlier(s, "intx", int(per_second * INTERVAL), **state), s, INTERVAL, DEFAULTS
+
+
+@example("rt-intx-settled-windows")
+def intx_settled_windows(tmp: Path):
+    """HDMI audio still counting on vfio-intx (shared with EHCI) 120 s after start."""
+    return _intx_step(gpu_audio_intx_windows(tmp), SETTLED, 200)
+
+
+@example("rt-intx-booting")
+def intx_booting(tmp: Path):
+    """The same 10 s after start: the guest driver may still switch to MSI."""
+    return _intx_step(gpu_audio_intx_windows(tmp), BOOTING, 200)
+
+
+@example("rt-msi-settled")
+def msi_settled(tmp: Path):
+    """Both functions on vfio-msi and counting: the healthy case."""
+    s = _sample(gpu_audio_msi(tmp), AUDIO, SETTLED)
+    return _earlier(s, "msi", 1000), s, INTERVAL, DEFAULTS
+
+
+@example("rt-flagged-now-msi")
+def flagged_now_msi(tmp: Path):
+    """Flagged on INTx at the last sample, on vfio-msi now (the fix worked)."""
+    s = _sample(gpu_audio_msi(tmp), AUDIO, SETTLED)
+    return DeviceState(AUDIO, mode="intx", flagged_intx=True), s, INTERVAL, DEFAULTS
+
+
+@example("rt-msi-last-run-intx-now")
+def msi_last_run_intx_now(tmp: Path):
+    """The state file says MSI last run; this run's first settled sample is INTx."""
+    s = _sample(gpu_audio_intx_windows(tmp), AUDIO, SETTLED,
+                previous_run={"mode": "msi", "flagged_intx": False})
+    return DeviceState(AUDIO), s, None, DEFAULTS
+
+
+@example("rt-storm-own-line")
+def storm_own_line(tmp: Path):
+    """30,000 INTx/s on the audio's own line, the third sample in a row."""
+    return _intx_step(gpu_audio_intx_linux(tmp), SETTLED, 30000, storming=2)
+
+
+@example("rt-storm-shared-line")
+def storm_shared_line(tmp: Path):
+    """30,000 INTx/s on a line shared with EHCI, the third sample in a row."""
+    return _intx_step(gpu_audio_intx_windows(tmp), SETTLED, 30000, storming=2)
+
+
+@example("rt-no-vectors-settled")
+def no_vectors_settled(tmp: Path):
+    """No vfio vector of the GPU in /proc/interrupts 120 s after start."""
+    s = _sample(gpu_audio_msi(tmp), GPU, SETTLED, Interrupts(8, (), ()))
+    return DeviceState(GPU, mode="none"), s, INTERVAL, DEFAULTS
+
+
+@example("rt-no-vectors-booting")
+def no_vectors_booting(tmp: Path):
+    s = _sample(gpu_audio_msi(tmp), GPU, BOOTING, Interrupts(8, (), ()))
+    return DeviceState(GPU, mode="none"), s, INTERVAL, DEFAULTS
+
+
+@example("rt-affinity-on-pinned")
+def affinity_on_isolated(tmp: Path):
+    """The audio's MSI vector may run on CPUs 0-7, and the host isolates 2-3."""
+    s = _sample(gpu_audio_msi(tmp), AUDIO, SETTLED, vector_affinity=(("51", frozenset(range(8))),),
+                isolated_cpus=frozenset({2, 3}))
+    return _earlier(s, "msi", 1000), s, INTERVAL, DEFAULTS
+
+
+@example("rt-affinity-housekeeping")
+def affinity_housekeeping(tmp: Path):
+    """The same vector kept on housekeeping CPUs 0-1."""
+    s = _sample(gpu_audio_msi(tmp), AUDIO, SETTLED, vector_affinity=(("51", frozenset({0, 1})),),
+                isolated_cpus=frozenset({2, 3}))
+    return _earlier(s, "msi", 1000), s, INTERVAL, DEFAULTS
+
+
+def _capture_vfio_rows(cut: bool) -> int:
+    text = load_capture(IR_CAPTURE)
+    if cut:  # the vfio row cut inside its CPU columns, as a short read leaves it
+        start = text.index("vfio-msi")
+        row_start = text.rfind("\n", 0, start) + 1
+        text = text[:row_start] + text[row_start:row_start + 12] + "\n" + text[text.index("\n", start) + 1:]
+    # IRQ 45 is watched (a device's INTx line is looked up by its label).
+    _, skipped = sample_table(text, frozenset({"45"}))
+    return skipped
+
+
+@example("rt-rows-cut")
+def rows_cut(tmp: Path):
+    return False, _capture_vfio_rows(cut=True)
+
+
+@example("rt-rows-clean")
+def rows_clean(tmp: Path):
+    return False, _capture_vfio_rows(cut=False)

@@ -1,0 +1,79 @@
+"""Gatherers: read the host once and build the fact model (facts/model.py)."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from vfio_advisor.errors import FactUnavailable
+from vfio_advisor.facts.domain import Domain
+from vfio_advisor.facts.guest_intx import build_guest_intx_map
+from vfio_advisor.facts.host import INTERRUPTS_LIMIT, HostRoot
+from vfio_advisor.facts.interrupts import Interrupts, parse_interrupts
+from vfio_advisor.facts.kernel import read_kernel_facts
+from vfio_advisor.facts.model import AssignedDevice, DomainFacts, HostFacts, device_interrupts
+from vfio_advisor.facts.pci import PciDevice, read_pci_device
+from vfio_advisor.facts.pciids import PciIds
+
+
+def read_interrupts(host: HostRoot) -> Interrupts:
+    return parse_interrupts(host.read_text("proc/interrupts", INTERRUPTS_LIMIT))
+
+
+def gather_host(host: HostRoot, sample_seconds: float | None = None,
+                progress: Callable[[float], None] | None = None) -> HostFacts:
+    kernel = read_kernel_facts(host)
+    interrupts = later = None
+    problem = None
+    try:
+        interrupts = read_interrupts(host)
+    except FactUnavailable as exc:
+        problem = f"{exc.path}: {exc.reason}"
+    if interrupts is not None and sample_seconds:
+        _sleep(sample_seconds, progress)
+        try:
+            later = read_interrupts(host)
+        except FactUnavailable as exc:
+            problem = f"{exc.path}: {exc.reason} (second sample)"
+    return HostFacts(kernel=kernel, interrupts=interrupts, interrupts_problem=problem,
+                     later=later, sample_seconds=sample_seconds if later else None)
+
+
+def _sleep(seconds: float, progress: Callable[[float], None] | None) -> None:
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        if progress:
+            progress(1.0 - left / seconds)
+        time.sleep(min(left, 0.25))
+    if progress:
+        progress(1.0)
+
+
+class DeviceCache:
+    """Reads each host device once, however many domains assign it."""
+
+    def __init__(self, host: HostRoot, pci_ids: PciIds):
+        self.host = host
+        self.pci_ids = pci_ids
+        self._cache: dict[str, tuple[PciDevice | None, str | None]] = {}
+
+    def get(self, bdf: str) -> tuple[PciDevice | None, str | None]:
+        if bdf not in self._cache:
+            try:
+                self._cache[bdf] = (read_pci_device(self.host, bdf, self.pci_ids), None)
+            except FactUnavailable as exc:
+                self._cache[bdf] = (None, exc.reason)
+        return self._cache[bdf]
+
+
+def gather_domain(domain: Domain, host: HostFacts, devices: DeviceCache) -> DomainFacts:
+    assigned = []
+    for hd in domain.hostdevs:
+        bdf = str(hd.source)
+        device, problem = devices.get(bdf)
+        assigned.append(AssignedDevice(hostdev=hd, address=bdf, device=device, problem=problem,
+                                       interrupts=device_interrupts(bdf, device, host.interrupts,
+                                                                    host.later)))
+    pins = {d.address: (d.device.guest_pin if d.device else None) for d in assigned}
+    return DomainFacts(domain=domain, host=host, devices=tuple(assigned),
+                       guest_intx=build_guest_intx_map(domain, pins))

@@ -1,0 +1,160 @@
+"""The fact model: what the gatherers produce and the rules read.
+
+Host, device, interrupt and domain facts live here so that rules import
+facts and nothing above them. `device_interrupts` is the one interrupt model:
+`advise` applies it to the whole /proc/interrupts table, the daemon to the
+rows its sampler picked out (`facts.interrupts.sample_table`), with the same
+mode, sharer and delta rules.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from vfio_advisor.facts.domain import Domain, Hostdev
+from vfio_advisor.facts.guest_intx import GuestIntxMap
+from vfio_advisor.facts.interrupts import Interrupts, IrqLine
+from vfio_advisor.facts.kernel import KernelFacts
+from vfio_advisor.facts.pci import IntxMasking, PciDevice
+
+
+class HostInterrupts(NamedTuple):
+    """How one assigned device signals interrupts on the host right now."""
+
+    mode: str  # "intx" | "msi" | "msix" | "none" | "unknown"
+    irqs: tuple[int, ...]
+    intx_irq: int | None  # the device's INTx line on the host
+    shared_with: tuple[str, ...]  # other handlers on that line
+    intx_count: int | None  # vfio-intx count, when on INTx
+    intx_delta: int | None  # its increase over the sample, when sampled
+    # Cumulative count of every vfio vector of the device ("irq" -> total);
+    # the daemon's rates come from these (issue 12 reads them per IRQ).
+    vector_counts: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def on_intx(self) -> bool:
+        return self.mode == "intx"
+
+    @property
+    def intx_label(self) -> str | None:
+        return None if self.intx_irq is None else str(self.intx_irq)
+
+
+UNKNOWN_INTERRUPTS = HostInterrupts("unknown", (), None, (), None, None)
+
+
+class HostFacts(NamedTuple):
+    kernel: KernelFacts
+    interrupts: Interrupts | None
+    interrupts_problem: str | None
+    later: Interrupts | None  # second read, with --sample
+    sample_seconds: float | None
+
+    @property
+    def interrupt_remapping(self) -> bool | None:
+        return self.kernel.interrupt_remapping(self.interrupts)
+
+
+class AssignedDevice(NamedTuple):
+    hostdev: Hostdev
+    address: str  # host BDF
+    device: PciDevice | None  # None when the host has no such device
+    problem: str | None  # why host facts are missing
+    interrupts: HostInterrupts
+
+    @property
+    def guest_address(self) -> str | None:
+        return str(self.hostdev.guest.address) if self.hostdev.guest else None
+
+    def intx_masking(self, nointxmask: bool = False) -> IntxMasking | None:
+        """The device's own evidence, overruled by what vfio-pci did: it
+        requests a shared line only for devices that passed its PCI 2.3
+        masking probe (vfio_pci_intrs.c: IRQF_SHARED only if pci_2_3)."""
+        if self.device is None:
+            return None
+        own = self.device.intx_masking(nointxmask)
+        if own.supported is None and self.interrupts.on_intx and self.interrupts.shared_with:
+            return IntxMasking(True, f"vfio-pci shares host IRQ {self.interrupts.intx_irq} with "
+                                     "other handlers, which it does only for PCI 2.3 devices")
+        return own
+
+
+class DomainFacts(NamedTuple):
+    domain: Domain
+    host: HostFacts
+    devices: tuple[AssignedDevice, ...]
+    guest_intx: GuestIntxMap
+
+    def siblings(self, dev: AssignedDevice) -> tuple[AssignedDevice, ...]:
+        """Other functions of the same physical host device assigned to this domain."""
+        return tuple(d for d in self.devices if d is not dev and same_card(d.address, dev.address))
+
+    def device(self, bdf: str) -> AssignedDevice | None:
+        return next((d for d in self.devices if d.address == bdf), None)
+
+
+def same_card(a: str, b: str) -> bool:
+    """Two functions of one physical device: same domain:bus:slot."""
+    return a.rsplit(".", 1)[0] == b.rsplit(".", 1)[0]
+
+
+def device_interrupts(bdf: str, device: PciDevice | None, table: Interrupts | None,
+                      later: Interrupts | None = None) -> HostInterrupts:
+    """The device's vfio vectors in `table` (the full /proc/interrupts, or
+    the rows the daemon's sampler read), and its INTx line's other handlers.
+    `later`: a second read, for the INTx line's increase (advise --sample)."""
+    if table is None:
+        return UNKNOWN_INTERRUPTS
+    vfio = table.vfio_lines(bdf)
+    modes = {v.mode for _, v in vfio}
+    irqs = tuple(sorted({line.number for line, _ in vfio if line.number is not None}))
+    intx_line: IrqLine | None = next((line for line, v in vfio if v.mode == "intx"), None)
+    if "msix" in modes:
+        mode = "msix"
+    elif "msi" in modes:
+        mode = "msi"
+    elif intx_line is not None:
+        mode = "intx"
+    elif device is not None and device.msi_irqs and device.driver != "vfio-pci":
+        # A host driver (not vfio-pci) owns MSI vectors. vfio-pci's own show
+        # up as vfio-msi/vfio-msix handlers (drivers/vfio/pci/vfio_pci_intrs.c).
+        mode, irqs = "msi", device.msi_irqs
+    else:
+        mode = "none"
+    if intx_line is None and device is not None and device.irq:
+        candidate = table.by_irq().get(str(device.irq))
+        # While MSI is on, older kernels put the first MSI vector in sysfs `irq`.
+        if candidate is not None and not (candidate.chip and "MSI" in candidate.chip):
+            intx_line = candidate
+    shared = tuple(h for h in intx_line.handlers if not own_handler(h, bdf, device)) if intx_line else ()
+    count = delta = None
+    if mode == "intx" and intx_line is not None:
+        count = intx_line.total
+        if later is not None:
+            after = later.by_irq().get(intx_line.irq)
+            if after is not None and any(v.bdf == bdf and v.mode == "intx" for v in after.vfio):
+                delta = max(after.total - count, 0)
+            else:
+                delta = 0  # the handler went away: no longer on INTx
+    counts = tuple(sorted({line.irq: line.total for line, _ in vfio}.items()))
+    return HostInterrupts(mode=mode, irqs=irqs,
+                          intx_irq=intx_line.number if intx_line else None,
+                          shared_with=shared, intx_count=count, intx_delta=delta,
+                          vector_counts=counts)
+
+
+def own_handler(handler: str, bdf: str, device: PciDevice | None) -> bool:
+    """Is this /proc/interrupts action the device's own?
+
+    Its vfio-intx, or its host driver's handler: with managed='yes' libvirt
+    unbinds that driver before QEMU opens the device, which frees the line.
+    Drivers name actions after themselves ("snd_hda_intel:card0") or the BDF.
+    """
+    if handler == f"vfio-intx({bdf})" or bdf in handler:
+        return True
+    driver = device.driver if device is not None else None
+    if not driver or driver == "vfio-pci":
+        return False
+    norm = handler.replace("-", "_")
+    drv = driver.replace("-", "_")
+    return norm == drv or norm.startswith(drv + ":")
