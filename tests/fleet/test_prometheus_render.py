@@ -187,3 +187,13 @@ def test_write_atomically_keeps_the_old_file_on_failure(tmp_path):
         write_atomically(str(path), "half \udc80 written")  # a lone surrogate cannot be UTF-8
     assert path.read_text() == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vfio-advisor.prom"]
+
+
+def test_no_counter_without_vectors():
+    """A device with no vfio vector (mode none) or not sampled yet (unknown)
+    has a mode but no counter series, whatever count the caller passes."""
+    text = render([DeviceMetrics("vm", "0000:01:00.0", "none", 0),
+                   DeviceMetrics("vm", "0000:02:00.0", "unknown", 0)], [], NOW, "x")
+    assert samples_of(text, "vfio_advisor_device_interrupts_total") == {}
+    modes = {(dict(k)["bdf"], dict(k)["mode"]) for k, v in samples_of(text, "vfio_advisor_device_mode").items() if v}
+    assert modes == {("0000:01:00.0", "none"), ("0000:02:00.0", "unknown")}

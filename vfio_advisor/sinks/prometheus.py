@@ -44,6 +44,8 @@ from typing import Iterable, NamedTuple
 # with no vfio vector set up (the guest driver has not enabled any), and
 # "unknown" before the first sample or while /proc/interrupts is unreadable.
 MODES = ("intx", "msi", "msix", "none", "unknown")
+# Modes with vectors to count: "none" and "unknown" have no counter series.
+COUNTED_MODES = ("intx", "msi", "msix")
 SEVERITIES = ("info", "warning", "error")
 PREFIX = "vfio_advisor_"
 
@@ -55,7 +57,8 @@ class DeviceMetrics(NamedTuple):
     bdf: str  # host PCI address, 0000:01:00.0
     mode: str  # one of MODES
     # Cumulative count summed over CPUs and over the device's vectors of this
-    # mode; None when not known (not sampled yet, or unobservable).
+    # mode; None when not known. Not exported when unobservable, or for the
+    # modes "none" and "unknown" (no vector to count).
     interrupts_total: int | None
     observable: bool = True  # False: posted interrupts, the host cannot count
 
@@ -106,7 +109,7 @@ def render(devices: Iterable[DeviceMetrics], findings: Iterable[OpenFinding], no
         if (dev.domain, dev.bdf) in seen:
             raise ValueError(f"device {dev.bdf} of {dev.domain!r} given twice")
         seen.add((dev.domain, dev.bdf))
-        if dev.observable and dev.interrupts_total is not None:
+        if dev.observable and dev.interrupts_total is not None and dev.mode in COUNTED_MODES:
             if dev.interrupts_total < 0:
                 raise ValueError(f"device {dev.bdf} of {dev.domain!r}: negative interrupt count")
             totals.append(f"{PREFIX}device_interrupts_total"
