@@ -41,7 +41,8 @@ def msi_rows(audio_count: int) -> dict:
 
 class Scenario:
     def __init__(self, work: Path, shared: bool = False, state_dir: Path | None = None,
-                 xml: str | None = None, cmdline: str | None = None, affinity: dict | None = None):
+                 xml: str | None = None, cmdline: str | None = None, affinity: dict | None = None,
+                 config=None):
         self.root = work / "host"
         audio_irq = 16 if shared else 28
         extra = {} if cmdline is None else {"cmdline": cmdline}
@@ -61,7 +62,7 @@ class Scenario:
             self.emitted.append({"rule": finding.rule_id, "subject": finding.subject,
                                  "message": finding.message})
 
-        self.watcher = Watcher(HostRoot(self.root), RuntimeConfig(interval=5, settle=60),
+        self.watcher = Watcher(HostRoot(self.root), config or RuntimeConfig(interval=5, settle=60),
                                emit, StateStore(str(state_dir) if state_dir else None),
                                clock=self.clock, pci_ids=PciIds(None))
         self.domain = parse_domain_xml(xml or domain_xml("win11", gpu_audio_hostdevs()))

@@ -181,3 +181,20 @@ def test_classic_single_hook_file(tmp_path):
     out = subprocess.run([sys.executable, "-m", "vfio_advisor", "uninstall", "--root", str(root)],
                          capture_output=True, text=True)
     assert out.returncode == 0 and not hook.exists()
+
+
+@pytest.mark.parametrize("extra", [
+    '[daemon]\ndisabled_rules = ["VA1001"]\n',
+    '[domains.win11]\nignore = ["msi-capable-device-on-intx"]\n',
+])
+def test_config_disabled_rules_and_domain_ignores_apply_to_the_hook(installed, tmp_path, extra):
+    """The same config file silences a rule in the hook as in advise and the daemon."""
+    run = call(installed, tmp_path, "win11", stdin=libvirt_xml("win11"), work="before")
+    assert run.by_rule("VA1001")
+    _, _, config = installed
+    config.write_text(config.read_text() + extra)
+    run = call(installed, tmp_path, "win11", stdin=libvirt_xml("win11"), work="after")
+    assert run.rc == 0
+    assert not run.by_rule("VA1001")
+    (summary,) = run.by_rule("VA9002")
+    assert summary["VFIO_ADVISOR_FINDINGS"] == "0"

@@ -1,0 +1,87 @@
+"""The one config file (vfio_advisor/config.py): defaults, the rendered file,
+validation, and the ignore policy the three commands share."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from vfio_advisor.config import (
+    DEFAULT_CONFIG_PATH, DEFAULTS, IgnorePolicy, load_config, parse_config, render_config_file,
+)
+from vfio_advisor.errors import UsageError
+from vfio_advisor.facts.domain import parse_domain_xml
+from vfio_advisor.rules import RULES_BY_ID
+
+
+def test_rendered_file_parses_back_to_the_defaults():
+    assert parse_config(tomllib.loads(render_config_file())) == DEFAULTS
+
+
+def test_rendered_file_holds_what_install_wrote_before():
+    """Every setting line and comment of install's text is in the rendered file."""
+    from vfio_advisor import install
+
+    text = getattr(install, "DEFAULT_CONFIG_TEXT", None)
+    if text is None:
+        pytest.skip("install renders the file from config.render_config_file")
+    rendered = render_config_file().splitlines()
+    assert [line for line in text.splitlines() if line not in rendered] == []
+
+
+def test_rendered_file_follows_the_defaults():
+    text = render_config_file(DEFAULTS._replace(interval=7.5, disabled=frozenset({"VA6007"})))
+    doc = tomllib.loads(text)
+    assert doc["daemon"]["interval"] == 7.5 and doc["daemon"]["disabled_rules"] == ["VA6007"]
+
+
+def test_file_values_and_overrides(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[daemon]\ninterval = 2\ndisabled_rules = ["VA6007"]\n'
+                    '[domains.win11]\nignore = ["msi-capable-device-on-intx"]\n'
+                    '[hook]\ntimeout = 3\nblock_on_error = true\nhost_root = "/srv/tree"\n')
+    cfg = load_config(str(path), {"interval": 9.0, "settle": None})
+    assert cfg.interval == 9.0 and cfg.settle == DEFAULTS.settle
+    assert cfg.disabled == {"VA6007"} and cfg.ignores == {"win11": {"msi-capable-device-on-intx"}}
+    assert (cfg.hook_timeout, cfg.hook_block_on_error, cfg.hook_host_root) == (3.0, True, "/srv/tree")
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[daemon]\ninterval = 'often'\n", "[daemon] interval must be a float"),
+    ("[daemon]\ninterval = 0\n", "interval must be in (0, 3600]"),
+    ("[hook]\nblock_on_error = 'yes'\n", "[hook] block_on_error must be true or false"),
+    ("[hook]\ntimeout = -1\n", "[hook] timeout must be > 0"),
+    ("[domains.x]\nignore = 'VA1001'\n", "[domains.x] ignore must be a list"),
+    ("daemon = 3\n", "[daemon] must be a table"),
+    ("[daemon\n", "config file"),
+])
+def test_bad_values_are_one_line_usage_errors(tmp_path, text, message):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(UsageError) as err:
+        load_config(str(path))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_files(tmp_path):
+    with pytest.raises(UsageError, match="not found"):
+        load_config(str(tmp_path / "none.toml"))
+    assert load_config(str(tmp_path / "none.toml"), missing_ok=True) == DEFAULTS
+    assert DEFAULT_CONFIG_PATH == "/etc/vfio-advisor/config.toml"
+
+
+DOMAIN = """<domain type='kvm'><name>win11</name>
+  <metadata><vfio-advisor:advisor xmlns:vfio-advisor='urn:x-vfio-advisor:domain:1'>
+    <vfio-advisor:ignore rule='VA5001'/></vfio-advisor:advisor></metadata>
+  <os><type arch='x86_64' machine='q35'>hvm</type></os><devices/></domain>"""
+
+
+def test_policy_merges_config_domain_table_and_metadata():
+    domain = parse_domain_xml(DOMAIN)
+    policy = IgnorePolicy(frozenset({"VA6007"}), {"win11": frozenset({"msi-capable-device-on-intx"}),
+                                                  "other": frozenset({"VA2001"})})
+    ignored = {r for r in ("VA6007", "VA1001", "VA5001", "VA2001")
+               if policy.ignores_rule(RULES_BY_ID[r], domain)}
+    assert ignored == {"VA6007", "VA1001", "VA5001"}
+    assert not policy.ignores_rule(RULES_BY_ID["VA1001"], None)
