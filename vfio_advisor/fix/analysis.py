@@ -10,25 +10,25 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from vfio_advisor.engine import DeviceCache, DomainFacts, analyse_domain, gather_host
+from vfio_advisor.config import DEFAULT_CONFIG_PATH, DEFAULTS, Config, load_config
+from vfio_advisor.engine import Engine
 from vfio_advisor.errors import ConnectionFailed, DomainXMLError, UsageError
 from vfio_advisor.facts.domain import Domain, PciAddress, parse_domain_xml
 from vfio_advisor.facts.guest_intx import (
     I440FX_PIRQ_IRQ, PIRQS, QEMU_MODEL_MSI, GuestFunction, GuestIntxMap, build_guest_intx_map,
     i440fx_pirq, q35_pirq,
 )
-from vfio_advisor.facts.host import HostRoot
-from vfio_advisor.facts.pciids import PciIds
+from vfio_advisor.facts.model import DomainFacts
 from vfio_advisor.findings import Finding, Severity
 from vfio_advisor.rules import RULES_BY_ID, lookup as lookup_rule
 from vfio_advisor.sources import DEFAULT_URI, open_host_root, read_domain_file
 
 __all__ = [
-    "Analyzer", "Analysis", "ConnectionFailed", "DEFAULT_URI", "Domain", "DomainFacts",
+    "Analyzer", "Analysis", "Config", "ConnectionFailed", "DEFAULT_CONFIG_PATH", "DEFAULT_URI", "Domain", "DomainFacts",
     "DomainXMLError", "Finding", "GuestFunction", "GuestIntxMap", "I440FX_PIRQ_IRQ", "PIRQS",
     "PciAddress", "QEMU_MODEL_MSI", "RULES_BY_ID", "Severity", "UsageError",
     "build_guest_intx_map", "i440fx_pirq", "lookup_rule", "open_host_root", "parse_domain_xml",
-    "q35_pirq", "read_domain_file",
+    "q35_pirq", "read_domain_file", "load_config",
 ]
 
 
@@ -43,16 +43,16 @@ class Analysis(NamedTuple):
 
 
 class Analyzer:
-    """Host facts gathered once; any number of domain XMLs analysed against
-    them. `fix` re-analyses every candidate XML with the very same facts, so
-    a change is judged on the host it was planned for."""
+    """Host facts gathered once (one engine session); any number of domain
+    XMLs analysed against them under the config's ignore policy, as advise
+    and the hook do. `fix` re-analyses every candidate XML with the very same
+    facts, so a change is judged on the host it was planned for."""
 
-    def __init__(self, host_root_dir: str):
-        host = HostRoot(host_root_dir)
-        self.host_facts = gather_host(host)
-        self.devices = DeviceCache(host, PciIds.load(HostRoot(host_root_dir), HostRoot("/")))
+    def __init__(self, host_root_dir: str, config: Config = DEFAULTS):
+        self.engine = Engine(host_root_dir, config)
+        self.engine.host()
 
     def analyse(self, xml: str | bytes) -> Analysis:
         domain = parse_domain_xml(xml)
-        facts, findings = analyse_domain(domain, self.host_facts, self.devices)
+        facts, findings = self.engine.analyse(domain)
         return Analysis(domain, facts, tuple(findings))

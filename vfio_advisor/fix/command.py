@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from vfio_advisor.fix.analysis import (
-    DEFAULT_URI, Analyzer, ConnectionFailed, DomainXMLError, UsageError, lookup_rule,
-    open_host_root, parse_domain_xml,
+    DEFAULT_CONFIG_PATH, DEFAULT_URI, Analyzer, ConnectionFailed, DomainXMLError, UsageError,
+    load_config, lookup_rule, open_host_root, parse_domain_xml,
 )
 from vfio_advisor.fix.planner import FIXABLE_RULES, RULE_ORDER, DomainPlan, plan_domain
 from vfio_advisor.fix.verify import describe_finding
@@ -52,6 +52,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="libvirt URI (default qemu:///system; read-only unless --apply)")
     f.add_argument("--host-root", default="/", metavar="DIR",
                    help="host tree or snapshot .tar.gz to read instead of /")
+    f.add_argument("--config", default=DEFAULT_CONFIG_PATH, metavar="FILE",
+                   help="disabled_rules and per-domain ignores, as for advise")
     f.add_argument("--rule", action="append", default=[], metavar="ID",
                    help="fix only these rules (IDs or slugs; repeatable or comma-separated)")
     f.add_argument("--format", choices=("diff", "xml", "json"), default="diff",
@@ -201,12 +203,13 @@ def run(args, conn=None) -> int:
     rules = rules_from(args.rule)
     if args.apply and args.xml:
         raise UsageError("--apply defines domains through libvirt: give DOMAIN names, not --xml")
+    config = load_config(args.config)
     sources = load_sources(args, conn)
     if args.format == "xml" and len(sources) != 1:
         raise UsageError(f"--format xml prints one domain's XML; {len(sources)} domains selected")
     root, tmp = open_host_root(args.host_root)
     try:
-        analyzer = Analyzer(root)
+        analyzer = Analyzer(root, config)
         plans = [(src, plan_domain(analyzer, src.xml, rules)) for src in sources]
     finally:
         if tmp is not None:
