@@ -71,3 +71,18 @@ def test_rules_lists_every_rule():
     assert out.returncode == 0
     for r in RULES:
         assert re.search(rf"^{r.id}\s+{r.severity}\s+{r.slug}\s", out.stdout, re.M), r.id
+
+
+FAMILY_MODULES = {1: {"mode"}, 2: {"sharing"}, 3: {"platform"}, 4: {"topology"}, 5: {"routing"},
+                  6: {"runtime"}, 8: {"coverage", "runtime"}}
+
+
+def test_rules_in_id_order_each_next_to_its_check_in_its_family_module():
+    assert [r.id for r in RULES] == sorted(r.id for r in RULES)
+    for r in RULES:
+        logic = r.check or r.transition
+        if logic is None:
+            assert r.family == FAMILIES[9], r.id
+            continue
+        module = logic.__module__.rsplit(".", 1)[-1]
+        assert module in FAMILY_MODULES[int(r.id[2])], f"{r.id} lives in rules/{module}.py"

@@ -75,3 +75,25 @@ class Rule(NamedTuple):
     @property
     def family(self) -> str:
         return FAMILIES[int(self.id[2])]
+
+
+# Every rule by ID, filled as the family modules define their rules; the
+# public registry (rules/__init__.py) is built from the family tuples.
+_REGISTERED: dict[str, Rule] = {}
+
+
+def register(*rules: Rule) -> tuple[Rule, ...]:
+    """A family module's rules, made known to `device_finding`."""
+    for rule in rules:
+        if rule.id in _REGISTERED:
+            raise ValueError(f"rule {rule.id} defined twice")
+        _REGISTERED[rule.id] = rule
+    return rules
+
+
+def device_finding(rule_id: str, facts, dev, message: str, remedy: str | None = None,
+                   evidence: dict[str, str] | None = None) -> Finding:
+    """A finding of `rule_id` about `dev` (an AssignedDevice; None for the
+    domain as a whole) in the domain of `facts` (DomainFacts)."""
+    return _REGISTERED[rule_id].finding(facts.domain.name, dev.address if dev else None, message,
+                                        remedy, dev.guest_address if dev else None, evidence or ())

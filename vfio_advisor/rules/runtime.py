@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple
 
 from vfio_advisor.facts.model import AssignedDevice, DomainFacts, HostInterrupts
 from vfio_advisor.findings import Finding, Severity
-from vfio_advisor.rules.base import SEED_ARTICLE, Rule
+from vfio_advisor.rules.base import _REGISTERED, SEED_ARTICLE, Rule, register
 from vfio_advisor.rules.base import message_id as _id
 from vfio_advisor.rules.remedies import guest_msi_remedy
 
@@ -114,7 +114,7 @@ def _remedy(sample: DeviceSample) -> str:
 
 def _make(rule_id: str, sample: DeviceSample, message: str, remedy: str | None = None,
           evidence: dict | None = None) -> list[Finding]:
-    return [_BY_ID[rule_id].finding(sample.facts.domain.name, sample.device.address, message,
+    return [_REGISTERED[rule_id].finding(sample.facts.domain.name, sample.device.address, message,
                                     remedy, sample.device.guest_address, evidence or ())]
 
 
@@ -244,7 +244,7 @@ def rows_skipped(reported: bool, skipped: int) -> tuple[bool, list[Finding]]:
     """VA8003, host-wide: rows the sampler could not read, said once per daemon run."""
     if not skipped or reported:
         return reported, []
-    return True, [_BY_ID["VA8003"].finding(
+    return True, [_REGISTERED["VA8003"].finding(
         None, None, f"{skipped} /proc/interrupts rows could not be read and are "
         "skipped (reported once).")]
 
@@ -274,7 +274,7 @@ def cpulist(cpus) -> str:
     return ",".join(out)
 
 
-RULES: tuple[Rule, ...] = (
+RULES: tuple[Rule, ...] = register(
     Rule("VA6001", "stays-on-intx", Severity.WARNING,
          "Running guest keeps an MSI-capable device on INTx",
          "The domain has run longer than the settle time, its guest driver had time to "
@@ -347,7 +347,6 @@ RULES: tuple[Rule, ...] = (
          transition=rows_skipped, fires_on=('rt-rows-cut',), silent_on=('rt-rows-clean',)),
 )
 
-_BY_ID = {r.id: r for r in RULES}
 # Device transitions in the order they run; VA6004 and VA6005 share one. A
 # test checks that this names every device transition of RULES.
 DEVICE_TRANSITIONS: tuple[Transition, ...] = (

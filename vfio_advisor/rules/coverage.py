@@ -1,0 +1,65 @@
+"""Coverage (VA8001, VA8002): host checks that could not run.
+
+Each rule sits next to its check: data (ID, slug, severity, texts,
+MESSAGE_ID) plus a pure check over DomainFacts. No I/O here, and no libvirt:
+the hook runs these inside libvirtd's start sequence.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from vfio_advisor.facts.model import DomainFacts
+from vfio_advisor.findings import Finding, Severity
+from vfio_advisor.rules.base import Rule, device_finding, register
+from vfio_advisor.rules.base import message_id as _id
+
+
+def check_hostdev_missing(facts: DomainFacts) -> Iterator[Finding]:
+    for dev in facts.devices:
+        if dev.device is None:
+            yield device_finding(
+                "VA8001", facts, dev,
+                f"Host device {dev.address} ({dev.problem}): config space, interrupt and "
+                "IOMMU checks were skipped for it.",
+                "Check the <source><address> of this <hostdev> against lspci -D on the host; "
+                "a moved card or a BIOS change renumbers buses.",
+                {"sysfs": f"sys/bus/pci/devices/{dev.address}: {dev.problem}"})
+
+
+def check_facts_incomplete(facts: DomainFacts) -> Iterator[Finding]:
+    for dev in facts.devices:
+        if dev.device is not None and dev.device.unreadable:
+            skipped = "; ".join(dev.device.unreadable)
+            yield device_finding(
+                "VA8002", facts, dev,
+                f"Some facts of {dev.address} could not be read, and checks that need them "
+                f"were skipped: {skipped}.",
+                "Run as root (reading all of config space needs CAP_SYS_ADMIN).",
+                {"unreadable": skipped})
+    if facts.devices and facts.host.interrupts_problem:
+        yield device_finding(
+            "VA8002", facts, None,
+            f"Host interrupts could not be read ({facts.host.interrupts_problem}); interrupt "
+            "mode and line sharing were not checked.",
+            "Run where /proc/interrupts is readable (not under ProcSubset=pid).",
+            {"proc/interrupts": facts.host.interrupts_problem})
+
+
+RULES: tuple[Rule, ...] = register(
+    Rule("VA8001", "hostdev-missing-on-host", Severity.WARNING,
+         "Assigned device not found on this host: its checks were skipped",
+         "The domain assigns a host PCI address that sysfs does not have. The domain will "
+         "not start on this host as it is, and no host check could run for that device.",
+         "Correct the <hostdev> source address.",
+         _id("a88390d7eb3a46f6a0f72e25d39740cb"), check_hostdev_missing,
+         fires_on=("hostdev-missing",), silent_on=("gpu-audio-msi",)),
+    Rule("VA8002", "host-facts-incomplete", Severity.INFO,
+         "Some host facts could not be read: the checks that need them were skipped",
+         "The tool could not read part of what it needs, most often because it ran "
+         "without root: an unprivileged read of a PCI config space returns only its first "
+         "64 bytes, without the MSI, MSI-X and PCIe capabilities.",
+         "Run as root.",
+         _id("d92502904c274f179326771266394df5"), check_facts_incomplete,
+         fires_on=("config-64-bytes",), silent_on=("gpu-audio-msi",)),
+)

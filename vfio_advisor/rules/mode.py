@@ -1,0 +1,81 @@
+"""Interrupt mode (VA1xxx): is the assigned device on INTx when it could use MSI?
+
+Each rule sits next to its check: data (ID, slug, severity, texts,
+MESSAGE_ID) plus a pure check over DomainFacts. No I/O here, and no libvirt:
+the hook runs these inside libvirtd's start sequence.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from vfio_advisor.facts.model import AssignedDevice, DomainFacts
+from vfio_advisor.findings import Finding, Severity
+from vfio_advisor.rules.base import SEED_ARTICLE, Rule, device_finding, register
+from vfio_advisor.rules.base import message_id as _id
+from vfio_advisor.rules.remedies import guest_msi_remedy
+
+
+def host_blocks_msi(facts: DomainFacts, dev: AssignedDevice) -> list[str]:
+    """Why the host forbids MSI for this device (pci=nomsi, msi_bus=0), if it does."""
+    pci = dev.device
+    cmdline = facts.host.kernel.cmdline
+    reasons = []
+    if cmdline is not None and cmdline.pci_nomsi:
+        reasons.append("the host kernel command line has pci=nomsi")
+    if pci is not None and pci.msi_bus is False:
+        reasons.append(f"{pci.address}/msi_bus is 0")
+    if pci is not None:
+        reasons += [f"bridge {bdf} has msi_bus 0" for bdf, ok in pci.upstream if ok is False]
+    return reasons
+
+
+def check_msi_capable_on_intx(facts: DomainFacts) -> Iterator[Finding]:
+    for dev in facts.devices:
+        pci, irq = dev.device, dev.interrupts
+        if pci is None or not irq.on_intx or pci.supports_msi is not True:
+            continue
+        if host_blocks_msi(facts, dev):
+            continue  # the guest cannot fix this; VA3001 says what can
+        # /proc/interrupts counts per line, not per handler: on a shared line
+        # part of the count may be the other devices'.
+        whose = (f"host IRQ {irq.intx_irq}, shared with {', '.join(irq.shared_with)}, so part "
+                 "of the count may be theirs" if irq.shared_with else f"host IRQ {irq.intx_irq}")
+        if irq.intx_delta is not None:
+            if irq.intx_delta <= 0:
+                continue  # sampled, and nothing new arrived on INTx
+            span = f" in {facts.host.sample_seconds:g} s" if facts.host.sample_seconds else ""
+            seen = f"the line's count rose by {irq.intx_delta}{span} ({whose})"
+        else:
+            if not irq.intx_count:
+                continue
+            seen = (f"the line has counted {irq.intx_count} interrupts ({whose}); not sampled, "
+                    "use --sample 10 to confirm it is still rising")
+        caps = [c for c, v in (("MSI", pci.config.msi), ("MSI-X", pci.config.msix)) if v]
+        yield device_finding(
+            "VA1001", facts, dev,
+            f"{pci.name} supports {' and '.join(caps)} but the guest driver keeps it on "
+            f"vfio-intx: {seen}.",
+            guest_msi_remedy(facts, dev),
+            {"proc/interrupts": f"IRQ {irq.intx_irq}: vfio-intx({dev.address})"})
+
+
+RULES: tuple[Rule, ...] = register(
+    Rule("VA1001", "msi-capable-device-on-intx", Severity.WARNING,
+         "Assigned device supports MSI but the guest keeps it on INTx",
+         "vfio-pci starts every assigned device on INTx and switches to MSI or MSI-X only "
+         "when the guest driver enables it. This device offers MSI or MSI-X, yet its "
+         "vfio-intx handler keeps counting: the guest driver stayed on INTx. Each INTx "
+         "needs a mask at the device, a trip through the guest and an unmask after the "
+         "guest's EOI, and the line may be shared; this is the classic cause of crackling "
+         "HDMI audio and stutter. MSI is an edge-triggered write with no masking and no "
+         "sharing.",
+         "Windows guests: set MSISupported=1 under the device's MessageSignaledInterrupt"
+         "Properties registry key, for the GPU and its audio function, and again after "
+         "driver updates. Linux guests: the driver's MSI module option "
+         "(snd_hda_intel enable_msi=1).",
+         _id("2cc7e8bd8bff4f1fa82900b760d8e515"), check_msi_capable_on_intx,
+         fires_on=("gpu-audio-intx-windows", "gpu-audio-intx-linux"),
+         silent_on=("gpu-audio-msi", "intx-sampled-idle", "intx-only-usb"),
+         documentation=(SEED_ARTICLE,)),
+)

@@ -1,0 +1,145 @@
+"""Guest INTx routing (VA5xxx): PIRQ links and guest lines (the guest-irqs table).
+
+Each rule sits next to its check: data (ID, slug, severity, texts,
+MESSAGE_ID) plus a pure check over DomainFacts. No I/O here, and no libvirt:
+the hook runs these inside libvirtd's start sequence.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from vfio_advisor.facts.guest_intx import (
+    NOTE_PXB_PCIE, PINS, PIRQS, QEMU_MODEL_MSI, GuestFunction, free_line_addresses,
+)
+from vfio_advisor.facts.model import DomainFacts
+from vfio_advisor.findings import Finding, Severity
+from vfio_advisor.rules.base import Rule, device_finding, register
+from vfio_advisor.rules.base import message_id as _id
+
+
+def _describe(fn: GuestFunction, facts: DomainFacts) -> str:
+    if fn.kind == "hostdev":
+        dev = next((d for d in facts.devices if d.address == fn.host_address), None)
+        name = dev.device.name if dev is not None and dev.device is not None else "?"
+        return f"{fn.guest_address} (assigned {fn.host_address} {name})"
+    return f"{fn.guest_address} ({fn.model})"
+
+
+def _msi_sharer(fn: GuestFunction, facts: DomainFacts) -> bool:
+    """Does this sharer normally leave the line for MSI once its driver loads?"""
+    if fn.kind == "hostdev":
+        dev = next((d for d in facts.devices if d.address == fn.host_address), None)
+        return bool(dev and dev.device and dev.device.supports_msi is True
+                    and not dev.interrupts.on_intx)
+    return fn.model in QEMU_MODEL_MSI
+
+
+def check_guest_line_shared(facts: DomainFacts) -> Iterator[Finding]:
+    gmap = facts.guest_intx
+    for fn in gmap.functions:
+        if fn.kind != "hostdev" or not fn.routed or not fn.pin:
+            continue
+        costly = [s for s in gmap.sharers(fn) if not _msi_sharer(s, facts)]
+        if not costly:
+            continue  # only MSI-capable functions share it: they leave once their drivers load
+        dev = next(d for d in facts.devices if d.address == fn.host_address)
+        if dev.interrupts.mode in ("msi", "msix"):
+            continue  # running on MSI now: the guest line carries nothing of it
+        line = f"IRQ {fn.irq}" if gmap.chipset == "i440fx" else f"GSI {fn.irq}"
+        others = ", ".join(_describe(s, facts) for s in costly)
+        free = free_line_addresses(gmap, fn)
+        if free:
+            addr, free_line = free[0]
+            where = (f"Moving it to guest address {addr} (slot 0x{addr.slot:02x} on the root bus, "
+                     f"or behind a pcie-root-port placed there) would give it "
+                     f"{'GSI' if gmap.chipset == 'q35' else 'IRQ'} {free_line} alone: "
+                     f"<address type='pci' domain='0x0000' bus='0x00' slot='0x{addr.slot:02x}' "
+                     "function='0x0'/>.")
+        elif gmap.chipset == "i440fx":
+            where = ("On i440FX no guest address gives it a line of its own: every INTx "
+                     "device shares IRQ 10 or 11. Use Q35, or MSI in the guest.")
+        else:
+            where = "No free root-bus slot gives it an unused line; use MSI in the guest."
+        mode = ("it is on INTx now" if dev.interrupts.on_intx else
+                "this costs only while its guest driver uses INTx"
+                if dev.device is not None and dev.device.supports_msi is True
+                else "it has no MSI, so it always uses INTx")
+        yield device_finding(
+            "VA5001", facts, dev,
+            f"In the guest, {fn.guest_address} (pin {fn.pin_letter}, PIRQ{PIRQS[fn.pirq]}) shares "
+            f"{line} with {others}; {mode}.", where,
+            {"guest line": f"{line} via PIRQ{PIRQS[fn.pirq]}, root slot {fn.root_slot} "
+                           f"pin {PINS[fn.root_pin]}"})
+
+
+def check_i440fx_two_irqs(facts: DomainFacts) -> Iterator[Finding]:
+    gmap = facts.guest_intx
+    if gmap.chipset != "i440fx":
+        return
+    intx_hostdevs = [f for f in gmap.functions if f.kind == "hostdev" and f.pin]
+    if not intx_hostdevs:
+        return
+    by_irq: dict[int, list[str]] = {}
+    for f in gmap.functions:
+        if f.routed and f.pirq is not None:
+            by_irq.setdefault(f.irq, []).append(f"{f.guest_address} ({f.model or f.host_address})")
+    layout = "; ".join(f"IRQ {irq}: {', '.join(names)}" for irq, names in sorted(by_irq.items()))
+    yield device_finding(
+        "VA5002", facts, None,
+        f"i440FX gives every PCI INTx one of two guest IRQs: SeaBIOS wires PIRQ A and B to IRQ "
+        f"10, C and D to IRQ 11. Here: {layout}.",
+        "Q35 routes INTx to eight links on GSI 16-23 and lets you give an assigned device a "
+        "line of its own: move the domain to a q35 machine type.",
+        {"assigned INTx functions": ", ".join(str(f.guest_address) for f in intx_hostdevs)})
+
+
+def check_intx_behind_pxb_pcie(facts: DomainFacts) -> Iterator[Finding]:
+    for fn in facts.guest_intx.functions:
+        if not fn.pin or not any(n == NOTE_PXB_PCIE for n in fn.notes):
+            continue
+        dev = next((d for d in facts.devices if d.address == fn.host_address), None)
+        what = _describe(fn, facts)
+        yield device_finding(
+            "VA5003", facts, dev,
+            f"{what} signals INTx pin {fn.pin_letter} behind a pcie-expander-bus on Q35. QEMU "
+            "routes it to a GSI the guest's ACPI tables do not name, so its INTx never "
+            "reaches the guest driver; it works only with MSI or MSI-X.",
+            "Move the device off the pcie-expander-bus (to a pcie-root-port on pcie.0), or "
+            "make sure its guest driver uses MSI/MSI-X.",
+            {"guest address": str(fn.guest_address)})
+
+
+RULES: tuple[Rule, ...] = register(
+    Rule("VA5001", "guest-intx-line-shared", Severity.WARNING,
+         "Assigned device shares its guest INTx line",
+         "In the guest, the chipset routes each PCI INTx pin (after bridge swizzling) to a "
+         "PIRQ link and an interrupt line. This assigned device's line is shared with other "
+         "guest functions that keep using INTx, so each of its interrupts makes the guest "
+         "poll them too, and theirs delay its EOI, which vfio-pci waits for before it "
+         "unmasks the device on the host.",
+         "Give the device a guest address whose line no other INTx function uses (the "
+         "message names one), or make its guest driver use MSI.",
+         _id("b325b388f18345aeb0da90a39d7df911"), check_guest_line_shared,
+         fires_on=("guest-line-shared-q35",), silent_on=("gpu-audio-msi",), routing=True),
+    Rule("VA5002", "i440fx-two-guest-irqs", Severity.INFO,
+         "i440FX: all guest INTx share IRQ 10 and 11",
+         "The i440FX/PIIX3 chipset has four PIRQ links, and SeaBIOS and OVMF connect them "
+         "to IRQ 10 (A, B) and 11 (C, D). Every INTx function of the guest, emulated or "
+         "assigned, shares one of those two lines; a Linux guest may rebalance links but "
+         "has only 5, 10 and 11 to choose from.",
+         "Use a Q35 machine type, whose eight links go to GSI 16-23.",
+         _id("10a0dd1f359c47ff8030a1cacacc23d2"), check_i440fx_two_irqs,
+         fires_on=("i440fx-intx-only",), silent_on=("gpu-audio-msi",), scope="domain", routing=True),
+    Rule("VA5003", "intx-behind-pxb-pcie", Severity.WARNING,
+         "INTx behind a pcie-expander-bus on Q35 never reaches the guest",
+         "For devices behind a pxb-pcie (libvirt pcie-expander-bus) on Q35, QEMU's INTx "
+         "wiring (pxb_map_irq_fn feeding ich9_lpc_map_irq) and the ACPI _PRT it gives the "
+         "guest disagree: the guest listens on IRQ 10/11 through LNKA-D while QEMU raises "
+         "GSI 20-23. Seen on QEMU 7.2; the code is the same in every QEMU with pxb-pcie "
+         "(2.6 onwards) that was read, and no upstream fix is known.",
+         "Keep INTx devices off the pcie-expander-bus, or use only devices whose guest "
+         "drivers enable MSI or MSI-X.",
+         _id("c598ab6075a043cea0a0c20cf5dd0d53"), check_intx_behind_pxb_pcie,
+         fires_on=("pxb-pcie-intx",), silent_on=("gpu-audio-msi",), routing=True),
+)
