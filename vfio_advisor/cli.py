@@ -134,7 +134,6 @@ def _load_domains(args, root: str) -> tuple[list[tuple[Domain, str]], list[tuple
 def cmd_advise(args) -> int:
     from vfio_advisor.config import load_config
     from vfio_advisor.engine import Engine
-    from vfio_advisor.sinks.report import DomainReport, Report
     from vfio_advisor.sources import open_host_root
 
     if args.sample is not None and not 0 < args.sample <= 3600:
@@ -151,24 +150,26 @@ def cmd_advise(args) -> int:
             return EXIT_USAGE
         engine = Engine(root, config)
         progress = _progress_bar if (args.sample and sys.stderr.isatty()) else None
-        report = Report(host_root=args.host_root, host=engine.host(args.sample, progress), errors=errors)
+        sink = _report_sink(args.format, args.host_root, engine.host(args.sample, progress), errors)
         for domain, _xml in domains:
-            report.domains.append(DomainReport(*engine.analyse(domain)))
-        _emit(report, args.format)
+            facts, findings = engine.analyse(domain)
+            sink.analysed(facts)
+            for f in findings:
+                sink.emit(f, domain)
+        sink.close()
     finally:
         if tmp is not None:
             tmp.cleanup()
-    worst = report.worst
+    worst = sink.report.worst
     return EXIT_FINDINGS if worst is not None and worst >= Severity.WARNING else EXIT_OK
 
 
-def _emit(report, fmt: str) -> None:
+def _report_sink(fmt: str, host_root: str, host, errors):
     if fmt == "json":
-        from vfio_advisor.sinks.jsonout import write_json
-        write_json(report, sys.stdout)
-    else:
-        from vfio_advisor.sinks.text import write_text
-        write_text(report, sys.stdout)
+        from vfio_advisor.sinks.jsonout import JsonSink
+        return JsonSink(sys.stdout, host_root, host, errors)
+    from vfio_advisor.sinks.text import TextSink
+    return TextSink(sys.stdout, host_root, host, errors)
 
 
 def _progress_bar(fraction: float) -> None:

@@ -12,6 +12,7 @@ from typing import TextIO
 from vfio_advisor.facts.model import AssignedDevice
 from vfio_advisor.facts.pci_config import UNKNOWN
 from vfio_advisor.findings import Finding, Severity
+from vfio_advisor.sinks.base import ReportSink
 from vfio_advisor.sinks.report import Report
 
 _COLOURS = {Severity.ERROR: "\033[1;31m", Severity.WARNING: "\033[33m", Severity.INFO: "\033[36m"}
@@ -157,6 +158,13 @@ def write_guest_irqs(doc: dict, out: TextIO) -> None:
         out.write(f"  not yet addressed (libvirt assigns at define): {clean(a)}\n")
     for f in doc["findings"]:
         out.write(f"  {f['severity']} {f['rule']} {clean(f['message'])}\n")
+
+
+class TextSink(ReportSink):
+    """`advise` for people (TextWriter)."""
+
+    def render(self) -> None:
+        write_text(self.report, self.out)
 
 
 def write_device(e: dict, out: TextIO) -> None:
