@@ -203,12 +203,14 @@ def test_promql_returns_the_per_device_rate(fleet):
     first = next(i for i, (_, v) in enumerate(samples) if v == final)
     (t0, v0), (t1, v1) = samples[first - 1], samples[first]
     assert v1 > v0
-    (rate,) = prom.query(f"irate({sel}[1m])", at=t1)
-    assert float(rate["value"][1]) == pytest.approx((v1 - v0) / (t1 - t0), rel=1e-9)
+    # Evaluated 0.1 s after that scrape, well before the next (1 s), so that
+    # the conversion of the query time to milliseconds cannot drop it.
+    (rate,) = prom.query(f"irate({sel}[1m])", at=t1 + 0.1)
+    assert float(rate["value"][1]) == pytest.approx((v1 - v0) / (t1 - t0), rel=1e-9), (samples, rate)
     # the dashboard's per-device query, over both hosts: every device of both
     # domains has a rate series at the moment it last counted on INTx
     per_device = prom.query("sum by (instance, domain, bdf, mode) "
-                            "(rate(vfio_advisor_device_interrupts_total[1m]))", at=t1)
+                            "(rate(vfio_advisor_device_interrupts_total[1m]))", at=t1 + 0.1)
     got = {(r["metric"]["instance"], r["metric"]["bdf"], r["metric"]["mode"]) for r in per_device}
     assert ("hosta", "0000:00:03.0", "intx") in got
     assert {i for i, _, _ in got} == {"hosta", "hostb"}
