@@ -52,6 +52,13 @@ class Analyzer:
         self.engine = Engine(host_root_dir, config)
         self.engine.host()
 
+    @classmethod
+    def from_engine(cls, engine: Engine) -> "Analyzer":
+        """Reuse a session (advise's) so its host facts are read once."""
+        self = cls.__new__(cls)
+        self.engine = engine
+        return self
+
     def analyse(self, xml: str | bytes) -> Analysis:
         domain = parse_domain_xml(xml)
         facts, findings = self.engine.analyse(domain)
