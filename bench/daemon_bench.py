@@ -19,8 +19,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.hosttree import Host, build  # noqa: E402
-from tests.rules.examples import _gpu_audio, domain_xml, gpu_audio_hostdevs  # noqa: E402
+from vfio_advisor.testing.hosttree import Host, build  # noqa: E402
+from vfio_advisor.testing.scenes import domain_xml, gpu_audio_hostdevs  # noqa: E402
+from vfio_advisor.testing.scenes import gpu_audio_devices as _gpu_audio  # noqa: E402
 from vfio_advisor.facts.domain import parse_domain_xml  # noqa: E402
 from vfio_advisor.facts.host import HostRoot  # noqa: E402
 from vfio_advisor.facts.pciids import PciIds  # noqa: E402

@@ -5,7 +5,8 @@
     python3 examples/demo-host/make_tree.py --check  # exit 1 if root/ differs from what this writes
 
 Config bytes come from tests/data/hosts/configs/ (see PROVENANCE.md there),
-/proc/interrupts from tests/data/corpus/proc-interrupts/. Uses tests/hosttree.py.
+/proc/interrupts from tests/data/corpus/proc-interrupts/. Uses the public tree
+builder vfio_advisor/testing/hosttree.py.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.hosttree import (  # noqa: E402
+from vfio_advisor.testing.hosttree import (  # noqa: E402
     Device,
     Host,
     build,

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from vfio_advisor.testing.hosttree import load_dump
 from vfio_advisor.errors import DomainXMLError
 from vfio_advisor.facts.domain import parse_domain_xml
 from vfio_advisor.facts.interrupts import parse_interrupt_row, parse_interrupts
@@ -23,7 +24,6 @@ from vfio_advisor.facts.pci_config import (
     UNKNOWN,
     ConfigSpaceError,
     parse_config_space,
-    parse_lspci_dump,
 )
 
 CORPUS = Path(__file__).resolve().parent.parent / "data" / "corpus"
@@ -48,7 +48,7 @@ def captures() -> tuple[str, ...]:
 def configs() -> tuple[bytes, ...]:
     out = []
     for path in sorted((CORPUS / "pci-config").glob("*/*.txt")):
-        out.extend(parse_lspci_dump(path.read_text(encoding="utf-8", errors="replace")).values())
+        out.extend(load_dump(path).values())
     return tuple(out)
 
 

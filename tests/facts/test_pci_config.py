@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from vfio_advisor.testing.hosttree import load_dump
 from vfio_advisor.facts.pci_config import (
     UNKNOWN,
     ConfigSpace,
@@ -31,7 +32,7 @@ LATITUDE = "coreboot-autoport/latitude-e6430_nvs5200m_lspci-nnvvvxxxx.txt"
 
 @lru_cache(maxsize=None)
 def dump(rel: str) -> dict[str, bytes]:
-    return parse_lspci_dump((DUMPS / rel).read_text(encoding="utf-8", errors="replace"))
+    return load_dump(DUMPS / rel)
 
 
 def config(rel: str, bdf: str) -> ConfigSpace:

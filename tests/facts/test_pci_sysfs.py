@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from vfio_advisor.testing.hosttree import load_dump
 from vfio_advisor.errors import FactUnavailable
 from vfio_advisor.facts import host as host_module
 from vfio_advisor.facts.host import HostRoot
@@ -18,7 +19,7 @@ from vfio_advisor.facts.pci import (
     normalize_bdf,
     read_pci_device,
 )
-from vfio_advisor.facts.pci_config import UNKNOWN, parse_lspci_dump
+from vfio_advisor.facts.pci_config import UNKNOWN
 from vfio_advisor.facts.pciids import PciIds
 
 CORPUS = Path(__file__).resolve().parent.parent / "data" / "corpus" / "pci-config"
@@ -30,7 +31,7 @@ LATITUDE = "coreboot-autoport/latitude-e6430_nvs5200m_lspci-nnvvvxxxx.txt"
 
 @lru_cache(maxsize=None)
 def _dump(rel: str) -> dict[str, bytes]:
-    return parse_lspci_dump((CORPUS / rel).read_text(encoding="utf-8", errors="replace"))
+    return load_dump(CORPUS / rel)
 
 
 def config_bytes(rel: str, bdf: str) -> bytes:
