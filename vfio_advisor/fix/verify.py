@@ -72,6 +72,8 @@ def schema(xml: str) -> Check:
     tool = shutil.which(SCHEMA_TOOL)
     if tool is None:
         return Check("schema", False, f"{SCHEMA_TOOL} not installed (Debian package libvirt-clients)")
+    if shutil.which("xmllint") is None:  # virt-xml-validate is a shell script around it
+        return Check("schema", False, "xmllint not installed (Debian package libxml2-utils)")
     with tempfile.NamedTemporaryFile("w", suffix=".xml", prefix="vfio-advisor-fix-") as f:
         f.write(xml)
         f.flush()
