@@ -203,3 +203,17 @@ def test_apply_with_nothing_to_fix_touches_nothing(tmp_path):
               "--apply", "nvme-linux")
     assert out.returncode == 0, out.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_rule_takes_slugs_and_commas():
+    xml = (DATA / "q35-two-intx.xml").read_text().replace("<apic/>", "<apic/>\n    <ioapic driver='qemu'/>")
+    out = fix("--xml", "/dev/stdin", "--host-root", str(HOST_ROOT), "--format", "json",
+              "--rule", "split-irqchip-with-intx,va5001", stdin=xml)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["rules"] == ["VA4003", "VA5001"]
+    assert [c["rule"] for c in doc["domains"][0]["changes"]] == ["VA5001", "VA4003"]
+    only = json.loads(fix("--xml", "/dev/stdin", "--host-root", str(HOST_ROOT), "--format", "json",
+                          "--rule", "VA4003", stdin=xml).stdout)
+    assert [c["rule"] for c in only["domains"][0]["changes"]] == ["VA4003"]
+    assert {f["rule"] for f in only["domains"][0]["findings_after"]} >= {"VA5001"}
