@@ -1,4 +1,4 @@
-"""Exceptions. User problems carry a one-line message; programming errors say so."""
+"""Exceptions. User problems carry a one-line message (str() is complete)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,3 @@ class FactUnavailable(AdvisorError):
         self.path = path
         self.reason = reason
 
-
-def programming_error(message: str) -> RuntimeError:
-    # virtinst's DevError convention: never shown to users as a finding.
-    return RuntimeError(f"programming error: {message}")

@@ -31,7 +31,6 @@ XPATH = {
     "os_type_machine": "string(os/type/@machine)",
     "os_type_arch": "string(os/type/@arch)",
     "os_loader": "string(os/loader)",
-    "os_firmware": "string(os/@firmware)",
     "libosinfo_os_id": "string(metadata/libosinfo:libosinfo/libosinfo:os/@id)",
     "features_hyperv": "features/hyperv",
     "clock_hypervclock": "clock/timer[@name='hypervclock']",
@@ -45,7 +44,6 @@ XPATH = {
     "interface_hostdev": "devices/interface[@type='hostdev']",
     "pci_addressed_devices": "devices/*[address/@type='pci']",
     "iommu_model": "string(devices/iommu/@model)",
-    "iommu_intremap": "string(devices/iommu/driver/@intremap)",
     "advisor_ignore_rule": "metadata/va:advisor/va:ignore/@rule",
 }
 

@@ -27,6 +27,17 @@ from vfio_advisor.facts.domain import Domain, PciAddress, PciController
 PINS = "ABCD"
 PIRQS = "ABCDEFGH"
 
+# Q35: PIRQ A-H are wired to GSI 16-23 (QEMU hw/isa/lpc_ich9.c,
+# ich9_lpc_map_irq / ICH9_LPC_PIC_NUM_PINS; docs/intx-routing.md 2.5).
+Q35_PIRQ_GSI_BASE = 16
+# Root-bus slots a Q35 guest cannot give to a device: 0x1F holds the ICH9
+# LPC, SATA and SMBus functions QEMU builds in, and libvirt keeps 0x1E for
+# the dmi-to-pci-bridge (libvirt src/qemu/qemu_domain_address.c,
+# qemuDomainValidateDevicePCISlotsQ35).
+Q35_RESERVED_SLOTS = frozenset({0x1E, 0x1F})
+# i440FX: slot 1 is the PIIX3 (ISA bridge, IDE, USB, ACPI), QEMU hw/i386/pc_piix.c.
+I440FX_RESERVED_SLOTS = frozenset({1})
+
 # QEMU model -> INTx pin (0 = none), measured on QEMU 7.2 (section 8, step 3).
 QEMU_MODEL_PIN = {
     "virtio": 1, "qxl-vga": 1, "qxl": 1, "virtio-vga": 1, "virtio-gpu": 1,
@@ -256,7 +267,7 @@ def _route(fn: GuestFunction, chipset: str, controllers: dict[int, PciController
     pirq = q35_pirq(slot, root_pin)
     if slot >= 25 and slot != 30:
         notes.append("Q35 slots 25-31 use the DxxIR registers; the reset value is assumed")
-    return _replace(fn, notes=notes, root_slot=slot, root_pin=root_pin, pirq=pirq, irq=16 + pirq)
+    return _replace(fn, notes=notes, root_slot=slot, root_pin=root_pin, pirq=pirq, irq=Q35_PIRQ_GSI_BASE + pirq)
 
 
 def _replace(fn: GuestFunction, **changes) -> GuestFunction:
@@ -277,14 +288,14 @@ def free_line_addresses(gmap: GuestIntxMap, fn: GuestFunction) -> list[tuple[Pci
     out = []
     p = fn.pin - 1
     for slot in range(1, 32):
-        if slot in taken_slots or (gmap.chipset == "q35" and slot in (0x1E, 0x1F)):
+        if slot in taken_slots or (gmap.chipset == "q35" and slot in Q35_RESERVED_SLOTS):
             continue
         if gmap.chipset == "i440fx":
-            if slot == 1:
+            if slot in I440FX_RESERVED_SLOTS:
                 continue
             line = I440FX_PIRQ_IRQ[i440fx_pirq(slot, p)]
         else:
-            line = 16 + q35_pirq(slot, p)
+            line = Q35_PIRQ_GSI_BASE + q35_pirq(slot, p)
         if line not in used_lines:
             out.append((PciAddress(0, 0, slot, 0), line))
     return out

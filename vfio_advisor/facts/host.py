@@ -45,10 +45,6 @@ class HostRoot:
     def __repr__(self) -> str:
         return f"HostRoot({str(self.root)!r})"
 
-    @property
-    def is_live(self) -> bool:
-        return os.path.realpath(self.root) == "/"
-
     def _path(self, rel: str) -> str:
         rel = rel.lstrip("/")
         if self.recorded is not None:
