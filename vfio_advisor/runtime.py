@@ -215,7 +215,7 @@ class Watcher:
         for dom in sorted(self.domains.values(), key=lambda d: d.facts.domain.name):
             for bdf, dev in sorted(dom.devices.items()):
                 out.append(DeviceSnapshot(dom.facts.domain.name, bdf, dev.mode,
-                                          sum(c for _, c in dev.counts), dev.rate))
+                                          sum(c for _, c in dev.counts), dev.rate, dev.observable))
         return out
 
     def metrics_text(self) -> str:

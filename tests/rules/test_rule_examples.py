@@ -193,3 +193,19 @@ def test_va2001_names_the_other_handler(example):
     assert va2001.subject == AUDIO
     assert EHCI in va2001.message
     assert f"vfio-intx({AUDIO})" not in va2001.message  # its own handler is not "another"
+
+
+def test_posted_msi_is_never_read_as_silence_or_affinity(runtime_example):
+    """Issue 10's flag: with MSI posted to the guest, the host's flat count
+    says nothing, so VA6006 and VA6007 stay silent for those vectors."""
+    for name, rule_id in (("rt-no-vectors-settled", None), ("rt-affinity-on-pinned", "VA6007")):
+        state, sample, elapsed, config = runtime_example(name)
+        if rule_id is None:  # an MSI device whose vectors stay at zero
+            sample = runtime_example("rt-msi-settled")[1]
+            sample = sample._replace(interrupts=sample.interrupts._replace(
+                vector_counts=tuple((i, 0) for i, _ in sample.interrupts.vector_counts)))
+            state, rule_id = type(state)(sample.device.address, mode="msi"), "VA6006"
+            assert _step(rule_id, (state, sample, elapsed, config))
+        posted = sample._replace(host_can_count_msi=False)
+        assert _step(rule_id, (state, sample, elapsed, config)), rule_id
+        assert not _step(rule_id, (state, posted, elapsed, config)), rule_id

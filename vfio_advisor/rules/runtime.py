@@ -46,6 +46,9 @@ class DeviceState(NamedTuple):
     reported_none: bool = False
     regression_checked: bool = False
     affinity: tuple[tuple[str, frozenset[int]], ...] = ()  # irq -> overlap already reported
+    # False while the host cannot count the device's vectors (MSI posted to
+    # the guest, DeviceSample.host_can_count_msi): its counts say nothing.
+    observable: bool = True
 
 
 class DeviceSample(NamedTuple):
@@ -89,8 +92,9 @@ def observe(state: DeviceState, sample: DeviceSample, elapsed: float | None) -> 
     # device ever interrupted; but "none at all" (VA6006, info) must not be
     # said of a device that may have: only an all-zero count is taken as none.
     ever = state.ever_counted or delta > 0 or any(counts.values())
+    observable = mode not in ("msi", "msix") or sample.host_can_count_msi
     return state._replace(mode=mode, previous_mode=state.mode, counts=tuple(sorted(counts.items())),
-                          rate=rate, delta=delta, ever_counted=ever)
+                          rate=rate, delta=delta, ever_counted=ever, observable=observable)
 
 
 def _settled(sample: DeviceSample, config) -> bool:
@@ -195,8 +199,8 @@ def intx_storm(state, sample, elapsed, config):
 
 def no_interrupts(state, sample, elapsed, config):
     """VA6006: settled and not one interrupt counted."""
-    if not _settled(sample, config):
-        return state, []
+    if not _settled(sample, config) or not state.observable:
+        return state, []  # posted MSI: a flat count is no evidence of silence
     if state.ever_counted:
         return state._replace(reported_none=False), []
     if state.reported_none:
@@ -209,8 +213,8 @@ def no_interrupts(state, sample, elapsed, config):
 
 def affinity_overlap(state, sample, elapsed, config):
     """VA6007: a vector whose smp_affinity_list meets pinned vCPU or isolated CPUs."""
-    if not _settled(sample, config):
-        return state, []
+    if not _settled(sample, config) or not state.observable:
+        return state, []  # posted MSI never runs the host handler on those CPUs
     pinned = sample.facts.domain.pinned_cpus
     isolated = sample.isolated_cpus
     if not pinned and not isolated:
