@@ -30,6 +30,7 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
+import warnings
 from pathlib import Path
 
 import pytest
@@ -104,12 +105,14 @@ class Programs:
         return (self.logdir / f"{name}.log").read_text(errors="replace")[-3000:]
 
     def stop(self, proc: subprocess.Popen) -> None:
+        # The whole process group: a daemon and its private journald run
+        # below a shell that would leave them behind.
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
 
     def stop_all(self) -> None:
@@ -131,20 +134,187 @@ class Prometheus:
         return self.api("query", **params)["result"]
 
 
-# --- Prometheus and node_exporter -------------------------------------------
+# --- the simulated hosts ------------------------------------------------------
+
+class InJournal:
+    """A command run beside a private systemd-journald (tests/support/
+    private-journal.sh) in its own UTS namespace and with its own
+    /etc/machine-id, so that each simulated host's entries carry their own
+    _HOSTNAME and _MACHINE_ID (journald stamps both, and names its directory
+    after the machine ID). Never the host's journal."""
+
+    OUTER = 'set -e; hostname "$1"; mount --bind "$2" /etc/machine-id; shift 2; exec "$@"'
+
+    def __init__(self, work: Path, hostname: str):
+        self.work, self.hostname = work, hostname
+        self.machine_id = uuid.uuid4().hex
+        (work / "machine-id").write_text(self.machine_id + "\n")
+
+    def argv(self, cmd: list[str]) -> list[str]:
+        return ["unshare", "--mount", "--uts", "--propagation", "private", "--", "/bin/sh", "-c",
+                self.OUTER, "sh", self.hostname, str(self.work / "machine-id"), str(PRIVATE_JOURNAL),
+                str(self.work / "j"), "--", *cmd]
+
+    @property
+    def directory(self) -> Path:
+        return self.work / "j/varlog/journal" / self.machine_id
+
+    def finished(self) -> Path:
+        rc = self.work / "j/rc"
+        assert rc.exists() and rc.read_text().strip() == "0", (self.work / "j/stderr", self.log())
+        assert any(self.directory.glob("*.journal")), self.log()
+        return self.directory
+
+    def log(self) -> str:
+        path = self.work / "j/journald.log"
+        return path.read_text(errors="replace")[-2000:] if path.exists() else ""
+
+
+def last_sample(path: Path) -> float | None:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("vfio_advisor_last_sample_timestamp_seconds "):
+            return float(line.split()[1])
+    return None
+
+
+class DaemonHost:
+    """One simulated host run by the real daemon: `vfio-advisor daemon`
+    against libvirt's test driver (a node file holding the lab domain, which
+    the test driver runs) with --host-root a symlink that each step points at
+    the scenario's next capture, --metrics-file in node_exporter's textfile
+    directory, logging into the host's private journald."""
+
+    def __init__(self, work: Path, instance: str, domain: str, moments: list[str], metrics: Path):
+        self.work, self.metrics, self.moments, self.index = work, metrics, moments, 0
+        self.journal = InJournal(work, f"fleet-{instance}")
+        xml = (DOMAINS / f"{domain}.xml").read_text()
+        (work / "node.xml").write_text(f"<node>\n{xml}\n</node>\n")
+        self.root = work / "root"
+        self.root.symlink_to(CAPTURES / moments[0])
+        self.pidfile = work / "daemon.pid"
+        daemon = [sys.executable, "-m", "vfio_advisor", "daemon", "--connect", f"test://{work / 'node.xml'}",
+                  "--host-root", str(self.root), "--interval", str(DAEMON_INTERVAL), "--settle", "0",
+                  "--state-dir", str(work / "state"), "--metrics-file", str(metrics)]
+        # The daemon runs in the background of the journal's shell, so that the
+        # test can stop it (SIGTERM, as systemd does) and the journal be synced.
+        script = f'"$@" 2>{work / "daemon.stderr"} & echo $! > {self.pidfile}; wait $!'
+        self.argv = self.journal.argv(["/bin/sh", "-c", script, "sh", *daemon])
+        self.proc = None
+
+    def start(self, programs: "Programs") -> str:
+        """Start; the first metrics file's text."""
+        self.proc = programs.start(f"daemon-{self.work.name}", self.argv)
+        # until it has sampled the domain's devices in the first capture
+        wait_for(f"{self.work.name}'s daemon writing {self.metrics}",
+                 lambda: (self.metrics.exists() and "vfio_advisor_device_mode{domain=" in self.metrics.read_text())
+                 or (self.proc.poll() is not None and self._died()))
+        return self.metrics.read_text()
+
+    def _died(self):
+        raise AssertionError(f"daemon exited: {(self.work / 'daemon.stderr').read_text(errors='replace')}")
+
+    @property
+    def done(self) -> bool:
+        return self.index + 1 >= len(self.moments)
+
+    def step(self) -> tuple[str, float]:
+        """Point the host root at the next capture; the moment and the
+        timestamp of the first sample the daemon took of it."""
+        self.index += 1
+        moment = self.moments[self.index]
+        tmp = self.work / "root.new"
+        tmp.symlink_to(CAPTURES / moment)
+        os.replace(tmp, self.root)
+        swapped = time.time()
+        stamp = wait_for(f"{self.work.name}'s daemon sampling {moment}",
+                         lambda: (last_sample(self.metrics) or 0) > swapped and last_sample(self.metrics))
+        return moment, stamp
+
+    def stop(self) -> Path:
+        """SIGTERM the daemon; its host's journal directory."""
+        pid = int(self.pidfile.read_text())
+        os.kill(pid, signal.SIGTERM)
+        self.proc.wait(timeout=WAIT)
+        err = (self.work / "daemon.stderr").read_text(errors="replace")
+        assert "Traceback" not in err, err
+        return self.journal.finished()
+
+
+class InProcessHost:
+    """Until the daemon writes this format (see the module docstring): the
+    product's Watcher in this process over the same captures, rendered and
+    written with the product's renderer; its journal from the lab replay
+    (tests/lab/replay.py: the Watcher through the journald sink) run in the
+    host's private journald."""
+
+    def __init__(self, work: Path, instance: str, domain: str, moments: list[str], metrics: Path):
+        self.sim, self.metrics = SimulatedHost(domain, moments), metrics
+        work.mkdir(parents=True)
+        self.journal = InJournal(work, f"fleet-{instance}")
+        self.replay = [sys.executable, "-m", "tests.lab.replay", str(DOMAINS / f"{domain}.xml"), "0.3",
+                       "1e9", "-", *[str(CAPTURES / m) for m in moments]]
+
+    def start(self, programs: "Programs") -> None:
+        self.step()
+
+    @property
+    def done(self) -> bool:
+        return self.sim.done
+
+    def step(self) -> tuple[str, float]:
+        moment = self.sim.step()
+        stamp = round(time.time(), 3)
+        write_atomically(str(self.metrics), self.sim.metrics(stamp))
+        return moment, stamp
+
+    def stop(self) -> Path:
+        run = subprocess.run(self.journal.argv(self.replay), capture_output=True, text=True, timeout=120,
+                             env=dict(os.environ, PYTHONPATH=str(REPO)))
+        assert run.returncode == 0, run.stderr
+        return self.journal.finished()
+
+
+DAEMON_INTERVAL = 0.25  # seconds between the daemon's samples
+
+
+def old_format(text: str) -> bool:
+    """The daemon's textfile before issue 12 (a rate gauge, no counter)."""
+    return ("vfio_advisor_device_interrupts_per_second" in text
+            and "vfio_advisor_device_interrupts_total" not in text)
+
+
+class Fleet:
+    def __init__(self):
+        self.prom: Prometheus | None = None
+        self.no_prometheus = ""  # why not, when prom is None
+        self.by_daemon = False
+        self.written: dict[str, list[tuple[str, float]]] = {i: [] for i in HOSTS}
+        self.journals: dict[str, Path] = {}
+
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    """Both hosts replayed to their last moment while Prometheus scrapes them.
-    Yields (Prometheus, {instance: [(moment, written timestamp)]})."""
-    need("prometheus", "prometheus-node-exporter")
+    """Both hosts run through their scenario, each moment scraped by
+    Prometheus; then stopped, their journals kept."""
+    need("unshare", "journalctl")
+    reason = journal_available()
+    if reason:  # the daemon logs to journald: a private one, never the host's
+        pytest.skip(f"private journald: {reason}")
     work = tmp_path_factory.mktemp("fleet")
     programs = Programs(work)
+    out = Fleet()
     try:
-        targets, hosts, files = [], {}, {}
-        for instance, (domain, moments, _) in HOSTS.items():
+        targets, files = [], {}
+        for instance in HOSTS:
             textdir = work / instance / "textfile"
             textdir.mkdir(parents=True)
+            files[instance] = textdir / "vfio-advisor.prom"
+            if shutil.which("prometheus-node-exporter") is None:
+                continue
             port = free_port()
             # Only the textfile collector: the others read the real host's
             # /proc and /sys, which are not the simulated host's.
@@ -152,49 +322,80 @@ def fleet(tmp_path_factory):
                 "prometheus-node-exporter", "--collector.disable-defaults", "--collector.textfile",
                 f"--collector.textfile.directory={textdir}", f"--web.listen-address=127.0.0.1:{port}"])
             targets.append(f"  - targets: ['127.0.0.1:{port}']\n    labels: {{instance: {instance}}}\n")
-            hosts[instance] = SimulatedHost(domain, moments)
-            files[instance] = textdir / "vfio-advisor.prom"
-        config = work / "prometheus.yml"
-        config.write_text(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
-            f"rule_files:\n  - {RULES}\n"
-            "scrape_configs:\n- job_name: node\n  static_configs:\n" + "".join(targets))
-        port = free_port()
-        programs.start("prometheus", [
-            "prometheus", f"--config.file={config}", f"--storage.tsdb.path={work / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}"])
-        prom = Prometheus(port)
-        try:
-            wait_for("Prometheus ready", lambda: get(f"{prom.base}/-/ready"))
-        except AssertionError:
-            raise AssertionError("Prometheus did not start:\n" + programs.log("prometheus"))
-        assert prom.api("rules")["groups"][0]["name"] == "vfio-advisor"  # the shipped file loaded
+        for program, package in (("prometheus-node-exporter", "prometheus-node-exporter"),
+                                 ("prometheus", "prometheus")):
+            if shutil.which(program) is None:
+                out.no_prometheus = f"{program} not installed (Debian package {package})"
+        if not out.no_prometheus:
+            config = work / "prometheus.yml"
+            config.write_text(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
+                f"rule_files:\n  - {RULES}\n"
+                "scrape_configs:\n- job_name: node\n  static_configs:\n" + "".join(targets))
+            port = free_port()
+            programs.start("prometheus", [
+                "prometheus", f"--config.file={config}", f"--storage.tsdb.path={work / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}"])
+            out.prom = Prometheus(port)
+            try:
+                wait_for("Prometheus ready", lambda: get(f"{out.prom.base}/-/ready"))
+            except AssertionError:
+                raise AssertionError("Prometheus did not start:\n" + programs.log("prometheus"))
+            assert out.prom.api("rules")["groups"][0]["name"] == "vfio-advisor"  # the shipped file loaded
 
-        written: dict[str, list[tuple[str, float]]] = {i: [] for i in HOSTS}
+        hosts = {i: DaemonHost(work / i, i, d, m, files[i]) for i, (d, m, _) in HOSTS.items()}
+        first = {i: h.start(programs) for i, h in hosts.items()}
+        out.by_daemon = not any(old_format(t) for t in first.values())
+        if not out.by_daemon:
+            warnings.warn("fleet tier: the daemon still writes the old metrics (a rate gauge); the "
+                          "metrics come from the Watcher in-process and the journals from the lab "
+                          "replay until the daemon writes vfio_advisor.sinks.prometheus' format")
+            for host in hosts.values():
+                host.stop()
+            for f in files.values():
+                f.unlink()
+            hosts = {i: InProcessHost(work / i / "inprocess", i, d, m, files[i])
+                     for i, (d, m, _) in HOSTS.items()}
+            for host in hosts.values():
+                host.start(programs)
+        for i, host in hosts.items():
+            out.written[i].append((HOSTS[i][1][0], last_sample(files[i])))
+        scraped(out, {i: last_sample(files[i]) for i in hosts})
         while not all(h.done for h in hosts.values()):
             stamps = {}
             for instance, host in hosts.items():
-                if host.done:
-                    continue
-                moment = host.step()
-                stamps[instance] = round(time.time(), 3)
-                write_atomically(str(files[instance]), host.metrics(stamps[instance]))
-                written[instance].append((moment, stamps[instance]))
-            # one scrape of each moment: Prometheus holds the timestamp just written
-            for instance, stamp in stamps.items():
-                wait_for(f"{instance} scraped at {stamp}", lambda: [
-                    r for r in prom.query(f'vfio_advisor_last_sample_timestamp_seconds{{instance="{instance}"}}')
-                    if float(r["value"][1]) == stamp])
-        yield prom, written
+                if not host.done:
+                    moment, stamps[instance] = host.step()
+                    out.written[instance].append((moment, stamps[instance]))
+            scraped(out, stamps)
+        for instance, host in hosts.items():
+            out.journals[instance] = host.stop()
+        yield out
     finally:
         programs.stop_all()
+
+
+def scraped(out: Fleet, stamps: dict[str, float]) -> None:
+    """Wait until Prometheus holds, for each host, a file at least this new."""
+    if out.prom is None:
+        return
+    for instance, stamp in stamps.items():
+        wait_for(f"{instance} scraped at {stamp}", lambda: [
+            r for r in out.prom.query(f'vfio_advisor_last_sample_timestamp_seconds{{instance="{instance}"}}')
+            if float(r["value"][1]) >= stamp])
+
+
+def prometheus_of(fleet: Fleet) -> Prometheus:
+    if fleet.prom is None:
+        pytest.skip(fleet.no_prometheus)
+    return fleet.prom
 
 
 def test_promql_returns_the_per_device_rate(fleet):
     """irate() over the counter equals the increase between the last two
     scrapes of host A's edu, as the captures count it, per second of scrape
     time."""
-    prom, written = fleet
+    prom = prometheus_of(fleet)
     sel = 'vfio_advisor_device_interrupts_total{instance="hosta",domain="lab-edu",bdf="0000:00:03.0",mode="intx"}'
     (raw,) = prom.query(f"{sel}[5m]")
     samples = [(float(t), float(v)) for t, v in raw["values"]]
@@ -220,7 +421,7 @@ def test_promql_returns_the_per_device_rate(fleet):
 def test_intx_alert_fires_for_the_stuck_device_only(fleet):
     """Host A's edu stays on INTx (VA6001 open): the alert fires. Host B's
     switched to MSI, which closed its VA6001: no alert for it."""
-    prom, written = fleet
+    prom = prometheus_of(fleet)
     firing = wait_for("the INTx alert", lambda: prom.query(
         'ALERTS{alertname="VfioAdvisorDeviceStaysOnIntx",alertstate="firing"}'))
     assert [(a["metric"]["instance"], a["metric"]["domain"]) for a in firing] == [("hosta", "lab-edu")]
@@ -236,7 +437,7 @@ def test_intx_alert_fires_for_the_stuck_device_only(fleet):
 
 
 def test_every_dashboard_query_runs_on_prometheus(fleet):
-    prom, _ = fleet
+    prom = prometheus_of(fleet)
     doc = json.loads(DASHBOARD.read_text())
     for panel in doc["panels"]:
         for target in panel["targets"]:
@@ -252,35 +453,9 @@ def test_every_dashboard_query_runs_on_prometheus(fleet):
 
 # --- systemd-journal-remote ---------------------------------------------------
 
-def journal_of(work: Path, hostname: str, domain: str, moments: list[str]) -> Path:
-    """Replay one host's scenario through the product's journal sink into a
-    private journald with its own hostname (UTS namespace) and machine ID
-    (bind-mounted /etc/machine-id, which journald stamps as _MACHINE_ID and
-    names its directory after). Returns that journal directory."""
-    machine_id = uuid.uuid4().hex
-    (work / "machine-id").write_text(machine_id + "\n")
-    cmd = [sys.executable, "-m", "tests.lab.replay", str(DOMAINS / f"{domain}.xml"), "0.3", "1e9", "-",
-           *[str(CAPTURES / m) for m in moments]]
-    outer = ("set -e; hostname \"$1\"; mount --bind \"$2\" /etc/machine-id; shift 2; exec \"$@\"")
-    run = subprocess.run(["unshare", "--mount", "--uts", "--propagation", "private", "--", "/bin/sh", "-c",
-                          outer, "sh", hostname, str(work / "machine-id"), str(PRIVATE_JOURNAL),
-                          str(work / "j"), "--", *cmd],
-                         capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
-    assert run.returncode == 0 and (work / "j/rc").read_text().strip() == "0", run.stderr
-    directory = work / "j/varlog/journal" / machine_id
-    assert any(directory.glob("*.journal")), run.stderr
-    return directory
-
-
-def test_journal_remote_finds_both_hosts_by_domain_and_rule(tmp_path):
-    need(JOURNAL_REMOTE, JOURNAL_UPLOAD, "journalctl", "unshare")
-    reason = journal_available()
-    if reason:
-        pytest.skip(f"private journald: {reason}")
-    journals = {}
-    for instance, (domain, moments, _) in HOSTS.items():
-        (tmp_path / instance).mkdir()
-        journals[instance] = journal_of(tmp_path / instance, f"fleet-{instance}", domain, moments)
+def test_journal_remote_finds_both_hosts_by_domain_and_rule(fleet, tmp_path):
+    need(JOURNAL_REMOTE, JOURNAL_UPLOAD)
+    journals = fleet.journals
     central = tmp_path / "central"
     central.mkdir()
     programs = Programs(tmp_path)
