@@ -65,11 +65,8 @@ class SimulatedHost:
         return self.step_index + 1 >= len(self.moments)
 
     def device_metrics(self) -> list[DeviceMetrics]:
-        if hasattr(self.watcher, "snapshot"):  # the Watcher after the issue-11 refactor
-            return [DeviceMetrics(d.domain, d.bdf, d.mode, d.count, d.observable)
-                    for d in self.watcher.snapshot()]
-        return [DeviceMetrics(dom.facts.domain.name, dev.bdf, dev.mode, sum(dev.counts.values()))
-                for dom in self.watcher.domains.values() for dev in dom.devices.values()]
+        return [DeviceMetrics(d.domain, d.bdf, d.mode, d.count, d.observable)
+                for d in self.watcher.snapshot()]
 
     def open_findings(self) -> list[OpenFinding]:
         open_: dict[tuple, OpenFinding] = {}
