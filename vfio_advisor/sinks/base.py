@@ -9,13 +9,14 @@ before that domain's findings.
 
 from __future__ import annotations
 
-from typing import Protocol, TextIO
+from typing import Protocol, TextIO, runtime_checkable
 
 from vfio_advisor.facts.domain import Domain
 from vfio_advisor.facts.model import DomainFacts, HostFacts
 from vfio_advisor.findings import Finding
 
 
+@runtime_checkable
 class Sink(Protocol):
     def emit(self, finding: Finding, domain: Domain | None) -> None: ...
 
