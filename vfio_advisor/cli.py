@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("uninstall", help="remove what install placed (keeps the config)")
     u.add_argument("--root", default="/", metavar="DIR")
+
+    from vfio_advisor.fix import command as fix_command  # noqa: PLC0415 - its parser lives with it
+    fix_command.add_parser(sub)
     return p
 
 
@@ -340,6 +343,13 @@ def cmd_uninstall(args) -> int:
     return EXIT_OK
 
 
+def _cmd_fix(args: argparse.Namespace) -> int:
+    from vfio_advisor.fix import command as fix_command  # noqa: PLC0415
+
+    return fix_command.run(args)
+
+
 COMMANDS = {"advise": cmd_advise, "guest-irqs": cmd_guest_irqs, "device": cmd_device, "explain": cmd_explain,
             "rules": cmd_rules, "snapshot": cmd_snapshot, "catalog": cmd_catalog, "daemon": cmd_daemon,
-            "install": cmd_install, "uninstall": cmd_uninstall}
+            "install": cmd_install, "uninstall": cmd_uninstall, "fix": _cmd_fix}
+

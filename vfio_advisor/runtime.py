@@ -26,6 +26,7 @@ from vfio_advisor.facts.kernel import parse_cpulist
 from vfio_advisor.facts.model import DomainFacts, device_interrupts
 from vfio_advisor.findings import Finding
 from vfio_advisor.rules import RULES_BY_ID
+from vfio_advisor.rules.mode import host_blocks_msi
 from vfio_advisor.rules.runtime import DeviceSample, DeviceState, rows_skipped, step_device
 
 # One config type for all commands; the old name stays for callers.
@@ -179,7 +180,10 @@ class Watcher:
                     device=assigned, sibling_on_intx=siblings,
                     previous_run=self.store.previous(dom.key, assigned.address),
                     vector_affinity=self._affinity(dom, irq, isolated), isolated_cpus=isolated,
-                    storm_lines=frozenset(storm_lines))
+                    storm_lines=frozenset(storm_lines),
+                    # pci=nomsi or msi_bus=0: the guest cannot get MSI whatever it
+                    # sets, so no guest remedy (issue 10 §3; advise's VA1001 does the same).
+                    host_msi_possible=not host_blocks_msi(dom.facts, assigned))
                 state, found = step_device(dom.devices[assigned.address], sample, elapsed, self.config)
                 dom.devices[assigned.address] = state
                 storm_lines |= {dict(f.evidence)["irq"] for f in found if f.rule_id in ("VA6004", "VA6005")}

@@ -236,7 +236,6 @@ NOMSI_DAEMON = ("issue 10 §3: the daemon's VA6001/VA6003 still give the guest M
                 "(MSISupported) on a pci=nomsi host, where it cannot work")
 
 
-@pytest.mark.xfail(strict=True, reason=NOMSI_DAEMON)
 def test_nomsi_daemon_stays_on_intx_without_guest_msi_remedy(tmp_path):
     entries = daemon(tmp_path, windows(tmp_path, LAB_DOMAINS / "edu.xml"), ["nomsi-1", "nomsi-2"],
                      settle=0.0)
@@ -247,7 +246,6 @@ def test_nomsi_daemon_stays_on_intx_without_guest_msi_remedy(tmp_path):
             assert remedy not in json.dumps(e), e
 
 
-@pytest.mark.xfail(strict=True, reason=NOMSI_DAEMON)
 def test_nomsi_daemon_regression_across_runs_without_guest_msi_remedy(tmp_path):
     """Run 1 (switch, pci=nomsi absent) had the edu on MSI; run 2 is on a
     pci=nomsi kernel, where the guest cannot get MSI back whatever it does."""

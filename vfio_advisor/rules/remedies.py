@@ -101,6 +101,14 @@ def guest_msi_remedy(facts: DomainFacts, dev: AssignedDevice,
     return msi_remedy_for(facts.domain.guest_os, dev.device, siblings)
 
 
+def host_msi_remedy(reasons: list[str]) -> str:
+    """The remedy when the host, not the guest, keeps a device off MSI."""
+    why = "; ".join(reasons) if reasons else "the host does not allow MSI for this device"
+    return ("The guest cannot switch this device to MSI: the host forbids it (" + why + "). "
+            "Remove pci=nomsi from the host kernel command line, or re-enable msi_bus where "
+            "it is safe (see VA3001); no guest setting helps until then.")
+
+
 def msi_remedy_for(guest_os: str, device: PciDevice,
                    siblings: list[tuple[PciDevice, bool]]) -> str:
     """The remedy for `device` on INTx. `siblings`: the other functions of the

@@ -22,7 +22,8 @@ from vfio_advisor.facts.model import AssignedDevice, DomainFacts, HostInterrupts
 from vfio_advisor.findings import Finding, Severity
 from vfio_advisor.rules.base import _REGISTERED, SEED_ARTICLE, Rule, register
 from vfio_advisor.rules.base import message_id as _id
-from vfio_advisor.rules.remedies import guest_msi_remedy
+from vfio_advisor.rules.mode import host_blocks_msi
+from vfio_advisor.rules.remedies import guest_msi_remedy, host_msi_remedy
 
 # A storm ends (and may be reported again) only when the rate falls below
 # half the threshold: hysteresis, so a rate hovering at the threshold is one
@@ -108,10 +109,16 @@ def _name(sample: DeviceSample) -> str:
 
 def _msi_capable(sample: DeviceSample) -> bool:
     dev = sample.device.device
-    return dev is not None and dev.supports_msi is True and sample.host_msi_possible
+    return dev is not None and dev.supports_msi is True
 
 
 def _remedy(sample: DeviceSample) -> str:
+    # A guest remedy only where it can work: with pci=nomsi or msi_bus=0
+    # vfio-pci cannot enable MSI whatever the guest sets (measured in the lab,
+    # captures nomsi-*: VFIO_DEVICE_SET_IRQS for MSI returns EINVAL), so the
+    # remedy is the host's, as advise's VA3001 gives it.
+    if not sample.host_msi_possible:
+        return host_msi_remedy(host_blocks_msi(sample.facts, sample.device))
     return guest_msi_remedy(sample.facts, sample.device,
                             lambda s: s.address in sample.sibling_on_intx)
 
@@ -162,8 +169,10 @@ def msi_to_intx_regression(state, sample, elapsed, config):
     return state, _make(
         "VA6003", sample,
         f"{_name(sample)} used {before.upper()} in the previous run of this "
-        "domain and is on INTx now. A guest driver update may have reset "
-        "MSISupported (Windows) or the driver's MSI option.",
+        "domain and is on INTx now. " + (
+            "A guest driver update may have reset the guest's MSI setting."
+            if sample.host_msi_possible else
+            "The host now forbids MSI for it, so the guest could not keep it."),
         _remedy(sample), {"previous mode": before, "mode": state.mode})
 
 
