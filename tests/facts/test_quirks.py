@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from vfio_advisor.facts import quirks
 from vfio_advisor.facts.quirks import (
     BROKEN_INTX_MASKING,
@@ -69,18 +71,33 @@ def test_x550_is_nointx_but_not_broken():
     assert {q.kind for q in quirks_for(0x8086, 0x1572)} == {VFIO_NOINTX, BROKEN_MASKING}
 
 
-def test_old_tables_agree_with_the_new_one():
-    # What the coordinator replaces: every old entry must be in the kernel's
-    # list; what the old tables miss is listed here so the change is visible.
+def test_the_rules_read_the_one_table():
+    """pci.py and guest_intx.py use quirks.py's table itself, not copies."""
     from vfio_advisor.facts import guest_intx, pci
 
-    old_broken = set(pci.BROKEN_INTX_MASKING)
-    assert old_broken <= BROKEN_INTX_MASKING
-    assert BROKEN_INTX_MASKING - old_broken == {
-        (0x1425, 0x0030), (0x1102, 0x000b),  # Chelsio, Creative 20K2
-        *((0x15b3, d) for d, _ in quirks._MELLANOX),
-    }
-    old_nointx = set(guest_intx.VFIO_NOINTX)
-    # 0x37d3 is the one entry the kernel does not have.
-    assert old_nointx - VFIO_NOINTX_IDS == {(0x8086, 0x37d3)}
-    assert VFIO_NOINTX_IDS <= old_nointx
+    assert pci.BROKEN_INTX_MASKING is BROKEN_INTX_MASKING
+    assert guest_intx.VFIO_NOINTX is VFIO_NOINTX_IDS
+    assert (0x8086, 0x37d3) not in guest_intx.VFIO_NOINTX
+
+
+def _device(vendor: int, device: int):
+    from vfio_advisor.facts.pci import PciDevice
+    return PciDevice._make([None] * len(PciDevice._fields))._replace(
+        vendor_id=vendor, device_id=device, sriov_vf=False)
+
+
+@pytest.mark.parametrize("vendor,device,supported,word", [
+    (0x10ec, 0x8169, False, "quirk_broken_intx_masking"),  # RTL8169: always broken
+    (0x15b3, 0x1003, False, "mellanox_check_broken_intx_masking"),  # ConnectX-3: always
+    (0x15b3, 0x1013, None, "firmware"),  # ConnectX-4: depends on firmware -> unknown
+    (0x1425, 0x0030, False, "quirk_broken_intx_masking"),  # Chelsio, missing from the old copy
+])
+def test_device_masking_comes_from_the_table(vendor, device, supported, word):
+    masking = _device(vendor, device).intx_masking()
+    assert masking.supported is supported
+    assert word in masking.evidence and "6.1.176" in masking.evidence
+
+
+@pytest.mark.parametrize("vendor,device,pin", [(0x8086, 0x1563, 0), (0x8086, 0x1572, 0)])
+def test_guest_pin_of_nointx_ids(vendor, device, pin):
+    assert _device(vendor, device).guest_pin == pin

@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 
 from vfio_advisor.facts.domain import Domain, PciAddress, PciController
+from vfio_advisor.facts import quirks as _quirks
 
 PINS = "ABCD"
 PIRQS = "ABCDEFGH"
@@ -98,10 +99,9 @@ CONTROLLER_PIN = {
 }
 
 # Intel i40e and X550 IDs that vfio-pci reports with pin 0 (vfio_pci_core.c,
-# vfio_pci_nointx; Linux 4.13+).
-VFIO_NOINTX = frozenset({(0x8086, d) for d in (
-    0x1572, 0x1574, 0x1580, 0x1581, 0x1583, 0x1584, 0x1585, 0x1586, 0x1587,
-    0x1588, 0x1589, 0x158a, 0x158b, 0x37d0, 0x37d1, 0x37d2, 0x37d3, 0x1563)})
+# vfio_pci_nointx): one table, facts/quirks.py. 0x37d3 is not in the kernel's
+# list (Linux 6.1.176) and is gone.
+VFIO_NOINTX = _quirks.VFIO_NOINTX_IDS
 
 I440FX_PIRQ_IRQ = {0: 10, 1: 10, 2: 11, 3: 11}  # SeaBIOS/OVMF (after edk2 PR #1242)
 

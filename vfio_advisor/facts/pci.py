@@ -15,23 +15,14 @@ from vfio_advisor.facts.pci_config import (
     _Unknown,
     parse_config_space,
 )
+from vfio_advisor.facts import quirks as _quirks
 from vfio_advisor.facts.pciids import PciIds
 
 BDF_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 
-# Devices whose INTx masking the kernel marks broken (drivers/pci/quirks.c,
-# quirk_broken_intx_masking, Linux 6.1): vfio-pci then treats them as
-# non-PCI-2.3 and needs an exclusive line. (vendor, device) pairs.
-BROKEN_INTX_MASKING: frozenset[tuple[int, int]] = frozenset({
-    (0x1814, 0x0601),  # Ralink RT2800 802.11n PCI
-    (0x1b7c, 0x0004),  # Ceton InfiniTV4
-    (0x10ec, 0x8169),  # Realtek RTL8169 PCI Gigabit (bug 1145145)
-    # Intel XL710/X710/X722 family; firmware ignores INTx Disable.
-    (0x8086, 0x1572), (0x8086, 0x1574), (0x8086, 0x1580), (0x8086, 0x1581),
-    (0x8086, 0x1583), (0x8086, 0x1584), (0x8086, 0x1585), (0x8086, 0x1586),
-    (0x8086, 0x1587), (0x8086, 0x1588), (0x8086, 0x1589), (0x8086, 0x158a),
-    (0x8086, 0x158b), (0x8086, 0x37d0), (0x8086, 0x37d1), (0x8086, 0x37d2),
-})
+# The kernel's INTx quirk lists live in one table, facts/quirks.py (checked
+# against Linux 6.1.176's source as data). Re-exported for older importers.
+BROKEN_INTX_MASKING = _quirks.BROKEN_INTX_MASKING
 
 
 def normalize_bdf(text: str) -> str:
@@ -139,9 +130,7 @@ class PciDevice(NamedTuple):
         """The INTx pin vfio-pci shows the guest: the host's Interrupt Pin,
         except 0 for SR-IOV VFs and the nointx IDs (vfio_pci_config.c,
         vfio_config_init). None when the config space is unreadable."""
-        from vfio_advisor.facts.guest_intx import VFIO_NOINTX
-
-        if self.sriov_vf or (self.vendor_id, self.device_id) in VFIO_NOINTX:
+        if self.sriov_vf or (self.vendor_id, self.device_id) in _quirks.VFIO_NOINTX_IDS:
             return 0
         if self.config is None or not 0 <= self.config.interrupt_pin <= 4:
             return None  # unreadable, or a value no PCI function may hold
@@ -150,9 +139,17 @@ class PciDevice(NamedTuple):
     def intx_masking(self, nointxmask: bool = False) -> IntxMasking:
         if nointxmask:
             return IntxMasking(False, "vfio_pci nointxmask=1 turns INTx masking off for every device")
-        if (self.vendor_id, self.device_id) in BROKEN_INTX_MASKING:
-            return IntxMasking(False, "the kernel lists this device with broken INTx masking "
-                                      "(drivers/pci/quirks.c, quirk_broken_intx_masking)")
+        ids = (self.vendor_id, self.device_id)
+        if ids in _quirks.BROKEN_INTX_MASKING:
+            (q,) = [q for q in _quirks.quirks_for(*ids) if q.kind == _quirks.BROKEN_MASKING]
+            return IntxMasking(False, f"the kernel lists this device with broken INTx masking "
+                                      f"({q.source}, Linux {_quirks.KERNEL_VERSION})")
+        if ids in _quirks.BROKEN_INTX_MASKING_MAYBE:
+            # ConnectX-4 (Lx): mellanox_check_broken_intx_masking decides from
+            # the firmware version in BAR 0 at boot, which sysfs does not show.
+            (q,) = [q for q in _quirks.quirks_for(*ids) if q.kind == _quirks.BROKEN_MASKING]
+            return IntxMasking(None, f"the kernel marks this device's INTx masking broken "
+                                     f"{q.condition} ({q.source}, Linux {_quirks.KERNEL_VERSION})")
         cfg = self.config
         if cfg is None:
             return IntxMasking(None, "config space unreadable")
