@@ -97,13 +97,52 @@ def test_block_on_error_is_opt_in(installed, tmp_path):
     assert run.rc == 0
 
 
+def recording_interpreter(tmp_path: Path) -> tuple[Path, Path]:
+    """An interpreter that writes a line to a log each time it starts, then
+    runs this Python: the evidence of whether the hook's shell front started
+    Python at all (hook.py itself also ignores other operations, so the
+    journal alone cannot tell)."""
+    log = tmp_path / "python-started.log"
+    python = tmp_path / "bin" / "recording-python"
+    python.parent.mkdir(parents=True, exist_ok=True)
+    python.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    return python, log
+
+
+@pytest.fixture
+def recorded(tmp_path):
+    """The hook installed with the recording interpreter."""
+    python, log = recording_interpreter(tmp_path)
+    root = tmp_path / "root"
+    config = tmp_path / "hook-config.toml"
+    out = subprocess.run([sys.executable, "-m", "vfio_advisor", "install", "--root", str(root),
+                          "--config", str(config), "--python", str(python)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    config.write_text(f'[hook]\nhost_root = "{DEMO / "root"}"\n')
+    log.unlink(missing_ok=True)  # install itself may have run it
+    return (root, root / "etc/libvirt/hooks/qemu.d/vfio-advisor", config), log
+
+
+def test_prepare_begin_starts_python(recorded, tmp_path):
+    """The control for the next test: the recorder is the hook's interpreter."""
+    installed, log = recorded
+    run = call(installed, tmp_path, "win11", stdin=libvirt_xml("win11"))
+    assert run.rc == 0 and run.by_rule("VA1001")
+    assert log.read_text().splitlines() == [
+        f"-m vfio_advisor.hook --config {tmp_path / 'hook-config.toml'} win11 prepare begin -"]
+
+
 @pytest.mark.parametrize("op, subop", [("start", "begin"), ("started", "begin"), ("stopped", "end"),
                                        ("release", "end"), ("reconnect", "begin"),
-                                       ("frobnicate", "now"), ("prepare", "end")])
-def test_other_operations_exit_at_once_and_log_nothing(installed, tmp_path, op, subop):
+                                       ("frobnicate", "now"), ("prepare", "end"), ("begin", "prepare")])
+def test_other_operations_exit_from_the_shell_without_python(recorded, tmp_path, op, subop):
+    installed, log = recorded
     run = call(installed, tmp_path, "win11", op, subop, stdin=libvirt_xml("win11"))
     assert run.rc == 0
     assert run.entries == []
+    assert not log.exists(), f"Python started for {op} {subop}: {log.read_text()!r}"
 
 
 @pytest.mark.parametrize("stdin, words", [
@@ -171,13 +210,17 @@ def test_without_journald_falls_back_to_stderr(installed, tmp_path):
 
 def test_classic_single_hook_file(tmp_path):
     root = tmp_path / "root"
+    python, log = recording_interpreter(tmp_path)
     out = subprocess.run([sys.executable, "-m", "vfio_advisor", "install", "--root", str(root),
-                          "--classic"], capture_output=True, text=True)
+                          "--classic", "--python", str(python)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+    log.unlink(missing_ok=True)
     hook = root / "etc/libvirt/hooks/qemu"
     assert hook.exists() and "vfio_advisor.hook" in hook.read_text()
     fast = subprocess.run([*HOOK_ENV, str(hook), "x", "started", "begin", "-"], input=b"<junk")
     assert fast.returncode == 0
+    assert str(python) in hook.read_text()  # the recorder is its interpreter
+    assert not log.exists(), "the classic hook started Python for `started begin`"
     out = subprocess.run([sys.executable, "-m", "vfio_advisor", "uninstall", "--root", str(root)],
                          capture_output=True, text=True)
     assert out.returncode == 0 and not hook.exists()
