@@ -63,7 +63,7 @@ class Service:
     def _new_watcher(self) -> Watcher:
         store = StateStore(self.cfg.state_dir)
         return Watcher(HostRoot(self.cfg.host_root), self.cfg, self.sink.emit, store,
-                       clock=self.clock)
+                       clock=self.clock, note=lambda msg: self.log(msg, "sampling", 4))
 
     # --- logging of the daemon's own events ------------------------------
 
@@ -227,7 +227,9 @@ class Service:
             try:
                 self.watcher.sample()
                 if self.cfg.metrics_file:
-                    self.watcher.write_metrics(self.cfg.metrics_file)
+                    # The sample's wall-clock time: Prometheus and the stale-file
+                    # alert compare it with time(), not with the monotonic clock.
+                    self.watcher.write_metrics(self.cfg.metrics_file, time.time())
             except Exception as exc:  # noqa: BLE001 - keep the daemon alive
                 self.log(f"sample failed: {type(exc).__name__}: {exc}", "sample-failed", 3)
             await self._sleep(self.cfg.interval)

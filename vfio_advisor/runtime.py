@@ -1,11 +1,14 @@
 """The daemon's Watcher: follow running domains' vfio vectors sample by sample.
 
-It only loops, stores and emits. Each sample it reads the watched rows of
-/proc/interrupts once (facts.interrupts.sample_table), turns them into each
-device's HostInterrupts with the same model `advise` uses
-(facts.model.device_interrupts), and hands them to the runtime rules'
-pure transitions (rules/runtime.py). The config's ignore policy filters what
-it emits; a finding is emitted once per change of state, never per sample.
+It only loops, stores and emits. Each sample its Sampler (facts/sampler.py)
+reads the watched devices' vectors one IRQ at a time from /sys/kernel/irq
+(the full /proc/interrupts only to rediscover them, or where sysfs lacks
+them), the same model `advise` uses (facts.model.device_interrupts) turns
+those rows into each device's HostInterrupts, and the runtime rules' pure
+transitions (rules/runtime.py) step each device. The config's ignore policy
+filters what it emits; a finding is emitted once per change of state, never
+per sample. It also keeps which emitted findings are still open, for the
+metrics file (sinks/prometheus.py).
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from vfio_advisor.config import Config
 from vfio_advisor.engine import Engine
 from vfio_advisor.errors import FactUnavailable
 from vfio_advisor.facts.domain import Domain
-from vfio_advisor.facts.host import INTERRUPTS_LIMIT, HostRoot
-from vfio_advisor.facts.interrupts import sample_table
+from vfio_advisor.facts.host import HostRoot
+from vfio_advisor.facts.platform import posting
+from vfio_advisor.facts.sampler import Sampler
 from vfio_advisor.facts.kernel import parse_cpulist
 from vfio_advisor.facts.model import DomainFacts, device_interrupts
 from vfio_advisor.findings import Finding
@@ -45,8 +49,12 @@ class DeviceSnapshot(NamedTuple):
 
 
 class DomainState:
-    def __init__(self, facts: DomainFacts, started_at: float, run_id: object = None):
+    def __init__(self, facts: DomainFacts, started_at: float, run_id: object = None,
+                 can_count_msi: bool = True):
         self.facts = facts
+        # facts.platform.posting, once per domain add: with posted MSI the
+        # host's vfio-msi counters stay flat while the device works.
+        self.can_count_msi = can_count_msi
         self.started_at = started_at
         self.run_id = run_id  # libvirt's domain ID: a new ID is a new run
         self.devices: dict[str, DeviceState] = {d.address: DeviceState(d.address) for d in facts.devices}
@@ -101,7 +109,7 @@ class StateStore:
 class Watcher:
     def __init__(self, host: HostRoot, config: Config, emit: Callable[[Finding, Domain | None], None],
                  store: StateStore | None = None, clock: Callable[[], float] = time.monotonic,
-                 pci_ids=None):
+                 pci_ids=None, note: Callable[[str], None] | None = None):
         self.host = host
         self.config = config
         self.emit = emit
@@ -112,7 +120,14 @@ class Watcher:
         self.last_sample: float | None = None
         self.odd_reported = False
         self.kernel = None
-        self.wanted: frozenset[str] = frozenset()  # INTx lines of watched devices
+        # The daemon's own log line for host conditions said once (a sampler
+        # fallback); findings go through `emit`.
+        self.note = note or (lambda _msg: None)
+        self.sampler = Sampler(host, self.note)
+        # (domain, bdf or None, rule) of emitted findings whose condition may
+        # still hold; open_findings() drops those that no longer do.
+        self.open: dict[tuple[str | None, str | None, str], None] = {}
+        self.unreadable_reported = False
 
     # --- domains --------------------------------------------------------
 
@@ -129,7 +144,10 @@ class Watcher:
             old = None  # a new run: settle time, flags and counters start over
         if old is not None:
             started_at = old.started_at
-        state = DomainState(facts, self.clock() if started_at is None else started_at, run_id)
+        post = facts.host.posting if facts.host.posting is not None else posting(
+            self.host, interrupts=facts.host.interrupts, cmdline=facts.host.kernel.cmdline)
+        state = DomainState(facts, self.clock() if started_at is None else started_at, run_id,
+                            can_count_msi=not post.host_cannot_count_msi)
         if old is not None:
             for bdf in state.devices:
                 if bdf in old.devices:
@@ -149,21 +167,27 @@ class Watcher:
     # --- sampling -------------------------------------------------------
 
     def _update_wanted(self) -> None:
-        self.wanted = frozenset(str(dev.device.irq) for dom in self.domains.values()
-                                for dev in dom.facts.devices
-                                if dev.device is not None and dev.device.irq)
+        # A domain event: the sampler rediscovers new devices' vectors.
+        self.sampler.watch((dev.address, dev.device) for dom in self.domains.values()
+                           for dev in dom.facts.devices)
 
     def sample(self) -> list[Finding]:
-        """Read /proc/interrupts once and step every watched device."""
+        """Read the watched vectors once and step every watched device."""
         now = self.clock()
         if not self.domains:
             self.last_sample = now
             return []
-        try:
-            data = self.host.read_bytes("proc/interrupts", INTERRUPTS_LIMIT)
-        except FactUnavailable:
+        if self.sampler.host is not self.host:  # a replay moved to another tree
+            self.sampler.set_host(self.host)
+        table, odd = self.sampler.sample()
+        if table is None:
+            # Neither /proc/interrupts nor /sys/kernel/irq readable: modes
+            # stay as they were; the sampler said why, once.
+            if not self.unreadable_reported:
+                self.unreadable_reported = True
+                self.note("no interrupt counts readable (/proc/interrupts and /sys/kernel/irq); "
+                          "device modes are unknown until they are (said once)")
             return []
-        table, odd = sample_table(data, self.wanted)
         self.odd_reported, findings = rows_skipped(self.odd_reported, odd)
         elapsed = (now - self.last_sample) if self.last_sample is not None else None
         storm_lines: set[str] = set()
@@ -183,7 +207,8 @@ class Watcher:
                     storm_lines=frozenset(storm_lines),
                     # pci=nomsi or msi_bus=0: the guest cannot get MSI whatever it
                     # sets, so no guest remedy (issue 10 §3; advise's VA1001 does the same).
-                    host_msi_possible=not host_blocks_msi(dom.facts, assigned))
+                    host_msi_possible=not host_blocks_msi(dom.facts, assigned),
+                    host_can_count_msi=dom.can_count_msi)
                 state, found = step_device(dom.devices[assigned.address], sample, elapsed, self.config)
                 dom.devices[assigned.address] = state
                 storm_lines |= {dict(f.evidence)["irq"] for f in found if f.rule_id in ("VA6004", "VA6005")}
@@ -191,6 +216,9 @@ class Watcher:
                 if state.mode != "none" and sample.since_start >= self.config.settle:
                     self.store.record(dom.key, assigned.address, state.mode, state.flagged_intx)
         self.last_sample = now
+        for f in findings:
+            if f.rule_id != "VA6002":  # an event ("the fix worked"), never a standing condition
+                self.open[(f.domain, f.subject, f.rule_id)] = None
         for f in findings:
             domain = self.domains[f.domain].facts.domain if f.domain in self.domains else None
             self.emit(f, domain)
@@ -222,13 +250,58 @@ class Watcher:
                                           sum(c for _, c in dev.counts), dev.rate, dev.observable))
         return out
 
-    def metrics_text(self) -> str:
-        from vfio_advisor.sinks.metrics import render_metrics  # noqa: PLC0415
+    def open_findings(self) -> list:
+        """Emitted findings whose condition still holds, one per (domain,
+        device, rule): VA6001 while the device stays on INTx (VA6002 or a
+        mode change closes it), a storm until it ends (the rate fell below
+        the hysteresis), VA6006 until the device counts, VA6007 while a
+        vector still overlaps; VA6003 and the host-wide VA8003 stay for the
+        run (of the domain, of the daemon). A domain that stops closes all
+        of its findings."""
+        from vfio_advisor.sinks.prometheus import OpenFinding  # noqa: PLC0415
 
-        return render_metrics(self.snapshot())
+        out = []
+        for key in list(self.open):
+            domain, bdf, rule = key
+            dom = self.domains.get(domain) if domain is not None else None
+            dev = dom.devices.get(bdf) if dom is not None and bdf is not None else None
+            if domain is not None and dom is None:
+                holds = False
+            else:
+                holds = _HOLDS[rule](dev) if rule in _HOLDS else True
+            if not holds:
+                del self.open[key]
+                continue
+            out.append(OpenFinding(domain, rule, str(RULES_BY_ID[rule].severity)))
+        return out
 
-    def write_metrics(self, path: str) -> None:
-        from vfio_advisor.sinks.metrics import MetricsFileSink  # noqa: PLC0415
+    def metrics_text(self, now: float | None = None) -> str:
+        """The metrics file's text (sinks/prometheus.py); `now` is the wall
+        clock of the last sample (time.time(), not the Watcher's clock)."""
+        from vfio_advisor import __version__  # noqa: PLC0415
+        from vfio_advisor.sinks.prometheus import DeviceMetrics, render  # noqa: PLC0415
 
-        MetricsFileSink(path).write(self.snapshot())
+        devices = [DeviceMetrics(d.domain, d.bdf, d.mode, d.count, d.observable)
+                   for d in self.snapshot()]
+        return render(devices, self.open_findings(), time.time() if now is None else now,
+                      __version__)
 
+    def write_metrics(self, path: str, now: float | None = None) -> None:
+        from vfio_advisor.sinks.prometheus import write_atomically  # noqa: PLC0415
+
+        write_atomically(path, self.metrics_text(now))
+
+
+def _holds(rule: str):
+    return {
+        "VA6001": lambda d: d is not None and d.flagged_intx and d.mode == "intx",
+        "VA6004": lambda d: d is not None and d.storm_reported,
+        "VA6005": lambda d: d is not None and d.storm_reported,
+        "VA6006": lambda d: d is not None and d.reported_none and not d.ever_counted,
+        "VA6007": lambda d: d is not None and any(o for _, o in d.affinity),
+    }.get(rule)
+
+
+# Closing conditions of the runtime findings that can close; the others
+# (VA6003, VA8003, and rules added later) stay open while their domain runs.
+_HOLDS = {rule: _holds(rule) for rule in ("VA6001", "VA6004", "VA6005", "VA6006", "VA6007")}
