@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import nobody
 from vfio_advisor.errors import FactUnavailable
-from vfio_advisor.facts import host as host_module
 from vfio_advisor.facts.host import HostRoot
 from vfio_advisor.facts.interrupts import parse_interrupts
 from vfio_advisor.facts.kernel import (
@@ -271,46 +271,58 @@ def test_dangling_parameter_symlink_is_missing(tmp_path):
     assert kf.unreadable == ("sys/module/vfio_pci/parameters/nointxmask: missing",)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads mode-000 files")
-def test_chmod_000_cmdline(tmp_path):
-    full_tree(tmp_path)
-    (tmp_path / "proc/cmdline").chmod(0)
-    kf = read_kernel_facts(HostRoot(tmp_path))
-    assert kf.cmdline is None
-    assert kf.unreadable == ("proc/cmdline: permission denied (run as root for full facts)",)
+# --- permissions, as a real unprivileged user (tests/nobody.py) ----------------
+
+# Run as nobody: read_kernel_facts over argv[1], the fields these tests need.
+KERNEL_FACTS_AS_JSON = """
+import json, sys
+from vfio_advisor.facts.host import HostRoot
+from vfio_advisor.facts.kernel import read_kernel_facts
+kf = read_kernel_facts(HostRoot(sys.argv[1]))
+print(json.dumps({"cmdline": kf.cmdline.raw if kf.cmdline else None,
+                  "unreadable": list(kf.unreadable), "iommu_groups": kf.iommu_groups,
+                  "iommu_active": kf.iommu_active, "params": kf.vfio_pci_params}))
+"""
+DENIED = "permission denied (run as root for full facts)"
 
 
-def test_permission_denied_cmdline(tmp_path, monkeypatch):
-    # Root ignores mode bits, so make HostRoot's open() fail the way it does
-    # for an unprivileged user.
-    full_tree(tmp_path)
-    real_open = open
-
-    def deny(path, *args, **kwargs):
-        if str(path).endswith("proc/cmdline"):
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_open(path, *args, **kwargs)
-
-    monkeypatch.setattr(host_module, "open", deny, raising=False)
-    kf = read_kernel_facts(HostRoot(tmp_path))
-    assert kf.cmdline is None
-    assert kf.unreadable == ("proc/cmdline: permission denied (run as root for full facts)",)
-    assert kf.iommu_groups == 4
+@pytest.fixture
+def nobody_tree():
+    nobody.require()
+    with nobody.tree() as root:
+        full_tree(root)
+        yield root
 
 
-def test_unreadable_iommu_groups(tmp_path, monkeypatch):
-    full_tree(tmp_path)
-    real_listdir = os.listdir
+def test_nobody_reads_the_tree(nobody_tree):
+    """The control for the tests below: with ordinary modes nobody reads it all."""
+    facts = nobody.python_json(KERNEL_FACTS_AS_JSON, str(nobody_tree))
+    assert facts["unreadable"] == []
+    assert facts["cmdline"] == DESKTOP.strip() and facts["iommu_groups"] == 4
 
-    def deny(path):
-        if str(path).endswith("iommu_groups"):
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_listdir(path)
 
-    monkeypatch.setattr(host_module.os, "listdir", deny)
-    kf = read_kernel_facts(HostRoot(tmp_path))
-    assert kf.iommu_groups is None and kf.iommu_active is None
-    assert kf.unreadable == ("sys/kernel/iommu_groups: permission denied (run as root for full facts)",)
+def test_mode_000_cmdline_as_nobody(nobody_tree):
+    (nobody_tree / "proc/cmdline").chmod(0)
+    facts = nobody.python_json(KERNEL_FACTS_AS_JSON, str(nobody_tree))
+    assert facts["cmdline"] is None
+    assert facts["unreadable"] == [f"proc/cmdline: {DENIED}"]
+    assert facts["iommu_groups"] == 4 and facts["iommu_active"] is True  # the rest still read
+
+
+def test_mode_000_module_parameter_as_nobody(nobody_tree):
+    (nobody_tree / "sys/module/vfio_pci/parameters/nointxmask").chmod(0)
+    facts = nobody.python_json(KERNEL_FACTS_AS_JSON, str(nobody_tree))
+    assert facts["params"] == {"disable_vga": "Y", "ids": ""}
+    assert facts["unreadable"] == [f"sys/module/vfio_pci/parameters/nointxmask: {DENIED}"]
+
+
+def test_unlistable_iommu_groups_as_nobody(nobody_tree):
+    # Search but no read permission: the directory can be entered, not listed.
+    (nobody_tree / "sys/kernel/iommu_groups").chmod(0o311)
+    facts = nobody.python_json(KERNEL_FACTS_AS_JSON, str(nobody_tree))
+    assert facts["iommu_groups"] is None and facts["iommu_active"] is None
+    assert facts["unreadable"] == [f"sys/kernel/iommu_groups: {DENIED}"]
+    assert facts["cmdline"] == DESKTOP.strip()
 
 
 def test_host_root_errors_are_fact_unavailable(tmp_path):
