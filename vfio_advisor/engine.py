@@ -49,6 +49,14 @@ class Engine:
         self.pci_ids = pci_ids if pci_ids is not None else load_pci_ids(self.root, record)
         self.devices = DeviceCache(self.root, self.pci_ids)
         self._host: HostFacts | None = None
+        # Every defined domain the caller knows of (advise); the hook knows
+        # only its own and leaves this empty (it must never call libvirt).
+        self.defined: tuple[Domain, ...] = ()
+
+    def set_defined_domains(self, domains: Iterable[Domain]) -> None:
+        """The defined domains whose devices may run at the same time as the
+        analysed one: the cross-domain INTx line check (VA2005) reads them."""
+        self.defined = tuple(domains)
 
     @property
     def policy(self) -> IgnorePolicy:
@@ -61,7 +69,7 @@ class Engine:
         return self._host
 
     def gather(self, domain: Domain) -> DomainFacts:
-        return gather_domain(domain, self.host(), self.devices)
+        return gather_domain(domain, self.host(), self.devices, self.defined)
 
     def analyse(self, domain: Domain) -> tuple[DomainFacts, list[Finding]]:
         facts = self.gather(domain)

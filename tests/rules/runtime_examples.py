@@ -145,3 +145,36 @@ def rows_cut(tmp: Path):
 @example("rt-rows-clean")
 def rows_clean(tmp: Path):
     return False, _capture_vfio_rows(cut=False)
+
+
+# --- posted MSI (issue 10 §1): host_can_count_msi False ---------------------
+
+@example("rt-msi-posted")
+def msi_posted(tmp: Path):
+    """The audio on vfio-msi on a host that posts MSIs to the vCPU."""
+    s = _sample(gpu_audio_msi(tmp), AUDIO, SETTLED, host_can_count_msi=False)
+    return _earlier(s, "msi", 0), s, INTERVAL, DEFAULTS
+
+
+@example("rt-intx-posted-host")
+def intx_posted_host(tmp: Path):
+    """Near miss: the same posting host, the audio on vfio-intx: INTx is never posted."""
+    s = _sample(gpu_audio_intx_windows(tmp), AUDIO, SETTLED, host_can_count_msi=False)
+    return _earlier(s, "intx", 1000), s, INTERVAL, DEFAULTS
+
+
+@example("rt-msi-zero-posted")
+def msi_zero_posted(tmp: Path):
+    """Near miss of VA6006: MSI vectors at zero, but posted: no evidence of silence."""
+    s = _sample(gpu_audio_msi(tmp), AUDIO, SETTLED, host_can_count_msi=False)
+    s = s._replace(interrupts=s.interrupts._replace(
+        vector_counts=tuple((i, 0) for i, _ in s.interrupts.vector_counts)))
+    return DeviceState(AUDIO, mode="msi"), s, INTERVAL, DEFAULTS
+
+
+@example("rt-affinity-posted")
+def affinity_posted(tmp: Path):
+    """Near miss of VA6007: the vector's affinity meets isolated CPUs, but it is posted."""
+    s = _sample(gpu_audio_msi(tmp), AUDIO, SETTLED, vector_affinity=(("51", frozenset(range(8))),),
+                isolated_cpus=frozenset({2, 3}), host_can_count_msi=False)
+    return _earlier(s, "msi", 0), s, INTERVAL, DEFAULTS

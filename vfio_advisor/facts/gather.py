@@ -11,9 +11,12 @@ from vfio_advisor.facts.guest_intx import build_guest_intx_map
 from vfio_advisor.facts.host import INTERRUPTS_LIMIT, HostRoot
 from vfio_advisor.facts.interrupts import Interrupts, parse_interrupts
 from vfio_advisor.facts.kernel import read_kernel_facts
-from vfio_advisor.facts.model import AssignedDevice, DomainFacts, HostFacts, device_interrupts
+from vfio_advisor.facts.model import (
+    AssignedDevice, DomainFacts, HostFacts, OtherDomainDevice, device_interrupts,
+)
 from vfio_advisor.facts.pci import PciDevice, read_pci_device
 from vfio_advisor.facts.pciids import PciIds
+from vfio_advisor.facts.platform import iommu_state, posting
 
 
 def read_interrupts(host: HostRoot) -> Interrupts:
@@ -35,8 +38,12 @@ def gather_host(host: HostRoot, sample_seconds: float | None = None,
             later = read_interrupts(host)
         except FactUnavailable as exc:
             problem = f"{exc.path}: {exc.reason} (second sample)"
+    # Both read the kernel's own state (sysfs, module parameters as loaded)
+    # and reuse the command line and interrupts read above.
     return HostFacts(kernel=kernel, interrupts=interrupts, interrupts_problem=problem,
-                     later=later, sample_seconds=sample_seconds if later else None)
+                     later=later, sample_seconds=sample_seconds if later else None,
+                     posting=posting(host, interrupts=interrupts, cmdline=kernel.cmdline),
+                     iommu=iommu_state(host, interrupts=interrupts, cmdline=kernel.cmdline))
 
 
 def _sleep(seconds: float, progress: Callable[[float], None] | None) -> None:
@@ -66,7 +73,7 @@ class DeviceCache:
         return self._cache[bdf]
 
 
-def gather_domain(domain: Domain, host: HostFacts, devices: DeviceCache) -> DomainFacts:
+def assigned_devices(domain: Domain, host: HostFacts, devices: DeviceCache) -> tuple[AssignedDevice, ...]:
     assigned = []
     for hd in domain.hostdevs:
         bdf = str(hd.source)
@@ -74,6 +81,16 @@ def gather_domain(domain: Domain, host: HostFacts, devices: DeviceCache) -> Doma
         assigned.append(AssignedDevice(hostdev=hd, address=bdf, device=device, problem=problem,
                                        interrupts=device_interrupts(bdf, device, host.interrupts,
                                                                     host.later)))
+    return tuple(assigned)
+
+
+def gather_domain(domain: Domain, host: HostFacts, devices: DeviceCache,
+                  others: tuple[Domain, ...] = ()) -> DomainFacts:
+    """The domain's facts; `others`: the other defined domains, whose devices
+    the cross-domain line check (VA2005) compares with this one's."""
+    assigned = assigned_devices(domain, host, devices)
+    other = tuple(OtherDomainDevice(o.name, d) for o in others if o.name != domain.name
+                  for d in assigned_devices(o, host, devices))
     pins = {d.address: (d.device.guest_pin if d.device else None) for d in assigned}
-    return DomainFacts(domain=domain, host=host, devices=tuple(assigned),
-                       guest_intx=build_guest_intx_map(domain, pins))
+    return DomainFacts(domain=domain, host=host, devices=assigned,
+                       guest_intx=build_guest_intx_map(domain, pins), others=other)

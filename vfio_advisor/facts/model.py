@@ -16,6 +16,8 @@ from vfio_advisor.facts.guest_intx import GuestIntxMap
 from vfio_advisor.facts.interrupts import Interrupts, IrqLine
 from vfio_advisor.facts.kernel import KernelFacts
 from vfio_advisor.facts.pci import IntxMasking, PciDevice
+from vfio_advisor.facts.pci_config import UNKNOWN as _UNKNOWN_PIN
+from vfio_advisor.facts.platform import IommuState, Posting
 
 
 class HostInterrupts(NamedTuple):
@@ -49,10 +51,25 @@ class HostFacts(NamedTuple):
     interrupts_problem: str | None
     later: Interrupts | None  # second read, with --sample
     sample_seconds: float | None
+    # facts/platform.py, read once per host: are MSIs posted to vCPUs (the
+    # host's vfio-msi counters then stay flat), and the IOMMU's and interrupt
+    # remapping's effective state. None where a caller built HostFacts by hand.
+    posting: Posting | None = None
+    iommu: IommuState | None = None
 
     @property
     def interrupt_remapping(self) -> bool | None:
+        """The kernel's own state first (IR- chips), then the command line
+        with the kernel's defaults (facts.platform.iommu_state): intel_iommu=off
+        leaves Intel IR on, so the command line alone cannot say "off"."""
+        if self.iommu is not None:
+            return self.iommu.interrupt_remapping
         return self.kernel.interrupt_remapping(self.interrupts)
+
+    @property
+    def msi_posted(self) -> bool:
+        """MSI/MSI-X of assigned devices are (or may be) posted to the guest."""
+        return self.posting is not None and self.posting.host_cannot_count_msi
 
 
 class AssignedDevice(NamedTuple):
@@ -78,12 +95,45 @@ class AssignedDevice(NamedTuple):
                                      "other handlers, which it does only for PCI 2.3 devices")
         return own
 
+    def host_line(self) -> tuple[int | None, str]:
+        """(the host INTx line vfio-pci will request when QEMU enables INTx, evidence).
+
+        The line a handler holds now (/proc/interrupts) is certain. Otherwise
+        sysfs `irq`: on x86 with ACPI the kernel sets pdev->irq from _PRT when
+        the device is enabled (drivers/acpi/pci_irq.c acpi_pci_irq_enable,
+        Linux 6.1), which vfio-pci does only when QEMU opens the device
+        (vfio_pci_core_enable); a device nobody enabled since boot still shows
+        the value firmware left in Interrupt Line (drivers/pci/probe.c
+        pci_read_irq). Devices behind one pin of one slot always share the line.
+        """
+        pci, irq = self.device, self.interrupts
+        if pci is None or pci.intx_pin in (None, _UNKNOWN_PIN) or not pci.intx_pin:
+            return None, "no INTx pin"
+        if pci.guest_pin == 0:
+            return None, "vfio-pci hides INTx for this device (vfio_pci_nointx)"
+        if irq.intx_irq is not None:
+            return irq.intx_irq, f"/proc/interrupts: IRQ {irq.intx_irq}"
+        if irq.mode in ("msi", "msix") or not pci.irq:
+            # While MSI is on, sysfs irq may be the first MSI vector (msi.c).
+            return None, "line unknown while the device is on MSI"
+        return pci.irq, f"sys/bus/pci/devices/{self.address}/irq: {pci.irq}"
+
+
+class OtherDomainDevice(NamedTuple):
+    """A device another defined domain assigns (for the cross-domain line check)."""
+
+    domain: str
+    device: AssignedDevice
+
 
 class DomainFacts(NamedTuple):
     domain: Domain
     host: HostFacts
     devices: tuple[AssignedDevice, ...]
     guest_intx: GuestIntxMap
+    # Devices of the other defined domains (advise gives them; the hook, which
+    # must not call libvirt, sees its own domain only and leaves this empty).
+    others: tuple[OtherDomainDevice, ...] = ()
 
     def siblings(self, dev: AssignedDevice) -> tuple[AssignedDevice, ...]:
         """Other functions of the same physical host device assigned to this domain."""

@@ -53,7 +53,7 @@ RULES: tuple[Rule, ...] = register(
          "not start on this host as it is, and no host check could run for that device.",
          "Correct the <hostdev> source address.",
          _id("a88390d7eb3a46f6a0f72e25d39740cb"), check_hostdev_missing,
-         fires_on=("hostdev-missing",), silent_on=("gpu-audio-msi",)),
+         fires_on=("hostdev-missing",), silent_on=("config-64-bytes", "gpu-audio-msi")),
     Rule("VA8002", "host-facts-incomplete", Severity.INFO,
          "Some host facts could not be read: the checks that need them were skipped",
          "The tool could not read part of what it needs, most often because it ran "
@@ -61,5 +61,5 @@ RULES: tuple[Rule, ...] = register(
          "64 bytes, without the MSI, MSI-X and PCIe capabilities.",
          "Run as root.",
          _id("d92502904c274f179326771266394df5"), check_facts_incomplete,
-         fires_on=("config-64-bytes",), silent_on=("gpu-audio-msi",)),
+         fires_on=("config-64-bytes",), silent_on=("hostdev-missing", "gpu-audio-msi")),
 )

@@ -75,7 +75,7 @@ RULES: tuple[Rule, ...] = register(
          "driver updates. Linux guests: the driver's MSI module option "
          "(snd_hda_intel enable_msi=1).",
          _id("2cc7e8bd8bff4f1fa82900b760d8e515"), check_msi_capable_on_intx,
-         fires_on=("gpu-audio-intx-windows", "gpu-audio-intx-linux"),
-         silent_on=("gpu-audio-msi", "intx-sampled-idle", "intx-only-usb"),
+         fires_on=("lab-stays-intx", "gpu-audio-intx-windows", "gpu-audio-intx-linux"),
+         silent_on=("lab-nomsi", "gpu-audio-msi", "intx-sampled-idle", "intx-only-usb"),
          documentation=(SEED_ARTICLE,)),
 )

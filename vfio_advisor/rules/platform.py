@@ -36,14 +36,19 @@ def check_msi_disabled_on_host(facts: DomainFacts) -> Iterator[Finding]:
 def check_unsafe_interrupts(facts: DomainFacts) -> Iterator[Finding]:
     if not facts.devices:
         return
-    kernel = facts.host.kernel
+    kernel, iommu = facts.host.kernel, facts.host.iommu
     reasons = []
-    if kernel.allow_unsafe_interrupts:
+    if kernel.allow_unsafe_interrupts or (iommu is not None and iommu.allow_unsafe_interrupts):
         reasons.append("vfio_iommu_type1 allow_unsafe_interrupts=1")
+    # The effective state (facts.platform.iommu_state): the IR- chips first,
+    # then the command line. intel_iommu=off does not turn Intel IR off
+    # (drivers/iommu/intel/irq_remapping.c, 6.1), so only the evidence the
+    # state was drawn from is quoted, never a guess from the command line.
     remapping = facts.host.interrupt_remapping
     if remapping is False:
-        reasons.append("interrupt remapping is off (no IR- interrupt chips in /proc/interrupts"
-                       + (", and the command line turns it off" if kernel.cmdline and kernel.cmdline.intremap_off else "") + ")")
+        why = "; ".join(iommu.ir_evidence) if iommu is not None and iommu.ir_evidence else \
+            "no IR- interrupt chips in /proc/interrupts"
+        reasons.append(f"interrupt remapping is off ({why})")
     if reasons:
         yield device_finding(
             "VA3002", facts, None,
@@ -56,6 +61,36 @@ def check_unsafe_interrupts(facts: DomainFacts) -> Iterator[Finding]:
             {"kernel": "; ".join(reasons)})
 
 
+def check_msi_posted(facts: DomainFacts) -> Iterator[Finding]:
+    """VA3003: the host cannot count a device's MSI/MSI-X: they are posted.
+
+    INTx is never posted (only MSIs go through the IRTE that KVM's irq bypass
+    rewrites: vmx_pi_update_irte, avic_pi_update_irte, Linux 6.1), so INTx
+    devices and hosts that forbid MSI are left out."""
+    posting = facts.host.posting
+    if posting is None or not posting.host_cannot_count_msi:
+        return
+    for dev in facts.devices:
+        pci, mode = dev.device, dev.interrupts.mode
+        if pci is None:
+            continue
+        if mode not in ("msi", "msix"):
+            if mode != "none" or pci.supports_msi is not True or host_blocks_msi(facts, dev):
+                continue
+        now = (f"its {mode.upper().replace('MSIX', 'MSI-X')} vectors" if mode in ("msi", "msix")
+               else "its MSI/MSI-X vectors, once the guest enables them,")
+        yield device_finding(
+            "VA3003", facts, dev,
+            f"The host cannot count the interrupts of {pci.name}: {now} "
+            f"{'are' if posting.verdict == 'posted' else 'may be'} posted to the guest's vCPU "
+            "(KVM irq bypass), so its vfio-msi/vfio-msix counters in /proc/interrupts stay "
+            "flat while it works. vfio-advisor draws no conclusion (no interrupts, rates, "
+            "storms, affinity) from those counters.",
+            "Nothing to fix: posting is the fast path. Judge the device's interrupts inside "
+            "the guest (/proc/interrupts or Device Manager).",
+            {"posting": posting.verdict, "platform": "; ".join(posting.evidence)})
+
+
 RULES: tuple[Rule, ...] = register(
     Rule("VA3001", "msi-disabled-on-host", Severity.WARNING,
          "MSI is disabled on the host for an assigned device",
@@ -64,7 +99,7 @@ RULES: tuple[Rule, ...] = register(
          "MSI or MSI-X when the guest asks, and the device stays on INTx.",
          "Remove pci=nomsi, or re-enable msi_bus where it is safe.",
          _id("20dde90bbadb4264a81b755407343dc1"), check_msi_disabled_on_host,
-         fires_on=("pci-nomsi",), silent_on=("gpu-audio-msi",)),
+         fires_on=("lab-nomsi", "pci-nomsi"), silent_on=("lab-stays-intx", "gpu-audio-msi")),
     Rule("VA3002", "unsafe-interrupt-remapping", Severity.WARNING,
          "Assigned devices without interrupt remapping: guests can forge MSIs",
          "Without interrupt remapping, an MSI is just a DMA write to the interrupt "
@@ -75,5 +110,17 @@ RULES: tuple[Rule, ...] = register(
          "Turn on interrupt remapping in the firmware and kernel, and unset "
          "allow_unsafe_interrupts.",
          _id("cfe41719da2d463eae90ac6c90f91dea"), check_unsafe_interrupts,
-         fires_on=("unsafe-interrupts",), silent_on=("gpu-audio-msi",), scope="domain"),
+         fires_on=("lab-intremap-off", "unsafe-interrupts"),
+         silent_on=("lab-modes", "gpu-audio-msi"), scope="domain"),
+    Rule("VA3003", "msi-posted-to-guest", Severity.INFO,
+         "The host cannot count this device's MSIs: they are posted to the guest",
+         "With posted interrupts (Intel VT-d PI with APICv, AMD AVIC with the IOMMU's guest "
+         "vAPIC mode) KVM rewrites the IOMMU's interrupt remapping entry so an assigned "
+         "device's MSI goes straight to the vCPU. The host's vfio-msi/vfio-msix handler "
+         "never runs and its counter stays flat while the device works, so silence, rates "
+         "and affinity of those vectors cannot be judged on the host. INTx is never posted.",
+         "Nothing to fix. Look at the device's interrupts inside the guest.",
+         _id("f754be5d62504d4786f8fcfc303f2e2d"), check_msi_posted,
+         fires_on=("posted-xeon-server-msi", "posted-epyc-server-msi"),
+         silent_on=("posted-icl-laptop-msi", "posted-xeon-server-intx")),
 )

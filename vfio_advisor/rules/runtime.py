@@ -50,6 +50,7 @@ class DeviceState(NamedTuple):
     # False while the host cannot count the device's vectors (MSI posted to
     # the guest, DeviceSample.host_can_count_msi): its counts say nothing.
     observable: bool = True
+    reported_posted: bool = False  # VA6008 said this run
 
 
 class DeviceSample(NamedTuple):
@@ -253,6 +254,22 @@ def affinity_overlap(state, sample, elapsed, config):
     return state._replace(affinity=tuple(sorted(reported.items()))), out
 
 
+def msi_posted(state, sample, elapsed, config):
+    """VA6008: once per device and run, when it is on MSI/MSI-X and the host
+    cannot count those vectors (sample.host_can_count_msi False: posted to
+    the vCPU). The other transitions read state.observable and draw nothing
+    from its flat counters; INTx is never posted."""
+    if state.reported_posted or state.mode not in ("msi", "msix") or sample.host_can_count_msi:
+        return state, []
+    mode = "MSI-X" if state.mode == "msix" else "MSI"
+    return state._replace(reported_posted=True), _make(
+        "VA6008", sample,
+        f"{_name(sample)} is on {mode}, and this host posts (or may post) those interrupts "
+        "straight to the guest's vCPU: its vfio counters stay flat while it works, so the "
+        "daemon reports no rate, silence or affinity for them (metrics mark them "
+        "unobservable).", evidence={"mode": state.mode})
+
+
 def rows_skipped(reported: bool, skipped: int) -> tuple[bool, list[Finding]]:
     """VA8003, host-wide: rows the sampler could not read, said once per daemon run."""
     if not skipped or reported:
@@ -341,7 +358,8 @@ RULES: tuple[Rule, ...] = register(
          "Check in the guest that a driver is bound to the device (Device Manager, or "
          "lspci -k in Linux).",
          _id("3d219b988e0643289eabc7fe1bfecd0f"), None,
-         transition=no_interrupts, fires_on=('rt-no-vectors-settled',), silent_on=('rt-msi-settled', 'rt-no-vectors-booting')),
+         transition=no_interrupts, fires_on=('rt-no-vectors-settled',),
+         silent_on=('rt-msi-settled', 'rt-no-vectors-booting', 'rt-msi-zero-posted')),
     Rule("VA6007", "vfio-irq-affinity-overlap", Severity.WARNING,
          "A vfio vector may run on the domain's pinned vCPU CPUs or isolated CPUs",
          "The host interrupt of an assigned device may be delivered to CPUs that run the "
@@ -350,7 +368,18 @@ RULES: tuple[Rule, ...] = register(
          "Set the vector's /proc/irq/N/smp_affinity_list to housekeeping CPUs, or use "
          "irqaffinity= on the host kernel command line. vfio-advisor only advises.",
          _id("ca692677e0fd4f29b856f5fefbb536e2"), None,
-         transition=affinity_overlap, fires_on=('rt-affinity-on-pinned',), silent_on=('rt-affinity-housekeeping',)),
+         transition=affinity_overlap, fires_on=('rt-affinity-on-pinned',),
+         silent_on=('rt-affinity-housekeeping', 'rt-affinity-posted')),
+    Rule("VA6008", "msi-posted-unobservable", Severity.INFO,
+         "Running device's MSIs are posted to the guest: the host cannot count them",
+         "The device is on MSI or MSI-X, and KVM posts those interrupts to the vCPU "
+         "(Intel VT-d PI with APICv, AMD AVIC): the host's vfio-msi/vfio-msix handlers never "
+         "run, so their counters stay flat. The daemon says so once and draws no conclusion "
+         "from them (no VA6006, VA6007, rates).",
+         "Nothing to fix. Judge the device's interrupts inside the guest.",
+         _id("d1601fb60ec64ebc8b736b0209d7b05d"), None,
+         transition=msi_posted, fires_on=('rt-msi-posted',),
+         silent_on=('rt-msi-settled', 'rt-intx-posted-host')),
     Rule("VA8003", "interrupt-rows-skipped", Severity.INFO,
          "Some /proc/interrupts rows could not be read",
          "The daemon found rows in /proc/interrupts it could not parse (cut off, or in a "
@@ -364,4 +393,4 @@ RULES: tuple[Rule, ...] = register(
 # test checks that this names every device transition of RULES.
 DEVICE_TRANSITIONS: tuple[Transition, ...] = (
     switched_to_msi, stays_on_intx, msi_to_intx_regression, intx_storm, no_interrupts,
-    affinity_overlap)
+    affinity_overlap, msi_posted)

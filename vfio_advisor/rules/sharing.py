@@ -82,6 +82,119 @@ def check_intx_masking_unproven(facts: DomainFacts) -> Iterator[Finding]:
     return _exclusive_line_findings(facts, None, "VA2003")
 
 
+# Why two devices on one host line conflict at start, before anyone holds it:
+# QEMU enables INTx for every assigned device with an INTx pin when it
+# realizes it (hw/vfio/pci.c vfio_realize -> vfio_intx_enable, QEMU 7.2), and
+# vfio-pci requests the host line with IRQF_SHARED only for devices that
+# passed its PCI 2.3 masking probe (drivers/vfio/pci/vfio_pci_intrs.c
+# vfio_intx_set_signal: "irqflags = (vdev->pci_2_3) ? IRQF_SHARED : 0", Linux
+# 6.1); nointxmask=1 clears pci_2_3 for every device (vfio_pci_core.c). The
+# second request_irq on the line then fails (kernel/irq/manage.c
+# __setup_irq: "Flags mismatch", -EBUSY) whichever device comes first.
+# Measured in the lab: captures nointxmask-before/-after.
+
+
+def _conflict_lines(devs, nointxmask: bool):
+    """{line: [(device, masking, evidence)]} for devices with a known host line."""
+    lines: dict[int, list] = {}
+    for dev in devs:
+        line, evidence = dev.host_line()
+        if line is None:
+            continue
+        lines.setdefault(line, []).append((dev, dev.intx_masking(nointxmask), evidence))
+    return lines
+
+
+def _line_words(line: int, evidence: list[str]) -> str:
+    """How sure the line number is. A line read from /proc/interrupts is the
+    one in use; sysfs irq of a device nobody enabled yet is what firmware left
+    in Interrupt Line, and the kernel may renumber it through ACPI _PRT when
+    vfio-pci enables the device (acpi_pci_irq_enable, Linux 6.1: the lab's
+    edus showed 11 before and got IO-APIC line 23, nointxmask-before/-after)."""
+    if all(e.startswith("/proc/interrupts") for e in evidence):
+        return f"host IRQ {line}"
+    return (f"one host INTx line (sysfs irq {line}; before vfio-pci enables a device the "
+            "kernel has not routed it yet, so the number it gets may differ)")
+
+
+def _already_held_by(dev: AssignedDevice, others) -> bool:
+    """A vfio-intx of one of `others` holds dev's line now: VA2002 speaks."""
+    return any(f"vfio-intx({o.address})" in dev.interrupts.shared_with for o in others)
+
+
+def check_line_conflict_at_start(facts: DomainFacts) -> Iterator[Finding]:
+    nointxmask = facts.host.kernel.nointxmask
+    for line, members in _conflict_lines(facts.devices, nointxmask).items():
+        if len(members) < 2:
+            continue
+        devs = [m[0] for m in members]
+        if any(_already_held_by(d, devs) for d in devs):
+            continue
+        for dev, masking, evidence in members:
+            if masking is None or masking.supported is not False:
+                continue
+            others = [d for d in devs if d is not dev]
+            names = ", ".join(f"{o.address} ({o.device.name})" for o in others)
+            where = _line_words(line, [e for _, _, e in members])
+            yield device_finding(
+                "VA2004", facts, dev,
+                f"{dev.device.name} cannot mask INTx ({masking.evidence}), so vfio-pci requests "
+                f"its host line exclusively, and this domain also assigns {names} on "
+                f"{where}. QEMU enables INTx for every assigned device at start, so the second "
+                "request fails: the VM will not start (\"Device or resource busy\"; the kernel "
+                "logs \"genirq: Flags mismatch irq N\").",
+                _conflict_remedy(dev, masking, nointxmask, line),
+                {"host line": "; ".join(e for _, _, e in members), "intx masking": masking.evidence,
+                 "same line": ", ".join(d.address for d in devs)})
+
+
+def check_line_conflict_between_domains(facts: DomainFacts) -> Iterator[Finding]:
+    if not facts.others:
+        return
+    nointxmask = facts.host.kernel.nointxmask
+    own = {d.address for d in facts.devices}
+    for dev in facts.devices:
+        line, evidence = dev.host_line()
+        if line is None:
+            continue
+        masking = dev.intx_masking(nointxmask)
+        clashes = []
+        for other in facts.others:
+            o = other.device
+            if o.address in own or o.host_line()[0] != line:
+                continue  # the same host device assigned twice is another matter
+            o_masking = o.intx_masking(nointxmask)
+            if masking.supported is False or o_masking.supported is False:
+                clashes.append((other.domain, o, o_masking))
+        if not clashes:
+            continue
+        doms = sorted({c[0] for c in clashes})
+        what = "; ".join(f"domain {d} assigns {o.address} ({o.device.name if o.device else '?'})"
+                         for d, o, _ in clashes)
+        blocker = masking if masking.supported is False else clashes[0][2]
+        where = _line_words(line, [evidence, *(c[1].host_line()[1] for c in clashes)])
+        yield device_finding(
+            "VA2005", facts, dev,
+            f"{dev.device.name} is on {where}, and {what} on the same line. A device there"
+            f" cannot mask INTx ({blocker.evidence}), so vfio-pci needs the line to itself: "
+            f"this domain and {', '.join(doms)} cannot run at the same time; the one started "
+            "second fails with \"Device or resource busy\".",
+            _conflict_remedy(dev, blocker, nointxmask, line) + " Or never run "
+            f"{', '.join(doms)} together with this domain.",
+            {"host line": evidence, "conflicting domains": ", ".join(doms),
+             "intx masking": blocker.evidence})
+
+
+def _conflict_remedy(dev: AssignedDevice, masking, nointxmask: bool, line: int) -> str:  # noqa: ARG001
+    if nointxmask:
+        return ("Load vfio-pci without nointxmask=1 (remove vfio_pci.nointxmask / "
+                "options vfio-pci nointxmask=1), so that devices with PCI 2.3 masking can "
+                "share their host line; or move one card to a slot on another line.")
+    return (f"Move one of the cards to a slot on another host line (check /proc/interrupts "
+            f"and sys/bus/pci/devices/<BDF>/irq after moving): {dev.address} cannot share "
+            "its host line.")
+
+
 RULES: tuple[Rule, ...] = register(
     Rule("VA2001", "host-intx-line-shared", Severity.WARNING,
          "Assigned device's INTx line is shared on the host",
@@ -92,8 +205,8 @@ RULES: tuple[Rule, ...] = register(
          "Use MSI in the guest if the device has it. Otherwise move the card to another "
          "slot or unbind the devices named in the message.",
          _id("b58599581c204d8abc1bf836a9641ebf"), check_host_line_shared,
-         fires_on=("gpu-audio-intx-windows", "intx-only-usb"),
-         silent_on=("gpu-audio-msi", "intx-exclusive-line")),
+         fires_on=("lab-shared", "gpu-audio-intx-windows", "intx-only-usb"),
+         silent_on=("lab-stays-intx", "gpu-audio-msi", "intx-exclusive-line")),
     Rule("VA2002", "exclusive-intx-line-required", Severity.ERROR,
          "Device without INTx masking shares its host line: the VM will not start",
          "vfio-pci can share an INTx line only with devices that support PCI 2.3 INTx "
@@ -104,8 +217,9 @@ RULES: tuple[Rule, ...] = register(
          "Give the device a line of its own: unbind or disable the other devices on it, or "
          "move the card to another slot.",
          _id("b06b65a412664b1d9a16a16eacfbd1dc"), check_exclusive_line_required,
-         fires_on=("sblive-shared-line",),
-         silent_on=("intx-exclusive-line", "gpu-audio-intx-windows")),
+         fires_on=("lab-nointxmask-after", "sblive-shared-line"),
+         silent_on=("lab-shared", "lab-nointxmask-before", "intx-exclusive-line",
+                    "gpu-audio-intx-windows")),
     Rule("VA2003", "intx-masking-unproven-on-shared-line", Severity.WARNING,
          "Conventional PCI device of unknown PCI 2.3 compliance on a shared host line",
          "Nothing in the config space of this conventional PCI device shows that it "
@@ -117,4 +231,27 @@ RULES: tuple[Rule, ...] = register(
          _id("fc898f30a0dc4aa9a807b7b1d5699ca1"), check_intx_masking_unproven,
          fires_on=("conventional-unknown-shared",),
          silent_on=("sblive-shared-line", "intx-only-usb")),
+    Rule("VA2004", "intx-line-conflict-at-start", Severity.ERROR,
+         "Two assigned devices on one host INTx line, one without masking: the VM will not start",
+         "QEMU enables INTx for every assigned device when the VM starts, and vfio-pci "
+         "requests the host line shared only for devices with PCI 2.3 INTx masking. With two "
+         "of the domain's devices on one host line and one of them unable to mask (no PCI 2.3 "
+         "masking, a kernel quirk, or vfio_pci nointxmask=1), the second request fails with "
+         "EBUSY, although no other handler held the line before the start.",
+         "Move one card to a slot on another host line, or let the devices mask INTx "
+         "(drop vfio_pci nointxmask=1 where it is set).",
+         _id("dd9ce298de3f4a4b83b1d2f5cbef8f52"), check_line_conflict_at_start,
+         fires_on=("lab-nointxmask-before",),
+         silent_on=("lab-shared", "lab-nointxmask-after", "lab-nointxmask-one-device")),
+    Rule("VA2005", "intx-line-conflict-between-domains", Severity.WARNING,
+         "Devices of two defined domains on one host INTx line, one without masking",
+         "Another defined domain assigns a device on the same host INTx line, and one of the "
+         "two cannot mask INTx, so vfio-pci needs the line to itself. Each domain starts "
+         "alone, but the one started second while the other runs fails with \"Device or "
+         "resource busy\". Only advise, which sees every defined domain, can tell.",
+         "Do not run the domains at once, move one card to a slot on another line, or let "
+         "the devices mask INTx (drop vfio_pci nointxmask=1).",
+         _id("6dedee52673c420ab65b34334b8c1048"), check_line_conflict_between_domains,
+         fires_on=("lab-nointxmask-two-domains",),
+         silent_on=("lab-shared-two-domains", "lab-nointxmask-one-device")),
 )
