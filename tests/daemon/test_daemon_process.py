@@ -2,6 +2,7 @@
 WATCHDOG_USEC, reloaded with SIGHUP, stopped with SIGTERM."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -9,7 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from tests.fleet.exposition import parse
+from vfio_advisor import __version__
+
 REPO = Path(__file__).resolve().parents[2]
+CAPTURES = REPO / "lab/captures"
 
 
 def receive(sock, want, timeout=20.0):
@@ -55,8 +62,11 @@ def test_notify_reload_and_stop(tmp_path):
     assert proc.returncode == 0, err
     assert "configuration reloaded: interval 0.5 s, settle 10 s" in err
     assert "Traceback" not in err
-    metrics = (tmp_path / "m.prom").read_text()
-    assert "# TYPE vfio_advisor_device_interrupts_per_second gauge" in metrics
+    meta, samples = parse((tmp_path / "m.prom").read_text())
+    assert meta["vfio_advisor_device_interrupts_total"][0] == "counter"
+    # test:///default's domain "test" has no hostdev: no device series
+    assert [x for x in samples if x[0].startswith("vfio_advisor_device_")] == []
+    assert ("vfio_advisor_build_info", {"version": __version__}, 1.0) in samples
 
 
 def test_bad_config_is_a_usage_error(tmp_path):
@@ -67,3 +77,79 @@ def test_bad_config_is_a_usage_error(tmp_path):
                          text=True, timeout=30)
     assert out.returncode == 2
     assert "interval must be a float" in out.stderr and "Traceback" not in out.stderr
+
+
+# A domain name with every character the text format escapes in a label
+# value except the line feed, which libvirt refuses in names
+# (virXMLCheckIllegalChars(name, "\n")).
+ODD_NAME = 'lab "edu" \\ one'
+
+
+def wait_for(predicate, what, timeout=20.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = predicate()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_metrics_file_values_and_label_escaping(tmp_path):
+    """The real daemon over the lab's stays-intx moments (the edu stays on
+    INTx and counts): the file holds the kernel's count as the counter, the
+    mode, the open VA6001, the wall-clock sample time and the version, with
+    the domain name escaped; an independent reader gets the name back."""
+    xml = (REPO / "tests/data/domains/lab/edu.xml").read_text().replace(
+        "<name>lab-edu</name>", "<name>lab &quot;edu&quot; \\ one</name>")
+    (tmp_path / "node.xml").write_text(f"<node>\n{xml}\n</node>\n")
+    root = tmp_path / "root"
+    root.symlink_to(CAPTURES / "stays-intx-3")
+    metrics = tmp_path / "m.prom"
+    (tmp_path / "none.toml").write_text("")
+    started = time.time()
+    proc = subprocess.Popen([sys.executable, "-m", "vfio_advisor", "daemon", "--connect",
+                             f"test://{tmp_path / 'node.xml'}", "--host-root", str(root),
+                             "--interval", "0.1", "--settle", "0", "--state-dir", str(tmp_path / "state"),
+                             "--metrics-file", str(metrics), "--config", str(tmp_path / "none.toml")],
+                            env=dict(os.environ, NO_COLOR="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        def series():
+            if not metrics.exists():
+                return None
+            _, samples = parse(metrics.read_text())
+            return {(n, tuple(sorted(labels.items()))): v for n, labels, v in samples}
+
+        dev = (("bdf", "0000:00:03.0"), ("domain", 'lab "edu" \\ one'))
+        total = ("vfio_advisor_device_interrupts_total", tuple(sorted(dev + (("mode", "intx"),))))
+        wait_for(lambda: (series() or {}).get(total) == 600.0, "the count of stays-intx-3")
+        tmp = tmp_path / "next"
+        tmp.symlink_to(CAPTURES / "stays-intx-4")
+        os.replace(tmp, root)
+        finding = ("vfio_advisor_findings",
+                   (("domain", 'lab "edu" \\ one'), ("rule", "VA6001"), ("severity", "warning")))
+        got = wait_for(lambda: (lambda s: s if s and s.get(finding) == 1.0 else None)(series()),
+                       "VA6001 open in the file")
+        text = metrics.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    assert "Traceback" not in err, err
+    # the kernel's count of IRQ 23 in stays-intx-4 (sum of per_cpu_count)
+    assert got[total] == 3600.0
+    mode = ("vfio_advisor_device_mode", tuple(sorted(dev + (("mode", "intx"),))))
+    assert got[mode] == 1.0
+    assert [v for (n, labels), v in got.items() if n == "vfio_advisor_device_mode" and v == 1.0] == [1.0]
+    assert got[("vfio_advisor_device_interrupts_observable", dev)] == 1.0
+    assert started <= got[("vfio_advisor_last_sample_timestamp_seconds", ())] <= time.time()
+    assert got[("vfio_advisor_build_info", (("version", __version__),))] == 1.0
+    # the raw text: quote and backslash escaped as the format says
+    assert 'domain="lab \\"edu\\" \\\\ one"' in text
+    assert oct(metrics.stat().st_mode & 0o777) == "0o644"
+    assert not list(tmp_path.glob(".vfio-advisor-*"))  # no temporary file left behind
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool not installed (Debian package prometheus): values checked, format not")
+    run = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0 and not run.stdout and not run.stderr, (run.stdout, run.stderr)

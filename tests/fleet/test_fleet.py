@@ -15,13 +15,8 @@ the switch scenario (INTx, then MSI: the near miss), one capture per scrape.
 Each host is the real daemon (`vfio-advisor daemon --connect test:///NODE
 --host-root ROOT --metrics-file FILE`), ROOT a symlink stepped through the
 captures, in its own private journald.
-
-Until the daemon writes vfio_advisor.sinks.prometheus' format (it still
-writes the old rate gauge: the coordinator wires the renderer in), the tier
-says so with a warning and takes each host's metrics from the product's
-Watcher in this process (tests/fleet/hostsim.py), and its journal from the
-lab replay (tests/lab/replay.py). Once the daemon writes the new format, the
-daemon path runs by itself; then delete InProcessHost and old_format().
+The daemon writes vfio_advisor.sinks.prometheus' format
+itself; `promtool check metrics` runs on the file it wrote.
 """
 
 from __future__ import annotations
@@ -37,15 +32,13 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
-import warnings
 from pathlib import Path
 
 import pytest
 
-from tests.fleet.hostsim import CAPTURES, DOMAINS, REPO, SimulatedHost
+from tests.fleet.hostsim import CAPTURES, DOMAINS, REPO
 from tests.support.journal import SCRIPT as PRIVATE_JOURNAL
 from tests.support.journal import journal_available
-from vfio_advisor.sinks.prometheus import write_atomically
 
 RULES = REPO / "monitoring/prometheus/vfio-advisor.rules.yml"
 DASHBOARD = REPO / "monitoring/grafana/vfio-advisor.json"
@@ -251,54 +244,13 @@ class DaemonHost:
         return self.journal.finished()
 
 
-class InProcessHost:
-    """Until the daemon writes this format (see the module docstring): the
-    product's Watcher in this process over the same captures, rendered and
-    written with the product's renderer; its journal from the lab replay
-    (tests/lab/replay.py: the Watcher through the journald sink) run in the
-    host's private journald."""
-
-    def __init__(self, work: Path, instance: str, domain: str, moments: list[str], metrics: Path):
-        self.sim, self.metrics = SimulatedHost(domain, moments), metrics
-        work.mkdir(parents=True)
-        self.journal = InJournal(work, f"fleet-{instance}")
-        self.replay = [sys.executable, "-m", "tests.lab.replay", str(DOMAINS / f"{domain}.xml"), "0.3",
-                       "1e9", "-", *[str(CAPTURES / m) for m in moments]]
-
-    def start(self, programs: "Programs") -> None:
-        self.step()
-
-    @property
-    def done(self) -> bool:
-        return self.sim.done
-
-    def step(self) -> tuple[str, float]:
-        moment = self.sim.step()
-        stamp = round(time.time(), 3)
-        write_atomically(str(self.metrics), self.sim.metrics(stamp))
-        return moment, stamp
-
-    def stop(self) -> Path:
-        run = subprocess.run(self.journal.argv(self.replay), capture_output=True, text=True, timeout=120,
-                             env=dict(os.environ, PYTHONPATH=str(REPO)))
-        assert run.returncode == 0, run.stderr
-        return self.journal.finished()
-
-
 DAEMON_INTERVAL = 0.25  # seconds between the daemon's samples
-
-
-def old_format(text: str) -> bool:
-    """The daemon's textfile before issue 12 (a rate gauge, no counter)."""
-    return ("vfio_advisor_device_interrupts_per_second" in text
-            and "vfio_advisor_device_interrupts_total" not in text)
 
 
 class Fleet:
     def __init__(self):
         self.prom: Prometheus | None = None
         self.no_prometheus = ""  # why not, when prom is None
-        self.by_daemon = False
         self.written: dict[str, list[tuple[str, float]]] = {i: [] for i in HOSTS}
         self.journals: dict[str, Path] = {}
         self.files: dict[str, Path] = {}  # each host's metrics file
@@ -352,20 +304,8 @@ def fleet(tmp_path_factory):
             assert out.prom.api("rules")["groups"][0]["name"] == "vfio-advisor"  # the shipped file loaded
 
         hosts = {i: DaemonHost(work / i, i, d, m, files[i]) for i, (d, m, _) in HOSTS.items()}
-        first = {i: h.start(programs) for i, h in hosts.items()}
-        out.by_daemon = not any(old_format(t) for t in first.values())
-        if not out.by_daemon:
-            warnings.warn("fleet tier: the daemon still writes the old metrics (a rate gauge); the "
-                          "metrics come from the Watcher in-process and the journals from the lab "
-                          "replay until the daemon writes vfio_advisor.sinks.prometheus' format")
-            for host in hosts.values():
-                host.stop()
-            for f in files.values():
-                f.unlink()
-            hosts = {i: InProcessHost(work / i / "inprocess", i, d, m, files[i])
-                     for i, (d, m, _) in HOSTS.items()}
-            for host in hosts.values():
-                host.start(programs)
+        for h in hosts.values():
+            h.start(programs)
         for i, host in hosts.items():
             out.written[i].append((HOSTS[i][1][0], last_sample(files[i])))
         scraped(out, {i: last_sample(files[i]) for i in hosts})
