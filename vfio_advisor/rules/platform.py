@@ -27,10 +27,21 @@ def check_msi_disabled_on_host(facts: DomainFacts) -> Iterator[Finding]:
                 "VA3001", facts, dev,
                 f"{pci.name} supports MSI but the host forbids it: {'; '.join(blocked)}. "
                 "vfio-pci cannot give the guest MSI, so the device stays on INTx.",
-                "Remove pci=nomsi from the host kernel command line, or write 1 to the "
-                "msi_bus files listed (echo 1 > /sys/bus/pci/devices/<BDF>/msi_bus) if a "
-                "quirk did not turn them off on purpose.",
+                _msi_blocked_remedy(blocked),
                 {"cause": "; ".join(blocked)})
+
+
+def _msi_blocked_remedy(blocked: list[str]) -> str:
+    """Only the steps for the causes found: dropping pci=nomsi does not help a
+    bridge whose msi_bus a quirk cleared, and the reverse."""
+    steps = []
+    if any("pci=nomsi" in b for b in blocked):
+        steps.append("Remove pci=nomsi from the host kernel command line and reboot.")
+    if any("msi_bus" in b for b in blocked):
+        steps.append("Write 1 to the msi_bus files listed (echo 1 > /sys/bus/pci/devices/<BDF>/"
+                     "msi_bus) if a quirk did not turn them off on purpose (drivers/pci/quirks.c "
+                     "clears it for bridges with broken MSI: then leave it).")
+    return " ".join(steps)
 
 
 def check_unsafe_interrupts(facts: DomainFacts) -> Iterator[Finding]:

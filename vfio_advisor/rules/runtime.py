@@ -199,12 +199,28 @@ def intx_storm(state, sample, elapsed, config):
         return state, _make(rule, sample,
                             f"Interrupt storm: host IRQ {line} of {_name(sample)} counts "
                             f"{state.rate:.0f} INTx/s ({where}) for {state.storming} samples "
-                            "in a row.",
+                            "in a row.", _storm_remedy(sample, rule),
                             evidence={"rate": f"{state.rate:.0f}", "irq": line,
                                       "threshold": f"{config.storm_rate:g}"})
     if state.rate < config.storm_rate * STORM_HYSTERESIS:
         state = state._replace(storming=0, storm_reported=False)
     return state, []
+
+
+def _storm_remedy(sample: DeviceSample, rule_id: str) -> str:
+    """The storm remedy, with "enable MSI" only where MSI can work: the device
+    has it and the host allows it (pci=nomsi: lab capture nomsi-1, EINVAL)."""
+    steps = ["Check the guest driver (and its logs) for this device."]
+    if _msi_capable(sample) and sample.host_msi_possible:
+        steps.append("Enable MSI in the guest; the device supports it.")
+    elif _msi_capable(sample):
+        steps.append("MSI would end INTx storms, but the host forbids it ("
+                     + ("; ".join(host_blocks_msi(sample.facts, sample.device)) or "pci=nomsi/msi_bus")
+                     + "; see VA3001).")
+    if rule_id == "VA6005":
+        steps.append("Or give the device a host line of its own.")
+    steps.append("The threshold is [daemon] storm_rate in the config.")
+    return " ".join(steps)
 
 
 def no_interrupts(state, sample, elapsed, config):

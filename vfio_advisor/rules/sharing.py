@@ -13,6 +13,7 @@ from vfio_advisor.facts.model import AssignedDevice, DomainFacts
 from vfio_advisor.facts.pci_config import UNKNOWN
 from vfio_advisor.findings import Finding, Severity
 from vfio_advisor.rules.base import Rule, device_finding, register
+from vfio_advisor.rules.mode import host_blocks_msi
 from vfio_advisor.rules.base import message_id as _id
 
 
@@ -39,10 +40,23 @@ def check_host_line_shared(facts: DomainFacts) -> Iterator[Finding]:
             f"{dev.device.name} {now} host IRQ {irq.intx_irq}, shared with "
             f"{', '.join(irq.shared_with)}. Each of their interrupts costs the guest a "
             "mask/unmask round trip, and theirs wait on the guest's EOI.",
-            "Enable MSI in the guest if the device has it; otherwise move the card to a "
-            "slot whose line is free, or unbind the other devices on the line "
-            f"(they are listed above; see /proc/irq/{irq.intx_irq}/).",
+            _shared_line_remedy(facts, dev),
             {"proc/interrupts": f"IRQ {irq.intx_irq}: {', '.join(irq.shared_with)}"})
+
+
+def _shared_line_remedy(facts: DomainFacts, dev: AssignedDevice) -> str:
+    """VA2001's remedy: MSI in the guest only where it can work (the device has
+    MSI and the host allows it: with pci=nomsi vfio-pci cannot enable MSI,
+    lab capture nomsi-1, EINVAL)."""
+    line = dev.interrupts.intx_irq
+    move = ("move the card to a slot whose line is free, or unbind the other devices on the "
+            f"line (they are listed above; see /proc/irq/{line}/).")
+    if dev.device.supports_msi is True and not host_blocks_msi(facts, dev):
+        return "Enable MSI in the guest; otherwise " + move
+    if dev.device.supports_msi is True:
+        return ("MSI would avoid the line, but the host forbids it (" + "; ".join(
+            host_blocks_msi(facts, dev)) + "; see VA3001). Until that changes, " + move)
+    return "The device has no MSI: " + move
 
 
 def _exclusive_line_findings(facts: DomainFacts, want: bool | None, rule_id: str) -> Iterator[Finding]:
@@ -66,11 +80,18 @@ def _exclusive_line_findings(facts: DomainFacts, want: bool | None, rule_id: str
                        f"if it does, vfio-pci needs host IRQ {irq.intx_irq} to itself, "
                        f"but {holders} {verb} it, and the start fails with "
                        "\"Device or resource busy\".")
+        remedy = (f"Free host IRQ {irq.intx_irq}: unbind or disable {holders} before starting "
+                  "the VM, or move the card to a slot with its own line (check /proc/interrupts "
+                  "after moving). The kernel log shows \"genirq: Flags mismatch irq N\" when "
+                  "this happens.")
+        own = dev.device.intx_masking(False).supported
+        if nointxmask and own is not False:
+            # nointxmask=1 alone may keep it off the shared line.
+            remedy += (" Or load vfio-pci without nointxmask=1: " + (
+                "this device has PCI 2.3 masking and could then share the line." if own else
+                "if the device implements PCI 2.3 masking, it can then share the line."))
         yield device_finding(
-            rule_id, facts, dev, message,
-            f"Free host IRQ {irq.intx_irq}: unbind or disable {holders} before starting the "
-            "VM, or move the card to a slot with its own line (check /proc/interrupts after "
-            "moving). The kernel log shows \"genirq: Flags mismatch irq N\" when this happens.",
+            rule_id, facts, dev, message, remedy,
             {"proc/interrupts": f"IRQ {irq.intx_irq}: {holders}", "intx masking": masking.evidence})
 
 

@@ -1,0 +1,80 @@
+"""Effective state, not the command line (issue 10 §4), on the lab's real
+kernels: interrupt remapping as the kernel shows it (IR- chips, sysfs) wins
+over what the command line asked for, and VA3002 quotes that evidence.
+
+- intremap-off: intremap=off and allow_unsafe_interrupts=1 (dmesg has no
+  "DMAR-IR: Enabled IRQ remapping"): remapping off, VA3002 fires;
+- modes: the same devices, remapping on: silent;
+- modes with intel_iommu=off or intremap=off written into its command line:
+  the IR- chips of the running kernel still show remapping on. intel_iommu=off
+  does not turn Intel IR off (drivers/iommu/intel/irq_remapping.c, 6.1,
+  intel_prepare_irq_remapping does not read dmar_disabled), and a command
+  line that disagrees with the chips is not what the kernel did.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.rules.examples import CAPTURES, LAB_XML, lab
+from vfio_advisor.engine import run_rules
+
+
+def _va3002(facts):
+    return [f for f in run_rules(facts) if f.rule_id == "VA3002"]
+
+
+def test_intremap_off_capture_is_off_and_va3002_quotes_the_evidence(tmp_path):
+    facts = lab(CAPTURES / "intremap-off", LAB_XML / "modes.xml")
+    assert facts.host.interrupt_remapping is False
+    (f,) = _va3002(facts)
+    assert "without the IR- prefix" in f.message
+    assert "intremap=off" in f.message
+    assert "allow_unsafe_interrupts=1" in f.message
+
+
+def test_modes_capture_is_on_and_silent():
+    facts = lab(CAPTURES / "modes", LAB_XML / "modes.xml")
+    assert facts.host.interrupt_remapping is True
+    assert _va3002(facts) == []
+
+
+@pytest.mark.parametrize("cmdline", ["intel_iommu=off", "intremap=off", "iommu=off"])
+def test_the_kernels_chips_win_over_the_command_line(tmp_path, cmdline):
+    root = tmp_path / "root"
+    shutil.copytree(CAPTURES / "modes", root, symlinks=True)
+    (root / "proc/cmdline").write_text(f"console=ttyS0 quiet {cmdline}\n")
+    facts = lab(root, LAB_XML / "modes.xml")
+    assert facts.host.interrupt_remapping is True
+    assert facts.host.iommu.ir_evidence[0].startswith("/proc/interrupts: IR- chips")
+    assert _va3002(facts) == []  # it must not say "the command line turns it off"
+
+
+def test_the_command_line_decides_only_without_the_kernels_state(tmp_path):
+    # No MSI/IO-APIC chip to read: then intremap=off on the command line is
+    # the best evidence, and VA3002 names it.
+    root = tmp_path / "root"
+    shutil.copytree(CAPTURES / "intremap-off", root, symlinks=True)
+    text = (root / "proc/interrupts").read_text().splitlines()
+    (root / "proc/interrupts").write_text("\n".join(
+        line for line in text if "MSI" not in line and "APIC" not in line) + "\n")
+    facts = lab(root, LAB_XML / "modes.xml")
+    assert facts.host.interrupt_remapping is False
+    (f,) = _va3002(facts)
+    assert "intremap=off or nointremap on the command line" in f.message
+    assert "IR- prefix" not in f.message
+
+
+def test_intel_iommu_off_alone_is_not_remapping_off(tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(CAPTURES / "intremap-off", root, symlinks=True)
+    text = (root / "proc/interrupts").read_text().splitlines()
+    (root / "proc/interrupts").write_text("\n".join(
+        line for line in text if "MSI" not in line and "APIC" not in line) + "\n")
+    (root / "proc/cmdline").write_text("console=ttyS0 quiet intel_iommu=off\n")
+    facts = lab(root, LAB_XML / "modes.xml")
+    assert facts.host.interrupt_remapping is None  # unknown, not off
+    assert all("interrupt remapping is off" not in f.message for f in _va3002(facts))
