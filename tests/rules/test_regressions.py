@@ -44,7 +44,7 @@ def test_devices_own_host_driver_does_not_hold_the_line(tmp_path):
 def test_nomsi_host_gets_va3001_not_the_guest_remedy(tmp_path):
     from tests.rules.examples import EXAMPLES
 
-    ids = _rules(EXAMPLES["pci-nomsi"](tmp_path))
+    ids = _rules(EXAMPLES["lab-nomsi"](tmp_path))
     assert "VA3001" in ids
     assert "VA1001" not in ids
 

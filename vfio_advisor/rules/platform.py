@@ -110,7 +110,7 @@ RULES: tuple[Rule, ...] = register(
          "MSI or MSI-X when the guest asks, and the device stays on INTx.",
          "Remove pci=nomsi, or re-enable msi_bus where it is safe.",
          _id("20dde90bbadb4264a81b755407343dc1"), check_msi_disabled_on_host,
-         fires_on=("lab-nomsi", "pci-nomsi"), silent_on=("lab-stays-intx", "gpu-audio-msi")),
+         fires_on=("lab-nomsi",), silent_on=("lab-stays-intx", "gpu-audio-msi")),
     Rule("VA3002", "unsafe-interrupt-remapping", Severity.WARNING,
          "Assigned devices without interrupt remapping: guests can forge MSIs",
          "Without interrupt remapping, an MSI is just a DMA write to the interrupt "
@@ -121,7 +121,7 @@ RULES: tuple[Rule, ...] = register(
          "Turn on interrupt remapping in the firmware and kernel, and unset "
          "allow_unsafe_interrupts.",
          _id("cfe41719da2d463eae90ac6c90f91dea"), check_unsafe_interrupts,
-         fires_on=("lab-intremap-off", "unsafe-interrupts"),
+         fires_on=("lab-intremap-off",),
          silent_on=("lab-modes", "gpu-audio-msi"), scope="domain"),
     Rule("VA3003", "msi-posted-to-guest", Severity.INFO,
          "The host cannot count this device's MSIs: they are posted to the guest",

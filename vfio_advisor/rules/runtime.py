@@ -330,7 +330,8 @@ RULES: tuple[Rule, ...] = register(
          "Enable MSI in the guest: Windows MSISupported=1 for every function of the card "
          "(and again after driver updates); Linux, the driver's MSI option.",
          _id("60b452f510024659af0f6d48fbec1ee0"), None, documentation=(SEED_ARTICLE,),
-         transition=stays_on_intx, fires_on=('rt-intx-settled-windows',), silent_on=('rt-intx-booting', 'rt-msi-settled')),
+         transition=stays_on_intx, fires_on=('rt-lab-stays-intx', 'rt-intx-settled-windows'),
+         silent_on=('rt-intx-booting', 'rt-lab-switch-to-msi', 'rt-msi-settled')),
     Rule("VA6002", "switched-to-msi", Severity.INFO,
          "Device switched from INTx to MSI: the fix worked",
          "A device that vfio-advisor had seen stay on INTx now uses MSI or MSI-X: the guest "
@@ -338,7 +339,8 @@ RULES: tuple[Rule, ...] = register(
          "a driver option changed.",
          "Nothing to do. Check again after guest driver updates, which can reset the setting.",
          _id("1936b40983384a06a30e555d8d8c480d"), None,
-         transition=switched_to_msi, fires_on=('rt-flagged-now-msi',), silent_on=('rt-intx-settled-windows',)),
+         transition=switched_to_msi, fires_on=('rt-lab-switch-to-msi', 'rt-flagged-now-msi'),
+         silent_on=('rt-lab-stays-intx', 'rt-intx-settled-windows')),
     Rule("VA6003", "msi-to-intx-regression", Severity.WARNING,
          "Device used MSI in the previous run and INTx now",
          "In the previous run of this domain the device used MSI or MSI-X; in this run its "
@@ -347,7 +349,8 @@ RULES: tuple[Rule, ...] = register(
          "Set MSISupported=1 again for every function of the card (Windows), or restore the "
          "driver's MSI option (Linux), then restart the guest.",
          _id("4311428fa02a4380a07d7c7a8b3d26a9"), None,
-         transition=msi_to_intx_regression, fires_on=('rt-msi-last-run-intx-now',), silent_on=('rt-intx-settled-windows',)),
+         transition=msi_to_intx_regression, fires_on=('rt-lab-nomsi-after-msi-run', 'rt-msi-last-run-intx-now'),
+         silent_on=('rt-lab-stays-intx', 'rt-intx-settled-windows')),
     Rule("VA6004", "intx-storm", Severity.WARNING,
          "Interrupt storm on an assigned device's INTx line",
          "The device raises INTx faster than the threshold for several samples in a row. "
@@ -357,7 +360,8 @@ RULES: tuple[Rule, ...] = register(
          "Check the guest driver (and its logs) for this device; enable MSI if the device "
          "supports it. The threshold is [daemon] storm_rate in the config.",
          _id("6c7b6d7ab9414e3490ac862d7eb2a3dd"), None,
-         transition=intx_storm, fires_on=('rt-storm-own-line',), silent_on=('rt-storm-shared-line', 'rt-intx-settled-windows')),
+         transition=intx_storm, fires_on=('rt-storm-own-line',),
+         silent_on=('rt-lab-storm-shared', 'rt-storm-shared-line', 'rt-intx-settled-windows')),
     Rule("VA6005", "intx-storm-shared-line", Severity.ERROR,
          "Interrupt storm on a host INTx line shared with other devices",
          "As VA6004, but the host line is shared: every interrupt of the storm also makes "
@@ -365,7 +369,8 @@ RULES: tuple[Rule, ...] = register(
          "guest's. Host devices on the line (USB, storage) suffer too.",
          "Stop the storm (guest driver, MSI), or give the device a host line of its own.",
          _id("f90aba7e5162418e8a794c36b87980ef"), None,
-         transition=intx_storm, fires_on=('rt-storm-shared-line',), silent_on=('rt-storm-own-line',)),
+         transition=intx_storm, fires_on=('rt-lab-storm-shared', 'rt-storm-shared-line'),
+         silent_on=('rt-storm-own-line', 'rt-lab-stays-intx')),
     Rule("VA6006", "no-interrupts", Severity.INFO,
          "Assigned device raised no interrupt after the settle time",
          "The domain has run longer than the settle time and this assigned device has not "
@@ -374,7 +379,7 @@ RULES: tuple[Rule, ...] = register(
          "Check in the guest that a driver is bound to the device (Device Manager, or "
          "lspci -k in Linux).",
          _id("3d219b988e0643289eabc7fe1bfecd0f"), None,
-         transition=no_interrupts, fires_on=('rt-no-vectors-settled',),
+         transition=no_interrupts, fires_on=('rt-lab-no-vectors', 'rt-no-vectors-settled'),
          silent_on=('rt-msi-settled', 'rt-no-vectors-booting', 'rt-msi-zero-posted')),
     Rule("VA6007", "vfio-irq-affinity-overlap", Severity.WARNING,
          "A vfio vector may run on the domain's pinned vCPU CPUs or isolated CPUs",
@@ -384,7 +389,7 @@ RULES: tuple[Rule, ...] = register(
          "Set the vector's /proc/irq/N/smp_affinity_list to housekeeping CPUs, or use "
          "irqaffinity= on the host kernel command line. vfio-advisor only advises.",
          _id("ca692677e0fd4f29b856f5fefbb536e2"), None,
-         transition=affinity_overlap, fires_on=('rt-affinity-on-pinned',),
+         transition=affinity_overlap, fires_on=('rt-lab-isolcpus', 'rt-affinity-on-pinned'),
          silent_on=('rt-affinity-housekeeping', 'rt-affinity-posted')),
     Rule("VA6008", "msi-posted-unobservable", Severity.INFO,
          "Running device's MSIs are posted to the guest: the host cannot count them",
