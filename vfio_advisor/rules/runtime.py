@@ -360,7 +360,7 @@ RULES: tuple[Rule, ...] = register(
          "Check the guest driver (and its logs) for this device; enable MSI if the device "
          "supports it. The threshold is [daemon] storm_rate in the config.",
          _id("6c7b6d7ab9414e3490ac862d7eb2a3dd"), None,
-         transition=intx_storm, fires_on=('rt-storm-own-line',),
+         transition=intx_storm, fires_on=('rt-lab-intx-own-line', 'rt-storm-own-line'),
          silent_on=('rt-lab-storm-shared', 'rt-storm-shared-line', 'rt-intx-settled-windows')),
     Rule("VA6005", "intx-storm-shared-line", Severity.ERROR,
          "Interrupt storm on a host INTx line shared with other devices",
@@ -399,7 +399,7 @@ RULES: tuple[Rule, ...] = register(
          "from them (no VA6006, VA6007, rates).",
          "Nothing to fix. Judge the device's interrupts inside the guest.",
          _id("d1601fb60ec64ebc8b736b0209d7b05d"), None,
-         transition=msi_posted, fires_on=('rt-msi-posted',),
+         transition=msi_posted, fires_on=('rt-lab-msi-posted', 'rt-msi-posted'),
          silent_on=('rt-msi-settled', 'rt-intx-posted-host')),
     Rule("VA8003", "interrupt-rows-skipped", Severity.INFO,
          "Some /proc/interrupts rows could not be read",
