@@ -8,7 +8,12 @@ set -u
 S=/run/systemtest
 R=$S/results
 cd "$S"
-res() { echo "RESULT $1 $2 ${3:-}" >> "$R/results.txt"; echo "RESULT $1 $2 ${3:-}" > /dev/console; }
+# Each result also goes to the console, and the results disk is rewritten, so
+# a run the host has to cut short still tells how far it got.
+res() {
+    echo "RESULT $1 $2 ${3:-}" >> "$R/results.txt"; echo "RESULT $1 $2 ${3:-}" > /dev/console
+    tar -cf /dev/vdc -C "$S" results 2>/dev/null; sync
+}
 now() { cut -d' ' -f1 /proc/uptime; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 timing() { echo "TIME $1 $2" >> "$R/results.txt"; }
@@ -67,7 +72,7 @@ else
 fi
 systemctl daemon-reload
 t0=$(now)
-timeout 120 systemctl start vfio-advisor > "$R/clone-start.log" 2>&1
+timeout 300 systemctl start vfio-advisor > "$R/clone-start.log" 2>&1
 timing clone-start "$(since "$t0")"
 systemctl status vfio-advisor --no-pager > "$R/clone-status.txt" 2>&1
 if systemctl is-active -q vfio-advisor; then
@@ -76,7 +81,7 @@ else
     journalctl -q -u vfio-advisor --no-pager >> "$R/clone-start.log" 2>&1
     res clone-daemon-active fail "see clone-start.log"
 fi
-if wait_for 20 test -s /var/lib/vfio-advisor-metrics/clone.prom; then
+if systemctl is-active -q vfio-advisor && wait_for 20 test -s /var/lib/vfio-advisor-metrics/clone.prom; then
     cp /var/lib/vfio-advisor-metrics/clone.prom "$R/clone-metrics.prom"
     res clone-metrics ok "$(stat -c '%U %a' /var/lib/vfio-advisor-metrics/clone.prom)"
 else
@@ -92,7 +97,6 @@ left=$(ls -d /usr/local/lib/vfio-advisor /etc/systemd/system/vfio-advisor.servic
 [ -z "$left" ] && res clone-uninstall ok || res clone-uninstall fail "left: $left"
 
 # --- 2. the package, as a user installs it ------------------------------------
-libvirtd_before=$(systemctl is-active libvirtd.service)
 t0=$(now)
 # Dependencies (python3-libvirt, -lxml, -systemd) are in the image from
 # Debian's archive; the guest has no network, so apt resolves from dpkg's status.
@@ -128,6 +132,10 @@ ReadWritePaths=/var/lib/prometheus/node-exporter
 ExecStartPre=+/bin/chown --reference=/var/lib/private/vfio-advisor /var/lib/prometheus/node-exporter
 CONF
 systemctl daemon-reload
+# The clone phase woke libvirtd through its socket; stop the service (the
+# sockets stay) so that enable --now shows socket activation again.
+systemctl stop libvirtd.service
+libvirtd_before=$(systemctl is-active libvirtd.service)
 echo "libvirtd before: $libvirtd_before; socket: $(systemctl is-active libvirtd.socket) $(systemctl is-active libvirtd-ro.socket)" > "$R/libvirtd.txt"
 t0=$(now)
 timeout 180 systemctl enable --now vfio-advisor > "$R/enable.log" 2>&1
@@ -159,7 +167,7 @@ journalctl -q -x --no-pager -t vfio-advisor VFIO_ADVISOR_SOURCE=hook VFIO_ADVISO
 [ -s "$R/hook.json" ] && res hook-journal ok "$(wc -l < "$R/hook.json") entries" || res hook-journal fail "no hook entries"
 
 # --- the daemon follows it, under the hardened unit ---------------------------
-wait_for 60 sh -c 'systemctl show -p StatusText --value vfio-advisor | grep -q "watching 1 VM, 1 device"'
+systemctl is-active -q vfio-advisor && wait_for 60 sh -c 'systemctl show -p StatusText --value vfio-advisor | grep -q "watching 1 VM, 1 device"'
 systemctl status vfio-advisor --no-pager -l > "$R/status.txt" 2>&1
 st=$(systemctl show -p StatusText --value vfio-advisor)
 systemctl is-active -q vfio-advisor && echo "$st" | grep -q "1 VM, 1 device" && res status ok "$st" || res status fail "$st"
@@ -177,13 +185,13 @@ pid=$(systemctl show -p MainPID --value vfio-advisor)
 } > "$R/sandbox.txt" 2>&1
 res sandbox ok "recorded"
 
-wait_for 60 sh -c 'journalctl -q -o json -t vfio-advisor VFIO_ADVISOR_SOURCE=daemon VFIO_ADVISOR_DOMAIN=passthru | grep -q "\"VFIO_ADVISOR_RULE\" *: *\"VA6"'
+systemctl is-active -q vfio-advisor && wait_for 90 sh -c 'journalctl -q -o json -t vfio-advisor VFIO_ADVISOR_SOURCE=daemon VFIO_ADVISOR_DOMAIN=passthru | grep -q "\"VFIO_ADVISOR_RULE\" *: *\"VA6"'
 journalctl -q -o json -t vfio-advisor VFIO_ADVISOR_SOURCE=daemon > "$R/daemon.json"
 journalctl -q -x --no-pager -t vfio-advisor VFIO_ADVISOR_SOURCE=daemon > "$R/daemon-x.txt"
 grep -q '"VFIO_ADVISOR_RULE" *: *"VA6' "$R/daemon.json" && res runtime-advice ok \
     || res runtime-advice fail "no VA6xxx from the daemon (see daemon.json, status.txt)"
 
-if wait_for 20 test -s /var/lib/prometheus/node-exporter/vfio-advisor.prom; then
+if systemctl is-active -q vfio-advisor && wait_for 20 test -s /var/lib/prometheus/node-exporter/vfio-advisor.prom; then
     cp /var/lib/prometheus/node-exporter/vfio-advisor.prom "$R/metrics.prom"
     res metrics ok "$(stat -c '%U %a' /var/lib/prometheus/node-exporter/vfio-advisor.prom)"
 else
@@ -192,7 +200,7 @@ fi
 
 sed -i 's/^interval = 1$/interval = 2/' $CFG
 systemctl reload vfio-advisor
-wait_for 20 sh -c 'journalctl -q -t vfio-advisor -o cat | grep -q "configuration reloaded: interval 2 s"' \
+systemctl is-active -q vfio-advisor && wait_for 20 sh -c 'journalctl -q -t vfio-advisor -o cat | grep -q "configuration reloaded: interval 2 s"' \
     && res reload ok "$(journalctl -q -t vfio-advisor -o cat | grep 'configuration reloaded' | tail -1)" \
     || res reload fail "no 'configuration reloaded: interval 2 s'"
 
@@ -200,7 +208,7 @@ n0=$(jcount -t vfio-advisor VFIO_ADVISOR_EVENT=reconnected)
 pid0=$(systemctl show -p MainPID --value vfio-advisor)
 t0=$(now)
 systemctl restart libvirtd
-wait_for 60 sh -c "[ \$(journalctl -q -o cat -t vfio-advisor VFIO_ADVISOR_EVENT=reconnected | wc -l) -gt $n0 ]"
+systemctl is-active -q vfio-advisor && wait_for 60 sh -c "[ \$(journalctl -q -o cat -t vfio-advisor VFIO_ADVISOR_EVENT=reconnected | wc -l) -gt $n0 ]"
 timing libvirtd-restart "$(since "$t0")"
 sleep 2
 st=$(systemctl show -p StatusText --value vfio-advisor)
