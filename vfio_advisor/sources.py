@@ -7,9 +7,11 @@ libvirtd and must not call back into it).
 from __future__ import annotations
 
 import contextlib
+import lzma
 import os
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path
 
 from vfio_advisor.errors import ConnectionFailed, DomainXMLError, UsageError
@@ -105,6 +107,10 @@ def domains_from_libvirt(uri: str, names: list[str]) -> tuple[list[tuple[Domain,
 # A snapshot is untrusted input (it comes with a bug report). Bounds on it:
 MAX_MEMBERS = 200_000
 MAX_BYTES = 1 << 30
+# After the end-of-archive blocks only padding follows: tar pads to its record
+# size (GNU tar's default 20 x 512 bytes, -b up to a few MiB). More than this
+# is not padding, and decompressing it would be unbounded work.
+MAX_TRAILER = 16 << 20
 
 
 def _extract_snapshot(tar: tarfile.TarFile, dest: str) -> None:
@@ -113,10 +119,13 @@ def _extract_snapshot(tar: tarfile.TarFile, dest: str) -> None:
     Written this way, no path is ever resolved through a symlink from the
     archive while extracting, whatever chains of links it holds; names with
     "..", absolute names and links that leave the tree are refused. (Python
-    3.11.2, Debian 12's, has no tarfile data_filter.)
+    3.11.2, Debian 12's, has no tarfile data_filter.) A name may appear once
+    (a directory may repeat): tar(1) would let the later entry replace the
+    earlier one, which no snapshot written by `vfio-advisor snapshot` needs.
     """
     root = os.path.realpath(dest)
-    links: list[tuple[str, str]] = []
+    links: list[tuple[str, str, str]] = []  # (name, path, link text)
+    seen: dict[str, bool] = {}  # name -> is a directory
     total = 0
     for count, member in enumerate(tar, 1):
         if count > MAX_MEMBERS:
@@ -126,24 +135,47 @@ def _extract_snapshot(tar: tarfile.TarFile, dest: str) -> None:
             raise UsageError(f"snapshot entry {member.name[:80]!r} leaves the snapshot")
         if name == ".":
             continue
+        if name in seen and not (seen[name] and member.isdir()):
+            raise UsageError(f"snapshot has two entries named {name[:80]!r}")
+        seen[name] = member.isdir()
         target = os.path.join(root, name)
-        if member.issym():
-            link = os.path.normpath(os.path.join(os.path.dirname(name), member.linkname))
-            if os.path.isabs(member.linkname) or link == ".." or link.startswith("../"):
-                raise UsageError(f"snapshot link {member.name[:80]!r} points outside the snapshot")
-            links.append((target, member.linkname))
-        elif member.isdir():
-            os.makedirs(target, mode=0o755, exist_ok=True)
-        elif member.isfile():
-            total += member.size
-            if total > MAX_BYTES:
-                raise UsageError("snapshot unpacks to more than 1 GiB")
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            source = tar.extractfile(member)
-            with open(target, "xb") as out:
-                out.write(source.read() if source else b"")
-        # devices, fifos and hard links have no place in a host tree: skipped
-    for target, linkname in links:
+        try:
+            if member.issym():
+                link = os.path.normpath(os.path.join(os.path.dirname(name), member.linkname))
+                if os.path.isabs(member.linkname) or link == ".." or link.startswith("../"):
+                    raise UsageError(f"snapshot link {member.name[:80]!r} points outside the snapshot")
+                links.append((name, target, member.linkname))
+            elif member.isdir():
+                os.makedirs(target, mode=0o755, exist_ok=True)
+            elif member.isfile():
+                total += member.size
+                if total > MAX_BYTES:
+                    raise UsageError("snapshot unpacks to more than 1 GiB")
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                source = tar.extractfile(member)
+                with open(target, "xb") as out:
+                    out.write(source.read() if source else b"")
+            # devices, fifos and hard links have no place in a host tree
+            # (sysfs and procfs have none): skipped, never created.
+        except OSError as exc:
+            # A file where a directory must go (a, then a/b), and the like.
+            # Named by the entry, not by the temporary directory.
+            raise UsageError(f"snapshot entry {member.name[:80]!r} cannot be unpacked: "
+                             f"{exc.strerror or exc}") from None
+    _check_trailer(tar)
+    # A link below another link would be created through it: "q" -> "../.."
+    # in d1/d2 and "e" -> "d1/d2/q/.." each stay inside by name, yet e
+    # resolves to the parent of the tree, and a link "e/x" would be written
+    # there. `snapshot` never archives a member below a link (snapshot.py,
+    # _canonical), so such an archive is refused before any link is made.
+    link_names = {name for name, _, _ in links}
+    for name, _, _ in links:
+        parent = os.path.dirname(name)
+        while parent:
+            if parent in link_names:
+                raise UsageError(f"snapshot link {name[:80]!r} sits below the link {parent[:80]!r}")
+            parent = os.path.dirname(parent)
+    for _, target, linkname in links:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         if not os.path.lexists(target):
             os.symlink(linkname, target)
@@ -152,12 +184,36 @@ def _extract_snapshot(tar: tarfile.TarFile, dest: str) -> None:
     changed = True
     while changed:
         changed = False
-        for target, _ in links:
+        for _, target, _ in links:
             if os.path.islink(target):
                 real = os.path.realpath(target)
                 if real != root and not real.startswith(root + os.sep):
                     os.unlink(target)
                     changed = True
+
+
+def _check_trailer(tar: tarfile.TarFile) -> None:
+    """Read the compressed stream to its end. tarfile stops at the
+    end-of-archive blocks, before gzip's trailer, so a damaged archive whose
+    damage decompresses (bytes changed inside a stored deflate block) would
+    replay silently with wrong contents; gzip.GzipFile checks CRC-32 and
+    ISIZE (RFC 1952, section 2.3.1) only at the end of the member, and raises
+    BadGzipFile there (bz2 and xz check theirs at the end too)."""
+    stream = tar.fileobj
+    left = MAX_TRAILER
+    while True:
+        chunk = stream.read(min(1 << 20, left + 1))
+        if not chunk:
+            return
+        left -= len(chunk)
+        if left < 0:
+            raise UsageError(f"snapshot has more than {MAX_TRAILER >> 20} MiB after the end of the archive")
+
+
+# Errors a damaged compressed stream raises from tarfile and its decompressors:
+# gzip.BadGzipFile is an OSError, a truncated stream an EOFError, and a bad
+# deflate block a zlib.error (which is neither).
+_DAMAGED = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
 
 
 def open_host_root(path: str) -> tuple[str, tempfile.TemporaryDirectory | None]:
@@ -166,19 +222,41 @@ def open_host_root(path: str) -> tuple[str, tempfile.TemporaryDirectory | None]:
         return path, None
     if not os.path.exists(path):
         raise UsageError(f"host root {path} does not exist")
-    if not tarfile.is_tarfile(path):
+    try:
+        is_tar = tarfile.is_tarfile(path)
+    except _DAMAGED as exc:
+        # is_tarfile catches TarError only; a gzip header without a body gets here.
+        raise UsageError(f"cannot unpack snapshot {path}: {_reason(exc)}") from None
+    if not is_tar:
+        if _compressed(path):
+            raise UsageError(f"cannot unpack snapshot {path}: it is compressed but damaged, "
+                             "or holds no tar archive")
         raise UsageError(f"host root {path} is neither a directory nor a snapshot (.tar.gz)")
     tmp = tempfile.TemporaryDirectory(prefix="vfio-advisor-")
     try:
         with tarfile.open(path) as tar:
             _extract_snapshot(tar, tmp.name)
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except _DAMAGED as exc:
         tmp.cleanup()
-        raise UsageError(f"cannot unpack snapshot {path}: {exc}") from None
+        raise UsageError(f"cannot unpack snapshot {path}: {_reason(exc)}") from None
     except UsageError:
         tmp.cleanup()
         raise
     return tmp.name, tmp
+
+
+def _reason(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _compressed(path: str) -> bool:
+    """gzip (1f 8b), bzip2 ("BZh") or xz (fd "7zXZ") magic at the start."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError:
+        return False
+    return head[:2] == b"\x1f\x8b" or head[:3] == b"BZh" or head == b"\xfd7zXZ\x00"
 
 
 def snapshot_domains(root: str) -> list[str]:
