@@ -1,16 +1,30 @@
 #!/usr/bin/env python3
-"""Daemon benchmarks, as ratios measured in the same run.
+"""Daemon benchmarks, as ratios measured in the same run (make bench).
 
-  per-sample CPU  Watcher.sample() on a synthetic 256-CPU x 2000-row
-                  /proc/interrupts (two watched domains, 12 vfio vectors),
-                  against just reading the same file
-  soak            10,000 samples with counters that move: CPU per sample and
-                  RSS in the first and last thousand, as ratios (flat = 1.0)
+  daemon_sample   Watcher.sample() (the sampler, the /proc/interrupts model,
+                  every runtime rule) for 8 assigned vfio vectors (a GPU on 7
+                  MSI-X vectors, its HDMI audio on an INTx line) on host trees
+                  whose /proc/interrupts is 256 CPUs x 2000 rows and 256 CPUs
+                  x 20,000 rows and whose /sys/kernel/irq/N/ exist for the
+                  vfio vectors; read_us = CPU time to just read that
+                  /proc/interrupts. Goals: ratio <= 0.1 at 2000 rows;
+                  cpu_us at 20,000 rows within 1.5x of 2000 rows.
+                  BEFORE: the same Watcher with the old full-table sampler
+                  (read /proc/interrupts, pick the rows), measured here too.
+  soak            10,000 samples with counters that move: CPU per sample
+                  first and last thousand (flat = 1.0)
+  daemon_rss_mib  `vfio-advisor daemon` itself (cli.main, libvirt's test
+                  driver, the sampling loop writing the metrics file) after
+                  10,000 samples, in a child process (bench/daemon_soak.py)
+
+Each figure is one `BENCH ...` line for scripts; exit 1 if a goal is missed.
 """
 
 from __future__ import annotations
 
-import resource
+import dataclasses
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -19,29 +33,61 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vfio_advisor.testing.hosttree import Host, build  # noqa: E402
-from vfio_advisor.testing.scenes import domain_xml, gpu_audio_hostdevs  # noqa: E402
-from vfio_advisor.testing.scenes import gpu_audio_devices as _gpu_audio  # noqa: E402
 from vfio_advisor.facts.domain import parse_domain_xml  # noqa: E402
-from vfio_advisor.facts.host import HostRoot  # noqa: E402
+from vfio_advisor.facts.host import INTERRUPTS_LIMIT, HostRoot  # noqa: E402
+from vfio_advisor.facts.interrupts import sample_table  # noqa: E402
 from vfio_advisor.facts.pciids import PciIds  # noqa: E402
 from vfio_advisor.runtime import RuntimeConfig, StateStore, Watcher  # noqa: E402
+from vfio_advisor.testing.hosttree import Host, build  # noqa: E402
+from vfio_advisor.testing.scenes import AUDIO, GPU, domain_xml, gpu_audio_hostdevs  # noqa: E402
+from vfio_advisor.testing.scenes import gpu_audio_devices  # noqa: E402
+
+CPUS = 256
+GPU_VECTORS = tuple(range(45, 52))  # 7 MSI-X vectors
+AUDIO_LINE = 28  # INTx
+RSS_GOAL_MIB = 40
 
 
 def synthetic_interrupts(cpus: int, rows: int, bump: int = 0) -> str:
     out = ["      " + "".join(f"CPU{i:<8}" for i in range(cpus))]
-    vfio = {45: "vfio-msi[0](0000:05:00.0)", 28: "vfio-intx(0000:05:00.1)"}
+    vfio = {irq: f"vfio-msix[{k}]({GPU})" for k, irq in enumerate(GPU_VECTORS)}
+    vfio[AUDIO_LINE] = f"vfio-intx({AUDIO})"
     for n in range(rows):
         irq = n + 24
         counts = " ".join(f"{(irq * 7 + c + bump) % 100000:10d}" for c in range(cpus))
         handler = vfio.get(irq, f"nvme0q{n % 64}")
-        chip = "IR-IO-APIC   28-fasteoi" if irq == 28 else f"IR-PCI-MSI {irq * 2048}-edge"
-        out.append(f"{irq:4d}: {counts}  {chip}      {handler}")
+        chip = "IR-IO-APIC   28-fasteoi" if irq == AUDIO_LINE else f"IR-PCI-MSIX {irq * 2048}-edge"
+        out.append(f"{irq:5d}: {counts}  {chip}      {handler}")
     for name in ("NMI", "LOC", "SPU", "PMI", "IWI", "RTR", "RES", "CAL", "TLB"):
-        out.append(f" {name}: " + " ".join(f"{c:10d}" for c in range(cpus)) + "   Some interrupts")
-    out.append(" ERR:          0")
-    out.append(" MIS:          0")
+        out.append(f"  {name}: " + " ".join(f"{c:10d}" for c in range(cpus)) + "   Some interrupts")
+    out.append("  ERR:          0")
+    out.append("  MIS:          0")
     return "\n".join(out) + "\n"
+
+
+def write_sysfs_irqs(root: Path, cpus: int, bump: int = 0) -> None:
+    """/sys/kernel/irq/N/ of the vfio vectors, as kernel/irq/irqdesc.c
+    prints them (per_cpu_count: "%u" joined by ","; actions: joined by ",")."""
+    handlers = {irq: f"vfio-msix[{k}]({GPU})" for k, irq in enumerate(GPU_VECTORS)}
+    handlers[AUDIO_LINE] = f"vfio-intx({AUDIO})"
+    for irq, handler in handlers.items():
+        d = root / f"sys/kernel/irq/{irq}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "per_cpu_count").write_text(",".join(str((irq * 7 + c + bump) % 100000)
+                                                  for c in range(cpus)) + "\n")
+        (d / "actions").write_text(handler + "\n")
+        (d / "chip_name").write_text(("IR-IO-APIC" if irq == AUDIO_LINE else "IR-PCI-MSIX") + "\n")
+        (d / "hwirq").write_text(f"{irq * 2048}\n")
+        (d / "type").write_text(("level" if irq == AUDIO_LINE else "edge") + "\n")
+
+
+def make_tree(root: Path, rows: int, cpus: int = CPUS) -> Path:
+    devices = [dataclasses.replace(d, msi_irq_mode="msix") if d.bdf == GPU else d
+               for d in gpu_audio_devices(gpu_irq=GPU_VECTORS[0], audio_irq=AUDIO_LINE,
+                                          gpu_msi=GPU_VECTORS)]
+    build(root, Host(devices=devices, interrupts=synthetic_interrupts(cpus, rows)))
+    write_sysfs_irqs(root, cpus)
+    return root
 
 
 class Clock:
@@ -51,13 +97,25 @@ class Clock:
         return self.now
 
 
-def make_watcher(root: Path, text: str) -> tuple[Watcher, Clock]:
-    build(root, Host(devices=_gpu_audio(gpu_irq=45, audio_irq=28, gpu_msi=(45,)), interrupts=text))
+class FullTableSampler:
+    """The daemon's sampler before issue 12, for the BEFORE figure: read the
+    whole /proc/interrupts at every sample and pick the watched rows."""
+
+    def __init__(self, host: HostRoot, wanted: frozenset[str]):
+        self.host, self.wanted = host, wanted
+
+    def sample(self):
+        return sample_table(self.host.read_bytes("proc/interrupts", INTERRUPTS_LIMIT), self.wanted)
+
+
+def make_watcher(root: Path, old: bool = False) -> tuple[Watcher, Clock]:
     clock = Clock()
-    w = Watcher(HostRoot(root), RuntimeConfig(settle=10), lambda f, d: None, StateStore(None),
+    host = HostRoot(str(root))
+    w = Watcher(host, RuntimeConfig(settle=10), lambda f, d: None, StateStore(None),
                 clock=clock, pci_ids=PciIds(None))
-    for name in ("win11", "win10"):
-        w.add_domain(parse_domain_xml(domain_xml(name, gpu_audio_hostdevs())))
+    w.add_domain(parse_domain_xml(domain_xml("win11", gpu_audio_hostdevs())))
+    if old:
+        w.sampler = FullTableSampler(host, frozenset({str(AUDIO_LINE), str(GPU_VECTORS[0])}))
     return w, clock
 
 
@@ -65,64 +123,112 @@ def cpu() -> float:
     return time.process_time()
 
 
-def per_sample(root: Path, runs: int) -> tuple[float, float]:
-    text = synthetic_interrupts(256, 2000)
-    w, clock = make_watcher(root, text)
-    path = root / "proc/interrupts"
+def read_cost(path: Path, runs: int) -> float:
+    for _ in range(2):
+        with open(path, "rb") as f:
+            f.read()
     t0 = cpu()
     for _ in range(runs):
         with open(path, "rb") as f:
             f.read()
-    read = (cpu() - t0) / runs
-    t0 = cpu()
-    for _ in range(runs):
+    return (cpu() - t0) / runs
+
+
+def bump_vectors(root: Path, cpus: int, step: int) -> None:
+    """Every vfio vector counts on one more CPU each sample (the worst case
+    for the sampler: no vector is idle, each per_cpu_count is parsed)."""
+    for irq in (*GPU_VECTORS, AUDIO_LINE):
+        (root / f"sys/kernel/irq/{irq}/per_cpu_count").write_text(
+            ",".join(str((irq * 7 + c + (step if c == step % cpus else 0)) % 100000)
+                     for c in range(cpus)) + "\n")
+
+
+def sample_cost(root: Path, runs: int, old: bool = False) -> float:
+    w, clock = make_watcher(root, old)
+    for _ in range(3):  # discovery, and warm caches
         clock.now += 5
         w.sample()
-    sample = (cpu() - t0) / runs
-    return sample, read
-
-
-def rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    spent = 0.0
+    for i in range(runs):
+        if not old:
+            bump_vectors(root, CPUS, i + 1)  # not timed
+        clock.now += 5
+        t0 = cpu()
+        w.sample()
+        spent += cpu() - t0
+    cost = spent / runs
+    vectors = sum(len(d.counts) for dom in w.domains.values() for d in dom.devices.values())
+    assert vectors == 8, vectors
+    return cost
 
 
 def soak(root: Path, samples: int) -> dict:
-    w, clock = make_watcher(root, synthetic_interrupts(32, 300))
-    path = root / "proc/interrupts"
+    w, clock = make_watcher(root)
     window = samples // 10
     marks = {}
-    t0 = cpu()
+    t0 = t_last = cpu()
     for i in range(samples):
         if i % 50 == 0:
-            path.write_text(synthetic_interrupts(32, 300, bump=i))
+            t = cpu()
+            write_sysfs_irqs(root, 32, bump=i)  # counters move; not timed
+            t0 += cpu() - t
+            t_last += cpu() - t
         clock.now += 5
         w.sample()
         if i + 1 == window:
             marks["first_cpu"] = (cpu() - t0) / window
-            marks["first_rss"] = rss_kib()
         if i + 1 == samples - window:
             t_last = cpu()
     marks["last_cpu"] = (cpu() - t_last) / window
-    marks["last_rss"] = rss_kib()
     return marks
 
 
+def daemon_rss(tmp: Path, samples: int) -> float:
+    root = make_tree(tmp / "rss-root", 300, cpus=32)
+    out = subprocess.run([sys.executable, str(REPO / "bench/daemon_soak.py"), str(root), str(samples),
+                          str(tmp / "rss")], capture_output=True, text=True, timeout=900,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    if out.returncode != 0:
+        raise SystemExit(f"daemon soak failed: {out.stderr[-2000:]}")
+    return float(out.stdout.split("rss_kib=")[1].split()[0]) / 1024
+
+
 def main() -> int:
-    with tempfile.TemporaryDirectory() as tmp:
-        sample, read = per_sample(Path(tmp) / "a", 30)
-        print(f"per-sample CPU   {sample * 1000:7.2f} ms vs {read * 1000:6.2f} ms to read the "
-              f"256-CPU x 2000-row file  ratio {sample / read:5.1f}x")
-        m = soak(Path(tmp) / "b", 10000)
-        print(f"soak 10,000      CPU/sample first {m['first_cpu'] * 1e6:6.0f} us, last "
-              f"{m['last_cpu'] * 1e6:6.0f} us  ratio {m['last_cpu'] / m['first_cpu']:4.2f}x; "
-              f"RSS first {m['first_rss']} KiB, last {m['last_rss']} KiB  ratio "
-              f"{m['last_rss'] / m['first_rss']:4.2f}x")
-        flat = m["last_cpu"] / m["first_cpu"] < 1.5 and m["last_rss"] / m["first_rss"] < 1.1
-    return 0 if flat else 1
+    ok = True
+    with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as tmp:
+        cost = {}
+        for rows, runs in ((2000, 300), (20000, 300)):
+            root = make_tree(Path(tmp) / f"h{rows}", rows)
+            read = read_cost(root / "proc/interrupts", 10 if rows > 2000 else 50)
+            old = sample_cost(root, 5 if rows > 2000 else 30, old=True)
+            new = sample_cost(root, runs)
+            cost[rows] = new
+            print(f"BENCH daemon_sample rows={rows} cpu_us={new * 1e6:.1f} read_us={read * 1e6:.1f} "
+                  f"ratio={new / read:.3f}")
+            print(f"BENCH daemon_sample_before rows={rows} cpu_us={old * 1e6:.1f} "
+                  f"read_us={read * 1e6:.1f} ratio={old / read:.3f}")
+            if rows == 2000 and new / read > 0.1:
+                print(f"  goal ratio <= 0.1 at 2000 rows: MISSED ({new / read:.3f})")
+                ok = False
+            shutil_rmtree(root)
+        growth = cost[20000] / cost[2000]
+        print(f"BENCH daemon_sample_growth rows=20000/2000 cpu_ratio={growth:.2f} (goal <= 1.5)")
+        ok &= growth <= 1.5
+        m = soak(make_tree(Path(tmp) / "soak", 300, cpus=32), 10000)
+        flat = m["last_cpu"] / m["first_cpu"]
+        print(f"BENCH daemon_soak samples=10000 first_cpu_us={m['first_cpu'] * 1e6:.1f} "
+              f"last_cpu_us={m['last_cpu'] * 1e6:.1f} ratio={flat:.2f} (flat = 1.0, goal < 1.5)")
+        ok &= flat < 1.5
+        rss = daemon_rss(Path(tmp), 10000)
+        print(f"BENCH daemon_rss_mib={rss:.1f} (goal <= {RSS_GOAL_MIB})")
+        ok &= rss <= RSS_GOAL_MIB
+    return 0 if ok else 1
+
+
+def shutil_rmtree(path: Path) -> None:
+    import shutil  # noqa: PLC0415
+
+    shutil.rmtree(path)
 
 
 if __name__ == "__main__":

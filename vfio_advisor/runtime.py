@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from typing import Callable, NamedTuple
 
@@ -99,11 +98,11 @@ class StateStore:
     def save(self) -> None:
         if not self.path:
             return
+        from vfio_advisor.sinks.prometheus import write_atomically  # noqa: PLC0415
+
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=".state-")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.data, f, indent=1, sort_keys=True)
-        os.replace(tmp, self.path)
+        write_atomically(self.path, json.dumps(self.data, indent=1, sort_keys=True), mode=0o600,
+                         prefix=".state-")
 
 
 class Watcher:
@@ -276,20 +275,17 @@ class Watcher:
         return out
 
     def metrics_text(self, now: float | None = None) -> str:
-        """The metrics file's text (sinks/prometheus.py); `now` is the wall
-        clock of the last sample (time.time(), not the Watcher's clock)."""
-        from vfio_advisor import __version__  # noqa: PLC0415
-        from vfio_advisor.sinks.prometheus import DeviceMetrics, render  # noqa: PLC0415
+        """The metrics file's text (sinks/metrics.py over sinks/prometheus.py);
+        `now` is the wall clock of the last sample (time.time(), not the
+        Watcher's clock)."""
+        from vfio_advisor.sinks.metrics import render_metrics  # noqa: PLC0415
 
-        devices = [DeviceMetrics(d.domain, d.bdf, d.mode, d.count, d.observable)
-                   for d in self.snapshot()]
-        return render(devices, self.open_findings(), time.time() if now is None else now,
-                      __version__)
+        return render_metrics(self.snapshot(), self.open_findings(), now)
 
     def write_metrics(self, path: str, now: float | None = None) -> None:
-        from vfio_advisor.sinks.prometheus import write_atomically  # noqa: PLC0415
+        from vfio_advisor.sinks.metrics import MetricsFileSink  # noqa: PLC0415
 
-        write_atomically(path, self.metrics_text(now))
+        MetricsFileSink(path).write(self.snapshot(), self.open_findings(), now)
 
 
 def _holds(rule: str):

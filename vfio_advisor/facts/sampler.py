@@ -102,6 +102,8 @@ class Sampler:
         # show_interrupts skips): not looked for again until a rediscovery.
         self.absent: set[str] = set()
         self.fallback_errors: dict[str, FactUnavailable] = {}
+        # irq -> (per_cpu_count bytes, actions bytes, template, row) of the last read
+        self.last_raw: dict[str, tuple] = {}
         self.samples = 0
         self.full_reads = 0  # /proc/interrupts reads, for any reason
         self.rediscoveries = 0
@@ -131,6 +133,7 @@ class Sampler:
         self.templates.clear()
         self.from_proc.clear()
         self.absent.clear()
+        self.last_raw.clear()
         self.discover = True
 
     # --- reading ----------------------------------------------------------
@@ -169,17 +172,22 @@ class Sampler:
         raw = self._read(f"{base}/per_cpu_count")
         if not raw.endswith(b"\n"):
             raise FactUnavailable(f"{base}/per_cpu_count", "cut at the sysfs page size")
-        counts = tuple(int(c) for c in raw.split(b",")) if raw.strip() else ()
-        actions = self._read(f"{base}/actions").strip()
-        # actions_show joins with "," (irqdesc.c); /proc/interrupts with ", ".
-        handlers = tuple(a.decode("utf-8", "replace") for a in actions.split(b",") if a)
-        if not handlers and not any(counts):
-            return None
+        actions = self._read(f"{base}/actions")
         t = self.templates.get(irq)
         if t is None:
             t = self.templates[irq] = self._sysfs_template(base)
-        return IrqLine(irq=irq, counts=counts, chip=t.chip, hwirq=t.hwirq, flow=t.flow,
-                       handlers=handlers, truncated=False)
+        last = self.last_raw.get(irq)
+        if last is not None and last[0] == raw and last[1] == actions and last[2] is t:
+            return last[3]  # an idle vector: nothing to parse
+        counts = tuple(map(int, raw.split(b","))) if raw.strip() else ()
+        # actions_show joins with "," (irqdesc.c); /proc/interrupts with ", ".
+        handlers = tuple(a.decode("utf-8", "replace") for a in actions.strip().split(b",") if a)
+        row = None
+        if handlers or any(counts):
+            row = IrqLine(irq=irq, counts=counts, chip=t.chip, hwirq=t.hwirq, flow=t.flow,
+                          handlers=handlers, truncated=False)
+        self.last_raw[irq] = (raw, actions, t, row)
+        return row
 
     def _sysfs_template(self, base: str) -> _Template:
         out = []

@@ -1,57 +1,43 @@
 """Metrics sink: the Prometheus textfile (node_exporter's textfile collector)
-written from a per-device snapshot (runtime.DeviceSnapshot: domain, bdf,
-mode, cumulative count, rate, observable). The renderer is one function, so
-another exposition (sinks/prometheus.py) can replace it in one place."""
+written from the Watcher's per-device snapshot (runtime.DeviceSnapshot:
+domain, bdf, mode, cumulative count, rate, observable) and its open
+findings. The exposition is sinks/prometheus.py (docs/metrics.md); this
+module only adapts the snapshot to it, so the renderer is swapped in one
+place (MetricsFileSink's `render`)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
+import time
 from typing import Callable, Iterable
 
-MODES = ("intx", "msi", "msix", "none")
+from vfio_advisor.sinks.prometheus import DeviceMetrics, render, write_atomically
 
 
-def _label(text: str) -> str:
-    # Prometheus text format: label values escape \\, " and newline.
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def render_metrics(devices: Iterable, findings: Iterable = (), now: float | None = None) -> str:
+    """The textfile for a snapshot; `now` is the last sample's wall-clock
+    time (time.time(); default: now)."""
+    from vfio_advisor import __version__  # noqa: PLC0415
 
-
-def render_metrics(devices: Iterable) -> str:
-    lines = [
-        "# HELP vfio_advisor_device_interrupts_per_second Interrupt rate of an assigned device's vfio vectors.",
-        "# TYPE vfio_advisor_device_interrupts_per_second gauge",
-    ]
-    mode_lines = [
-        "# HELP vfio_advisor_device_mode Interrupt mode of an assigned device (1 for the current mode).",
-        "# TYPE vfio_advisor_device_mode gauge",
-    ]
-    for d in devices:
-        labels = f'domain="{_label(d.domain)}",host_bdf="{d.bdf}"'
-        lines.append(f"vfio_advisor_device_interrupts_per_second{{{labels}}} {d.rate:.3f}")
-        for mode in MODES:
-            mode_lines.append(f'vfio_advisor_device_mode{{{labels},mode="{mode}"}} '
-                              f'{1 if d.mode == mode else 0}')
-    return "\n".join(lines + mode_lines) + "\n"
+    metrics = [DeviceMetrics(d.domain, d.bdf, d.mode, d.count, d.observable) for d in devices]
+    return render(metrics, findings, time.time() if now is None else now, __version__)
 
 
 class MetricsFileSink:
     """Writes the whole file atomically: node_exporter must never read half a file."""
 
-    def __init__(self, path: str, render: Callable[[Iterable], str] = render_metrics):
+    def __init__(self, path: str, render: Callable[..., str] = render_metrics):
         self.path = path
         self.render = render
 
-    def write(self, devices: Iterable) -> None:
-        directory = os.path.dirname(os.path.abspath(self.path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".vfio-advisor-")
-        with os.fdopen(fd, "w") as f:
-            f.write(self.render(devices))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, self.path)
+    def write(self, devices: Iterable, findings: Iterable = (), now: float | None = None) -> None:
+        if self.render is render_metrics:
+            text = render_metrics(devices, findings, now)
+        else:  # a renderer of the snapshot alone
+            text = self.render(devices)
+        write_atomically(self.path, text)
 
     def emit(self, finding, domain=None) -> None:
-        pass  # findings go to the journal; metrics carry the device snapshot only
+        pass  # findings go to the journal; the file carries the open ones (Watcher.open_findings)
 
     def close(self) -> None:
         pass

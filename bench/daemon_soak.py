@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Child of bench/daemon_bench.py: `vfio-advisor daemon` as the command line
+runs it (vfio_advisor.cli.main: its imports, libvirt and libvirtaio, the
+libvirt test driver following one running domain with a GPU and its audio,
+the sampling loop writing the metrics file after every sample), stopped
+with SIGTERM after N samples. Prints `rss_kib=<VmRSS at the N-th sample>`.
+
+Usage: daemon_soak.py HOST_ROOT SAMPLES WORKDIR
+
+The only addition to the real path is a counter around Watcher.sample that
+moves the vfio vectors' counters every 50 samples and stops the daemon; it
+imports nothing the daemon does not (the RSS is the daemon's).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+GPU = "0000:05:00.0"
+AUDIO = "0000:05:00.1"
+NODE = """<node>
+<domain type='kvm'>
+  <name>win11</name>
+  <memory unit='GiB'>4</memory><vcpu>4</vcpu>
+  <os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>
+  <devices>
+    <controller type='pci' index='0' model='pcie-root'/>
+    <controller type='pci' index='1' model='pcie-root-port'><address type='pci' domain='0x0000' bus='0x00' slot='0x02' function='0x0' multifunction='on'/></controller>
+    <hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' bus='0x05' slot='0x00' function='0x0'/></source><address type='pci' domain='0x0000' bus='0x01' slot='0x00' function='0x0' multifunction='on'/></hostdev>
+    <hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' bus='0x05' slot='0x00' function='0x1'/></source><address type='pci' domain='0x0000' bus='0x01' slot='0x00' function='0x1'/></hostdev>
+  </devices>
+</domain>
+</node>
+"""
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def main() -> int:
+    root, samples, work = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    os.makedirs(work, exist_ok=True)
+    with open(os.path.join(work, "node.xml"), "w") as f:
+        f.write(NODE)
+    config = os.path.join(work, "config.toml")
+    open(config, "w").close()
+    irq_dirs = [os.path.join(root, "sys/kernel/irq", n) for n in sorted(os.listdir(os.path.join(root, "sys/kernel/irq")))]
+
+    from vfio_advisor import cli
+    from vfio_advisor.runtime import Watcher
+
+    real = Watcher.sample
+    state = {"n": 0}
+
+    def counted(self):
+        n = state["n"] = state["n"] + 1
+        if n % 50 == 0:
+            for d in irq_dirs:
+                with open(os.path.join(d, "per_cpu_count")) as f:
+                    counts = [int(c) + 7 for c in f.read().split(",")]
+                with open(os.path.join(d, "per_cpu_count"), "w") as f:
+                    f.write(",".join(map(str, counts)) + "\n")
+        out = real(self)
+        if n == samples:
+            sys.stdout.write(f"rss_kib={rss_kib()} samples={n} devices={self.device_count}\n")
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    Watcher.sample = counted
+    rc = cli.main(["daemon", "--connect", f"test://{work}/node.xml", "--host-root", root,
+                   "--interval", "0.000001", "--settle", "10", "--config", config,
+                   "--state-dir", os.path.join(work, "state"),
+                   "--metrics-file", os.path.join(work, "vfio-advisor.prom")])
+    if state["n"] < samples:
+        sys.stderr.write(f"daemon stopped after {state['n']} samples\n")
+        return 1
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
