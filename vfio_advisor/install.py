@@ -249,10 +249,25 @@ def install(root: str = "/", python: str | None = None, config: str | None = Non
     notes.append(f"daemon unit: {unit} (start it with: systemctl daemon-reload && "
                  "systemctl enable --now vfio-advisor)")
     notes += write_metrics_dropin(base, _metrics_file(cfg))
+    if not _nss_systemd(base):
+        # Measured in the system tier: without nss-systemd, libvirt's client
+        # cannot name the unit's dynamic user and every connection fails with
+        # "Failed to find user record for uid N".
+        notes.append("the unit's DynamicUser= needs nss-systemd to resolve its user (libvirt asks "
+                     "for it): apt-get install libnss-systemd")
     if not had_hooks:
         notes.append("libvirtd looks for hooks only when it starts: restart it once "
                      "(systemctl restart libvirtd) so the hook runs at the next VM start.")
     return notes
+
+
+def _nss_systemd(base: Path) -> bool:
+    try:
+        text = (base / "etc/nsswitch.conf").read_text()
+    except OSError:
+        return True  # nothing to judge by (a staging root)
+    return any(line.split(":", 1)[0].strip() == "passwd" and "systemd" in line.split(":", 1)[1]
+               for line in text.splitlines() if ":" in line and not line.lstrip().startswith("#"))
 
 
 def write_metrics_dropin(base: Path, metrics_file: str | None) -> list[str]:

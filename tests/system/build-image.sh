@@ -8,7 +8,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=$(realpath -m "$1")
-PACKAGES="systemd systemd-sysv udev dbus kmod procps linux-image-cloud-amd64 initramfs-tools
+PACKAGES="systemd systemd-sysv libnss-systemd udev dbus kmod procps linux-image-cloud-amd64 initramfs-tools
  libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 seabios
  python3 python3-libvirt python3-lxml python3-systemd python3-pytest"
 key=$(cat "$here/build-image.sh" "$here/guest-runner.service" "$here/guest-runner.sh" | sha256sum | cut -c1-16)
