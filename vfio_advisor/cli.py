@@ -154,17 +154,35 @@ def cmd_advise(args) -> int:
         engine = Engine(root, config)
         progress = _progress_bar if (args.sample and sys.stderr.isatty()) else None
         sink = _report_sink(args.format, args.host_root, engine.host(args.sample, progress), errors)
-        for domain, _xml in domains:
+        fixes = None
+        for domain, xml in domains:
             facts, findings = engine.analyse(domain)
+            planned = {}
+            if any(f.rule_id in _FIXABLE_RULES for f in findings):
+                if fixes is None:  # lazy: lxml, difflib and libvirt only when a plan is due
+                    from vfio_advisor.fix.advice import AdviseFixes, fix_command
+                    from vfio_advisor.sources import snapshot_domains
+                    # As _load_domains: files given, or a snapshot's own domains.
+                    from_files = bool(args.xml) or (not args.connect and args.host_root != "/"
+                                                    and bool(snapshot_domains(root)))
+                    fixes = AdviseFixes(engine, lambda name: fix_command(
+                        name, from_files, args.host_root))
+                findings, planned = fixes.annotate(domain.name, xml, findings)
             sink.analysed(facts)
             for f in findings:
                 sink.emit(f, domain)
+            sink.report.attach_fixes(planned)
         sink.close()
     finally:
         if tmp is not None:
             tmp.cleanup()
     worst = sink.report.worst
     return EXIT_FINDINGS if worst is not None and worst >= Severity.WARNING else EXIT_OK
+
+
+# The rules with a domain XML fix (vfio_advisor/fix/planner.py FIXABLE_RULES),
+# named here so advise imports the planner only for domains that have one.
+_FIXABLE_RULES = frozenset({"VA4001", "VA4002", "VA4003", "VA5001", "VA5003"})
 
 
 def _report_sink(fmt: str, host_root: str, host, errors):

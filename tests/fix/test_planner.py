@@ -44,10 +44,11 @@ def test_va5001_two_devices_get_two_lines(analyzer):
     before = reanalyse(xml)
     va5001 = [f for f in before.findings if f.rule_id == "VA5001"]
     assert {f.subject for f in va5001} == {"0000:08:00.0", "0000:08:01.0"}
-    # The prose remedy of VA5001 (rules/checks.py) names one free address per
-    # finding, each computed alone: both devices are sent to the same slot.
+    # The prose remedy of VA5001 (rules/routing.py) names one free address per
+    # finding, chosen jointly: the two devices go to two slots (it used to send
+    # both to 0000:00:01.0; tests/fix/test_remedies.py applies them).
     named = {re.search(r"guest address (\S+)", f.remedy).group(1) for f in va5001}
-    assert len(named) == 1, "the prose remedy now plans jointly; update this test"
+    assert len(named) == 2, named
 
     plan = plan_domain(analyzer, xml)
     change = assert_fixed(plan, "VA5001")

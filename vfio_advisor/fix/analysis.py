@@ -21,13 +21,14 @@ from vfio_advisor.facts.guest_intx import (
 from vfio_advisor.facts.model import DomainFacts
 from vfio_advisor.findings import Finding, Severity
 from vfio_advisor.rules import RULES_BY_ID, lookup as lookup_rule
+from vfio_advisor.rules.topology import fix_pointer
 from vfio_advisor.sources import DEFAULT_URI, open_host_root, read_domain_file
 
 __all__ = [
     "Analyzer", "Analysis", "Config", "ConnectionFailed", "DEFAULT_CONFIG_PATH", "DEFAULT_URI", "Domain", "DomainFacts",
     "DomainXMLError", "Finding", "GuestFunction", "GuestIntxMap", "I440FX_PIRQ_IRQ", "PIRQS",
     "PciAddress", "QEMU_MODEL_MSI", "RULES_BY_ID", "Severity", "UsageError",
-    "build_guest_intx_map", "i440fx_pirq", "lookup_rule", "open_host_root", "parse_domain_xml",
+    "build_guest_intx_map", "fix_pointer", "i440fx_pirq", "lookup_rule", "open_host_root", "parse_domain_xml",
     "q35_pirq", "read_domain_file", "load_config",
 ]
 

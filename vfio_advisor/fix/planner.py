@@ -677,8 +677,10 @@ def fix_for_finding(plan: DomainPlan, finding: Finding) -> dict | None:
     if change is not None:
         return {"verified": True, **change.to_json()}
     left = plan.unfixed_for_finding(finding)
-    return {"verified": False, "rule": finding.rule_id,
-            "reason": left.reason if left else "not planned (filtered by --rule)"}
+    if left is None:
+        return {"verified": False, "rule": finding.rule_id, "kind": "not-planned",
+                "reason": "not planned (filtered by --rule)"}
+    return {"verified": False, "rule": finding.rule_id, "kind": left.kind, "reason": left.reason}
 
 
 __all__ = ["Change", "DomainPlan", "FIXABLE_RULES", "Manual", "RULE_ORDER", "Unfixed",

@@ -12,10 +12,12 @@ from typing import Iterator
 from vfio_advisor.facts.guest_intx import (
     NOTE_PXB_PCIE, PINS, PIRQS, QEMU_MODEL_MSI, GuestFunction, free_line_addresses,
 )
-from vfio_advisor.facts.model import DomainFacts
+from vfio_advisor.facts.domain import PciAddress
+from vfio_advisor.facts.model import AssignedDevice, DomainFacts
 from vfio_advisor.findings import Finding, Severity
 from vfio_advisor.rules.base import Rule, device_finding, register
 from vfio_advisor.rules.base import message_id as _id
+from vfio_advisor.rules.topology import with_fix_pointer
 
 
 def _describe(fn: GuestFunction, facts: DomainFacts) -> str:
@@ -35,8 +37,12 @@ def _msi_sharer(fn: GuestFunction, facts: DomainFacts) -> bool:
     return fn.model in QEMU_MODEL_MSI
 
 
-def check_guest_line_shared(facts: DomainFacts) -> Iterator[Finding]:
+def _shared_line_devices(facts: DomainFacts) -> list[tuple[GuestFunction, AssignedDevice,
+                                                          list[GuestFunction]]]:
+    """(function, device, costly sharers) for every assigned INTx function
+    whose guest line VA5001 reports as shared."""
     gmap = facts.guest_intx
+    out = []
     for fn in gmap.functions:
         if fn.kind != "hostdev" or not fn.routed or not fn.pin:
             continue
@@ -46,21 +52,91 @@ def check_guest_line_shared(facts: DomainFacts) -> Iterator[Finding]:
         dev = next(d for d in facts.devices if d.address == fn.host_address)
         if dev.interrupts.mode in ("msi", "msix"):
             continue  # running on MSI now: the guest line carries nothing of it
-        line = f"IRQ {fn.irq}" if gmap.chipset == "i440fx" else f"GSI {fn.irq}"
+        out.append((fn, dev, costly))
+    return out
+
+
+def joint_free_addresses(facts: DomainFacts, flagged) -> dict[str, tuple[PciAddress, int, int]]:
+    """Host BDF -> (root-bus address, line, functions moved) for the flagged
+    devices, chosen jointly: no two cards get the same slot, no two INTx
+    users the same line, and every line is one no current guest function
+    uses. So any subset of these moves, all of them included, leaves each
+    moved device alone on its line (a slot free for one device is free for
+    its sharers too: one device at a time, every device on a line would be
+    sent to the same slot and share again).
+
+    A card moves whole (its assigned functions keep their function numbers):
+    moving one function alone would split it (VA4002). A card that is split
+    already, or lacks function 0 in the guest, gets no address: `fix` plans
+    those."""
+    gmap = facts.guest_intx
+    fns = {f.host_address: f for f in gmap.functions if f.kind == "hostdev"}
+    slots: set[int] = set()
+    lines: set[int] = set()
+    out: dict[str, tuple[PciAddress, int, int]] = {}
+    for fn, dev, _ in flagged:
+        if fn.host_address in out:
+            continue  # moved with a sibling already
+        unit = [fn] + [fns[s.address] for s in facts.siblings(dev) if s.address in fns]
+        if len(unit) != 1 + len(facts.siblings(dev)):
+            continue  # a function without a guest address yet
+        where = {(u.guest_address.bus, u.guest_address.slot) for u in unit}
+        if len(where) > 1 or (len(unit) > 1 and 0 not in {u.guest_address.function for u in unit}):
+            continue
+        # The functions whose INTx costs a sharer need a line of their own
+        # (an MSI user's pin is not, as for the rule itself).
+        need = [u for u in unit if u.routed and u.pin and not _msi_sharer(u, facts)]
+        options = [{a.slot: line for a, line in free_line_addresses(gmap, u)} for u in need]
+        common = set.intersection(*(set(o) for o in options)) if options else set()
+        for slot in sorted(common - slots):
+            want = [o[slot] for o in options]
+            if len(set(want)) < len(want) or set(want) & lines:
+                continue
+            slots.add(slot)
+            lines.update(want)
+            for u in unit:
+                line = next((o[slot] for v, o in zip(need, options) if v is u), None)
+                func = u.guest_address.function if len(unit) > 1 else 0
+                out[u.host_address] = (PciAddress(0, 0, slot, func), line, len(unit))
+            break
+    return out
+
+
+def check_guest_line_shared(facts: DomainFacts) -> Iterator[Finding]:
+    gmap = facts.guest_intx
+    flagged = _shared_line_devices(facts)
+    if not flagged:
+        return
+    moves = joint_free_addresses(facts, flagged)
+    word = "GSI" if gmap.chipset == "q35" else "IRQ"
+    for fn, dev, costly in flagged:
+        line = f"{word} {fn.irq}"
         others = ", ".join(_describe(s, facts) for s in costly)
-        free = free_line_addresses(gmap, fn)
-        if free:
-            addr, free_line = free[0]
-            where = (f"Moving it to guest address {addr} (slot 0x{addr.slot:02x} on the root bus, "
+        if fn.host_address in moves:
+            addr, free_line, card = moves[fn.host_address]
+            what = ("Moving it" if card == 1 else
+                    f"Moving its card (all {card} assigned functions, keeping their function "
+                    "numbers, multifunction='on' on function 0)")
+            where = (f"{what} to guest address {addr} (slot 0x{addr.slot:02x} on the root bus, "
                      f"or behind a pcie-root-port placed there) would give it "
-                     f"{'GSI' if gmap.chipset == 'q35' else 'IRQ'} {free_line} alone: "
+                     f"{word} {free_line} alone: "
                      f"<address type='pci' domain='0x0000' bus='0x00' slot='0x{addr.slot:02x}' "
-                     "function='0x0'/>.")
+                     f"function='0x{addr.function:x}'/>.")
+            if len(flagged) > 1:
+                where += (" The other devices on shared lines are each given a different slot "
+                          "and line, so these moves can be made together.")
+        elif free_line_addresses(gmap, fn):
+            # A card with other assigned functions, or the free lines went
+            # to the devices above: no address that holds for the whole domain.
+            where = ("Give it a guest address whose line no other INTx function uses, moving "
+                     "the card's functions together and devices that share a line to "
+                     "different lines; or make its guest driver use MSI.")
         elif gmap.chipset == "i440fx":
             where = ("On i440FX no guest address gives it a line of its own: every INTx "
                      "device shares IRQ 10 or 11. Use Q35, or MSI in the guest.")
         else:
             where = "No free root-bus slot gives it an unused line; use MSI in the guest."
+        where = with_fix_pointer(where, facts)
         mode = ("it is on INTx now" if dev.interrupts.on_intx else
                 "this costs only while its guest driver uses INTx"
                 if dev.device is not None and dev.device.supports_msi is True
@@ -105,8 +181,9 @@ def check_intx_behind_pxb_pcie(facts: DomainFacts) -> Iterator[Finding]:
             f"{what} signals INTx pin {fn.pin_letter} behind a pcie-expander-bus on Q35. QEMU "
             "routes it to a GSI the guest's ACPI tables do not name, so its INTx never "
             "reaches the guest driver; it works only with MSI or MSI-X.",
-            "Move the device off the pcie-expander-bus (to a pcie-root-port on pcie.0), or "
-            "make sure its guest driver uses MSI/MSI-X.",
+            with_fix_pointer(
+                "Move the device off the pcie-expander-bus (to a pcie-root-port on pcie.0), or "
+                "make sure its guest driver uses MSI/MSI-X.", facts),
             {"guest address": str(fn.guest_address)})
 
 
@@ -119,7 +196,9 @@ RULES: tuple[Rule, ...] = register(
          "poll them too, and theirs delay its EOI, which vfio-pci waits for before it "
          "unmasks the device on the host.",
          "Give the device a guest address whose line no other INTx function uses (the "
-         "message names one), or make its guest driver use MSI.",
+         "remedy names one per device, each on a different line), or make its guest driver "
+         "use MSI. `vfio-advisor fix DOMAIN` plans the moves for the whole domain, whole "
+         "cards included, and verifies them.",
          _id("b325b388f18345aeb0da90a39d7df911"), check_guest_line_shared,
          fires_on=("guest-line-shared-q35",), silent_on=("gpu-audio-msi",), routing=True),
     Rule("VA5002", "i440fx-two-guest-irqs", Severity.INFO,
@@ -139,7 +218,7 @@ RULES: tuple[Rule, ...] = register(
          "GSI 20-23. Seen on QEMU 7.2; the code is the same in every QEMU with pxb-pcie "
          "(2.6 onwards) that was read, and no upstream fix is known.",
          "Keep INTx devices off the pcie-expander-bus, or use only devices whose guest "
-         "drivers enable MSI or MSI-X.",
+         "drivers enable MSI or MSI-X. `vfio-advisor fix DOMAIN` gives the exact change.",
          _id("c598ab6075a043cea0a0c20cf5dd0d53"), check_intx_behind_pxb_pcie,
          fires_on=("pxb-pcie-intx",), silent_on=("gpu-audio-msi",), routing=True),
 )

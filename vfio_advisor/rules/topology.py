@@ -16,6 +16,25 @@ from vfio_advisor.rules.base import Rule, device_finding, register
 from vfio_advisor.rules.base import message_id as _id
 from vfio_advisor.rules.sharing import uses_intx
 
+# The rules whose findings have a domain XML fix (vfio_advisor/fix/planner.py
+# RULE_ORDER). The hook cannot plan one: planning verifies each change with
+# libvirt's test driver, and the hook must never load libvirt (it runs inside
+# libvirtd's start sequence, https://libvirt.org/hooks.html). So their
+# remedies end with the command that computes and verifies the change.
+FIX_POINTER = "Exact verified change: `vfio-advisor fix {name}` (add --apply to define it)."
+
+
+def fix_pointer(domain_name: str) -> str:
+    """The closing sentence of a fixable finding's remedy, naming its domain
+    as a shell word (libvirt allows spaces and quotes in domain names)."""
+    import shlex  # noqa: PLC0415 - only when such a remedy is written
+
+    return FIX_POINTER.format(name=shlex.quote(domain_name or "DOMAIN"))
+
+
+def with_fix_pointer(remedy: str, facts: DomainFacts) -> str:
+    return f"{remedy} {fix_pointer(facts.domain.name)}"
+
 
 def check_i440fx_limits(facts: DomainFacts) -> Iterator[Finding]:
     if facts.domain.chipset != "i440fx":
@@ -37,8 +56,9 @@ def check_i440fx_limits(facts: DomainFacts) -> Iterator[Finding]:
         f"{' and '.join(what)}. i440FX routes every PCI INTx pin to four PIRQ links A-D, "
         "which SeaBIOS wires to only IRQ 10 and 11, so INTx devices share lines with about "
         "half of all others; Q35 has eight links A-H on GSI 16-23.",
-        "Use a Q35 machine type (<type machine='q35'>) with pcie-root-port controllers for "
-        "assigned devices. Windows may need its drivers re-detected after the change.",
+        with_fix_pointer(
+            "Use a Q35 machine type (<type machine='q35'>) with pcie-root-port controllers for "
+            "assigned devices. Windows may need its drivers re-detected after the change.", facts),
         {"machine": facts.domain.machine or "?"})
 
 
@@ -64,8 +84,9 @@ def check_multifunction_split(facts: DomainFacts) -> Iterator[Finding]:
             f"Functions of host device {slot} are {problem} ({where}). Drivers that expect "
             "the GPU and its HDMI audio as functions of one device (NVIDIA and AMD audio "
             "power management, some Windows drivers) misbehave.",
-            f"Give all functions of {slot} the same guest bus and slot, with functions "
-            "matching the host's, and multifunction='on' on function 0's <address>.",
+            with_fix_pointer(
+                f"Give all functions of {slot} the same guest bus and slot, with functions "
+                "matching the host's, and multifunction='on' on function 0's <address>.", facts),
             {"layout": where})
 
 
@@ -79,8 +100,9 @@ def check_split_irqchip_intx(facts: DomainFacts) -> Iterator[Finding]:
                 f"{dev.device.name} uses INTx while the domain has <ioapic driver='qemu'/> "
                 "(split irqchip). Each INTx then goes through QEMU's userspace IOAPIC instead "
                 "of KVM's irqfd resampler, adding exits and latency to every interrupt.",
-                "Enable MSI in the guest for this device, or drop <ioapic driver='qemu'/> "
-                "unless it is needed (it is for >255 vCPUs with an emulated IOMMU).",
+                with_fix_pointer(
+                    "Enable MSI in the guest for this device, or drop <ioapic driver='qemu'/> "
+                    "unless it is needed (it is for >255 vCPUs with an emulated IOMMU).", facts),
                 {"features": "ioapic driver='qemu'"})
 
 
@@ -92,7 +114,8 @@ RULES: tuple[Rule, ...] = register(
          "INTx to four PIRQ links (A-D), which SeaBIOS connects to IRQ 10 and 11 only, so "
          "INTx devices share guest lines. Q35 offers PCIe root ports and eight PIRQ links "
          "(A-H) on GSI 16-23.",
-         "Move the domain to a Q35 machine type with pcie-root-port controllers.",
+         "Move the domain to a Q35 machine type with pcie-root-port controllers. "
+         "`vfio-advisor fix DOMAIN` gives the exact change when it can be verified.",
          _id("8481b99c0c144a55b34960720376d9ff"), check_i440fx_limits,
          fires_on=("i440fx-intx-only",), silent_on=("gpu-audio-msi",), scope="domain"),
     Rule("VA4002", "multifunction-device-split", Severity.WARNING,
@@ -102,7 +125,7 @@ RULES: tuple[Rule, ...] = register(
          "multifunction='on'. Guest drivers that pair the functions, or manage power for "
          "the whole device, then misbehave.",
          "Put every function in one guest slot, keep the host's function numbers, and set "
-         "multifunction='on' on function 0.",
+         "multifunction='on' on function 0. `vfio-advisor fix DOMAIN` gives the exact change.",
          _id("8c9ba1cd88aa40e6bcc9bdf336be2d01"), check_multifunction_split,
          fires_on=("gpu-audio-split",), silent_on=("gpu-audio-msi",)),
     Rule("VA4003", "split-irqchip-with-intx", Severity.WARNING,
@@ -111,7 +134,7 @@ RULES: tuple[Rule, ...] = register(
          "resampler cannot then take INTx from vfio to the guest and back in the kernel, "
          "so every INTx of the assigned device takes a trip through QEMU.",
          "Enable MSI for the device in the guest, or use <ioapic driver='kvm'/> when the "
-         "split irqchip is not required.",
+         "split irqchip is not required. `vfio-advisor fix DOMAIN` gives the exact change.",
          _id("9efddfe88126490d88dde5ade87c69df"), check_split_irqchip_intx,
          fires_on=("split-irqchip-intx",), silent_on=("gpu-audio-msi",)),
 )

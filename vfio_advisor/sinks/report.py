@@ -24,6 +24,13 @@ DEVICE_SCHEMA = "vfio-advisor/device/1"
 class DomainReport:
     facts: DomainFacts
     findings: list[Finding]
+    # The "fix" object of each finding with a domain XML fix, keyed by
+    # (rule, subject or ""): advise plans them (vfio_advisor/fix/advice.py);
+    # a finding not in here has none (its "fix" is null).
+    fixes: dict[tuple[str, str], dict | None] = field(default_factory=dict)
+
+    def fix_of(self, f: Finding) -> dict | None:
+        return self.fixes.get((f.rule_id, f.subject or ""))
 
 
 @dataclass
@@ -36,6 +43,10 @@ class Report:
     @property
     def findings(self) -> list[Finding]:
         return [f for d in self.domains for f in d.findings]
+
+    def attach_fixes(self, fixes: dict[tuple[str, str], dict | None]) -> None:
+        """The "fix" objects of the domain analysed last."""
+        self.domains[-1].fixes = dict(fixes)
 
     @property
     def worst(self) -> Severity | None:
@@ -110,6 +121,13 @@ def finding_json(f: Finding) -> dict:
     }
 
 
+def advice_finding_json(f: Finding, d: DomainReport) -> dict:
+    """A finding of schema vfio-advisor/advice/1: "fix" is the verified change
+    (schema vfio-advisor/fix/1 CHANGE, "verified": true), or why there is none
+    ("verified": false), or null for rules without a domain XML fix."""
+    return {**finding_json(f), "fix": d.fix_of(f)}
+
+
 def device_json(device: PciDevice | None, address: str, nointxmask: bool = False,
                 masking=None) -> dict:
     out = {
@@ -146,7 +164,7 @@ def host_device_json(address: str, device: PciDevice | None, problem: str | None
 
 
 def assigned_json(dev: AssignedDevice, findings: list[Finding], nointxmask: bool,
-                  gmap: GuestIntxMap | None = None) -> dict:
+                  gmap: GuestIntxMap | None = None, report: DomainReport | None = None) -> dict:
     out = device_json(dev.device, dev.address, nointxmask, dev.intx_masking(nointxmask))
     fn = None
     if gmap is not None and dev.hostdev.guest is not None:
@@ -161,7 +179,8 @@ def assigned_json(dev: AssignedDevice, findings: list[Finding], nointxmask: bool
             "shared_with": list(irq.shared_with), "intx_count": irq.intx_count,
             "intx_delta": irq.intx_delta,
         },
-        "findings": [finding_json(f) for f in findings if f.subject == dev.address],
+        "findings": [advice_finding_json(f, report) if report is not None else finding_json(f)
+                     for f in findings if f.subject == dev.address],
     })
     return out
 
@@ -191,9 +210,9 @@ def report_json(report: Report) -> dict:
             "guest_os": d.facts.domain.guest_os,
             "guest_os_evidence": d.facts.domain.guest_os_evidence,
             "devices": [assigned_json(dev, d.findings, d.facts.host.kernel.nointxmask,
-                                      d.facts.guest_intx)
+                                      d.facts.guest_intx, d)
                         for dev in d.facts.devices],
-            "findings": [finding_json(f) for f in d.findings],
+            "findings": [advice_finding_json(f, d) for f in d.findings],
         } for d in report.domains],
         "errors": [{"source": s, "message": m} for s, m in report.errors],
         "summary": summary,

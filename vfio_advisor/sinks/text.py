@@ -61,7 +61,10 @@ class TextWriter:
             if para.startswith("  "):  # code: keep as it is
                 self.line(f"{pad}{lead}{para}")
                 continue
-            wrapped = textwrap.wrap(para, self.width - len(pad) - 5) or [""]
+            # No break at hyphens: a command such as `vfio-advisor fix NAME`
+            # must stay one piece to be copied.
+            wrapped = textwrap.wrap(para, self.width - len(pad) - 5,
+                                    break_on_hyphens=False) or [""]
             self.line(f"{pad}{lead}{wrapped[0]}")
             for rest in wrapped[1:]:
                 self.line(f"{pad}     {rest}")
