@@ -153,3 +153,41 @@ def test_metrics_file_values_and_label_escaping(tmp_path):
     run = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True,
                          timeout=60)
     assert run.returncode == 0 and not run.stdout and not run.stderr, (run.stdout, run.stderr)
+
+
+def test_reload_failure_keeps_the_old_config(tmp_path):
+    """SIGHUP with a broken config: one log line, no RELOADING=1, the old
+    interval and settle stay in force (the daemon keeps sampling every 0.2 s
+    and the next good reload starts from them)."""
+    notify_path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(notify_path)
+    config = tmp_path / "config.toml"
+    config.write_text("[daemon]\ninterval = 0.2\nsettle = 30\n")
+    metrics = tmp_path / "m.prom"
+    proc = subprocess.Popen([sys.executable, "-m", "vfio_advisor", "daemon", "--connect",
+                             "test:///default", "--config", str(config), "--metrics-file", str(metrics)],
+                            env=dict(os.environ, NOTIFY_SOCKET=notify_path, NO_COLOR="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        receive(sock, "READY=1")
+        config.write_text("[daemon]\ninterval = 'often'\nsettle = 1\n")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        # still sampling at the old 0.2 s: the file is rewritten within 0.6 s
+        stamp = metrics.stat().st_mtime_ns
+        wait_for(lambda: metrics.stat().st_mtime_ns != stamp, "a sample after the failed reload", 0.6)
+        config.write_text("[daemon]\nsettle = 7\n")
+        proc.send_signal(signal.SIGHUP)
+        got = receive(sock, "READY=1")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    failed = [line for line in err.splitlines() if "reload failed" in line]
+    assert len(failed) == 1, err
+    assert "keeping the old config" in failed[0] and "interval must be a float" in failed[0]
+    assert got.count("RELOADING=1") == 1  # the good reload only
+    reloaded = [line for line in err.splitlines() if "configuration reloaded" in line]
+    # the good reload: its settle, and the default interval (the file no longer sets one)
+    assert reloaded == ["vfio-advisor: configuration reloaded: interval 5 s, settle 7 s"], err

@@ -30,6 +30,9 @@ def test_follows_domains_through_their_lifecycle(run):
     assert "gpuvm" not in steps["destroyed"] and "nvmevm" in steps["destroyed"]
     assert steps["transient destroyed"] == {"test": []}
     assert steps["started and destroyed at once"] == {"test": []}
+    assert run["vanished"] is True  # the step's domain was really gone when the daemon looked
+    assert steps["vanished"] == {"test": []}
+    assert steps["after the vanished one"]["after"] == ["0000:06:00.0"]
 
 
 def test_notifies_systemd(run):
@@ -43,4 +46,9 @@ def test_notifies_systemd(run):
 def test_logs_its_own_lifecycle_and_samples(run):
     assert run["events"][0] == "started" and run["events"][-1] == "stopped"
     assert run["sampled"]
-    assert run["findings"] == []  # settle time not reached: boot-time INTx is never advice
+
+def test_boot_time_intx_is_advice_only_after_settle(run):
+    # the audio counted on INTx at every sample before the settle time: no advice
+    assert run["findings_before_settle"] == []
+    # the same, past the settle time: VA6001 (so the first assertion can fail)
+    assert run["findings_after_settle"] == ["VA6001"]

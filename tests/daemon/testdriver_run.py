@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import shutil
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import libvirt
@@ -58,11 +62,36 @@ async def settle(svc, predicate, timeout=5.0):
     return predicate()
 
 
-async def scenario(out: dict) -> None:
+AUDIO_ROW = re.compile(r"^( *28: +)(\d+)", re.M)  # vfio-intx(0000:05:00.1) in the demo host
+
+
+def bump_audio(root: Path, by: int) -> None:
+    """The HDMI audio's INTx line counts `by` more (CPU 0)."""
+    path = root / "proc/interrupts"
+    text = path.read_text()
+    path.write_text(AUDIO_ROW.sub(lambda m: f"{m.group(1)}{int(m.group(2)) + by:>{len(m.group(2))}}",
+                                  text, count=1))
+
+
+async def samples(svc, n: int) -> None:
+    """Wait until the daemon has sampled n more times."""
+    seen, last = 0, svc.watcher.last_sample
+    while seen < n:
+        await asyncio.sleep(0.02)
+        if svc.watcher.last_sample != last:
+            seen, last = seen + 1, svc.watcher.last_sample
+
+
+async def scenario(out: dict, work: Path) -> None:
     rec, notes = Recorder(), []
-    cfg = DaemonConfig(connect="test:///default", host_root=str(DEMO / "root"), interval=0.05,
-                       settle=3600, state_dir=None)
-    svc = Service(cfg, sink=rec, notify=notes.append)
+    root = work / "root"
+    shutil.copytree(DEMO / "root", root, symlinks=True)
+    # The daemon's clock: the monotonic clock plus what the script skips ahead,
+    # so that "settle seconds later" takes no real time.
+    skipped = [0.0]
+    cfg = DaemonConfig(connect="test:///default", host_root=str(root), interval=0.05,
+                       settle=30, state_dir=None)
+    svc = Service(cfg, sink=rec, notify=notes.append, clock=lambda: time.monotonic() + skipped[0])
     task = asyncio.ensure_future(svc.run())
     await settle(svc, lambda: svc.conn is not None)
     admin = libvirt.open("test:///default")
@@ -77,6 +106,16 @@ async def scenario(out: dict) -> None:
     dom.create()
     await settle(svc, lambda: "gpuvm" in svc.watcher.domains)
     steps.append(("started", follows()))
+    # Booting: the audio counts on INTx before the settle time. Never advice.
+    for _ in range(3):
+        bump_audio(root, 500)
+        await samples(svc, 2)
+    out["findings_before_settle"] = list(rec.findings)
+    # Past the settle time, still on INTx and counting: VA6001.
+    skipped[0] += 31
+    bump_audio(root, 500)
+    await settle(svc, lambda: "VA6001" in rec.findings)
+    out["findings_after_settle"] = list(rec.findings)
     second = admin.createXML(domain("nvmevm", [(6, 0, 7)]), 0)
     await settle(svc, lambda: "nvmevm" in svc.watcher.domains)
     steps.append(("transient started", follows()))
@@ -86,11 +125,28 @@ async def scenario(out: dict) -> None:
     second.destroy()
     await settle(svc, lambda: "nvmevm" not in svc.watcher.domains)
     steps.append(("transient destroyed", follows()))
-    # a domain that is gone between the event and our XMLDesc: the daemon shrugs
+    # a persistent domain started and stopped before the daemon looks at it
     dom.create()
     dom.destroy()
     await asyncio.sleep(0.3)
     steps.append(("started and destroyed at once", follows()))
+    # a domain that vanishes between the event and our XMLDesc: a transient
+    # one, created and destroyed before the daemon handles its STARTED event
+    ghost = admin.createXML(domain("ghost", [(6, 0, 7)]), 0)
+    ghost.destroy()
+    try:
+        admin.lookupByName("ghost")
+        out["vanished"] = False
+    except libvirt.libvirtError:
+        out["vanished"] = True  # no such domain any more: it really vanished
+    await asyncio.sleep(0.3)
+    steps.append(("vanished", follows()))
+    # and the daemon still follows the next domain
+    third = admin.createXML(domain("after", [(6, 0, 7)]), 0)
+    await settle(svc, lambda: "after" in svc.watcher.domains)
+    steps.append(("after the vanished one", follows()))
+    third.destroy()
+    await settle(svc, lambda: "after" not in svc.watcher.domains)
     samples_before = svc.watcher.last_sample
     await asyncio.sleep(0.2)
     svc.stopping.set()
@@ -105,7 +161,8 @@ def main() -> int:
     libvirtaio.virEventRegisterAsyncIOImpl(loop=loop)
     libvirt.registerErrorHandler(lambda *_: None, None)
     out: dict = {}
-    loop.run_until_complete(scenario(out))
+    with tempfile.TemporaryDirectory() as work:
+        loop.run_until_complete(scenario(out, Path(work)))
     json.dump(out, sys.stdout)
     return 0
 
