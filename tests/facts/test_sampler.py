@@ -252,7 +252,7 @@ def test_cross_check_reads_proc_interrupts_every_n_samples():
 
 def test_missing_sysfs_falls_back_to_proc_interrupts_and_says_so_once(tmp_path):
     """A tree without /sys/kernel/irq (a kernel without SPARSE_IRQ, or older
-    than 4.10): every row from /proc/interrupts, one note."""
+    than 4.9): every row from /proc/interrupts, one note."""
     root = tmp_path / "modes"
     shutil.copytree(CAPTURES / "modes", root, symlinks=True)
     shutil.rmtree(root / "sys/kernel/irq")
@@ -265,7 +265,7 @@ def test_missing_sysfs_falls_back_to_proc_interrupts_and_says_so_once(tmp_path):
         table, _ = s.sample()
     for b in bdfs:
         assert device_interrupts(b, devices[b], table) == refs[b][1]
-    assert len(notes) == 1 and "/proc/interrupts" in notes[0] and "4.10" in notes[0], notes
+    assert len(notes) == 1 and "/proc/interrupts" in notes[0] and "4.9" in notes[0], notes
     assert s.full_reads == 4  # the fallback reads it at each sample
 
 

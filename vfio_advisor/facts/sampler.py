@@ -7,14 +7,16 @@ pays for all of them. The kernel also exposes each IRQ on its own:
 
 - /sys/kernel/irq/<N>/per_cpu_count: "c0,c1,...", one count per *possible*
   CPU, and /sys/kernel/irq/<N>/actions: the handler names joined by ","
-  (kernel/irq/irqdesc.c, per_cpu_count_show and actions_show; added in
-  Linux 4.10 by "genirq: Export per-cpu IRQ stats via sysfs", present only
-  with CONFIG_SPARSE_IRQ, which x86_64 distribution kernels, all of
-  Debian's among them, select). chip_name, hwirq and type sit next to them.
+  (kernel/irq/irqdesc.c, per_cpu_count_show and actions_show, built only
+  with CONFIG_SPARSE_IRQ, which x86_64 selects; Documentation/ABI/testing/
+  sysfs-kernel-irq: KernelVersion 4.9, Craig Gallek, "counters for all CPU
+  ids ... differs from /proc/interrupts which only shows online CPUs").
+  chip_name, hwirq and type sit next to them.
 - /sys/bus/pci/devices/<bdf>/msi_irqs/: one entry per MSI/MSI-X IRQ while
-  the device has them enabled (drivers/pci/msi/msi.c, msi_sysfs_create_group /
-  the msi_irqs attribute group, Linux 3.3+; the directory goes when MSI is
-  disabled). vfio-pci enables MSI/MSI-X when the guest driver does and
+  the device has them enabled (Documentation/ABI/testing/sysfs-bus-pci,
+  Neil Horman, September 2011; made by msi_sysfs_populate_desc in
+  drivers/pci/msi/msi.c (6.1) when MSI/MSI-X is enabled and removed with
+  them). vfio-pci enables MSI/MSI-X when the guest driver does and
   requests "vfio-msi[N](bdf)"/"vfio-msix[N](bdf)" on these IRQs
   (drivers/vfio/pci/vfio_pci_intrs.c).
 - /sys/bus/pci/devices/<bdf>/irq: the INTx line vfio-pci requests
@@ -31,7 +33,7 @@ MSI-X with other vectors; QEMU tells libvirt nothing about that, so
 msi_irqs/ is listed at every sample: it is the one cheap signal), and every
 CROSS_CHECK_SAMPLES samples as a cross-check. Where the sysfs files of an
 IRQ are missing or unreadable (kernels without SPARSE_IRQ or older than
-4.10, recorded trees without them) that IRQ's row comes from
+4.9, recorded trees without them) that IRQ's row comes from
 /proc/interrupts at every sample, and the sampler says so once.
 
 The rows it returns are an `Interrupts` table, as `sample_table` gives, so
@@ -254,19 +256,23 @@ class Sampler:
                 rows[irq] = row
         if missing:
             if proc is None:
-                data = self._read_proc()
-                if data is not None:
-                    proc, skipped = sample_table(data, frozenset(missing))
-                    odd += skipped
-                    cpus = proc.cpus
+                # /proc/interrupts is read for these anyway: take from it, as
+                # a rediscovery does, every vfio row of the watched devices,
+                # so a mode switch on a host without the sysfs files is seen
+                # at this sample, not at the next cross-check.
+                proc, skipped = self._rediscover(counted=False)
+                odd += skipped
+                cpus = proc.cpus if proc is not None else None
             if proc is not None:
                 readable = True
                 by_irq = proc.by_irq()
-                for irq in sorted(missing, key=_irq_key):
+                watched = {i for w in self.watched.values() for i in w.irqs}
+                for irq in sorted(watched - set(rows) - self.absent, key=_irq_key):
                     if irq in by_irq:
                         rows[irq] = by_irq[irq]
-                        self._say_fallback(irq, self.fallback_errors.get(irq))
-                    else:
+                        if irq in missing:
+                            self._say_fallback(irq, self.fallback_errors.get(irq))
+                    elif irq in missing:
                         # No row in /proc/interrupts either: nothing to read
                         # there at every sample (an IRQ without a descriptor,
                         # or one a recorded tree left out).
@@ -279,13 +285,15 @@ class Sampler:
         return Interrupts(cpus=cpus, lines=tuple(rows[i] for i in sorted(rows, key=_irq_key)),
                           skipped=()), odd
 
-    def _rediscover(self) -> tuple[Interrupts | None, int]:
+    def _rediscover(self, counted: bool = True) -> tuple[Interrupts | None, int]:
         """Read the whole /proc/interrupts once: each device's vfio rows
         (found by handler name, as the /proc/interrupts model does), with its
-        irq and msi_irqs/, become its watched IRQs."""
+        irq and msi_irqs/, become its watched IRQs. `counted`: False when the
+        read is the per-sample fallback, not a rediscovery."""
         self.discover = False
-        self.rediscoveries += 1
-        self.absent.clear()
+        if counted:
+            self.rediscoveries += 1
+            self.absent.clear()
         for bdf, w in self.watched.items():
             if w.listing is None and w.live_irq is None:
                 w.listing, w.live_irq = self._listing(bdf), self._live_irq(bdf)
@@ -310,7 +318,7 @@ class Sampler:
         self.said_fallback = True
         why = f"{exc.path}: {exc.reason}" if exc is not None else "unreadable"
         self.note(f"/sys/kernel/irq/{irq} not usable ({why}); reading such IRQs "
-                  "from /proc/interrupts at every sample instead (needs Linux 4.10+ with "
+                  "from /proc/interrupts at every sample instead (needs Linux 4.9+ with "
                   "CONFIG_SPARSE_IRQ for the per-IRQ files; said once)")
 
 
