@@ -82,12 +82,19 @@ def test_va6001_is_open_until_the_device_leaves_intx(tmp_path):
 
 
 def test_a_stopped_domain_closes_its_findings(tmp_path):
-    s = Scenario(tmp_path)
+    """VA6003 stays open for the whole run (nothing in the run closes it),
+    until the domain stops."""
+    s = Scenario(tmp_path, state_dir=tmp_path / "state")
+    for t in range(0, 80, 5):  # a first run on MSI, recorded in the state file
+        s.at(t, msi_rows(100 * (t + 1)))
+    s.watcher.add_domain(s.domain, run_id=2)  # the next run stays on INTx
     count = 0
-    for t in range(0, 80, 5):
+    for t in range(80, 160, 5):
         count += 3000
         s.at(t, intx_rows(count))
-    assert any(k[0] == "vfio_advisor_findings" for k in series(s.watcher.metrics_text(1.0)))
+    assert {"VA6001", "VA6003"} <= {e["rule"] for e in s.emitted}
+    rules = {dict(k[1])["rule"] for k in series(s.watcher.metrics_text(1.0)) if k[0] == "vfio_advisor_findings"}
+    assert rules == {"VA6001", "VA6003"}
     s.watcher.remove_domain("win11")
     got = series(s.watcher.metrics_text(1.0))
     assert not [k for k in got if k[0] in ("vfio_advisor_findings", "vfio_advisor_device_mode")]
