@@ -152,6 +152,15 @@ def cmd_advise(args) -> int:
                 print(f"vfio-advisor: {src}: {msg}", file=sys.stderr)
             return EXIT_USAGE
         engine = Engine(root, config)
+        # VA2005 compares every defined domain, not only the ones named.
+        every = domains
+        if args.domains:
+            named, args.domains = args.domains, []
+            try:
+                every, _ = _load_domains(args, root)
+            finally:
+                args.domains = named
+        engine.set_defined_domains(d for d, _ in every)
         progress = _progress_bar if (args.sample and sys.stderr.isatty()) else None
         sink = _report_sink(args.format, args.host_root, engine.host(args.sample, progress), errors)
         fixes = None

@@ -47,9 +47,9 @@ def _env() -> dict:
     return dict(os.environ, PYTHONPATH=str(REPO))
 
 
-def advise(capture: str, *xmls: Path) -> dict:
-    args = [sys.executable, "-m", "vfio_advisor", "advise", "--host-root", str(CAPTURES / capture),
-            "--format", "json"]
+def advise(capture: str, *xmls: Path, names: list[str] = ()) -> dict:
+    args = [sys.executable, "-m", "vfio_advisor", "advise", *names, "--host-root",
+            str(CAPTURES / capture), "--format", "json"]
     for xml in xmls:
         args += ["--xml", str(xml)]
     out = subprocess.run(args, capture_output=True, text=True, timeout=60, env=_env(), cwd=REPO)
@@ -204,9 +204,6 @@ def test_nointxmask_after_is_va2002_not_a_second_prediction():
     assert "VA2002" in rules and "VA2004" not in rules
 
 
-@pytest.mark.xfail(strict=True, reason="VA2005 is built (rules/sharing.py, example "
-                   "lab-nointxmask-two-domains); advise must hand the engine every defined domain: "
-                   "cli.cmd_advise needs engine.set_defined_domains(d for d, _ in domains)")
 def test_nointxmask_before_names_the_conflicting_domains():
     doc = advise("nointxmask-before", DOMAINS / "lab-nointxmask-a.xml", DOMAINS / "lab-nointxmask-b.xml")
     texts = {f["_domain"]: text_of(f) for f in findings(doc) if f["rule"] == "VA2005"}
@@ -339,3 +336,12 @@ def test_no_isolcpus_is_silent_on_va6007(tmp_path):
     # Near miss: one CPU, no isolcpus, no pinning, interrupts moving (nomsi).
     entries = daemon(tmp_path, LAB_DOMAINS / "edu.xml", ["nomsi-1", "nomsi-2"])
     assert "VA6007" not in [e["VFIO_ADVISOR_RULE"] for e in entries]
+
+
+def test_naming_one_domain_still_compares_it_with_the_other_defined_domains():
+    # advise NAME: the conflict is with a domain that was not named.
+    doc = advise("nointxmask-before", DOMAINS / "lab-nointxmask-a.xml", DOMAINS / "lab-nointxmask-b.xml",
+                 names=["lab-nointxmask-a"])
+    texts = [text_of(f) for f in findings(doc) if f["rule"] == "VA2005"]
+    assert texts and "lab-nointxmask-b" in texts[0]
+    assert {f["_domain"] for f in findings(doc)} == {"lab-nointxmask-a"}
