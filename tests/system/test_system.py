@@ -256,7 +256,7 @@ def test_package_files(guest):
         assert re.search(rf"^file {re.escape(f)} \d+ root$", info, re.M), f"{f} missing: {info}"
     conffiles = re.search(r"^conffiles (.*)$", info, re.M).group(1).split()
     assert "/etc/vfio-advisor/config.toml" in conffiles and "/etc/libvirt/hooks/qemu.d/vfio-advisor" in conffiles
-    assert "PYTHON=/usr/bin/python3" in info
+    assert "PYTHON='/usr/bin/python3' LIB='/usr/lib/python3/dist-packages'" in info
     assert "execstart ExecStart=/usr/bin/vfio-advisor daemon" in info
     assert int(re.search(r"^catalog-db (\d+)", info, re.M).group(1)) > 0, "catalog database not updated"
     assert "vfio-advisor.8.gz" in re.search(r"^man (.*)$", info, re.M).group(1)
