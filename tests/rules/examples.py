@@ -425,3 +425,75 @@ def posted_xeon_server_intx(tmp: Path) -> DomainFacts:
     """Near miss: the posting Xeon, but the MSI-capable edu stays on INTx
     (stays-intx capture): INTx is never posted."""
     return lab_with_platform(tmp, "stays-intx-4", "posted-intel-xeon-server", LAB_XML / "edu.xml")
+
+
+# --- near misses of the guest topology and routing rules (VA4xxx, VA5xxx) -----
+#
+# Each is one fact away from its rule's fires_on example: the same host tree
+# or lab capture, the domain XML changed in the one place the check reads.
+
+def _edu_on_i440fx() -> str:
+    """The lab's edu.xml as an i440FX domain: pci-root, the edu on root slot 5."""
+    xml = (LAB_XML / "edu.xml").read_text()
+    for old, new in (("machine='pc-q35-7.2'", "machine='pc-i440fx-7.2'"),
+                     ("model='pcie-root'/>", "model='pci-root'/>"),
+                     ("bus='0x01' slot='0x00'", "bus='0x00' slot='0x05'")):
+        assert old in xml, old
+        xml = xml.replace(old, new)
+    start = xml.index("    <controller type='pci' index='1'")
+    return xml[:start] + xml[xml.index("</controller>", start) + len("</controller>\n"):]
+
+
+@example("i440fx-msi-capable-conventional")
+def i440fx_msi_capable_conventional(tmp: Path) -> DomainFacts:
+    """Near miss of VA4001: i440FX with the lab's edu, a conventional PCI
+    device that has MSI (kept on INTx by its user, stays-intx capture): not
+    PCI Express, not INTx-only."""
+    xml = tmp / "edu-i440fx.xml"
+    xml.write_text(_edu_on_i440fx())
+    return lab(CAPTURES / "stays-intx-4", xml)
+
+
+@example("q35-intx-only")
+def q35_intx_only(tmp: Path) -> DomainFacts:
+    """Near miss of VA5002: i440fx-intx-only's host and NEC OHCI at the same
+    guest slot, on a Q35 machine."""
+    host = Host(devices=_legacy_pci(nec_irq=17), interrupts=_ir_interrupts({}, gpu=False))
+    return analyse(tmp, host, domain_xml("oldbox", [_hostdev(NEC, (0x00, 0x06, 0))], os="win7"))
+
+
+@example("gpu-audio-root-bus-slot")
+def gpu_audio_root_bus_slot(tmp: Path) -> DomainFacts:
+    """Near miss of VA4002: gpu-audio-split put both functions at slot 0 of
+    two buses; here both are at slot 5 of one bus (pcie.0), .0 with
+    multifunction='on' and .1."""
+    return analyse(tmp, _both_on_msi_host(), domain_xml("win11", [
+        _hostdev(GPU, (0x00, 0x05, 0), multifunction=True), _hostdev(AUDIO, (0x00, 0x05, 1))]))
+
+
+@example("split-irqchip-msi")
+def split_irqchip_msi(tmp: Path) -> DomainFacts:
+    """Near miss of VA4003: <ioapic driver='qemu'/>, both functions on vfio-msi."""
+    return analyse(tmp, _both_on_msi_host(),
+                   domain_xml("win11", gpu_audio_hostdevs(), features="    <ioapic driver='qemu'/>\n"))
+
+
+@example("guest-line-next-slot-q35")
+def guest_line_next_slot_q35(tmp: Path) -> DomainFacts:
+    """Near miss of VA5001: guest-line-shared-q35 with the e1000 one root slot
+    further (slot 4): Q35 routes slot 4 pin A to PIRQE, GSI 20, not the
+    audio's PIRQH (intx-routing.md)."""
+    e1000 = E1000_ON_ROOT_SLOT_3.replace("slot='0x03'", "slot='0x04'")
+    return analyse(tmp, _audio_on_own_intx_host(),
+                   domain_xml("win11", gpu_audio_hostdevs() + [e1000]))
+
+
+@example("pxb-pcie-port-on-root")
+def pxb_pcie_port_on_root(tmp: Path) -> DomainFacts:
+    """Near miss of VA5003: pxb-pcie-intx's domain with the e1000's root port
+    plugged into pcie.0 (slot 6) instead of the expander bus, which stays."""
+    old = "<address type='pci' domain='0x0000' bus='0x05' slot='0x00' function='0x0'/>"
+    assert old in PXB_PCIE_WITH_E1000
+    moved = PXB_PCIE_WITH_E1000.replace(
+        old, "<address type='pci' domain='0x0000' bus='0x00' slot='0x06' function='0x0'/>")
+    return analyse(tmp, _both_on_msi_host(), domain_xml("win11", gpu_audio_hostdevs() + [moved]))

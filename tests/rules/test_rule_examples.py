@@ -84,10 +84,6 @@ def test_every_rule_but_the_internal_ones_is_checked_or_a_transition():
 # fact away from firing (booting instead of settled, masking on instead of
 # off, PI clear instead of set, remapping on instead of off).
 BASELINES = {"gpu-audio-msi", "rt-msi-settled"}
-# Rules in rules/topology.py and rules/routing.py (VA4xxx, VA5xxx) are another
-# engineer's to change; their near misses are proposed in the issue 10 report.
-# The test fails once one of them gains a near miss, so this set only shrinks.
-NEAR_MISS_PENDING = {"VA4001", "VA4002", "VA4003", "VA5001", "VA5002", "VA5003"}
 
 
 def test_every_rule_has_a_near_miss_not_only_the_baseline():
@@ -95,10 +91,7 @@ def test_every_rule_has_a_near_miss_not_only_the_baseline():
         if r.family == "internal":
             continue
         near = set(r.silent_on) - BASELINES
-        if r.id in NEAR_MISS_PENDING:
-            assert not near, f"{r.id} has a near miss now: drop it from NEAR_MISS_PENDING"
-        else:
-            assert near, f"{r.id}: silent_on has only the healthy baseline, give it a near miss"
+        assert near, f"{r.id}: silent_on has only the healthy baseline, give it a near miss"
 
 
 def test_the_daemon_runs_every_device_transition():

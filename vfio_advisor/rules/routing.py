@@ -200,7 +200,8 @@ RULES: tuple[Rule, ...] = register(
          "use MSI. `vfio-advisor fix DOMAIN` plans the moves for the whole domain, whole "
          "cards included, and verifies them.",
          _id("b325b388f18345aeb0da90a39d7df911"), check_guest_line_shared,
-         fires_on=("guest-line-shared-q35",), silent_on=("gpu-audio-msi",), routing=True),
+         fires_on=("guest-line-shared-q35",),
+         silent_on=("gpu-audio-msi", "guest-line-next-slot-q35"), routing=True),
     Rule("VA5002", "i440fx-two-guest-irqs", Severity.INFO,
          "i440FX: all guest INTx share IRQ 10 and 11",
          "The i440FX/PIIX3 chipset has four PIRQ links, and SeaBIOS and OVMF connect them "
@@ -209,7 +210,8 @@ RULES: tuple[Rule, ...] = register(
          "has only 5, 10 and 11 to choose from.",
          "Use a Q35 machine type, whose eight links go to GSI 16-23.",
          _id("10a0dd1f359c47ff8030a1cacacc23d2"), check_i440fx_two_irqs,
-         fires_on=("i440fx-intx-only",), silent_on=("gpu-audio-msi",), scope="domain", routing=True),
+         fires_on=("i440fx-intx-only",), silent_on=("gpu-audio-msi", "q35-intx-only"),
+         scope="domain", routing=True),
     Rule("VA5003", "intx-behind-pxb-pcie", Severity.WARNING,
          "INTx behind a pcie-expander-bus on Q35 never reaches the guest",
          "For devices behind a pxb-pcie (libvirt pcie-expander-bus) on Q35, QEMU's INTx "
@@ -220,5 +222,5 @@ RULES: tuple[Rule, ...] = register(
          "Keep INTx devices off the pcie-expander-bus, or use only devices whose guest "
          "drivers enable MSI or MSI-X. `vfio-advisor fix DOMAIN` gives the exact change.",
          _id("c598ab6075a043cea0a0c20cf5dd0d53"), check_intx_behind_pxb_pcie,
-         fires_on=("pxb-pcie-intx",), silent_on=("gpu-audio-msi",), routing=True),
+         fires_on=("pxb-pcie-intx",), silent_on=("gpu-audio-msi", "pxb-pcie-port-on-root"), routing=True),
 )

@@ -117,7 +117,8 @@ RULES: tuple[Rule, ...] = register(
          "Move the domain to a Q35 machine type with pcie-root-port controllers. "
          "`vfio-advisor fix DOMAIN` gives the exact change when it can be verified.",
          _id("8481b99c0c144a55b34960720376d9ff"), check_i440fx_limits,
-         fires_on=("i440fx-intx-only",), silent_on=("gpu-audio-msi",), scope="domain"),
+         fires_on=("i440fx-intx-only",),
+         silent_on=("gpu-audio-msi", "i440fx-msi-capable-conventional"), scope="domain"),
     Rule("VA4002", "multifunction-device-split", Severity.WARNING,
          "Functions of one host device are split across guest slots",
          "The host device has several functions (typically a GPU's video and HDMI audio) "
@@ -127,7 +128,7 @@ RULES: tuple[Rule, ...] = register(
          "Put every function in one guest slot, keep the host's function numbers, and set "
          "multifunction='on' on function 0. `vfio-advisor fix DOMAIN` gives the exact change.",
          _id("8c9ba1cd88aa40e6bcc9bdf336be2d01"), check_multifunction_split,
-         fires_on=("gpu-audio-split",), silent_on=("gpu-audio-msi",)),
+         fires_on=("gpu-audio-split",), silent_on=("gpu-audio-msi", "gpu-audio-root-bus-slot")),
     Rule("VA4003", "split-irqchip-with-intx", Severity.WARNING,
          "Split irqchip (<ioapic driver='qemu'/>) with an assigned device on INTx",
          "With a split irqchip the IOAPIC is emulated by QEMU in userspace. KVM's irqfd "
@@ -136,5 +137,5 @@ RULES: tuple[Rule, ...] = register(
          "Enable MSI for the device in the guest, or use <ioapic driver='kvm'/> when the "
          "split irqchip is not required. `vfio-advisor fix DOMAIN` gives the exact change.",
          _id("9efddfe88126490d88dde5ade87c69df"), check_split_irqchip_intx,
-         fires_on=("split-irqchip-intx",), silent_on=("gpu-audio-msi",)),
+         fires_on=("split-irqchip-intx",), silent_on=("gpu-audio-msi", "split-irqchip-msi")),
 )
