@@ -39,12 +39,15 @@ def test_metrics_come_from_the_snapshot(tmp_path):
     snap = s.watcher.snapshot()
     audio = next(d for d in snap if d.bdf == "0000:05:00.1")
     assert (audio.mode, audio.count, audio.rate, audio.observable) == ("intx", 6000, 1000.0, True)
-    text = render_metrics(snap)
-    assert s.watcher.metrics_text() == text
-    assert 'vfio_advisor_device_interrupts_per_second{domain="win11",host_bdf="0000:05:00.1"} 1000.000' in text
-    assert 'vfio_advisor_device_mode{domain="win11",host_bdf="0000:05:00.1",mode="intx"} 1' in text
+    text = render_metrics(snap, s.watcher.open_findings(), 1.0)
+    assert s.watcher.metrics_text(1.0) == text
+    # a counter (Prometheus practice: rate() over it), not a per-second gauge
+    assert 'vfio_advisor_device_interrupts_total{domain="win11",bdf="0000:05:00.1",mode="intx"} 6000' in text
+    assert 'vfio_advisor_device_mode{domain="win11",bdf="0000:05:00.1",mode="intx"} 1' in text
+    assert 'vfio_advisor_device_mode{domain="win11",bdf="0000:05:00.1",mode="msi"} 0' in text
+    assert "vfio_advisor_last_sample_timestamp_seconds 1" in text
     path = tmp_path / "m.prom"
-    MetricsFileSink(str(path)).write(snap)
+    MetricsFileSink(str(path)).write(snap, s.watcher.open_findings(), 1.0)
     assert path.read_text() == text
 
 
