@@ -17,6 +17,7 @@ from vfio_advisor.facts.model import AssignedDevice, DomainFacts
 from vfio_advisor.findings import Finding, Severity
 from vfio_advisor.rules.base import Rule, device_finding, register
 from vfio_advisor.rules.base import message_id as _id
+from vfio_advisor.rules.mode import host_blocks_msi
 from vfio_advisor.rules.topology import with_fix_pointer
 
 
@@ -102,6 +103,20 @@ def joint_free_addresses(facts: DomainFacts, flagged) -> dict[str, tuple[PciAddr
     return out
 
 
+def _guest_msi_clause(facts: DomainFacts, dev: AssignedDevice) -> tuple[bool, str]:
+    """(MSI is a way out, the sentence that says why not). As VA2001's remedy:
+    MSI in the guest only where the device has it and the host allows it
+    (with pci=nomsi vfio-pci cannot enable MSI: lab capture nomsi-1, EINVAL)."""
+    pci = dev.device
+    if pci is None or pci.supports_msi is not True:
+        return False, " The device has no MSI, so it needs a line of its own."
+    blocked = host_blocks_msi(facts, dev)
+    if blocked:
+        return False, (" MSI would avoid the line, but the host forbids it ("
+                       + "; ".join(blocked) + "; see VA3001).")
+    return True, ""
+
+
 def check_guest_line_shared(facts: DomainFacts) -> Iterator[Finding]:
     gmap = facts.guest_intx
     flagged = _shared_line_devices(facts)
@@ -125,17 +140,24 @@ def check_guest_line_shared(facts: DomainFacts) -> Iterator[Finding]:
             if len(flagged) > 1:
                 where += (" The other devices on shared lines are each given a different slot "
                           "and line, so these moves can be made together.")
-        elif free_line_addresses(gmap, fn):
-            # A card with other assigned functions, or the free lines went
-            # to the devices above: no address that holds for the whole domain.
-            where = ("Give it a guest address whose line no other INTx function uses, moving "
-                     "the card's functions together and devices that share a line to "
-                     "different lines; or make its guest driver use MSI.")
-        elif gmap.chipset == "i440fx":
-            where = ("On i440FX no guest address gives it a line of its own: every INTx "
-                     "device shares IRQ 10 or 11. Use Q35, or MSI in the guest.")
         else:
-            where = "No free root-bus slot gives it an unused line; use MSI in the guest."
+            msi_ok, why_not = _guest_msi_clause(facts, dev)
+            if free_line_addresses(gmap, fn):
+                # A card with other assigned functions, or the free lines went
+                # to the devices above: no address that holds for the whole domain.
+                where = ("Give it a guest address whose line no other INTx function uses, "
+                         "moving the card's functions together and devices that share a line "
+                         "to different lines" + ("; or make its guest driver use MSI."
+                                                 if msi_ok else "." + why_not))
+            elif gmap.chipset == "i440fx":
+                where = ("On i440FX no guest address gives it a line of its own: every INTx "
+                         "device shares IRQ 10 or 11. Use Q35" +
+                         (", or MSI in the guest." if msi_ok else "." + why_not))
+            elif msi_ok:
+                where = "No free root-bus slot gives it an unused line; use MSI in the guest."
+            else:
+                where = ("No free root-bus slot gives it an unused line; move the devices "
+                         "sharing it elsewhere." + why_not)
         where = with_fix_pointer(where, facts)
         mode = ("it is on INTx now" if dev.interrupts.on_intx else
                 "this costs only while its guest driver uses INTx"
@@ -196,8 +218,8 @@ RULES: tuple[Rule, ...] = register(
          "poll them too, and theirs delay its EOI, which vfio-pci waits for before it "
          "unmasks the device on the host.",
          "Give the device a guest address whose line no other INTx function uses (the "
-         "remedy names one per device, each on a different line), or make its guest driver "
-         "use MSI. `vfio-advisor fix DOMAIN` plans the moves for the whole domain, whole "
+         "remedy names one per device, each on a different line), or, where the device has "
+         "MSI and the host allows it, make its guest driver use MSI. `vfio-advisor fix DOMAIN` plans the moves for the whole domain, whole "
          "cards included, and verifies them.",
          _id("b325b388f18345aeb0da90a39d7df911"), check_guest_line_shared,
          fires_on=("guest-line-shared-q35",),
