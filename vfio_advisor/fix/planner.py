@@ -292,10 +292,10 @@ def plan_va5001(root, analysis: Analysis, targets: list[Finding], router: Router
     if gmap.chipset == "i440fx":
         why = ("on i440FX every PCI INTx goes to IRQ 10 or 11 (SeaBIOS wires PIRQ A,B to 10 and "
                "C,D to 11) and other INTx functions hold both: no guest address gives it a line "
-               "of its own; convert the domain to Q35 (VA4001) or use MSI in the guest")
+               "of its own; convert the domain to Q35 (VA4001), or use MSI in the guest where the device and the host allow it")
     else:
         why = ("no free slot on pcie.0 gives it a line (GSI 16-23) that no other INTx "
-               "function uses; free a slot or use MSI in the guest")
+               "function uses; free a slot, or use MSI in the guest where the device and the host allow it")
     if not ops:
         raise Manual(why)
     return Proposal(ops, "give every assigned INTx device a guest line of its own", details,
@@ -446,10 +446,10 @@ def plan_va4003(root, analysis: Analysis, targets: list[Finding], router: Router
     if intremap == "on":
         raise Manual("the domain's <iommu> has intremap='on', which libvirt accepts only with "
                      "<ioapic driver='qemu'/> (src/conf/domain_validate.c, "
-                     "virDomainDefIOMMUValidate); use MSI in the guest instead")
+                     "virDomainDefIOMMUValidate); use MSI in the guest instead where the device and the host allow it")
     if domain.vcpus is not None and domain.vcpus > MAX_VCPUS_IN_KERNEL_IRQCHIP:
         raise Manual(f"{domain.vcpus} vCPUs need the split irqchip (x2APIC beyond 255 "
-                     "vCPUs); use MSI in the guest instead")
+                     "vCPUs); use MSI in the guest instead where the device and the host allow it")
     return Proposal([Op("ensure-ioapic", value="kvm")],
                     "use KVM's in-kernel IOAPIC (<ioapic driver='kvm'/>)",
                     ["<features><ioapic driver='qemu'/> -> <ioapic driver='kvm'/>: INTx of "
