@@ -38,4 +38,8 @@ rm -rf "$work/root"
 mkdir -p "$out"
 mv "$work/vmlinuz" "$work/initrd.img" "$work/rootfs.img" "$out/"
 echo "$PACKAGES" > "$out/packages"
+# Images of older package lists or scripts are 4 GB (sparse) each: drop them.
+for old in "$cache"/*/rootfs.img; do
+    [ "$(dirname "$old")" = "$out" ] || rm -rf "$(dirname "$old")"
+done
 echo "$out"
