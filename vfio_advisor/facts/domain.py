@@ -237,8 +237,11 @@ def parse_domain_xml(text: str | bytes) -> Domain:
             raise DomainXMLError("input is not valid Unicode (lone surrogate)") from None
     if not text.strip():
         raise DomainXMLError("empty input, expected a libvirt <domain> XML")
-    # No network, no entities: a domain XML never needs them, and the hook
-    # reads stdin that we do not control.
+    # No network, no external entities (resolve_entities=False): the hook
+    # reads stdin that we do not control. Internal entities still reach values
+    # (attribute normalisation, XPath string()), exactly as libvirt reads them
+    # (src/util/virxml.c parses without XML_PARSE_NOENT, libvirt 9.0.0).
+    # huge_tree=False keeps libxml2's depth and size limits.
     parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False,
                              remove_comments=True)
     try:
