@@ -36,12 +36,16 @@ NODE = """<node>
 """
 
 
-def rss_kib() -> int:
+def status_kib(field: str = "VmRSS") -> int:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {field}")
+
+
+def rss_kib() -> int:
+    return status_kib("VmRSS")
 
 
 def main() -> int:
@@ -69,7 +73,10 @@ def main() -> int:
                     f.write(",".join(map(str, counts)) + "\n")
         out = real(self)
         if n == samples:
-            sys.stdout.write(f"rss_kib={rss_kib()} samples={n} devices={self.device_count}\n")
+            # RssFile: pages of mapped files (libvirt.so, libcrypto, lxml's .so,
+            # the interpreter), shared with every other process mapping them.
+            sys.stdout.write(f"rss_kib={rss_kib()} anon_kib={status_kib('RssAnon')} "
+                             f"file_kib={status_kib('RssFile')} samples={n} devices={self.device_count}\n")
             sys.stdout.flush()
             os.kill(os.getpid(), signal.SIGTERM)
         return out

@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"vfio-advisor: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_fix: bool = True) -> argparse.ArgumentParser:
     p = _Parser(prog="vfio-advisor", description="Interrupt advice for VFIO PCI passthrough.")
     p.add_argument("--version", action="version", version=f"vfio-advisor {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -91,13 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("uninstall", help="remove what install placed (keeps the config)")
     u.add_argument("--root", default="/", metavar="DIR")
 
-    from vfio_advisor.fix import command as fix_command  # noqa: PLC0415 - its parser lives with it
-    fix_command.add_parser(sub)
+    if with_fix:
+        from vfio_advisor.fix import command as fix_command  # noqa: PLC0415 - its parser lives with it
+        fix_command.add_parser(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # The daemon never needs the fix command's parser, whose import (the
+    # planner, the XML editor, the verifier) is 5 MB of its steady-state RSS
+    # (issue 12, bench/daemon_soak.py): `vfio-advisor daemon ...` parses without it.
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(with_fix=words[:1] != ["daemon"]).parse_args(words)
     try:
         return COMMANDS[args.command](args)
     except (UsageError, ConnectionFailed) as exc:

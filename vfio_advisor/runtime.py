@@ -57,6 +57,12 @@ class DomainState:
         self.started_at = started_at
         self.run_id = run_id  # libvirt's domain ID: a new ID is a new run
         self.devices: dict[str, DeviceState] = {d.address: DeviceState(d.address) for d in facts.devices}
+        # Per sample the same for the whole run (the static facts): worked out once.
+        self.siblings = {d.address: tuple(s.address for s in facts.siblings(d)) for d in facts.devices}
+        self.msi_possible = {d.address: not host_blocks_msi(facts, d) for d in facts.devices}
+        # bdf -> (sampler shape, HostInterrupts, where its counts are in the table)
+        self.interrupts: dict[str, tuple] = {}
+        self.pinned = bool(facts.domain.pinned_cpus)
 
     @property
     def key(self) -> str:
@@ -119,6 +125,7 @@ class Watcher:
         self.last_sample: float | None = None
         self.odd_reported = False
         self.kernel = None
+        self._isolated: tuple = (object(), frozenset())  # (kernel facts, isolcpus | nohz_full)
         # The daemon's own log line for host conditions said once (a sampler
         # fallback); findings go through `emit`.
         self.note = note or (lambda _msg: None)
@@ -190,28 +197,34 @@ class Watcher:
         self.odd_reported, findings = rows_skipped(self.odd_reported, odd)
         elapsed = (now - self.last_sample) if self.last_sample is not None else None
         storm_lines: set[str] = set()
-        isolated = frozenset()
-        if self.kernel is not None and self.kernel.cmdline is not None:
-            isolated = self.kernel.cmdline.isolcpus | self.kernel.cmdline.nohz_full
+        if self._isolated[0] is not self.kernel:
+            isolated = frozenset()
+            if self.kernel is not None and self.kernel.cmdline is not None:
+                isolated = self.kernel.cmdline.isolcpus | self.kernel.cmdline.nohz_full
+            self._isolated = (self.kernel, isolated)
+        isolated = self._isolated[1]
+        shape = getattr(self.sampler, "shape", None)
         for dom in list(self.domains.values()):
             for assigned in dom.facts.devices:
-                irq = device_interrupts(assigned.address, assigned.device, table)
-                siblings = frozenset(s.address for s in dom.facts.siblings(assigned)
-                                     if dom.devices[s.address].mode == "intx")
+                irq = self._interrupts(dom, assigned, table, shape)
+                siblings = frozenset(s for s in dom.siblings[assigned.address]
+                                     if dom.devices[s].mode == "intx")
                 sample = DeviceSample(
                     interrupts=irq, since_start=now - dom.started_at, facts=dom.facts,
                     device=assigned, sibling_on_intx=siblings,
                     previous_run=self.store.previous(dom.key, assigned.address),
-                    vector_affinity=self._affinity(dom, irq, isolated), isolated_cpus=isolated,
+                    vector_affinity=self._affinity(dom, irq, isolated) if (isolated or dom.pinned) else (),
+                    isolated_cpus=isolated,
                     storm_lines=frozenset(storm_lines),
                     # pci=nomsi or msi_bus=0: the guest cannot get MSI whatever it
                     # sets, so no guest remedy (issue 10 §3; advise's VA1001 does the same).
-                    host_msi_possible=not host_blocks_msi(dom.facts, assigned),
+                    host_msi_possible=dom.msi_possible[assigned.address],
                     host_can_count_msi=dom.can_count_msi)
                 state, found = step_device(dom.devices[assigned.address], sample, elapsed, self.config)
                 dom.devices[assigned.address] = state
-                storm_lines |= {dict(f.evidence)["irq"] for f in found if f.rule_id in ("VA6004", "VA6005")}
-                findings += [f for f in found if not self._ignored(dom, f.rule_id)]
+                if found:
+                    storm_lines |= {dict(f.evidence)["irq"] for f in found if f.rule_id in ("VA6004", "VA6005")}
+                    findings += [f for f in found if not self._ignored(dom, f.rule_id)]
                 if state.mode != "none" and sample.since_start >= self.config.settle:
                     self.store.record(dom.key, assigned.address, state.mode, state.flagged_intx)
         self.last_sample = now
@@ -222,6 +235,32 @@ class Watcher:
             domain = self.domains[f.domain].facts.domain if f.domain in self.domains else None
             self.emit(f, domain)
         return findings
+
+    def _interrupts(self, dom: DomainState, assigned, table, shape):
+        """facts.model.device_interrupts(bdf, device, table), worked out again
+        only when the table's shape changed (Sampler.shape: a row came, went,
+        or changed handlers or chip). Otherwise only counts moved, and the
+        model's result differs in its two count fields alone: vector_counts
+        (each vfio row's total) and intx_count (the vfio-intx row's total),
+        which are read from the same rows. tests/daemon/test_interrupts_cache.py
+        checks this against device_interrupts at every sample."""
+        bdf = assigned.address
+        cached = dom.interrupts.get(bdf) if shape is not None else None
+        lines = table.lines
+        if cached is not None and cached[0] == shape and cached[3] is assigned:
+            _, known, plan, _, intx_at = cached
+            return known._replace(
+                vector_counts=tuple([(irq, lines[k].total) for irq, k in plan]),
+                intx_count=lines[intx_at].total if intx_at is not None else None)
+        known = device_interrupts(bdf, assigned.device, table)
+        if shape is not None:
+            at = {line.irq: k for k, line in enumerate(lines)}
+            plan = tuple((irq, at[irq]) for irq, _ in known.vector_counts)
+            intx_at = None
+            if known.intx_count is not None:
+                intx_at = next(k for k, line in enumerate(lines) if line.number == known.intx_irq)
+            dom.interrupts[bdf] = (shape, known, plan, assigned, intx_at)
+        return known
 
     def _affinity(self, dom: DomainState, irq, isolated: frozenset[int]):
         """smp_affinity_list of each vfio vector, read only when VA6007 can use it."""

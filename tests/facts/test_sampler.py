@@ -356,3 +356,81 @@ def test_sampler_equals_model_on_generated_hosts(tmp_path_factory, host):
     assert odd == 0
     for b in BDFS:
         assert device_interrupts(b, devices[b], got_table) == device_interrupts(b, devices[b], table), b
+
+
+# --- issue 12: per_cpu_count parsed by its non-zero counts -------------------
+
+@st.composite
+def per_cpu_texts(draw):
+    """A vector's per_cpu_count over a few samples, as irqdesc.c prints it:
+    mostly zeros (affine to a CPU or a few), sometimes every CPU counting."""
+    cpus = draw(st.integers(1, 300))
+    counts = [0] * cpus
+    texts = []
+    for _ in range(draw(st.integers(1, 6))):
+        for _ in range(draw(st.integers(0, 3))):
+            counts[draw(st.integers(0, cpus - 1))] += draw(st.sampled_from([1, 9, 10, 99, 1000, 2**40]))
+        if draw(st.integers(0, 9)) == 0:
+            counts = [c + draw(st.integers(0, 5)) for c in counts]
+        texts.append((",".join(map(str, counts)) + "\n").encode())
+    return texts
+
+
+@settings(max_examples=300, deadline=None)
+@given(per_cpu_texts())
+def test_per_cpu_count_parse_equals_int_of_every_count(texts):
+    """The fast parse (zero runs skipped, the previous text's runs as a hint)
+    gives the same non-zero counts, so the same total, as int() of every
+    token, sample after sample."""
+    from vfio_advisor.facts.sampler import _parse_counts  # noqa: PLC0415
+
+    hint = None
+    for raw in texts:
+        want = tuple(c for c in map(int, raw.split(b",")) if c)
+        got, hint = _parse_counts(raw, hint)
+        assert got == want and sum(got) == sum(map(int, raw.split(b","))), raw[:80]
+
+
+@pytest.mark.parametrize("raw", [b"1,x,2\n", b"1, 2\n", b"-1,0\n", b"1\n2\n", b"0,+5\n", b"1_0\n", b"5"])
+def test_per_cpu_count_that_is_not_the_kernels_is_refused(raw):
+    from vfio_advisor.facts.sampler import _parse_counts, parse_per_cpu_count  # noqa: PLC0415
+
+    with pytest.raises(ValueError):
+        parse_per_cpu_count(raw)
+    # also with a hint from a good text of the same shape
+    _, hint = _parse_counts(b"0,0,1,0\n", None)
+    with pytest.raises(ValueError):
+        _parse_counts(raw, hint)
+
+
+def test_kept_descriptors_see_counts_rewritten_in_place(tmp_path):
+    """The kernel regenerates per_cpu_count at each read at offset 0; a
+    recorded tree rewritten in place (the bench, the soak) reads the same
+    way through the kept descriptors: a new count at every sample, no
+    /proc/interrupts read, the INTx line's sharer change seen at once."""
+    root = tmp_path / "stays"
+    shutil.copytree(CAPTURES / "stays-intx-4", root, symlinks=True)
+    bdfs = vfio_bdfs(root)
+    devices = {b: reference(root, b)[0] for b in bdfs}
+    s, table, _ = sampled(root, bdfs, devices)
+    dev = "0000:00:03.0"
+    first = device_interrupts(dev, devices[dev], table).intx_count
+    pcc = root / "sys/kernel/irq/23/per_cpu_count"
+    counts = [int(c) for c in pcc.read_text().split(",")]
+    for step in (1, 2, 3):
+        counts[0] += 10
+        with open(pcc, "r+") as f:  # in place, the same inode
+            f.write(",".join(map(str, counts)) + "\n")
+            f.truncate()
+        table, _ = s.sample()
+        assert device_interrupts(dev, devices[dev], table).intx_count == first + 10 * step
+    assert s.full_reads == 1 and s.count_fds, (s.full_reads, s.count_fds)
+    shape = s.shape
+    actions = root / "sys/kernel/irq/23/actions"
+    with open(actions, "r+") as f:
+        f.write(actions.read_text().strip() + ",ehci_hcd:usb9\n")
+    table, _ = s.sample()
+    assert "ehci_hcd:usb9" in device_interrupts(dev, devices[dev], table).shared_with
+    assert s.shape != shape  # the Watcher works the device out again
+    s.close()
+    assert not s.count_fds and not s.action_fds

@@ -25,13 +25,36 @@ pays for all of them. The kernel also exposes each IRQ on its own:
   changes with the mode too.
 
 So every vfio row a device can have is in {irq} + msi_irqs/. Per sample the
-sampler lists msi_irqs/ and reads irq (both tiny), and reads per_cpu_count
-and actions of those IRQs only. It reads the whole /proc/interrupts only to
+sampler re-reads per_cpu_count and actions of those IRQs only, through file
+descriptors it keeps open: a pread at offset 0 makes kernfs regenerate the
+attribute (fs/seq_file.c seq_read_iter, Linux 6.1: "if request is to read
+from zero offset, reset iterator to first record"; sysfs show() attributes
+are seq_files, fs/kernfs/file.c), and once the IRQ is freed
+(kernel/irq/irqdesc.c free_desc -> irq_sysfs_del) the kept descriptor reads
+ENODEV (fs/kernfs/file.c kernfs_seq_start: kernfs_get_active fails on a
+removed node): the device's vector set changed, so it is rediscovered.
+Which cheap signal shows a change of a device's vector set, per mode:
+- INTx (a vfio-intx(bdf) action on a watched line): vfio-pci enables MSI or
+  MSI-X only with no IRQ type set (drivers/vfio/pci/vfio_pci_intrs.c,
+  vfio_pci_set_msi_trigger: -EINVAL unless is_irq_none), so leaving INTx
+  frees vfio-intx from the line's actions first (QEMU hw/vfio/pci.c
+  vfio_msi_enable/vfio_msix_enable call vfio_disable_interrupts), and the
+  line's actions are read at every sample anyway (its sharers);
+- MSI: vfio_msi_disable frees every vector (pci_free_irq_vectors): ENODEV
+  on the kept descriptors; MSI vectors are allocated all at once
+  (pci_alloc_irq_vectors), they cannot grow while enabled;
+- MSI-X, or no vectors at all: msi_irqs/ is listed at every sample, since
+  MSI-X can grow without a teardown (vfio-pci dynamic MSI-X, Linux 6.5,
+  pci_msix_alloc_irq_at; QEMU 8.1 vfio_msix_vector_do_use without
+  NORESIZE) and a device without an INTx pin (an SR-IOV VF) goes from
+  nothing to MSI with no line to watch. It reads the whole /proc/interrupts only to
 (re)discover a device's rows: when it starts watching the device (a domain
-event), when msi_irqs/ or irq changed (the guest switched mode or re-enabled
-MSI-X with other vectors; QEMU tells libvirt nothing about that, so
-msi_irqs/ is listed at every sample: it is the one cheap signal), and every
-CROSS_CHECK_SAMPLES samples as a cross-check. Where the sysfs files of an
+event), when one of the signals above shows a change (QEMU tells libvirt
+nothing about a guest's mode switch), and every CROSS_CHECK_SAMPLES samples
+as a cross-check. A recorded tree (--host-root, a replay) has regular files,
+which never read ENODEV: where its root is swapped (a replay's symlink), the
+kept descriptors are dropped and every device's msi_irqs/ and irq compared,
+as at a mode switch. Where the sysfs files of an
 IRQ are missing or unreadable (kernels without SPARSE_IRQ or older than
 4.9, recorded trees without them) that IRQ's row comes from
 /proc/interrupts at every sample, and the sampler says so once.
@@ -50,12 +73,14 @@ two sources.
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 from typing import Callable, Iterable, NamedTuple
 
 from vfio_advisor.errors import FactUnavailable
 from vfio_advisor.facts.host import INTERRUPTS_LIMIT, HostRoot
-from vfio_advisor.facts.interrupts import Interrupts, IrqLine, sample_table
+from vfio_advisor.facts.interrupts import Interrupts, IrqLine, parse_vfio_handler, sample_table
 from vfio_advisor.facts.pci import PciDevice
 
 # A full /proc/interrupts read every 720 samples: an hour at the default
@@ -70,10 +95,54 @@ CROSS_CHECK_SAMPLES = 720
 # buffer), so such a file is not trusted and that IRQ is read from
 # /proc/interrupts instead.
 SYSFS_PAGE = 4096
+# Kept descriptors (two per watched IRQ): beyond this many, files are opened
+# for each read instead, so a host with hundreds of vectors stays far below
+# systemd's default soft RLIMIT_NOFILE of 1024.
+MAX_KEPT_FDS = 512
+# per_cpu_count prints each CPU's count with "%u" (irqdesc.c
+# per_cpu_count_show): no sign, no leading zero, so the non-zero counts are
+# exactly the tokens starting with 1-9. A vector is affine to one or a few
+# CPUs (managed affinity, irqbalance), so most of a many-CPU host's tokens
+# are "0", and finding only the others is 5-10x cheaper than int() on all.
+_NONZERO = re.compile(rb"[1-9][0-9]*")
+_COUNT_CHARS = b"0123456789,"
+
+
+def parse_per_cpu_count(raw: bytes) -> tuple[int, ...]:
+    """The non-zero per-CPU counts of a per_cpu_count text, in CPU order
+    (their sum is the IRQ's total; zeros are left out). ValueError if the
+    text holds anything but digits and commas before its final newline."""
+    return _parse_counts(raw, None)[0]
+
+
+def _parse_counts(raw: bytes, hint: tuple[bytes, bytes] | None) -> tuple[tuple[int, ...], tuple[bytes, bytes]]:
+    """parse_per_cpu_count, and the text's zero runs before its first and
+    after its last non-zero count (the hint for the next read).
+
+    A vector counts on the same CPU or few CPUs sample after sample, so its
+    next text usually starts and ends with the same runs of "0,": two
+    memcmp (startswith/endswith) skip them, and only the counts between are
+    parsed. Otherwise the whole text is checked and parsed."""
+    if hint is not None and raw.startswith(hint[0]) and raw.endswith(hint[1]):
+        mid = raw[len(hint[0]):len(raw) - len(hint[1])]
+        if mid.isdigit():  # ASCII digits only: one count, on the same CPU as before
+            return (int(mid),), hint
+        if not mid.translate(None, _COUNT_CHARS):
+            return tuple(map(int, _NONZERO.findall(mid))), hint
+    if raw[-1:] != b"\n" or raw.translate(None, _COUNT_CHARS) != b"\n":
+        raise ValueError(f"not a per_cpu_count: {raw[:40]!r}")
+    counts = tuple(map(int, _NONZERO.findall(raw)))
+    # lstrip stops at the first 1-9, where the first non-zero count starts;
+    # the zero run at the end starts at the comma after the last one.
+    lead = raw[:len(raw) - len(raw.lstrip(b"0,"))]
+    last = raw.rstrip(b"0,\n")
+    comma = raw.find(b",", len(last))
+    tail = raw[comma:] if comma >= 0 and counts else raw[-1:]
+    return counts, (lead, tail)
 
 
 class _Watched:
-    __slots__ = ("device", "static_irq", "listing", "live_irq", "irqs")
+    __slots__ = ("device", "static_irq", "listing", "live_irq", "irqs", "steady", "dirfd")
 
     def __init__(self, device: PciDevice | None):
         self.device = device
@@ -83,6 +152,11 @@ class _Watched:
         self.listing: tuple[str, ...] | None = None
         self.live_irq: str | None = None
         self.irqs: frozenset[str] = frozenset()
+        # True while the device holds vfio-intx or vfio-msi vectors read from
+        # sysfs: a change of its vector set then shows in what is read anyway
+        # (the module docstring), and msi_irqs/ is not listed.
+        self.steady = False
+        self.dirfd: int | None = None  # msi_irqs/, kept open while listed
 
 
 class _Template(NamedTuple):
@@ -91,8 +165,16 @@ class _Template(NamedTuple):
     flow: str | None
 
 
+class _Stale(Exception):
+    """A kept sysfs descriptor reads ENODEV: its IRQ was freed."""
+
+
 class Sampler:
-    """Reads the rows of the watched devices' IRQs; see the module docstring."""
+    """Reads the rows of the watched devices' IRQs; see the module docstring.
+
+    Rows read from sysfs carry the IRQ's non-zero per-CPU counts only
+    (parse_per_cpu_count): their sum, IrqLine.total, is what
+    facts.model.device_interrupts reads of them."""
 
     def __init__(self, host: HostRoot, note: Callable[[str], None] | None = None):
         self.host = host
@@ -104,14 +186,25 @@ class Sampler:
         # show_interrupts skips): not looked for again until a rediscovery.
         self.absent: set[str] = set()
         self.fallback_errors: dict[str, FactUnavailable] = {}
-        # irq -> (per_cpu_count bytes, actions bytes, template, row) of the last read
+        # irq -> (per_cpu_count bytes, actions bytes, template, row, handlers,
+        # exclusive: an MSI vector holding its vfio handler, _parse_counts hint) of the last read
         self.last_raw: dict[str, tuple] = {}
+        # irq -> kept descriptor of its per_cpu_count / actions
+        self.count_fds: dict[str, int] = {}
+        self.action_fds: dict[str, int] = {}
+        self.order: tuple[str, ...] = ()  # the watched IRQs, sorted
         self.samples = 0
         self.full_reads = 0  # /proc/interrupts reads, for any reason
         self.rediscoveries = 0
         self.discover = True
         self.said_fallback = False
         self.said_proc_unreadable = False
+        # Changes whenever a row of the table sample() returns appears,
+        # goes, or changes anything but its counts: equal shapes, equal
+        # modes, vectors, INTx line and sharers (runtime.Watcher keys on it).
+        self.shape = 0
+        self._last_rows: tuple | None = None
+        self._root_id = self._root_identity()
 
     # --- what to watch ----------------------------------------------------
 
@@ -126,6 +219,9 @@ class Sampler:
             else:
                 new[bdf] = _Watched(device)
                 self.discover = True
+        for bdf, old in self.watched.items():
+            if new.get(bdf) is not old:
+                _close_dir(old)
         self.watched = new
 
     def set_host(self, host: HostRoot) -> None:
@@ -136,13 +232,30 @@ class Sampler:
         self.from_proc.clear()
         self.absent.clear()
         self.last_raw.clear()
+        self.close()
+        self._root_id = self._root_identity()
         self.discover = True
+
+    def close(self) -> None:
+        """Close every kept descriptor (they are reopened when needed)."""
+        for fds in (self.count_fds, self.action_fds):
+            for fd in fds.values():
+                os.close(fd)
+            fds.clear()
+        for w in self.watched.values():
+            _close_dir(w)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
 
     # --- reading ----------------------------------------------------------
 
     def _read(self, rel: str) -> bytes:
         # os.open/os.read: half the cost of a buffered open() for these
-        # one-line files, and a sample reads a few dozen of them.
+        # one-line files.
         path = self.host._path(rel)  # noqa: SLF001 - HostRoot's one path rule (and its recording)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -153,11 +266,54 @@ class Sampler:
         except OSError as exc:
             raise FactUnavailable(rel, os.strerror(exc.errno) if exc.errno else str(exc)) from None
 
-    def _listing(self, bdf: str) -> tuple[str, ...] | None:
+    def _pread(self, fds: dict[str, int], irq: str, name: str) -> bytes:
+        """/sys/kernel/irq/<irq>/<name> through a kept descriptor (module
+        docstring); _Stale when the IRQ was freed under it."""
+        fd = fds.get(irq)
+        if fd is not None:
+            try:
+                return os.pread(fd, SYSFS_PAGE, 0)
+            except OSError as exc:
+                os.close(fd)
+                del fds[irq]
+                if exc.errno == errno.ENODEV:
+                    raise _Stale(irq) from None
+                # anything else: open it again below, and say why if that fails
+        rel = f"sys/kernel/irq/{irq}/{name}"
+        if len(self.count_fds) + len(self.action_fds) >= MAX_KEPT_FDS:
+            return self._read(rel)
         try:
-            return tuple(sorted(os.listdir(self.host._path(f"sys/bus/pci/devices/{bdf}/msi_irqs"))))  # noqa: SLF001
+            fd = os.open(self.host._path(rel), os.O_RDONLY | os.O_CLOEXEC)  # noqa: SLF001
+        except OSError as exc:
+            raise FactUnavailable(rel, os.strerror(exc.errno) if exc.errno else str(exc)) from None
+        fds[irq] = fd
+        try:
+            return os.pread(fd, SYSFS_PAGE, 0)
+        except OSError as exc:
+            raise FactUnavailable(rel, os.strerror(exc.errno) if exc.errno else str(exc)) from None
+
+    def _listing(self, bdf: str, w: _Watched | None = None) -> tuple[str, ...] | None:
+        if w is not None and w.dirfd is not None:
+            try:
+                # os.listdir(fd) rewinds a duplicate of the kept descriptor.
+                # kernfs lists a removed directory as empty (fs/kernfs/dir.c
+                # kernfs_dir_pos finds no children): MSI-X off reads as a change.
+                names = os.listdir(w.dirfd)
+            except OSError:
+                _close_dir(w)
+                return None
+            return tuple(sorted(names)) if names else None
+        path = self.host._path(f"sys/bus/pci/devices/{bdf}/msi_irqs")  # noqa: SLF001
+        try:
+            names = os.listdir(path)
         except OSError:
             return None  # MSI off (the directory goes with it), or no such device
+        if w is not None and names:
+            try:
+                w.dirfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                w.dirfd = None
+        return tuple(sorted(names))
 
     def _live_irq(self, bdf: str) -> str | None:
         try:
@@ -166,30 +322,68 @@ class Sampler:
             return None
         return value if value.isdigit() and value != "0" else None
 
-    def _sysfs_row(self, irq: str) -> IrqLine | None:
-        """The IRQ's row from sysfs; None if a row /proc/interrupts would not
-        print (no action and no count: show_interrupts skips those).
-        FactUnavailable if its files cannot be read or are cut."""
-        base = f"sys/kernel/irq/{irq}"
-        raw = self._read(f"{base}/per_cpu_count")
-        if not raw.endswith(b"\n"):
-            raise FactUnavailable(f"{base}/per_cpu_count", "cut at the sysfs page size")
-        actions = self._read(f"{base}/actions")
+    def _root_identity(self):
+        # The live host's root is "/", whose sysfs files follow the kernel.
+        # A recorded tree's root may be a symlink a replay swaps (fleet tier,
+        # daemon tests): kept descriptors would go on reading the old tree.
+        # Only a symlink can be swapped atomically (rename(2) does not replace
+        # a non-empty directory), so a plain directory costs no stat per sample.
+        if self.host.root in ("/", "") or not os.path.islink(self.host.root):
+            return None
+        try:
+            st = os.stat(self.host.root)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    def _sysfs_row(self, irq: str) -> tuple[IrqLine | None, bool]:
+        """The IRQ's row from sysfs (None if a row /proc/interrupts would
+        not print: no action and no count, show_interrupts skips those) and
+        whether anything but its counts changed since the last read.
+        FactUnavailable if its files cannot be read or are cut; _Stale."""
+        fd = self.count_fds.get(irq)
+        try:
+            raw = os.pread(fd, SYSFS_PAGE, 0) if fd is not None else None  # the usual path, inline
+        except OSError:
+            raw = None
+        if raw is None:
+            raw = self._pread(self.count_fds, irq, "per_cpu_count")
+        if raw[-1:] != b"\n":
+            raise FactUnavailable(f"sys/kernel/irq/{irq}/per_cpu_count", "cut at the sysfs page size")
+        last = self.last_raw.get(irq)
+        if last is not None and last[5]:
+            # An MSI/MSI-X vector holding its vfio handler: nothing else can
+            # join it (vfio-pci requests it without IRQF_SHARED,
+            # vfio_pci_intrs.c vfio_msi_set_vector_signal, Linux 6.1), and
+            # QEMU keeps a handler on it until MSI/MSI-X is disabled
+            # (hw/vfio/pci.c vfio_msix_vector_release switches it to QEMU's
+            # own eventfd, 7.2-9.x), which frees the vector: ENODEV above.
+            # Its actions are read again at the next rediscovery. INTx lines
+            # (sharers come and go) and vectors without a vfio handler yet
+            # (one may be set) are read at every sample.
+            actions = last[1]
+        else:
+            actions = self._pread(self.action_fds, irq, "actions")
         t = self.templates.get(irq)
         if t is None:
-            t = self.templates[irq] = self._sysfs_template(base)
-        last = self.last_raw.get(irq)
-        if last is not None and last[0] == raw and last[1] == actions and last[2] is t:
-            return last[3]  # an idle vector: nothing to parse
-        counts = tuple(map(int, raw.split(b","))) if raw.strip() else ()
-        # actions_show joins with "," (irqdesc.c); /proc/interrupts with ", ".
-        handlers = tuple(a.decode("utf-8", "replace") for a in actions.strip().split(b",") if a)
+            t = self.templates[irq] = self._sysfs_template(f"sys/kernel/irq/{irq}")
+        if last is not None and last[1] == actions and last[2] is t:
+            if last[0] == raw:
+                return last[3], False  # an idle vector: nothing to parse
+            handlers, exclusive, moved = last[4], last[5], False
+        else:
+            # actions_show joins with "," (irqdesc.c); /proc/interrupts with ", ".
+            handlers = tuple(a.decode("utf-8", "replace") for a in actions.strip().split(b",") if a)
+            exclusive = any(v is not None and v.mode != "intx" for v in map(parse_vfio_handler, handlers))
+            moved = True
+        counts, hint = _parse_counts(raw, last[6] if last is not None else None)
         row = None
-        if handlers or any(counts):
-            row = IrqLine(irq=irq, counts=counts, chip=t.chip, hwirq=t.hwirq, flow=t.flow,
-                          handlers=handlers, truncated=False)
-        self.last_raw[irq] = (raw, actions, t, row)
-        return row
+        if handlers or counts:
+            row = IrqLine(irq, counts, t.chip, t.hwirq, t.flow, handlers, False)
+        if last is not None and (last[3] is None) != (row is None):
+            moved = True
+        self.last_raw[irq] = (raw, actions, t, row, handlers, exclusive, hint)
+        return row, moved
 
     def _sysfs_template(self, base: str) -> _Template:
         out = []
@@ -221,8 +415,19 @@ class Sampler:
         could be read."""
         self.samples += 1
         full = self.discover or self.samples % CROSS_CHECK_SAMPLES == 0
+        recheck = False
+        if self._root_id is not None:
+            root_id = self._root_identity()
+            if root_id != self._root_id:
+                self._root_id, recheck = root_id, True
+                self.close()
         for bdf, w in self.watched.items():
-            listing, live = self._listing(bdf), self._live_irq(bdf)
+            if recheck:
+                listing, live = self._listing(bdf, w), self._live_irq(bdf)
+            elif w.steady:
+                continue
+            else:
+                listing, live = self._listing(bdf, w), w.live_irq
             if listing != w.listing or live != w.live_irq:
                 w.listing, w.live_irq = listing, live
                 full = True
@@ -232,28 +437,15 @@ class Sampler:
         if full:
             proc, odd = self._rediscover()
             cpus = proc.cpus if proc is not None else None
-        rows: dict[str, IrqLine] = {}
-        missing: set[str] = set()
-        readable = False
-        for irq in sorted({i for w in self.watched.values() for i in w.irqs}, key=_irq_key):
-            if irq in self.absent:
-                continue
-            if irq in self.from_proc:
-                missing.add(irq)
-                continue
-            try:
-                row = self._sysfs_row(irq)
-            except FactUnavailable as exc:
-                self.from_proc.add(irq)
-                self.fallback_errors[irq] = exc
-                missing.add(irq)
-                continue
-            except ValueError:  # a count that is not a number: a damaged recording
-                odd += 1
-                continue
-            readable = True
-            if row is not None:
-                rows[irq] = row
+        try:
+            rows, missing, readable, bad, moved = self._read_rows()
+        except _Stale:
+            # A watched IRQ was freed (module docstring): rediscover, once.
+            proc, odd = self._rediscover()
+            cpus = proc.cpus if proc is not None else None
+            full = True
+            rows, missing, readable, bad, moved = self._read_rows(retry=True)
+        odd += bad
         if missing:
             if proc is None:
                 # /proc/interrupts is read for these anyway: take from it, as
@@ -263,8 +455,10 @@ class Sampler:
                 proc, skipped = self._rediscover(counted=False)
                 odd += skipped
                 cpus = proc.cpus if proc is not None else None
+                moved = True
             if proc is not None:
                 readable = True
+                moved = True
                 by_irq = proc.by_irq()
                 watched = {i for w in self.watched.values() for i in w.irqs}
                 for irq in sorted(watched - set(rows) - self.absent, key=_irq_key):
@@ -281,9 +475,66 @@ class Sampler:
         elif proc is not None:
             readable = True
         if not readable and not rows:
+            self.shape += 1
+            self._last_rows = None
             return (None, odd) if self.watched else (Interrupts(cpus, (), ()), odd)
-        return Interrupts(cpus=cpus, lines=tuple(rows[i] for i in sorted(rows, key=_irq_key)),
-                          skipped=()), odd
+        # _read_rows follows self.order (sorted); rows from /proc/interrupts are added after
+        order = tuple(sorted(rows, key=_irq_key)) if missing else tuple(rows)
+        if moved or full or order != self._last_rows:
+            self.shape += 1
+            self._last_rows = order
+            self._steady(rows)
+        return Interrupts(cpus=cpus, lines=tuple(rows[i] for i in order), skipped=()), odd
+
+    def _read_rows(self, retry: bool = False) -> tuple[dict, set, bool, int, bool]:
+        rows: dict[str, IrqLine] = {}
+        missing: set[str] = set()
+        readable = moved = False
+        bad = 0
+        for irq in self.order:
+            if irq in self.absent:
+                continue
+            if irq in self.from_proc:
+                missing.add(irq)
+                continue
+            try:
+                row, changed = self._sysfs_row(irq)
+            except _Stale:
+                if not retry:
+                    raise
+                # Freed again right after its rediscovery: this sample takes
+                # it from /proc/interrupts; the next rediscovery retries sysfs.
+                missing.add(irq)
+                continue
+            except FactUnavailable as exc:
+                self.from_proc.add(irq)
+                self.fallback_errors[irq] = exc
+                missing.add(irq)
+                continue
+            except ValueError:  # a count that is not a number: a damaged recording
+                bad += 1
+                continue
+            readable = True
+            moved |= changed
+            if row is not None:
+                rows[irq] = row
+        return rows, missing, readable, bad, moved
+
+    def _steady(self, rows: dict[str, IrqLine]) -> None:
+        """Which devices need no msi_irqs/ listing (module docstring): those
+        holding vfio-intx or vfio-msi handlers on rows read from sysfs."""
+        held: set[str] = set()
+        for irq, row in rows.items():
+            if irq in self.from_proc or irq not in self.last_raw:
+                continue
+            for h in row.handlers:
+                v = parse_vfio_handler(h)
+                if v is not None and v.mode in ("intx", "msi"):
+                    held.add(v.bdf)
+        for bdf, w in self.watched.items():
+            w.steady = bdf.lower() in held
+            if w.steady:
+                _close_dir(w)
 
     def _rediscover(self, counted: bool = True) -> tuple[Interrupts | None, int]:
         """Read the whole /proc/interrupts once: each device's vfio rows
@@ -294,9 +545,11 @@ class Sampler:
         if counted:
             self.rediscoveries += 1
             self.absent.clear()
-        for bdf, w in self.watched.items():
-            if w.listing is None and w.live_irq is None:
-                w.listing, w.live_irq = self._listing(bdf), self._live_irq(bdf)
+            self.last_raw.clear()  # every actions file read again
+            for bdf, w in self.watched.items():
+                # msi_irqs/ and irq as they are now (a freed vector, a domain event)
+                _close_dir(w)
+                w.listing, w.live_irq = self._listing(bdf, w), self._live_irq(bdf)
         candidates = {i for w in self.watched.values()
                       for i in (w.static_irq, w.live_irq, *(w.listing or ())) if i}
         data = self._read_proc()
@@ -306,6 +559,10 @@ class Sampler:
             if table is not None:
                 irqs |= {line.irq for line, _ in table.vfio_lines(bdf)}
             w.irqs = frozenset(irqs)
+        self.order = tuple(sorted({i for w in self.watched.values() for i in w.irqs}, key=_irq_key))
+        for fds in (self.count_fds, self.action_fds):
+            for irq in [i for i in fds if i not in self.order]:
+                os.close(fds.pop(irq))
         if table is not None:
             # The chip, hwirq and flow exactly as /proc/interrupts prints them.
             for line in table.lines:
@@ -320,6 +577,12 @@ class Sampler:
         self.note(f"/sys/kernel/irq/{irq} not usable ({why}); reading such IRQs "
                   "from /proc/interrupts at every sample instead (needs Linux 4.9+ with "
                   "CONFIG_SPARSE_IRQ for the per-IRQ files; said once)")
+
+
+def _close_dir(w: _Watched) -> None:
+    if w.dirfd is not None:
+        os.close(w.dirfd)
+        w.dirfd = None
 
 
 def _irq_key(irq: str) -> tuple[int, str]:

@@ -1,0 +1,105 @@
+"""The Watcher works a device's interrupts out with the model
+(facts.model.device_interrupts) only when the sampled table's shape changed
+(Sampler.shape); between, it carries the model's result over with the new
+counts (runtime.Watcher._interrupts, issue 12). This checks that shortcut
+against the model itself at every sample: over each lab scenario's real
+captures (a symlinked root the replay swaps, as the fleet tier does), with
+the vfio vectors' counts moving in place between swaps, and over a sharer
+joining the INTx line."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from vfio_advisor.facts.domain import parse_domain_xml
+from vfio_advisor.facts.host import HostRoot
+from vfio_advisor.facts.model import device_interrupts
+from vfio_advisor.facts.pciids import PciIds
+from vfio_advisor.runtime import RuntimeConfig, StateStore, Watcher
+
+REPO = Path(__file__).resolve().parents[2]
+CAPTURES = REPO / "lab/captures"
+DOMAINS = REPO / "tests/data/domains/lab"
+SCENARIOS = {
+    "switch": ("switch", [f"switch-{i}" for i in (1, 2, 3, 4, 5)]),
+    "stays-intx": ("edu", [f"stays-intx-{i}" for i in (1, 2, 3, 4)]),
+    "storm-shared": ("shared", ["storm-shared-1", "storm-shared-2"]),
+}
+
+
+def checked_watcher(root: Path, domain: str):
+    clock = {"now": 100.0}
+    w = Watcher(HostRoot(str(root)), RuntimeConfig(settle=0), lambda f, d: None, StateStore(None),
+                clock=lambda: clock["now"], pci_ids=PciIds(None))
+    w.add_domain(parse_domain_xml((DOMAINS / f"{domain}.xml").read_bytes()))
+    seen = {"fast": 0, "slow": 0, "checked": 0}
+    real = w._interrupts
+    real_model = device_interrupts
+
+    def compare(dom, assigned, table, shape):
+        cached = dom.interrupts.get(assigned.address)
+        fast = cached is not None and cached[0] == shape
+        got = real(dom, assigned, table, shape)
+        assert got == real_model(assigned.address, assigned.device, table), (assigned.address, shape)
+        seen["fast" if fast else "slow"] += 1
+        seen["checked"] += 1
+        return got
+
+    w._interrupts = compare
+    return w, clock, seen
+
+
+def bump(root: Path, step: int) -> None:
+    """Every per_cpu_count of the tree takes `step` more on its first CPU, in place."""
+    for pcc in (root / "sys/kernel/irq").glob("*/per_cpu_count"):
+        counts = pcc.read_text().strip().split(",")
+        counts[0] = str(int(counts[0]) + step)
+        with open(pcc, "r+") as f:
+            f.write(",".join(counts) + "\n")
+            f.truncate()
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_cached_interrupts_equal_the_model_at_every_sample(scenario, tmp_path):
+    domain, moments = SCENARIOS[scenario]
+    copies = []
+    for m in moments:
+        shutil.copytree(CAPTURES / m, tmp_path / m, symlinks=True)
+        copies.append(tmp_path / m)
+    root = tmp_path / "root"
+    root.symlink_to(copies[0])
+    w, clock, seen = checked_watcher(root, domain)
+    for i, copy in enumerate(copies):
+        if i:
+            tmp = tmp_path / "next"
+            tmp.symlink_to(copy)
+            os.replace(tmp, root)
+        for step in range(4):
+            clock["now"] += 5
+            w.sample()
+            bump(copy, step + 1)
+    assert seen["checked"] == len(copies) * 4 * w.device_count
+    assert seen["fast"] > 0 and seen["slow"] > 0, seen
+
+
+def test_a_sharer_joining_the_line_is_worked_out_again(tmp_path):
+    root = tmp_path / "stays"
+    shutil.copytree(CAPTURES / "stays-intx-4", root, symlinks=True)
+    w, clock, seen = checked_watcher(root, "edu")
+    for _ in range(3):
+        clock["now"] += 5
+        w.sample()
+    actions = root / "sys/kernel/irq/23/actions"
+    text = actions.read_text().strip()
+    with open(actions, "r+") as f:
+        f.write(text + ",ehci_hcd:usb9\n")
+    slow = seen["slow"]
+    clock["now"] += 5
+    w.sample()
+    assert seen["slow"] == slow + 1
+    dom = next(iter(w.domains.values()))
+    assert "ehci_hcd:usb9" in dom.interrupts["0000:00:03.0"][1].shared_with
