@@ -16,6 +16,11 @@ APT_PACKAGES += systemd hwdata libvirt-daemon-system qemu-system-x86
 # system tier's guest image (mmdebstrap, mkfs.ext4 -d).
 APT_PACKAGES += debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools python3-lxml
 APT_PACKAGES += lintian groff-base mmdebstrap e2fsprogs git
+# fix: libvirt's schema check (virt-xml-validate runs xmllint).
+APT_PACKAGES += libvirt-clients libxml2-utils
+# fleet tier: the real Prometheus (with promtool), node_exporter and journal-remote/upload;
+# permission tests run the product as nobody with setpriv.
+APT_PACKAGES += prometheus prometheus-node-exporter systemd-journal-remote util-linux
 
 # make deb: from a clean checkout (git archive of DEB_REF), built and checked
 # outside the source tree; the .deb is left in DEB_DIR.

@@ -82,7 +82,10 @@ def build_parser(with_fix: bool = True) -> argparse.ArgumentParser:
 
     i = sub.add_parser("install", help="install the libvirt hook, config and journald catalog")
     i.add_argument("--root", default="/", metavar="DIR", help="install under DIR (default /)")
-    i.add_argument("--python", metavar="PATH", help="interpreter for the hook (default: this one)")
+    i.add_argument("--python", metavar="PATH",
+                   help="interpreter for the hook and the daemon (default: this one for the hook; "
+                   "the daemon runs this venv's base interpreter on the copy in "
+                   "/usr/local/lib/vfio-advisor)")
     i.add_argument("--config", metavar="PATH", help="config file the hook reads "
                    f"(default {DEFAULT_CONFIG_PATH})")
     i.add_argument("--classic", action="store_true",
