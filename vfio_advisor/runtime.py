@@ -63,6 +63,7 @@ class DomainState:
         # bdf -> (sampler shape, HostInterrupts, where its counts are in the table)
         self.interrupts: dict[str, tuple] = {}
         self.pinned = bool(facts.domain.pinned_cpus)
+        self.recorded: dict[str, tuple[str, bool]] = {}  # bdf -> last (mode, flagged_intx) recorded
 
     @property
     def key(self) -> str:
@@ -225,8 +226,12 @@ class Watcher:
                 if found:
                     storm_lines |= {dict(f.evidence)["irq"] for f in found if f.rule_id in ("VA6004", "VA6005")}
                     findings += [f for f in found if not self._ignored(dom, f.rule_id)]
-                if state.mode != "none" and sample.since_start >= self.config.settle:
+                if state.mode != "none" and sample.since_start >= self.config.settle and \
+                        dom.recorded.get(assigned.address) != (state.mode, state.flagged_intx):
+                    # StateStore.record writes only a change; its last call per device is
+                    # remembered here, so a steady device costs no dict building per sample.
                     self.store.record(dom.key, assigned.address, state.mode, state.flagged_intx)
+                    dom.recorded[assigned.address] = (state.mode, state.flagged_intx)
         self.last_sample = now
         for f in findings:
             if f.rule_id != "VA6002":  # an event ("the fix worked"), never a standing condition

@@ -204,6 +204,7 @@ class Sampler:
         # modes, vectors, INTx line and sharers (runtime.Watcher keys on it).
         self.shape = 0
         self._last_rows: tuple | None = None
+        self._listed: list = []  # (bdf, _Watched) of the devices not steady
         self._root_id = self._root_identity()
 
     # --- what to watch ----------------------------------------------------
@@ -358,12 +359,19 @@ class Sampler:
             # QEMU keeps a handler on it until MSI/MSI-X is disabled
             # (hw/vfio/pci.c vfio_msix_vector_release switches it to QEMU's
             # own eventfd, 7.2-9.x), which frees the vector: ENODEV above.
-            # Its actions are read again at the next rediscovery. INTx lines
-            # (sharers come and go) and vectors without a vfio handler yet
-            # (one may be set) are read at every sample.
-            actions = last[1]
-        else:
-            actions = self._pread(self.action_fds, irq, "actions")
+            # So its actions are not read again until the next rediscovery
+            # (which empties last_raw, as it does when a template changes);
+            # only the counts move. INTx lines (sharers come and go) and
+            # vectors without a vfio handler yet (one may be set) have their
+            # actions read at every sample, below.
+            if raw == last[0]:
+                return last[3], False
+            counts, hint = _parse_counts(raw, last[6])
+            row = last[3]
+            row = IrqLine(irq, counts, row[2], row[3], row[4], row[5], False)
+            self.last_raw[irq] = (raw, last[1], last[2], row, last[4], True, hint)
+            return row, False
+        actions = self._pread(self.action_fds, irq, "actions")
         t = self.templates.get(irq)
         if t is None:
             t = self.templates[irq] = self._sysfs_template(f"sys/kernel/irq/{irq}")
@@ -421,7 +429,7 @@ class Sampler:
             if root_id != self._root_id:
                 self._root_id, recheck = root_id, True
                 self.close()
-        for bdf, w in self.watched.items():
+        for bdf, w in (self.watched.items() if recheck or full else self._listed):
             if recheck:
                 listing, live = self._listing(bdf, w), self._live_irq(bdf)
             elif w.steady:
@@ -477,6 +485,7 @@ class Sampler:
         if not readable and not rows:
             self.shape += 1
             self._last_rows = None
+            self._steady({})
             return (None, odd) if self.watched else (Interrupts(cpus, (), ()), odd)
         # _read_rows follows self.order (sorted); rows from /proc/interrupts are added after
         order = tuple(sorted(rows, key=_irq_key)) if missing else tuple(rows)
@@ -491,10 +500,11 @@ class Sampler:
         missing: set[str] = set()
         readable = moved = False
         bad = 0
+        absent, from_proc = self.absent, self.from_proc
         for irq in self.order:
-            if irq in self.absent:
+            if absent and irq in absent:
                 continue
-            if irq in self.from_proc:
+            if from_proc and irq in from_proc:
                 missing.add(irq)
                 continue
             try:
@@ -535,6 +545,7 @@ class Sampler:
             w.steady = bdf.lower() in held
             if w.steady:
                 _close_dir(w)
+        self._listed = [(bdf, w) for bdf, w in self.watched.items() if not w.steady]
 
     def _rediscover(self, counted: bool = True) -> tuple[Interrupts | None, int]:
         """Read the whole /proc/interrupts once: each device's vfio rows
