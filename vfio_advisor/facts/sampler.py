@@ -83,12 +83,14 @@ from vfio_advisor.facts.host import INTERRUPTS_LIMIT, HostRoot
 from vfio_advisor.facts.interrupts import Interrupts, IrqLine, parse_vfio_handler, sample_table
 from vfio_advisor.facts.pci import PciDevice
 
-# A full /proc/interrupts read every 720 samples: an hour at the default
+# A full /proc/interrupts read every 17,280 samples: a day at the default
 # 5 s interval. It is the safety net for a vfio row outside {irq} +
-# msi_irqs/, which sysfs change detection cannot see and which no kernel we
-# know makes; at 1/720 of the samples it costs under 1% of the old per-sample
-# full read on any host.
-CROSS_CHECK_SAMPLES = 720
+# msi_irqs/, which the per-sample signals (module docstring) cannot see and
+# which no kernel we know makes. Measured (make bench, 256 CPUs): one such
+# read costs 4.4 ms at 2000 rows and 60 ms at 20,000 rows; hourly (720) that
+# was 84 us per sample at 20,000 rows, more than the sample itself, so the
+# cost grew with the host again; daily it is 3.5 us.
+CROSS_CHECK_SAMPLES = 17280
 # sysfs show() fills one page (fs/sysfs/file.c, PAGE_SIZE on x86 = 4096):
 # per_cpu_count of a host with many possible CPUs and large counts is cut
 # there without its final newline (irqdesc.c scnprintf into a PAGE_SIZE
