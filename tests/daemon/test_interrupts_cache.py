@@ -45,6 +45,10 @@ def checked_watcher(root: Path, domain: str):
         fast = cached is not None and cached[0] == shape
         got = real(dom, assigned, table, shape)
         assert got == real_model(assigned.address, assigned.device, table), (assigned.address, shape)
+        for irq, n in got.vector_counts:  # and the counts are the kernel's, as they move
+            pcc = root / f"sys/kernel/irq/{irq}/per_cpu_count"
+            if pcc.exists():
+                assert n == sum(map(int, pcc.read_text().split(","))), (irq, n)
         seen["fast" if fast else "slow"] += 1
         seen["checked"] += 1
         return got
