@@ -5,12 +5,14 @@ initramfs enable every PCI function and print the IRQ the guest kernel got
 guest-irqs' prediction from the live XML.
 
 Needs root, libvirt-daemon-system, qemu-system-x86, and Debian's archive for
-`apt-get download` of linux-image-cloud-amd64 and busybox-static (cached in
-.cache/guest). About 20 s for the three layouts under TCG.
+`apt-get download` of linux-image-cloud-amd64 and busybox-static (cached
+outside the clone, in /var/cache/vfio-advisor-tests/guest, so that a fresh
+clone reuses it; VFIO_ADVISOR_GUEST_CACHE overrides). About 20 s for the three layouts under TCG.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from vfio_advisor.facts.guest_intx import PIRQS, build_guest_intx_map
 
 REPO = Path(__file__).resolve().parents[2]
 LAYOUTS = sorted((REPO / "tests/data/domains/routing").glob("*.xml"))
-GUEST_CACHE = REPO / ".cache/guest"
+GUEST_CACHE = Path(os.environ.get("VFIO_ADVISOR_GUEST_CACHE", "/var/cache/vfio-advisor-tests/guest"))
 BUILD = Path(__file__).with_name("build-guest.sh")
 BOOT = Path(__file__).with_name("boot-layouts.sh")
 WITH_LIBVIRTD = REPO / "tests/support/with-libvirtd.sh"
