@@ -82,10 +82,13 @@ def main() -> int:
         return out
 
     Watcher.sample = counted
-    rc = cli.main(["daemon", "--connect", f"test://{work}/node.xml", "--host-root", root,
-                   "--interval", "0.000001", "--settle", "10", "--config", config,
-                   "--state-dir", os.path.join(work, "state"),
-                   "--metrics-file", os.path.join(work, "vfio-advisor.prom")])
+    # As the console script calls it (argv from sys.argv): main() then takes
+    # the program-only start-up path (no ssl), which main([...]) from tests never does.
+    sys.argv = ["vfio-advisor", "daemon", "--connect", f"test://{work}/node.xml", "--host-root", root,
+                "--interval", "0.000001", "--settle", "10", "--config", config,
+                "--state-dir", os.path.join(work, "state"),
+                "--metrics-file", os.path.join(work, "vfio-advisor.prom")]
+    rc = cli.main()
     if state["n"] < samples:
         sys.stderr.write(f"daemon stopped after {state['n']} samples\n")
         return 1

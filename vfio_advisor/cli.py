@@ -105,6 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # planner, the XML editor, the verifier) is 5 MB of its steady-state RSS
     # (issue 12, bench/daemon_soak.py): `vfio-advisor daemon ...` parses without it.
     words = list(sys.argv[1:] if argv is None else argv)
+    if argv is None and words[:1] == ["daemon"] and "asyncio" not in sys.modules:
+        # The program itself (console script, python -m), never a test's
+        # in-process main([...]): the daemon talks to libvirtd only over its
+        # unix socket (libvirtaio, libvirt's own TLS is C), so asyncio's
+        # optional `import ssl` (asyncio/sslproto.py, 3.11) is blocked: ~1.5 MB of RSS.
+        sys.modules.setdefault("ssl", None)
     args = build_parser(with_fix=words[:1] != ["daemon"]).parse_args(words)
     try:
         return COMMANDS[args.command](args)

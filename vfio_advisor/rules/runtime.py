@@ -82,10 +82,19 @@ def observe(state: DeviceState, sample: DeviceSample, elapsed: float | None) -> 
     """The bookkeeping every runtime rule reads: mode, counts, rate."""
     irq = sample.interrupts
     mode = irq.mode if irq.mode in ("intx", "msi", "msix") else "none"
-    counts = dict(irq.vector_counts)
-    before = dict(state.counts)
+    vector_counts, before = irq.vector_counts, state.counts
+    if len(vector_counts) == len(before) and all(v[0] == b[0] for v, b in zip(vector_counts, before)):
+        # The same vectors as at the last sample, in its (sorted, unique)
+        # order: the daemon's steady case, taken without the dicts and the
+        # sort below (issue 12: ~3 us of a ~50 us sample per device).
+        counts = tuple(vector_counts)
+        pairs = zip(counts, before)
+    else:
+        counts = tuple(sorted(dict(vector_counts).items()))
+        known = dict(before)
+        pairs = (((i, total), (i, known.get(i, total))) for i, total in counts)
     if mode == state.mode and elapsed and elapsed > 0:
-        delta = sum(max(total - before.get(i, total), 0) for i, total in counts.items())
+        delta = sum(max(now[1] - then[1], 0) for now, then in pairs)
         rate = delta / elapsed
     else:
         delta, rate = 0, 0.0
@@ -93,9 +102,9 @@ def observe(state: DeviceState, sample: DeviceSample, elapsed: float | None) -> 
     # other handlers' interrupts, so a non-zero line does not prove this
     # device ever interrupted; but "none at all" (VA6006, info) must not be
     # said of a device that may have: only an all-zero count is taken as none.
-    ever = state.ever_counted or delta > 0 or any(counts.values())
+    ever = state.ever_counted or delta > 0 or any(c for _, c in counts)
     observable = mode not in ("msi", "msix") or sample.host_can_count_msi
-    return state._replace(mode=mode, previous_mode=state.mode, counts=tuple(sorted(counts.items())),
+    return state._replace(mode=mode, previous_mode=state.mode, counts=counts,
                           rate=rate, delta=delta, ever_counted=ever, observable=observable)
 
 
@@ -202,7 +211,8 @@ def intx_storm(state, sample, elapsed, config):
                             "in a row.", _storm_remedy(sample, rule),
                             evidence={"rate": f"{state.rate:.0f}", "irq": line,
                                       "threshold": f"{config.storm_rate:g}"})
-    if state.rate < config.storm_rate * STORM_HYSTERESIS:
+    if (state.storming or state.storm_reported) and state.rate < config.storm_rate * STORM_HYSTERESIS:
+        # Only a storm (or its run-up) to end: a quiet device's state is not rebuilt each sample.
         state = state._replace(storming=0, storm_reported=False)
     return state, []
 
@@ -228,7 +238,8 @@ def no_interrupts(state, sample, elapsed, config):
     if not _settled(sample, config) or not state.observable:
         return state, []  # posted MSI: a flat count is no evidence of silence
     if state.ever_counted:
-        return state._replace(reported_none=False), []
+        # Rebuilt only when it changes: the steady case costs no _replace per sample.
+        return (state._replace(reported_none=False) if state.reported_none else state), []
     if state.reported_none:
         return state, []
     return state._replace(reported_none=True), _make(
