@@ -5,7 +5,11 @@ libvirt test driver following one running domain with a GPU and its audio,
 the sampling loop writing the metrics file after every sample), stopped
 with SIGTERM after N samples. Prints `rss_kib=<VmRSS at the N-th sample>`.
 
-Usage: daemon_soak.py HOST_ROOT SAMPLES WORKDIR
+Usage: daemon_soak.py HOST_ROOT SAMPLES WORKDIR [URI]
+
+URI (default: the test driver on the one-domain node file) is a real
+libvirtd's, e.g. qemu:///system (bench/real-libvirtd.sh): then no domain runs,
+and the figure is the daemon's own without the test driver's in-process heap.
 
 The only addition to the real path is a counter around Watcher.sample that
 moves the vfio vectors' counters every 50 samples and stops the daemon; it
@@ -50,6 +54,7 @@ def rss_kib() -> int:
 
 def main() -> int:
     root, samples, work = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    uri = sys.argv[4] if len(sys.argv) > 4 else f"test://{work}/node.xml"
     os.makedirs(work, exist_ok=True)
     with open(os.path.join(work, "node.xml"), "w") as f:
         f.write(NODE)
@@ -84,7 +89,7 @@ def main() -> int:
     Watcher.sample = counted
     # As the console script calls it (argv from sys.argv): main() then takes
     # the program-only start-up path (no ssl), which main([...]) from tests never does.
-    sys.argv = ["vfio-advisor", "daemon", "--connect", f"test://{work}/node.xml", "--host-root", root,
+    sys.argv = ["vfio-advisor", "daemon", "--connect", uri, "--host-root", root,
                 "--interval", "0.000001", "--settle", "10", "--config", config,
                 "--state-dir", os.path.join(work, "state"),
                 "--metrics-file", os.path.join(work, "vfio-advisor.prom")]

@@ -111,6 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # unix socket (libvirtaio, libvirt's own TLS is C), so asyncio's
         # optional `import ssl` (asyncio/sslproto.py, 3.11) is blocked: ~1.5 MB of RSS.
         sys.modules.setdefault("ssl", None)
+        # argparse's HelpFormatter imports shutil (terminal width) at every
+        # add_argument, and shutil imports bz2 and lzma for its archive
+        # formats, which the daemon never makes: shutil treats them as absent.
+        sys.modules.setdefault("bz2", None)
+        sys.modules.setdefault("lzma", None)
     args = build_parser(with_fix=words[:1] != ["daemon"]).parse_args(words)
     try:
         return COMMANDS[args.command](args)

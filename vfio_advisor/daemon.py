@@ -217,10 +217,14 @@ class Service:
     async def _wait_any(self, event: asyncio.Event, timeout: float) -> None:
         stop = asyncio.ensure_future(self.stopping.wait())
         other = asyncio.ensure_future(event.wait())
-        done, pending = await asyncio.wait({stop, other}, timeout=timeout,
-                                           return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
+        try:
+            await asyncio.wait({stop, other}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Also when the keeper itself is cancelled at stop: else both waits
+            # outlive it ("Task was destroyed but it is pending!" at loop.close(),
+            # seen against a real libvirtd). Cancelling a finished task is a no-op.
+            stop.cancel()
+            other.cancel()
 
     async def _sample_loop(self) -> None:
         while not self.stopping.is_set():
