@@ -33,11 +33,26 @@ RECONNECT_MAX_DELAY = 30.0
 
 
 def _notify_sender() -> Callable[[str], None]:
-    try:
-        from systemd import daemon as sd_daemon
-    except ImportError:
-        return lambda _msg: None
-    return lambda msg: sd_daemon.notify(msg)
+    """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET, an
+    AF_UNIX path, or an abstract name when it starts with "@" (systemd 252,
+    src/libsystemd/sd-daemon/sd-daemon.c, sd_pid_notify_with_fds). Read at
+    each call, as libsystemd does. python3-systemd's notify() does the same
+    through libsystemd.so, whose mapping is ~1 MiB of the daemon's RSS (issue 12)."""
+    import socket  # noqa: PLC0415 - asyncio has imported it already
+
+    def send(message: str) -> None:
+        path = os.environ.get("NOTIFY_SOCKET")
+        if not path or path[0] not in "/@":
+            return  # not started by systemd (or a vsock: address, systemd >= 254 only)
+        if path[0] == "@":
+            path = "\0" + path[1:]
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.sendto(message.encode(), path)
+        except OSError:
+            pass  # systemd gone or the socket full: notifications are best effort, as in libsystemd
+
+    return send
 
 
 class Service:
