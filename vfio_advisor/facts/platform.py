@@ -238,12 +238,14 @@ def kernel_config_option(host: HostRoot, option: str) -> str | None:
 
 
 def iommu_state(host: HostRoot, *, interrupts: Interrupts | None = None,
-                cmdline: KernelCmdline | None = None) -> IommuState:
+                cmdline: KernelCmdline | None = None, build_default: bool = True) -> IommuState:
     """Whether DMA remapping and interrupt remapping are in effect, with evidence.
 
     Preference: the kernel's own state (/sys/class/iommu, IOMMU groups,
     IR- chips in /proc/interrupts), then the command line with the kernel's
-    defaults.
+    defaults. `build_default=False` leaves out the Intel build default
+    (/boot/config-<release>): it only adds a line to dma_evidence and never
+    changes a verdict.
     """
     if cmdline is None:
         cmdline = _read_cmdline(host)
@@ -291,7 +293,7 @@ def iommu_state(host: HostRoot, *, interrupts: Interrupts | None = None,
                           "parse_amd_iommu_options); AMD-Vi is on by default")
         if cmdline.get("iommu") == "pt" or "pt" in cmdline.values("iommu"):
             dma_ev.append("iommu=pt: host devices use identity domains; vfio still gets translated domains")
-    if cmdline is not None and cmdline.get("intel_iommu") is None and vendor != "amd":
+    if build_default and cmdline is not None and cmdline.get("intel_iommu") is None and vendor != "amd":
         # The build default says what a missing intel_iommu= means; with no
         # IOMMU visible despite a default of on, VT-d is off in the firmware.
         cfg = kernel_config_option(host, "INTEL_IOMMU_DEFAULT_ON")
