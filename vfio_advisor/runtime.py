@@ -23,7 +23,6 @@ from vfio_advisor.engine import Engine
 from vfio_advisor.errors import FactUnavailable
 from vfio_advisor.facts.domain import Domain
 from vfio_advisor.facts.host import HostRoot
-from vfio_advisor.facts.platform import posting
 from vfio_advisor.facts.sampler import Sampler
 from vfio_advisor.facts.kernel import parse_cpulist
 from vfio_advisor.facts.model import DomainFacts, device_interrupts
@@ -151,10 +150,9 @@ class Watcher:
             old = None  # a new run: settle time, flags and counters start over
         if old is not None:
             started_at = old.started_at
-        post = facts.host.posting if facts.host.posting is not None else posting(
-            self.host, interrupts=facts.host.interrupts, cmdline=facts.host.kernel.cmdline)
+        # gather_host read facts.platform.posting with the host facts.
         state = DomainState(facts, self.clock() if started_at is None else started_at, run_id,
-                            can_count_msi=not post.host_cannot_count_msi)
+                            can_count_msi=not facts.host.msi_posted)
         if old is not None:
             for bdf in state.devices:
                 if bdf in old.devices:
