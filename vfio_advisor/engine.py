@@ -97,11 +97,3 @@ def run_rules(facts: DomainFacts, rules: Iterable | None = None,
             findings.append(internal_error(facts.domain.name, f"{rule.id} failed: {exc!r}"))
     findings.sort(key=Finding.sort_key)
     return findings
-
-
-def analyse_domain(domain: Domain, host: HostFacts, devices: DeviceCache,
-                   policy: IgnorePolicy = IgnorePolicy()) -> tuple[DomainFacts, list[Finding]]:
-    facts = gather_domain(domain, host, devices)
-    return facts, run_rules(facts, policy=policy)
-
-
