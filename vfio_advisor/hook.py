@@ -2,7 +2,8 @@
 
 libvirt runs /etc/libvirt/hooks/qemu.d/* as `NAME OPERATION SUBOP EXTRA`
 with the domain XML on stdin (https://libvirt.org/hooks.html). The shell
-shim (hooks/qemu) exits at once for every operation but `prepare begin`, and
+front (vfio_advisor/data/qemu-hook.sh, the one template that install and the
+package render) exits at once for every operation but `prepare begin`, and
 only then starts this module. At `prepare` the XML is the live definition,
 with libvirt's PCI addresses assigned and hostdevs included.
 
