@@ -70,7 +70,8 @@ def build_parser(with_fix: bool = True) -> argparse.ArgumentParser:
     dm = sub.add_parser("daemon", help="watch running domains' interrupts and log runtime advice")
     dm.add_argument("--connect", "-c", metavar="URI", help="libvirt URI (default qemu:///system, read-only)")
     dm.add_argument("--host-root", metavar="DIR", help="host tree to sample instead of /")
-    dm.add_argument("--config", default=DEFAULT_CONFIG_PATH, metavar="FILE")
+    dm.add_argument("--config", default=DEFAULT_CONFIG_PATH, metavar="FILE",
+                    help=f"config file; flags win over it (default {DEFAULT_CONFIG_PATH})")
     dm.add_argument("--interval", type=float, metavar="SECONDS", help="sampling interval (default 5)")
     dm.add_argument("--settle", type=float, metavar="SECONDS",
                     help="time after a domain starts before INTx is advice-worthy (default 60)")
