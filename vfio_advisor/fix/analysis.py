@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from vfio_advisor.config import DEFAULT_CONFIG_PATH, DEFAULTS, Config, load_config
+from vfio_advisor.config import DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, DEFAULTS, Config, load_config
 from vfio_advisor.engine import Engine
 from vfio_advisor.errors import ConnectionFailed, DomainXMLError, UsageError
 from vfio_advisor.facts.domain import Domain, PciAddress, parse_domain_xml
@@ -22,14 +22,15 @@ from vfio_advisor.facts.model import DomainFacts
 from vfio_advisor.findings import Finding, Severity
 from vfio_advisor.rules import RULES_BY_ID, lookup as lookup_rule
 from vfio_advisor.rules.topology import fix_pointer
-from vfio_advisor.sources import DEFAULT_URI, open_host_root, read_domain_file
+from vfio_advisor.sources import DEFAULT_URI, MAX_XML_BYTES, open_host_root
 
 __all__ = [
-    "Analyzer", "Analysis", "Config", "ConnectionFailed", "DEFAULT_CONFIG_PATH", "DEFAULT_URI", "Domain", "DomainFacts",
+    "Analyzer", "Analysis", "Config", "ConnectionFailed", "DEFAULT_CONFIG_PATH", "DEFAULT_STATE_DIR",
+    "DEFAULT_URI", "Domain", "DomainFacts", "MAX_XML_BYTES",
     "DomainXMLError", "Finding", "GuestFunction", "GuestIntxMap", "I440FX_PIRQ_IRQ", "PIRQS",
     "PciAddress", "QEMU_MODEL_MSI", "RULES_BY_ID", "Severity", "UsageError",
     "build_guest_intx_map", "fix_pointer", "i440fx_pirq", "lookup_rule", "open_host_root", "parse_domain_xml",
-    "q35_pirq", "read_domain_file", "load_config",
+    "q35_pirq", "load_config",
 ]
 
 

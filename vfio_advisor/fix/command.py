@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from vfio_advisor.fix.analysis import (
-    DEFAULT_CONFIG_PATH, DEFAULT_URI, Analyzer, ConnectionFailed, DomainXMLError, UsageError,
-    load_config, lookup_rule, open_host_root, parse_domain_xml,
+    DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, DEFAULT_URI, MAX_XML_BYTES, Analyzer, ConnectionFailed,
+    DomainXMLError, UsageError, load_config, lookup_rule, open_host_root, parse_domain_xml,
 )
 from vfio_advisor.fix.planner import FIXABLE_RULES, RULE_ORDER, DomainPlan, plan_domain
 from vfio_advisor.fix.verify import describe_finding
@@ -29,8 +29,6 @@ from vfio_advisor.fix.xmledit import apply_ops, parse_tree, serialize
 
 SCHEMA = "vfio-advisor/fix/1"
 EXIT_OK, EXIT_UNFIXED, EXIT_USAGE = 0, 1, 2
-DEFAULT_STATE_DIR = "/var/lib/vfio-advisor"
-MAX_XML_BYTES = 10 << 20  # as sources.MAX_XML_BYTES (virsh's own limit)
 
 
 class _Parser(argparse.ArgumentParser):
