@@ -3,8 +3,9 @@
 Host, device, interrupt and domain facts live here so that rules import
 facts and nothing above them. `device_interrupts` is the one interrupt model:
 `advise` applies it to the whole /proc/interrupts table, the daemon to the
-rows its sampler picked out (`facts.interrupts.sample_table`), with the same
-mode, sharer and delta rules.
+rows its sampler read (facts/sampler.py: /sys/kernel/irq/N per sample,
+`facts.interrupts.sample_table` of /proc/interrupts at a rediscovery), with
+the same mode, sharer and delta rules.
 """
 
 from __future__ import annotations
