@@ -25,6 +25,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from vfio_advisor.catalog import render_catalog
+from vfio_advisor.config import render_config_file
 from vfio_advisor.errors import UsageError
 
 HOOK_DIR = "etc/libvirt/hooks/qemu.d"
@@ -44,35 +45,9 @@ HIDDEN = ("/home", "/root", "/run/user")
 # chowns it to the unit's dynamic UID at each start.
 PRIVATE_STATE = "/var/lib/private/vfio-advisor"
 
-DEFAULT_CONFIG_TEXT = """\
-# vfio-advisor configuration (TOML). The daemon rereads it on SIGHUP
-# (systemctl reload vfio-advisor); command-line flags win over it.
-
-[daemon]
-# Seconds between two reads of /proc/interrupts while a watched domain runs.
-interval = 5
-# Seconds after a domain starts before INTx counts as the guest's choice
-# (vfio-pci starts every device on INTx; drivers switch to MSI as they load).
-settle = 60
-# INTx per second that count as a storm, and for how many samples in a row.
-storm_rate = 20000
-storm_samples = 3
-# Rules (IDs or slugs) never to report.
-disabled_rules = []
-# metrics_file = "/var/lib/prometheus/node-exporter/vfio-advisor.prom"
-
-# Per-domain ignores (also possible in the domain's own <metadata>):
-# [domains.win11]
-# ignore = ["VA6007"]
-
-[hook]
-# Stop analysing after this many seconds; the VM start goes on regardless.
-timeout = 10
-# true: refuse to start a domain with error-level findings (such as VA2002,
-# a device that will fail with "Device or resource busy"). Off by default:
-# the hook only advises.
-block_on_error = false
-"""
+# The file install writes (and the package ships, debian/render.py), rendered
+# from the defaults in config.py so it cannot drift from them (issue 11).
+DEFAULT_CONFIG_TEXT = render_config_file()
 
 
 def render_hook(python: str, config: str, lib: str | None = None) -> str:
