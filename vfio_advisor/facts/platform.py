@@ -171,18 +171,6 @@ def intremap_settings(cmdline: KernelCmdline) -> tuple[bool, bool]:
     return remap_off, post_off
 
 
-def _last_option(cmdline: KernelCmdline, key: str, known: tuple[str, ...]) -> str | None:
-    """The last of `known` given in any `key=` list (strncmp prefix, as the kernel parses)."""
-    found = None
-    for k, v in cmdline.params:
-        if k == key and v:
-            for item in v.split(","):
-                for option in known:
-                    if item.startswith(option):
-                        found = option
-    return found
-
-
 def _amd_intr_mode(cmdline: KernelCmdline) -> str | None:
     """amd_iommu_intr=: drivers/iommu/amd/init.c (6.1) parse_amd_iommu_intr
     scans the string for the first "legacy" or "vapic"; a later parameter
