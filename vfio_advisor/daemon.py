@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Callable
 
-from vfio_advisor.config import DEFAULT_CONFIG_PATH, Config, load_config
+from vfio_advisor.config import Config, load_config
 from vfio_advisor.facts.domain import parse_domain_xml
 from vfio_advisor.facts.host import HostRoot
 from vfio_advisor.runtime import StateStore, Watcher
@@ -24,7 +24,6 @@ from vfio_advisor.sinks.journal import JournalSink
 
 # One config type and loader for every command (vfio_advisor/config.py).
 DaemonConfig = Config
-DEFAULT_CONFIG = DEFAULT_CONFIG_PATH
 
 # Reconnect backoff: libvirtd restarts take seconds; doubling from 1 s up to
 # 30 s reconnects fast after a restart and costs nothing while it is down.
