@@ -4,7 +4,6 @@ condition holds."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from vfio_advisor.facts.domain import parse_domain_xml
 from vfio_advisor.facts.host import HostRoot
 from vfio_advisor.facts.pciids import PciIds
 from vfio_advisor.runtime import RuntimeConfig, StateStore, Watcher
+from vfio_advisor.testing.hosttree import capture_under_platform
 
 REPO = Path(__file__).resolve().parents[2]
 CAPTURES = REPO / "lab/captures"
@@ -28,17 +28,8 @@ def series(text: str) -> dict:
 
 def under_platform(tmp: Path, capture: str, platform: str) -> Path:
     """A lab capture's devices and interrupts under a published platform's
-    IOMMU and KVM files (as tests/rules/examples.py lab_with_platform)."""
-    root = tmp / "root"
-    shutil.copytree(CAPTURES / capture, root, symlinks=True)
-    shutil.rmtree(root / "sys/class/iommu")
-    src = PLATFORMS / platform
-    for path in src.rglob("*"):
-        if path.is_file() and path.name != "PROVENANCE.md":
-            dest = root / path.relative_to(src)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, dest)
-    return root
+    IOMMU and KVM files."""
+    return capture_under_platform(tmp / "root", CAPTURES / capture, PLATFORMS / platform)
 
 
 @pytest.mark.parametrize("platform,posted", [

@@ -32,6 +32,7 @@ from vfio_advisor.testing.scenes import gpu_audio_devices as _gpu_audio
 from vfio_advisor.testing.scenes import hostdev_xml as _hostdev
 from vfio_advisor.testing.hosttree import (
     Device,
+    capture_under_platform,
     Host,
     build,
     edit_interrupts,
@@ -320,17 +321,7 @@ def lab_with_platform(tmp: Path, capture: str, platform: str, xml: Path,
                       set_files: dict[str, str] | None = None) -> DomainFacts:
     """`capture`'s devices and interrupts under `platform`'s published IOMMU
     registers and KVM parameters (and its command line, if it has one)."""
-    import shutil  # noqa: PLC0415
-
-    root = tmp / "root"
-    shutil.copytree(CAPTURES / capture, root, symlinks=True)
-    shutil.rmtree(root / "sys/class/iommu")
-    src = POSTED / platform
-    for path in src.rglob("*"):
-        if path.is_file() and path.name != "PROVENANCE.md":
-            dest = root / path.relative_to(src)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, dest)
+    root = capture_under_platform(tmp / "root", CAPTURES / capture, POSTED / platform)
     for rel, text in (set_files or {}).items():
         (root / rel).write_text(text)
     return lab(root, xml)

@@ -306,3 +306,21 @@ def rename_handler(text: str, old: str, new: str) -> str:
     if text.count(old) != 1:
         raise ValueError(f"{old!r} occurs {text.count(old)} times, expected once")
     return text.replace(old, new)
+
+
+def capture_under_platform(root: Path | str, capture: Path | str, platform: Path | str) -> Path:
+    """A copy of a lab capture at `root` whose IOMMU and KVM files are a
+    published platform's (tests/data/hosts/posted-*: DMAR cap / AMD EFR,
+    enable_apicv / avic, cmdline): the lab's real devices and interrupts on
+    a host the lab cannot make (QEMU's intel-iommu has no posted interrupts)."""
+    import shutil  # noqa: PLC0415 - only the fixtures that copy trees need it
+
+    root, platform = Path(root), Path(platform)
+    shutil.copytree(capture, root, symlinks=True)
+    shutil.rmtree(root / "sys/class/iommu")
+    for path in platform.rglob("*"):
+        if path.is_file() and path.name != "PROVENANCE.md":
+            dest = root / path.relative_to(platform)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, dest)
+    return root
