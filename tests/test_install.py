@@ -1,8 +1,12 @@
 """`vfio-advisor install` from a clone, the hook template, and the package's
 version. (The installed result runs under a real systemd in tests/system.)"""
 
+import json
 import os
 import re
+import shutil
+import stat
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +16,8 @@ import pytest
 from vfio_advisor import __version__
 from vfio_advisor.install import (DEFAULT_CONFIG_TEXT, LIB, base_interpreter, render_hook,
                                   render_metrics_dropin)
+
+from tests import nobody
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,3 +106,132 @@ def test_refuses_an_interpreter_the_sandbox_hides(tmp_path, python):
 def test_metrics_dropin_quotes_the_directory():
     text = render_metrics_dropin("/srv/m 100%/x.prom")
     assert 'ReadWritePaths="/srv/m 100%%"' in text
+
+
+# --- byte-compiled copy -------------------------------------------------------
+# The unit's DynamicUser= cannot write /usr/local/lib/vfio-advisor, so without
+# a pyc CPython compiles each module from source in memory at every start
+# (importlib._bootstrap_external, 3.11: SourceLoader.get_code falls back to
+# source_to_code, and set_data() drops the PermissionError). Under `python -v`
+# the import system says which path it took, per module:
+#   "# <pyc> matches <py>"  then "# code object from '<pyc>'"   (from the pyc)
+#   "# code object from <py>"                                   (compiled from source)
+#   "# could not create '<pyc>': PermissionError(...)"          (and could not cache it)
+_FROM_PYC = re.compile(r"^# (\S+\.pyc) matches (\S+\.py)$")
+_FROM_SOURCE = re.compile(r"^# code object from (/\S+\.py)$")
+_NOT_CACHED = re.compile(r"^# could not create '([^']+)'")
+# What the daemon imports (as in test_clone_install_copies_what_the_daemon_imports).
+_DAEMON_IMPORTS = "vfio_advisor.daemon, libvirt, libvirtaio, lxml.etree, systemd.daemon"
+
+
+def _setpriv_missing() -> str | None:
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        return "setpriv (util-linux) is not installed: cannot import the copy as nobody"
+    return None
+
+
+def _import_as_nobody(python: str, lib: Path) -> tuple[list[str], list[str]]:
+    """Import what the daemon imports from the installed copy, as nobody (the
+    dynamic user's stand-in: no write access to the root-owned copy), with
+    bytecode writing left on as in the unit. Returns the .py files under lib
+    that the imported modules came from, and python -v's lines."""
+    prefix = nobody.SETPRIV if os.geteuid() == 0 else []
+    probe = (f"import json, sys; import {_DAEMON_IMPORTS}; "
+             f"print(json.dumps(sorted({{getattr(m, '__file__', None) or '' for m in list(sys.modules.values())}})))")
+    out = subprocess.run([*prefix, python, "-v", "-c", probe], capture_output=True, text=True, cwd="/",
+                         timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(lib), "LC_ALL": "C.UTF-8"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    files = [f for f in json.loads(out.stdout.splitlines()[-1])
+             if f.startswith(str(lib) + "/") and f.endswith(".py")]
+    return files, out.stderr.splitlines()
+
+
+def _target(python: str) -> dict:
+    out = subprocess.run([python, "-I", "-c", "import importlib.util, json, sys; print(json.dumps("
+                          "{'magic': importlib.util.MAGIC_NUMBER.hex(), 'tag': sys.implementation.cache_tag}))"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    return json.loads(out.stdout)
+
+
+def _snapshot(tree: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_mtime_ns, p.stat().st_size) for p in tree.rglob("*")}
+
+
+def test_clone_install_byte_compiles_the_copy_for_the_daemons_interpreter():
+    """Every copied .py has a timestamp pyc for the unit's interpreter, that
+    the dynamic user can read; importing the copy as nobody loads every module
+    from its pyc and compiles nothing. Then, as a control that the signal is
+    live: without libvirt's pyc nobody compiles libvirt.py from source and
+    cannot cache it (the daemon's case before install byte-compiled)."""
+    reason = _setpriv_missing()
+    if reason:
+        pytest.skip(reason)
+    python = base_interpreter()  # the unit's ExecStart interpreter (default --python)
+    target = _target(python)
+    with nobody.tree() as top:
+        root = top / "root"
+        out = cli("install", "--root", str(root))
+        assert out.returncode == 0, out.stderr
+        assert "not byte-compiled" not in out.stdout, out.stdout
+        lib = root / LIB
+        assert not lib.with_name(lib.name + ".new").exists()
+        sources = sorted(lib.rglob("*.py"))
+        assert len(sources) > 50 and lib / "libvirt.py" in sources, sources[:5]
+        bad = []
+        for py in sources:
+            pyc = py.parent / "__pycache__" / f"{py.stem}.{target['tag']}.pyc"
+            if not pyc.is_file():
+                bad.append(f"{py}: no {pyc.name}")
+                continue
+            magic, flags, mtime, size = struct.unpack("<4sIII", pyc.read_bytes()[:16])
+            st = py.stat()
+            # PEP 552 header: flags 0 = timestamp pyc, checked against the
+            # source's mtime and size (both mod 2**32) at each import.
+            if (magic.hex(), flags, mtime, size) != (target["magic"], 0, int(st.st_mtime) & 0xFFFFFFFF,
+                                                     st.st_size & 0xFFFFFFFF):
+                bad.append(f"{pyc}: header {magic.hex()} {flags} {mtime} {size}, want {target['magic']} 0 "
+                           f"{int(st.st_mtime)} {st.st_size}")
+            if stat.S_IMODE(pyc.stat().st_mode) != 0o644 or stat.S_IMODE(pyc.parent.stat().st_mode) != 0o755:
+                bad.append(f"{pyc}: mode {oct(pyc.stat().st_mode)}, dir {oct(pyc.parent.stat().st_mode)}")
+        assert not bad, "\n".join(bad[:10])
+
+        before = _snapshot(lib)
+        files, verbose = _import_as_nobody(python, lib)
+        assert _snapshot(lib) == before  # nothing written, nothing touched
+        assert str(lib / "libvirt.py") in files and str(lib / "vfio_advisor/daemon.py") in files, files
+        from_pyc = {m.group(2) for m in map(_FROM_PYC.match, verbose) if m}
+        compiled = [m.group(1) for m in map(_FROM_SOURCE.match, verbose) if m]
+        assert not [f for f in compiled if f.startswith(str(lib))], compiled
+        assert set(files) <= from_pyc, sorted(set(files) - from_pyc)[:10]
+
+        # The control: the same probe sees the in-memory compile of a module
+        # whose pyc is missing, and nobody's failed attempt to cache it.
+        shutil.rmtree(lib / "__pycache__")
+        files, verbose = _import_as_nobody(python, lib)
+        compiled = [m.group(1) for m in map(_FROM_SOURCE.match, verbose) if m]
+        assert str(lib / "libvirt.py") in compiled, compiled
+        assert any(m and m.group(1).startswith(str(lib / "__pycache__")) for m in map(_NOT_CACHED.match, verbose))
+        assert not (lib / "__pycache__").exists()
+
+        out = cli("uninstall", "--root", str(root))
+        assert out.returncode == 0, out.stderr
+        assert not lib.exists()
+
+
+def test_clone_install_goes_on_when_byte_compiling_fails(tmp_path):
+    """A pyc only saves memory and start time: install says in one line that
+    it could not compile, and places everything else."""
+    real = base_interpreter()
+    fake = tmp_path / "python3"
+    # The daemon's interpreter as seen by install, except that its compileall fails.
+    fake.write_text('#!/bin/sh\nfor a; do [ "$a" = compileall ] && { echo "*** Error compiling '
+                    f"'x.py'...\"; exit 1; }}; done\nexec {real} \"$@\"\n")
+    fake.chmod(0o755)
+    root = tmp_path / "root"
+    out = cli("install", "--root", str(root), "--python", str(fake))
+    assert out.returncode == 0, out.stderr
+    warning = [line for line in out.stdout.splitlines() if "not byte-compiled" in line]
+    assert len(warning) == 1 and "exited 1: *** Error compiling 'x.py'" in warning[0], out.stdout
+    assert (root / LIB / "vfio_advisor/daemon.py").is_file()
+    assert not list((root / LIB).rglob("*.pyc"))
+    assert (root / "etc/systemd/system/vfio-advisor.service").is_file()
