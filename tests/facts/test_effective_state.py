@@ -20,7 +20,12 @@ from pathlib import Path
 import pytest
 
 from tests.rules.examples import CAPTURES, LAB_XML, lab
-from vfio_advisor.engine import run_rules
+from vfio_advisor.engine import gather_host, run_rules
+from vfio_advisor.facts.host import HostRoot
+from vfio_advisor.facts.interrupts import parse_interrupts
+from vfio_advisor.facts.kernel import KernelFacts, parse_cmdline
+from vfio_advisor.facts.model import HostFacts
+from vfio_advisor.facts.platform import iommu_state
 
 
 def _va3002(facts):
@@ -78,3 +83,24 @@ def test_intel_iommu_off_alone_is_not_remapping_off(tmp_path):
     facts = lab(root, LAB_XML / "modes.xml")
     assert facts.host.interrupt_remapping is None  # unknown, not off
     assert all("interrupt remapping is off" not in f.message for f in _va3002(facts))
+
+
+def test_host_facts_never_guess_remapping_from_the_command_line():
+    # HostFacts without an iommu state (built by hand, not by gather_host)
+    # used to fall back on kernel.py's command-line guess, which called
+    # intel_iommu=off "remapping off" and let it override the chips. Only
+    # iommu_state may answer; without it the answer is "unknown".
+    kernel = KernelFacts(cmdline=parse_cmdline("quiet intel_iommu=off"), vfio_pci_params=None,
+                         allow_unsafe_interrupts=None, iommu_groups=0, unreadable=())
+    ir_on = parse_interrupts((CAPTURES / "modes/proc/interrupts").read_text())
+    for interrupts in (None, ir_on):
+        host = HostFacts(kernel=kernel, interrupts=interrupts, interrupts_problem=None,
+                         later=None, sample_seconds=None)
+        assert host.interrupt_remapping is None
+
+
+def test_host_facts_carry_iommu_states_verdict_for_every_lab_capture():
+    for capture in sorted(p for p in CAPTURES.iterdir() if (p / "proc/interrupts").exists()):
+        host = gather_host(HostRoot(capture))
+        expected = iommu_state(HostRoot(capture)).interrupt_remapping
+        assert host.interrupt_remapping is expected, capture.name

@@ -1,4 +1,6 @@
-"""Kernel facts: command line, cpulists, vfio module parameters, remapping evidence."""
+"""Kernel facts: command line, cpulists, vfio module parameters.
+
+Interrupt remapping is facts.platform.iommu_state's: tests/facts/test_platform.py."""
 
 from __future__ import annotations
 
@@ -10,15 +12,12 @@ import pytest
 from tests import nobody
 from vfio_advisor.errors import FactUnavailable
 from vfio_advisor.facts.host import HostRoot
-from vfio_advisor.facts.interrupts import parse_interrupts
 from vfio_advisor.facts.kernel import (
     KernelFacts,
     parse_cmdline,
     parse_cpulist,
     read_kernel_facts,
 )
-
-CORPUS = Path(__file__).resolve().parent.parent / "data" / "corpus"
 
 # A typical passthrough host's /proc/cmdline (trailing newline as the kernel prints it).
 DESKTOP = ("BOOT_IMAGE=/boot/vmlinuz-6.1.0-18-amd64 root=UUID=0b0e9d7c-58a8-4a36-9bc1-3f1f0a8ac5d1 ro "
@@ -41,7 +40,7 @@ def test_desktop_cmdline():
     assert cmd.nohz_full == frozenset({2, 3, 4, 5})
     assert cmd.irqaffinity == frozenset({0, 1, 6, 7})
     assert cmd.iommu_options == {"intel_iommu": "on", "iommu": "pt"}
-    assert not cmd.intremap_off and not cmd.pci_nomsi
+    assert not cmd.pci_nomsi
 
 
 def test_pci_nomsi_noaer():
@@ -57,22 +56,6 @@ def test_last_value_wins():
     cmd = parse_cmdline("isolcpus=1 intel_iommu=off isolcpus=3-4 intel_iommu=on")
     assert cmd.isolcpus == frozenset({3, 4})
     assert cmd.get("intel_iommu") == "on"
-    assert not cmd.intremap_off
-
-
-@pytest.mark.parametrize("line, off", [
-    ("intel_iommu=on", False),
-    ("intel_iommu=on intremap=off", True),
-    ("intremap=on", False),
-    ("intel_iommu=off", True),
-    ("amd_iommu=off", True),
-    ("iommu=off", True),
-    ("iommu=pt", False),
-    ("amd_iommu_intr=legacy", False),
-    ("", False),
-])
-def test_intremap_off(line, off):
-    assert parse_cmdline(line).intremap_off is off
 
 
 def test_quoted_values():
@@ -101,14 +84,6 @@ def test_empty_cmdline():
     cmd = parse_cmdline("")
     assert cmd.params == () and cmd.raw == ""
     assert cmd.isolcpus == frozenset() and cmd.iommu_options == {}
-
-
-def test_intremap_off_inside_a_list():
-    assert parse_cmdline("intel_iommu=on intremap=nosid,off").intremap_off
-
-
-def test_nointremap_flag():
-    assert parse_cmdline("intel_iommu=on nointremap").intremap_off
 
 
 # --- parse_cpulist ---------------------------------------------------------------
@@ -175,32 +150,6 @@ def test_iommu_active():
     assert facts(iommu_groups=None).iommu_active is None
     assert facts(iommu_groups=0).iommu_active is False
     assert facts(iommu_groups=17).iommu_active is True
-
-
-def interrupts(name: str):
-    return parse_interrupts((CORPUS / "proc-interrupts" / name).read_text())
-
-
-@pytest.mark.parametrize("name, expected", [
-    ("forum-post_2015-10-24_vfio-msi_8cpu.txt", True),
-    ("martins3_int-procfs_vfio-msix_32cpu.txt", True),
-    ("sharathdm-vfio_nvme_readme_vfio-msix_20cpu.txt", True),
-    ("sysstat-tests-root1_9cpu.txt", False),
-    ("martins3_trace-tools-irq_32cpu.txt", False),
-    ("coreos-sosreport_2cpu.txt", False),
-])
-def test_interrupt_remapping_from_captures(name, expected):
-    assert facts(cmdline=parse_cmdline("quiet")).interrupt_remapping(interrupts(name)) is expected
-
-
-def test_interrupt_remapping_without_evidence():
-    kf = facts(cmdline=parse_cmdline("quiet"))
-    assert kf.interrupt_remapping(None) is None
-    assert kf.interrupt_remapping(parse_interrupts(" NMI:  1  Non-maskable interrupts\n")) is None
-    # The command line wins over /proc/interrupts.
-    off = facts(cmdline=parse_cmdline("intel_iommu=on intremap=off"))
-    assert off.interrupt_remapping(interrupts("forum-post_2015-10-24_vfio-msi_8cpu.txt")) is False
-    assert off.interrupt_remapping(None) is False
 
 
 # --- read_kernel_facts ---------------------------------------------------------

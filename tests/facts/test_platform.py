@@ -223,6 +223,50 @@ def test_command_line_decides_only_without_kernel_state():
     assert any("leaves Intel interrupt remapping on" in e for e in off.ir_evidence)
 
 
+# The command-line cases kernel.py's KernelCmdline.intremap_off used to
+# decide (it counted intel_iommu=off and iommu=off as "off"): with no chip
+# and no IOMMU unit to read, only intremap=off / nointremap say off
+# (drivers/iommu/irq_remapping.c 6.1, setup_irqremap / setup_nointremap).
+@pytest.mark.parametrize("line, expected", [
+    ("intel_iommu=on", None),
+    ("intel_iommu=on intremap=off", False),
+    ("intel_iommu=on intremap=nosid,off", False),  # intremap= is a comma list
+    ("intel_iommu=on nointremap", False),
+    ("intremap=on", None),
+    ("intel_iommu=off", None),  # intel_prepare_irq_remapping ignores dmar_disabled
+    ("iommu=off", None),  # no_iommu is read by neither IR prepare function
+    ("amd_iommu=off", None),  # AMD IR off, but nothing says the host is AMD
+    ("iommu=pt", None),
+    ("amd_iommu_intr=legacy", None),
+    ("", None),
+])
+def test_command_line_alone(tmp_path, line, expected):
+    state = iommu_state(HostRoot(tmp_path), cmdline=parse_cmdline(line))
+    assert state.interrupt_remapping is expected
+
+
+# Real /proc/interrupts captures: IR- chips or plain MSI/IO-APIC chips decide,
+# whatever the command line (here one that asks for nothing).
+@pytest.mark.parametrize("name, expected", [
+    ("forum-post_2015-10-24_vfio-msi_8cpu.txt", True),
+    ("martins3_int-procfs_vfio-msix_32cpu.txt", True),
+    ("sharathdm-vfio_nvme_readme_vfio-msix_20cpu.txt", True),
+    ("sysstat-tests-root1_9cpu.txt", False),
+    ("martins3_trace-tools-irq_32cpu.txt", False),
+    ("coreos-sosreport_2cpu.txt", False),
+])
+def test_remapping_from_captured_chips(tmp_path, name, expected):
+    interrupts = parse_interrupts((CAPTURES / name).read_text())
+    state = iommu_state(HostRoot(tmp_path), interrupts=interrupts, cmdline=parse_cmdline("quiet"))
+    assert state.interrupt_remapping is expected
+
+
+def test_no_msi_or_ioapic_chip_is_no_evidence(tmp_path):
+    nmi_only = parse_interrupts(" NMI:  1  Non-maskable interrupts\n")
+    assert iommu_state(HostRoot(tmp_path), interrupts=nmi_only,
+                       cmdline=parse_cmdline("quiet")).interrupt_remapping is None
+
+
 def test_no_iommu_visible_means_off(tmp_path):
     state = iommu_state(HostRoot(tmp_path), interrupts=IR_OFF, cmdline=parse_cmdline("ro"))
     assert state.dma_remapping is False and state.interrupt_remapping is False

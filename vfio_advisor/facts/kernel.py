@@ -1,4 +1,8 @@
-"""Kernel facts: command line, vfio module parameters, IOMMU and interrupt remapping."""
+"""Kernel facts: command line, vfio module parameters, IOMMU groups.
+
+Whether interrupt remapping is on is not decided here: facts.platform.iommu_state
+reads the kernel's own state (IR- chips) first and applies the command line
+with the kernel's semantics (intel_iommu=off leaves Intel IR on, Linux 6.1)."""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ from typing import NamedTuple
 
 from vfio_advisor.errors import FactUnavailable
 from vfio_advisor.facts.host import HostRoot
-from vfio_advisor.facts.interrupts import Interrupts
 
 
 def parse_cpulist(text: str) -> frozenset[int]:
@@ -70,16 +73,6 @@ class KernelCmdline(NamedTuple):
         keys = ("intel_iommu", "amd_iommu", "iommu", "intremap", "amd_iommu_intr")
         return {k: v for k in keys if (v := self.get(k)) is not None}
 
-    @property
-    def intremap_off(self) -> bool:
-        # Documentation/admin-guide/kernel-parameters.txt: intremap=off,
-        # intel_iommu=off / amd_iommu=off, iommu=off all leave remapping off.
-        # intremap= is a comma list (drivers/iommu/irq_remapping.c, setup_irqremap);
-        # the deprecated boolean "nointremap" still turns remapping off too.
-        if "off" in self.values("intremap") or self.get("nointremap") is not None:
-            return True
-        return any(self.get(k) == "off" for k in ("intel_iommu", "amd_iommu", "iommu"))
-
 
 def _split_cmdline(text: str) -> list[str]:
     """Split as the kernel does (lib/cmdline.c, next_arg): spaces separate
@@ -134,22 +127,6 @@ class KernelFacts(NamedTuple):
     @property
     def iommu_active(self) -> bool | None:
         return None if self.iommu_groups is None else self.iommu_groups > 0
-
-    def interrupt_remapping(self, interrupts: Interrupts | None) -> bool | None:
-        """True/False where the host shows it, None where it does not.
-
-        /proc/interrupts is the evidence: with remapping on, MSI and IO-APIC
-        chips are "IR-PCI-MSI", "IR-IO-APIC" (x86 irq_remapping domains).
-        """
-        if self.cmdline is not None and self.cmdline.intremap_off:
-            return False
-        if interrupts is None:
-            return None
-        chips = [line.chip for line in interrupts.lines if line.chip]
-        relevant = [c for c in chips if "MSI" in c or "APIC" in c]
-        if not relevant:
-            return None
-        return any(c.startswith("IR-") for c in relevant)
 
 
 def read_kernel_facts(host: HostRoot) -> KernelFacts:

@@ -60,12 +60,12 @@ class HostFacts(NamedTuple):
 
     @property
     def interrupt_remapping(self) -> bool | None:
-        """The kernel's own state first (IR- chips), then the command line
-        with the kernel's defaults (facts.platform.iommu_state): intel_iommu=off
-        leaves Intel IR on, so the command line alone cannot say "off"."""
-        if self.iommu is not None:
-            return self.iommu.interrupt_remapping
-        return self.kernel.interrupt_remapping(self.interrupts)
+        """facts.platform.iommu_state's verdict and nothing else: the kernel's
+        own state first (IR- chips), then the command line with the kernel's
+        defaults. intel_iommu=off leaves Intel IR on (Linux 6.1,
+        intel_prepare_irq_remapping ignores dmar_disabled), so no command-line
+        guess may stand in for it: without an iommu state the answer is None."""
+        return None if self.iommu is None else self.iommu.interrupt_remapping
 
     @property
     def msi_posted(self) -> bool:
