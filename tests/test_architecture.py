@@ -16,7 +16,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "vfio_advisor"
 SHELLS = {"vfio_advisor.cli", "vfio_advisor.hook", "vfio_advisor.daemon", "vfio_advisor.runtime",
           "vfio_advisor.install", "vfio_advisor.sources", "vfio_advisor.snapshot",
-          "vfio_advisor.__main__", "vfio_advisor.manpage"}
+          "vfio_advisor.__main__", "vfio_advisor.manpage", "vfio_advisor.gather_worker"}
 
 
 def module_name(path: Path, root: Path = PKG) -> str:

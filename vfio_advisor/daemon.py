@@ -17,8 +17,8 @@ import time
 from typing import Callable
 
 from vfio_advisor.config import Config, load_config
-from vfio_advisor.facts.domain import parse_domain_xml
 from vfio_advisor.facts.host import HostRoot
+from vfio_advisor.gather_worker import GatherFailure, gather_in_child
 from vfio_advisor.runtime import StateStore, Watcher
 from vfio_advisor.sinks.journal import JournalSink
 
@@ -59,7 +59,8 @@ class Service:
                  overrides: dict | None = None,
                  open_connection: Callable[[str], object] | None = None,
                  sink: JournalSink | None = None, notify: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 gather: Callable[[str, list[str]], list] = gather_in_child):
         self.cfg = cfg
         self.config_path = config_path
         self.overrides = overrides or {}
@@ -67,6 +68,10 @@ class Service:
         self.notify = notify or _notify_sender()
         self.open_connection = open_connection or self._open_readonly
         self.clock = clock
+        # (host root, domain XMLs) -> DomainFacts or GatherFailure each: in a
+        # child process (gather_worker.py), so that this long-lived process
+        # never imports lxml and the engine's readers (issue 12).
+        self.gather = gather
         self.conn = None
         self.callbacks: list[int] = []
         self.stopping = asyncio.Event()
@@ -155,21 +160,26 @@ class Service:
         for name in list(self.watcher.domains):
             if name not in running:
                 self.watcher.remove_domain(name)
-        for name, (xml, run_id) in running.items():
-            # Same ID: the run we followed before the reconnect; else a new run.
-            self.learn(name, xml, run_id, same_run=True)
+        # Same ID: the run we followed before the reconnect; else a new run.
+        # One gathering child for all of them (the host facts are read once).
+        self.learn([(name, xml, run_id, True) for name, (xml, run_id) in running.items()])
         self.status()
 
-    def learn(self, name: str, xml: str, run_id: object = None, same_run: bool = False) -> None:
-        try:
-            domain = parse_domain_xml(xml)
-        except Exception as exc:  # noqa: BLE001 - one odd domain must not stop the daemon
-            self.log(f"{name}: domain XML not usable: {exc}", "domain-skipped", 4)
+    def learn(self, domains: list[tuple[str, str, object, bool]]) -> None:
+        """Follow these running domains: (name, XML, libvirt's run ID, same
+        run as the one followed before?) each."""
+        if not domains:
             return
-        try:
-            self.watcher.add_domain(domain, run_id=run_id, same_run=same_run)
-        except Exception as exc:  # noqa: BLE001
-            self.log(f"{name}: cannot follow: {type(exc).__name__}: {exc}", "domain-skipped", 4)
+        results = self.gather(self.watcher.host.root, [xml for _, xml, _, _ in domains])
+        for (name, _xml, run_id, same_run), result in zip(domains, results):
+            if isinstance(result, GatherFailure):
+                what = "domain XML not usable" if result.kind == "xml" else "cannot follow"
+                self.log(f"{name}: {what}: {result.reason}", "domain-skipped", 4)
+                continue
+            try:
+                self.watcher.follow(result, run_id=run_id, same_run=same_run)
+            except Exception as exc:  # noqa: BLE001 - one odd domain must not stop the daemon
+                self.log(f"{name}: cannot follow: {type(exc).__name__}: {exc}", "domain-skipped", 4)
 
     def _on_lifecycle(self, conn, dom, event, detail, opaque) -> None:
         import libvirt
@@ -179,7 +189,7 @@ class Service:
             if event in (libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_RESUMED):
                 if event == libvirt.VIR_DOMAIN_EVENT_RESUMED and name in self.watcher.domains:
                     return
-                self.learn(name, dom.XMLDesc(0), dom.ID())
+                self.learn([(name, dom.XMLDesc(0), dom.ID(), False)])
             elif event in (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_SHUTDOWN,
                            libvirt.VIR_DOMAIN_EVENT_CRASHED):
                 if event != libvirt.VIR_DOMAIN_EVENT_SHUTDOWN or not dom.isActive():
@@ -193,7 +203,7 @@ class Service:
 
         try:
             name = dom.name()
-            self.learn(name, dom.XMLDesc(0), dom.ID(), same_run=True)
+            self.learn([(name, dom.XMLDesc(0), dom.ID(), True)])
             state = self.watcher.domains.get(name)
             self.log(f"{name}: device {dev_alias} added or removed; following "
                      f"{len(state.devices) if state else 0} assigned PCI devices", "devices-changed")

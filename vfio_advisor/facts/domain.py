@@ -10,12 +10,13 @@ with XMLProperty). Value conversion (hex/decimal, yes/no/on/off) lives in
 from __future__ import annotations
 
 import re
-from typing import Iterable, NamedTuple
-
-from lxml import etree
+from typing import TYPE_CHECKING, Iterable, NamedTuple
 
 from vfio_advisor.errors import DomainXMLError
 from vfio_advisor.facts.kernel import parse_cpulist
+
+if TYPE_CHECKING:
+    from lxml import etree
 
 # Per-domain settings of vfio-advisor live in the domain's <metadata>:
 #   <vfio-advisor:advisor xmlns:vfio-advisor="urn:x-vfio-advisor:domain:1">
@@ -24,6 +25,12 @@ from vfio_advisor.facts.kernel import parse_cpulist
 ADVISOR_NS = "urn:x-vfio-advisor:domain:1"
 NS = {"libosinfo": "http://libosinfo.org/xmlns/libvirt/domain/1.0", "va": ADVISOR_NS}
 
+# Every query runs with smart_strings=False: lxml's default "smart" string
+# results (of string(), text() and attribute queries) are str subclasses
+# (_ElementUnicodeResult) that keep a reference to their element, and with it
+# the whole parsed document, alive in any Domain that holds one (virt_type,
+# machine and arch did, lxml 5.x). They also pickle as an lxml class, which
+# the daemon's gathering child must not send (vfio_advisor/gather_worker.py).
 XPATH = {
     "name": "string(name)",
     "uuid": "string(uuid)",
@@ -193,7 +200,7 @@ def chipset_of(machine: str | None) -> str:
 
 
 def _guest_os(root: etree._Element) -> tuple[str, str]:
-    os_id = root.xpath(XPATH["libosinfo_os_id"], namespaces=NS)
+    os_id = root.xpath(XPATH["libosinfo_os_id"], smart_strings=False, namespaces=NS)
     if os_id:
         lowered = os_id.lower()
         if "microsoft.com/win" in lowered:
@@ -209,9 +216,9 @@ def _guest_os(root: etree._Element) -> tuple[str, str]:
             return "linux", f"libosinfo os id {os_id}"
         return "unknown", f"libosinfo os id {os_id} is not one we know"
     # Hyper-V enlightenments are only useful to Windows guests.
-    if root.xpath(XPATH["features_hyperv"]) or root.xpath(XPATH["clock_hypervclock"]):
+    if root.xpath(XPATH["features_hyperv"], smart_strings=False) or root.xpath(XPATH["clock_hypervclock"], smart_strings=False):
         return "windows", "Hyper-V enlightenments in <features>/<clock>"
-    loader = root.xpath(XPATH["os_loader"]).lower()
+    loader = root.xpath(XPATH["os_loader"], smart_strings=False).lower()
     if "opencore" in loader or "clover" in loader:
         return "macos", f"loader {loader}"
     return "unknown", "no libosinfo metadata and no Hyper-V features"
@@ -242,6 +249,12 @@ def parse_domain_xml(text: str | bytes) -> Domain:
     # (attribute normalisation, XPath string()), exactly as libvirt reads them
     # (src/util/virxml.c parses without XML_PARSE_NOENT, libvirt 9.0.0).
     # huge_tree=False keeps libxml2's depth and size limits.
+    # lxml is imported here, not with the module: the daemon unpickles these
+    # fact types from its gathering child (vfio_advisor/gather_worker.py) and
+    # never parses XML itself, and an imported C extension stays for the
+    # process's life (lxml.etree and its libxml2/libxslt: ~4 MiB of RSS).
+    from lxml import etree  # noqa: PLC0415
+
     parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False,
                              remove_comments=True)
     try:
@@ -255,17 +268,17 @@ def parse_domain_xml(text: str | bytes) -> Domain:
 def domain_from_element(root: etree._Element) -> Domain:
     if not isinstance(root.tag, str) or root.tag != "domain":
         raise DomainXMLError(f"root element is <{root.tag}>, not <domain>")
-    name = root.xpath(XPATH["name"]).strip()
+    name = root.xpath(XPATH["name"], smart_strings=False).strip()
     if not name:
         raise DomainXMLError("<domain> has no <name>")
-    virt_type = root.xpath(XPATH["type"])
+    virt_type = root.xpath(XPATH["type"], smart_strings=False)
     if not virt_type:
         raise DomainXMLError(f"domain {name!r}: <domain> has no type attribute")
 
     controllers = []
     seen_index: set[int] = set()
     unindexed = []
-    for el in root.xpath(XPATH["pci_controllers"]):
+    for el in root.xpath(XPATH["pci_controllers"], smart_strings=False):
         if el.get("index") is None:
             unindexed.append(el)
             continue
@@ -287,7 +300,7 @@ def domain_from_element(root: etree._Element) -> Domain:
     controllers.sort(key=lambda c: c.index)
 
     hostdevs = []
-    for el in root.xpath(XPATH["hostdev_pci"]) + root.xpath(XPATH["interface_hostdev"]):
+    for el in root.xpath(XPATH["hostdev_pci"], smart_strings=False) + root.xpath(XPATH["interface_hostdev"], smart_strings=False):
         src = el.find("source/address")
         if src is None:
             raise DomainXMLError(f"domain {name!r}: <{el.tag}> has no <source><address>")
@@ -309,7 +322,7 @@ def domain_from_element(root: etree._Element) -> Domain:
         ))
 
     emulated = []
-    for el in root.xpath(XPATH["pci_addressed_devices"]):
+    for el in root.xpath(XPATH["pci_addressed_devices"], smart_strings=False):
         if el.tag == "hostdev" or (el.tag == "interface" and el.get("type") == "hostdev"):
             continue
         if el.tag == "controller" and el.get("type") == "pci":
@@ -326,28 +339,28 @@ def domain_from_element(root: etree._Element) -> Domain:
             alias=alias.get("name") if alias is not None else None))
 
     guest_os, evidence = _guest_os(root)
-    vcpus = _maybe_int(root.xpath(XPATH["vcpu_count"]).strip())
-    machine = root.xpath(XPATH["os_type_machine"]) or None
+    vcpus = _maybe_int(root.xpath(XPATH["vcpu_count"], smart_strings=False).strip())
+    machine = root.xpath(XPATH["os_type_machine"], smart_strings=False) or None
     return Domain(
         name=name,
-        uuid=root.xpath(XPATH["uuid"]).strip() or None,
+        uuid=root.xpath(XPATH["uuid"], smart_strings=False).strip() or None,
         virt_type=virt_type,
         machine=machine,
         chipset=chipset_of(machine),
-        arch=root.xpath(XPATH["os_type_arch"]) or None,
+        arch=root.xpath(XPATH["os_type_arch"], smart_strings=False) or None,
         guest_os=guest_os,
         guest_os_evidence=evidence,
-        ioapic_driver=root.xpath(XPATH["features_ioapic_driver"]) or None,
-        iommu_model=root.xpath(XPATH["iommu_model"]) or None,
+        ioapic_driver=root.xpath(XPATH["features_ioapic_driver"], smart_strings=False) or None,
+        iommu_model=root.xpath(XPATH["iommu_model"], smart_strings=False) or None,
         vcpus=vcpus,
-        vcpu_pins=_pin_list(root.xpath(XPATH["cputune_vcpupin"])),
-        vcpu_cpuset=parse_cpulist(root.xpath(XPATH["vcpu_cpuset"])),
-        emulator_pin=parse_cpulist(root.xpath(XPATH["cputune_emulatorpin_cpuset"])),
+        vcpu_pins=_pin_list(root.xpath(XPATH["cputune_vcpupin"], smart_strings=False)),
+        vcpu_cpuset=parse_cpulist(root.xpath(XPATH["vcpu_cpuset"], smart_strings=False)),
+        emulator_pin=parse_cpulist(root.xpath(XPATH["cputune_emulatorpin_cpuset"], smart_strings=False)),
         controllers=tuple(controllers),
         hostdevs=tuple(hostdevs),
         emulated=tuple(emulated),
         ignored_rules=frozenset(str(r).strip() for r in
-                                root.xpath(XPATH["advisor_ignore_rule"], namespaces=NS)),
+                                root.xpath(XPATH["advisor_ignore_rule"], smart_strings=False, namespaces=NS)),
     )
 
 

@@ -1,0 +1,148 @@
+"""The daemon gathers domains in a child process (vfio_advisor/gather_worker.py)
+so that it never imports lxml and the engine's readers (issue 12, RSS).
+
+What the child sends back must be exactly what the engine gathers in
+process, on every real lab capture and published platform tree; bad XML and
+a failing child give one-line reasons; and the answer unpickles where lxml
+cannot be imported, as in the daemon."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.rules.examples import _both_on_msi_host
+from vfio_advisor.engine import Engine
+from vfio_advisor.facts.domain import parse_domain_xml
+from vfio_advisor.facts.pci_config import UNKNOWN
+from vfio_advisor.gather_worker import GatherFailure, gather_in_child
+from vfio_advisor.runtime import facts_to_keep
+from vfio_advisor.testing.hosttree import build, capture_under_platform
+from vfio_advisor.testing.scenes import domain_xml, gpu_audio_hostdevs
+
+REPO = Path(__file__).resolve().parents[2]
+CAPTURES = REPO / "lab/captures"
+LAB_XML = sorted((REPO / "tests/data/domains/lab").glob("*.xml"))
+PLATFORMS = sorted(p for p in (REPO / "tests/data/hosts").glob("posted-*") if p.is_dir())
+
+
+def in_process(root: Path, xmls: list[str]) -> list:
+    engine = Engine(str(root))
+    return [facts_to_keep(engine.gather(parse_domain_xml(x))) for x in xmls]
+
+
+@pytest.mark.parametrize("capture", sorted(p.name for p in CAPTURES.iterdir() if p.is_dir()))
+def test_child_gathers_what_the_engine_gathers_on_every_lab_capture(capture):
+    xmls = [p.read_text() for p in LAB_XML]
+    got = gather_in_child(str(CAPTURES / capture), xmls)
+    assert got == in_process(CAPTURES / capture, xmls)
+    # and what the Watcher needs is there: the capture's devices, config space read
+    assert any(d.device is not None and d.device.config is not None for facts in got for d in facts.devices)
+
+
+@pytest.mark.parametrize("platform", [p.name for p in PLATFORMS])
+def test_child_gathers_the_posting_verdict_of_published_platforms(tmp_path, platform):
+    root = capture_under_platform(tmp_path / "root", CAPTURES / "switch-5", REPO / "tests/data/hosts" / platform)
+    xml = (REPO / "tests/data/domains/lab/switch.xml").read_text()
+    [got] = gather_in_child(str(root), [xml])
+    [want] = in_process(root, [xml])
+    assert got == want
+    assert got.host.posting == want.host.posting and got.host.posting is not None
+    assert got.host.msi_posted == want.host.msi_posted
+
+
+def unknown_paths(value, path="") -> tuple[list[str], int]:
+    """Where UNKNOWN is in a fact tree, and how many UNKNOWN-typed values are
+    not the singleton itself."""
+    if type(value) is type(UNKNOWN):
+        return ([path], 0) if value is UNKNOWN else ([], 1)
+    found, strays = [], 0
+    if isinstance(value, tuple):
+        items = value._asdict().items() if hasattr(value, "_asdict") else enumerate(value)
+        for key, item in items:
+            f, s = unknown_paths(item, f"{path}.{key}")
+            found += f
+            strays += s
+    return found, strays
+
+
+def test_unknown_stays_the_one_unknown_across_the_pipe(tmp_path):
+    """A 64-byte config read (no CAP_SYS_ADMIN): the facts that could not be
+    read are the UNKNOWN singleton, which rules and sinks test with `is`."""
+    build(tmp_path / "root", _both_on_msi_host(config_bytes=64))
+    xml = domain_xml("win11", gpu_audio_hostdevs())
+    [got] = gather_in_child(str(tmp_path / "root"), [xml])
+    [want] = in_process(tmp_path / "root", [xml])
+    found, strays = unknown_paths(got)
+    assert found and strays == 0, (found, strays)
+    assert found == unknown_paths(want)[0]
+
+
+def test_the_host_table_is_not_sent_and_not_kept():
+    [got] = gather_in_child(str(CAPTURES / "shared"), [LAB_XML[0].read_text()])
+    assert got.host.interrupts is None and got.host.later is None
+    # ...while the engine itself read it (advise and the hook use it)
+    assert Engine(str(CAPTURES / "shared")).host().interrupts is not None
+
+
+def test_bad_xml_gives_one_line_per_domain_and_the_others_are_gathered():
+    good = (REPO / "tests/data/domains/lab/edu.xml").read_text()
+    got = gather_in_child(str(CAPTURES / "stays-intx-1"), ["<domain", good, "<node/>", ""])
+    assert [type(g).__name__ for g in got] == ["GatherFailure", "DomainFacts", "GatherFailure", "GatherFailure"]
+    for failure in (got[0], got[2], got[3]):
+        assert failure.kind == "xml" and "\n" not in failure.reason and failure.reason
+    assert "not <domain>" in got[2].reason
+    assert got[1].domain.name == "lab-edu"
+
+
+def test_a_child_that_fails_or_hangs_is_one_line_for_each_domain(monkeypatch, tmp_path):
+    xmls = [LAB_XML[0].read_text()] * 2
+    # A real program in the child's place that fails, one that cannot be
+    # started, and one that outlives the timeout.
+    failing = tmp_path / "failing"
+    failing.write_text("#!/bin/sh\necho 'first line' >&2\necho 'MemoryError: out of memory' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    slow = tmp_path / "slow"
+    slow.write_text("#!/bin/sh\nexec sleep 30\n")
+    slow.chmod(0o755)
+    for program, timeout, reason in ((failing, 30, "the gathering child failed: MemoryError: out of memory"),
+                                     (tmp_path / "absent", 30, "cannot start"),
+                                     (slow, 0.5, "the gathering child took more than 0.5 s")):
+        monkeypatch.setattr(sys, "executable", str(program))
+        got = gather_in_child(str(CAPTURES / "shared"), xmls, timeout=timeout)
+        assert len(got) == 2 and all(isinstance(g, GatherFailure) and g.kind == "gather" for g in got)
+        assert got[0].reason.startswith(reason), got[0].reason
+        assert "\n" not in got[0].reason
+
+
+def strings_not_str(value, path="") -> list[str]:
+    if isinstance(value, str):
+        return [] if type(value) is str else [f"{path}: {type(value).__name__}"]
+    out = []
+    if isinstance(value, (tuple, frozenset)):
+        items = value._asdict().items() if hasattr(value, "_asdict") else enumerate(sorted(value, key=repr))
+        for key, item in items:
+            out += strings_not_str(item, f"{path}.{key}")
+    return out
+
+
+def test_the_answer_unpickles_without_lxml(tmp_path):
+    """The daemon's side: the fact types hold no lxml object (lxml's "smart"
+    xpath strings did: virt_type, machine, arch), so unpickling needs no lxml."""
+    xml = domain_xml("win11", gpu_audio_hostdevs()).replace(
+        "</domain>", "<metadata><va:advisor xmlns:va='urn:x-vfio-advisor:domain:1'>"
+        "<va:ignore rule='VA6001'/></va:advisor></metadata></domain>")
+    [facts] = gather_in_child(str(CAPTURES / "shared"), [xml])
+    assert facts.domain.ignored_rules == {"VA6001"}
+    assert strings_not_str(facts.domain) == []
+    data = pickle.dumps(facts)
+    run = subprocess.run([sys.executable, "-c",
+                          "import sys, pickle; sys.modules['lxml'] = None; "
+                          "f = pickle.loads(sys.stdin.buffer.read()); print(f.domain.name, sorted(f.domain.ignored_rules))"],
+                         input=data, capture_output=True, timeout=60)
+    assert run.returncode == 0, run.stderr.decode()
+    assert run.stdout.decode().split() == ["win11", "['VA6001']"]
