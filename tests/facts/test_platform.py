@@ -9,10 +9,13 @@ values (see each PROVENANCE.md); the IR state comes from real
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
+from vfio_advisor.facts import platform as platform_module
+from vfio_advisor.facts.gather import gather_host
 from vfio_advisor.facts.host import HostRoot
 from vfio_advisor.facts.interrupts import parse_interrupts
 from vfio_advisor.facts.kernel import parse_cmdline
@@ -23,12 +26,14 @@ from vfio_advisor.facts.platform import (
     UNKNOWN,
     intremap_settings,
     iommu_state,
+    ir_chips,
     kernel_config_option,
     parse_amd_features,
     parse_hex_register,
     posting,
     read_iommu_units,
 )
+from vfio_advisor.testing.hosttree import capture_under_platform
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 HOSTS = DATA / "hosts"
@@ -302,3 +307,70 @@ def test_debian_kernel_default_from_its_config(tmp_path):
     assert any("INTGPU_OFF, Debian 12" in e for e in state.dma_evidence)
     with_option = iommu_state(host, interrupts=IR_ON, cmdline=parse_cmdline("intel_iommu=on"))
     assert not any("by default" in e for e in with_option.dma_evidence)
+
+
+# --- one scan of the interrupt chips (gather_host) ------------------------------
+
+REPO = DATA.parents[1]
+LAB_CAPTURES = sorted(p for p in (REPO / "lab/captures").iterdir() if (p / "proc/interrupts").exists())
+PLATFORMS = sorted(p for p in HOSTS.glob("posted-*") if p.is_dir())
+
+
+def _chip_scans(fn) -> int:
+    """How many times fn() runs a chip scan of facts/platform.py: calls of
+    ir_chips (or of _chips_say_remapping, its name before posting() and
+    iommu_state() shared one scan), counted with the interpreter's profiler."""
+    names = {"ir_chips", "_chips_say_remapping"}
+    source = platform_module.__file__
+    calls = []
+
+    def profile(frame, event, _arg):
+        if event == "call" and frame.f_code.co_name in names and frame.f_code.co_filename == source:
+            calls.append(frame.f_code.co_name)
+
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return len(calls)
+
+
+def test_gather_host_scans_the_chips_once():
+    host = HostRoot(REPO / "lab/captures/modes")
+    assert _chip_scans(lambda: gather_host(host)) == 1
+
+
+@pytest.mark.parametrize("capture", LAB_CAPTURES, ids=lambda p: p.name)
+def test_gather_host_verdicts_equal_the_standalone_ones_on_lab_captures(capture):
+    host = HostRoot(capture)
+    facts = gather_host(host)
+    assert facts.posting == posting(host)
+    assert facts.iommu == iommu_state(host, build_default=False)
+
+
+@pytest.mark.parametrize("platform", PLATFORMS, ids=lambda p: p.name)
+def test_shared_chips_give_the_same_verdicts_on_published_platforms(tmp_path, platform):
+    # Every lab capture's interrupts and command line against the platform's
+    # published registers (no copy needed: both paths read the same tree)...
+    host = HostRoot(platform)
+    for capture in LAB_CAPTURES:
+        interrupts = parse_interrupts((capture / "proc/interrupts").read_text())
+        cmdline = parse_cmdline((capture / "proc/cmdline").read_text())
+        chips = ir_chips(interrupts)
+        assert posting(host, cmdline=cmdline, chips=chips) == \
+            posting(host, interrupts=interrupts, cmdline=cmdline), capture.name
+        assert iommu_state(host, cmdline=cmdline, chips=chips) == \
+            iommu_state(host, interrupts=interrupts, cmdline=cmdline), capture.name
+    # ... and gather_host on the tree capture_under_platform lays out (modes:
+    # IR on, MSI-X), as the posted-* rule examples use it.
+    root = HostRoot(capture_under_platform(tmp_path / "root", REPO / "lab/captures/modes", platform))
+    facts = gather_host(root)
+    assert facts.posting == posting(root)
+    assert facts.iommu == iommu_state(root, build_default=False)
+
+
+def test_ir_chips_without_a_table_or_chips():
+    assert ir_chips(None).remapped is None
+    assert ir_chips(parse_interrupts(" NMI:  1  Non-maskable interrupts\n")).remapped is None
+    assert ir_chips(IR_ON).remapped is True and ir_chips(IR_OFF).remapped is False

@@ -136,16 +136,32 @@ def _read_interrupts(host: HostRoot) -> Interrupts | None:
         return None
 
 
-def _chips_say_remapping(interrupts: Interrupts | None) -> bool | None:
-    """IR-PCI-MSI / IR-IO-APIC chips: remapping irq domains prefix "IR-"
-    (arch/x86/kernel/apic/msi.c, drivers/iommu/intel/irq_remapping.c,
-    drivers/iommu/amd/iommu.c). MSI or IO-APIC chips without it: off."""
+class IrChips(NamedTuple):
+    """What the interrupt chips of /proc/interrupts say about remapping.
+
+    Remapping irq domains prefix their chips with "IR-" (IR-PCI-MSI,
+    IR-PCI-MSIX-<bdf>, IR-IO-APIC: arch/x86/kernel/apic/msi.c,
+    drivers/iommu/intel/irq_remapping.c, drivers/iommu/amd/iommu.c, 6.1).
+    `remapped`: True if an MSI or IO-APIC chip has the prefix, False if such
+    chips exist and none has it, None if there is no MSI/IO-APIC chip (or no
+    table). posting() and iommu_state() both need it; gather_host scans the
+    table once (about 0.9 ms at 20,000 rows) and passes it to both."""
+
+    remapped: bool | None
+
+
+def ir_chips(interrupts: Interrupts | None) -> IrChips:
+    """Scan the chips of a parsed /proc/interrupts once (see IrChips)."""
     if interrupts is None:
-        return None
-    relevant = [ln for ln in interrupts.lines if ln.chip and ("MSI" in ln.chip or "APIC" in ln.chip)]
-    if not relevant:
-        return None
-    return any(ln.remapped for ln in relevant)
+        return IrChips(None)
+    seen = False
+    for ln in interrupts.lines:
+        chip = ln.chip
+        if chip and ("MSI" in chip or "APIC" in chip):
+            if chip.startswith("IR-"):
+                return IrChips(True)  # one remapped chip decides: stop here
+            seen = True
+    return IrChips(False if seen else None)
 
 
 def intremap_settings(cmdline: KernelCmdline) -> tuple[bool, bool]:
@@ -226,19 +242,21 @@ def kernel_config_option(host: HostRoot, option: str) -> str | None:
 
 
 def iommu_state(host: HostRoot, *, interrupts: Interrupts | None = None,
-                cmdline: KernelCmdline | None = None, build_default: bool = True) -> IommuState:
+                cmdline: KernelCmdline | None = None, build_default: bool = True,
+                chips: IrChips | None = None) -> IommuState:
     """Whether DMA remapping and interrupt remapping are in effect, with evidence.
 
     Preference: the kernel's own state (/sys/class/iommu, IOMMU groups,
     IR- chips in /proc/interrupts), then the command line with the kernel's
     defaults. `build_default=False` leaves out the Intel build default
     (/boot/config-<release>): it only adds a line to dma_evidence and never
-    changes a verdict.
+    changes a verdict. `chips`: ir_chips() of the interrupts, when the
+    caller scanned them already (then `interrupts` is not read).
     """
     if cmdline is None:
         cmdline = _read_cmdline(host)
-    if interrupts is None:
-        interrupts = _read_interrupts(host)
+    if chips is None:
+        chips = ir_chips(interrupts if interrupts is not None else _read_interrupts(host))
     units, class_problem = read_iommu_units(host)
     vendors = {u.vendor for u in units}
     vendor = vendors.pop() if len(vendors) == 1 else None
@@ -295,10 +313,9 @@ def iommu_state(host: HostRoot, *, interrupts: Interrupts | None = None,
     # --- Interrupt remapping
     ir: bool | None = None
     ir_ev: list[str] = []
-    chips = _chips_say_remapping(interrupts)
-    if chips is not None:
-        ir = chips
-        ir_ev.append("/proc/interrupts: " + ("IR- chips (IR-PCI-MSI/IR-IO-APIC)" if chips
+    if chips.remapped is not None:
+        ir = chips.remapped
+        ir_ev.append("/proc/interrupts: " + ("IR- chips (IR-PCI-MSI/IR-IO-APIC)" if chips.remapped
                                              else "MSI/IO-APIC chips without the IR- prefix"))
     if cmdline is not None:
         remap_off, _post_off = intremap_settings(cmdline)
@@ -352,7 +369,7 @@ class Posting(NamedTuple):
 
 
 def posting(host: HostRoot, *, interrupts: Interrupts | None = None,
-            cmdline: KernelCmdline | None = None) -> Posting:
+            cmdline: KernelCmdline | None = None, chips: IrChips | None = None) -> Posting:
     """Are assigned devices' MSI/MSI-X posted to vCPUs on this host?
 
     "posted": every host condition holds; KVM then posts each MSI that the
@@ -362,11 +379,13 @@ def posting(host: HostRoot, *, interrupts: Interrupts | None = None,
     "may be posted": nothing rules it out but a condition could not be read.
     "not posted": a condition is false; the counters are the truth.
     "unknown": the host shows nothing either way (not x86, unreadable).
+    `chips`: ir_chips() of the interrupts, when the caller scanned them
+    already (then `interrupts` is not read).
     """
     if cmdline is None:
         cmdline = _read_cmdline(host)
-    if interrupts is None:
-        interrupts = _read_interrupts(host)
+    if chips is None:
+        chips = ir_chips(interrupts if interrupts is not None else _read_interrupts(host))
     no: list[str] = []
     yes: list[str] = []
     unknown: list[str] = []
@@ -410,10 +429,9 @@ def posting(host: HostRoot, *, interrupts: Interrupts | None = None,
             if "off" in cmdline.values("amd_iommu"):
                 no.append("amd_iommu=off: no AMD interrupt remapping, so no posting")
 
-    chips = _chips_say_remapping(interrupts)
-    if chips is False:
+    if chips.remapped is False:
         no.append("/proc/interrupts: MSI/IO-APIC chips lack the IR- prefix: interrupt remapping is off")
-    elif chips is True:
+    elif chips.remapped is True:
         yes.append("/proc/interrupts: IR- chips, interrupt remapping is on")
     else:
         unknown.append("interrupt remapping not visible in /proc/interrupts")
