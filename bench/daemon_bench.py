@@ -21,7 +21,12 @@
                   first and last thousand (flat = 1.0)
   daemon_rss_mib  `vfio-advisor daemon` itself (cli.main, libvirt's test
                   driver, the sampling loop writing the metrics file) after
-                  10,000 samples, in a child process (bench/daemon_soak.py)
+                  10,000 samples, in a child process (bench/daemon_soak.py),
+                  run as installed (the base interpreter on install's
+                  byte-compiled copy) on a 256-CPU, 2000-row host tree,
+                  following one domain (its facts gathered by the daemon's
+                  gathering child). Goal (issue 12): <= 40 MB, i.e.
+                  <= 38.1 MiB; the line gives MiB as the issue asks.
   daemon_rss_mib_real_libvirtd  the same against Debian's libvirtd
                   (bench/real-libvirtd.sh, private /run/libvirt; no domain
                   runs there, so no device is sampled); skipped, with the
@@ -56,7 +61,8 @@ from vfio_advisor.testing.scenes import gpu_audio_devices  # noqa: E402
 CPUS = 256
 GPU_VECTORS = tuple(range(45, 52))  # 7 MSI-X vectors
 AUDIO_LINE = 28  # INTx
-RSS_GOAL_MIB = 40
+RSS_GOAL_MB = 40  # issue 12: "steady-state RSS <= 40 MB" (10^6 bytes)
+RSS_GOAL_MIB = RSS_GOAL_MB * 1e6 / 2**20  # 38.15
 
 
 def synthetic_interrupts(cpus: int, rows: int, bump: int = 0) -> str:
@@ -237,18 +243,55 @@ def soak(root: Path, samples: int) -> dict:
     return marks
 
 
-def daemon_rss(tmp: Path, samples: int) -> float:
-    root = make_tree(tmp / "rss-root", 300, cpus=32)
-    out = subprocess.run([sys.executable, str(REPO / "bench/daemon_soak.py"), str(root), str(samples),
-                          str(tmp / "rss")], capture_output=True, text=True, timeout=900,
-                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+# The soak host: the shape of the sample figures (256 CPUs, 2000 rows), so
+# that whatever the daemon keeps of the host's /proc/interrupts shows (a
+# followed domain kept the whole parsed table, ~20 MB here, until issue 12).
+SOAK_ROWS, SOAK_CPUS = 2000, CPUS
+
+
+def installed_copy(tmp: Path) -> tuple[str, str]:
+    """The daemon as `vfio-advisor install` places it: the base interpreter
+    with PYTHONPATH on its byte-compiled copy of vfio_advisor and the venv's
+    libvirt, lxml and systemd (install.copy_program; the unit's ExecStart).
+    Not the venv's own python, whose editable-install finder imports
+    pathlib, urllib.parse and ipaddress at every start (~1 MiB) that no
+    installed daemon has. Returns (interpreter, PYTHONPATH)."""
+    from vfio_advisor.install import LIB, base_interpreter, copy_program  # noqa: PLC0415
+
+    python = base_interpreter()
+    _copied, compile_error = copy_program(tmp / "installed", python)
+    if compile_error:
+        raise SystemExit(f"daemon soak: the install copy is not byte-compiled: {compile_error}")
+    return python, str(tmp / "installed" / LIB)
+
+
+def soak_rss(tmp: Path, installed: tuple[str, str], samples: int, name: str, uri_args: list[str],
+             wrap: list[str] | None = None):
+    """bench/daemon_soak.py in the installed layout, `samples` samples on the
+    soak host: (rss, anon, file) in MiB, or the soak's error text."""
+    root = tmp / "soak-host"
+    if not root.exists():
+        make_tree(root, SOAK_ROWS, cpus=SOAK_CPUS)
+    python, pythonpath = installed
+    work = tmp / name
+    work.mkdir()
+    out = subprocess.run([*(wrap or []), python, str(REPO / "bench/daemon_soak.py"), str(root), str(samples),
+                          str(work / "rss"), *uri_args], cwd="/",
+                         capture_output=True, text=True, timeout=900, env=dict(os.environ, PYTHONPATH=pythonpath))
     if out.returncode != 0:
-        raise SystemExit(f"daemon soak failed: {out.stderr[-2000:]}")
+        return f"rc {out.returncode}: {out.stderr.strip()[-600:]}"
     fields = dict(kv.split("=") for kv in out.stdout.split() if "=" in kv)
     return float(fields["rss_kib"]) / 1024, float(fields["anon_kib"]) / 1024, float(fields["file_kib"]) / 1024
 
 
-def daemon_rss_real(tmp: Path, samples: int) -> tuple[float, float, float] | str:
+def daemon_rss(tmp: Path, installed: tuple[str, str], samples: int) -> tuple[float, float, float]:
+    got = soak_rss(tmp, installed, samples, "rss", [])
+    if isinstance(got, str):
+        raise SystemExit(f"daemon soak failed: {got}")
+    return got
+
+
+def daemon_rss_real(tmp: Path, installed: tuple[str, str], samples: int) -> tuple[float, float, float] | str:
     """The soak against Debian's libvirtd (qemu:///system, read-only, no
     domain), in a private mount namespace (bench/real-libvirtd.sh): the
     production figure, without the test driver's in-process heap. A reason
@@ -263,17 +306,11 @@ def daemon_rss_real(tmp: Path, samples: int) -> tuple[float, float, float] | str
     # Another libvirtd (a test's) may be mid-run; never start a second one beside it.
     if subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True).returncode == 0:
         return "another libvirtd is running"
-    root = make_tree(tmp / "real-root", 300, cpus=32)
     work = tmp / "real"
     work.mkdir()
-    out = subprocess.run(["unshare", "-m", str(REPO / "bench/real-libvirtd.sh"), str(work), "--",
-                          sys.executable, str(REPO / "bench/daemon_soak.py"), str(root), str(samples),
-                          str(work / "rss"), "qemu:///system"],
-                         capture_output=True, text=True, timeout=900, env=dict(os.environ, PYTHONPATH=str(REPO)))
-    if out.returncode != 0:
-        return f"libvirtd or the soak failed (rc {out.returncode}): {out.stderr.strip()[-300:]}"
-    fields = dict(kv.split("=") for kv in out.stdout.split() if "=" in kv)
-    return float(fields["rss_kib"]) / 1024, float(fields["anon_kib"]) / 1024, float(fields["file_kib"]) / 1024
+    got = soak_rss(tmp, installed, samples, "real-soak", ["qemu:///system"],
+                   wrap=["unshare", "-m", str(REPO / "bench/real-libvirtd.sh"), str(work), "--"])
+    return f"libvirtd or the soak failed ({got})" if isinstance(got, str) else got
 
 
 def main() -> int:
@@ -309,11 +346,14 @@ def main() -> int:
         print(f"BENCH daemon_soak samples=10000 first_cpu_us={m['first_cpu'] * 1e6:.1f} "
               f"last_cpu_us={m['last_cpu'] * 1e6:.1f} ratio={flat:.2f} (flat = 1.0, goal < 1.5)")
         ok &= flat < 1.5
-        rss, anon, files = daemon_rss(Path(tmp), 10000)
-        print(f"BENCH daemon_rss_mib={rss:.1f} (goal <= {RSS_GOAL_MIB}; anon {anon:.1f} + mapped files "
-              f"{files:.1f}; includes libvirt's in-process test driver)")
+        installed = installed_copy(Path(tmp))
+        rss, anon, files = daemon_rss(Path(tmp), installed, 10000)
+        print(f"BENCH daemon_rss_mib={rss:.1f} ({rss * 2**20 / 1e6:.1f} MB; goal <= {RSS_GOAL_MB} MB = "
+              f"{RSS_GOAL_MIB:.1f} MiB; anon {anon:.1f} + mapped files "
+              f"{files:.1f}; as installed, on a {SOAK_CPUS}-CPU {SOAK_ROWS}-row host, following one "
+              "domain (GPU + audio); includes libvirt's in-process test driver)")
         ok &= rss <= RSS_GOAL_MIB
-        real = daemon_rss_real(Path(tmp), 10000)
+        real = daemon_rss_real(Path(tmp), installed, 10000)
         if isinstance(real, str):
             print(f"BENCH daemon_rss_mib_real_libvirtd=skipped ({real})")
         else:
