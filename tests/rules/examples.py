@@ -284,6 +284,28 @@ def pxb_pcie_intx(tmp: Path) -> DomainFacts:
                    domain_xml("win11", gpu_audio_hostdevs() + [PXB_PCIE_WITH_E1000]))
 
 
+@example("pxb-pcie-e1000e")
+def pxb_pcie_e1000e(tmp: Path) -> DomainFacts:
+    """Near miss of VA5003: pxb-pcie-intx with an e1000e instead of the e1000.
+    QEMU's e1000e has MSI-X (hw/net/e1000e.c, e1000e_init_msix) and its Linux
+    and Windows drivers use it, as does the root port above it (MSI for PME
+    and hotplug): nothing behind the expander bus needs INTx."""
+    old = "<model type='e1000'/>"
+    assert old in PXB_PCIE_WITH_E1000
+    return analyse(tmp, _both_on_msi_host(), domain_xml(
+        "win11", gpu_audio_hostdevs() + [PXB_PCIE_WITH_E1000.replace(old, "<model type='e1000e'/>")]))
+
+
+@example("pxb-pcie-hostdev-msi")
+def pxb_pcie_hostdev_msi(tmp: Path) -> DomainFacts:
+    """Near miss of VA5003: the GPU and its HDMI audio behind the root port on
+    the pcie-expander-bus, both on vfio-msi on the host: their guest drivers
+    enabled MSI, as the remedy asks."""
+    pxb = PXB_PCIE_WITH_E1000[:PXB_PCIE_WITH_E1000.index("    <interface")]
+    return analyse(tmp, _both_on_msi_host(), domain_xml("win11", [
+        pxb, _hostdev(GPU, (0x06, 0, 0), multifunction=True), _hostdev(AUDIO, (0x06, 0, 1))]))
+
+
 # --- real kernel states: the lab's captures ------------------------------------
 #
 # Issue 10 §5: where the lab (lab/captures, made by `make lab`; how, in

@@ -363,9 +363,12 @@ def plan_va5003(root, analysis: Analysis, targets: list[Finding], router: Router
     gmap = analysis.facts.guest_intx
     controllers = {c.index: c for c in domain.controllers}
     pxb = {c.index for c in domain.controllers if c.model == "pcie-expander-bus"}
+    # Only the functions VA5003 flagged (by guest address): MSI users behind
+    # the same expander bus (e1000e, virtio, root ports) are fine there and stay.
+    flagged = {dict(f.evidence).get("guest address") for f in targets}
     children: dict[tuple, GuestFunction] = {}  # direct child of a pxb-pcie -> a function behind it
     for fn in gmap.functions:
-        if not fn.pin:
+        if not fn.pin or str(fn.guest_address) not in flagged:
             continue
         addr, bus = fn.guest_address, fn.guest_address.bus
         node: tuple | None = None

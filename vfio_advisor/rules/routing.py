@@ -192,9 +192,27 @@ def check_i440fx_two_irqs(facts: DomainFacts) -> Iterator[Finding]:
         {"assigned INTx functions": ", ".join(str(f.guest_address) for f in intx_hostdevs)})
 
 
+def pxb_intx_lost(fn: GuestFunction, facts: DomainFacts) -> bool:
+    """Is `fn` behind a pxb-pcie and would its guest driver rely on INTx there?
+
+    Only those lose interrupts: the remedy's "devices whose guest drivers
+    enable MSI or MSI-X" are fine behind the expander bus. Those are the QEMU
+    models with MSI/MSI-X whose drivers use it (QEMU_MODEL_MSI: e1000e,
+    virtio, xhci, ahci, hda, pcie-root-port ...), and an assigned device the
+    host shows on vfio-msi/vfio-msix now (its guest driver enabled MSI). An
+    assigned device not yet started, or on INTx, stays flagged: only its
+    guest driver decides, and INTx-only ones (e1000, rtl8139, OHCI) always."""
+    if not fn.pin or NOTE_PXB_PCIE not in fn.notes:
+        return False
+    if fn.kind == "hostdev":
+        dev = next((d for d in facts.devices if d.address == fn.host_address), None)
+        return dev is None or dev.interrupts.mode not in ("msi", "msix")
+    return fn.model not in QEMU_MODEL_MSI
+
+
 def check_intx_behind_pxb_pcie(facts: DomainFacts) -> Iterator[Finding]:
     for fn in facts.guest_intx.functions:
-        if not fn.pin or not any(n == NOTE_PXB_PCIE for n in fn.notes):
+        if not pxb_intx_lost(fn, facts):
             continue
         dev = next((d for d in facts.devices if d.address == fn.host_address), None)
         what = _describe(fn, facts)
@@ -244,5 +262,7 @@ RULES: tuple[Rule, ...] = register(
          "Keep INTx devices off the pcie-expander-bus, or use only devices whose guest "
          "drivers enable MSI or MSI-X. `vfio-advisor fix DOMAIN` gives the exact change.",
          _id("c598ab6075a043cea0a0c20cf5dd0d53"), check_intx_behind_pxb_pcie,
-         fires_on=("pxb-pcie-intx",), silent_on=("gpu-audio-msi", "pxb-pcie-port-on-root"), routing=True),
+         fires_on=("pxb-pcie-intx",),
+         silent_on=("gpu-audio-msi", "pxb-pcie-port-on-root", "pxb-pcie-e1000e",
+                    "pxb-pcie-hostdev-msi"), routing=True),
 )
