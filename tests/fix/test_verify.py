@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
 
-from tests.fix.conftest import DATA
+from tests.fix.conftest import DATA, HOST_ROOT, REPO
 from vfio_advisor.fix import planner, verify
 from vfio_advisor.fix.planner import Proposal, plan_domain
 from vfio_advisor.fix.xmledit import Op
@@ -90,3 +95,44 @@ def test_missing_schema_tool_means_not_offered(analyzer, monkeypatch):
     plan = plan_domain(analyzer, (DATA / "q35-split-irqchip.xml").read_text())
     assert not plan.changes
     assert "not installed" in plan.unfixed[0].reason
+
+
+def _path_with(tmp_path, *tools) -> str:
+    """A real PATH directory holding only `tools` (symlinks to this
+    machine's), so that the others are missing as on a host without them."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool in tools:
+        found = shutil.which(tool)
+        if found is None:
+            pytest.skip(f"{tool} is not installed here (Debian: libvirt-clients, libxml2-utils)")
+        (bindir / tool).symlink_to(found)
+    return str(bindir)
+
+
+@pytest.mark.parametrize("present, named", [
+    (("xmllint",), "virt-xml-validate is not installed (Debian package libvirt-clients)"),
+    (("virt-xml-validate",), "xmllint, which virt-xml-validate runs, is not installed "
+                             "(Debian package libxml2-utils)"),
+])
+def test_missing_tool_is_named_not_blamed_on_the_domain(analyzer, monkeypatch, tmp_path,
+                                                        present, named):
+    monkeypatch.setenv("PATH", _path_with(tmp_path, *present))
+    plan = plan_domain(analyzer, (DATA / "q35-split-irqchip.xml").read_text())
+    assert not plan.changes and plan.unfixed
+    for left in plan.unfixed:
+        assert left.kind == "unverifiable"
+        assert left.reason == f"no change can be verified: {named}"
+        assert "domain XML" not in left.reason
+
+
+def test_fix_command_names_the_missing_tool_in_one_line(tmp_path):
+    env = dict(os.environ, PATH=_path_with(tmp_path, "xmllint"))
+    out = subprocess.run([sys.executable, "-m", "vfio_advisor.fix", "--xml",
+                          str(DATA / "q35-split-irqchip.xml"), "--host-root", str(HOST_ROOT)],
+                         capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
+    assert out.returncode == 1, out.stderr
+    (line,) = [ln for ln in out.stdout.splitlines() if "no verified fix for VA4003" in ln]
+    assert line.endswith(": no change can be verified: virt-xml-validate is not installed "
+                         "(Debian package libvirt-clients)")
+    assert "current domain XML" not in out.stdout

@@ -20,6 +20,7 @@ pc_pci_slot_get_pirq, SeaBIOS src/fw/pciinit.c), never from a fixed table here.
 from __future__ import annotations
 
 import difflib
+import shutil
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -29,6 +30,7 @@ from vfio_advisor.fix.analysis import (
     QEMU_MODEL_MSI, Analysis, Analyzer, Domain, DomainXMLError, Finding, GuestFunction,
     GuestIntxMap, PciAddress, Severity, build_guest_intx_map, parse_domain_xml,
 )
+from vfio_advisor.fix import verify as verify_module
 from vfio_advisor.fix.verify import Check, describe_finding, finding_key, verify
 from vfio_advisor.fix.xmledit import (
     Occupancy, Op, apply_ops, next_controller_index, parse_tree, serialize,
@@ -76,7 +78,8 @@ class Unfixed:
     finding: Finding
     reason: str
     # "manual": no XML change could be planned; "unverified": planned, failed a
-    # check; "unverifiable": the current XML already fails libvirt's checks
+    # check; "unverifiable": the current XML already fails libvirt's checks,
+    # or they cannot run here (missing_verifiers names what is missing)
     kind: str
 
     def to_json(self) -> dict:
@@ -590,6 +593,34 @@ PLANNERS: dict[str, Callable[..., Proposal]] = {
 
 # --- the whole domain -----------------------------------------------------------
 
+def missing_verifiers() -> list[str]:
+    """What verify.py's schema and test-driver checks need and this machine
+    lacks, one phrase each ([] when all is there). Asked only after a check
+    of the current XML failed, to tell "cannot check" from "libvirt refuses".
+    virt-xml-validate is a shell script that runs xmllint (libvirt 9.0
+    tools/virt-xml-validate.in); the test driver is libvirt-python plus the
+    driver built into libvirt, opened on test:///default as verify does."""
+    missing = []
+    if shutil.which(verify_module.SCHEMA_TOOL) is None:
+        missing.append(f"{verify_module.SCHEMA_TOOL} is not installed (Debian package libvirt-clients)")
+    if shutil.which("xmllint") is None:
+        missing.append("xmllint, which virt-xml-validate runs, is not installed "
+                       "(Debian package libxml2-utils)")
+    try:
+        import libvirt  # noqa: PLC0415 - lazy, as in verify.testdriver: the hook must never load it
+    except ImportError:
+        missing.append("libvirt-python is not installed (Debian package python3-libvirt)")
+    else:
+        libvirt.registerErrorHandler(lambda *_: None, None)
+        try:
+            libvirt.open(verify_module.TESTDRIVER_URI).close()
+        except libvirt.libvirtError as exc:
+            missing.append(f"libvirt's test driver cannot be opened ({verify_module.TESTDRIVER_URI}: "
+                           + " ".join(str(exc.get_error_message()).split())[:200] + ")")
+    return missing
+
+
+
 def plan_domain(analyzer: Analyzer, xml: str | bytes, rules: Iterable[str] | None = None,
                 verifier: Callable[..., list[Check]] = verify) -> DomainPlan:
     """Plan and verify. Raises DomainXMLError (one line) for XML that is not
@@ -611,9 +642,14 @@ def plan_domain(analyzer: Analyzer, xml: str | bytes, rules: Iterable[str] | Non
         base_checks = [c for c in verifier(before, before, base, []) if c.name != "reanalysis"]
         bad = [c for c in base_checks if not c.ok]
         if bad:
-            reason = ("the current domain XML already fails " + "; ".join(
-                f"{'libvirt schema' if c.name == 'schema' else 'the libvirt test driver'} "
-                f"({c.detail})" for c in bad) + ", so no change to it can be verified")
+            missing = missing_verifiers()
+            if missing:
+                # The checks could not run: that says nothing about the XML.
+                reason = f"no change can be verified: {'; '.join(missing)}"
+            else:
+                reason = ("the current domain XML already fails " + "; ".join(
+                    f"{'libvirt schema' if c.name == 'schema' else 'the libvirt test driver'} "
+                    f"({c.detail})" for c in bad) + ", so no change to it can be verified")
             other = [f for f in before.findings
                      if f.rule_id not in FIXABLE_RULES and f.severity >= Severity.WARNING]
             return DomainPlan(before.domain.name, base, base, before, before, [], [],
