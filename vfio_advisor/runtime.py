@@ -227,33 +227,42 @@ class Watcher:
             self._isolated = (self.kernel, isolated)
         isolated = self._isolated[1]
         shape = getattr(self.sampler, "shape", None)
+        config, store = self.config, self.store
+        # The empty set sibling_on_intx and storm_lines hold most of the
+        # time: one object for the sample, not a new one per device.
+        none: frozenset = frozenset()
         for dom in list(self.domains.values()):
+            devices = dom.devices
+            since_start = now - dom.started_at
             for assigned in dom.facts.devices:
+                bdf = assigned.address
                 irq = self._interrupts(dom, assigned, table, shape)
-                siblings = frozenset(s for s in dom.siblings[assigned.address]
-                                     if dom.devices[s].mode == "intx")
+                siblings = dom.siblings[bdf]
+                if siblings:
+                    siblings = frozenset([s for s in siblings if devices[s].mode == "intx"])
                 sample = DeviceSample(
-                    interrupts=irq, since_start=now - dom.started_at, facts=dom.facts,
-                    device=assigned, sibling_on_intx=siblings,
-                    previous_run=self.store.previous(dom.key, assigned.address),
+                    interrupts=irq, since_start=since_start, facts=dom.facts,
+                    device=assigned, sibling_on_intx=siblings or none,
+                    previous_run=store.previous(dom.key, bdf),
                     vector_affinity=self._affinity(dom, irq, isolated) if (isolated or dom.pinned) else (),
                     isolated_cpus=isolated,
-                    storm_lines=frozenset(storm_lines),
+                    storm_lines=frozenset(storm_lines) if storm_lines else none,
                     # pci=nomsi or msi_bus=0: the guest cannot get MSI whatever it
                     # sets, so no guest remedy (issue 10 §3; advise's VA1001 does the same).
-                    host_msi_possible=dom.msi_possible[assigned.address],
+                    host_msi_possible=dom.msi_possible[bdf],
                     host_can_count_msi=dom.can_count_msi)
-                state, found = step_device(dom.devices[assigned.address], sample, elapsed, self.config)
-                dom.devices[assigned.address] = state
+                state, found = step_device(devices[bdf], sample, elapsed, config)
+                devices[bdf] = state
                 if found:
                     storm_lines |= {dict(f.evidence)["irq"] for f in found if f.rule_id in ("VA6004", "VA6005")}
                     findings += [f for f in found if not self._ignored(dom, f.rule_id)]
-                if state.mode != "none" and sample.since_start >= self.config.settle and \
-                        dom.recorded.get(assigned.address) != (state.mode, state.flagged_intx):
+                if state.mode != "none" and since_start >= config.settle:
                     # StateStore.record writes only a change; its last call per device is
                     # remembered here, so a steady device costs no dict building per sample.
-                    self.store.record(dom.key, assigned.address, state.mode, state.flagged_intx)
-                    dom.recorded[assigned.address] = (state.mode, state.flagged_intx)
+                    recorded = dom.recorded.get(bdf)
+                    if recorded is None or recorded[0] != state.mode or recorded[1] != state.flagged_intx:
+                        store.record(dom.key, bdf, state.mode, state.flagged_intx)
+                        dom.recorded[bdf] = (state.mode, state.flagged_intx)
         self.last_sample = now
         for f in findings:
             if f.rule_id != "VA6002":  # an event ("the fix worked"), never a standing condition
@@ -276,9 +285,16 @@ class Watcher:
         lines = table.lines
         if cached is not None and cached[0] == shape and cached[3] is assigned:
             _, known, plan, _, intx_at = cached
-            return known._replace(
-                vector_counts=tuple([(irq, lines[k].total) for irq, k in plan]),
-                intx_count=lines[intx_at].total if intx_at is not None else None)
+            # known._replace(intx_count=..., vector_counts=...) spelled out,
+            # each total as IrqLine.total sums it: _replace costs twice as
+            # much, at every device and sample. _make refuses a field count
+            # other than HostInterrupts', so a field added there fails here
+            # (and in test_interrupts_cache) instead of being dropped.
+            return known._make((
+                known.mode, known.irqs, known.intx_irq, known.shared_with,
+                sum(lines[intx_at].counts) if intx_at is not None else None,
+                known.intx_delta,
+                tuple([(irq, sum(lines[k].counts)) for irq, k in plan])))
         known = device_interrupts(bdf, assigned.device, table)
         if shape is not None:
             at = {line.irq: k for k, line in enumerate(lines)}

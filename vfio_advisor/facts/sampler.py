@@ -143,8 +143,14 @@ def _parse_counts(raw: bytes, hint: tuple[bytes, bytes] | None) -> tuple[tuple[i
     return counts, (lead, tail)
 
 
+class _Template(NamedTuple):
+    chip: str | None
+    hwirq: str | None
+    flow: str | None
+
+
 class _Watched:
-    __slots__ = ("device", "static_irq", "listing", "live_irq", "irqs", "steady", "dirfd")
+    __slots__ = ("device", "static_irq", "listing", "live_irq", "irqs", "steady", "dirfd", "names")
 
     def __init__(self, device: PciDevice | None):
         self.device = device
@@ -159,12 +165,35 @@ class _Watched:
         # (the module docstring), and msi_irqs/ is not listed.
         self.steady = False
         self.dirfd: int | None = None  # msi_irqs/, kept open while listed
+        # The names os.listdir gave last through dirfd and their sorted
+        # tuple: _listing's result is a function of the names alone, so an
+        # identical list (kernfs lists an unchanged directory in the same
+        # order) skips the sort. Any other list, even a reordered one, is
+        # sorted again.
+        self.names: tuple[list[str], tuple[str, ...]] | None = None
 
 
-class _Template(NamedTuple):
-    chip: str | None
-    hwirq: str | None
-    flow: str | None
+class _Last:
+    """The last read of one IRQ's sysfs files (Sampler.last_raw).
+
+    Updated in place when only the counts moved, so a steady sample builds
+    no bookkeeping tuple per vector; replaced by a new one otherwise."""
+
+    __slots__ = ("raw", "actions", "template", "row", "handlers", "exclusive", "hint", "rest")
+
+    def __init__(self, raw: bytes, actions: bytes, template: _Template, row: IrqLine | None,
+                 handlers: tuple[str, ...], exclusive: bool, hint: tuple[bytes, bytes]):
+        self.raw = raw  # per_cpu_count as read
+        self.actions = actions  # actions as read
+        self.template = template
+        self.row = row
+        self.handlers = handlers
+        # An MSI/MSI-X vector holding its vfio handler: actions not re-read (_sysfs_row).
+        self.exclusive = exclusive
+        self.hint = hint  # _parse_counts' zero runs
+        # The row's fields after its counts: the next row is
+        # IrqLine(irq, counts, *rest), built as a plain tuple (_with_counts).
+        self.rest = row[2:] if row is not None else None
 
 
 class _Stale(Exception):
@@ -188,9 +217,8 @@ class Sampler:
         # show_interrupts skips): not looked for again until a rediscovery.
         self.absent: set[str] = set()
         self.fallback_errors: dict[str, FactUnavailable] = {}
-        # irq -> (per_cpu_count bytes, actions bytes, template, row, handlers,
-        # exclusive: an MSI vector holding its vfio handler, _parse_counts hint) of the last read
-        self.last_raw: dict[str, tuple] = {}
+        # irq -> what its sysfs files read last
+        self.last_raw: dict[str, _Last] = {}
         # irq -> kept descriptor of its per_cpu_count / actions
         self.count_fds: dict[str, int] = {}
         self.action_fds: dict[str, int] = {}
@@ -305,7 +333,12 @@ class Sampler:
             except OSError:
                 _close_dir(w)
                 return None
-            return tuple(sorted(names)) if names else None
+            if not names:
+                return None
+            if w.names is not None and w.names[0] == names:
+                return w.names[1]
+            w.names = (names, tuple(sorted(names)))
+            return w.names[1]
         path = self.host._path(f"sys/bus/pci/devices/{bdf}/msi_irqs")  # noqa: SLF001
         try:
             names = os.listdir(path)
@@ -354,7 +387,7 @@ class Sampler:
         if raw[-1:] != b"\n":
             raise FactUnavailable(f"sys/kernel/irq/{irq}/per_cpu_count", "cut at the sysfs page size")
         last = self.last_raw.get(irq)
-        if last is not None and last[5]:
+        if last is not None and last.exclusive:
             # An MSI/MSI-X vector holding its vfio handler: nothing else can
             # join it (vfio-pci requests it without IRQF_SHARED,
             # vfio_pci_intrs.c vfio_msi_set_vector_signal, Linux 6.1), and
@@ -366,33 +399,32 @@ class Sampler:
             # only the counts move. INTx lines (sharers come and go) and
             # vectors without a vfio handler yet (one may be set) have their
             # actions read at every sample, below.
-            if raw == last[0]:
-                return last[3], False
-            counts, hint = _parse_counts(raw, last[6])
-            row = last[3]
-            row = IrqLine(irq, counts, row[2], row[3], row[4], row[5], False)
-            self.last_raw[irq] = (raw, last[1], last[2], row, last[4], True, hint)
-            return row, False
+            if raw != last.raw:
+                _recount(irq, last, raw)
+            return last.row, False
         actions = self._pread(self.action_fds, irq, "actions")
         t = self.templates.get(irq)
         if t is None:
             t = self.templates[irq] = self._sysfs_template(f"sys/kernel/irq/{irq}")
-        if last is not None and last[1] == actions and last[2] is t:
-            if last[0] == raw:
-                return last[3], False  # an idle vector: nothing to parse
-            handlers, exclusive, moved = last[4], last[5], False
-        else:
-            # actions_show joins with "," (irqdesc.c); /proc/interrupts with ", ".
-            handlers = tuple(a.decode("utf-8", "replace") for a in actions.strip().split(b",") if a)
-            exclusive = any(v is not None and v.mode != "intx" for v in map(parse_vfio_handler, handlers))
-            moved = True
-        counts, hint = _parse_counts(raw, last[6] if last is not None else None)
+        if last is not None and last.actions == actions and last.template is t and last.handlers:
+            # Same handlers and chip: only the counts can have moved, and a
+            # row with handlers is a row whatever its counts (below), so
+            # nothing but the counts changed. (Without handlers the row comes
+            # and goes with its counts: worked out below.)
+            if raw != last.raw:
+                _recount(irq, last, raw)
+            return last.row, False
+        # actions_show joins with "," (irqdesc.c); /proc/interrupts with ", ".
+        handlers = tuple(a.decode("utf-8", "replace") for a in actions.strip().split(b",") if a)
+        exclusive = any(v is not None and v.mode != "intx" for v in map(parse_vfio_handler, handlers))
+        moved = last is None or last.actions != actions or last.template is not t
+        counts, hint = _parse_counts(raw, last.hint if last is not None else None)
         row = None
         if handlers or counts:
             row = IrqLine(irq, counts, t.chip, t.hwirq, t.flow, handlers, False)
-        if last is not None and (last[3] is None) != (row is None):
+        if last is not None and (last.row is None) != (row is None):
             moved = True
-        self.last_raw[irq] = (raw, actions, t, row, handlers, exclusive, hint)
+        self.last_raw[irq] = _Last(raw, actions, t, row, handlers, exclusive, hint)
         return row, moved
 
     def _sysfs_template(self, base: str) -> _Template:
@@ -495,7 +527,9 @@ class Sampler:
             self.shape += 1
             self._last_rows = order
             self._steady(rows)
-        return Interrupts(cpus=cpus, lines=tuple(rows[i] for i in order), skipped=()), odd
+        # Without a fallback row, rows is in `order` already (_read_rows).
+        lines = tuple(rows[i] for i in order) if missing else tuple(rows.values())
+        return Interrupts(cpus, lines, ()), odd
 
     def _read_rows(self, retry: bool = False) -> tuple[dict, set, bool, int, bool]:
         rows: dict[str, IrqLine] = {}
@@ -503,7 +537,7 @@ class Sampler:
         readable = moved = False
         bad = 0
         absent, from_proc = self.absent, self.from_proc
-        last_raw, count_fds = self.last_raw, self.count_fds
+        last_raw, count_fds, pread = self.last_raw, self.count_fds, os.pread
         for irq in self.order:
             if absent and irq in absent:
                 continue
@@ -513,26 +547,21 @@ class Sampler:
             # _sysfs_row's path for a working MSI vector, inline (the most
             # frequent read of a sample); anything else goes through it.
             last = last_raw.get(irq)
-            fd = count_fds.get(irq)
-            if last is not None and last[5] and fd is not None:
+            if last is not None and last.exclusive:
+                fd = count_fds.get(irq)
                 try:
-                    raw = os.pread(fd, SYSFS_PAGE, 0)
+                    raw = pread(fd, SYSFS_PAGE, 0) if fd is not None else None
                 except OSError:
-                    raw = None
+                    raw = None  # _sysfs_row reads it again and says why
                 if raw is not None and raw[-1:] == b"\n":
-                    if raw == last[0]:
-                        rows[irq] = last[3]
-                        readable = True
-                        continue
-                    try:
-                        counts, hint = _parse_counts(raw, last[6])
-                    except ValueError:  # as below: a damaged recording
-                        bad += 1
-                        continue
+                    if raw != last.raw:
+                        try:
+                            _recount(irq, last, raw)
+                        except ValueError:  # as below: a damaged recording
+                            bad += 1
+                            continue
+                    rows[irq] = last.row
                     readable = True
-                    row = last[3]
-                    row = rows[irq] = IrqLine(irq, counts, row[2], row[3], row[4], row[5], False)
-                    last_raw[irq] = (raw, last[1], last[2], row, last[4], True, hint)
                     continue
             try:
                 row, changed = self._sysfs_row(irq)
@@ -617,10 +646,33 @@ class Sampler:
                   "CONFIG_SPARSE_IRQ for the per-IRQ files; said once)")
 
 
+def _recount(irq: str, last: _Last, raw: bytes) -> None:
+    """Take `raw`, a new per_cpu_count of the row `last` holds (same
+    handlers, same chip: only its counts moved), into `last`: its row with
+    the new counts, in place. ValueError as _parse_counts, `last` unchanged."""
+    lead, tail = last.hint
+    if raw.startswith(lead) and raw.endswith(tail) and raw[len(lead):len(raw) - len(tail)].isdigit():
+        # _parse_counts' first case, inline: the vector counts on the one CPU
+        # it counted on before (the steady case of an affine vector).
+        counts: tuple[int, ...] = (int(raw[len(lead):len(raw) - len(tail)]),)
+    else:
+        counts, last.hint = _parse_counts(raw, last.hint)
+    last.raw = raw
+    # IrqLine(irq, counts, *last.rest) without the NamedTuple's __new__
+    # frame: the same tuple, of the same class (half the cost, issue 12).
+    last.row = _tuple_new(IrqLine, (irq, counts, *last.rest))
+
+
+# tuple.__new__: builds a NamedTuple from its fields in order, as its
+# generated __new__ does, without that Python-level frame.
+_tuple_new = tuple.__new__
+
+
 def _close_dir(w: _Watched) -> None:
     if w.dirfd is not None:
         os.close(w.dirfd)
         w.dirfd = None
+    w.names = None
 
 
 def _irq_key(irq: str) -> tuple[int, str]:

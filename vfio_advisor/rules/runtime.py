@@ -104,8 +104,16 @@ def observe(state: DeviceState, sample: DeviceSample, elapsed: float | None) -> 
     # said of a device that may have: only an all-zero count is taken as none.
     ever = state.ever_counted or delta > 0 or any(c for _, c in counts)
     observable = mode not in ("msi", "msix") or sample.host_can_count_msi
-    return state._replace(mode=mode, previous_mode=state.mode, counts=counts,
-                          rate=rate, delta=delta, ever_counted=ever, observable=observable)
+    # state._replace(mode=mode, previous_mode=state.mode, counts=counts,
+    # rate=rate, delta=delta, ever_counted=ever, observable=observable),
+    # spelled out field by field: _replace builds a dict and maps over the
+    # fields, twice the cost of the call (it runs for every device at every
+    # sample). _make refuses any other number of fields, so a field added
+    # to DeviceState fails here instead of being reset; and
+    # tests/rules/test_observe_counts.py checks it against _replace.
+    return state._make((state.bdf, mode, state.mode, counts, rate, delta, ever, state.flagged_intx,
+                        state.storming, state.storm_reported, state.reported_none,
+                        state.regression_checked, state.affinity, observable, state.reported_posted))
 
 
 def _rise(now, before) -> int | None:
@@ -167,8 +175,10 @@ def switched_to_msi(state, sample, elapsed, config):
 
 def stays_on_intx(state, sample, elapsed, config):
     """VA6001: settled, MSI-capable, and INTx still counting."""
-    if (not _settled(sample, config) or state.mode != "intx" or not _msi_capable(sample)
-            or state.delta <= 0 or state.flagged_intx):
+    # Conditions without side effects, the state's own first: they end the
+    # steady case (another mode, or already flagged) before any call.
+    if (state.mode != "intx" or state.flagged_intx or state.delta <= 0
+            or not _settled(sample, config) or not _msi_capable(sample)):
         return state, []
     irq = sample.interrupts
     # /proc/interrupts counts per line, not per handler.
@@ -183,7 +193,7 @@ def stays_on_intx(state, sample, elapsed, config):
 
 def msi_to_intx_regression(state, sample, elapsed, config):
     """VA6003: MSI in the previous run of the domain, INTx in this one."""
-    if not _settled(sample, config) or state.regression_checked or state.mode == "none":
+    if state.regression_checked or state.mode == "none" or not _settled(sample, config):
         return state, []
     state = state._replace(regression_checked=True)
     before = sample.previous_run.get("mode")
@@ -202,6 +212,10 @@ def msi_to_intx_regression(state, sample, elapsed, config):
 def intx_storm(state, sample, elapsed, config):
     """VA6004 (line not shared) / VA6005 (shared): storm_samples samples in a
     row at storm_rate or more; over once the rate falls below half of it."""
+    if not (state.storming or state.storm_reported) and (state.mode != "intx" or state.rate < config.storm_rate):
+        # Neither a storm nor its run-up, nor a rate that starts one: both
+        # branches below leave the state as it is, settled or not.
+        return state, []
     if not _settled(sample, config):
         return state, []
     if state.mode == "intx" and state.rate >= config.storm_rate:
@@ -248,6 +262,8 @@ def _storm_remedy(sample: DeviceSample, rule_id: str) -> str:
 
 def no_interrupts(state, sample, elapsed, config):
     """VA6006: settled and not one interrupt counted."""
+    if state.ever_counted and not state.reported_none:
+        return state, []  # the steady case: whatever the rest, nothing to do or undo
     if not _settled(sample, config) or not state.observable:
         return state, []  # posted MSI: a flat count is no evidence of silence
     if state.ever_counted:
@@ -263,12 +279,12 @@ def no_interrupts(state, sample, elapsed, config):
 
 def affinity_overlap(state, sample, elapsed, config):
     """VA6007: a vector whose smp_affinity_list meets pinned vCPU or isolated CPUs."""
+    isolated = sample.isolated_cpus
+    if not isolated and not sample.facts.domain.pinned_cpus:
+        return state, []  # no CPU to protect (the usual host): settled or not, nothing
     if not _settled(sample, config) or not state.observable:
         return state, []  # posted MSI never runs the host handler on those CPUs
     pinned = sample.facts.domain.pinned_cpus
-    isolated = sample.isolated_cpus
-    if not pinned and not isolated:
-        return state, []
     reported = dict(state.affinity)
     out: list[Finding] = []
     for irq, cpus in sample.vector_affinity:
