@@ -22,6 +22,7 @@ level (facts/domain.py imports it where it parses).
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -55,12 +56,19 @@ def gather_in_child(host_root: str, domain_xmls: list[str] | tuple[str, ...],
     if not domain_xmls:
         return []
     request = pickle.dumps(GatherRequest(host_root, tuple(domain_xmls)), pickle.HIGHEST_PROTOCOL)
-    # sys.executable with the same environment (PYTHONPATH of a clone
-    # install's unit) imports this same copy of vfio_advisor. cwd "/" so that
-    # `-m` never imports from whatever directory the daemon was started in.
+    # The child must import this very copy of vfio_advisor, wherever it came
+    # from: Debian's dist-packages, a clone install's PYTHONPATH, or a source
+    # tree the daemon was started from with `python3 -m` (sys.path[0] is then
+    # the cwd, which a child in another cwd does not see: the system tier's
+    # guest runs the suite that way). So the directory holding this package
+    # goes first on the child's PYTHONPATH, and its cwd is "/", so that `-m`
+    # never imports from wherever the daemon happened to start.
     command = [sys.executable, "-m", "vfio_advisor.gather_worker"]
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (package_root, os.environ.get("PYTHONPATH")) if p))
     try:
-        done = subprocess.run(command, input=request, capture_output=True, timeout=timeout, cwd="/")
+        done = subprocess.run(command, input=request, capture_output=True, timeout=timeout, cwd="/", env=env)
     except subprocess.TimeoutExpired:
         return _all_failed(domain_xmls, f"the gathering child took more than {timeout:g} s")
     except OSError as exc:

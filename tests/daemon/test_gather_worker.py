@@ -157,3 +157,23 @@ def test_the_answer_unpickles_without_lxml(tmp_path):
                          input=data, capture_output=True, timeout=60)
     assert run.returncode == 0, run.stderr.decode()
     assert run.stdout.decode().split() == ["win11", "['VA6001']"]
+
+
+def test_the_child_finds_the_daemons_own_copy_without_an_installed_one(monkeypatch, tmp_path):
+    """The system tier's guest runs the suite from a plain source tree
+    (`python3 -m vfio_advisor daemon` in its directory; no editable install):
+    the child, in cwd "/", found no vfio_advisor and the daemon followed
+    nothing. Here the child's interpreter runs without site (`-S`: no venv
+    .pth, so no editable-install finder), lxml reachable by its path only."""
+    import lxml  # noqa: PLC0415 - where this venv's lxml lives, for the child
+
+    site_dir = str(Path(lxml.__file__).resolve().parents[1])
+    wrapper = tmp_path / "python-without-site"
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="${{PYTHONPATH:+$PYTHONPATH:}}{site_dir}" '
+                       f'exec {sys.executable} -S "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(wrapper))
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    [got] = gather_in_child(str(CAPTURES / "stays-intx-1"), [(REPO / "tests/data/domains/lab/edu.xml").read_text()])
+    assert not isinstance(got, GatherFailure), got
+    assert got.domain.name == "lab-edu" and got.devices[0].device is not None
