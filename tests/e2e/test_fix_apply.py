@@ -6,7 +6,7 @@ For each domain: define it, start it (the hook analyses it at `prepare
 begin` and logs its findings), `fix --apply` over qemu:///system, start it
 again, and compare the hook's journal entries of the two starts.
 
-- e2e-pxb (tests/data/domains/e2e-pxb-pcie.xml): VA5003 on emulated devices
+- e2e-pxb (tests/data/domains/e2e-pxb-pcie.xml): VA5003 on an INTx-only emulated device (e1000)
   behind a pcie-expander-bus. The fixed domain really starts (QEMU TCG).
 - e2e-fix-intx (tests/data/fix/e2e-intx-split-irqchip.xml): VA5001 and
   VA4003 need assigned devices. The hook reads the demo host tree
