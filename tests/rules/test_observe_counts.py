@@ -40,3 +40,29 @@ def test_a_mode_change_counts_no_delta():
     state = DeviceState("0000:01:00.0", mode="intx", counts=(("28", 100),))
     after = observe(state, sample_of("msi", {"28": 500}), 5.0)
     assert (after.delta, after.rate, after.mode, after.previous_mode) == (0, 0.0, "msi", "intx")
+
+
+# Fields observe() sets; every other field of DeviceState must come through it
+# unchanged (observe spells the state out field by field, issue 12, not
+# _replace: a field it missed would be reset at every sample).
+OBSERVED = {"mode", "previous_mode", "counts", "rate", "delta", "ever_counted", "observable"}
+
+
+@settings(max_examples=100, deadline=None)
+@given(flags=st.lists(st.booleans(), min_size=8, max_size=8), storming=st.integers(0, 9),
+       mode=st.sampled_from(["intx", "msi", "msix", "none"]), posted=st.booleans())
+def test_observe_keeps_every_field_it_does_not_set(flags, storming, mode, posted):
+    values = {"flagged_intx": flags[0], "storming": storming, "storm_reported": flags[1],
+              "reported_none": flags[2], "regression_checked": flags[3],
+              "affinity": (("45", frozenset({flags[4], 3})),), "reported_posted": flags[5],
+              "ever_counted": flags[6], "observable": flags[7]}
+    assert set(DeviceState._fields) - OBSERVED - {"bdf"} <= values.keys(), "a new DeviceState field: add it here"
+    state = DeviceState("0000:01:00.0", mode="msix", counts=(("45", 10),), **values)
+    sample = sample_of(mode, {"45": 15})._replace(host_can_count_msi=not posted)
+    after = observe(state, sample, 5.0)
+    for field in DeviceState._fields:
+        if field not in OBSERVED:
+            assert getattr(after, field) == getattr(state, field), field
+    assert (after.mode, after.previous_mode) == (mode, "msix")
+    assert after.observable == (mode not in ("msi", "msix") or not posted)
+    assert after.ever_counted is True  # a count above zero

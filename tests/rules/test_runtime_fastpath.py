@@ -1,0 +1,198 @@
+"""The runtime transitions' early exits (issue 12) against the transitions
+as they were before them, on every runtime example's real sample and on
+states hypothesis draws.
+
+stays_on_intx, msi_to_intx_regression, intx_storm, no_interrupts and
+affinity_overlap test their cheapest, state-only conditions first, so that a
+steady device costs no call per sample. Each new exit may be taken only where
+the old function returned the state unchanged and no finding; REFERENCE
+below is the old code, verbatim (before commit 645bf33), and every draw
+must give the same (state, findings) from both.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.rules.runtime_examples import RUNTIME_EXAMPLES
+from vfio_advisor.rules import runtime
+from vfio_advisor.rules.runtime import (
+    STORM_HYSTERESIS, DeviceState, Finding, _make, _msi_capable, _name, _remedy, _settled,
+    _storm_remedy, cpulist,
+)
+
+# --- the transitions before issue 12's early exits (verbatim) -----------------
+
+def stays_on_intx(state, sample, elapsed, config):
+    """VA6001: settled, MSI-capable, and INTx still counting."""
+    if (not _settled(sample, config) or state.mode != "intx" or not _msi_capable(sample)
+            or state.delta <= 0 or state.flagged_intx):
+        return state, []
+    irq = sample.interrupts
+    # /proc/interrupts counts per line, not per handler.
+    shared = (f" (shared with {', '.join(irq.shared_with)}, so part of that may be theirs)"
+              if irq.shared_with else "")
+    return state._replace(flagged_intx=True), _make(
+        "VA6001", sample,
+        f"{_name(sample)} supports MSI but is still on INTx {config.settle:g} s after "
+        f"the domain started: host IRQ {irq.intx_label} counts {state.rate:.0f}/s{shared}.",
+        _remedy(sample), {"rate": f"{state.rate:.1f}", "irq": irq.intx_label})
+
+
+def msi_to_intx_regression(state, sample, elapsed, config):
+    """VA6003: MSI in the previous run of the domain, INTx in this one."""
+    if not _settled(sample, config) or state.regression_checked or state.mode == "none":
+        return state, []
+    state = state._replace(regression_checked=True)
+    before = sample.previous_run.get("mode")
+    if state.mode != "intx" or before not in ("msi", "msix") or not _msi_capable(sample):
+        return state, []
+    return state, _make(
+        "VA6003", sample,
+        f"{_name(sample)} used {before.upper()} in the previous run of this "
+        "domain and is on INTx now. " + (
+            "A guest driver update may have reset the guest's MSI setting."
+            if sample.host_msi_possible else
+            "The host now forbids MSI for it, so the guest could not keep it."),
+        _remedy(sample), {"previous mode": before, "mode": state.mode})
+
+
+def intx_storm(state, sample, elapsed, config):
+    """VA6004 (line not shared) / VA6005 (shared): storm_samples samples in a
+    row at storm_rate or more; over once the rate falls below half of it."""
+    if not _settled(sample, config):
+        return state, []
+    if state.mode == "intx" and state.rate >= config.storm_rate:
+        state = state._replace(storming=state.storming + 1)
+        if state.storming < config.storm_samples or state.storm_reported:
+            return state, []
+        state = state._replace(storm_reported=True)
+        irq = sample.interrupts
+        line = irq.intx_label
+        if line in sample.storm_lines:
+            # /proc/interrupts counts the line: with several handlers on it
+            # we cannot say whose interrupts these are, so say it once.
+            return state, []
+        rule = "VA6005" if irq.shared_with else "VA6004"
+        where = (f"shared with {', '.join(irq.shared_with)}, any of which may raise them"
+                 if irq.shared_with else "not shared")
+        return state, _make(rule, sample,
+                            f"Interrupt storm: host IRQ {line} of {_name(sample)} counts "
+                            f"{state.rate:.0f} INTx/s ({where}) for {state.storming} samples "
+                            "in a row.", _storm_remedy(sample, rule),
+                            evidence={"rate": f"{state.rate:.0f}", "irq": line,
+                                      "threshold": f"{config.storm_rate:g}"})
+    if (state.storming or state.storm_reported) and state.rate < config.storm_rate * STORM_HYSTERESIS:
+        # Only a storm (or its run-up) to end: a quiet device's state is not rebuilt each sample.
+        state = state._replace(storming=0, storm_reported=False)
+    return state, []
+
+
+def no_interrupts(state, sample, elapsed, config):
+    """VA6006: settled and not one interrupt counted."""
+    if not _settled(sample, config) or not state.observable:
+        return state, []  # posted MSI: a flat count is no evidence of silence
+    if state.ever_counted:
+        # Rebuilt only when it changes: the steady case costs no _replace per sample.
+        return (state._replace(reported_none=False) if state.reported_none else state), []
+    if state.reported_none:
+        return state, []
+    return state._replace(reported_none=True), _make(
+        "VA6006", sample,
+        f"{_name(sample)} has raised no interrupt at all {config.settle:g} s after "
+        "the domain started" + (" (no vfio vectors are set up)" if state.mode == "none" else "") + ".")
+
+
+def affinity_overlap(state, sample, elapsed, config):
+    """VA6007: a vector whose smp_affinity_list meets pinned vCPU or isolated CPUs."""
+    if not _settled(sample, config) or not state.observable:
+        return state, []  # posted MSI never runs the host handler on those CPUs
+    pinned = sample.facts.domain.pinned_cpus
+    isolated = sample.isolated_cpus
+    if not pinned and not isolated:
+        return state, []
+    reported = dict(state.affinity)
+    out: list[Finding] = []
+    for irq, cpus in sample.vector_affinity:
+        overlap = cpus & (pinned | isolated)
+        if overlap == reported.get(irq, frozenset()):
+            continue
+        reported[irq] = overlap
+        if not overlap:
+            continue
+        what = []
+        if cpus & pinned:
+            what.append(f"the domain's pinned vCPU CPUs {cpulist(cpus & pinned)}")
+        if cpus & isolated:
+            what.append(f"isolated CPUs {cpulist(cpus & isolated)} (isolcpus/nohz_full)")
+        out += _make(
+            "VA6007", sample,
+            f"Host IRQ {irq} of {_name(sample)} may run on {' and '.join(what)} "
+            f"(smp_affinity_list {cpulist(cpus)}): its handler then preempts those CPUs.",
+            f"Point it at the host's housekeeping CPUs: echo <cpus> > /proc/irq/{irq}/smp_affinity_list "
+            "(irqbalance may undo that; see its --banirq), or set irqaffinity= on the host "
+            "kernel command line. vfio-advisor only advises; it never changes affinity.",
+            {"irq": irq, "smp_affinity_list": cpulist(cpus)})
+    return state._replace(affinity=tuple(sorted(reported.items()))), out
+
+
+REFERENCE = {f.__name__: f for f in (stays_on_intx, msi_to_intx_regression, intx_storm,
+                                       no_interrupts, affinity_overlap)}
+DEVICE_EXAMPLES = sorted(n for n in RUNTIME_EXAMPLES if n not in ("rt-rows-cut", "rt-rows-clean"))
+
+
+@pytest.fixture(scope="module")
+def steps(tmp_path_factory):
+    return {n: RUNTIME_EXAMPLES[n](tmp_path_factory.mktemp(n)) for n in DEVICE_EXAMPLES}
+
+
+MODES = st.sampled_from(["intx", "msi", "msix", "none", "unknown"])
+
+
+@st.composite
+def variations(draw):
+    state = dict(
+        mode=draw(MODES), previous_mode=draw(MODES),
+        delta=draw(st.sampled_from([0, 1, 5000])), ever_counted=draw(st.booleans()),
+        flagged_intx=draw(st.booleans()), storming=draw(st.sampled_from([0, 1, 3])),
+        storm_reported=draw(st.booleans()), reported_none=draw(st.booleans()),
+        regression_checked=draw(st.booleans()), observable=draw(st.booleans()),
+        reported_posted=draw(st.booleans()))
+    sample = dict(since_start=draw(st.sampled_from([0.0, 10.0, 60.0, 120.0])),
+                  isolated_cpus=draw(st.sampled_from([frozenset(), frozenset({1}), frozenset({0, 2, 3})])),
+                  vcpu_cpuset=draw(st.sampled_from([frozenset(), frozenset({0, 1}), frozenset({5})])),
+                  previous_run=draw(st.sampled_from([{}, {"mode": "msi", "flagged_intx": True}])))
+    config = dict(settle=draw(st.sampled_from([0.0, 60.0])), storm_rate=draw(st.sampled_from([1.0, 20000.0])),
+                  storm_samples=draw(st.integers(1, 3)))
+    # the rate around the storm threshold and its hysteresis, boundaries included
+    state["rate"] = config["storm_rate"] * draw(st.sampled_from([0.0, 0.4, 0.5, 0.9, 1.0, 3.0]))
+    return draw(st.sampled_from(DEVICE_EXAMPLES)), state, sample, config
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(variations())
+def test_early_exits_equal_the_transitions_before_them(steps, case):
+    name, state_fields, sample_fields, config_fields = case
+    state, sample, elapsed, config = steps[name]
+    state = state._replace(**state_fields)
+    cpuset = sample_fields.pop("vcpu_cpuset")
+    if cpuset:  # a domain whose vCPUs are pinned (<vcpu cpuset=...>): VA6007 reads them
+        domain = sample.facts.domain._replace(vcpu_pins=(), vcpu_cpuset=cpuset)
+        sample = sample._replace(facts=sample.facts._replace(domain=domain))
+    sample = sample._replace(**sample_fields)
+    config = config._replace(**config_fields)
+    for fn, ref in REFERENCE.items():
+        got = getattr(runtime, fn)(state, sample, elapsed, config)
+        want = ref(state, sample, elapsed, config)
+        assert got[0] == want[0], (fn, name, got[0], want[0])
+        assert got[1] == want[1], (fn, name, [f.message for f in got[1]], [f.message for f in want[1]])
+
+
+def test_the_draws_start_from_real_samples(steps):
+    # facts, vectors and smp_affinity_list from the examples' host trees
+    assert len(steps) >= 20
+    assert any(s[1].vector_affinity for s in steps.values())
+    assert any(s[1].interrupts.mode == "intx" for s in steps.values())
+    assert all(not s[1].facts.domain.vcpu_pins for s in steps.values())  # the cpuset draw pins them
