@@ -327,6 +327,16 @@ def test_runtime_advice_under_the_sandbox(guest):
                for e in daemon), [e.get("MESSAGE") for e in daemon]
 
 
+def test_the_installed_daemon_never_loads_lxml(guest):
+    """Issue 12: the daemon gathers a domain in a child process
+    (vfio_advisor/gather_worker.py); under the full sandbox that child runs
+    (the advice above needs its facts) and lxml stays out of the daemon."""
+    detail = step(guest, "daemon-memory")
+    maps = read(guest, "daemon-maps.txt")
+    assert "libvirt" in maps and "lxml" not in maps and "libxslt" not in maps
+    print(f"installed daemon under systemd (TCG guest): {detail}")
+
+
 def test_metrics_file_written_by_the_hardened_unit(guest):
     step(guest, "metrics")
     assert re.search(r'^vfio_advisor_device_\w+\{[^}]*domain="passthru"', read(guest, "metrics.prom"), re.M), \
