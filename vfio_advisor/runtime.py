@@ -72,8 +72,9 @@ def facts_to_keep(facts: DomainFacts) -> DomainFacts:
     """The facts a followed domain keeps for its whole run: without the host's
     parsed /proc/interrupts (and a second read), which the sampler reads anew
     every sample and no runtime rule looks up in the gathered facts. Kept, it
-    was the whole table per followed domain: on a 256-CPU host with 2000 rows,
-    2000 IrqLine tuples of 256 counts each, about 20 MB (issue 12)."""
+    was the whole table per followed domain: 2000 IrqLine tuples of 256 counts
+    each on a 256-CPU host with 2000 rows, where the daemon's RSS was 79.2 MiB
+    against 44.2 on a 32-CPU, 300-row host (make bench's soak, issue 12)."""
     host = facts.host
     if host.interrupts is None and host.later is None:
         return facts
