@@ -233,18 +233,18 @@ class Watcher:
         # time: one object for the sample, not a new one per device.
         none: frozenset = frozenset()
         for dom in list(self.domains.values()):
-            devices = dom.devices
+            devices, facts, key = dom.devices, dom.facts, dom.key
             since_start = now - dom.started_at
-            for assigned in dom.facts.devices:
+            for assigned in facts.devices:
                 bdf = assigned.address
                 irq = self._interrupts(dom, assigned, table, shape)
                 siblings = dom.siblings[bdf]
                 if siblings:
                     siblings = frozenset([s for s in siblings if devices[s].mode == "intx"])
                 sample = DeviceSample(
-                    interrupts=irq, since_start=since_start, facts=dom.facts,
+                    interrupts=irq, since_start=since_start, facts=facts,
                     device=assigned, sibling_on_intx=siblings or none,
-                    previous_run=store.previous(dom.key, bdf),
+                    previous_run=store.previous(key, bdf),
                     vector_affinity=self._affinity(dom, irq, isolated) if (isolated or dom.pinned) else (),
                     isolated_cpus=isolated,
                     storm_lines=frozenset(storm_lines) if storm_lines else none,
@@ -262,7 +262,7 @@ class Watcher:
                     # remembered here, so a steady device costs no dict building per sample.
                     recorded = dom.recorded.get(bdf)
                     if recorded is None or recorded[0] != state.mode or recorded[1] != state.flagged_intx:
-                        store.record(dom.key, bdf, state.mode, state.flagged_intx)
+                        store.record(key, bdf, state.mode, state.flagged_intx)
                         dom.recorded[bdf] = (state.mode, state.flagged_intx)
         self.last_sample = now
         for f in findings:

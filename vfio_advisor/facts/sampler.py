@@ -651,10 +651,11 @@ def _recount(irq: str, last: _Last, raw: bytes) -> None:
     handlers, same chip: only its counts moved), into `last`: its row with
     the new counts, in place. ValueError as _parse_counts, `last` unchanged."""
     lead, tail = last.hint
-    if raw.startswith(lead) and raw.endswith(tail) and raw[len(lead):len(raw) - len(tail)].isdigit():
+    if (raw.startswith(lead) and raw.endswith(tail)
+            and (mid := raw[len(lead):len(raw) - len(tail)]).isdigit()):
         # _parse_counts' first case, inline: the vector counts on the one CPU
         # it counted on before (the steady case of an affine vector).
-        counts: tuple[int, ...] = (int(raw[len(lead):len(raw) - len(tail)]),)
+        counts: tuple[int, ...] = (int(mid),)
     else:
         counts, last.hint = _parse_counts(raw, last.hint)
     last.raw = raw
