@@ -62,7 +62,10 @@ IRQ are missing or unreadable (kernels without SPARSE_IRQ or older than
 The rows it returns are an `Interrupts` table, as `sample_table` gives, so
 `facts.model.device_interrupts` reads them exactly as it reads the full
 table: same modes, vectors, sharers and counts (tests/facts/test_sampler.py
-checks this on every lab capture and on hypothesis-made hosts).
+checks this on every lab capture and on hypothesis-made hosts). Between
+samples it keeps each IRQ's last read (_Last) and rebuilds only what moved;
+tests/daemon/test_sample_fastpath.py checks a long-lived sampler against a
+fresh one, which keeps nothing, at every sample.
 
 One difference the kernel makes, not this code: per_cpu_count lists
 possible CPUs and /proc/interrupts online ones, so counts an offline CPU
