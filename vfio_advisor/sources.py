@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import lzma
 import os
+import shutil
 import tarfile
 import tempfile
 import zlib
@@ -111,6 +112,159 @@ MAX_BYTES = 1 << 30
 # size (GNU tar's default 20 x 512 bytes, -b up to a few MiB). More than this
 # is not padding, and decompressing it would be unbounded work.
 MAX_TRAILER = 16 << 20
+# Extended headers are read whole by tarfile before a member reaches our
+# loop (CPython 3.11 Lib/tarfile.py, as in Debian 12's 3.11.2: TarInfo.
+# _proc_pax does fileobj.read(self._block(self.size)) for a pax 'x'/'g'/'X'
+# header, _proc_gnulong the same for a GNU 'L'/'K' long name or link,
+# _proc_sparse loops over GNU sparse extension blocks while their
+# "isextended" byte is set, _proc_gnusparse_10 reads a GNU sparse 1.0 map
+# until it has the count it claims). A header claiming gigabytes over a
+# gzip stream of zeros would be allocated. `vfio-advisor snapshot` writes
+# with tarfile's PAX format, which puts a name or link target that does not
+# fit ustar's 100 bytes in a pax header as "path" / "linkpath" records; both
+# are Linux paths, at most PATH_MAX = 4096 bytes (include/uapi/linux/
+# limits.h), so its pax headers stay under 9 KiB, and it writes no GNU or
+# sparse headers. 1 MiB per header is far beyond any real snapshot.
+MAX_HEADER = 1 << 20
+# All header reads for one member (extended headers, the headers after
+# them, sparse maps): room for a pax header, a long name and a long link of
+# MAX_HEADER each.
+MAX_MEMBER_HEADERS = 4 << 20
+# All header reads of one archive: the names _extract_snapshot keeps come
+# from them. A snapshot has a few hundred entries of a few hundred bytes.
+MAX_HEADERS_TOTAL = 32 << 20
+# Extended headers before one member: a pax header, a long name and a long
+# link at most in the archives tar(1) and tarfile write. Each nests one
+# TarInfo.fromtarfile call, so a run of them would otherwise end in a
+# RecursionError at Python's recursion limit.
+MAX_HEADER_CHAIN = 8
+
+_PAX_TYPES = {tarfile.XHDTYPE: "pax", tarfile.SOLARIS_XHDTYPE: "pax",
+              tarfile.GNUTYPE_LONGNAME: "GNU long name", tarfile.GNUTYPE_LONGLINK: "GNU long link"}
+
+
+class _HeaderRefused(tarfile.TarError):
+    """A header over our bounds. Not a tarfile.HeaderError on purpose:
+    _proc_pax and _proc_gnulong turn a HeaderError from the next header into
+    SubsequentHeaderError, TarFile.next that into ReadError, and
+    TarFile.open("r") swallows a ReadError to try the next compression,
+    ending in a many-line "file could not be opened successfully". A plain
+    TarError passes all of them unchanged (TarFile.next re-raises any other
+    exception) and _DAMAGED reports it as one line."""
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            v = n / (1 << shift)
+            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
+    return f"{n} bytes"
+
+
+class _HeaderReads:
+    """Stands in for TarFile.fileobj while one member's headers are read:
+    refuses a read past the member's and the archive's header budget before
+    it is made, so no header can make tarfile allocate more than that."""
+
+    def __init__(self, fileobj, offset: int, left_total: int):
+        self._f = fileobj
+        self.offset = offset  # the member's first header, for messages
+        self.depth = 0
+        self.used = 0
+        self.left = min(MAX_MEMBER_HEADERS, left_total)
+        self._archive_bound = left_total < MAX_MEMBER_HEADERS
+
+    def read(self, n=-1):
+        if n is None or n < 0 or n > self.left:
+            if self._archive_bound:
+                raise _HeaderRefused(f"the snapshot's headers take more than {_size(MAX_HEADERS_TOTAL)} "
+                                     f"(reached at the entry at byte {self.offset})")
+            raise _HeaderRefused(f"the headers of the entry at byte {self.offset} take more than "
+                                 f"{_size(MAX_MEMBER_HEADERS)}")
+        self.left -= n
+        self.used += n
+        return self._f.read(n)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """TarInfo whose header processing is bounded (see MAX_HEADER).
+
+    TarInfo._proc_member is the one dispatch point: TarInfo.fromtarfile
+    reads a 512-byte header and calls it, and it calls _proc_pax,
+    _proc_gnulong, _proc_sparse or _proc_builtin (CPython 3.11 Lib/tarfile.py,
+    whose comment names it the method to override). _tarfile_hookable checks
+    that this Python still works that way before any snapshot is opened."""
+
+    def _proc_member(self, tarfile_):
+        reads = tarfile_.fileobj
+        if not isinstance(reads, _HeaderReads):
+            used_total = getattr(tarfile_, "_vfio_header_bytes", 0)
+            reads = _HeaderReads(tarfile_.fileobj, self.offset, MAX_HEADERS_TOTAL - used_total)
+            tarfile_.fileobj = reads
+            try:
+                return self._proc_bounded(tarfile_, reads)
+            except (ValueError, RecursionError) as exc:
+                # A malformed GNU sparse map: _proc_gnusparse_01 and _10 and
+                # _apply_pax_info call int() and split() on archive bytes
+                # unguarded (CPython 3.11), the ValueError escapes tarfile.
+                raise _HeaderRefused(f"the headers of the entry at byte {self.offset} are damaged "
+                                     f"({_one_line(exc)})") from None
+            finally:
+                tarfile_.fileobj = reads._f
+                tarfile_._vfio_header_bytes = used_total + reads.used
+        return self._proc_bounded(tarfile_, reads)
+
+    def _proc_bounded(self, tarfile_, reads: _HeaderReads):
+        if self.type == tarfile.XGLTYPE:
+            # `snapshot` never writes one, and tarfile 3.11 copies the global
+            # records into every later member (_proc_pax: pax_headers.copy(),
+            # _apply_pax_info: self.pax_headers = pax_headers.copy()), all
+            # kept in TarFile.members: even a small one grows with the
+            # member count.
+            raise _HeaderRefused(f"the entry at byte {self.offset} is a pax global header, "
+                                 "which no snapshot holds")
+        kind = _PAX_TYPES.get(self.type)
+        if kind and self.size > MAX_HEADER:
+            raise _HeaderRefused(f"a {kind} header ({self.name[:80]!r} at byte {self.offset}) claims "
+                                 f"{_size(self.size)} (limit {_size(MAX_HEADER)})")
+        reads.depth += 1
+        if reads.depth > MAX_HEADER_CHAIN:
+            raise _HeaderRefused(f"the entry at byte {reads.offset} has more than "
+                                 f"{MAX_HEADER_CHAIN} extended headers")
+        return super()._proc_member(tarfile_)
+
+
+def _tarfile_hookable() -> bool:
+    """Does this Python's tarfile read every header through
+    TarInfo._proc_member? True for CPython 3.11 (and 3.8 to 3.13). The
+    method is private: were it renamed, _BoundedTarInfo would silently bound
+    nothing, so snapshots are refused instead (open_host_root)."""
+    fromtarfile = getattr(tarfile.TarInfo.fromtarfile, "__func__", None)
+    code = getattr(fromtarfile, "__code__", None)
+    return (callable(getattr(tarfile.TarInfo, "_proc_member", None)) and code is not None
+            and "_proc_member" in code.co_names)
+
+
+def _open_tar(path: str) -> tarfile.TarFile:
+    # TarFile.__init__ reads the first member already, hence tarinfo= here
+    # and not on the members later.
+    return tarfile.open(path, tarinfo=_BoundedTarInfo)
+
+
+def _is_tarfile(path: str) -> bool:
+    """tarfile.is_tarfile with bounded headers: it opens the archive, reading
+    its first member, with the default TarInfo. Our refusal is not "not a
+    tar archive" and passes through."""
+    try:
+        with _open_tar(path):
+            return True
+    except _HeaderRefused:
+        raise
+    except tarfile.TarError:
+        return False
 
 
 def _extract_snapshot(tar: tarfile.TarFile, dest: str) -> None:
@@ -127,7 +281,13 @@ def _extract_snapshot(tar: tarfile.TarFile, dest: str) -> None:
     links: list[tuple[str, str, str]] = []  # (name, path, link text)
     seen: dict[str, bool] = {}  # name -> is a directory
     total = 0
-    for count, member in enumerate(tar, 1):
+    count = 0
+    while (member := tar.next()) is not None:
+        # TarFile.next keeps every member it returns in TarFile.members, its
+        # pax records (TarInfo.pax_headers) and sparse map included; nothing
+        # here looks a member up again, so only the current one is kept.
+        tar.members.clear()
+        count += 1
         if count > MAX_MEMBERS:
             raise UsageError(f"snapshot has more than {MAX_MEMBERS} entries")
         name = os.path.normpath(member.name)
@@ -154,7 +314,10 @@ def _extract_snapshot(tar: tarfile.TarFile, dest: str) -> None:
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 source = tar.extractfile(member)
                 with open(target, "xb") as out:
-                    out.write(source.read() if source else b"")
+                    # In pieces: a member of up to MAX_BYTES (a sparse one
+                    # costs a few bytes of archive) is never held whole.
+                    if source is not None:
+                        shutil.copyfileobj(source, out, 1 << 20)
             # devices, fifos and hard links have no place in a host tree
             # (sysfs and procfs have none): skipped, never created.
         except OSError as exc:
@@ -222,8 +385,11 @@ def open_host_root(path: str) -> tuple[str, tempfile.TemporaryDirectory | None]:
         return path, None
     if not os.path.exists(path):
         raise UsageError(f"host root {path} does not exist")
+    if not _tarfile_hookable():
+        raise UsageError(f"cannot unpack snapshot {path}: this Python's tarfile no longer reads headers "
+                         "through TarInfo._proc_member (CPython 3.11), so their sizes cannot be bounded")
     try:
-        is_tar = tarfile.is_tarfile(path)
+        is_tar = _is_tarfile(path)
     except _DAMAGED as exc:
         # is_tarfile catches TarError only; a gzip header without a body gets here.
         raise UsageError(f"cannot unpack snapshot {path}: {_reason(exc)}") from None
@@ -234,7 +400,7 @@ def open_host_root(path: str) -> tuple[str, tempfile.TemporaryDirectory | None]:
         raise UsageError(f"host root {path} is neither a directory nor a snapshot (.tar.gz)")
     tmp = tempfile.TemporaryDirectory(prefix="vfio-advisor-")
     try:
-        with tarfile.open(path) as tar:
+        with _open_tar(path) as tar:
             _extract_snapshot(tar, tmp.name)
     except _DAMAGED as exc:
         tmp.cleanup()
@@ -246,6 +412,10 @@ def open_host_root(path: str) -> tuple[str, tempfile.TemporaryDirectory | None]:
 
 
 def _reason(exc: BaseException) -> str:
+    return _one_line(exc)
+
+
+def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 

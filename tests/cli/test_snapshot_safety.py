@@ -345,3 +345,284 @@ def test_trailing_data_limit(tmp_path):
     snap.write_bytes(gzip.compress(raw.getvalue() + bytes(1 << 20)))  # ordinary padding: fine
     _, tmp = open_host_root(str(snap))
     tmp.cleanup()
+
+
+# --- extended headers tarfile reads whole before a member reaches us ----------
+#
+# CPython 3.11's tarfile (Lib/tarfile.py, Debian 12's 3.11.2) reads a pax
+# header ('x'), a GNU long name or link ('L', 'K') in one read of the size
+# the header claims, GNU sparse extension blocks and a sparse 1.0 map for as
+# long as they say more follow, each nested header by recursion: all before
+# TarFile.next returns a member. The archives below are small gzip streams
+# (a 16 MiB run of zeros compresses to 16 KiB, and a gzip file may hold many
+# members, RFC 1952 section 2.2) that claim gigabytes there. Each runs
+# through the real CLI in a child whose address space is capped (AS_CAP): a
+# regression fails with a MemoryError instead of taking the machine's
+# memory, and os.wait4 gives that child's own peak RSS (_MEASURE).
+
+import gzip
+
+AS_CAP = 1 << 30
+PEAK_RSS = 200 << 20  # a correctness bound against a gigabyte allocation, not a speed target
+CLAIM = 2 << 30
+
+
+def _header(name: str, type_: bytes, size: int, fmt: int = tarfile.USTAR_FORMAT) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.type, info.size = type_, size
+    return info.tobuf(fmt)
+
+
+def _file(name: str, data: bytes) -> bytes:
+    pad = -len(data) % 512
+    return _header(name, tarfile.REGTYPE, len(data)) + data + bytes(pad)
+
+
+def _repeated(block: bytes, total: int) -> bytes:
+    """`total` bytes of `block` repeated, as concatenated gzip members."""
+    chunk = 16 << 20
+    member = gzip.compress(block * (chunk // len(block)), compresslevel=9)
+    return member * (total // chunk)
+
+
+def _long_pax_member(name: str) -> bytes:
+    """A pax header (512-byte header + its records) followed by the ustar
+    header it belongs to, as tarfile's PAX format writes them."""
+    return tarfile.TarInfo(name).tobuf(tarfile.PAX_FORMAT)
+
+
+# Linux counts the memory a child inherits at fork toward its peak RSS (exec
+# keeps the old mm's high-water mark in signal->maxrss: fs/exec.c
+# exec_mmap, setmax_mm_hiwater_rss), so a child of pytest would report
+# pytest's size. A small Python in between forks the CLI and reads its
+# rusage with os.wait4; the rlimits it sets are inherited.
+_MEASURE = """
+import os, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]),) * 2)
+resource.setrlimit(resource.RLIMIT_CPU, (120, 120))  # instead of a timeout: wait4 blocks
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, "-m", "vfio_advisor", *sys.argv[3:]])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[2], "w") as f:
+    f.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss * 1024}")
+"""
+
+
+def _advise_measured(snap: Path, tmp_path: Path):
+    """(exit code, stdout, stderr, peak RSS in bytes, private TMPDIR) of
+    `vfio-advisor advise --host-root snap`, run with its address space
+    capped at AS_CAP."""
+    private = tmp_path / "t"
+    private.mkdir(exist_ok=True)
+    result = tmp_path / "measured"
+    out = subprocess.run([sys.executable, "-c", _MEASURE, str(AS_CAP), str(result),
+                          "advise", "--host-root", str(snap)],
+                         capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, NO_COLOR="1", TMPDIR=str(private)))
+    assert out.returncode == 0, out.stderr
+    code, peak = map(int, result.read_text().split())
+    return code, out.stdout, out.stderr, peak, private
+
+
+def _assert_refused_small(snap: Path, tmp_path: Path, pattern: str) -> str:
+    import re
+
+    code, _, err, peak, private = _advise_measured(snap, tmp_path)
+    assert "Traceback" not in err and "MemoryError" not in err, err[-2000:]
+    assert code == 2, err
+    (line,) = err.splitlines()
+    assert re.fullmatch(rf"vfio-advisor: cannot unpack snapshot {re.escape(str(snap))}: {pattern}", line), line
+    assert peak < PEAK_RSS, f"peak RSS {peak >> 20} MiB"
+    assert os.listdir(private) == []  # nothing left unpacked
+    return line
+
+
+@pytest.mark.parametrize("type_, kind", [(tarfile.XHDTYPE, "pax"), (tarfile.GNUTYPE_LONGNAME, "GNU long name"),
+                                         (tarfile.GNUTYPE_LONGLINK, "GNU long link")])
+@pytest.mark.parametrize("before", ["nothing", "a file", "a pax header"])
+def test_extended_header_claiming_2_gib_is_one_line_and_small(tmp_path, type_, kind, before):
+    """The header claims 2 GiB and the stream holds 2 GiB of zeros after it.
+    After a pax header the bomb is read by _proc_pax's nested fromtarfile
+    (whose HeaderError handling must not swallow our message); after a file
+    it is the second member, read by TarFile.next rather than TarFile's
+    constructor."""
+    lead = {"nothing": b"", "a file": _file("proc/cmdline", b"ro\n"),
+            "a pax header": _long_pax_member("sys/" + "x" * 200)[:1024]}[before]
+    name = "././@PaxHeader" if type_ == tarfile.XHDTYPE else "././@LongLink"
+    snap = tmp_path / "bomb.tar.gz"
+    snap.write_bytes(gzip.compress(lead + _header(name, type_, CLAIM)) + _repeated(bytes(512), CLAIM))
+    assert snap.stat().st_size < 4 << 20
+    at = len(lead)
+    _assert_refused_small(snap, tmp_path, rf"a {kind} header \('{re_escape(name)}' at byte {at}\) claims "
+                                          r"2 GiB \(limit 1 MiB\)")
+
+
+def re_escape(s: str) -> str:
+    import re
+
+    return re.escape(s)
+
+
+def _old_gnu_sparse_header(name: str) -> bytes:
+    """A GNU sparse ('S') header whose "isextended" byte (offset 482, GNU
+    tar's struct oldgnu_header) says extension blocks follow."""
+    buf = bytearray(_header(name, tarfile.GNUTYPE_SPARSE, 0, tarfile.GNU_FORMAT))
+    buf[482] = 1
+    buf[148:156] = b" " * 8
+    buf[148:155] = b"%06o\0" % sum(buf)
+    return bytes(buf)
+
+
+def _sparse_extension_block() -> bytes:
+    """21 (offset, numbytes) pairs, then "isextended" set again (byte 504)."""
+    return (b"%011o\0%011o\0" % (1, 1)) * 21 + b"\1" + bytes(7)
+
+
+def test_endless_gnu_sparse_extension_blocks_are_one_line_and_small(tmp_path):
+    """Each 512-byte block adds 21 (offset, size) tuples to the member's map:
+    2 GiB of them would be ~10 GB of tuples."""
+    snap = tmp_path / "sparse.tar.gz"
+    snap.write_bytes(gzip.compress(_old_gnu_sparse_header("sys/hole"))
+                     + _repeated(_sparse_extension_block(), CLAIM))
+    _assert_refused_small(snap, tmp_path, r"the headers of the entry at byte 0 take more than 4 MiB")
+
+
+def _sparse_10_lead(data_size: int) -> bytes:
+    info = tarfile.TarInfo("sys/hole")
+    info.size = data_size
+    info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "sys/hole"}
+    return info.tobuf(tarfile.PAX_FORMAT)
+
+
+def test_endless_sparse_1_0_map_is_one_line_and_small(tmp_path):
+    """GNU sparse 1.0 (pax records GNU.sparse.major=1, minor=0) keeps its map
+    in the member's data: a count, then one number a line, read until the
+    count is met. Here it claims 10**12 numbers and 2 GiB of "1\\n" follow."""
+    snap = tmp_path / "sparse10.tar.gz"
+    snap.write_bytes(gzip.compress(_sparse_10_lead(CLAIM) + b"1000000000000\n" + b"1\n" * 249)
+                     + _repeated(b"1\n" * 256, CLAIM))
+    _assert_refused_small(snap, tmp_path, r"the headers of the entry at byte 0 take more than 4 MiB")
+
+
+def test_damaged_sparse_1_0_map_is_one_line(tmp_path):
+    """A map without its newline: tarfile 3.11's _proc_gnusparse_10 unpacks
+    buf.split(b"\\n", 1) into two names, and the ValueError escapes it."""
+    snap = tmp_path / "sparse10.tar.gz"
+    snap.write_bytes(gzip.compress(_sparse_10_lead(512) + b"x" * 512 + bytes(1024)))
+    _assert_refused_small(snap, tmp_path, r"the headers of the entry at byte 0 are damaged \(.+\)")
+
+
+def test_long_chain_of_extended_headers_is_one_line(tmp_path):
+    """Each extended header reads the next one by recursion
+    (TarInfo.fromtarfile -> _proc_gnulong -> fromtarfile): 2000 in a row end
+    in a RecursionError at Python's limit."""
+    longname = _header("././@LongLink", tarfile.GNUTYPE_LONGNAME, 9) + b"sys/long\0".ljust(512, b"\0")
+    snap = tmp_path / "chain.tar.gz"
+    snap.write_bytes(gzip.compress(longname * 2000 + _file("sys/x", b"1\n") + bytes(1024)))
+    _assert_refused_small(snap, tmp_path, r"the entry at byte 0 has more than 8 extended headers")
+
+
+def test_pax_global_header_is_refused(tmp_path):
+    """tarfile copies global records into every later member, all kept in
+    TarFile.members; `snapshot` never writes one."""
+    snap = tmp_path / "global.tar.gz"
+    with tarfile.open(snap, "w:gz", format=tarfile.PAX_FORMAT, pax_headers={"comment": "x"}) as tar:
+        info = tarfile.TarInfo("proc/cmdline")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"ro\n"))
+    with pytest.raises(UsageError, match=r"the entry at byte 0 is a pax global header, which no snapshot holds$"):
+        open_host_root(str(snap))
+
+
+def test_headers_of_the_whole_archive_are_bounded(tmp_path):
+    """Each pax header under 1 MiB, 40 of them over the archive's 32 MiB."""
+    snap = tmp_path / "many.tar.gz"
+    with tarfile.open(snap, "w:gz", format=tarfile.PAX_FORMAT, compresslevel=1) as tar:
+        for i in range(40):
+            info = tarfile.TarInfo(f"sys/f{i}")
+            info.pax_headers = {"comment": "c" * 1_000_000}
+            tar.addfile(info, io.BytesIO(b""))
+    with pytest.raises(UsageError, match=r"the snapshot's headers take more than 32 MiB \(reached at the "
+                                         r"entry at byte \d+\)$"):
+        open_host_root(str(snap))
+    with tarfile.open(snap, "w:gz", format=tarfile.PAX_FORMAT, compresslevel=1) as tar:  # control: 20
+        for i in range(20):
+            info = tarfile.TarInfo(f"sys/f{i}")
+            info.pax_headers = {"comment": "c" * 1_000_000}
+            tar.addfile(info, io.BytesIO(b""))
+    _, tmp = open_host_root(str(snap))
+    tmp.cleanup()
+
+
+LAB = Path(__file__).resolve().parents[2] / "lab/captures/shared"
+LAB_DOMAIN = Path(__file__).resolve().parents[2] / "tests/data/domains/lab/shared.xml"
+
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
+def test_real_snapshot_with_long_names_still_replays(tmp_path, fmt):
+    """A snapshot written by `vfio-advisor snapshot` from a lab capture, with
+    a file whose path is 2.7 KB long and a link to it added (pax "path" and
+    "linkpath" records, or GNU 'L' and 'K' headers): it unpacks and replays
+    to the same advice as the snapshot alone."""
+    real = tmp_path / "real.tar.gz"
+    out = cli("snapshot", "-o", str(real), "--host-root", str(LAB), "--xml", str(LAB_DOMAIN))
+    assert out.returncode == 0, out.stderr
+    long_name = "sys/" + "/".join(f"d{i:03d}" + "x" * 40 for i in range(60)) + "/vendor"
+    snap = tmp_path / "long.tar.gz"
+    with tarfile.open(real) as src, tarfile.open(snap, "w:gz", format=fmt) as dst:
+        for member in src:
+            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+        info = tarfile.TarInfo(long_name)
+        info.size = 7
+        dst.addfile(info, io.BytesIO(b"0x8086\n"))
+        link = tarfile.TarInfo("proc/longlink")
+        link.type, link.linkname = tarfile.SYMTYPE, "../" + long_name
+        dst.addfile(link)
+    assert len(long_name) > 2700
+    code, stdout, err, peak, private = _advise_measured(snap, tmp_path)
+    expected = cli("advise", "--host-root", str(real))
+    assert (code, stdout, err) == (expected.returncode, expected.stdout, expected.stderr)
+    assert code in (0, 1) and "VA" in stdout, err
+    assert peak < PEAK_RSS
+    root, tmp = open_host_root(str(snap))
+    try:
+        assert open(os.path.join(root, long_name)).read() == "0x8086\n"
+        assert open(os.path.join(root, "proc/longlink")).read() == "0x8086\n"
+    finally:
+        tmp.cleanup()
+
+
+def test_large_member_is_copied_in_pieces(tmp_path):
+    """A 300 MiB sparse member (GNU tar --sparse: a few bytes of archive)
+    unpacks without the process ever holding it whole."""
+    import shutil
+
+    if shutil.which("tar") is None:
+        pytest.skip("GNU tar is not installed")
+    src = tmp_path / "src"
+    (src / "sys").mkdir(parents=True)
+    (src / "domains").mkdir()
+    shutil.copy(LAB_DOMAIN, src / "domains/shared.xml")
+    with open(src / "sys/hole", "wb") as f:
+        f.truncate(300 << 20)
+    snap = tmp_path / "hole.tar.gz"
+    subprocess.run(["tar", "--sparse", "-czf", str(snap), "-C", str(src), "domains", "sys"], check=True)
+    code, stdout, err, peak, _ = _advise_measured(snap, tmp_path)
+    assert code in (0, 1) and "cannot unpack" not in err, err
+    assert peak < PEAK_RSS, f"peak RSS {peak >> 20} MiB"
+
+
+def test_tarfile_without_the_hook_is_a_clear_failure(tmp_path, monkeypatch):
+    """Were TarInfo._proc_member (a private name) no longer the way
+    fromtarfile processes headers, the bounds would silently not hold:
+    snapshots are refused instead."""
+    snap = tmp_path / "good.tar.gz"
+    snap.write_bytes(_good_snapshot())
+
+    def fromtarfile(cls, tarfile_):  # reads headers some other way
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr(tarfile.TarInfo, "fromtarfile", classmethod(fromtarfile))
+    with pytest.raises(UsageError, match=r"no longer reads headers through TarInfo._proc_member"):
+        open_host_root(str(snap))
