@@ -5,8 +5,10 @@ defect found."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -360,8 +362,6 @@ def test_trailing_data_limit(tmp_path):
 # regression fails with a MemoryError instead of taking the machine's
 # memory, and os.wait4 gives that child's own peak RSS (_MEASURE).
 
-import gzip
-
 AS_CAP = 1 << 30
 PEAK_RSS = 200 << 20  # a correctness bound against a gigabyte allocation, not a speed target
 CLAIM = 2 << 30
@@ -398,7 +398,11 @@ def _long_pax_member(name: str) -> bytes:
 # rusage with os.wait4; the rlimits it sets are inherited.
 _MEASURE = """
 import os, resource, sys
-resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]),) * 2)
+cap = int(sys.argv[1])
+hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+if hard != resource.RLIM_INFINITY:
+    cap = min(cap, hard)  # under `prlimit --as=...` already: keep the lower cap
+resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 resource.setrlimit(resource.RLIMIT_CPU, (120, 120))  # instead of a timeout: wait4 blocks
 pid = os.fork()
 if pid == 0:
@@ -426,8 +430,6 @@ def _advise_measured(snap: Path, tmp_path: Path):
 
 
 def _assert_refused_small(snap: Path, tmp_path: Path, pattern: str) -> str:
-    import re
-
     code, _, err, peak, private = _advise_measured(snap, tmp_path)
     assert "Traceback" not in err and "MemoryError" not in err, err[-2000:]
     assert code == 2, err
@@ -454,14 +456,8 @@ def test_extended_header_claiming_2_gib_is_one_line_and_small(tmp_path, type_, k
     snap.write_bytes(gzip.compress(lead + _header(name, type_, CLAIM)) + _repeated(bytes(512), CLAIM))
     assert snap.stat().st_size < 4 << 20
     at = len(lead)
-    _assert_refused_small(snap, tmp_path, rf"a {kind} header \('{re_escape(name)}' at byte {at}\) claims "
+    _assert_refused_small(snap, tmp_path, rf"a {kind} header \('{re.escape(name)}' at byte {at}\) claims "
                                           r"2 GiB \(limit 1 MiB\)")
-
-
-def re_escape(s: str) -> str:
-    import re
-
-    return re.escape(s)
 
 
 def _old_gnu_sparse_header(name: str) -> bytes:
