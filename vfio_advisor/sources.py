@@ -130,8 +130,11 @@ MAX_HEADER = 1 << 20
 # them, sparse maps): room for a pax header, a long name and a long link of
 # MAX_HEADER each.
 MAX_MEMBER_HEADERS = 4 << 20
-# All header reads of one archive: the names _extract_snapshot keeps come
-# from them. A snapshot has a few hundred entries of a few hundred bytes.
+# All header reads of one archive (a plain ustar header is not counted):
+# the names _extract_snapshot keeps come from them. A member with a long
+# name costs about 1.5 KiB here (pax header, its records, the ustar header
+# after it), so this admits over 20,000 such members; snapshots of the lab
+# captures hold 32 entries, none with a pax header.
 MAX_HEADERS_TOTAL = 32 << 20
 # Extended headers before one member: a pax header, a long name and a long
 # link at most in the archives tar(1) and tarfile write. Each nests one
@@ -211,7 +214,7 @@ class _BoundedTarInfo(tarfile.TarInfo):
                 # _apply_pax_info call int() and split() on archive bytes
                 # unguarded (CPython 3.11), the ValueError escapes tarfile.
                 raise _HeaderRefused(f"the headers of the entry at byte {self.offset} are damaged "
-                                     f"({_one_line(exc)})") from None
+                                     f"({_reason(exc)})") from None
             finally:
                 tarfile_.fileobj = reads._f
                 tarfile_._vfio_header_bytes = used_total + reads.used
@@ -239,7 +242,7 @@ class _BoundedTarInfo(tarfile.TarInfo):
 
 def _tarfile_hookable() -> bool:
     """Does this Python's tarfile read every header through
-    TarInfo._proc_member? True for CPython 3.11 (and 3.8 to 3.13). The
+    TarInfo._proc_member? True for CPython 3.11 (Debian 12's 3.11.2). The
     method is private: were it renamed, _BoundedTarInfo would silently bound
     nothing, so snapshots are refused instead (open_host_root)."""
     fromtarfile = getattr(tarfile.TarInfo.fromtarfile, "__func__", None)
@@ -412,10 +415,6 @@ def open_host_root(path: str) -> tuple[str, tempfile.TemporaryDirectory | None]:
 
 
 def _reason(exc: BaseException) -> str:
-    return _one_line(exc)
-
-
-def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
