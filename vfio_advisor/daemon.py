@@ -171,8 +171,14 @@ class Service:
         if not domains:
             return
         results = self.gather(self.watcher.host.root, [xml for _, xml, _, _ in domains])
+        # The event loop did not run while the child did: tell systemd we live
+        # (a burst of domain events each waiting for a slow child must not
+        # add up to WatchdogSec).
+        self._watchdog_ping()
         for (name, _xml, run_id, same_run), result in zip(domains, results):
             if isinstance(result, GatherFailure):
+                if result.kind == "stopped":
+                    continue  # SIGTERM reached the child with us: the stop follows
                 what = "domain XML not usable" if result.kind == "xml" else "cannot follow"
                 self.log(f"{name}: {what}: {result.reason}", "domain-skipped", 4)
                 continue
@@ -260,16 +266,33 @@ class Service:
                     self.watcher.write_metrics(self.cfg.metrics_file, time.time())
             except Exception as exc:  # noqa: BLE001 - keep the daemon alive
                 self.log(f"sample failed: {type(exc).__name__}: {exc}", "sample-failed", 3)
-            await self._sleep(self.cfg.interval)
+            # A plain sleep: run() cancels this task at stop. _sleep's
+            # wait_for(stopping.wait()) built a task, a timeout handle and a
+            # CancelledError/TimeoutError pair at every sample (asyncio 3.11):
+            # 46 us of the daemon's CPU per sample, as much as the sample
+            # itself (bench/daemon_soak.py's process, 256 CPUs, issue 12).
+            await asyncio.sleep(self.cfg.interval)
 
-    async def _watchdog(self) -> None:
-        """WATCHDOG=1 at half the period systemd asked for (sd_watchdog_enabled),
-        independent of the sampling interval, which may be longer."""
+    @staticmethod
+    def _watchdog_usec() -> int:
+        """systemd's watchdog period for this process, 0 if none (sd_watchdog_enabled)."""
         try:
             usec = int(os.environ.get("WATCHDOG_USEC", "0"))
         except ValueError:
-            usec = 0
+            return 0
         if usec <= 0 or os.environ.get("WATCHDOG_PID", str(os.getpid())) != str(os.getpid()):
+            return 0
+        return usec
+
+    def _watchdog_ping(self) -> None:
+        if self._watchdog_usec():
+            self.notify("WATCHDOG=1")
+
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 at half the period systemd asked for, independent of
+        the sampling interval, which may be longer."""
+        usec = self._watchdog_usec()
+        if not usec:
             return
         while not self.stopping.is_set():
             self.notify("WATCHDOG=1")

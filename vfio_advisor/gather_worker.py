@@ -14,8 +14,13 @@ once) and keeps only the facts it gets back (runtime.Watcher.follow).
 Protocol, over the child's stdin and stdout: one pickled GatherRequest in,
 one pickled list out, one entry per domain XML in the same order: the
 DomainFacts, or a GatherFailure with a one-line reason. Pickle is safe here
-because both ends are this program at the same version, run by the same
-user; nothing else writes that pipe. The parent unpickles the fact types
+because both ends are this program, run by the same user; nothing else
+writes that pipe. "This program" means the same files: a reinstall under a
+running daemon (`vfio-advisor install` after a pull; the Debian package
+restarts the unit itself) would have the child pickle fact types the parent
+no longer matches, so the request carries a fingerprint of the package's
+files as the daemon loaded them, and a child that finds other files answers
+"restart vfio-advisor" instead. The parent unpickles the fact types
 (facts/model.py and what they hold), none of which imports lxml at module
 level (facts/domain.py imports it where it parses).
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import subprocess
 import sys
 from typing import NamedTuple
@@ -35,20 +41,60 @@ from typing import NamedTuple
 # killed well before libvirtd drops a client that stopped answering its
 # keepalives (libvirtd.conf defaults keepalive_interval = 5, keepalive_count
 # = 5: about 30 s) and before the unit's watchdog (WatchdogSec=60).
-GATHER_TIMEOUT = 20.0
+GATHER_TIMEOUT = 10.0
+# After SIGKILL the daemon waits this long for the child to go. A child in
+# an uninterruptible sysfs read (config space of a device stuck in reset
+# waits in drivers/pci/access.c, pci_wait_cfg) dies only when that read
+# returns; it is left to be reaped later (_reap_stragglers), never waited for.
+KILL_WAIT = 1.0
+# Children killed but not yet gone, reaped at the next gathering.
+_stragglers: list[subprocess.Popen] = []
+# The child's bootstrap. -P (Python 3.11): nothing from the cwd or a script
+# directory on sys.path. The directory holding the daemon's own copy of
+# vfio_advisor goes first unless it is on the path already (a site directory
+# such as Debian's dist-packages, or a clone install's PYTHONPATH, which the
+# child inherits): a source tree the daemon was started from with
+# `python3 -m` (sys.path[0] the cwd: the system tier's guest runs the suite
+# so) is found, and no site directory is put ahead of the standard library.
+_BOOTSTRAP = ("import sys; root = sys.argv[1]; root in sys.path or sys.path.insert(0, root); "
+              "from vfio_advisor.gather_worker import main; sys.exit(main())")
 
 
 class GatherRequest(NamedTuple):
-    host_root: str
+    host_root: str  # absolute: the child runs in "/"
     domain_xmls: tuple[str, ...]
+    fingerprint: str = ""  # package_fingerprint() as the daemon loaded it
 
 
 class GatherFailure(NamedTuple):
     """Why one domain could not be gathered: `xml` when its XML is not a
     usable domain (DomainXMLError), else `gather`."""
 
-    kind: str  # "xml" | "gather"
+    kind: str  # "xml" | "gather" | "stopped" (the child got SIGTERM/SIGINT: the daemon is stopping)
     reason: str
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_fingerprint: str | None = None
+
+
+def package_fingerprint() -> str:
+    """Names, sizes and mtimes of the package's .py files, hashed: taken once
+    per process (the daemon's at its first gathering, which follows its
+    start at once), so that it describes the code this process runs."""
+    global _fingerprint
+    if _fingerprint is None:
+        import hashlib  # noqa: PLC0415 - _hashlib only; once per process
+
+        digest = hashlib.sha256()
+        for dirpath, dirnames, filenames in os.walk(_PACKAGE_DIR):
+            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+            for name in sorted(f for f in filenames if f.endswith(".py")):
+                st = os.stat(os.path.join(dirpath, name))
+                rel = os.path.relpath(os.path.join(dirpath, name), _PACKAGE_DIR)
+                digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        _fingerprint = digest.hexdigest()[:16]
+    return _fingerprint
 
 
 def gather_in_child(host_root: str, domain_xmls: list[str] | tuple[str, ...],
@@ -58,24 +104,32 @@ def gather_in_child(host_root: str, domain_xmls: list[str] | tuple[str, ...],
     answers nonsense gives a GatherFailure for every XML, never an exception."""
     if not domain_xmls:
         return []
-    request = pickle.dumps(GatherRequest(host_root, tuple(domain_xmls)), pickle.HIGHEST_PROTOCOL)
-    # The child must import this very copy of vfio_advisor, wherever it came
-    # from: Debian's dist-packages, a clone install's PYTHONPATH, or a source
-    # tree the daemon was started from with `python3 -m` (sys.path[0] is then
-    # the cwd, which a child in another cwd does not see: the system tier's
-    # guest runs the suite that way). So the directory holding this package
-    # goes first on the child's PYTHONPATH, and its cwd is "/", so that `-m`
-    # never imports from wherever the daemon happened to start.
-    command = [sys.executable, "-m", "vfio_advisor.gather_worker"]
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (package_root, os.environ.get("PYTHONPATH")) if p))
+    _reap_stragglers()
+    # Absolute before it crosses: the child runs in "/", the daemon wherever
+    # it was started (`--host-root captures/x` from a checkout).
+    request = pickle.dumps(GatherRequest(os.path.abspath(host_root), tuple(domain_xmls), package_fingerprint()),
+                           pickle.HIGHEST_PROTOCOL)
+    command = [sys.executable, "-P", "-c", _BOOTSTRAP, os.path.dirname(_PACKAGE_DIR)]
     try:
-        done = subprocess.run(command, input=request, capture_output=True, timeout=timeout, cwd="/", env=env)
-    except subprocess.TimeoutExpired:
-        return _all_failed(domain_xmls, f"the gathering child took more than {timeout:g} s")
+        child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, cwd="/")
     except OSError as exc:
         return _all_failed(domain_xmls, f"cannot start {command[0]}: {exc.strerror or exc}")
+    try:
+        out, err = child.communicate(request, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # subprocess.run would wait for the killed child without a bound
+        # (CPython 3.11 Lib/subprocess.py: kill(), then wait()).
+        child.kill()
+        try:
+            child.communicate(timeout=KILL_WAIT)
+        except subprocess.TimeoutExpired:
+            _stragglers.append(child)
+        return _all_failed(domain_xmls, f"the gathering child took more than {timeout:g} s")
+    if child.returncode in (-signal.SIGTERM, -signal.SIGINT):
+        # systemd stops a unit by signalling its whole cgroup, child included.
+        return [GatherFailure("stopped", "the daemon is stopping") for _ in domain_xmls]
+    done = subprocess.CompletedProcess(command, child.returncode, out, err)
     if done.returncode != 0:
         lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
         why = lines[-1] if lines else f"exit status {done.returncode}"
@@ -93,6 +147,12 @@ def _all_failed(domain_xmls, reason: str) -> list:
     return [GatherFailure("gather", reason) for _ in domain_xmls]
 
 
+def _reap_stragglers() -> None:
+    for child in list(_stragglers):
+        if child.poll() is not None:
+            _stragglers.remove(child)
+
+
 def gather_all(request: GatherRequest) -> list:
     """In the child: one engine session (host facts read once) over every XML."""
     from vfio_advisor.engine import Engine
@@ -100,6 +160,10 @@ def gather_all(request: GatherRequest) -> list:
     from vfio_advisor.facts.domain import parse_domain_xml
     from vfio_advisor.runtime import facts_to_keep
 
+    if request.fingerprint and request.fingerprint != package_fingerprint():
+        return [GatherFailure("gather", "vfio-advisor's files changed since the daemon started "
+                              "(a reinstall or update): restart it (systemctl restart vfio-advisor)")
+                for _ in request.domain_xmls]
     engine = Engine(request.host_root)
     out: list = []
     for xml in request.domain_xmls:
@@ -136,9 +200,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    # Run as `-m`, this file is __main__; the answer must pickle the classes
-    # by their importable name (vfio_advisor.gather_worker.GatherFailure),
-    # which the parent resolves, so main() runs from the module proper.
+    # Run as `-m` (by hand), this file is __main__; the answer must pickle
+    # the classes by their importable name (vfio_advisor.gather_worker.
+    # GatherFailure), which the parent resolves, so main() runs from the
+    # module proper (the daemon's bootstrap imports it so too).
     from vfio_advisor.gather_worker import main as module_main
 
     sys.exit(module_main())

@@ -177,3 +177,55 @@ def test_the_child_finds_the_daemons_own_copy_without_an_installed_one(monkeypat
     [got] = gather_in_child(str(CAPTURES / "stays-intx-1"), [(REPO / "tests/data/domains/lab/edu.xml").read_text()])
     assert not isinstance(got, GatherFailure), got
     assert got.domain.name == "lab-edu" and got.devices[0].device is not None
+
+
+def test_a_relative_host_root_is_the_daemons_not_the_childs(monkeypatch):
+    """`vfio-advisor daemon --host-root lab/captures/x` from a checkout: the
+    child runs in "/", so the path must cross absolute (it came back with no
+    devices at all, silently)."""
+    monkeypatch.chdir(REPO)
+    xml = (REPO / "tests/data/domains/lab/edu.xml").read_text()
+    [got] = gather_in_child("lab/captures/stays-intx-1", [xml])
+    [want] = in_process(CAPTURES / "stays-intx-1", [xml])
+    assert got == want and got.devices[0].device is not None
+
+
+def test_a_child_stopped_with_the_daemon_is_not_a_failure(monkeypatch, tmp_path):
+    """systemd stops the unit by signalling its cgroup: the child gets
+    SIGTERM too. That is the daemon stopping, not a domain it cannot follow."""
+    stopped = tmp_path / "stopped"
+    stopped.write_text("#!/bin/sh\nkill -TERM $$\n")
+    stopped.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(stopped))
+    got = gather_in_child(str(CAPTURES / "shared"), [LAB_XML[0].read_text()])
+    assert got == [GatherFailure("stopped", "the daemon is stopping")]
+
+
+def test_files_changed_under_a_running_daemon_say_restart(tmp_path):
+    """`vfio-advisor install` after a pull rewrites the program under a
+    daemon that keeps running: its child would pickle the new fact types to
+    the old parent. The child sees the files changed and says what to do."""
+    import shutil  # noqa: PLC0415
+
+    copy = tmp_path / "copy"
+    shutil.copytree(REPO / "vfio_advisor", copy / "vfio_advisor",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    xml = (REPO / "tests/data/domains/lab/edu.xml").read_text()
+    script = (
+        "import sys, pathlib\n"
+        f"sys.path.insert(0, {str(copy)!r})\n"
+        "from vfio_advisor import gather_worker as g\n"
+        f"assert g.__file__.startswith({str(copy)!r}), g.__file__\n"
+        f"xml = {xml!r}\n"
+        f"before = g.gather_in_child({str(CAPTURES / 'stays-intx-1')!r}, [xml])\n"
+        "print(type(before[0]).__name__)\n"
+        f"model = pathlib.Path({str(copy / 'vfio_advisor/facts/model.py')!r})\n"
+        "model.write_text(model.read_text() + '\\n# a newer version\\n')\n"
+        f"after = g.gather_in_child({str(CAPTURES / 'stays-intx-1')!r}, [xml])\n"
+        "print(after[0].kind, '|', after[0].reason)\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd="/")
+    assert run.returncode == 0, run.stderr
+    first, second = run.stdout.strip().splitlines()
+    assert first == "DomainFacts"
+    assert second == ("gather | vfio-advisor's files changed since the daemon started (a reinstall or "
+                      "update): restart it (systemctl restart vfio-advisor)")

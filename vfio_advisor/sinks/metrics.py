@@ -34,7 +34,7 @@ class MetricsFileSink:
             text = render_metrics(devices, findings, now)
         else:  # a renderer of the snapshot alone
             text = self.render(devices)
-        write_atomically(self.path, text)
+        write_atomically(self.path, text, durable=False)
 
     def emit(self, finding, domain=None) -> None:
         pass  # findings go to the journal; the file carries the open ones (Watcher.open_findings)

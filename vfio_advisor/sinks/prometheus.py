@@ -34,6 +34,7 @@ feed; HELP text escapes backslash and line feed.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Iterable, NamedTuple
@@ -75,7 +76,14 @@ def escape_label(value: str) -> str:
 
 
 def _labels(**labels: str) -> str:
-    return "{" + ",".join(f'{k}="{escape_label(v)}"' for k, v in labels.items()) + "}"
+    return _label_text(tuple(labels.items()))
+
+
+# The daemon renders the same few label sets at every sample (their number
+# is bounded: docs/metrics.md), so each is escaped once.
+@functools.lru_cache(maxsize=4096)
+def _label_text(pairs: tuple[tuple[str, str], ...]) -> str:
+    return "{" + ",".join(f'{k}="{escape_label(v)}"' for k, v in pairs) + "}"
 
 
 def _family(lines: list[str], name: str, kind: str, help_text: str, samples: list[str]) -> None:
@@ -161,18 +169,28 @@ def _temporary(directory: str, prefix: str, suffix: str) -> tuple[int, str]:
             n += 1  # a leftover of a killed run, or another writer
 
 
-def write_atomically(path: str, text: str, mode: int = 0o644, prefix: str = ".vfio-advisor-") -> None:
+def write_atomically(path: str, text: str, mode: int = 0o644, prefix: str = ".vfio-advisor-",
+                     durable: bool = True) -> None:
     """Replace `path` with `text` so that a reader sees the old file or the
     new one, never a part. The temporary name does not end in .prom, so
     node_exporter's textfile collector (which reads only *.prom) skips it.
-    `mode` 0644 by default: node_exporter runs as its own user."""
+    `mode` 0644 by default: node_exporter runs as its own user. `durable`:
+    fsync the file and its directory, so the new text survives a crash
+    (the state file); the metrics file, rewritten at every sample, skips it:
+    after a crash its next write replaces whatever is there, and two fsyncs
+    per sample would be two disk flushes every interval for the daemon's life."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = _temporary(directory, prefix, ".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        data = text.encode("utf-8")
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(fd, view):]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
@@ -181,6 +199,8 @@ def write_atomically(path: str, text: str, mode: int = 0o644, prefix: str = ".vf
         except FileNotFoundError:
             pass
         raise
+    if not durable:
+        return
     # The rename is durable only once the directory is synced.
     dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
