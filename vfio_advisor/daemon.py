@@ -183,9 +183,24 @@ class Service:
                 self.log(f"{name}: {what}: {result.reason}", "domain-skipped", 4)
                 continue
             try:
-                self.watcher.follow(result, run_id=run_id, same_run=same_run)
+                state = self.watcher.follow(result, run_id=run_id, same_run=same_run)
             except Exception as exc:  # noqa: BLE001 - one odd domain must not stop the daemon
                 self.log(f"{name}: cannot follow: {type(exc).__name__}: {exc}", "domain-skipped", 4)
+                continue
+            self._say_incomplete(name, state)
+
+    def _say_incomplete(self, name: str, state) -> None:
+        """What the gathering child could not read of a followed device, once
+        per domain event. Without CAP_SYS_ADMIN (a unit without
+        AmbientCapabilities=, or run by hand as a user) sysfs gives 64 bytes
+        of config space (drivers/pci/pci-sysfs.c, pci_read_config): no
+        capability list, so MSI support is unknown and VA6001/VA6003 stay
+        silent for the device; the log says so instead of nothing."""
+        for dev in state.facts.devices:
+            problems = dev.device.unreadable if dev.device is not None else (dev.problem or "not on this host",)
+            for problem in problems:
+                self.log(f"{name}: {dev.address}: {problem}; runtime advice that needs it is off for "
+                         "this device", "device-facts-incomplete", 4)
 
     def _on_lifecycle(self, conn, dom, event, detail, opaque) -> None:
         import libvirt

@@ -108,3 +108,24 @@ def test_unreadable_counts_everywhere_leave_the_mode_unknown(world):
     assert not [k for k in series if k[0] == "vfio_advisor_device_interrupts_total"]
     assert sum("no interrupt counts readable" in line for line in err.splitlines()) == 1, err
     assert sum("cannot read /proc/interrupts" in line for line in err.splitlines()) == 1, err
+
+
+def test_a_device_whose_config_space_it_cannot_read_is_said(world):
+    """The gathering child runs with the daemon's rights. Without them for
+    the config space (a unit without AmbientCapabilities=CAP_SYS_ADMIN gets
+    64 bytes; here the file is unreadable), MSI support is unknown and the
+    advice that needs it would stay silent: the daemon says so, per device."""
+    config = (world / "root/sys/bus/pci/devices/0000:00:03.0/config").resolve()
+    os.chmod(config, 0o000)
+    err, series = run_as_nobody(world, "intx")
+    said = [line for line in err.splitlines() if "runtime advice that needs it is off" in line]
+    assert said == ["vfio-advisor: lab-edu: 0000:00:03.0: config: permission denied (run as root for full "
+                    "facts); runtime advice "
+                    "that needs it is off for this device"], err
+    mode = ("vfio_advisor_device_mode", tuple(sorted(DEV + (("mode", "intx"),))))
+    assert series[mode] == 1.0  # it still follows and samples the device
+
+
+def test_a_readable_device_is_not_said_incomplete(world):
+    err, _ = run_as_nobody(world, "intx")
+    assert "runtime advice that needs it is off" not in err, err
