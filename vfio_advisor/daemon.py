@@ -18,7 +18,7 @@ from typing import Callable
 
 from vfio_advisor.config import Config, load_config
 from vfio_advisor.facts.host import HostRoot
-from vfio_advisor.gather_worker import GatherFailure, gather_in_child
+from vfio_advisor.gather_worker import GatherFailure, gather_in_child, package_fingerprint
 from vfio_advisor.runtime import StateStore, Watcher
 from vfio_advisor.sinks.journal import JournalSink
 
@@ -356,6 +356,9 @@ def main(args) -> int:
     overrides = {"connect": args.connect, "host_root": args.host_root, "interval": args.interval,
                  "settle": args.settle, "state_dir": args.state_dir, "metrics_file": args.metrics_file}
     cfg = load_config(args.config, overrides)
+    # Taken now, with the code this process has loaded: a later reinstall
+    # then shows as a mismatch in its gathering children (gather_worker.py).
+    package_fingerprint()
     import libvirt
     import libvirtaio
 
