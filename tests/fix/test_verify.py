@@ -126,6 +126,20 @@ def test_missing_tool_is_named_not_blamed_on_the_domain(analyzer, monkeypatch, t
         assert "domain XML" not in left.reason
 
 
+def test_a_missing_tool_does_not_hide_what_libvirt_refuses(analyzer, monkeypatch, tmp_path):
+    """Schema tool missing, and the test driver (which ran) refuses the XML:
+    both are said, neither hides the other."""
+    monkeypatch.setenv("PATH", _path_with(tmp_path, "xmllint"))
+    xml = (DATA / "q35-split-irqchip.xml").read_text().replace("<vcpu", "<bogus/><vcpu")
+    plan = plan_domain(analyzer, xml)
+    assert not plan.changes and plan.unfixed
+    reason = plan.unfixed[0].reason
+    assert reason.startswith("no change can be verified: virt-xml-validate is not installed "
+                             "(Debian package libvirt-clients); and the current domain XML already "
+                             "fails the libvirt test driver ("), reason
+    assert "libvirt schema" not in reason  # that check could not run
+
+
 def test_fix_command_names_the_missing_tool_in_one_line(tmp_path):
     env = dict(os.environ, PATH=_path_with(tmp_path, "xmllint"))
     out = subprocess.run([sys.executable, "-m", "vfio_advisor.fix", "--xml",

@@ -593,30 +593,34 @@ PLANNERS: dict[str, Callable[..., Proposal]] = {
 
 # --- the whole domain -----------------------------------------------------------
 
-def missing_verifiers() -> list[str]:
-    """What verify.py's schema and test-driver checks need and this machine
-    lacks, one phrase each ([] when all is there). Asked only after a check
-    of the current XML failed, to tell "cannot check" from "libvirt refuses".
-    virt-xml-validate is a shell script that runs xmllint (libvirt 9.0
-    tools/virt-xml-validate.in); the test driver is libvirt-python plus the
-    driver built into libvirt, opened on test:///default as verify does."""
-    missing = []
+def missing_verifiers() -> dict[str, list[str]]:
+    """What verify.py's checks need and this machine lacks, per check
+    ("schema", "testdriver"), one phrase each; a check with nothing missing
+    is absent. Asked only after a check of the current XML failed, to tell
+    "cannot check" from "libvirt refuses". virt-xml-validate is a shell
+    script that runs xmllint (libvirt 9.0 tools/virt-xml-validate.in); the
+    test driver is libvirt-python plus the driver built into libvirt, opened
+    on test:///default as verify does."""
+    missing: dict[str, list[str]] = {}
     if shutil.which(verify_module.SCHEMA_TOOL) is None:
-        missing.append(f"{verify_module.SCHEMA_TOOL} is not installed (Debian package libvirt-clients)")
+        missing.setdefault("schema", []).append(
+            f"{verify_module.SCHEMA_TOOL} is not installed (Debian package libvirt-clients)")
     if shutil.which("xmllint") is None:
-        missing.append("xmllint, which virt-xml-validate runs, is not installed "
-                       "(Debian package libxml2-utils)")
+        missing.setdefault("schema", []).append(
+            "xmllint, which virt-xml-validate runs, is not installed (Debian package libxml2-utils)")
     try:
         import libvirt  # noqa: PLC0415 - lazy, as in verify.testdriver: the hook must never load it
     except ImportError:
-        missing.append("libvirt-python is not installed (Debian package python3-libvirt)")
+        missing.setdefault("testdriver", []).append(
+            "libvirt-python is not installed (Debian package python3-libvirt)")
     else:
         libvirt.registerErrorHandler(lambda *_: None, None)
         try:
             libvirt.open(verify_module.TESTDRIVER_URI).close()
         except libvirt.libvirtError as exc:
-            missing.append(f"libvirt's test driver cannot be opened ({verify_module.TESTDRIVER_URI}: "
-                           + " ".join(str(exc.get_error_message()).split())[:200] + ")")
+            missing.setdefault("testdriver", []).append(
+                f"libvirt's test driver cannot be opened ({verify_module.TESTDRIVER_URI}: "
+                + " ".join(str(exc.get_error_message()).split())[:200] + ")")
     return missing
 
 
@@ -643,13 +647,18 @@ def plan_domain(analyzer: Analyzer, xml: str | bytes, rules: Iterable[str] | Non
         bad = [c for c in base_checks if not c.ok]
         if bad:
             missing = missing_verifiers()
-            if missing:
-                # The checks could not run: that says nothing about the XML.
-                reason = f"no change can be verified: {'; '.join(missing)}"
-            else:
-                reason = ("the current domain XML already fails " + "; ".join(
+            # A check that could not run says nothing about the XML; one that
+            # ran and failed does. Both are said when both happened.
+            cannot = [p for c in bad for p in missing.get(c.name, ())]
+            refused = [c for c in bad if c.name not in missing]
+            parts = []
+            if cannot:
+                parts.append(f"no change can be verified: {'; '.join(cannot)}")
+            if refused:
+                parts.append("the current domain XML already fails " + "; ".join(
                     f"{'libvirt schema' if c.name == 'schema' else 'the libvirt test driver'} "
-                    f"({c.detail})" for c in bad) + ", so no change to it can be verified")
+                    f"({c.detail})" for c in refused) + ", so no change to it can be verified")
+            reason = "; and ".join(parts)
             other = [f for f in before.findings
                      if f.rule_id not in FIXABLE_RULES and f.severity >= Severity.WARNING]
             return DomainPlan(before.domain.name, base, base, before, before, [], [],
