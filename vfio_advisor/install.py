@@ -272,7 +272,8 @@ def install(root: str = "/", python: str | None = None, config: str | None = Non
     unit.parent.mkdir(parents=True, exist_ok=True)
     unit.write_text(render_unit(daemon_python, "/" + LIB))
     notes.append(f"daemon unit: {unit} (start it with: systemctl daemon-reload && "
-                 "systemctl enable --now vfio-advisor)")
+                 "systemctl enable --now vfio-advisor; if it runs already, restart it: it keeps "
+                 "the code it started with, and its gathering child refuses to mix the two)")
     notes += write_metrics_dropin(base, _metrics_file(cfg))
     if not _nss_systemd(base):
         # Measured in the system tier: without nss-systemd, libvirt's client
