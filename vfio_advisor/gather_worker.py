@@ -7,9 +7,10 @@ IOMMU state) happens only at a domain event, but what it imports stays for
 the life of the process that imported it: CPython never unloads a C
 extension, and lxml.etree with its libxml2 and libxslt is ~4 MiB of RSS
 alone (issue 12: the daemon's steady state must stay under 40 MB). So the
-daemon runs `python -m vfio_advisor.gather_worker` once per domain event
-(a resync gathers all of its domains in one child, which reads the host facts
-once) and keeps only the facts it gets back (runtime.Watcher.follow).
+daemon runs this module's main() in a child (`python3 -P -c <bootstrap>`,
+below) once per domain event (a resync gathers all of its domains in one
+child, which reads the host facts once) and keeps only the facts it gets
+back (runtime.Watcher.follow).
 
 Protocol, over the child's stdin and stdout: one pickled GatherRequest in,
 one pickled list out, one entry per domain XML in the same order: the
@@ -132,13 +133,12 @@ def gather_in_child(host_root: str, domain_xmls: list[str] | tuple[str, ...],
     if child.returncode in (-signal.SIGTERM, -signal.SIGINT):
         # systemd stops a unit by signalling its whole cgroup, child included.
         return [GatherFailure("stopped", "the daemon is stopping") for _ in domain_xmls]
-    done = subprocess.CompletedProcess(command, child.returncode, out, err)
-    if done.returncode != 0:
-        lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
-        why = lines[-1] if lines else f"exit status {done.returncode}"
+    if child.returncode != 0:
+        lines = err.decode("utf-8", "replace").strip().splitlines()
+        why = lines[-1] if lines else f"exit status {child.returncode}"
         return _all_failed(domain_xmls, f"the gathering child failed: {why}")
     try:
-        results = pickle.loads(done.stdout)
+        results = pickle.loads(out)
     except Exception as exc:  # noqa: BLE001 - a truncated answer (child killed mid-write)
         return _all_failed(domain_xmls, f"the gathering child's answer is unreadable: {type(exc).__name__}")
     if not isinstance(results, list) or len(results) != len(domain_xmls):
