@@ -18,7 +18,9 @@ from typing import Callable
 
 from vfio_advisor.config import Config, load_config
 from vfio_advisor.facts.host import HostRoot
-from vfio_advisor.gather_worker import GatherFailure, gather_in_child, package_fingerprint
+from vfio_advisor.gather_worker import (
+    GATHER_TIMEOUT, KILL_WAIT, GatherFailure, gather_in_child, package_fingerprint,
+)
 from vfio_advisor.runtime import StateStore, Watcher
 from vfio_advisor.sinks.journal import JournalSink
 
@@ -72,6 +74,14 @@ class Service:
         # child process (gather_worker.py), so that this long-lived process
         # never imports lxml and the engine's readers (issue 12).
         self.gather = gather
+        # Gathering runs in one worker thread (the child is waited for there),
+        # so the event loop, the sampling and the watchdog go on meanwhile.
+        # Each domain event stamps the domain with a new generation; a
+        # gathering whose domain saw a later event (a stop, a newer start)
+        # is dropped when it completes.
+        self._gatherer = None
+        self.generations: dict[str, int] = {}
+        self.pending: set[asyncio.Future] = set()
         self.conn = None
         self.callbacks: list[int] = []
         self.stopping = asyncio.Event()
@@ -159,23 +169,48 @@ class Service:
                 continue  # gone between list and read
         for name in list(self.watcher.domains):
             if name not in running:
-                self.watcher.remove_domain(name)
+                self.forget(name)
         # Same ID: the run we followed before the reconnect; else a new run.
         # One gathering child for all of them (the host facts are read once).
         self.learn([(name, xml, run_id, True) for name, (xml, run_id) in running.items()])
         self.status()
 
-    def learn(self, domains: list[tuple[str, str, object, bool]]) -> None:
+    def learn(self, domains: list[tuple[str, str, object, bool]], changed_device: str | None = None) -> None:
         """Follow these running domains: (name, XML, libvirt's run ID, same
-        run as the one followed before?) each."""
+        run as the one followed before?) each, once their facts are gathered
+        (in the background; see __init__). `changed_device`: the alias of a
+        device event, said once the domain's devices are known again."""
         if not domains:
             return
-        results = self.gather(self.watcher.host.root, [xml for _, xml, _, _ in domains])
-        # The event loop did not run while the child did: tell systemd we live
-        # (a burst of domain events each waiting for a slow child must not
-        # add up to WatchdogSec).
-        self._watchdog_ping()
-        for (name, _xml, run_id, same_run), result in zip(domains, results):
+        stamped = [(name, xml, run_id, same_run, self._next_generation(name))
+                   for name, xml, run_id, same_run in domains]
+        future = asyncio.ensure_future(self._gather_and_follow(stamped, self.watcher.host.root, changed_device))
+        self.pending.add(future)
+        future.add_done_callback(self.pending.discard)
+
+    def forget(self, name: str) -> None:
+        """Stop following a domain, and void any gathering of it under way."""
+        self._next_generation(name)
+        self.watcher.remove_domain(name)
+
+    def _next_generation(self, name: str) -> int:
+        self.generations[name] = self.generations.get(name, 0) + 1
+        return self.generations[name]
+
+    def _executor(self):
+        if self._gatherer is None:
+            from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415 - at the first domain event
+
+            self._gatherer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vfio-advisor-gather")
+        return self._gatherer
+
+    async def _gather_and_follow(self, stamped: list, host_root: str, changed_device: str | None) -> None:
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(self._executor(), self.gather, host_root,
+                                             [xml for _, xml, _, _, _ in stamped])
+        for (name, _xml, run_id, same_run, generation), result in zip(stamped, results):
+            if self.generations.get(name) != generation:
+                continue  # a later event of this domain decides (it stopped, or started again)
             if isinstance(result, GatherFailure):
                 if result.kind == "stopped":
                     continue  # SIGTERM reached the child with us: the stop follows
@@ -188,6 +223,16 @@ class Service:
                 self.log(f"{name}: cannot follow: {type(exc).__name__}: {exc}", "domain-skipped", 4)
                 continue
             self._say_incomplete(name, state)
+            if changed_device is not None:
+                self.log(f"{name}: device {changed_device} added or removed; following "
+                         f"{len(state.devices)} assigned PCI devices", "devices-changed")
+        self.status()
+
+    async def settled(self, timeout: float) -> None:
+        """Until every gathering under way has been applied (at most `timeout`)."""
+        end = asyncio.get_running_loop().time() + timeout
+        while self.pending and asyncio.get_running_loop().time() < end:
+            await asyncio.wait(set(self.pending), timeout=max(end - asyncio.get_running_loop().time(), 0))
 
     def _say_incomplete(self, name: str, state) -> None:
         """What the gathering child could not read of a followed device, once
@@ -214,7 +259,7 @@ class Service:
             elif event in (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_SHUTDOWN,
                            libvirt.VIR_DOMAIN_EVENT_CRASHED):
                 if event != libvirt.VIR_DOMAIN_EVENT_SHUTDOWN or not dom.isActive():
-                    self.watcher.remove_domain(name)
+                    self.forget(name)
         except libvirt.libvirtError:
             pass  # the domain vanished while we looked at it: the next resync settles it
         self.status()
@@ -224,10 +269,7 @@ class Service:
 
         try:
             name = dom.name()
-            self.learn([(name, dom.XMLDesc(0), dom.ID(), True)])
-            state = self.watcher.domains.get(name)
-            self.log(f"{name}: device {dev_alias} added or removed; following "
-                     f"{len(state.devices) if state else 0} assigned PCI devices", "devices-changed")
+            self.learn([(name, dom.XMLDesc(0), dom.ID(), True)], changed_device=dev_alias)
         except libvirt.libvirtError:
             pass
         self.status()
@@ -299,10 +341,6 @@ class Service:
             return 0
         return usec
 
-    def _watchdog_ping(self) -> None:
-        if self._watchdog_usec():
-            self.notify("WATCHDOG=1")
-
     async def _watchdog(self) -> None:
         """WATCHDOG=1 at half the period systemd asked for, independent of
         the sampling interval, which may be longer."""
@@ -338,6 +376,9 @@ class Service:
         keeper = asyncio.ensure_future(self._keep_connected())
         while self.conn is None and not self.stopping.is_set():
             await asyncio.sleep(0.05)
+        # Ready once the domains running at start are followed (their
+        # gathering is bounded by the child's timeout and its kill wait).
+        await self.settled(GATHER_TIMEOUT + KILL_WAIT + 1)
         self.notify("READY=1")
         self.log(f"started: watching {len(self.watcher.domains)} running domains on "
                  f"{self.cfg.connect}", "started")
@@ -345,9 +386,13 @@ class Service:
         watchdog = asyncio.ensure_future(self._watchdog())
         await self.stopping.wait()
         self.notify("STOPPING=1")
-        for task in (keeper, sampler, watchdog):
+        for task in (keeper, sampler, watchdog, *self.pending):
             task.cancel()
-        await asyncio.gather(keeper, sampler, watchdog, return_exceptions=True)
+        await asyncio.gather(keeper, sampler, watchdog, *self.pending, return_exceptions=True)
+        if self._gatherer is not None:
+            # A child still running finishes in its thread (under systemd it
+            # got the stop's SIGTERM too); nothing waits for it here.
+            self._gatherer.shutdown(wait=False, cancel_futures=True)
         self.disconnect()
         self.log("stopped", "stopped")
 

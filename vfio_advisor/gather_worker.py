@@ -37,11 +37,10 @@ from typing import NamedTuple
 
 # Gathering reads a handful of sysfs files per device and /proc/interrupts
 # once: 0.1 s here, well under a second even in the system tier's TCG guest.
-# The daemon waits for it inside a libvirt event callback, so a child that
-# hangs (a stuck sysfs read on a dying device) holds the event loop: it is
-# killed well before libvirtd drops a client that stopped answering its
-# keepalives (libvirtd.conf defaults keepalive_interval = 5, keepalive_count
-# = 5: about 30 s) and before the unit's watchdog (WatchdogSec=60).
+# The daemon waits for it in a worker thread (daemon.Service), so its event
+# loop and sampling go on; a child that hangs (a stuck sysfs read on a dying
+# device) only delays the next domain events' gathering, which queue behind
+# it, and is killed after this long.
 GATHER_TIMEOUT = 10.0
 # After SIGKILL the daemon waits this long for the child to go. A child in
 # an uninterruptible sysfs read (config space of a device stuck in reset

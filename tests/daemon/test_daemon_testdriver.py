@@ -33,6 +33,12 @@ def test_follows_domains_through_their_lifecycle(run):
     assert run["vanished"] is True  # the step's domain was really gone when the daemon looked
     assert steps["vanished"] == {"test": []}
     assert steps["after the vanished one"]["after"] == ["0000:06:00.0"]
+    assert steps["stopped while its gathering ran"] == {"test": []}
+    assert steps["slow, left running"]["slow"] == ["0000:06:00.0"]  # the slow path does follow
+
+
+def test_a_slow_gathering_holds_neither_the_loop_nor_the_sampling(run):
+    assert run["sampled_while_gathering"] is True
 
 
 def test_notifies_systemd(run):

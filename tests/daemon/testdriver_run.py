@@ -93,7 +93,8 @@ async def scenario(out: dict, work: Path) -> None:
                        settle=30, state_dir=None)
     svc = Service(cfg, sink=rec, notify=notes.append, clock=lambda: time.monotonic() + skipped[0])
     task = asyncio.ensure_future(svc.run())
-    await settle(svc, lambda: svc.conn is not None)
+    # At start: once READY (the domains running at start are followed then).
+    await settle(svc, lambda: "READY=1" in notes)
     admin = libvirt.open("test:///default")
 
     def follows():
@@ -147,6 +148,31 @@ async def scenario(out: dict, work: Path) -> None:
     steps.append(("after the vanished one", follows()))
     third.destroy()
     await settle(svc, lambda: "after" not in svc.watcher.domains)
+    # A slow gathering (its child waiting on a slow sysfs read: here the real
+    # child, 0.8 s late) holds neither the event loop nor the sampling, and
+    # a domain stopped while it runs is not followed when it completes.
+    real_gather = svc.gather
+
+    def slow_gather(root, xmls):
+        time.sleep(0.8)
+        return real_gather(root, xmls)
+
+    svc.gather = slow_gather
+    slow = admin.createXML(domain("slow", [(6, 0, 7)]), 0)
+    await settle(svc, lambda: bool(svc.pending))
+    before = svc.watcher.last_sample
+    await samples(svc, 3)
+    out["sampled_while_gathering"] = svc.watcher.last_sample != before and bool(svc.pending)
+    slow.destroy()
+    await settle(svc, lambda: not svc.pending)
+    await asyncio.sleep(0.1)
+    steps.append(("stopped while its gathering ran", follows()))
+    slow = admin.createXML(domain("slow", [(6, 0, 7)]), 0)
+    await settle(svc, lambda: "slow" in svc.watcher.domains)
+    steps.append(("slow, left running", follows()))
+    slow.destroy()
+    await settle(svc, lambda: "slow" not in svc.watcher.domains)
+    svc.gather = real_gather
     samples_before = svc.watcher.last_sample
     await asyncio.sleep(0.2)
     svc.stopping.set()
