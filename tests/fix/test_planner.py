@@ -107,12 +107,11 @@ def test_va4003_manual_with_intremap(analyzer):
 
 
 def pxb_e1000() -> str:
-    """tests/data/domains/e2e-pxb-pcie.xml with an e1000 behind the expander
-    bus. QEMU's e1000 has no MSI (hw/net/e1000.c: INTx only), so VA5003 is
-    right for it; the file's own e1000e has MSI-X and is fine there (the
-    pxb-pcie-e1000e near miss in tests/rules/examples.py)."""
+    """tests/data/domains/e2e-pxb-pcie.xml: an e1000 behind the expander bus.
+    QEMU's e1000 has no MSI (hw/net/e1000.c: INTx only), so VA5003 is right
+    for it (an e1000e there has MSI-X and is fine: the pxb-pcie-e1000e near
+    miss in tests/rules/examples.py)."""
     xml = (DATA.parent / "domains/e2e-pxb-pcie.xml").read_text()
-    xml = xml.replace("<model type='e1000e'/>", "<model type='e1000'/>")
     assert "<model type='e1000'/>" in xml
     return xml
 
@@ -155,6 +154,31 @@ def test_va5003_moves_only_what_it_flagged(analyzer):
     pxb = {c.index for c in after.domain.controllers if c.model == "pcie-expander-bus"}
     assert ctrls[4].address.address.bus in pxb  # the e1000e's root port stayed
     assert ctrls[2].address.address.bus == 0  # the e1000's went to pcie.0
+
+
+def test_two_emulated_functions_are_two_findings_to_fix(analyzer):
+    """Two INTx-only e1000s behind the expander bus: two VA5003 without a
+    host BDF, told apart by their guest addresses (one key before, so the
+    re-analysis could not tell which one a change resolved)."""
+    from vfio_advisor.fix.verify import describe_finding, finding_key  # noqa: PLC0415
+
+    second = """    <controller type='pci' index='4' model='pcie-root-port'>
+      <address type='pci' domain='0x0000' bus='0x01' slot='0x01' function='0x0'/>
+    </controller>
+    <interface type='user'>
+      <model type='e1000'/>
+      <address type='pci' domain='0x0000' bus='0x04' slot='0x00' function='0x0'/>
+    </interface>
+"""
+    xml = pxb_e1000().replace("    <graphics", second + "    <graphics", 1)
+    found = [f for f in reanalyse(xml).findings if f.rule_id == "VA5003"]
+    assert sorted(f.guest_address for f in found) == ["0000:02:00.0", "0000:04:00.0"]
+    assert all(f.subject is None for f in found)
+    assert len({finding_key(f) for f in found}) == 2
+    assert sorted(describe_finding(f) for f in found) == ["VA5003 guest 0000:02:00.0", "VA5003 guest 0000:04:00.0"]
+    plan = plan_domain(analyzer, xml)
+    assert_fixed(plan, "VA5003")
+    assert not [f for f in reanalyse(plan.fixed_xml).findings if f.rule_id == "VA5003"]
 
 
 def test_va4001_converted_when_it_can_be(analyzer):

@@ -43,11 +43,15 @@ class Check(NamedTuple):
 
 
 def finding_key(f: Finding) -> tuple[str, str]:
-    return (f.rule_id, f.subject or "")
+    """What tells two findings apart across a re-analysis: the rule and the
+    host device, or for an emulated device (no host BDF) its guest address;
+    two subject-less VA5003 of two emulated NICs were one key before."""
+    return (f.rule_id, f.subject or f.guest_address or "")
 
 
 def describe_finding(f: Finding) -> str:
-    return f"{f.rule_id}" + (f" {f.subject}" if f.subject else "")
+    where = f.subject or (f"guest {f.guest_address}" if f.guest_address else None)
+    return f"{f.rule_id}" + (f" {where}" if where else "")
 
 
 def reanalysis(before: Analysis, after: Analysis, targeted: Iterable[Finding]) -> Check:

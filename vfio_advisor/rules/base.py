@@ -92,8 +92,10 @@ def register(*rules: Rule) -> tuple[Rule, ...]:
 
 
 def device_finding(rule_id: str, facts, dev, message: str, remedy: str | None = None,
-                   evidence: dict[str, str] | None = None) -> Finding:
+                   evidence: dict[str, str] | None = None, guest_address: str | None = None) -> Finding:
     """A finding of `rule_id` about `dev` (an AssignedDevice; None for the
-    domain as a whole) in the domain of `facts` (DomainFacts)."""
+    domain as a whole, or for an emulated device, which `guest_address`
+    then names) in the domain of `facts` (DomainFacts)."""
     return _REGISTERED[rule_id].finding(facts.domain.name, dev.address if dev else None, message,
-                                        remedy, dev.guest_address if dev else None, evidence or ())
+                                        remedy, dev.guest_address if dev else guest_address,
+                                        evidence or ())

@@ -224,7 +224,10 @@ def check_intx_behind_pxb_pcie(facts: DomainFacts) -> Iterator[Finding]:
             with_fix_pointer(
                 "Move the device off the pcie-expander-bus (to a pcie-root-port on pcie.0), or "
                 "make sure its guest driver uses MSI/MSI-X.", facts),
-            {"guest address": str(fn.guest_address)})
+            {"guest address": str(fn.guest_address)},
+            # An emulated function has no host BDF: its guest address tells
+            # two of them apart (in the journal, and in fix's re-analysis).
+            guest_address=str(fn.guest_address))
 
 
 RULES: tuple[Rule, ...] = register(
