@@ -48,3 +48,11 @@ class Finding(NamedTuple):
 
     def sort_key(self) -> tuple:
         return (-int(self.severity), self.rule_id, self.domain or "", self.subject or "")
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Which finding of its domain this is, across two analyses (fix's
+        re-analysis, advise's "fix" object per finding): the rule and the
+        host device, or for an emulated device (no host BDF) its guest
+        address, so that two emulated NICs are two findings."""
+        return (self.rule_id, self.subject or self.guest_address or "")

@@ -160,7 +160,7 @@ def test_two_emulated_functions_are_two_findings_to_fix(analyzer):
     """Two INTx-only e1000s behind the expander bus: two VA5003 without a
     host BDF, told apart by their guest addresses (one key before, so the
     re-analysis could not tell which one a change resolved)."""
-    from vfio_advisor.fix.verify import describe_finding, finding_key  # noqa: PLC0415
+    from vfio_advisor.fix.verify import describe_finding  # noqa: PLC0415
 
     second = """    <controller type='pci' index='4' model='pcie-root-port'>
       <address type='pci' domain='0x0000' bus='0x01' slot='0x01' function='0x0'/>
@@ -174,7 +174,7 @@ def test_two_emulated_functions_are_two_findings_to_fix(analyzer):
     found = [f for f in reanalyse(xml).findings if f.rule_id == "VA5003"]
     assert sorted(f.guest_address for f in found) == ["0000:02:00.0", "0000:04:00.0"]
     assert all(f.subject is None for f in found)
-    assert len({finding_key(f) for f in found}) == 2
+    assert len({f.key for f in found}) == 2
     assert sorted(describe_finding(f) for f in found) == ["VA5003 guest 0000:02:00.0", "VA5003 guest 0000:04:00.0"]
     plan = plan_domain(analyzer, xml)
     assert_fixed(plan, "VA5003")

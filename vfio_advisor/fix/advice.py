@@ -18,11 +18,7 @@ from typing import Callable
 from vfio_advisor.fix.analysis import Analyzer, Finding, fix_pointer
 from vfio_advisor.fix.planner import FIXABLE_RULES, fix_for_finding, plan_domain
 
-FixKey = tuple[str, str]  # (rule, subject or ""), as fix/verify.py finding_key
-
-
-def key_of(f: Finding) -> FixKey:
-    return (f.rule_id, f.subject or "")
+FixKey = tuple[str, str]  # Finding.key
 
 
 def fix_command(name: str, from_files: bool, host_root: str = "/") -> str:
@@ -84,17 +80,17 @@ class AdviseFixes:
             # Nothing expected here (the XML was parsed and analysed already);
             # should planning break, say so per finding rather than lose the report.
             reason = f"planning failed: {type(exc).__name__}: {exc}"
-            fixes = {key_of(f): {"verified": False, "rule": f.rule_id, "kind": "unverified",
+            fixes = {f.key: {"verified": False, "rule": f.rule_id, "kind": "unverified",
                                  "reason": reason}
                      for f in findings if f.rule_id in FIXABLE_RULES}
         else:
             fixes = {}
             for f in findings:
                 if f.rule_id in FIXABLE_RULES:
-                    fixes[key_of(f)] = fix_for_finding(plan, f)
+                    fixes[f.key] = fix_for_finding(plan, f)
         out = []
         for f in findings:
-            fix = fixes.get(key_of(f))
+            fix = fixes.get(f.key)
             out.append(f if fix is None else f._replace(
                 remedy=advised_remedy(f, fix, self.command(name))))
         return out, fixes

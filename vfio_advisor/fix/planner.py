@@ -31,7 +31,7 @@ from vfio_advisor.fix.analysis import (
     GuestIntxMap, PciAddress, Severity, build_guest_intx_map, parse_domain_xml,
 )
 from vfio_advisor.fix import verify as verify_module
-from vfio_advisor.fix.verify import Check, describe_finding, finding_key, verify
+from vfio_advisor.fix.verify import Check, describe_finding, verify
 from vfio_advisor.fix.xmledit import (
     Occupancy, Op, apply_ops, next_controller_index, parse_tree, serialize,
 )
@@ -119,15 +119,15 @@ class DomainPlan:
     def fix_for_finding(self, finding: Finding) -> Change | None:
         """The verified change that removes `finding` (matched by rule and
         subject), or None."""
-        key = finding_key(finding)
+        key = finding.key
         for change in self.changes:
-            if any(finding_key(f) == key for f in change.resolves):
+            if any(f.key == key for f in change.resolves):
                 return change
         return None
 
     def unfixed_for_finding(self, finding: Finding) -> Unfixed | None:
-        key = finding_key(finding)
-        return next((u for u in self.unfixed if finding_key(u.finding) == key), None)
+        key = finding.key
+        return next((u for u in self.unfixed if u.finding.key == key), None)
 
     def diff(self) -> str:
         return "".join(difflib.unified_diff(
@@ -666,8 +666,8 @@ def plan_domain(analyzer: Analyzer, xml: str | bytes, rules: Iterable[str] | Non
     for rule in RULE_ORDER:
         if rule not in wanted_rules:
             continue
-        now = {finding_key(f) for f in current.findings}
-        targets = [f for f in current.findings if f.rule_id == rule and finding_key(f) in now]
+        now = {f.key for f in current.findings}
+        targets = [f for f in current.findings if f.rule_id == rule and f.key in now]
         if not targets:
             continue
         try:
@@ -694,8 +694,8 @@ def plan_domain(analyzer: Analyzer, xml: str | bytes, rules: Iterable[str] | Non
         # The offer is the accumulated XML: it must keep every earlier fix too.
         change.checks = verifier(before, after, new_xml, accepted_targets + proposal.targeted)
         if change.verified:
-            gone = now - {finding_key(f) for f in after.findings}
-            change.resolves = [f for f in before.findings if finding_key(f) in gone]
+            gone = now - {f.key for f in after.findings}
+            change.resolves = [f for f in before.findings if f.key in gone]
             changes.append(change)
             accepted_targets += proposal.targeted
             current_root, current = new_root, after
@@ -706,8 +706,8 @@ def plan_domain(analyzer: Analyzer, xml: str | bytes, rules: Iterable[str] | Non
                                 "unverified") for f in proposal.targeted]
     # Findings an accepted change removed are not unfixed, whatever the
     # planner of their own rule said before (e.g. VA5001 on i440FX after Q35).
-    final = {finding_key(f) for f in current.findings}
-    unfixed = [u for u in unfixed if finding_key(u.finding) in final]
+    final = {f.key for f in current.findings}
+    unfixed = [u for u in unfixed if u.finding.key in final]
     other = [f for f in before.findings
              if f.rule_id not in FIXABLE_RULES and f.severity >= Severity.WARNING]
     return DomainPlan(name=before.domain.name, base_xml=base, fixed_xml=serialize(current_root),

@@ -42,24 +42,17 @@ class Check(NamedTuple):
         return {"ok": self.ok, "detail": self.detail}
 
 
-def finding_key(f: Finding) -> tuple[str, str]:
-    """What tells two findings apart across a re-analysis: the rule and the
-    host device, or for an emulated device (no host BDF) its guest address;
-    two subject-less VA5003 of two emulated NICs were one key before."""
-    return (f.rule_id, f.subject or f.guest_address or "")
-
-
 def describe_finding(f: Finding) -> str:
     where = f.subject or (f"guest {f.guest_address}" if f.guest_address else None)
     return f"{f.rule_id}" + (f" {where}" if where else "")
 
 
 def reanalysis(before: Analysis, after: Analysis, targeted: Iterable[Finding]) -> Check:
-    after_keys = {finding_key(f) for f in after.findings}
-    left = [f for f in targeted if finding_key(f) in after_keys]
-    before_keys = {finding_key(f) for f in before.findings}
+    after_keys = {f.key for f in after.findings}
+    left = [f for f in targeted if f.key in after_keys]
+    before_keys = {f.key for f in before.findings}
     new = [f for f in after.findings
-           if f.severity >= Severity.WARNING and finding_key(f) not in before_keys]
+           if f.severity >= Severity.WARNING and f.key not in before_keys]
     problems = []
     if left:
         problems.append("still reported: " + ", ".join(describe_finding(f) for f in left))

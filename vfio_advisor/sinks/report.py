@@ -25,12 +25,12 @@ class DomainReport:
     facts: DomainFacts
     findings: list[Finding]
     # The "fix" object of each finding with a domain XML fix, keyed by
-    # (rule, subject or ""): advise plans them (vfio_advisor/fix/advice.py);
+    # Finding.key: advise plans them (vfio_advisor/fix/advice.py);
     # a finding not in here has none (its "fix" is null).
     fixes: dict[tuple[str, str], dict | None] = field(default_factory=dict)
 
     def fix_of(self, f: Finding) -> dict | None:
-        return self.fixes.get((f.rule_id, f.subject or ""))
+        return self.fixes.get(f.key)
 
 
 @dataclass
