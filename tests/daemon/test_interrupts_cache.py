@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.lab.moments import moments
+
 from vfio_advisor.facts.domain import parse_domain_xml
 from vfio_advisor.facts.host import HostRoot
 from vfio_advisor.facts.model import device_interrupts
@@ -24,11 +26,9 @@ from vfio_advisor.runtime import RuntimeConfig, StateStore, Watcher
 REPO = Path(__file__).resolve().parents[2]
 CAPTURES = REPO / "lab/captures"
 DOMAINS = REPO / "tests/data/domains/lab"
-SCENARIOS = {
-    "switch": ("switch", [f"switch-{i}" for i in (1, 2, 3, 4, 5)]),
-    "stays-intx": ("edu", [f"stays-intx-{i}" for i in (1, 2, 3, 4)]),
-    "storm-shared": ("shared", ["storm-shared-1", "storm-shared-2"]),
-}
+# scenario -> (its domain XML in tests/data/domains/lab, its moments)
+SCENARIOS = {name: (xml, moments(name)) for name, xml in
+             (("switch", "switch"), ("stays-intx", "edu"), ("storm-shared", "shared"))}
 
 
 def checked_watcher(root: Path, domain: str):

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.lab.moments import STEPPED, moments
+
 from vfio_advisor.facts.host import HostRoot
 from vfio_advisor.facts.interrupts import parse_interrupts
 from vfio_advisor.facts.model import device_interrupts
@@ -34,14 +36,7 @@ from vfio_advisor.facts.sampler import Sampler
 
 REPO = Path(__file__).resolve().parents[2]
 CAPTURES = REPO / "lab/captures"
-SCENARIOS = {
-    "stays-intx": [f"stays-intx-{i}" for i in (1, 2, 3, 4)],
-    "switch": [f"switch-{i}" for i in (1, 2, 3, 4, 5)],
-    "storm-shared": ["storm-shared-1", "storm-shared-2"],
-    "isolcpus": ["isolcpus-1", "isolcpus-2"],
-    "nomsi": ["nomsi-1", "nomsi-2"],
-    "modes": ["modes"],
-}
+SCENARIOS = {name: moments(name) for name in (*STEPPED, "modes")}
 # How counts move between two samples (per_cpu_count rewritten in place).
 MOVES = ("same-cpu", "other-cpu", "every-cpu", "idle", "same-cpu", "damaged", "same-cpu")
 

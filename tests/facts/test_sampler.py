@@ -26,6 +26,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+
+from tests.lab.moments import STEPPED, moments
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -101,13 +103,7 @@ def test_gapped_cpu_numbers_count_as_columns():
 
 CAPTURES = REPO / "lab/captures"
 MOMENTS = sorted(p.name for p in CAPTURES.iterdir() if (p / "proc/interrupts").exists())
-SCENARIOS = {
-    "stays-intx": [f"stays-intx-{i}" for i in (1, 2, 3, 4)],
-    "switch": [f"switch-{i}" for i in (1, 2, 3, 4, 5)],
-    "storm-shared": ["storm-shared-1", "storm-shared-2"],
-    "isolcpus": ["isolcpus-1", "isolcpus-2"],
-    "nomsi": ["nomsi-1", "nomsi-2"],
-}
+SCENARIOS = {name: moments(name) for name in STEPPED}
 
 
 def devices_of(root: Path) -> list[str]:
