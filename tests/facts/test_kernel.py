@@ -39,7 +39,7 @@ def test_desktop_cmdline():
     assert cmd.isolcpus == frozenset({2, 3, 4, 5})
     assert cmd.nohz_full == frozenset({2, 3, 4, 5})
     assert cmd.irqaffinity == frozenset({0, 1, 6, 7})
-    assert cmd.iommu_options == {"intel_iommu": "on", "iommu": "pt"}
+    assert (cmd.get("intel_iommu"), cmd.get("iommu")) == ("on", "pt")
     assert not cmd.pci_nomsi
 
 
@@ -83,7 +83,7 @@ def test_quoted_value_keeps_its_spaces():
 def test_empty_cmdline():
     cmd = parse_cmdline("")
     assert cmd.params == () and cmd.raw == ""
-    assert cmd.isolcpus == frozenset() and cmd.iommu_options == {}
+    assert cmd.isolcpus == frozenset() and cmd.get("intel_iommu") is None
 
 
 # --- parse_cpulist ---------------------------------------------------------------
@@ -146,12 +146,6 @@ def test_nointxmask(params, cmdline, expected):
     assert kf.nointxmask is expected
 
 
-def test_iommu_active():
-    assert facts(iommu_groups=None).iommu_active is None
-    assert facts(iommu_groups=0).iommu_active is False
-    assert facts(iommu_groups=17).iommu_active is True
-
-
 # --- read_kernel_facts ---------------------------------------------------------
 
 def write(root: Path, rel: str, text: str) -> Path:
@@ -180,7 +174,7 @@ def test_read_kernel_facts_full_tree(tmp_path):
     assert kf.vfio_pci_params == {"nointxmask": "N", "disable_vga": "Y", "ids": ""}
     assert kf.nointxmask is False
     assert kf.allow_unsafe_interrupts is False
-    assert kf.iommu_groups == 4 and kf.iommu_active is True
+    assert kf.iommu_groups == 4
     assert {"proc/cmdline", "sys/kernel/iommu_groups", "sys/kernel/iommu_groups/13"} <= host.recorded
 
 
@@ -190,7 +184,7 @@ def test_read_kernel_facts_empty_tree(tmp_path):
     assert kf.unreadable == ("proc/cmdline: missing",)
     assert kf.vfio_pci_params is None  # module not loaded
     assert kf.allow_unsafe_interrupts is None
-    assert kf.iommu_groups == 0 and kf.iommu_active is False  # no IOMMU driver
+    assert kf.iommu_groups == 0  # no IOMMU driver
 
 
 def test_allow_unsafe_interrupts_from_cmdline_when_module_not_loaded(tmp_path):
@@ -230,7 +224,7 @@ from vfio_advisor.facts.kernel import read_kernel_facts
 kf = read_kernel_facts(HostRoot(sys.argv[1]))
 print(json.dumps({"cmdline": kf.cmdline.raw if kf.cmdline else None,
                   "unreadable": list(kf.unreadable), "iommu_groups": kf.iommu_groups,
-                  "iommu_active": kf.iommu_active, "params": kf.vfio_pci_params}))
+                  "params": kf.vfio_pci_params}))
 """
 DENIED = "permission denied (run as root for full facts)"
 
@@ -255,7 +249,7 @@ def test_mode_000_cmdline_as_nobody(nobody_tree):
     facts = nobody.python_json(KERNEL_FACTS_AS_JSON, str(nobody_tree))
     assert facts["cmdline"] is None
     assert facts["unreadable"] == [f"proc/cmdline: {DENIED}"]
-    assert facts["iommu_groups"] == 4 and facts["iommu_active"] is True  # the rest still read
+    assert facts["iommu_groups"] == 4  # the rest still read
 
 
 def test_mode_000_module_parameter_as_nobody(nobody_tree):
@@ -269,7 +263,7 @@ def test_unlistable_iommu_groups_as_nobody(nobody_tree):
     # Search but no read permission: the directory can be entered, not listed.
     (nobody_tree / "sys/kernel/iommu_groups").chmod(0o311)
     facts = nobody.python_json(KERNEL_FACTS_AS_JSON, str(nobody_tree))
-    assert facts["iommu_groups"] is None and facts["iommu_active"] is None
+    assert facts["iommu_groups"] is None
     assert facts["unreadable"] == [f"sys/kernel/iommu_groups: {DENIED}"]
     assert facts["cmdline"] == DESKTOP.strip()
 

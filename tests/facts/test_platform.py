@@ -316,11 +316,11 @@ LAB_CAPTURES = sorted(p for p in (REPO / "lab/captures").iterdir() if (p / "proc
 PLATFORMS = sorted(p for p in HOSTS.glob("posted-*") if p.is_dir())
 
 
-def _chip_scans(fn) -> int:
+def _chip_scans(fn, names=frozenset({"ir_chips", "_chips_say_remapping"})) -> int:
     """How many times fn() runs a chip scan of facts/platform.py: calls of
     ir_chips (or of _chips_say_remapping, its name before posting() and
-    iommu_state() shared one scan), counted with the interpreter's profiler."""
-    names = {"ir_chips", "_chips_say_remapping"}
+    iommu_state() shared one scan), counted with the interpreter's profiler;
+    or calls of the functions `names`."""
     source = platform_module.__file__
     calls = []
 
@@ -339,6 +339,11 @@ def _chip_scans(fn) -> int:
 def test_gather_host_scans_the_chips_once():
     host = HostRoot(REPO / "lab/captures/modes")
     assert _chip_scans(lambda: gather_host(host)) == 1
+
+
+def test_gather_host_reads_the_iommu_units_once():
+    host = HostRoot(REPO / "lab/captures/modes")
+    assert _chip_scans(lambda: gather_host(host), {"read_iommu_units"}) == 1
 
 
 @pytest.mark.parametrize("capture", LAB_CAPTURES, ids=lambda p: p.name)

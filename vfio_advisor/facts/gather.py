@@ -16,7 +16,7 @@ from vfio_advisor.facts.model import (
 )
 from vfio_advisor.facts.pci import PciDevice, read_pci_device
 from vfio_advisor.facts.pciids import PciIds
-from vfio_advisor.facts.platform import iommu_state, ir_chips, posting
+from vfio_advisor.facts.platform import iommu_state, ir_chips, posting, read_iommu_units
 
 
 def read_interrupts(host: HostRoot) -> Interrupts:
@@ -39,18 +39,19 @@ def gather_host(host: HostRoot, sample_seconds: float | None = None,
         except FactUnavailable as exc:
             problem = f"{exc.path}: {exc.reason} (second sample)"
     # Both read the kernel's own state (sysfs, module parameters as loaded)
-    # and reuse the command line read above and one scan of the interrupt
-    # chips (ir_chips: about 0.9 ms at 20,000 rows, once instead of twice).
+    # and reuse the command line read above, one scan of the interrupt chips
+    # (ir_chips: about 0.9 ms at 20,000 rows, once instead of twice) and one
+    # read of the IOMMU units (/sys/class/iommu).
     # No rule, report or sink reads the DMA-remapping evidence, so the Intel
     # build default is not looked up: that scans /boot/config-<release>
     # (~300 KB on Debian 12, ~3 ms) at every hook run and domain add, for a
     # line nobody shows.
-    chips = ir_chips(interrupts)
+    chips, units = ir_chips(interrupts), read_iommu_units(host)
     return HostFacts(kernel=kernel, interrupts=interrupts, interrupts_problem=problem,
                      later=later, sample_seconds=sample_seconds if later else None,
-                     posting=posting(host, cmdline=kernel.cmdline, chips=chips),
+                     posting=posting(host, cmdline=kernel.cmdline, chips=chips, units=units),
                      iommu=iommu_state(host, cmdline=kernel.cmdline, build_default=False,
-                                       chips=chips))
+                                       chips=chips, units=units))
 
 
 def _sleep(seconds: float, progress: Callable[[float], None] | None) -> None:

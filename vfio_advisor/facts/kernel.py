@@ -68,10 +68,6 @@ class KernelCmdline(NamedTuple):
     def irqaffinity(self) -> frozenset[int]:
         return parse_cpulist(self.get("irqaffinity") or "")
 
-    @property
-    def iommu_options(self) -> dict[str, str]:
-        keys = ("intel_iommu", "amd_iommu", "iommu", "intremap", "amd_iommu_intr")
-        return {k: v for k in keys if (v := self.get(k)) is not None}
 
 
 def _split_cmdline(text: str) -> list[str]:
@@ -124,9 +120,6 @@ class KernelFacts(NamedTuple):
             value = self.cmdline.get("vfio_pci.nointxmask")
         return bool(_flag(value))
 
-    @property
-    def iommu_active(self) -> bool | None:
-        return None if self.iommu_groups is None else self.iommu_groups > 0
 
 
 def read_kernel_facts(host: HostRoot) -> KernelFacts:

@@ -243,7 +243,8 @@ def kernel_config_option(host: HostRoot, option: str) -> str | None:
 
 def iommu_state(host: HostRoot, *, interrupts: Interrupts | None = None,
                 cmdline: KernelCmdline | None = None, build_default: bool = True,
-                chips: IrChips | None = None) -> IommuState:
+                chips: IrChips | None = None,
+                units: tuple[tuple[IommuUnit, ...], str | None] | None = None) -> IommuState:
     """Whether DMA remapping and interrupt remapping are in effect, with evidence.
 
     Preference: the kernel's own state (/sys/class/iommu, IOMMU groups,
@@ -251,13 +252,14 @@ def iommu_state(host: HostRoot, *, interrupts: Interrupts | None = None,
     defaults. `build_default=False` leaves out the Intel build default
     (/boot/config-<release>): it only adds a line to dma_evidence and never
     changes a verdict. `chips`: ir_chips() of the interrupts, when the
-    caller scanned them already (then `interrupts` is not read).
+    caller scanned them already (then `interrupts` is not read); `units`:
+    read_iommu_units(host), when the caller read them already.
     """
     if cmdline is None:
         cmdline = _read_cmdline(host)
     if chips is None:
         chips = ir_chips(interrupts if interrupts is not None else _read_interrupts(host))
-    units, class_problem = read_iommu_units(host)
+    units, class_problem = units if units is not None else read_iommu_units(host)
     vendors = {u.vendor for u in units}
     vendor = vendors.pop() if len(vendors) == 1 else None
     names = tuple(u.name for u in units)
@@ -369,7 +371,8 @@ class Posting(NamedTuple):
 
 
 def posting(host: HostRoot, *, interrupts: Interrupts | None = None,
-            cmdline: KernelCmdline | None = None, chips: IrChips | None = None) -> Posting:
+            cmdline: KernelCmdline | None = None, chips: IrChips | None = None,
+            units: tuple[tuple[IommuUnit, ...], str | None] | None = None) -> Posting:
     """Are assigned devices' MSI/MSI-X posted to vCPUs on this host?
 
     "posted": every host condition holds; KVM then posts each MSI that the
@@ -437,7 +440,7 @@ def posting(host: HostRoot, *, interrupts: Interrupts | None = None,
         unknown.append("interrupt remapping not visible in /proc/interrupts")
 
     # IOMMU hardware: every unit must be able to post.
-    units, class_problem = read_iommu_units(host)
+    units, class_problem = units if units is not None else read_iommu_units(host)
     iommu_units = [u for u in units if kvm_vendor is None or u.vendor == kvm_vendor]
     vendor = kvm_vendor or (iommu_units[0].vendor if iommu_units else None)
     if iommu_units:
