@@ -9,13 +9,12 @@ joining the INTx line."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.lab.moments import moments
+from tests.lab.moments import Replay, moments
 
 from vfio_advisor.facts.domain import parse_domain_xml
 from vfio_advisor.facts.host import HostRoot
@@ -70,18 +69,12 @@ def bump(root: Path, step: int) -> None:
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_cached_interrupts_equal_the_model_at_every_sample(scenario, tmp_path):
     domain, moments = SCENARIOS[scenario]
-    copies = []
-    for m in moments:
-        shutil.copytree(CAPTURES / m, tmp_path / m, symlinks=True)
-        copies.append(tmp_path / m)
-    root = tmp_path / "root"
-    root.symlink_to(copies[0])
-    w, clock, seen = checked_watcher(root, domain)
+    replay = Replay(tmp_path, moments)
+    copies = replay.copies
+    w, clock, seen = checked_watcher(replay.root, domain)
     for i, copy in enumerate(copies):
         if i:
-            tmp = tmp_path / "next"
-            tmp.symlink_to(copy)
-            os.replace(tmp, root)
+            replay.step(i)
         for step in range(4):
             clock["now"] += 5
             w.sample()

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.moments import STEPPED, moments
+from tests.lab.moments import STEPPED, Replay, moments
 
 from vfio_advisor.facts.host import HostRoot
 from vfio_advisor.facts.interrupts import parse_interrupts
@@ -107,19 +107,11 @@ class Checked:
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_kept_sampler_equals_a_fresh_one_at_every_sample(scenario, tmp_path):
-    moments = SCENARIOS[scenario]
-    copies = []
-    for m in moments:
-        shutil.copytree(CAPTURES / m, tmp_path / m, symlinks=True)
-        copies.append(tmp_path / m)
-    root = tmp_path / "root"
-    root.symlink_to(copies[0])
-    checked = Checked(root, vfio_devices(copies[0]))
-    for i, copy in enumerate(copies):
+    replay = Replay(tmp_path, SCENARIOS[scenario])
+    checked = Checked(replay.root, vfio_devices(replay.copies[0]))
+    for i, copy in enumerate(replay.copies):
         if i:
-            nxt = tmp_path / "next"
-            nxt.symlink_to(copy)
-            os.replace(nxt, root)
+            replay.step(i)
         before = None  # the move since the last sample
         for step, how in enumerate(MOVES, 1):
             checked.sample(damaged=before == "damaged")

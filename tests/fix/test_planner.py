@@ -116,6 +116,20 @@ def pxb_e1000() -> str:
     return xml
 
 
+def pxb_e1000_and_a_second_nic(model: str) -> str:
+    """pxb_e1000 plus a NIC of `model` behind a second root port (index 4)
+    on the same expander bus, at guest 0000:04:00.0."""
+    nic = f"""    <controller type='pci' index='4' model='pcie-root-port'>
+      <address type='pci' domain='0x0000' bus='0x01' slot='0x01' function='0x0'/>
+    </controller>
+    <interface type='user'>
+      <model type='{model}'/>
+      <address type='pci' domain='0x0000' bus='0x04' slot='0x00' function='0x0'/>
+    </interface>
+"""
+    return pxb_e1000().replace("    <graphics", nic + "    <graphics", 1)
+
+
 @pytest.mark.parametrize("xml", [lambda: (DATA / "q35-pxb-hostdev.xml").read_text(), pxb_e1000],
                          ids=["hostdev", "emulated"])
 def test_va5003_off_the_expander_bus(analyzer, xml):
@@ -135,15 +149,7 @@ def test_va5003_moves_only_what_it_flagged(analyzer):
     # pxb_e1000 plus an e1000e behind a second root port on the same
     # expander bus: the e1000's port moves to pcie.0, the e1000e (MSI-X,
     # fine behind the pxb-pcie) keeps its place.
-    e1000e = """    <controller type='pci' index='4' model='pcie-root-port'>
-      <address type='pci' domain='0x0000' bus='0x01' slot='0x01' function='0x0'/>
-    </controller>
-    <interface type='user'>
-      <model type='e1000e'/>
-      <address type='pci' domain='0x0000' bus='0x04' slot='0x00' function='0x0'/>
-    </interface>
-"""
-    xml = pxb_e1000().replace("    <graphics", e1000e + "    <graphics", 1)
+    xml = pxb_e1000_and_a_second_nic("e1000e")
     before = reanalyse(xml)
     assert [dict(f.evidence)["guest address"] for f in before.findings
             if f.rule_id == "VA5003"] == ["0000:02:00.0"]  # the e1000 only
@@ -162,15 +168,7 @@ def test_two_emulated_functions_are_two_findings_to_fix(analyzer):
     re-analysis could not tell which one a change resolved)."""
     from vfio_advisor.fix.verify import describe_finding  # noqa: PLC0415
 
-    second = """    <controller type='pci' index='4' model='pcie-root-port'>
-      <address type='pci' domain='0x0000' bus='0x01' slot='0x01' function='0x0'/>
-    </controller>
-    <interface type='user'>
-      <model type='e1000'/>
-      <address type='pci' domain='0x0000' bus='0x04' slot='0x00' function='0x0'/>
-    </interface>
-"""
-    xml = pxb_e1000().replace("    <graphics", second + "    <graphics", 1)
+    xml = pxb_e1000_and_a_second_nic("e1000")
     found = [f for f in reanalyse(xml).findings if f.rule_id == "VA5003"]
     assert sorted(f.guest_address for f in found) == ["0000:02:00.0", "0000:04:00.0"]
     assert all(f.subject is None for f in found)

@@ -4,7 +4,9 @@ scenario "switch" is its moments switch-1, switch-2, ... in order."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from pathlib import Path
 
 CAPTURES = Path(__file__).resolve().parents[2] / "lab/captures"
@@ -24,3 +26,23 @@ def moments(scenario: str) -> list[str]:
 
 # Scenarios with moments a sampler steps through (more than one capture).
 STEPPED = ("stays-intx", "switch", "storm-shared", "isolcpus", "nomsi")
+
+
+class Replay:
+    """Copies of a scenario's moments under `tmp`, and `root`: a symlink to
+    the first, which step(i) swaps to the i-th in one rename, as the daemon
+    sees a live tree change under it."""
+
+    def __init__(self, tmp: Path, names: list[str]):
+        self.tmp = tmp
+        self.copies = []
+        for name in names:
+            shutil.copytree(CAPTURES / name, tmp / name, symlinks=True)
+            self.copies.append(tmp / name)
+        self.root = tmp / "root"
+        self.root.symlink_to(self.copies[0])
+
+    def step(self, i: int) -> None:
+        nxt = self.tmp / "next"
+        nxt.symlink_to(self.copies[i])
+        os.replace(nxt, self.root)
