@@ -103,7 +103,10 @@ class StateStore:
         return entry
 
     def previous(self, domain_key: str, bdf: str) -> dict:
-        entry = self._domain(domain_key).get(bdf)
+        # A read (every device, every sample): it must not add an entry, or
+        # the next save writes an empty one for every domain ever followed.
+        domain = self.data["domains"].get(domain_key)
+        entry = domain.get(bdf) if isinstance(domain, dict) else None
         return entry if isinstance(entry, dict) else {}
 
     def record(self, domain_key: str, bdf: str, mode: str, flagged_intx: bool) -> None:

@@ -18,6 +18,19 @@ def test_damaged_state_file_does_not_stop_sampling(tmp_path):
     assert StateStore(str(tmp_path)).previous("dom", "0000:05:00.1")["mode"] == "msi"
 
 
+def test_reading_the_state_adds_nothing_to_the_file(tmp_path):
+    """previous() runs for every device at every sample; a domain whose
+    devices never settle into a mode recorded nothing, and its reads must
+    leave no empty entry behind for the next save to write."""
+    from vfio_advisor.runtime import StateStore
+
+    store = StateStore(str(tmp_path))
+    assert store.previous("never-recorded", "0000:05:00.0") == {}
+    store.record("recorded", "0000:06:00.0", "msix", False)
+    saved = json.loads((tmp_path / "state.json").read_text())
+    assert sorted(saved["domains"]) == ["recorded"]
+
+
 def test_a_new_run_starts_over(tmp_path):
     from tests.daemon.scenarios import Scenario, intx_rows
 
