@@ -80,11 +80,8 @@ RULES: tuple[Rule, ...] = register(
          "Some host facts could not be read: the checks that need them were skipped",
          "The tool could not read part of what it needs, most often because it ran "
          "without root: an unprivileged read of a PCI config space returns only its first "
-         "64 bytes, without the MSI, MSI-X and PCIe capabilities. A damaged config space "
-         "(a file cut short, a capability list that loops or points into the header) is "
-         "named as \"capabilities unreadable: <reason>\"; the checks that need the "
-         "capabilities then stay silent rather than guess from part of the list.",
-         "Run as root; for damaged config space, record it again or check the device.",
+         "64 bytes, without the MSI, MSI-X and PCIe capabilities.",
+         "Run as root.",
          _id("d92502904c274f179326771266394df5"), check_facts_incomplete,
          fires_on=("config-64-bytes", "config-truncated-40-bytes", "config-255-bytes",
                    "capability-list-loops"),
