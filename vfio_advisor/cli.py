@@ -207,7 +207,7 @@ def cmd_advise(args) -> int:
             if any(_has_domain_xml_fix(f) for f in findings):
                 if fixes is None:  # lazy: lxml, difflib and libvirt only when a plan is due
                     from vfio_advisor.fix.advice import AdviseFixes, fix_command
-                    from_files = source.label.startswith("file:")
+                    from_files = source.from_file
                     fixes = AdviseFixes(engine, lambda name: fix_command(
                         name, from_files, args.host_root))
                 findings, planned = fixes.annotate(domain.name, source.xml, findings)

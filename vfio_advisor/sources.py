@@ -29,9 +29,14 @@ class DomainSource(NamedTuple):
 
     domain: Domain
     xml: str  # the text analysed; from libvirt with inactive=True, the persistent config
-    label: str  # "file:PATH", or the libvirt domain name
+    label: str  # "file:PATH", "snapshot:domains/NAME.xml", or the libvirt domain name
     persistent: bool = True
     state: str = "file"  # a file's, or libvirt's state name (STATE_NAMES)
+
+    @property
+    def from_file(self) -> bool:
+        """An XML file (given, or a snapshot's), not a libvirt domain."""
+        return self.label.startswith(("file:", "snapshot:"))
 
 
 class Loaded(NamedTuple):
@@ -82,9 +87,11 @@ def load_domains(files: list[str], names: list[str], uri: str | None = None,
     if files and (uri or conn is not None):
         raise UsageError("use either --xml or --connect, not both")
     where = "in the XML files given"
+    in_snapshot = False
     if not files and not uri and conn is None and host_root_dir is not None:
         files = snapshot_domains(host_root_dir)
         where = "in the host tree's domains/"
+        in_snapshot = bool(files)
         if is_snapshot_tree(host_root_dir):
             where = "in the snapshot"
             if not files:
@@ -95,15 +102,18 @@ def load_domains(files: list[str], names: list[str], uri: str | None = None,
         loaded: list[DomainSource] = []
         errors: list[tuple[str, str]] = []
         for path in files:
+            # A snapshot's domains are named inside it: its unpacked
+            # location is a temporary directory, gone after the run.
+            shown = os.path.relpath(path, host_root_dir) if in_snapshot else path
             try:
                 domain, xml = read_domain_file(path, exact_text=inactive)
             except DomainXMLError as exc:
-                errors.append((path, str(exc)))
+                errors.append((shown, str(exc)))
                 continue
             except UsageError as exc:
-                errors.append((path, str(exc).replace(f"cannot read {path}: ", "cannot read it: ", 1)))
+                errors.append((shown, str(exc).replace(f"cannot read {path}: ", "cannot read it: ", 1)))
                 continue
-            loaded.append(DomainSource(domain, xml, f"file:{path}"))
+            loaded.append(DomainSource(domain, xml, f"snapshot:{shown}" if in_snapshot else f"file:{path}"))
         if names:
             known = {d.domain.name for d in loaded}
             errors += [(name, f"no such domain {where}")

@@ -247,3 +247,19 @@ def test_a_rule_is_fixable_because_it_names_a_planner(analyzer, monkeypatch):
     assert f.fix_pointer == ""
     plan = planner.plan_domain(analyzer, xml)
     assert not any(c.rule == rule.id for c in plan.changes)
+
+
+def test_fix_and_the_shell_spell_no_rule_id():
+    """Rule IDs are spelt in rules/ only: fix/, the CLI, the config template
+    and the domain model name rules through the registry (Rule.fix, slugs)."""
+    import ast
+
+    pkg = REPO / "vfio_advisor"
+    files = [*sorted((pkg / "fix").glob("*.py")), pkg / "cli.py", pkg / "config.py",
+             pkg / "exitstatus.py", pkg / "sources.py", pkg / "snapshot.py", pkg / "manpage.py",
+             pkg / "facts/domain.py"]
+    found = [f"{p.relative_to(REPO)}:{node.lineno}: {node.value[:60]!r}"
+             for p in files for node in ast.walk(ast.parse(p.read_text()))
+             if isinstance(node, ast.Constant) and isinstance(node.value, str)
+             and re.search(r"VA\d{4}", node.value)]
+    assert found == []

@@ -115,7 +115,7 @@ def run(args, conn=None) -> int:
     root, tmp = open_host_root(args.host_root)
     try:
         sources = load_sources(args, root, conn)
-        if args.apply and any(src.label.startswith("file:") for src in sources):
+        if args.apply and any(src.from_file for src in sources):
             # A snapshot's own domains are files too.
             raise UsageError("--apply defines domains through libvirt: give DOMAIN names "
                              "(with --connect URI), not XML files or a snapshot's domains")
@@ -267,7 +267,7 @@ def _print_applied(name: str, info: dict, out) -> None:
 def write_summary(src: DomainSource, plan: DomainPlan, out) -> None:
     w = out.write
     n = len(plan.changes)
-    w(f"# {plan.name} ({src.label if src.label.startswith('file:') else src.state}): "
+    w(f"# {plan.name} ({src.label if src.from_file else src.state}): "
       f"{n} verified change{'s' if n != 1 else ''}\n")
     for i, c in enumerate(plan.changes, 1):
         w(f"#  {i}. {c.rule}: {c.summary}\n")
@@ -293,7 +293,7 @@ def to_json(args, plans: list[tuple[DomainSource, DomainPlan]], applied: dict[st
         domains.append({
             "name": plan.name,
             "uuid": plan.before.domain.uuid,
-            "source": src.label if src.label.startswith("file:") else f"libvirt:{args.connect or DEFAULT_URI}",
+            "source": src.label if src.from_file else f"libvirt:{args.connect or DEFAULT_URI}",
             "state": src.state,
             "changed": plan.changed,
             "complete": plan.complete,
