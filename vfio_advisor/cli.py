@@ -22,6 +22,16 @@ from vfio_advisor.exitstatus import (
 )
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's own wrapping, except for the exit-status table, whose
+    lines are laid out already."""
+
+    def _fill_text(self, text, width, indent):
+        if text.startswith("exit status:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, like the rest
         self.exit(EXIT_USAGE, f"vfio-advisor: {message}\n")
@@ -30,12 +40,12 @@ class _Parser(argparse.ArgumentParser):
 def add_command(sub, name: str, help_text: str, **kw) -> argparse.ArgumentParser:
     """A subcommand, with its rows of the exit-status table in its --help."""
     return sub.add_parser(name, help=help_text, epilog=exit_status_help(name),
-                          formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+                          formatter_class=_HelpFormatter, **kw)
 
 
 def build_parser(with_fix: bool = True) -> argparse.ArgumentParser:
     p = _Parser(prog="vfio-advisor", description="Interrupt advice for VFIO PCI passthrough.",
-                epilog=exit_status_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                epilog=exit_status_help(), formatter_class=_HelpFormatter)
     p.add_argument("--version", action="version", version=f"vfio-advisor {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
