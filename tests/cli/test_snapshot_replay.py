@@ -5,24 +5,13 @@ libvirt. SNAPSHOT.txt names the kernel of the tree that was read."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-HOST = REPO / "examples/demo-host/root"
-NODE = f"test://{REPO / 'examples/demo-host/node.xml'}"
-TWO_INTX = REPO / "tests/data/fix/q35-two-intx.xml"
-
-
-def run(*args):
-    return subprocess.run([sys.executable, "-m", "vfio_advisor", *args], capture_output=True,
-                          text=True, timeout=180, cwd=REPO, env=dict(os.environ, NO_COLOR="1"))
+from tests.cli.test_exit_codes import HOST, TWO_INTX, run
 
 
 @pytest.fixture(scope="module")
