@@ -142,7 +142,7 @@ def _quiet_stderr():
         os.close(saved)
 
 
-def _libvirt():
+def libvirt_module():
     try:
         import libvirt  # noqa: PLC0415 - lazy on purpose, see module docstring
     except ImportError:
@@ -157,7 +157,7 @@ def domains_from_libvirt(uri: str, names: list[str], *, inactive: bool = False,
     """Domains over a read-only connection (or `conn`): the named ones, or
     every domain with a PCI hostdev. `inactive`: the persistent config of a
     persistent domain (VIR_DOMAIN_XML_INACTIVE), the live XML otherwise."""
-    libvirt = _libvirt()
+    libvirt = libvirt_module()
     own = conn is None
     if own:
         try:

@@ -25,7 +25,9 @@ from vfio_advisor.fix.planner import FIXABLE_RULES, RULE_ORDER, Analyzer, Domain
 from vfio_advisor.fix.verify import describe_finding
 from vfio_advisor.fix.xmledit import apply_ops
 from vfio_advisor.rules import lookup as lookup_rule
-from vfio_advisor.sources import DEFAULT_URI, DomainSource, load_domains, open_host_root
+from vfio_advisor.sources import (
+    DEFAULT_URI, DomainSource, libvirt_module, load_domains, open_host_root,
+)
 
 SCHEMA = "vfio-advisor/fix/1"
 # The test driver keeps its domains in the memory of the connection's
@@ -84,12 +86,6 @@ def rules_from(values: list[str]) -> set[str] | None:
     return out
 
 
-def _libvirt():
-    from vfio_advisor.sources import _libvirt as load  # noqa: PLC0415 - lazy: the hook never loads it
-
-    return load()
-
-
 def load_sources(args, root: str, conn=None) -> list[DomainSource]:
     """Every domain to fix, as its persistent config; raises UsageError (one
     line) before anything is analysed, so bad input changes nothing."""
@@ -145,7 +141,7 @@ def apply_plans(args, plans: list[tuple[DomainSource, DomainPlan]], conn=None) -
     first define, so a refusal changes nothing."""
     if not plans:
         return {}
-    libvirt = _libvirt()
+    libvirt = libvirt_module()
     uri = args.connect or DEFAULT_URI
     own = conn is None
     if own:
