@@ -298,8 +298,6 @@ def cmd_guest_irqs(args) -> int:
         raise UsageError("give a DOMAIN name or --xml FILE")
     root, tmp = open_host_root(args.host_root)
     try:
-        if args.xml:
-            args.domain = None  # the file's domain, whatever its name
         found, errors = load_domains(args, root)
         if not found:
             src, msg = errors[0] if errors else (args.domain or args.xml, "not found")
