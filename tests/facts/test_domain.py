@@ -621,6 +621,14 @@ def test_the_tree_keeps_comments_and_source_lines():
     for el in pci_hostdev_elements(tree) + tree.xpath(XPATH["pci_controllers"]):
         # One line was added above the devices: each element's line is one later.
         assert lines[el.sourceline - 2].lstrip().startswith(f"<{el.tag}"), el.sourceline
+    # fix's edits work on copies that keep each element's line, and a new
+    # element has none: a byte-preserving writer can tell old from new.
+    from vfio_advisor.fix.xmledit import Op, apply_ops
+
+    edited = apply_ops(tree, [Op("ensure-ioapic", value="kvm")])
+    assert ([el.sourceline for el in pci_hostdev_elements(edited)]
+            == [el.sourceline for el in pci_hostdev_elements(tree)])
+    assert edited.find("features/ioapic").sourceline is None
 
 
 def test_fix_reads_and_edits_through_this_model():
