@@ -13,15 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-# The two core imports, in one place (issue 11 may move them).
 from vfio_advisor import __version__
 from vfio_advisor.cli import build_parser
 from vfio_advisor.exitstatus import EXIT_STATUS
+from vfio_advisor.rules import RULES
 
 
 def _rules():
-    from vfio_advisor.rules import RULES
-
     return RULES
 
 
