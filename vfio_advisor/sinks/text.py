@@ -55,7 +55,7 @@ class TextWriter:
         sev = self._c(_COLOURS[f.severity], f"{str(f.severity):7}")
         self.line(f"{indent}{sev} {self._c(_BOLD, f.rule_id)} {clean(f.message)}")
         pad = indent + " " * 8
-        remedy = clean(f.remedy).split("\n")  # not splitlines(): it splits on U+2028 too
+        remedy = clean(f.remedy + f.fix_pointer).split("\n")  # not splitlines(): it splits on U+2028 too
         for i, para in enumerate(remedy):
             lead = "fix: " if i == 0 else "     "
             if para.startswith("  "):  # code: keep as it is
