@@ -186,6 +186,8 @@ def cmd_advise(args) -> int:
         fixes = None
         for domain, xml in domains:
             facts, findings = engine.analyse(domain)
+            for line in config.policy.unknown_in_metadata(domain):
+                print(f"vfio-advisor: warning: {line}", file=sys.stderr)
             planned = {}
             if any(f.rule_id in _FIXABLE_RULES for f in findings):
                 if fixes is None:  # lazy: lxml, difflib and libvirt only when a plan is due
