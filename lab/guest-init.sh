@@ -72,6 +72,13 @@ capture() {
         fi
     done
     for g in /sys/kernel/iommu_groups/*/devices/*; do [ -L "$g" ] && copy_link "$g" "$name"; done
+    # The ACPI tables that announce an IOMMU (Intel DMAR, AMD IVRS): absent
+    # when the firmware has VT-d/AMD-Vi turned off. The MADT (APIC), which
+    # every x86 ACPI machine has, keeps the directory in the capture.
+    mkdir -p "/cap/$name/sys/firmware/acpi/tables"
+    for t in APIC DMAR IVRS; do
+        [ -f "/sys/firmware/acpi/tables/$t" ] && cat "/sys/firmware/acpi/tables/$t" > "/cap/$name/sys/firmware/acpi/tables/$t"
+    done
     # The PCI drivers the kernel has registered (is vfio-pci there at all?).
     for d in /sys/bus/pci/drivers/*; do [ -d "$d" ] && mkdir -p "/cap/$name$d"; done
     for mod in vfio_pci vfio_iommu_type1; do
