@@ -72,6 +72,10 @@ class VfioFacts(NamedTuple):
     firmware_iommu_tables: tuple[str, ...] | None
     cpu_vendor: str | None  # "intel" | "amd", read only when there are no groups
     unreadable: tuple[str, ...] = ()
+    # sys/bus/pci/drivers exists: the tree shows the bus's drivers, so a
+    # device without a driver link has no driver (a hand-made or partial
+    # tree that lacks it cannot tell).
+    drivers_listed: bool = False
 
     def group_of(self, bdf: str) -> IommuGroup | None:
         return next((g for g in self.groups if g.member(bdf) is not None), None)
@@ -183,6 +187,12 @@ def read_vfio_facts(host: HostRoot, assigned: Iterable[tuple[str, int | None, tu
         registered = True
     elif host.exists("sys/bus/pci/drivers"):
         registered = False
+    drivers_listed = host.exists("sys/bus/pci/drivers")
+    if iommu_groups == 0 and not drivers_listed and not host.exists("sys/kernel/iommu_groups"):
+        # The kernel creates sys/kernel/iommu_groups at boot whether or not an
+        # IOMMU shows up (iommu_init, drivers/iommu/iommu.c, 6.1); a tree with
+        # neither it nor the bus's driver list is a partial recording.
+        iommu_groups = None
     release = _optional_value(host, "proc/sys/kernel/osrelease")
     module = None if registered is not False else _vfio_pci_module(host, release)
     tables = vendor = None
@@ -193,7 +203,8 @@ def read_vfio_facts(host: HostRoot, assigned: Iterable[tuple[str, int | None, tu
     return VfioFacts(iommu_groups=iommu_groups, groups=tuple(groups.values()),
                      vfio_pci_registered=registered, vfio_pci_module=module,
                      kernel_release=release, firmware_iommu_tables=tables,
-                     cpu_vendor=vendor, unreadable=tuple(unreadable))
+                     cpu_vendor=vendor, unreadable=tuple(unreadable),
+                     drivers_listed=drivers_listed)
 
 
 def _cpu_vendor(host: HostRoot) -> str | None:
