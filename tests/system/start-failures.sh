@@ -6,7 +6,8 @@
 #   00:08.0 pci-bridge (conventional: no ACS), and behind it, in ONE group
 #   with it: 01:01.0 edu and 01:02.0 virtio-rng (on virtio-pci, a host driver)
 # Each step writes "RESULT NAME ok|fail DETAIL" to results/results.txt and its
-# evidence to results/NAME.*; the host asserts.
+# evidence to results/NAME.*; the host asserts. With a file "mode" holding
+# iommu-off, the machine has no IOMMU and only that start is tried.
 set -u
 S=/run/systemtest
 R=$S/results
@@ -74,6 +75,17 @@ start_fails() {
     fi
 }
 
+if [ "$(cat mode 2>/dev/null)" = iommu-off ]; then
+    # A machine without an IOMMU (no intel-iommu device, so no DMAR table).
+    ls /sys/kernel/iommu_groups > "$R/groups.txt" 2>&1
+    domain nogroup 0000:00:03.0 yes
+    (cd /root/vfio-advisor && python3 -m vfio_advisor advise nogroup --format json) > "$R/nogroup.advise.json" 2> "$R/nogroup.advise.err"
+    start_fails nogroup iommu-off
+    res done ok
+    echo ALL-DONE >> "$R/results.txt"
+    exit 0
+fi
+
 # 1. managed='yes' for the edu behind the bridge: libvirt detaches it, not
 #    its group-mate on virtio-pci, and QEMU finds the group not viable.
 domain group 0000:01:01.0 yes
@@ -100,6 +112,15 @@ mkdir -p /etc/vfio-advisor
 printf '[hook]\nblock_on_error = true\n' > /etc/vfio-advisor/config.toml
 start_fails group group-blocked-by-hook
 rm -f /etc/vfio-advisor/config.toml
+
+# 5. A kernel without vfio-pci: unload it and take its module away (the root
+#    disk is a snapshot), so libvirt's modprobe finds nothing.
+modprobe -r vfio-pci > "$R/nomodule.txt" 2>&1
+for m in $(find "/lib/modules/$(uname -r)" -name 'vfio-pci.ko*'); do mv "$m" /root/; done
+depmod -a >> "$R/nomodule.txt" 2>&1
+ls /sys/bus/pci/drivers >> "$R/nomodule.txt"
+domain nomodule 0000:00:03.0 yes
+start_fails nomodule vfio-pci-unavailable
 
 res done ok
 echo ALL-DONE >> "$R/results.txt"

@@ -57,13 +57,13 @@ def _missing() -> str | None:
 pytestmark = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
 
 
-def qemu_command(image: Path, share: Path, results: Path, console: Path) -> list[str]:
+def qemu_command(image: Path, share: Path, results: Path, console: Path, iommu: bool = True) -> list[str]:
     return [QEMU, "-machine", "q35,kernel-irqchip=split", *_accel(), "-m", "2048", "-smp", "2",
             "-display", "none", "-vga", "none", "-no-reboot", "-nic", "none",
             "-serial", f"file:{console}", "-monitor", "none",
             "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd.img"),
             "-append", "root=/dev/vda rw console=ttyS0 intel_iommu=on quiet panic=-1",
-            "-device", "intel-iommu,intremap=on",
+            *(["-device", "intel-iommu,intremap=on"] if iommu else []),
             "-drive", f"file={image / 'rootfs.img'},format=raw,if=none,id=root,snapshot=on",
             "-device", "virtio-blk-pci,drive=root,addr=0x10",
             "-drive", f"file={share},format=raw,if=none,id=share,readonly=on",
@@ -78,13 +78,13 @@ def qemu_command(image: Path, share: Path, results: Path, console: Path) -> list
             "-device", "edu,bus=br1,addr=0x1", "-device", "virtio-rng-pci,bus=br1,addr=0x2"]
 
 
-@pytest.fixture(scope="module")
-def guest(tmp_path_factory):
-    work = tmp_path_factory.mktemp("start-failures")
+def boot(work: Path, mode: str) -> dict:
+    """Boot the guest once; `mode` "iommu-off" leaves out the IOMMU."""
     image = build_image()
     share_dir = work / "share"
     share_dir.mkdir()
     shutil.copy2(HERE / "start-failures.sh", share_dir / "run.sh")
+    (share_dir / "mode").write_text(mode + "\n")
     with open(share_dir / "src.tar", "wb") as f:
         subprocess.run(["git", "-C", str(REPO), "archive", "HEAD"], stdout=f, check=True)
     share = work / "share.tar"
@@ -96,14 +96,15 @@ def guest(tmp_path_factory):
         f.truncate(16 << 20)
     console = work / "console.log"
     t0 = time.monotonic()
-    proc = subprocess.Popen(qemu_command(image, share, results, console), stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen(qemu_command(image, share, results, console, iommu=mode != "iommu-off"),
+                            stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=open(work / "qemu.err", "wb"))
     try:
         proc.wait(timeout=BOOT_TIMEOUT)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-    TIMINGS["start failures: guest run (boot to power-off)"] = round(time.monotonic() - t0, 1)
+    TIMINGS[f"start failures ({mode}): guest run (boot to power-off)"] = round(time.monotonic() - t0, 1)
     out = work / "out"
     out.mkdir()
     try:
@@ -120,11 +121,21 @@ def guest(tmp_path_factory):
         parts = line.split(" ", 3)
         if parts[0] == "RESULT":
             steps[parts[1]] = (parts[2], parts[3] if len(parts) > 3 else "")
-    last = CACHE / "last-start-failures"
+    last = CACHE / f"last-start-failures-{mode}"
     shutil.rmtree(last, ignore_errors=True)
     shutil.copytree(res, last)
     shutil.copy2(console, last / "console.log")
     return {"dir": res, "steps": steps}
+
+
+@pytest.fixture(scope="module")
+def guest(tmp_path_factory):
+    return boot(tmp_path_factory.mktemp("start-failures"), "group")
+
+
+@pytest.fixture(scope="module")
+def guest_without_iommu(tmp_path_factory):
+    return boot(tmp_path_factory.mktemp("start-failures-no-iommu"), "iommu-off")
 
 
 def step(guest, name: str) -> str:
@@ -200,3 +211,21 @@ def test_block_on_error_stops_the_start_with_the_findings(guest):
     assert "VA3005" in said and "not viable" in said, said
     assert "is not viable\nPlease" not in said  # QEMU never ran
     assert step(guest, "done") == ""
+
+
+def test_libvirt_refuses_a_hostdev_when_vfio_pci_is_missing(guest):
+    said = step(guest, "vfio-pci-unavailable")
+    assert "Failed to load PCI driver module vfio-pci" in said, said
+    found = [e for e in hook_findings(guest, "vfio-pci-unavailable") if e.get("VFIO_ADVISOR_RULE") == "VA3007"]
+    assert found and found[0]["PRIORITY"] == "3", read(guest, "vfio-pci-unavailable.hook.json")[:2000]
+
+
+def test_libvirt_refuses_a_hostdev_without_an_iommu(guest_without_iommu):
+    said = step(guest_without_iommu, "iommu-off")
+    assert read(guest_without_iommu, "groups.txt").strip() == ""
+    assert "host doesn't support passthrough of host PCI devices" in said, said
+    found = [e for e in hook_findings(guest_without_iommu, "iommu-off") if e.get("VFIO_ADVISOR_RULE") == "VA3004"]
+    assert found and found[0]["PRIORITY"] == "3", read(guest_without_iommu, "iommu-off.hook.json")[:2000]
+    # the guest's firmware (SeaBIOS without intel-iommu) has no DMAR table
+    assert "no DMAR or IVRS" in found[0]["VFIO_ADVISOR_REMEDY"]
+    assert step(guest_without_iommu, "done") == ""
