@@ -598,14 +598,19 @@ def group_not_viable_gpu_sibling(tmp: Path) -> DomainFacts:
 
 @example("group-bridge-pcieport")
 def group_bridge_pcieport(tmp: Path) -> DomainFacts:
-    """Near miss: the GPU's group also holds its root port on pcieport (which
-    sets driver_managed_dma) and the audio, driverless."""
+    """Near miss: on Debian 12's 6.1, the GPU's group also holds the switch
+    port above it on pcieport (which sets driver_managed_dma, so a bridge
+    driver that counts only from 5.19 is allowed) and the audio, driverless."""
     from dataclasses import replace
     devices = [replace(d, iommu_group=36) if d.bdf == "0000:04:00.0" else
                replace(d, driver=None) if d.bdf == AUDIO else d
                for d in _gpu_audio(gpu_irq=45, audio_irq=51, gpu_msi=(45,))]
-    return analyse(tmp, Host(devices=devices, interrupts=_ir_interrupts({})),
-                   domain_xml("win11", [_hostdev(GPU, (1, 0, 0))]))
+    root = build(tmp / "root", Host(devices=devices, interrupts=_ir_interrupts({})))
+    (root / "proc/sys/kernel").mkdir(parents=True)
+    (root / "proc/sys/kernel/osrelease").write_text("6.1.0-27-amd64\n")
+    xml = tmp / "domain.xml"
+    xml.write_text(domain_xml("win11", [_hostdev(GPU, (1, 0, 0))]))
+    return lab(root, xml)
 
 
 @example("lab-unmanaged-on-host-driver")
