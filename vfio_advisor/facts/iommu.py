@@ -146,8 +146,8 @@ def _optional_value(host: HostRoot, rel: str) -> str | None:
 
 
 def _vfio_pci_module(host: HostRoot, release: str | None) -> str | None:
-    """Where modprobe would find vfio-pci (libvirt's virPCIProbeDriver runs
-    it for managed='yes' devices, src/util/virpci.c, libvirt 9.0)."""
+    """Where modprobe would find vfio-pci (libvirt's virPCIProbeStubDriver
+    runs it for managed='yes' devices, src/util/virpci.c, libvirt 9.0)."""
     if not release:
         return None
     base = f"lib/modules/{release}"

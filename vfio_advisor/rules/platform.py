@@ -269,9 +269,9 @@ def check_unmanaged_not_on_vfio(facts: DomainFacts) -> Iterator[Finding]:
 
 def check_vfio_pci_unavailable(facts: DomainFacts) -> Iterator[Finding]:
     """VA3007: vfio-pci is not loaded and the kernel has no module for it.
-    For managed='yes' libvirt loads it itself (virPCIProbeDriver runs
+    For managed='yes' libvirt loads it itself (virPCIProbeStubDriver runs
     modprobe, src/util/virpci.c, 9.0) and fails with "Failed to load PCI
-    driver module vfio-pci" when there is none; so only a positively missing
+    stub module vfio-pci" when there is none (recorded in the system tier); so only a positively missing
     module fires (a recorded tree without /lib/modules cannot tell)."""
     vfio = facts.vfio
     if vfio is None or vfio.vfio_pci_registered is not False or vfio.vfio_pci_module != "":
@@ -282,8 +282,8 @@ def check_vfio_pci_unavailable(facts: DomainFacts) -> Iterator[Finding]:
         "VA3007", facts, None,
         f"vfio-pci is not loaded and kernel {vfio.kernel_release} has no vfio-pci module "
         f"(/lib/modules/{vfio.kernel_release}/kernel/drivers/vfio/pci/ has none, nor "
-        "modules.builtin): libvirt will fail the start with \"Failed to load PCI driver "
-        "module vfio-pci\".",
+        "modules.builtin): libvirt will fail the start with \"Failed to load PCI stub "
+        "module vfio-pci\" (libvirt 9.0; later releases say \"PCI driver module\").",
         "Boot a kernel built with CONFIG_VFIO_PCI (Debian's linux-image-amd64 is; "
         "linux-image-cloud-amd64 is too) or install the modules package of this kernel, then "
         "run modprobe vfio-pci.",
@@ -357,7 +357,7 @@ RULES: tuple[Rule, ...] = register(
          "vfio-pci is neither loaded nor available as a module",
          "libvirt binds managed='yes' devices to vfio-pci and loads the module itself when "
          "it is not loaded; a kernel without vfio-pci fails the start with \"Failed to load "
-         "PCI driver module vfio-pci\".",
+         "PCI stub module vfio-pci\".",
          "Boot a kernel with vfio-pci (CONFIG_VFIO_PCI) or install its modules.",
          _id("8609a323f9d649668f3d3bcc0938076c"), check_vfio_pci_unavailable,
          fires_on=("no-vfio-pci-module",),
