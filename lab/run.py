@@ -126,7 +126,8 @@ EVIDENCE = {
     # drivers/iommu/intel/irq_remapping.c (Linux 6.1) logs this when it turns remapping on.
     "intremap-off": (r"DMAR: IOMMU enabled", r"DMAR-IR: Enabled IRQ remapping"),
     "isolcpus": (r"Kernel command line: .*", None),
-    "group-not-viable": (r"vfio-user: .*|pci 0000:01:0[12]\.0: Adding to iommu group \d+", None),
+    "group-not-viable": (r"vfio-user: .*|PHASE 1 READY .*|pci 0000:01:0[12]\.0: Adding to iommu group \d+",
+                         None),
     # "DMAR: IOMMU enabled" is only intel_iommu_setup reading the command
     # line; with no DMAR table (ACPI) nothing else follows.
     "iommu-off": (r"vfio-pci: probe of .*|Kernel command line: .*|DMAR: IOMMU enabled", r"ACPI: DMAR"),
