@@ -12,13 +12,18 @@ run.sh) installs the clone's hook and starts nested domains that assign:
 - the edu again after the remedy VA3005 gives (virsh nodedev-detach of the
   group-mate): the start succeeds;
 - the edu with [hook] block_on_error: the hook stops the start with its own
-  findings.
+  findings;
+- the root-bus edu, managed='yes', after vfio-pci is unloaded and its module
+  taken away: libvirt's modprobe fails (VA3007).
+
+A second boot leaves out the intel-iommu device (no DMAR table, no groups):
+libvirt refuses the hostdev outright (VA3004). Two boots of about 200 s each
+under TCG on a loaded 2-core machine.
 
 The libvirt and QEMU words recorded here are quoted in docs/start-failures.md.
 Needs root, qemu-system-x86, mmdebstrap (Debian's archive for the first image
 build; the image is the system tier's, cached under
-/var/cache/vfio-advisor-tests/system) and git. Takes about as long as one
-boot of the system tier's guest under TCG.
+/var/cache/vfio-advisor-tests/system) and git.
 """
 
 from __future__ import annotations
