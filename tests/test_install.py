@@ -90,8 +90,10 @@ def test_clone_install_copies_what_the_daemon_imports(tmp_path):
     dropin = (root / "etc/systemd/system/vfio-advisor.service.d/metrics.conf").read_text()
     assert 'ReadWritePaths="/var/lib/prometheus/node-exporter"' in dropin
     assert (root / "var/lib/prometheus/node-exporter").is_dir()
+    page = root / "usr/local/share/man/man8/vfio-advisor.8"
+    assert ".TH VFIO\\-ADVISOR 8 " in page.read_text()  # where man-db finds it: man:vfio-advisor(8)
     out = cli("uninstall", "--root", str(root))
-    assert out.returncode == 0 and not lib.exists()
+    assert out.returncode == 0 and not lib.exists() and not page.exists()
     assert not (root / "etc/systemd/system/vfio-advisor.service.d/metrics.conf").exists()
 
 
@@ -314,3 +316,18 @@ def test_uninstall_goes_on_once_the_package_is_purged(packaged_root):
     out = cli("uninstall", "--root", str(root))
     assert out.returncode == 0, out.stderr
     assert not hook.exists() and f"removed {hook}" in out.stdout
+
+
+def test_unit_documentation_is_the_shipped_man_page():
+    """`systemctl status` and `systemctl help vfio-advisor` open the unit's
+    first Documentation= (systemd.unit(5): "man:" URIs are opened with
+    man(1)); it must be the page the package ships, in its section."""
+    from vfio_advisor.install import render_unit
+    from vfio_advisor.manpage import render as render_manpage
+
+    docs = [line.split("=", 1)[1] for line in render_unit().splitlines() if line.startswith("Documentation=")]
+    m = re.search(r"^\.TH (\S+) (\d)\b", render_manpage(), re.M)
+    assert m, "the man page has no .TH line"
+    assert docs and docs[0] == f"man:{m.group(1).replace(chr(92) + '-', '-').lower()}({m.group(2)})", docs
+    shipped = (REPO / "debian/vfio-advisor.manpages").read_text().split()
+    assert any(p.endswith(f"/vfio-advisor.{m.group(2)}") for p in shipped), shipped

@@ -35,6 +35,9 @@ CONFIG = "etc/vfio-advisor/config.toml"
 UNIT = "etc/systemd/system/vfio-advisor.service"
 METRICS_DROPIN = "etc/systemd/system/vfio-advisor.service.d/metrics.conf"
 LIB = "usr/local/lib/vfio-advisor"
+# The unit's Documentation=man:vfio-advisor(8): man-db searches
+# /usr/local/share/man by default (/etc/manpath.config, MANDATORY_MANPATH).
+MANPAGE = "usr/local/share/man/man8/vfio-advisor.8"
 # What the daemon imports beyond the standard library (libvirt-python is four
 # top-level modules; lxml and systemd-python one package each).
 DEPENDENCIES = ("libvirt", "libvirtmod", "libvirtaio", "lxml", "systemd")
@@ -314,6 +317,7 @@ def install(root: str = "/", python: str | None = None, config: str | None = Non
     cat.parent.mkdir(parents=True, exist_ok=True)
     cat.write_text(render_catalog())
     notes.append(f"catalog: {cat}; {_update_catalog(base)}")
+    notes.append(_write_manpage(base, daemon_python))
     unit = base / UNIT
     unit.parent.mkdir(parents=True, exist_ok=True)
     unit.write_text(render_unit(daemon_python, "/" + LIB))
@@ -331,6 +335,23 @@ def install(root: str = "/", python: str | None = None, config: str | None = Non
         notes.append("libvirtd looks for hooks only when it starts: restart it once "
                      "(systemctl restart libvirtd) so the hook runs at the next VM start.")
     return notes
+
+
+def _write_manpage(base: Path, python: str) -> str:
+    """vfio-advisor(8), which the unit names in Documentation=, rendered by
+    the copy just installed (vfio_advisor.manpage reads the CLI's parser,
+    which imports this module: a subprocess, not an import)."""
+    page = base / MANPAGE
+    page.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        proc = subprocess.run([python, "-m", "vfio_advisor.manpage", "-o", str(page)], capture_output=True,
+                              text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(base / LIB)})
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"warning: man page not written ({exc})"
+    if proc.returncode != 0:
+        return f"warning: man page not written: {(proc.stderr.strip().splitlines() or ['?'])[-1][:200]}"
+    page.chmod(0o644)
+    return f"man page: {page} (man vfio-advisor)"
 
 
 def _nss_systemd(base: Path) -> bool:
@@ -361,7 +382,7 @@ def uninstall(root: str = "/") -> list[str]:
     _refuse_if_packaged(base, "uninstall", "remove the package instead: apt remove vfio-advisor "
                         "(apt purge also removes its config and state)")
     notes = []
-    for rel in (f"{HOOK_DIR}/{HOOK_NAME}", CATALOG, UNIT, METRICS_DROPIN):
+    for rel in (f"{HOOK_DIR}/{HOOK_NAME}", CATALOG, UNIT, METRICS_DROPIN, MANPAGE):
         path = base / rel
         if path.exists():
             path.unlink()

@@ -15,7 +15,12 @@ import sys
 
 # The two core imports, in one place (issue 11 may move them).
 from vfio_advisor import __version__
+from vfio_advisor.catalog import for_reader
 from vfio_advisor.cli import build_parser
+
+
+def _italic(name: str) -> str:
+    return f"\\fI{roff(name)}\\fR"
 
 
 def _rules():
@@ -139,8 +144,8 @@ def render() -> str:
     ]
     for rule in _rules():
         out += [".SS " + f"{roff(rule.id)} {roff(rule.slug)} ({roff(str(rule.severity))})",
-                roff(rule.title), ".PP", roff(rule.explanation), ".PP",
-                "\\fIWhat to do:\\fR " + roff(rule.remedy)]
+                roff(rule.title), ".PP", for_reader(roff(rule.explanation), _italic), ".PP",
+                "\\fIWhat to do:\\fR " + for_reader(roff(rule.remedy), _italic)]
     out += [".SH SEE ALSO", "\\fBjournalctl\\fR(1), \\fBsystemctl\\fR(1), \\fBvirsh\\fR(1), "
             "\\fBsystemd.exec\\fR(5)", ""]
     return "\n".join(out)
