@@ -23,9 +23,10 @@ jcount() { journalctl -q -o cat "$@" 2>/dev/null | wc -l; }
 CFG=/etc/vfio-advisor/config.toml
 # The package's life cycle, as a transcript: each command, then what it printed.
 LC="$R/lifecycle.txt"
-lc() { echo "# $ $*" >> "$LC"; "$@" >> "$LC" 2>&1; rc=$?; [ $rc = 0 ] || echo "# (exit $rc)" >> "$LC"; return $rc; }
-# lc_log "COMMAND" FILE: a command run elsewhere (its output went to FILE)
-lc_log() { echo "# $ $1" >> "$LC"; grep -v '^\(Reading\|Building\|Get:\|Need to get\|After this\)' "$2" >> "$LC"; }
+lc() { printf '# $ %s\n' "$*" >> "$LC"; "$@" >> "$LC" 2>&1; rc=$?; [ $rc = 0 ] || echo "# (exit $rc)" >> "$LC"; return $rc; }
+# lc_log "COMMAND" FILE: a command run elsewhere (its output went to FILE),
+# without apt's progress lines
+lc_log() { printf '# $ %s\n' "$1" >> "$LC"; grep -v 'Reading database\|^Reading \|^Building \|^debconf: delaying' "$2" >> "$LC"; }
 unit_state() { systemctl show -p ActiveState -p SubState -p LoadState -p UnitFileState -p MainPID vfio-advisor; }
 
 timing boot "$(now)"
@@ -324,7 +325,7 @@ timeout "${NESTED_BUDGET:-120}" virsh -q start passthru > "$R/restart-after-remo
     && res start-after-remove ok "$(since "$t0") s" || res start-after-remove fail "$(cat "$R/restart-after-remove.log")"
 virsh -q destroy passthru > /dev/null 2>&1
 # What purge has to remove: the conffiles that remove kept, and the state.
-lc dpkg-query -W -f '${Status}\n${Conffiles}\n' vfio-advisor
+lc dpkg-query -W -f '${Status}:${Conffiles}\n' vfio-advisor
 lc ls -A /var/lib/private/vfio-advisor
 state_before=$(ls -d /var/lib/private/vfio-advisor /etc/vfio-advisor/config.toml /etc/libvirt/hooks/qemu.d/vfio-advisor 2>/dev/null | wc -l)
 DEBIAN_FRONTEND=noninteractive apt-get purge -y vfio-advisor > "$R/purge.log" 2>&1

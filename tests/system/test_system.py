@@ -108,6 +108,7 @@ def build_upgrade_deb(out: Path) -> Path:
     proc = subprocess.run(["dpkg-buildpackage", "-b", "-us", "-uc", "--no-sign"], cwd=src, capture_output=True,
                           text=True, timeout=900, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(out)})
     assert proc.returncode == 0, f"upgrade build failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+    shutil.rmtree(src)
     debs = sorted(out.glob(f"vfio-advisor_{version}_all.deb"))
     assert len(debs) == 1, f"the upgrade build left {sorted(out.iterdir())}"
     return debs[0]
