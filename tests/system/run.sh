@@ -301,6 +301,8 @@ else
 fi
 
 # --- 4. apt remove (the daemon running), then purge ---------------------------
+# Remove is judged on its own: if the upgrade left the daemon stopped, start it.
+systemctl is-active -q vfio-advisor || lc timeout 120 systemctl start vfio-advisor
 pid0=$(systemctl show -p MainPID --value vfio-advisor)
 DEBIAN_FRONTEND=noninteractive apt-get remove -y vfio-advisor > "$R/remove.log" 2>&1
 lc_log "apt-get remove -y vfio-advisor" "$R/remove.log"
