@@ -130,7 +130,12 @@ def qemu_command(image: Path, share: Path, results: Path, console: Path) -> list
             "-display", "none", "-vga", "none", "-no-reboot", "-nic", "none",
             "-serial", f"file:{console}", "-monitor", "none",
             "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd.img"),
-            "-append", "root=/dev/vda rw console=ttyS0 intel_iommu=on quiet panic=-1",
+            # no_timer_check: the boot's IO-APIC timer test (Linux 6.1,
+            # arch/x86/kernel/apic/io_apic.c, timer_irq_works) waits a fixed
+            # number of TSC cycles for jiffies to move; a TCG guest on a busy
+            # host missed it and panicked with "timer doesn't work through
+            # Interrupt-remapped IO-APIC" (seen here at load 10 on 2 cores).
+            "-append", "root=/dev/vda rw console=ttyS0 intel_iommu=on quiet panic=-1 no_timer_check",
             # The IOMMU first: QEMU's intel-iommu must precede the PCI devices
             # it translates for (hw/i386/intel_iommu.c, vtd_realize).
             "-device", "intel-iommu,intremap=on",
