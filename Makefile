@@ -21,6 +21,8 @@ APT_PACKAGES += libvirt-clients libxml2-utils
 # fleet tier: the real Prometheus (with promtool), node_exporter and journal-remote/upload;
 # permission tests run the product as nobody with setpriv.
 APT_PACKAGES += prometheus prometheus-node-exporter systemd-journal-remote util-linux
+# unit check: systemd-analyze verify runs man(1) on the unit's Documentation=man:vfio-advisor(8).
+APT_PACKAGES += man-db  # unit
 
 # make deb: from a clean checkout (git archive of DEB_REF), built and checked
 # outside the source tree; the .deb is left in DEB_DIR.

@@ -90,8 +90,10 @@ def test_clone_install_copies_what_the_daemon_imports(tmp_path):
     dropin = (root / "etc/systemd/system/vfio-advisor.service.d/metrics.conf").read_text()
     assert 'ReadWritePaths="/var/lib/prometheus/node-exporter"' in dropin
     assert (root / "var/lib/prometheus/node-exporter").is_dir()
+    page = root / "usr/local/share/man/man8/vfio-advisor.8"
+    assert ".TH VFIO\\-ADVISOR 8 " in page.read_text()  # where man-db finds it: man:vfio-advisor(8)
     out = cli("uninstall", "--root", str(root))
-    assert out.returncode == 0 and not lib.exists()
+    assert out.returncode == 0 and not lib.exists() and not page.exists()
     assert not (root / "etc/systemd/system/vfio-advisor.service.d/metrics.conf").exists()
 
 
@@ -235,3 +237,97 @@ def test_clone_install_goes_on_when_byte_compiling_fails(tmp_path):
     assert (root / LIB / "vfio_advisor/daemon.py").is_file()
     assert not list((root / LIB).rglob("*.pyc"))
     assert (root / "etc/systemd/system/vfio-advisor.service").is_file()
+
+
+# --- the Debian package owns the files: install and uninstall refuse --------
+# A real dpkg database in a private root: dpkg installs a package named
+# vfio-advisor that ships what the real one ships at the paths install and
+# uninstall manage (the hook and the config as conffiles, the catalog), with
+# the texts debian/render.py writes. No maintainer scripts, so dpkg --root
+# needs no chroot (--force-script-chrootless only says so).
+
+def _dpkg(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["dpkg", f"--root={root}", "--force-not-root", "--force-script-chrootless", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def packaged_root(tmp_path):
+    if shutil.which("dpkg") is None or shutil.which("dpkg-deb") is None:
+        pytest.skip("dpkg and dpkg-deb are needed (a Debian host)")
+    from vfio_advisor.catalog import render_catalog
+    from vfio_advisor.install import CATALOG, CONFIG, HOOK_DIR, HOOK_NAME
+
+    pkg = tmp_path / "pkg"
+    files = {f"{HOOK_DIR}/{HOOK_NAME}": render_hook("/usr/bin/python3", "/" + CONFIG,
+                                                      "/usr/lib/python3/dist-packages"),
+             CONFIG: DEFAULT_CONFIG_TEXT, CATALOG: render_catalog()}
+    for rel, text in files.items():
+        (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / rel).write_text(text)
+    (pkg / HOOK_DIR / HOOK_NAME).chmod(0o755)
+    (pkg / "DEBIAN").mkdir()
+    (pkg / "DEBIAN/control").write_text(f"Package: vfio-advisor\nVersion: {__version__}\nArchitecture: all\n"
+                                        "Maintainer: tests <tests@example.org>\nDescription: test copy\n")
+    (pkg / "DEBIAN/conffiles").write_text(f"/{HOOK_DIR}/{HOOK_NAME}\n/{CONFIG}\n")
+    deb = tmp_path / "vfio-advisor.deb"
+    built = subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(pkg), str(deb)], capture_output=True,
+                           text=True)
+    assert built.returncode == 0, built.stderr
+    root = tmp_path / "root"
+    for d in ("info", "updates"):
+        (root / "var/lib/dpkg" / d).mkdir(parents=True)
+    (root / "var/lib/dpkg/status").touch()
+    done = _dpkg(root, "-i", str(deb))
+    assert done.returncode == 0, done.stderr
+    return root, files
+
+
+@pytest.mark.parametrize("state", ["installed", "config-files"])
+@pytest.mark.parametrize("command", ["uninstall", "install"])
+def test_install_and_uninstall_refuse_what_the_package_owns(packaged_root, command, state):
+    """Before: uninstall on a package install deleted the package's conffile
+    hook and its catalog (dpkg --verify then reports them missing, and an
+    upgrade does not bring a deleted conffile back)."""
+    root, files = packaged_root
+    if state == "config-files":  # apt remove: dpkg keeps the conffiles, and owns them, until purge
+        assert _dpkg(root, "-r", "vfio-advisor").returncode == 0
+    before = {rel: (root / rel).read_text() for rel in files if (root / rel).exists()}
+    out = cli(command, "--root", str(root))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert len(out.stderr.splitlines()) == 1 and out.stdout == "", out.stderr
+    assert f"{command} refused: {root}/etc/libvirt/hooks/qemu.d/vfio-advisor belongs to the Debian package " \
+           "vfio-advisor (dpkg -S)" in out.stderr, out.stderr
+    assert ("apt remove vfio-advisor" if command == "uninstall" else "apt purge") in out.stderr
+    assert {rel: (root / rel).read_text() for rel in files if (root / rel).exists()} == before
+    verify = _dpkg(root, "--verify", "vfio-advisor")
+    assert verify.returncode == 0 and verify.stdout == "", verify.stdout
+    assert not (root / LIB).exists() and not (root / "etc/systemd/system/vfio-advisor.service").exists()
+
+
+def test_uninstall_goes_on_once_the_package_is_purged(packaged_root):
+    """The refusal is about dpkg's ownership, not about a dpkg database being
+    there: after purge, a clone's files at the same paths are uninstall's."""
+    root, files = packaged_root
+    assert _dpkg(root, "--purge", "vfio-advisor").returncode == 0
+    hook = root / "etc/libvirt/hooks/qemu.d/vfio-advisor"
+    hook.parent.mkdir(parents=True, exist_ok=True)
+    hook.write_text(files["etc/libvirt/hooks/qemu.d/vfio-advisor"])
+    out = cli("uninstall", "--root", str(root))
+    assert out.returncode == 0, out.stderr
+    assert not hook.exists() and f"removed {hook}" in out.stdout
+
+
+def test_unit_documentation_is_the_shipped_man_page():
+    """`systemctl status` and `systemctl help vfio-advisor` open the unit's
+    first Documentation= (systemd.unit(5): "man:" URIs are opened with
+    man(1)); it must be the page the package ships, in its section."""
+    from vfio_advisor.install import render_unit
+    from vfio_advisor.manpage import render as render_manpage
+
+    docs = [line.split("=", 1)[1] for line in render_unit().splitlines() if line.startswith("Documentation=")]
+    m = re.search(r"^\.TH (\S+) (\d)\b", render_manpage(), re.M)
+    assert m, "the man page has no .TH line"
+    assert docs and docs[0] == f"man:{m.group(1).replace(chr(92) + '-', '-').lower()}({m.group(2)})", docs
+    shipped = (REPO / "debian/vfio-advisor.manpages").read_text().split()
+    assert any(p.endswith(f"/vfio-advisor.{m.group(2)}") for p in shipped), shipped

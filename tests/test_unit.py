@@ -1,5 +1,6 @@
 """The daemon's systemd unit: verified offline and hardened."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -39,8 +40,15 @@ def test_unit_facts():
 
 
 def test_systemd_analyze_verify_is_silent(rendered):
+    # verify also runs man(1) on each man: Documentation= (systemd 252,
+    # analyze-verify.c): MANPATH points it at the page the package ships.
+    from vfio_advisor.manpage import render as render_manpage
+
+    man8 = rendered.parent / "man/man8"
+    man8.mkdir(parents=True)
+    (man8 / "vfio-advisor.8").write_text(render_manpage())
     out = subprocess.run(["systemd-analyze", "verify", str(rendered)], capture_output=True,
-                         text=True, cwd=rendered.parent)
+                         text=True, cwd=rendered.parent, env={**os.environ, "MANPATH": str(man8.parent)})
     assert out.returncode == 0, out.stderr
     assert out.stderr == ""
 

@@ -8,7 +8,9 @@ line, then prose (what happened, then what to do) wrapped at 76 columns.
 
 from __future__ import annotations
 
+import re
 import textwrap
+from collections.abc import Callable
 
 from vfio_advisor import journal_fields as F
 from vfio_advisor.journal_fields import at
@@ -21,6 +23,21 @@ HEADER = """\
 #  `vfio-advisor catalog`; do not edit. Install to /usr/lib/systemd/catalog/
 #  and run `journalctl --update-catalog`; `journalctl -x` then shows these.
 """
+
+
+# journalctl -x fills @FIELD@ with the entry's field (systemd 252,
+# src/libsystemd/sd-journal/sd-journal.c, sd_journal_get_catalog: replace_var()
+# over the catalog text, looking each name up in the entry).
+_FIELD = re.compile(r"@(VFIO_ADVISOR_[A-Z0-9_]+)@")
+
+
+def for_reader(text: str, mark: Callable[[str], str] = lambda name: f"<{name}>") -> str:
+    """A rule's text where no journal entry fills its @FIELD@ substitutions
+    (`vfio-advisor explain`, the man page): each one becomes the name of
+    what journalctl -x puts there, "<domain>" for @VFIO_ADVISOR_DOMAIN@.
+    mark: how a name is shown (the man page sets it in italics)."""
+    return _FIELD.sub(lambda m: mark(m.group(1).removeprefix("VFIO_ADVISOR_").lower().replace("_", " ")),
+                      text)
 
 
 def _wrap(text: str) -> str:

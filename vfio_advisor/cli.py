@@ -320,6 +320,7 @@ def cmd_guest_irqs(args) -> int:
 
 
 def cmd_explain(args) -> int:
+    from vfio_advisor.catalog import for_reader
     from vfio_advisor.rules import RETIRED, lookup
 
     rule = lookup(args.rule)
@@ -330,8 +331,8 @@ def cmd_explain(args) -> int:
         raise UsageError(f"no rule {args.rule!r}; 'vfio-advisor rules' lists them")
     wrap = lambda t: textwrap.fill(t, 78)  # noqa: E731
     print(f"{rule.id} {rule.slug} ({rule.severity})\n{rule.title}\n")
-    print(wrap(rule.explanation) + "\n")
-    print("What to do:\n" + wrap(rule.remedy))
+    print(wrap(for_reader(rule.explanation)) + "\n")
+    print("What to do:\n" + wrap(for_reader(rule.remedy)))
     print(f"\nFamily: {rule.family}. MESSAGE_ID={rule.message_id}")
     for doc in rule.documentation:
         print(f"See: {doc}")

@@ -35,6 +35,9 @@ CONFIG = "etc/vfio-advisor/config.toml"
 UNIT = "etc/systemd/system/vfio-advisor.service"
 METRICS_DROPIN = "etc/systemd/system/vfio-advisor.service.d/metrics.conf"
 LIB = "usr/local/lib/vfio-advisor"
+# The unit's Documentation=man:vfio-advisor(8): man-db searches
+# /usr/local/share/man by default (/etc/manpath.config, MANDATORY_MANPATH).
+MANPAGE = "usr/local/share/man/man8/vfio-advisor.8"
 # What the daemon imports beyond the standard library (libvirt-python is four
 # top-level modules; lxml and systemd-python one package each).
 DEPENDENCIES = ("libvirt", "libvirtmod", "libvirtaio", "lxml", "systemd")
@@ -137,6 +140,50 @@ class InstallError(UsageError):
     """One line that says why install refused."""
 
 
+# The files install writes and uninstall removes (relative to the root), but
+# the classic hook etc/libvirt/hooks/qemu, which may be another tool's.
+MANAGED = (f"{HOOK_DIR}/{HOOK_NAME}", CATALOG, CONFIG, UNIT, METRICS_DROPIN)
+
+
+def package_owner(base: Path) -> tuple[str, str] | None:
+    """(package, path) when a Debian package owns one of the files install
+    and uninstall manage, by dpkg's own database (dpkg-query -S) under base;
+    None when none does or there is no dpkg database there.
+
+    Why: the package ships the hook and the config as conffiles and the
+    catalog as a plain file. uninstall deleting them leaves dpkg's database
+    saying they are installed (dpkg --verify reports them missing), and the
+    next upgrade does not bring a deleted conffile back (dpkg(1), "--force-
+    confmiss"); install would shadow the package's unit with one in /etc.
+    """
+    dpkg_query = shutil.which("dpkg-query")
+    admindir = base / "var/lib/dpkg"
+    if dpkg_query is None or not (admindir / "status").is_file():
+        return None
+    paths = ["/" + rel for rel in MANAGED]
+    try:
+        proc = subprocess.run([dpkg_query, f"--admindir={admindir}", "-S", *paths],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    # dpkg-query(1) -S prints "pkg[, pkg...]: path" per owned path and exits
+    # 1 when some path has no owner; "diversion by pkg from|to: path" lines
+    # name diverters, not owners.
+    for line in proc.stdout.splitlines():
+        owners, sep, path = line.partition(": ")
+        if sep and not owners.startswith("diversion by ") and path in paths:
+            return owners.split(",")[0].strip(), path
+    return None
+
+
+def _refuse_if_packaged(base: Path, command: str, instead: str) -> None:
+    owned = package_owner(base)
+    if owned is not None:
+        package, path = owned
+        raise InstallError(f"{command} refused: {base / path.lstrip('/')} belongs to the Debian package "
+                           f"{package} (dpkg -S); {instead}")
+
+
 def copy_program(base: Path, python: str) -> tuple[list[str], str | None]:
     """Copy vfio_advisor and the modules it imports from outside python's own
     path (a venv's) to base/LIB, and byte-compile the copy for python. Returns
@@ -232,6 +279,8 @@ def _metrics_file(cfg: Path) -> str | None:
 def install(root: str = "/", python: str | None = None, config: str | None = None,
             classic: bool = False) -> list[str]:
     base = Path(root)
+    _refuse_if_packaged(base, "install", "apt manages these files: upgrade it with apt, or "
+                        "apt purge it before installing from a clone")
     config_path = config or "/" + CONFIG
     notes = []
     # The daemon's interpreter must be visible inside the unit's sandbox.
@@ -268,6 +317,7 @@ def install(root: str = "/", python: str | None = None, config: str | None = Non
     cat.parent.mkdir(parents=True, exist_ok=True)
     cat.write_text(render_catalog())
     notes.append(f"catalog: {cat}; {_update_catalog(base)}")
+    notes.append(_write_manpage(base, daemon_python))
     unit = base / UNIT
     unit.parent.mkdir(parents=True, exist_ok=True)
     unit.write_text(render_unit(daemon_python, "/" + LIB))
@@ -285,6 +335,23 @@ def install(root: str = "/", python: str | None = None, config: str | None = Non
         notes.append("libvirtd looks for hooks only when it starts: restart it once "
                      "(systemctl restart libvirtd) so the hook runs at the next VM start.")
     return notes
+
+
+def _write_manpage(base: Path, python: str) -> str:
+    """vfio-advisor(8), which the unit names in Documentation=, rendered by
+    the copy just installed (vfio_advisor.manpage reads the CLI's parser,
+    which imports this module: a subprocess, not an import)."""
+    page = base / MANPAGE
+    page.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        proc = subprocess.run([python, "-m", "vfio_advisor.manpage", "-o", str(page)], capture_output=True,
+                              text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(base / LIB)})
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"warning: man page not written ({exc})"
+    if proc.returncode != 0:
+        return f"warning: man page not written: {(proc.stderr.strip().splitlines() or ['?'])[-1][:200]}"
+    page.chmod(0o644)
+    return f"man page: {page} (man vfio-advisor)"
 
 
 def _nss_systemd(base: Path) -> bool:
@@ -312,8 +379,10 @@ def write_metrics_dropin(base: Path, metrics_file: str | None) -> list[str]:
 
 def uninstall(root: str = "/") -> list[str]:
     base = Path(root)
+    _refuse_if_packaged(base, "uninstall", "remove the package instead: apt remove vfio-advisor "
+                        "(apt purge also removes its config and state)")
     notes = []
-    for rel in (f"{HOOK_DIR}/{HOOK_NAME}", CATALOG, UNIT, METRICS_DROPIN):
+    for rel in (f"{HOOK_DIR}/{HOOK_NAME}", CATALOG, UNIT, METRICS_DROPIN, MANPAGE):
         path = base / rel
         if path.exists():
             path.unlink()

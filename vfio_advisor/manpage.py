@@ -14,9 +14,14 @@ import argparse
 import sys
 
 from vfio_advisor import __version__
+from vfio_advisor.catalog import for_reader
 from vfio_advisor.cli import build_parser
 from vfio_advisor.exitstatus import EXIT_STATUS
 from vfio_advisor.rules import RULES
+
+
+def _italic(name: str) -> str:
+    return f"\\fI{roff(name)}\\fR"
 
 
 def _rules():
@@ -137,8 +142,8 @@ def render() -> str:
     ]
     for rule in _rules():
         out += [".SS " + f"{roff(rule.id)} {roff(rule.slug)} ({roff(str(rule.severity))})",
-                roff(rule.title), ".PP", roff(rule.explanation), ".PP",
-                "\\fIWhat to do:\\fR " + roff(rule.remedy)]
+                roff(rule.title), ".PP", for_reader(roff(rule.explanation), _italic), ".PP",
+                "\\fIWhat to do:\\fR " + for_reader(roff(rule.remedy), _italic)]
     out += [".SH SEE ALSO", "\\fBjournalctl\\fR(1), \\fBsystemctl\\fR(1), \\fBvirsh\\fR(1), "
             "\\fBsystemd.exec\\fR(5)", ""]
     return "\n".join(out)

@@ -21,6 +21,13 @@ timing() { echo "TIME $1 $2" >> "$R/results.txt"; }
 wait_for() { n=$(( $1 * 5 )); shift; while [ $n -gt 0 ]; do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; n=$((n - 1)); done; return 1; }
 jcount() { journalctl -q -o cat "$@" 2>/dev/null | wc -l; }
 CFG=/etc/vfio-advisor/config.toml
+# The package's life cycle, as a transcript: each command, then what it printed.
+LC="$R/lifecycle.txt"
+lc() { printf '# $ %s\n' "$*" >> "$LC"; "$@" >> "$LC" 2>&1; rc=$?; [ $rc = 0 ] || echo "# (exit $rc)" >> "$LC"; return $rc; }
+# lc_log "COMMAND" FILE: a command run elsewhere (its output went to FILE),
+# without apt's progress lines
+lc_log() { printf '# $ %s\n' "$1" >> "$LC"; grep -v 'Reading database\|^Reading \|^Building \|^debconf: delaying' "$2" >> "$LC"; }
+unit_state() { systemctl show -p ActiveState -p SubState -p LoadState -p UnitFileState -p MainPID vfio-advisor; }
 
 timing boot "$(now)"
 [ "$(cat /proc/1/comm)" = systemd ] && res pid1 ok "$(systemctl --version | head -1)" || res pid1 fail "PID 1 is $(cat /proc/1/comm)"
@@ -103,6 +110,33 @@ t0=$(now)
 DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ./vfio-advisor_*_all.deb \
     > "$R/pkg-install.log" 2>&1 && res pkg-install ok || res pkg-install fail "$(tail -3 "$R/pkg-install.log")"
 timing pkg-install "$(since "$t0")"
+lc_log "apt-get install -y --no-install-recommends ./$(ls vfio-advisor_*_all.deb)" "$R/pkg-install.log"
+# A fresh install starts nothing: the unit is disabled, and postinst's
+# deb-systemd-invoke start skips a disabled unit.
+lc unit_state
+if [ "$(systemctl show -p ActiveState --value vfio-advisor)" = inactive ] \
+   && [ "$(systemctl show -p UnitFileState --value vfio-advisor)" = disabled ] \
+   && [ "$(systemctl show -p MainPID --value vfio-advisor)" = 0 ] && ! pgrep -f 'vfio-advisor daemon' >/dev/null; then
+    res pkg-fresh-not-started ok "$(unit_state | tr '\n' ' ')"
+else
+    res pkg-fresh-not-started fail "$(unit_state | tr '\n' ' ')"
+fi
+# The package owns the hook, the config and the catalog: the clone's
+# install/uninstall refuse, in one line, and leave dpkg's files as they are.
+{
+    vfio-advisor uninstall; echo "uninstall exit $?"
+    vfio-advisor install; echo "install exit $?"
+    echo "dpkg --verify: $(dpkg --verify vfio-advisor 2>&1 | tr '\n' ' ')"
+    ls /etc/systemd/system/vfio-advisor.service /usr/local/lib/vfio-advisor 2>&1
+} > "$R/pkg-owned.txt" 2>&1
+lc cat "$R/pkg-owned.txt"
+if grep -q '^uninstall exit 2$' "$R/pkg-owned.txt" && grep -q '^install exit 2$' "$R/pkg-owned.txt" \
+   && grep -q '^dpkg --verify: $' "$R/pkg-owned.txt" && [ -x /etc/libvirt/hooks/qemu.d/vfio-advisor ] \
+   && [ ! -e /etc/systemd/system/vfio-advisor.service ] && [ ! -e /usr/local/lib/vfio-advisor ]; then
+    res pkg-owned-refused ok "$(grep -m1 'uninstall refused' "$R/pkg-owned.txt")"
+else
+    res pkg-owned-refused fail "$(tr '\n' ' ' < "$R/pkg-owned.txt")"
+fi
 {
     echo "version $(vfio-advisor --version) package $(dpkg-query -W -f '${Version}' vfio-advisor)"
     for f in /usr/bin/vfio-advisor /etc/libvirt/hooks/qemu.d/vfio-advisor /etc/vfio-advisor/config.toml \
@@ -139,6 +173,8 @@ libvirtd_before=$(systemctl is-active libvirtd.service)
 echo "libvirtd before: $libvirtd_before; socket: $(systemctl is-active libvirtd.socket) $(systemctl is-active libvirtd-ro.socket)" > "$R/libvirtd.txt"
 t0=$(now)
 timeout 180 systemctl enable --now vfio-advisor > "$R/enable.log" 2>&1
+lc_log "systemctl enable --now vfio-advisor" "$R/enable.log"
+lc unit_state
 timing daemon-start "$(since "$t0")"
 echo "libvirtd after: $(systemctl is-active libvirtd.service), $(systemctl show -p TriggeredBy --value libvirtd.service)" >> "$R/libvirtd.txt"
 systemctl is-active -q vfio-advisor && res pkg-enable ok "$(systemctl is-enabled vfio-advisor)" \
@@ -232,9 +268,51 @@ else
     res libvirtd-restart fail "PID $pid0 -> $pid1; status '$st'"
 fi
 
-# --- 3. apt remove, then purge -------------------------------------------------
-systemctl stop vfio-advisor
+# --- 3. upgrade to a second build while the daemon runs ------------------------
+# dh_installsystemd --restart-after-upgrade: no stop in preinst, a restart in
+# postinst once the new files are unpacked. The metrics file's build_info
+# carries the __version__ the running daemon imported.
+pid0=$(systemctl show -p MainPID --value vfio-advisor)
+new_deb=$(ls upgrade/vfio-advisor_*_all.deb)
+new_version=$(dpkg-deb -f "$new_deb" Version)
+lc systemctl status vfio-advisor --no-pager -n 0
+lc grep '^vfio_advisor_build_info' /var/lib/prometheus/node-exporter/vfio-advisor.prom
+t0=$(now)
+DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "./$new_deb" > "$R/upgrade.log" 2>&1
+rc=$?
+timing pkg-upgrade "$(since "$t0")"
+lc_log "apt-get install -y --no-install-recommends ./$new_deb" "$R/upgrade.log"
+systemctl is-active -q vfio-advisor && wait_for 60 grep -q "^vfio_advisor_build_info{version=\"$new_version\"} 1" \
+    /var/lib/prometheus/node-exporter/vfio-advisor.prom
+pid1=$(systemctl show -p MainPID --value vfio-advisor)
+lc systemctl status vfio-advisor --no-pager -n 0
+lc grep '^vfio_advisor_build_info' /var/lib/prometheus/node-exporter/vfio-advisor.prom
+lc dpkg-query -W vfio-advisor
+lc vfio-advisor --version
+built=$(sed -n 's/^vfio_advisor_build_info{version="\([^"]*\)"} 1$/\1/p' /var/lib/prometheus/node-exporter/vfio-advisor.prom)
+systemctl is-active -q vfio-advisor && wait_for 60 sh -c 'systemctl show -p StatusText --value vfio-advisor | grep -q "watching 1 VM, 1 device"'
+st=$(systemctl show -p StatusText --value vfio-advisor)
+if [ $rc = 0 ] && systemctl is-active -q vfio-advisor && [ "$pid1" != 0 ] && [ "$pid1" != "$pid0" ] \
+   && [ "$built" = "$new_version" ] && [ "$(dpkg-query -W -f '${Version}' vfio-advisor)" = "$new_version" ] \
+   && echo "$st" | grep -q "1 VM, 1 device"; then
+    res pkg-upgrade-restarts ok "MainPID $pid0 -> $pid1; build_info version $built; $st"
+else
+    res pkg-upgrade-restarts fail "rc $rc; MainPID $pid0 -> $pid1; build_info version '$built' (package $new_version); $(systemctl is-active vfio-advisor); '$st'"
+fi
+
+# --- 4. apt remove (the daemon running), then purge ---------------------------
+# Remove is judged on its own: if the upgrade left the daemon stopped, start it.
+systemctl is-active -q vfio-advisor || lc timeout 120 systemctl start vfio-advisor
+pid0=$(systemctl show -p MainPID --value vfio-advisor)
 DEBIAN_FRONTEND=noninteractive apt-get remove -y vfio-advisor > "$R/remove.log" 2>&1
+lc_log "apt-get remove -y vfio-advisor" "$R/remove.log"
+lc unit_state
+lc ps -o pid,args -p "$pid0"
+if [ "$pid0" != 0 ] && ! kill -0 "$pid0" 2>/dev/null && [ "$(systemctl show -p ActiveState --value vfio-advisor)" = inactive ]; then
+    res remove-stops ok "MainPID $pid0 gone; $(unit_state | tr '\n' ' ')"
+else
+    res remove-stops fail "MainPID $pid0: $(ps -o args= -p "$pid0"); $(unit_state | tr '\n' ' ')"
+fi
 t0=$(now)
 echo "<domain/>" | /etc/libvirt/hooks/qemu.d/vfio-advisor passthru prepare begin - > "$R/remove-hook.txt" 2>&1
 rc=$?
@@ -248,7 +326,14 @@ t0=$(now)
 timeout "${NESTED_BUDGET:-120}" virsh -q start passthru > "$R/restart-after-remove.log" 2>&1 \
     && res start-after-remove ok "$(since "$t0") s" || res start-after-remove fail "$(cat "$R/restart-after-remove.log")"
 virsh -q destroy passthru > /dev/null 2>&1
+# What purge has to remove: the conffiles that remove kept, and the state.
+lc dpkg-query -W -f '${Status}:${Conffiles}\n' vfio-advisor
+lc ls -A /var/lib/private/vfio-advisor
+state_before=$(ls -d /var/lib/private/vfio-advisor /etc/vfio-advisor/config.toml /etc/libvirt/hooks/qemu.d/vfio-advisor 2>/dev/null | wc -l)
 DEBIAN_FRONTEND=noninteractive apt-get purge -y vfio-advisor > "$R/purge.log" 2>&1
+lc_log "apt-get purge -y vfio-advisor" "$R/purge.log"
+lc ls -d /var/lib/private/vfio-advisor /var/lib/vfio-advisor /etc/vfio-advisor /etc/libvirt/hooks/qemu.d/vfio-advisor
+[ "$state_before" = 3 ] && res purge-had-state ok || res purge-had-state fail "$state_before of 3 present before purge"
 rm -f /etc/systemd/system/vfio-advisor.service.d/override.conf   # the admin's own drop-in
 rmdir /etc/systemd/system/vfio-advisor.service.d 2>/dev/null
 left=$(ls -d /etc/libvirt/hooks/qemu.d/vfio-advisor /lib/systemd/system/vfio-advisor.service \
@@ -257,7 +342,7 @@ left=$(ls -d /etc/libvirt/hooks/qemu.d/vfio-advisor /lib/systemd/system/vfio-adv
        /var/lib/private/vfio-advisor /usr/lib/systemd/catalog/vfio-advisor.catalog /usr/bin/vfio-advisor 2>/dev/null)
 [ -z "$left" ] && res purge-clean ok || res purge-clean fail "left: $(echo $left)"
 
-# --- 4. the suite on a host with systemd as PID 1 ------------------------------
+# --- 5. the suite on a host with systemd as PID 1 ------------------------------
 cd /root/vfio-advisor
 T=tests/daemon/test_daemon_process.py::test_notify_reload_and_stop
 marks() { journalctl -q -o cat -t vfio-advisor 2>/dev/null | grep -c 'on test:///default'; }

@@ -80,6 +80,40 @@ def build_deb(out: Path) -> Path:
     return debs[0]
 
 
+# The version the upgrade step installs over the one `make deb` built: the same
+# tree, one changelog entry and __version__ later. "+" sorts after the end of a
+# version in Debian's order (deb-version(7)) and is a PEP 440 local version.
+UPGRADE_SUFFIX = "+systemtest1"
+
+
+def build_upgrade_deb(out: Path) -> Path:
+    """A second build of HEAD with a bumped version, for the upgrade step:
+    a clean copy (git archive), debian/changelog and __version__ edited in the
+    copy (debian/render.py refuses a package whose version differs from the
+    program's), then dpkg-buildpackage as `make deb` runs it."""
+    src = out / "src"
+    src.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "HEAD"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
+    init = src / "vfio_advisor/__init__.py"
+    m = re.search(r'^__version__ = "([^"]+)"$', init.read_text(), re.M)
+    assert m, "no __version__ line in vfio_advisor/__init__.py"
+    version = m.group(1) + UPGRADE_SUFFIX
+    init.write_text(init.read_text().replace(m.group(0), f'__version__ = "{version}"'))
+    changelog = src / "debian/changelog"
+    date = subprocess.run(["date", "-R"], capture_output=True, text=True, check=True).stdout.strip()
+    changelog.write_text(f"vfio-advisor ({version}) unstable; urgency=medium\n\n"
+                         "  * The system tier's upgrade target: the same tree, a later version.\n\n"
+                         f" -- vfio-advisor tests <tests@example.org>  {date}\n\n" + changelog.read_text())
+    proc = subprocess.run(["dpkg-buildpackage", "-b", "-us", "-uc", "--no-sign"], cwd=src, capture_output=True,
+                          text=True, timeout=900, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(out)})
+    assert proc.returncode == 0, f"upgrade build failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+    shutil.rmtree(src)
+    debs = sorted(out.glob(f"vfio-advisor_{version}_all.deb"))
+    assert len(debs) == 1, f"the upgrade build left {sorted(out.iterdir())}"
+    return debs[0]
+
+
 def build_image() -> Path:
     proc = subprocess.run([str(HERE / "build-image.sh"), str(CACHE)], capture_output=True, text=True,
                           timeout=1800)
@@ -96,7 +130,12 @@ def qemu_command(image: Path, share: Path, results: Path, console: Path) -> list
             "-display", "none", "-vga", "none", "-no-reboot", "-nic", "none",
             "-serial", f"file:{console}", "-monitor", "none",
             "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd.img"),
-            "-append", "root=/dev/vda rw console=ttyS0 intel_iommu=on quiet panic=-1",
+            # no_timer_check: the boot's IO-APIC timer test (Linux 6.1,
+            # arch/x86/kernel/apic/io_apic.c, timer_irq_works) waits a fixed
+            # number of TSC cycles for jiffies to move; a TCG guest on a busy
+            # host missed it and panicked with "timer doesn't work through
+            # Interrupt-remapped IO-APIC" (seen here at load 10 on 2 cores).
+            "-append", "root=/dev/vda rw console=ttyS0 intel_iommu=on quiet panic=-1 no_timer_check",
             # The IOMMU first: QEMU's intel-iommu must precede the PCI devices
             # it translates for (hw/i386/intel_iommu.c, vtd_realize).
             "-device", "intel-iommu,intremap=on",
@@ -116,7 +155,10 @@ def guest(tmp_path_factory):
     t_all = time.monotonic()
     work = tmp_path_factory.mktemp("system")
     CACHE.mkdir(parents=True, exist_ok=True)
-    deb = _timed("package build (make deb, lintian)", lambda: build_deb(CACHE / "deb"))
+    # Both builds in this run's own directory: other runs of the tier (other
+    # clones) may build at the same time, and `make deb` empties DEB_DIR.
+    deb = _timed("package build (make deb, lintian)", lambda: build_deb(work / "deb"))
+    upgrade_deb = _timed("upgrade package build", lambda: build_upgrade_deb(work / "deb-upgrade"))
     before = {p.parent for p in CACHE.glob("*/rootfs.img")}
     t_image = time.monotonic()
     image = build_image()
@@ -127,6 +169,9 @@ def guest(tmp_path_factory):
     for name in ("run.sh", "domain.xml", "without-host-journal.sh"):
         shutil.copy2(HERE / name, share_dir / name)
     shutil.copy2(deb, share_dir / deb.name)
+    # Apart, so that run.sh's ./vfio-advisor_*_all.deb is the first version only.
+    (share_dir / "upgrade").mkdir()
+    shutil.copy2(upgrade_deb, share_dir / "upgrade" / upgrade_deb.name)
     with open(share_dir / "src.tar", "wb") as f:
         subprocess.run(["git", "-C", str(REPO), "archive", "HEAD"], stdout=f, check=True)
     share = work / "share.tar"
@@ -177,7 +222,8 @@ def guest(tmp_path_factory):
             times[parts[1]] = float(parts[2])
     for key, label in (("boot", "boot (kernel to test runner)"), ("nested-start", "nested virsh start"),
                        ("daemon-start", "systemctl enable --now (libvirtd socket start included)"),
-                       ("pkg-install", "apt install ./vfio-advisor_*.deb")):
+                       ("pkg-install", "apt install ./vfio-advisor_*.deb"),
+                       ("pkg-upgrade", "apt install of the upgrade (daemon restart included)")):
         if key in times:
             TIMINGS[label] = times[key]
     TIMINGS["whole tier"] = round(time.monotonic() - t_all, 1)
@@ -359,12 +405,55 @@ def test_survives_libvirtd_restart_and_resyncs(guest):
     assert "watching 1 VM, 1 device" in detail
 
 
+def test_fresh_install_does_not_start_the_daemon(guest):
+    """postinst asks deb-systemd-invoke to start the unit, which skips it
+    while it is disabled (init-system-helpers 1.65)."""
+    detail = step(guest, "pkg-fresh-not-started")
+    for want in ("ActiveState=inactive", "UnitFileState=disabled", "MainPID=0"):
+        assert want in detail, detail
+    assert "vfio-advisor.service is a disabled or a static unit, not starting it." in read(guest, "pkg-install.log")
+
+
+def test_install_and_uninstall_refuse_the_packages_files(guest):
+    """On a real dpkg database: the package's own vfio-advisor refuses to
+    install over or uninstall the files dpkg owns, and dpkg --verify stays clean."""
+    detail = step(guest, "pkg-owned-refused")
+    assert "uninstall refused: /etc/libvirt/hooks/qemu.d/vfio-advisor belongs to the Debian package " \
+           "vfio-advisor (dpkg -S)" in detail, detail
+    lines = read(guest, "pkg-owned.txt").splitlines()
+    # one line each, then the exit status
+    assert lines[0].startswith("vfio-advisor: uninstall refused:") and lines[1] == "uninstall exit 2", lines
+    assert lines[2].startswith("vfio-advisor: install refused:") and lines[3] == "install exit 2", lines
+
+
+def test_upgrade_restarts_the_running_daemon_on_the_new_files(guest):
+    """Before: preinst stopped the daemon (--no-start turned off
+    --restart-after-upgrade) and nothing started it again."""
+    detail = step(guest, "pkg-upgrade-restarts")
+    m = re.match(r"MainPID (\d+) -> (\d+); build_info version (\S+); (.*)$", detail)
+    assert m, detail
+    assert m.group(1) != m.group(2) and int(m.group(2)) > 0, detail
+    # build_info is written by the restarted process from the __version__ it imported
+    assert m.group(3).endswith(UPGRADE_SUFFIX), detail
+    assert "watching 1 VM, 1 device" in m.group(4)
+    assert "Setting up vfio-advisor (" + m.group(3) + ")" in read(guest, "upgrade.log")
+
+
+def test_remove_stops_the_daemon(guest):
+    """Before: prerm had no stop (--no-start drops it) and the daemon ran on
+    from deleted files."""
+    assert "ActiveState=inactive" in step(guest, "remove-stops")
+
+
 def test_remove_leaves_a_harmless_hook(guest):
     step(guest, "remove-hook-harmless")
     step(guest, "start-after-remove")
 
 
 def test_purge_leaves_nothing(guest):
+    """The state directory and the conffiles exist after remove, and purge
+    removes them (and everything else the package placed)."""
+    step(guest, "purge-had-state")
     step(guest, "purge-clean")
 
 
