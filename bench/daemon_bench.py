@@ -53,7 +53,10 @@ from vfio_advisor.facts.host import INTERRUPTS_LIMIT, HostRoot  # noqa: E402
 from vfio_advisor.facts.interrupts import sample_table  # noqa: E402
 from vfio_advisor.facts.pciids import PciIds  # noqa: E402
 from vfio_advisor.facts.sampler import CROSS_CHECK_SAMPLES  # noqa: E402
-from vfio_advisor.runtime import RuntimeConfig, StateStore, Watcher  # noqa: E402
+from vfio_advisor.daemon.state import StateStore
+from vfio_advisor.daemon.watch import RuntimeConfig, Watcher  # noqa: E402
+from vfio_advisor.sinks.base import CallbackSink  # noqa: E402
+from vfio_advisor.sinks.metrics import MetricsFileSink  # noqa: E402
 from vfio_advisor.testing.hosttree import Host, build  # noqa: E402
 from vfio_advisor.testing.scenes import AUDIO, GPU, domain_xml, gpu_audio_hostdevs  # noqa: E402
 from vfio_advisor.testing.scenes import gpu_audio_devices  # noqa: E402
@@ -138,7 +141,7 @@ class FullTableSampler:
 def make_watcher(root: Path, old: bool = False) -> tuple[Watcher, Clock]:
     clock = Clock()
     host = HostRoot(str(root))
-    w = Watcher(host, RuntimeConfig(settle=10), lambda f, d: None, StateStore(None),
+    w = Watcher(host, RuntimeConfig(settle=10), CallbackSink(lambda f, d: None), StateStore(None),
                 clock=clock, pci_ids=PciIds(None))
     w.add_domain(parse_domain_xml(domain_xml("win11", gpu_audio_hostdevs())))
     if old:
@@ -226,11 +229,12 @@ def sample_and_read_cost(root: Path, runs: int, read_runs: int) -> tuple[float, 
 
 
 def iteration_cost(root: Path, runs: int, metrics_dir: Path) -> float:
-    """Watcher.sample() and the metrics file written after it, as the
-    daemon's loop does with metrics_file set; the file on a disk file
-    system (node_exporter's textfile directory is one), not on tmpfs."""
+    """Watcher.sample() with the metrics file sink, as the daemon's loop
+    runs with metrics_file set; the file on a disk file system
+    (node_exporter's textfile directory is one), not on tmpfs."""
     run = SampleRun(root)
     path = str(metrics_dir / "vfio-advisor.prom")
+    run.watcher.sinks.append(MetricsFileSink(path))
     best = None
     for _ in range(BATCHES):
         spent = 0.0
@@ -239,8 +243,7 @@ def iteration_cost(root: Path, runs: int, metrics_dir: Path) -> float:
             bump_vectors(root, CPUS, run.step)  # not timed
             run.clock.now += 5
             t0 = cpu()
-            run.watcher.sample()
-            run.watcher.write_metrics(path, time.time())
+            run.watcher.sample()  # its SampleEvent writes the metrics file
             spent += cpu() - t0
         best = spent / runs if best is None else min(best, spent / runs)
     run.check()

@@ -14,9 +14,10 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "vfio_advisor"
-SHELLS = {"vfio_advisor.cli", "vfio_advisor.hook", "vfio_advisor.daemon", "vfio_advisor.runtime",
+SHELLS = {"vfio_advisor.cli", "vfio_advisor.hook", "vfio_advisor.daemon", "vfio_advisor.daemon.service",
+          "vfio_advisor.daemon.watch", "vfio_advisor.daemon.state", "vfio_advisor.daemon.gather_child",
           "vfio_advisor.install", "vfio_advisor.sources", "vfio_advisor.snapshot",
-          "vfio_advisor.__main__", "vfio_advisor.manpage", "vfio_advisor.gather_worker"}
+          "vfio_advisor.__main__", "vfio_advisor.manpage"}
 
 
 def module_name(path: Path, root: Path = PKG) -> str:

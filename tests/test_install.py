@@ -71,7 +71,7 @@ def test_clone_install_copies_what_the_daemon_imports(tmp_path):
     out = cli("install", "--root", str(root))
     assert out.returncode == 0, out.stderr
     lib = root / LIB
-    assert (lib / "vfio_advisor/daemon.py").is_file()
+    assert (lib / "vfio_advisor/daemon/service.py").is_file()
     unit = (root / "etc/systemd/system/vfio-advisor.service").read_text()
     python = base_interpreter()
     assert f'ExecStart="{python}" -m vfio_advisor daemon' in unit
@@ -198,7 +198,7 @@ def test_clone_install_byte_compiles_the_copy_for_the_daemons_interpreter():
         before = _snapshot(lib)
         files, verbose = _import_as_nobody(python, lib)
         assert _snapshot(lib) == before  # nothing written, nothing touched
-        assert str(lib / "libvirt.py") in files and str(lib / "vfio_advisor/daemon.py") in files, files
+        assert str(lib / "libvirt.py") in files and str(lib / "vfio_advisor/daemon/service.py") in files, files
         from_pyc = {m.group(2) for m in map(_FROM_PYC.match, verbose) if m}
         compiled = [m.group(1) for m in map(_FROM_SOURCE.match, verbose) if m]
         assert not [f for f in compiled if f.startswith(str(lib))], compiled
@@ -232,6 +232,6 @@ def test_clone_install_goes_on_when_byte_compiling_fails(tmp_path):
     assert out.returncode == 0, out.stderr
     warning = [line for line in out.stdout.splitlines() if "not byte-compiled" in line]
     assert len(warning) == 1 and "exited 1: *** Error compiling 'x.py'" in warning[0], out.stdout
-    assert (root / LIB / "vfio_advisor/daemon.py").is_file()
+    assert (root / LIB / "vfio_advisor/daemon/service.py").is_file()
     assert not list((root / LIB).rglob("*.pyc"))
     assert (root / "etc/systemd/system/vfio-advisor.service").is_file()

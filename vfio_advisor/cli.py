@@ -157,6 +157,7 @@ def _load_domains(args, root: str) -> tuple[list[tuple[Domain, str]], list[tuple
 def cmd_advise(args) -> int:
     from vfio_advisor.config import load_config
     from vfio_advisor.engine import Engine
+    from vfio_advisor.sinks.base import FixesPlanned
     from vfio_advisor.sources import open_host_root
 
     if args.sample is not None and not 0 < args.sample <= 3600:
@@ -184,6 +185,7 @@ def cmd_advise(args) -> int:
         progress = _progress_bar if (args.sample and sys.stderr.isatty()) else None
         sink = _report_sink(args.format, args.host_root, engine.host(args.sample, progress), errors)
         fixes = None
+        worst = None
         for domain, xml in domains:
             facts, findings = engine.analyse(domain)
             planned = {}
@@ -197,15 +199,15 @@ def cmd_advise(args) -> int:
                     fixes = AdviseFixes(engine, lambda name: fix_command(
                         name, from_files, args.host_root))
                 findings, planned = fixes.annotate(domain.name, xml, findings)
-            sink.analysed(facts)
+            sink.begin(facts)
             for f in findings:
                 sink.emit(f, domain)
-            sink.report.attach_fixes(planned)
+            sink.event(FixesPlanned(planned))
+            worst = max([f.severity for f in findings] + ([worst] if worst else []), default=None)
         sink.close()
     finally:
         if tmp is not None:
             tmp.cleanup()
-    worst = sink.report.worst
     return EXIT_FINDINGS if worst is not None and worst >= Severity.WARNING else EXIT_OK
 
 

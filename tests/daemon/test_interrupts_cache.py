@@ -20,7 +20,9 @@ from vfio_advisor.facts.domain import parse_domain_xml
 from vfio_advisor.facts.host import HostRoot
 from vfio_advisor.facts.model import device_interrupts
 from vfio_advisor.facts.pciids import PciIds
-from vfio_advisor.runtime import RuntimeConfig, StateStore, Watcher
+from vfio_advisor.daemon.state import StateStore
+from vfio_advisor.daemon.watch import RuntimeConfig, Watcher
+from vfio_advisor.sinks.base import CallbackSink
 
 REPO = Path(__file__).resolve().parents[2]
 CAPTURES = REPO / "lab/captures"
@@ -32,7 +34,7 @@ SCENARIOS = {name: (xml, moments(name)) for name, xml in
 
 def checked_watcher(root: Path, domain: str):
     clock = {"now": 100.0}
-    w = Watcher(HostRoot(str(root)), RuntimeConfig(settle=0), lambda f, d: None, StateStore(None),
+    w = Watcher(HostRoot(str(root)), RuntimeConfig(settle=0), CallbackSink(lambda f, d: None), StateStore(None),
                 clock=lambda: clock["now"], pci_ids=PciIds(None))
     w.add_domain(parse_domain_xml((DOMAINS / f"{domain}.xml").read_bytes()))
     seen = {"fast": 0, "slow": 0, "checked": 0}

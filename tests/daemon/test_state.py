@@ -9,7 +9,7 @@ import json
 
 
 def test_damaged_state_file_does_not_stop_sampling(tmp_path):
-    from vfio_advisor.runtime import StateStore
+    from vfio_advisor.daemon.state import StateStore
 
     (tmp_path / "state.json").write_text(json.dumps({"domains": {"dom": [], "other": "x"}}))
     store = StateStore(str(tmp_path))
@@ -22,7 +22,7 @@ def test_reading_the_state_adds_nothing_to_the_file(tmp_path):
     """previous() runs for every device at every sample; a domain whose
     devices never settle into a mode recorded nothing, and its reads must
     leave no empty entry behind for the next save to write."""
-    from vfio_advisor.runtime import StateStore
+    from vfio_advisor.daemon.state import StateStore
 
     store = StateStore(str(tmp_path))
     assert store.previous("never-recorded", "0000:05:00.0") == {}

@@ -37,20 +37,23 @@ def lookup(key: str) -> Rule | None:
     return RULES_BY_ID.get(key.upper()) or RULES_BY_SLUG.get(key.lower())
 
 
+# The hook's own failure (VA9001): a shell tells it apart from the advice.
+INTERNAL_ERROR = RULES_BY_ID["VA9001"]
+
+
 def internal_error(domain: str | None, message: str) -> Finding:
     return RULES_BY_ID["VA9001"].finding(domain, None, message)
 
 
-def run_summary(name: str | None, findings, devices: int) -> Finding:
-    """VA9002: one line per run with the counts (the hook's journal summary)."""
-    from vfio_advisor.findings import Severity  # noqa: PLC0415
-
-    counts = {s: sum(1 for f in findings if f.severity == s) for s in Severity}
-    text = (f"{name or '-'}: {len(findings)} finding{'s' if len(findings) != 1 else ''} "
-            f"({counts[Severity.ERROR]} error, {counts[Severity.WARNING]} warning, "
-            f"{counts[Severity.INFO]} info) for {devices} assigned PCI device"
+def run_summary(name: str | None, counts, devices: int) -> Finding:
+    """VA9002: one line per run with the counts (findings.RunCounts; the
+    hook's journal summary carries the same counts as fields)."""
+    text = (f"{name or '-'}: {counts.total} finding{'s' if counts.total != 1 else ''} "
+            f"({counts.errors} error, {counts.warnings} warning, "
+            f"{counts.infos} info) for {devices} assigned PCI device"
             f"{'s' if devices != 1 else ''}")
     return RULES_BY_ID["VA9002"].finding(name, None, text)
 
 
-__all__ = ["RULES", "RULES_BY_ID", "RULES_BY_SLUG", "RETIRED", "Rule", "lookup", "internal_error", "run_summary"]
+__all__ = ["RULES", "RULES_BY_ID", "RULES_BY_SLUG", "RETIRED", "Rule", "lookup", "internal_error", "run_summary",
+           "INTERNAL_ERROR"]

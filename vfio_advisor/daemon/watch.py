@@ -1,22 +1,21 @@
 """The daemon's Watcher: follow running domains' vfio vectors sample by sample.
 
-It only loops, stores and emits. Each sample its Sampler (facts/sampler.py)
+It only loops, stores and hands to its sinks (injected, sinks/base.py). Each sample its Sampler (facts/sampler.py)
 reads the watched devices' vectors one IRQ at a time from /sys/kernel/irq
 (the full /proc/interrupts only to rediscover them, or where sysfs lacks
 them), the same model `advise` uses (facts.model.device_interrupts) turns
 those rows into each device's HostInterrupts, and the runtime rules' pure
 transitions (rules/runtime.py) step each device. The config's ignore policy
 filters what it emits; a finding is emitted once per change of state, never
-per sample. It also keeps which emitted findings are still open, for the
-metrics file (sinks/prometheus.py).
+per sample. It also keeps which emitted findings are still open; each
+sample ends with a SampleEvent (devices and open findings) for the sinks
+that keep more than findings (the metrics file, sinks/metrics.py).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
-from typing import Callable, NamedTuple
+from typing import Callable, Sequence
 
 from vfio_advisor.config import Config
 from vfio_advisor.errors import FactUnavailable
@@ -29,20 +28,11 @@ from vfio_advisor.findings import Finding
 from vfio_advisor.rules import RULES_BY_ID
 from vfio_advisor.rules.mode import host_blocks_msi
 from vfio_advisor.rules.runtime import DeviceSample, DeviceState, rows_skipped, step_device
+from vfio_advisor.daemon.state import StateStore, facts_to_keep
+from vfio_advisor.sinks.base import DeviceSnapshot, OpenFinding, SampleEvent, Sink
 
 # One config type for all commands; the old name stays for callers.
 RuntimeConfig = Config
-
-
-class DeviceSnapshot(NamedTuple):
-    """What metrics sinks show of one device (sinks/metrics.py)."""
-
-    domain: str
-    bdf: str
-    mode: str  # intx | msi | msix | none | unknown
-    count: int  # cumulative count of its vfio vectors
-    rate: float  # interrupts/s over the last interval
-    observable: bool = True  # False when the host cannot count them (posted MSI, issue 10)
 
 
 class DomainState:
@@ -68,71 +58,17 @@ class DomainState:
         return self.facts.domain.uuid or self.facts.domain.name
 
 
-def facts_to_keep(facts: DomainFacts) -> DomainFacts:
-    """The facts a followed domain keeps for its whole run: without the host's
-    parsed /proc/interrupts (and a second read), which the sampler reads anew
-    every sample and no runtime rule looks up in the gathered facts. Kept, it
-    was the whole table per followed domain: 2000 IrqLine tuples of 256 counts
-    each on a 256-CPU host with 2000 rows, where the daemon's RSS was 79.2 MiB
-    against 44.2 on a 32-CPU, 300-row host (make bench's soak, issue 12)."""
-    host = facts.host
-    if host.interrupts is None and host.later is None:
-        return facts
-    return facts._replace(host=host._replace(interrupts=None, later=None))
-
-
-class StateStore:
-    """Per-device settled modes across runs (the daemon's /var/lib/vfio-advisor)."""
-
-    def __init__(self, directory: str | None):
-        self.path = os.path.join(directory, "state.json") if directory else None
-        self.data: dict = {"schema": "vfio-advisor/state/1", "domains": {}}
-        if self.path and os.path.exists(self.path):
-            try:
-                with open(self.path) as f:
-                    loaded = json.load(f)
-                if isinstance(loaded, dict) and isinstance(loaded.get("domains"), dict):
-                    self.data = loaded
-            except (OSError, ValueError):
-                pass  # a damaged state file only costs the cross-run comparison
-
-    def _domain(self, domain_key: str) -> dict:
-        entry = self.data["domains"].get(domain_key)
-        if not isinstance(entry, dict):  # a damaged file: start this domain afresh
-            entry = self.data["domains"][domain_key] = {}
-        return entry
-
-    def previous(self, domain_key: str, bdf: str) -> dict:
-        # A read (every device, every sample): it must not add an entry, or
-        # the next save writes an empty one for every domain ever followed.
-        domain = self.data["domains"].get(domain_key)
-        entry = domain.get(bdf) if isinstance(domain, dict) else None
-        return entry if isinstance(entry, dict) else {}
-
-    def record(self, domain_key: str, bdf: str, mode: str, flagged_intx: bool) -> None:
-        entry = self._domain(domain_key)
-        if entry.get(bdf) == {"mode": mode, "flagged_intx": flagged_intx}:
-            return
-        entry[bdf] = {"mode": mode, "flagged_intx": flagged_intx}
-        self.save()
-
-    def save(self) -> None:
-        if not self.path:
-            return
-        from vfio_advisor.sinks.prometheus import write_atomically  # noqa: PLC0415
-
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        write_atomically(self.path, json.dumps(self.data, indent=1, sort_keys=True), mode=0o600,
-                         prefix=".state-")
-
-
 class Watcher:
-    def __init__(self, host: HostRoot, config: Config, emit: Callable[[Finding, Domain | None], None],
+    def __init__(self, host: HostRoot, config: Config, sinks: Sink | Sequence[Sink],
                  store: StateStore | None = None, clock: Callable[[], float] = time.monotonic,
-                 pci_ids=None, note: Callable[[str], None] | None = None):
+                 pci_ids=None, note: Callable[[str], None] | None = None,
+                 wall_clock: Callable[[], float] = time.time):
         self.host = host
         self.config = config
-        self.emit = emit
+        self.sinks: list[Sink] = [sinks] if hasattr(sinks, "emit") else list(sinks)
+        # The sample's wall-clock time for the sinks: Prometheus and a status
+        # page compare it with time(), not with the monotonic clock.
+        self.wall_clock = wall_clock
         self.store = store or StateStore(None)
         self.clock = clock
         self.domains: dict[str, DomainState] = {}
@@ -159,7 +95,7 @@ class Watcher:
                    run_id: object = None, same_run: bool = False) -> DomainState:
         """Gather a running domain's facts in this process (the engine) and
         follow it; see follow(). The daemon gathers in a child process
-        instead (vfio_advisor/gather_worker.py) and calls follow()."""
+        instead (vfio_advisor/daemon/gather_child.py) and calls follow()."""
         from vfio_advisor.engine import Engine  # noqa: PLC0415 - the daemon never imports it (issue 12)
 
         facts = Engine(self.host, self.config, pci_ids=self.pci_ids).gather(domain)
@@ -187,6 +123,8 @@ class Watcher:
                     state.devices[bdf] = old.devices[bdf]
         self.domains[domain.name] = state
         self._update_wanted()
+        for sink in self.sinks:
+            sink.begin(facts)
         return state
 
     def remove_domain(self, name: str) -> None:
@@ -205,11 +143,19 @@ class Watcher:
                            for dev in dom.facts.devices)
 
     def sample(self) -> list[Finding]:
-        """Read the watched vectors once and step every watched device."""
+        """Read the watched vectors once, step every watched device, emit
+        what changed, and end with a SampleEvent to every sink."""
         now = self.clock()
+        elapsed = (now - self.last_sample) if self.last_sample is not None else None
+        findings = self._step(now) if self.domains else []
         if not self.domains:
             self.last_sample = now
-            return []
+        event = SampleEvent(self.wall_clock(), now, elapsed, self.snapshot, self.open_findings)
+        for sink in self.sinks:
+            sink.event(event)
+        return findings
+
+    def _step(self, now: float) -> list[Finding]:
         if self.sampler.host is not self.host:  # a replay moved to another tree
             self.sampler.set_host(self.host)
         table, odd = self.sampler.sample()
@@ -271,9 +217,11 @@ class Watcher:
         for f in findings:
             if f.rule_id != "VA6002":  # an event ("the fix worked"), never a standing condition
                 self.open[(f.domain, f.subject, f.rule_id)] = None
+        sinks = self.sinks
         for f in findings:
             domain = self.domains[f.domain].facts.domain if f.domain in self.domains else None
-            self.emit(f, domain)
+            for sink in sinks:
+                sink.emit(f, domain)
         return findings
 
     def _interrupts(self, dom: DomainState, assigned, table, shape):
@@ -343,8 +291,6 @@ class Watcher:
         vector still overlaps; VA6003 and the host-wide VA8003 stay for the
         run (of the domain, of the daemon). A domain that stops closes all
         of its findings."""
-        from vfio_advisor.sinks.prometheus import OpenFinding  # noqa: PLC0415
-
         out = []
         for key in list(self.open):
             domain, bdf, rule = key
@@ -359,19 +305,6 @@ class Watcher:
                 continue
             out.append(OpenFinding(domain, rule, str(RULES_BY_ID[rule].severity)))
         return out
-
-    def metrics_text(self, now: float | None = None) -> str:
-        """The metrics file's text (sinks/metrics.py over sinks/prometheus.py);
-        `now` is the wall clock of the last sample (time.time(), not the
-        Watcher's clock)."""
-        from vfio_advisor.sinks.metrics import render_metrics  # noqa: PLC0415
-
-        return render_metrics(self.snapshot(), self.open_findings(), now)
-
-    def write_metrics(self, path: str, now: float | None = None) -> None:
-        from vfio_advisor.sinks.metrics import MetricsFileSink  # noqa: PLC0415
-
-        MetricsFileSink(path).write(self.snapshot(), self.open_findings(), now)
 
 
 def _holds(rule: str):
