@@ -168,6 +168,9 @@ class Watcher:
                           "device modes are unknown until they are (said once)")
             return []
         self.odd_reported, findings = rows_skipped(self.odd_reported, odd)
+        # Host-wide findings go through the same policy (disabled_rules;
+        # no domain, so no per-domain ignore) as the devices' below.
+        findings = [f for f in findings if not self._ignored(None, f.rule_id)]
         elapsed = (now - self.last_sample) if self.last_sample is not None else None
         storm_lines: set[str] = set()
         if self._isolated[0] is not self.kernel:
@@ -269,8 +272,8 @@ class Watcher:
                 continue
         return tuple(out)
 
-    def _ignored(self, dom: DomainState, rule_id: str) -> bool:
-        return self.config.policy.ignores_rule(RULES_BY_ID[rule_id], dom.facts.domain)
+    def _ignored(self, dom: DomainState | None, rule_id: str) -> bool:
+        return self.config.policy.ignores_rule(RULES_BY_ID[rule_id], dom.facts.domain if dom else None)
 
     # --- metrics --------------------------------------------------------
 
