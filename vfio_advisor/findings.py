@@ -74,3 +74,15 @@ class RunCounts(NamedTuple):
             by[f.severity] += 1
         return cls(sum(by.values()), by[Severity.ERROR], by[Severity.WARNING], by[Severity.INFO],
                    max((s for s in Severity if by[s]), default=Severity.INFO))
+
+
+class Inconclusive(NamedTuple):
+    """A finding held back because the sample proves nothing either way (a
+    counter that did not move while the device may simply have been idle).
+    Sinks get it as an event (sinks/base.py) and say it once."""
+
+    kind = "inconclusive"
+    rule_id: str  # the rule whose finding is held back
+    domain: str | None
+    subject: str | None  # host BDF
+    message: str  # what was seen, and what to do for a conclusive sample

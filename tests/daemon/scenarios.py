@@ -58,17 +58,18 @@ class Scenario:
             (d / "smp_affinity_list").write_text(cpus + "\n")
         self.clock = Clock()
         self.emitted = []
-        sink = JournalSink("daemon")
+        self.journal = []  # every journal entry, as the fields journald would get
+        sink = JournalSink("daemon", sender=lambda fields: self.journal.append(dict(
+            f.split("=", 1) for f in fields)))
 
         def emit(finding, domain):
-            sink.emit(finding, domain)
             self.emitted.append({"rule": finding.rule_id, "subject": finding.subject,
                                  "message": finding.message})
 
         # The metrics file as the daemon writes it (a sink, at every sample).
         self.metrics_path = self.root.parent / f"{self.root.name}-metrics.prom"
         self.watcher = Watcher(HostRoot(self.root), config or RuntimeConfig(interval=5, settle=60),
-                               [CallbackSink(emit), MetricsFileSink(str(self.metrics_path))],
+                               [sink, CallbackSink(emit), MetricsFileSink(str(self.metrics_path))],
                                StateStore(str(state_dir) if state_dir else None),
                                clock=self.clock, pci_ids=PciIds(None), wall_clock=lambda: 1.0)
         self.domain = parse_domain_xml(xml or domain_xml("win11", gpu_audio_hostdevs()))

@@ -10,8 +10,8 @@ from tests.hosttree import load_config
 from tests.rules.examples import AUDIO, EHCI, EXAMPLES, GPU, QD4, SBLIVE
 from tests.rules.runtime_examples import RUNTIME_EXAMPLES
 from vfio_advisor.engine import run_rules
-from vfio_advisor.rules import RULES, RULES_BY_ID
-from vfio_advisor.rules.runtime import DEVICE_TRANSITIONS, observe, rows_skipped
+from vfio_advisor.rules import RULES, RULES_BY_ID, RUNTIME
+from vfio_advisor.rules.stepping import HostSample, observe
 
 FIRES = [(r.id, name) for r in RULES if r.check for name in r.fires_on]
 SILENT = [(r.id, name) for r in RULES if r.check for name in r.silent_on]
@@ -94,10 +94,11 @@ def test_every_rule_has_a_near_miss_not_only_the_baseline():
         assert near, f"{r.id}: silent_on has only the healthy baseline, give it a near miss"
 
 
-def test_the_daemon_runs_every_device_transition():
-    registered = {r.transition for r in RULES if r.transition and r.transition is not rows_skipped}
-    assert registered == set(DEVICE_TRANSITIONS)
-    assert len(DEVICE_TRANSITIONS) == len(set(DEVICE_TRANSITIONS))
+def test_the_daemon_runs_every_transition_in_registry_order():
+    device = [r.transition for r in RULES if r.transition and r.scope == "device"]
+    host = [r.transition for r in RULES if r.transition and r.scope != "device"]
+    assert RUNTIME.device_transitions == tuple(dict.fromkeys(device))
+    assert RUNTIME.host_transitions == tuple(dict.fromkeys(host))
 
 
 # --- runtime rules: one pure step each ----------------------------------------
@@ -115,10 +116,11 @@ def runtime_example(tmp_path_factory):
 
 def _step(rule_id: str, case: tuple):
     rule = RULES_BY_ID[rule_id]
-    if rule.transition is rows_skipped:
+    if isinstance(case[1], HostSample):
         return rule.transition(*case)[1]
     state, sample, elapsed, config = case
-    _, found = rule.transition(observe(state, sample, elapsed), sample, elapsed, config)
+    observed = observe(state, sample, elapsed)
+    _, found = rule.transition(RUNTIME.own(rule, observed), observed, sample, elapsed, config)
     return [f for f in found if f.rule_id == rule_id]
 
 
@@ -139,10 +141,9 @@ def test_runtime_transitions_are_pure(runtime_example):
     """Same input, same output, and the input state is left as it was."""
     for name in RUNTIME_EXAMPLES:
         case = runtime_example(name)
-        if not isinstance(case[0], bool):
+        if not isinstance(case[1], HostSample):
             state = case[0]
-            from vfio_advisor.rules.runtime import step_device
-            assert step_device(*case) == step_device(*case)
+            assert RUNTIME.step_device(*case) == RUNTIME.step_device(*case)
             assert case[0] is state
 
 

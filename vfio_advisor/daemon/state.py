@@ -52,11 +52,13 @@ class StateStore:
         entry = domain.get(bdf) if isinstance(domain, dict) else None
         return entry if isinstance(entry, dict) else {}
 
-    def record(self, domain_key: str, bdf: str, mode: str, flagged_intx: bool) -> None:
-        entry = self._domain(domain_key)
-        if entry.get(bdf) == {"mode": mode, "flagged_intx": flagged_intx}:
+    def record(self, domain_key: str, bdf: str, entry: dict) -> None:
+        """Keep `entry` (rules.RUNTIME.remembered_entry: the settled mode and
+        what the runtime rules remember) for the domain's next run."""
+        domain = self._domain(domain_key)
+        if domain.get(bdf) == entry:
             return
-        entry[bdf] = {"mode": mode, "flagged_intx": flagged_intx}
+        domain[bdf] = entry
         self.save()
 
     def save(self) -> None:

@@ -18,16 +18,14 @@ import time
 from typing import Callable, Sequence
 
 from vfio_advisor.config import Config
-from vfio_advisor.errors import FactUnavailable
 from vfio_advisor.facts.domain import Domain
 from vfio_advisor.facts.host import HostRoot
 from vfio_advisor.facts.sampler import Sampler
-from vfio_advisor.facts.kernel import parse_cpulist
 from vfio_advisor.facts.model import DomainFacts, device_interrupts
 from vfio_advisor.findings import Finding
-from vfio_advisor.rules import RULES_BY_ID
+from vfio_advisor.rules import RULES_BY_ID, RUNTIME
 from vfio_advisor.rules.mode import host_blocks_msi
-from vfio_advisor.rules.runtime import DeviceSample, DeviceState, rows_skipped, step_device
+from vfio_advisor.rules.stepping import DeviceSample, DeviceState, HostSample
 from vfio_advisor.daemon.state import StateStore, facts_to_keep
 from vfio_advisor.sinks.base import DeviceSnapshot, OpenFinding, SampleEvent, Sink
 
@@ -44,14 +42,14 @@ class DomainState:
         self.can_count_msi = can_count_msi
         self.started_at = started_at
         self.run_id = run_id  # libvirt's domain ID: a new ID is a new run
-        self.devices: dict[str, DeviceState] = {d.address: DeviceState(d.address) for d in facts.devices}
+        self.devices: dict[str, DeviceState] = {d.address: RUNTIME.new_device(d.address) for d in facts.devices}
         # Per sample the same for the whole run (the static facts): worked out once.
         self.siblings = {d.address: tuple(s.address for s in facts.siblings(d)) for d in facts.devices}
         self.msi_possible = {d.address: not host_blocks_msi(facts, d) for d in facts.devices}
         # bdf -> (sampler shape, HostInterrupts, where its counts are in the table)
         self.interrupts: dict[str, tuple] = {}
         self.pinned = bool(facts.domain.pinned_cpus)
-        self.recorded: dict[str, tuple[str, bool]] = {}  # bdf -> last (mode, flagged_intx) recorded
+        self.recorded: dict[str, tuple] = {}  # bdf -> RUNTIME.remembered() last recorded
 
     @property
     def key(self) -> str:
@@ -77,11 +75,11 @@ class Watcher:
         # the daemon's RSS for a lookup made once per domain event (issue 12).
         self.pci_ids = pci_ids
         self.last_sample: float | None = None
-        self.odd_reported = False
+        self.host_slots: tuple = ()  # the host-wide rules' state (RuntimeRules.step_host)
         self.kernel = None
         self._isolated: tuple = (object(), frozenset())  # (kernel facts, isolcpus | nohz_full)
         # The daemon's own log line for host conditions said once (a sampler
-        # fallback); findings go through `emit`.
+        # fallback); findings go to the sinks.
         self.note = note or (lambda _msg: None)
         self.sampler = Sampler(host, self.note)
         # (domain, bdf or None, rule) of emitted findings whose condition may
@@ -96,7 +94,8 @@ class Watcher:
         """Gather a running domain's facts in this process (the engine) and
         follow it; see follow(). The daemon gathers in a child process
         instead (vfio_advisor/daemon/gather_child.py) and calls follow()."""
-        from vfio_advisor.engine import Engine  # noqa: PLC0415 - the daemon never imports it (issue 12)
+        # The daemon never imports the engine (lxml: ~4 MiB of RSS for its life).
+        from vfio_advisor.engine import Engine  # noqa: PLC0415
 
         facts = Engine(self.host, self.config, pci_ids=self.pci_ids).gather(domain)
         return self.follow(facts, started_at, run_id, same_run)
@@ -167,12 +166,13 @@ class Watcher:
                 self.note("no interrupt counts readable (/proc/interrupts and /sys/kernel/irq); "
                           "device modes are unknown until they are (said once)")
             return []
-        self.odd_reported, findings = rows_skipped(self.odd_reported, odd)
+        elapsed = (now - self.last_sample) if self.last_sample is not None else None
+        self.host_slots, findings = RUNTIME.step_host(self.host_slots, HostSample(odd), elapsed, self.config)
         # Host-wide findings go through the same policy (disabled_rules;
         # no domain, so no per-domain ignore) as the devices' below.
         findings = [f for f in findings if not self._ignored(None, f.rule_id)]
-        elapsed = (now - self.last_sample) if self.last_sample is not None else None
-        storm_lines: set[str] = set()
+        held = []
+        said: set[str] = set()
         if self._isolated[0] is not self.kernel:
             isolated = frozenset()
             if self.kernel is not None and self.kernel.cmdline is not None:
@@ -181,8 +181,8 @@ class Watcher:
         isolated = self._isolated[1]
         shape = getattr(self.sampler, "shape", None)
         config, store = self.config, self.store
-        # The empty set sibling_on_intx and storm_lines hold most of the
-        # time: one object for the sample, not a new one per device.
+        # The empty set sibling_on_intx and said hold most of the time: one
+        # object for the sample, not a new one per device.
         none: frozenset = frozenset()
         for dom in list(self.domains.values()):
             devices, facts, key = dom.devices, dom.facts, dom.key
@@ -197,34 +197,42 @@ class Watcher:
                     interrupts=irq, since_start=since_start, facts=facts,
                     device=assigned, sibling_on_intx=siblings or none,
                     previous_run=store.previous(key, bdf),
-                    vector_affinity=self._affinity(dom, irq, isolated) if (isolated or dom.pinned) else (),
+                    vector_affinity=(self.sampler.affinity(irq.vector_counts)
+                                     if (isolated or dom.pinned) else ()),
                     isolated_cpus=isolated,
-                    storm_lines=frozenset(storm_lines) if storm_lines else none,
+                    said=frozenset(said) if said else none,
                     # pci=nomsi or msi_bus=0: the guest cannot get MSI whatever it
-                    # sets, so no guest remedy (issue 10 §3; advise's VA1001 does the same).
+                    # sets, so no guest remedy (advise's static rule does the same).
                     host_msi_possible=dom.msi_possible[bdf],
                     host_can_count_msi=dom.can_count_msi)
-                state, found = step_device(devices[bdf], sample, elapsed, config)
+                state, found, inconclusive = RUNTIME.step_device(devices[bdf], sample, elapsed, config)
                 devices[bdf] = state
                 if found:
-                    storm_lines |= {dict(f.evidence)["irq"] for f in found if f.rule_id in ("VA6004", "VA6005")}
+                    for f in found:
+                        key_said = RUNTIME.said_key(f)
+                        if key_said is not None:
+                            said.add(key_said)
                     findings += [f for f in found if not self._ignored(dom, f.rule_id)]
+                if inconclusive:
+                    held += [n for n in inconclusive if not self._ignored(dom, n.rule_id)]
                 if state.mode != "none" and since_start >= config.settle:
                     # StateStore.record writes only a change; its last call per device is
                     # remembered here, so a steady device costs no dict building per sample.
-                    recorded = dom.recorded.get(bdf)
-                    if recorded is None or recorded[0] != state.mode or recorded[1] != state.flagged_intx:
-                        store.record(key, bdf, state.mode, state.flagged_intx)
-                        dom.recorded[bdf] = (state.mode, state.flagged_intx)
+                    remembered = RUNTIME.remembered(state)
+                    if dom.recorded.get(bdf) != remembered:
+                        store.record(key, bdf, RUNTIME.remembered_entry(remembered))
+                        dom.recorded[bdf] = remembered
         self.last_sample = now
         for f in findings:
-            if f.rule_id != "VA6002":  # an event ("the fix worked"), never a standing condition
-                self.open[(f.domain, f.subject, f.rule_id)] = None
+            self.open[(f.domain, f.subject, f.rule_id)] = None
         sinks = self.sinks
         for f in findings:
             domain = self.domains[f.domain].facts.domain if f.domain in self.domains else None
             for sink in sinks:
                 sink.emit(f, domain)
+        for note in held:
+            for sink in sinks:
+                sink.event(note)
         return findings
 
     def _interrupts(self, dom: DomainState, assigned, table, shape):
@@ -260,18 +268,6 @@ class Watcher:
             dom.interrupts[bdf] = (shape, known, plan, assigned, intx_at)
         return known
 
-    def _affinity(self, dom: DomainState, irq, isolated: frozenset[int]):
-        """smp_affinity_list of each vfio vector, read only when VA6007 can use it."""
-        if not dom.facts.domain.pinned_cpus and not isolated:
-            return ()
-        out = []
-        for line, _count in irq.vector_counts:
-            try:
-                out.append((line, parse_cpulist(self.host.read_value(f"proc/irq/{line}/smp_affinity_list"))))
-            except FactUnavailable:
-                continue
-        return tuple(out)
-
     def _ignored(self, dom: DomainState | None, rule_id: str) -> bool:
         return self.config.policy.ignores_rule(RULES_BY_ID[rule_id], dom.facts.domain if dom else None)
 
@@ -287,13 +283,9 @@ class Watcher:
         return out
 
     def open_findings(self) -> list:
-        """Emitted findings whose condition still holds, one per (domain,
-        device, rule): VA6001 while the device stays on INTx (VA6002 or a
-        mode change closes it), a storm until it ends (the rate fell below
-        the hysteresis), VA6006 until the device counts, VA6007 while a
-        vector still overlaps; VA6003 and the host-wide VA8003 stay for the
-        run (of the domain, of the daemon). A domain that stops closes all
-        of its findings."""
+        """Emitted findings whose condition still holds (each rule's `holds`,
+        RuntimeRules.holds), one per (domain, device, rule). A domain that
+        stops closes all of its findings."""
         out = []
         for key in list(self.open):
             domain, bdf, rule = key
@@ -302,24 +294,9 @@ class Watcher:
             if domain is not None and dom is None:
                 holds = False
             else:
-                holds = _HOLDS[rule](dev) if rule in _HOLDS else True
+                holds = RUNTIME.holds(rule, dev)
             if not holds:
                 del self.open[key]
                 continue
             out.append(OpenFinding(domain, rule, str(RULES_BY_ID[rule].severity)))
         return out
-
-
-def _holds(rule: str):
-    return {
-        "VA6001": lambda d: d is not None and d.flagged_intx and d.mode == "intx",
-        "VA6004": lambda d: d is not None and d.storm_reported,
-        "VA6005": lambda d: d is not None and d.storm_reported,
-        "VA6006": lambda d: d is not None and d.reported_none and not d.ever_counted,
-        "VA6007": lambda d: d is not None and any(o for _, o in d.affinity),
-    }.get(rule)
-
-
-# Closing conditions of the runtime findings that can close; the others
-# (VA6003, VA8003, and rules added later) stay open while their domain runs.
-_HOLDS = {rule: _holds(rule) for rule in ("VA6001", "VA6004", "VA6005", "VA6006", "VA6007")}

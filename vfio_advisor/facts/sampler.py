@@ -84,6 +84,7 @@ from typing import Callable, Iterable, NamedTuple
 from vfio_advisor.errors import FactUnavailable
 from vfio_advisor.facts.host import INTERRUPTS_LIMIT, HostRoot
 from vfio_advisor.facts.interrupts import Interrupts, IrqLine, parse_vfio_handler, sample_table
+from vfio_advisor.facts.kernel import parse_cpulist
 from vfio_advisor.facts.pci import PciDevice
 
 # A full /proc/interrupts read every 17,280 samples: a day at the default
@@ -286,6 +287,18 @@ class Sampler:
             pass
 
     # --- reading ----------------------------------------------------------
+
+    def affinity(self, vectors) -> tuple[tuple[str, frozenset[int]], ...]:
+        """smp_affinity_list of each vector ((irq, count) pairs): the CPUs
+        its handler may run on (kernel/irq/proc.c, irq_affinity_list_proc_show).
+        A vector freed meanwhile is left out."""
+        out = []
+        for irq, _count in vectors:
+            try:
+                out.append((irq, parse_cpulist(self.host.read_value(f"proc/irq/{irq}/smp_affinity_list"))))
+            except FactUnavailable:
+                continue
+        return tuple(out)
 
     def _read(self, rel: str) -> bytes:
         # os.open/os.read: half the cost of a buffered open() for these

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from vfio_advisor.findings import Finding
 from vfio_advisor.rules.base import Rule
+from vfio_advisor.rules.stepping import RuntimeRules
 from vfio_advisor.rules import (
     coverage, internal, mode, platform, routing, runtime, sharing, topology,
 )
 
 # Every rule, one family module each, in ID order (the catalog's and `rules`'
 # order; a test checks it). Static rules carry a `check` over DomainFacts,
-# runtime rules a `transition` (rules/runtime.py). A new rule goes into its
+# runtime rules a `transition` (rules/stepping.py). A new rule goes into its
 # family module, with its examples; nothing else changes.
 RULES: tuple[Rule, ...] = (
     *mode.RULES,  # VA1xxx
@@ -19,13 +20,14 @@ RULES: tuple[Rule, ...] = (
     *platform.RULES,  # VA3xxx
     *topology.RULES,  # VA4xxx
     *routing.RULES,  # VA5xxx
-    *(r for r in runtime.RULES if r.id.startswith("VA6")),  # VA6xxx
-    *coverage.RULES,  # VA8001, VA8002
-    *(r for r in runtime.RULES if r.id.startswith("VA8")),  # VA8003, raised by the daemon
+    *runtime.RULES,  # VA6xxx
+    *coverage.RULES,  # VA8xxx
     *internal.RULES,  # VA9xxx
 )
 
 RULES_BY_ID: dict[str, Rule] = {r.id: r for r in RULES}
+# The runtime rules in registry order, for the daemon's Watcher.
+RUNTIME = RuntimeRules(RULES)
 RULES_BY_SLUG: dict[str, Rule] = {r.slug: r for r in RULES}
 
 # Retired IDs stay here forever so nobody hands them to a new rule.
@@ -56,4 +58,4 @@ def run_summary(name: str | None, counts, devices: int) -> Finding:
 
 
 __all__ = ["RULES", "RULES_BY_ID", "RULES_BY_SLUG", "RETIRED", "Rule", "lookup", "internal_error", "run_summary",
-           "INTERNAL_ERROR"]
+           "INTERNAL_ERROR", "RUNTIME"]

@@ -42,6 +42,12 @@ Event kinds (each a NamedTuple; its class attribute `kind` names it):
                              `devices()` is no longer followed (its domain
                              stopped). An unobservable device's (posted MSI)
                              rate is 0.0 and means nothing.
+    Inconclusive  "inconclusive"  (findings.Inconclusive) a runtime rule holds
+                             its finding back because the sample proves
+                             nothing (an idle INTx counter: no guest driver
+                             bound yet, or the device idle): rule_id, domain,
+                             subject (host BDF), message saying what to do.
+                             Once per device and rule until the state changes.
     FixesPlanned  "fixes"    advise planned the domain XML fix of each finding
                              of the domain begun last: {Finding.key: fix
                              object or None}.
@@ -59,7 +65,7 @@ from typing import TYPE_CHECKING, Callable, NamedTuple, Protocol, TextIO, Union,
 if TYPE_CHECKING:
     from vfio_advisor.facts.domain import Domain
     from vfio_advisor.facts.model import DomainFacts, HostFacts
-    from vfio_advisor.findings import Finding, RunCounts
+    from vfio_advisor.findings import Finding, Inconclusive, RunCounts
 
 
 class DeviceSnapshot(NamedTuple):
@@ -121,7 +127,7 @@ class FixesPlanned(NamedTuple):
     fixes: dict  # {Finding.key: fix object (fix/advice.py) or None}
 
 
-Event = Union[ServiceEvent, SampleEvent, FixesPlanned]
+Event = Union[ServiceEvent, SampleEvent, "Inconclusive", FixesPlanned]
 
 
 class RunSummary(NamedTuple):

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 from vfio_advisor import journal_fields as F
 from vfio_advisor.facts.domain import Domain
-from vfio_advisor.findings import SYSLOG_PRIORITY, Finding, Severity
+from vfio_advisor.findings import SYSLOG_PRIORITY, Finding, Inconclusive, Severity
 from vfio_advisor.sinks.base import Event, RunSummary
 
 IDENTIFIER = F.IDENTIFIER
@@ -115,6 +115,18 @@ def event_fields(message: str, event: str, priority: int, source: str) -> list[s
     return [f"{k}={_value(v)}" for k, v in fields.items()]
 
 
+def inconclusive_fields(note: Inconclusive, source: str) -> list[str]:
+    """A finding held back because the sample proves nothing: an info entry
+    with the rule it is about, never the rule's MESSAGE_ID (no finding)."""
+    fields = {F.MESSAGE: note.message, F.PRIORITY: "6", F.SYSLOG_IDENTIFIER: IDENTIFIER,
+              F.SOURCE: source, F.EVENT: note.kind, F.RULE: note.rule_id}
+    if note.domain:
+        fields[F.DOMAIN] = note.domain
+    if note.subject:
+        fields[F.HOST_BDF] = note.subject
+    return [f"{k}={_value(v)}" for k, v in fields.items()]
+
+
 def stderr_sender(stream=None) -> Sender:
     """Fallback without journald: one line per entry on stderr, which libvirt
     keeps in /var/log/libvirt/libvirtd.log for hooks."""
@@ -147,10 +159,13 @@ class JournalSink:
 
     def event(self, event: Event) -> None:
         """A ServiceEvent becomes an entry with VFIO_ADVISOR_EVENT; raises
-        OSError if journald is gone (the daemon then writes to stderr).
-        Samples are not logged: the journal gets findings, once per change."""
+        OSError if journald is gone (the daemon then writes to stderr). An
+        Inconclusive note becomes an info entry (EVENT=inconclusive). Samples
+        are not logged: the journal gets findings, once per change."""
         if event.kind == "service":
             self.sender(event_fields(event.message, event.name, event.priority, self.source))
+        elif event.kind == "inconclusive":
+            self._send(inconclusive_fields(event, self.source))
 
     def close(self, summary: RunSummary | None = None) -> None:
         if summary is not None:
