@@ -301,17 +301,7 @@ class Sampler:
         return tuple(out)
 
     def _read(self, rel: str) -> bytes:
-        # os.open/os.read: half the cost of a buffered open() for these
-        # one-line files.
-        path = self.host._path(rel)  # noqa: SLF001 - HostRoot's one path rule (and its recording)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                return os.read(fd, SYSFS_PAGE)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise FactUnavailable(rel, os.strerror(exc.errno) if exc.errno else str(exc)) from None
+        return self.host.read_once(rel, SYSFS_PAGE)
 
     def _pread(self, fds: dict[str, int], irq: str, name: str) -> bytes:
         """/sys/kernel/irq/<irq>/<name> through a kept descriptor (module
@@ -329,10 +319,7 @@ class Sampler:
         rel = f"sys/kernel/irq/{irq}/{name}"
         if len(self.count_fds) + len(self.action_fds) >= MAX_KEPT_FDS:
             return self._read(rel)
-        try:
-            fd = os.open(self.host._path(rel), os.O_RDONLY | os.O_CLOEXEC)  # noqa: SLF001
-        except OSError as exc:
-            raise FactUnavailable(rel, os.strerror(exc.errno) if exc.errno else str(exc)) from None
+        fd = self.host.open_kept(rel)
         fds[irq] = fd
         try:
             return os.pread(fd, SYSFS_PAGE, 0)
@@ -345,7 +332,7 @@ class Sampler:
                 # os.listdir(fd) rewinds a duplicate of the kept descriptor.
                 # kernfs lists a removed directory as empty (fs/kernfs/dir.c
                 # kernfs_dir_pos finds no children): MSI-X off reads as a change.
-                names = os.listdir(w.dirfd)
+                names = self.host.list_kept(w.dirfd)
             except OSError:
                 _close_dir(w)
                 return None
@@ -355,17 +342,17 @@ class Sampler:
                 return w.names[1]
             w.names = (names, tuple(sorted(names)))
             return w.names[1]
-        path = self.host._path(f"sys/bus/pci/devices/{bdf}/msi_irqs")  # noqa: SLF001
+        rel = f"sys/bus/pci/devices/{bdf}/msi_irqs"
         try:
-            names = os.listdir(path)
-        except OSError:
+            names = self.host.list_dir(rel)
+        except FactUnavailable:
             return None  # MSI off (the directory goes with it), or no such device
         if w is not None and names:
             try:
-                w.dirfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            except OSError:
+                w.dirfd = self.host.open_kept(rel, directory=True)
+            except FactUnavailable:
                 w.dirfd = None
-        return tuple(sorted(names))
+        return tuple(names)
 
     def _live_irq(self, bdf: str) -> str | None:
         try:
@@ -378,15 +365,7 @@ class Sampler:
         # The live host's root is "/", whose sysfs files follow the kernel.
         # A recorded tree's root may be a symlink a replay swaps (fleet tier,
         # daemon tests): kept descriptors would go on reading the old tree.
-        # Only a symlink can be swapped atomically (rename(2) does not replace
-        # a non-empty directory), so a plain directory costs no stat per sample.
-        if self.host.root in ("/", "") or not os.path.islink(self.host.root):
-            return None
-        try:
-            st = os.stat(self.host.root)
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino)
+        return self.host.root_identity()
 
     def _sysfs_row(self, irq: str) -> tuple[IrqLine | None, bool]:
         """The IRQ's row from sysfs (None if a row /proc/interrupts would
