@@ -25,7 +25,7 @@
                   run as installed (the base interpreter on install's
                   byte-compiled copy) on a 256-CPU, 2000-row host tree,
                   following one domain (its facts gathered by the daemon's
-                  gathering child). Goal (issue 12): <= 40 MB, i.e.
+                  gathering child). Goal: <= 40 MB, i.e.
                   <= 38.1 MiB; the line gives MiB as the issue asks.
   daemon_rss_mib_real_libvirtd  the same against Debian's libvirtd
                   (bench/real-libvirtd.sh, private /run/libvirt; no domain
@@ -64,7 +64,7 @@ from vfio_advisor.testing.scenes import gpu_audio_devices  # noqa: E402
 CPUS = 256
 GPU_VECTORS = tuple(range(45, 52))  # 7 MSI-X vectors
 AUDIO_LINE = 28  # INTx
-RSS_GOAL_MB = 40  # issue 12: "steady-state RSS <= 40 MB" (10^6 bytes)
+RSS_GOAL_MB = 40  # the daemon's steady-state RSS goal (10^6 bytes)
 RSS_GOAL_MIB = RSS_GOAL_MB * 1e6 / 2**20  # 38.15
 
 
@@ -128,7 +128,7 @@ class Clock:
 
 
 class FullTableSampler:
-    """The daemon's sampler before issue 12, for the BEFORE figure: read the
+    """The daemon's sampler before its per-IRQ sysfs reads, for the BEFORE figure: read the
     whole /proc/interrupts at every sample and pick the watched rows."""
 
     def __init__(self, host: HostRoot, wanted: frozenset[str]):
@@ -315,7 +315,7 @@ def soak(root: Path, samples: int) -> dict:
 
 # The soak host: the shape of the sample figures (256 CPUs, 2000 rows), so
 # that whatever the daemon keeps of the host's /proc/interrupts shows (a
-# followed domain kept the whole parsed table, ~20 MB here, until issue 12).
+# followed domain kept the whole parsed table, ~20 MB here, before facts_to_keep).
 SOAK_ROWS, SOAK_CPUS = 2000, CPUS
 
 

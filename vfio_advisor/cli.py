@@ -104,7 +104,7 @@ def build_parser(with_fix: bool = True) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     # The daemon never needs the fix command's parser, whose import (the
     # planner, the XML editor, the verifier) is 5 MB of its steady-state RSS
-    # (issue 12, bench/daemon_soak.py): `vfio-advisor daemon ...` parses without it.
+    # (bench/daemon_soak.py measures it): `vfio-advisor daemon ...` parses without it.
     words = list(sys.argv[1:] if argv is None else argv)
     if argv is None and words[:1] == ["daemon"] and "asyncio" not in sys.modules:
         # The program itself (console script, python -m), never a test's

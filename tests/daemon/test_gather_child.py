@@ -1,5 +1,6 @@
 """The daemon gathers domains in a child process (vfio_advisor/daemon/gather_child.py)
-so that it never imports lxml and the engine's readers (issue 12, RSS).
+so that it never imports lxml and the engine's readers (RSS: CPython never
+unloads a C extension).
 
 What the child sends back must be exactly what the engine gathers in
 process, on every real lab capture and published platform tree; bad XML and
@@ -89,7 +90,7 @@ def test_unknown_stays_the_one_unknown_across_the_pipe(tmp_path):
 def test_the_host_table_is_not_sent_and_not_kept():
     """A followed domain kept the host's whole parsed /proc/interrupts for its
     run: on a 256-CPU, 2000-row host the daemon's RSS was 79.2 MiB instead of
-    44 (make bench, issue 12). Neither the child's answer nor the Watcher
+    44 (make bench). Neither the child's answer nor the Watcher
     (in-process add_domain, as replays use it) keeps it now."""
     [got] = gather_in_child(str(CAPTURES / "shared"), [LAB_XML[0].read_text()])
     assert got.host.interrupts is None and got.host.later is None

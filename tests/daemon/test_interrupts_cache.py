@@ -1,7 +1,7 @@
 """The Watcher works a device's interrupts out with the model
 (facts.model.device_interrupts) only when the sampled table's shape changed
 (Sampler.shape); between, it carries the model's result over with the new
-counts (runtime.Watcher._interrupts, issue 12). This checks that shortcut
+counts (daemon.watch.Watcher._interrupts). This checks that shortcut
 against the model itself at every sample: over each lab scenario's real
 captures (a symlinked root the replay swaps, as the fleet tier does), with
 the vfio vectors' counts moving in place between swaps, and over a sharer

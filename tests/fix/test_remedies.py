@@ -1,4 +1,4 @@
-"""The remedies point to the exact change (issue 13, last part).
+"""The remedies point to the exact change.
 
 - The rules' own remedies (what the hook writes to the journal, with no
   plan: it must never load libvirt) end with the `vfio-advisor fix DOMAIN`

@@ -161,7 +161,7 @@ def rows_clean(tmp: Path):
     return False, HostSample(_capture_vfio_rows(cut=False)), INTERVAL, DEFAULTS
 
 
-# --- posted MSI (issue 10 §1): host_can_count_msi False ---------------------
+# --- posted MSI (VT-d PI / AVIC): host_can_count_msi False ------------------
 
 @example("rt-msi-posted")
 def msi_posted(tmp: Path):
@@ -196,7 +196,7 @@ def affinity_posted(tmp: Path):
 
 # --- real kernel states: two moments of a lab scenario ----------------------
 #
-# Issue 10 §5: the runtime rules on the lab's real guest kernels
+# The runtime rules on the lab's real guest kernels
 # (lab/captures/ORIGIN.md). The step is from one captured moment to the
 # next, with the guest's uptime as the clock; the lab's moments are seconds
 # apart, so these examples run with settle 0 (and the storm scenario with a

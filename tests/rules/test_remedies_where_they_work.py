@@ -1,4 +1,4 @@
-"""Every remedy only where the facts say it can work (issue 10 §3), on the
+"""Every remedy only where the facts say it can work, on the
 lab's real pci=nomsi state: no builder may tell the guest to use MSI there."""
 
 from __future__ import annotations

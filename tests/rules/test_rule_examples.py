@@ -80,7 +80,7 @@ def test_every_rule_but_the_internal_ones_is_checked_or_a_transition():
 
 
 # The healthy baselines: silent for every rule, so they prove nothing about
-# any one rule's edge. Issue 10 asks each rule for a near miss: an example one
+# any one rule's edge. Each rule needs a near miss too: an example one
 # fact away from firing (booting instead of settled, masking on instead of
 # off, PI clear instead of set, remapping on instead of off).
 BASELINES = {"gpu-audio-msi", "rt-msi-settled"}
@@ -212,7 +212,7 @@ def test_va2001_names_the_other_handler(example):
 
 
 def test_posted_msi_is_never_read_as_silence_or_affinity(runtime_example):
-    """Issue 10's flag: with MSI posted to the guest, the host's flat count
+    """With MSI posted to the guest (VT-d PI, AVIC), the host's flat count
     says nothing, so VA6006 and VA6007 stay silent for those vectors."""
     for name, rule_id in (("rt-no-vectors-settled", None), ("rt-affinity-on-pinned", "VA6007")):
         state, sample, elapsed, config = runtime_example(name)

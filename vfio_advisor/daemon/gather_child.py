@@ -6,7 +6,7 @@ device's config space, pci.ids for its name, the host's /proc/interrupts and
 IOMMU state) happens only at a domain event, but what it imports stays for
 the life of the process that imported it: CPython never unloads a C
 extension, and lxml.etree with its libxml2 and libxslt is ~4 MiB of RSS
-alone (issue 12: the daemon's steady state must stay under 40 MB). So the
+alone (bench/daemon_bench.py holds the daemon's steady state under 40 MB). So the
 daemon runs this module's main() in a child (`python3 -P -c <bootstrap>`,
 below) once per domain event (a resync gathers all of its domains in one
 child, which reads the host facts once) and keeps only the facts it gets

@@ -40,7 +40,8 @@ def _notify_sender() -> Callable[[str], None]:
     AF_UNIX path, or an abstract name when it starts with "@" (systemd 252,
     src/libsystemd/sd-daemon/sd-daemon.c, sd_pid_notify_with_fds). Read at
     each call, as libsystemd does. python3-systemd's notify() does the same
-    through libsystemd.so, whose mapping is ~1 MiB of the daemon's RSS (issue 12)."""
+    through libsystemd.so, whose mapping is ~1 MiB of the daemon's RSS
+    (bench/daemon_bench.py)."""
     import socket  # noqa: PLC0415 - asyncio has imported it already
 
     def send(message: str) -> None:
@@ -74,7 +75,8 @@ class Service:
         self.clock = clock
         # (host root, domain XMLs) -> DomainFacts or GatherFailure each: in a
         # child process (daemon/gather_child.py), so that this long-lived process
-        # never imports lxml and the engine's readers (issue 12).
+        # never imports lxml and the engine's readers: CPython never unloads a
+        # C extension, and lxml.etree with libxml2 is ~4 MiB of RSS.
         self.gather = gather
         # Gathering runs in one worker thread (the child is waited for there),
         # so the event loop, the sampling and the watchdog go on meanwhile.
@@ -340,7 +342,7 @@ class Service:
             # wait_for(stopping.wait()) built a task, a timeout handle and a
             # CancelledError/TimeoutError pair at every sample (asyncio 3.11):
             # 46 us of the daemon's CPU per sample, as much as the sample
-            # itself (bench/daemon_soak.py's process, 256 CPUs, issue 12).
+            # itself (bench/daemon_soak.py's process, 256 CPUs).
             await asyncio.sleep(self.cfg.interval)
 
     @staticmethod

@@ -17,7 +17,7 @@ def facts_to_keep(facts: DomainFacts) -> DomainFacts:
     every sample and no runtime rule looks up in the gathered facts. Kept, it
     was the whole table per followed domain: 2000 IrqLine tuples of 256 counts
     each on a 256-CPU host with 2000 rows, where the daemon's RSS was 79.2 MiB
-    against 44.2 on a 32-CPU, 300-row host (make bench's soak, issue 12)."""
+    against 44.2 on a 32-CPU, 300-row host (make bench's soak)."""
     host = facts.host
     if host.interrupts is None and host.later is None:
         return facts

@@ -72,7 +72,7 @@ class Watcher:
         self.domains: dict[str, DomainState] = {}
         # None: each add_domain's Engine reads pci.ids for its device names and
         # drops it. Held, the 1.3 MB text (Debian 12's hwdata) was 1.5 MiB of
-        # the daemon's RSS for a lookup made once per domain event (issue 12).
+        # the daemon's RSS for a lookup made once per domain event.
         self.pci_ids = pci_ids
         self.last_sample: float | None = None
         self.host_slots: tuple = ()  # the host-wide rules' state (RuntimeRules.step_host)

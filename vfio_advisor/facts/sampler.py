@@ -655,7 +655,7 @@ def _recount(irq: str, last: _Last, raw: bytes) -> None:
         counts, last.hint = _parse_counts(raw, last.hint)
     last.raw = raw
     # IrqLine(irq, counts, *last.rest) without the NamedTuple's __new__
-    # frame: the same tuple, of the same class (half the cost, issue 12).
+    # frame: the same tuple, of the same class (half the cost; bench/daemon_bench.py).
     last.row = _tuple_new(IrqLine, (irq, counts, *last.rest))
 
 
