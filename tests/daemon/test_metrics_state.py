@@ -94,3 +94,14 @@ def test_a_stopped_domain_closes_its_findings(tmp_path):
     s.watcher.sample()
     got = series(s.metrics())
     assert not [k for k in got if k[0] in ("vfio_advisor_findings", "vfio_advisor_device_mode")]
+
+
+def test_the_open_findings_table_is_the_rules_own():
+    """docs/metrics.md's "open until" table is each runtime rule's `holds`
+    docstring, in registry order; a rule added or changed changes it."""
+    from vfio_advisor.rules import RUNTIME
+
+    doc = (REPO / "docs/metrics.md").read_text()
+    table = doc[doc.index("| rule | open until |"):].split("\n\n", 1)[0].splitlines()[2:]
+    assert table == [f"| {r.id} {r.slug} | {until} |" for r, until in RUNTIME.open_until()]
+    assert len(table) == len([r for r in RUNTIME.by_id.values()])

@@ -270,24 +270,31 @@ def cpulist(cpus) -> str:
 
 
 # When an emitted finding still holds (Rule.holds: its slot and the device's
-# state), for the metrics file's open findings and the closing entries.
+# state), for the metrics file's open findings and the closing entries. Each
+# docstring says when it closes: docs/metrics.md's table is made of them
+# (RuntimeRules.open_until; a test keeps the two equal).
 def _still_on_intx(own, state) -> bool:
+    """the device leaves INTx (VA6002, or any other mode)"""
     return own == FLAGGED and state.mode == "intx"
 
 
 def _never(own, state) -> bool:
-    return False  # an event ("the fix worked"), never a standing condition
+    """never open: an event (the fix worked)"""
+    return False
 
 
 def _storm_goes_on(own, state) -> bool:
-    return own[1]  # until the rate falls below the hysteresis
+    """the rate falls below half of `storm_rate`"""
+    return own[1]
 
 
 def _still_silent(own, state) -> bool:
+    """the device counts an interrupt"""
     return own and not state.ever_counted
 
 
 def _still_overlaps(own, state) -> bool:
+    """no vector of the device overlaps any more"""
     return any(overlap for _, overlap in own)
 
 

@@ -240,6 +240,19 @@ class RuntimeRules:
             return False
         return bool(rule.holds(self.own(rule, state), state))
 
+    def open_until(self) -> list[tuple[object, str]]:
+        """(rule, when an emitted finding of it closes), in registry order:
+        its `holds` docstring, or the run of what it is about."""
+        out = []
+        for rule in self.by_id.values():
+            if rule.holds is not None:
+                out.append((rule, " ".join(rule.holds.__doc__.split())))
+            elif rule.scope == "device":
+                out.append((rule, "the domain stops"))
+            else:
+                out.append((rule, "the daemon stops (host-wide)"))
+        return out
+
     def said_key(self, finding: Finding) -> str | None:
         rule = self.by_id.get(finding.rule_id)
         return rule.said_key(finding) if rule is not None and rule.said_key is not None else None
