@@ -181,6 +181,11 @@ def _toml(value) -> str:
 def render_config_file(cfg: Config = DEFAULTS) -> str:
     """The commented config file `install` writes, from the defaults."""
     v = {k: _toml(x) for k, x in cfg._asdict().items() if not isinstance(x, dict)}
+    # The examples name real rules, found by slug: rule IDs are spelt in rules/ only.
+    from vfio_advisor.rules import lookup  # noqa: PLC0415 - only install renders the file
+
+    affinity_overlap = lookup("vfio-irq-affinity-overlap").id
+    exclusive_line = lookup("exclusive-intx-line-required").id
     return f"""\
 # vfio-advisor configuration (TOML). The daemon rereads it on SIGHUP
 # (systemctl reload vfio-advisor); command-line flags win over it.
@@ -202,12 +207,12 @@ disabled_rules = {v['disabled']}
 
 # Per-domain ignores (also possible in the domain's own <metadata>):
 # [domains.win11]
-# ignore = ["VA6007"]
+# ignore = ["{affinity_overlap}"]
 
 [hook]
 # Stop analysing after this many seconds; the VM start goes on regardless.
 timeout = {v['hook_timeout']}
-# true: refuse to start a domain with error-level findings (such as VA2002,
+# true: refuse to start a domain with error-level findings (such as {exclusive_line},
 # a device that will fail with "Device or resource busy"). Off by default:
 # the hook only advises.
 block_on_error = {v['hook_block_on_error']}

@@ -24,6 +24,7 @@ from typing import Callable
 from vfio_advisor.engine import DeviceCache, DomainFacts, gather_domain, gather_host, read_interrupts
 from vfio_advisor.facts.domain import parse_domain_xml
 from vfio_advisor.facts.host import HostRoot
+from vfio_advisor.facts.pci_config import parse_config_space
 from vfio_advisor.facts.pciids import PciIds
 from vfio_advisor.testing.scenes import (  # noqa: F401 - examples' names for their users
     AUDIO, GPU, QD4, domain_xml, gpu_audio_hostdevs,
@@ -246,6 +247,57 @@ def hostdev_missing(tmp: Path) -> DomainFacts:
 def config_64_bytes(tmp: Path) -> DomainFacts:
     """Run without CAP_SYS_ADMIN: sysfs gives only the first 64 config bytes."""
     return analyse(tmp, _both_on_msi_host(config_bytes=64), domain_xml("win11", gpu_audio_hostdevs()))
+
+
+def _audio_intx_with_config(edit: Callable[[bytes], bytes]) -> Host:
+    """gpu-audio-intx-windows's host (VA1001 fires there), the audio's config
+    space replaced by `edit` of the real bytes."""
+    host = _audio_on_shared_intx_host()
+    for dev in host.devices:
+        if dev.bdf == AUDIO:
+            # The sysfs id files stay the device's own (the kernel serves
+            # them from pci_dev, not from the damaged file).
+            cs = parse_config_space(dev.config)
+            dev.ids = False
+            dev.attrs = {**dev.attrs, "vendor": f"0x{cs.vendor_id:04x}",
+                         "device": f"0x{cs.device_id:04x}", "revision": f"0x{cs.revision:02x}",
+                         "class": f"0x{cs.class_code:06x}",
+                         "subsystem_vendor": f"0x{cs.subsystem_vendor_id:04x}",
+                         "subsystem_device": f"0x{cs.subsystem_device_id:04x}"}
+            dev.config = edit(dev.config)
+    return host
+
+
+@example("config-truncated-40-bytes")
+def config_truncated_40_bytes(tmp: Path) -> DomainFacts:
+    """The audio's config file cut to 40 bytes: fewer than any sysfs read
+    returns (64 without CAP_SYS_ADMIN), so damage, not privilege."""
+    return analyse(tmp, _audio_intx_with_config(lambda b: b[:40]),
+                   domain_xml("win11", gpu_audio_hostdevs(), os="windows"))
+
+
+@example("config-255-bytes")
+def config_255_bytes(tmp: Path) -> DomainFacts:
+    """The audio's config file cut to 255 bytes: the capability walk ends
+    inside them, but no sysfs read stops there, so the list is not trusted."""
+    return analyse(tmp, _audio_intx_with_config(lambda b: b[:255]),
+                   domain_xml("win11", gpu_audio_hostdevs(), os="windows"))
+
+
+def _loop_before_msi(config: bytes) -> bytes:
+    """The Navi 23 audio's list is 0x48 vendor -> 0x50 PM -> 0x64 PCIe ->
+    0xa0 MSI; PCIe's next pointer (0x65) turned back to 0x50 hides the MSI."""
+    data = bytearray(config)
+    assert data[0x64] == 0x10 and data[0x65] == 0xA0, "not the Navi 23 audio's list"
+    data[0x65] = 0x50
+    return bytes(data)
+
+
+@example("capability-list-loops")
+def capability_list_loops(tmp: Path) -> DomainFacts:
+    """The audio's capability list loops before its MSI capability."""
+    return analyse(tmp, _audio_intx_with_config(_loop_before_msi),
+                   domain_xml("win11", gpu_audio_hostdevs(), os="windows"))
 
 
 # Emulated devices as libvirt writes them after define.
