@@ -148,15 +148,17 @@ class Watcher:
         what changed, and end with a SampleEvent to every sink."""
         now = self.clock()
         elapsed = (now - self.last_sample) if self.last_sample is not None else None
-        findings = self._step(now) if self.domains else []
-        if not self.domains:
+        if self.domains:
+            findings = self._step(now, elapsed)
+        else:
+            findings = []
             self.last_sample = now
         event = SampleEvent(self.wall_clock(), now, elapsed, self.snapshot, self.open_findings)
         for sink in self.sinks:
             sink.event(event)
         return findings
 
-    def _step(self, now: float) -> list[Finding]:
+    def _step(self, now: float, elapsed: float | None) -> list[Finding]:
         if self.sampler.host is not self.host:  # a replay moved to another tree
             self.sampler.set_host(self.host)
         table, odd = self.sampler.sample()
@@ -168,7 +170,6 @@ class Watcher:
                 self.note("no interrupt counts readable (/proc/interrupts and /sys/kernel/irq); "
                           "device modes are unknown until they are (said once)")
             return []
-        elapsed = (now - self.last_sample) if self.last_sample is not None else None
         # The usual sample skips no row: one HostSample for all of them.
         host_sample = HostSample(odd) if odd else _NO_ROW_SKIPPED
         self.host_slots, findings = RUNTIME.step_host(self.host_slots, host_sample, elapsed, self.config)

@@ -197,19 +197,16 @@ class RuntimeRules:
         changed = None
         findings: list[Finding] = []
         held: list[Inconclusive] | tuple = ()
-        i = 0
-        for transition in self.device_transitions:
-            own = slots[i]
+        for own, transition in zip(slots, self.device_transitions):
             got, found = transition(own, state, sample, elapsed, config)
             if found:
                 findings += found
-            if got is not own:
+            if got is not own:  # rare: a slot changed
                 if changed is None:
                     changed = list(slots)
-                changed[i] = got
+                changed[self._slot[transition]] = got
                 if got == HELD and own != HELD:
                     held = [*held, *self._held(transition, state, sample, config)]
-            i += 1
         if changed is not None or not state.slots:
             state = state._replace(slots=tuple(changed if changed is not None else slots))
         # Step(state, findings, held) without the NamedTuple's __new__ frame:
@@ -229,15 +226,14 @@ class RuntimeRules:
         """One sample of the host-wide rules; `slots` () at the daemon's start."""
         slots = slots or self.host_initial
         changed, findings = None, []
-        for i, transition in enumerate(self.host_transitions):
-            own = slots[i]
+        for own, transition in zip(slots, self.host_transitions):
             got, found = transition(own, sample, elapsed, config)
             if found:
                 findings += found
             if got is not own:
                 if changed is None:
                     changed = list(slots)
-                changed[i] = got
+                changed[self.host_transitions.index(transition)] = got
         return (slots if changed is None else tuple(changed)), findings
 
     def holds(self, rule_id: str, state: DeviceState | None) -> bool:
