@@ -214,6 +214,8 @@ def cmd_advise(args) -> int:
         for source in domains:
             domain = source.domain
             facts, findings = engine.analyse(domain)
+            for line in config.policy.unknown_in_metadata(domain):
+                print(f"vfio-advisor: warning: {line}", file=sys.stderr)
             planned = {}
             if any(_has_domain_xml_fix(f) for f in findings):
                 if fixes is None:  # lazy: lxml, difflib and libvirt only when a plan is due
