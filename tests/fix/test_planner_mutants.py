@@ -22,9 +22,8 @@ from __future__ import annotations
 import random
 
 from tests.fix.conftest import DATA, HOST_ROOT
-from vfio_advisor.fix.analysis import Analyzer
-from vfio_advisor.fix.planner import Router, _unit_of, place_unit, plan_domain
-from vfio_advisor.fix.xmledit import parse_tree
+from vfio_advisor.facts.domain import parse_tree
+from vfio_advisor.fix.planner import Analyzer, Router, _unit_of, place_unit, plan_domain
 
 TWO_INTX = (DATA / "q35-two-intx.xml").read_text()
 
