@@ -80,7 +80,9 @@ capture() {
         [ -f "/sys/firmware/acpi/tables/$t" ] && cat "/sys/firmware/acpi/tables/$t" > "/cap/$name/sys/firmware/acpi/tables/$t"
     done
     # The PCI drivers the kernel has registered (is vfio-pci there at all?).
-    for d in /sys/bus/pci/drivers/*; do [ -d "$d" ] && mkdir -p "/cap/$name$d"; done
+    # Each as a directory holding .keep: git drops empty directories, and a
+    # clone without them would read as a tree that lists no drivers.
+    for d in /sys/bus/pci/drivers/*; do [ -d "$d" ] && mkdir -p "/cap/$name$d" && : > "/cap/$name$d/.keep"; done
     for mod in vfio_pci vfio_iommu_type1; do
         for p in /sys/module/$mod/parameters/*; do
             [ -f "$p" ] || continue

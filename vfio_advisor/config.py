@@ -95,8 +95,8 @@ class IgnorePolicy(NamedTuple):
 def unknown_rule_names(names) -> list[str]:
     """One line per name in `names` that is no rule's ID or slug, naming the
     nearest one that is (difflib). Names match exactly, as Rule.named_in
-    compares them: "va1001" silences nothing, so it is unknown too (and its
-    nearest is VA1001). Retired IDs stay accepted: a config that was valid
+    compares them: an ID in lower case silences nothing, so it is unknown
+    too (and its nearest is the ID in upper case). Retired IDs stay accepted: a config that was valid
     before an upgrade must not stop the daemon after it."""
     if not names:
         return []
