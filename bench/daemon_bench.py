@@ -25,7 +25,7 @@
                   run as installed (the base interpreter on install's
                   byte-compiled copy) on a 256-CPU, 2000-row host tree,
                   following one domain (its facts gathered by the daemon's
-                  gathering child). Goal (issue 12): <= 40 MB, i.e.
+                  gathering child). Goal: <= 40 MB, i.e.
                   <= 38.1 MiB; the line gives MiB as the issue asks.
   daemon_rss_mib_real_libvirtd  the same against Debian's libvirtd
                   (bench/real-libvirtd.sh, private /run/libvirt; no domain
@@ -53,7 +53,10 @@ from vfio_advisor.facts.host import INTERRUPTS_LIMIT, HostRoot  # noqa: E402
 from vfio_advisor.facts.interrupts import sample_table  # noqa: E402
 from vfio_advisor.facts.pciids import PciIds  # noqa: E402
 from vfio_advisor.facts.sampler import CROSS_CHECK_SAMPLES  # noqa: E402
-from vfio_advisor.runtime import RuntimeConfig, StateStore, Watcher  # noqa: E402
+from vfio_advisor.daemon.state import StateStore
+from vfio_advisor.daemon.watch import RuntimeConfig, Watcher  # noqa: E402
+from vfio_advisor.sinks.base import CallbackSink  # noqa: E402
+from vfio_advisor.sinks.metrics import MetricsFileSink  # noqa: E402
 from vfio_advisor.testing.hosttree import Host, build  # noqa: E402
 from vfio_advisor.testing.scenes import AUDIO, GPU, domain_xml, gpu_audio_hostdevs  # noqa: E402
 from vfio_advisor.testing.scenes import gpu_audio_devices  # noqa: E402
@@ -61,7 +64,7 @@ from vfio_advisor.testing.scenes import gpu_audio_devices  # noqa: E402
 CPUS = 256
 GPU_VECTORS = tuple(range(45, 52))  # 7 MSI-X vectors
 AUDIO_LINE = 28  # INTx
-RSS_GOAL_MB = 40  # issue 12: "steady-state RSS <= 40 MB" (10^6 bytes)
+RSS_GOAL_MB = 40  # the daemon's steady-state RSS goal (10^6 bytes)
 RSS_GOAL_MIB = RSS_GOAL_MB * 1e6 / 2**20  # 38.15
 
 
@@ -125,7 +128,7 @@ class Clock:
 
 
 class FullTableSampler:
-    """The daemon's sampler before issue 12, for the BEFORE figure: read the
+    """The daemon's sampler before its per-IRQ sysfs reads, for the BEFORE figure: read the
     whole /proc/interrupts at every sample and pick the watched rows."""
 
     def __init__(self, host: HostRoot, wanted: frozenset[str]):
@@ -138,7 +141,7 @@ class FullTableSampler:
 def make_watcher(root: Path, old: bool = False) -> tuple[Watcher, Clock]:
     clock = Clock()
     host = HostRoot(str(root))
-    w = Watcher(host, RuntimeConfig(settle=10), lambda f, d: None, StateStore(None),
+    w = Watcher(host, RuntimeConfig(settle=10), CallbackSink(lambda f, d: None), StateStore(None),
                 clock=clock, pci_ids=PciIds(None))
     w.add_domain(parse_domain_xml(domain_xml("win11", gpu_audio_hostdevs())))
     if old:
@@ -226,11 +229,12 @@ def sample_and_read_cost(root: Path, runs: int, read_runs: int) -> tuple[float, 
 
 
 def iteration_cost(root: Path, runs: int, metrics_dir: Path) -> float:
-    """Watcher.sample() and the metrics file written after it, as the
-    daemon's loop does with metrics_file set; the file on a disk file
-    system (node_exporter's textfile directory is one), not on tmpfs."""
+    """Watcher.sample() with the metrics file sink, as the daemon's loop
+    runs with metrics_file set; the file on a disk file system
+    (node_exporter's textfile directory is one), not on tmpfs."""
     run = SampleRun(root)
     path = str(metrics_dir / "vfio-advisor.prom")
+    run.watcher.sinks.append(MetricsFileSink(path))
     best = None
     for _ in range(BATCHES):
         spent = 0.0
@@ -239,8 +243,7 @@ def iteration_cost(root: Path, runs: int, metrics_dir: Path) -> float:
             bump_vectors(root, CPUS, run.step)  # not timed
             run.clock.now += 5
             t0 = cpu()
-            run.watcher.sample()
-            run.watcher.write_metrics(path, time.time())
+            run.watcher.sample()  # its SampleEvent writes the metrics file
             spent += cpu() - t0
         best = spent / runs if best is None else min(best, spent / runs)
     run.check()
@@ -312,7 +315,7 @@ def soak(root: Path, samples: int) -> dict:
 
 # The soak host: the shape of the sample figures (256 CPUs, 2000 rows), so
 # that whatever the daemon keeps of the host's /proc/interrupts shows (a
-# followed domain kept the whole parsed table, ~20 MB here, until issue 12).
+# followed domain kept the whole parsed table, ~20 MB here, before facts_to_keep).
 SOAK_ROWS, SOAK_CPUS = 2000, CPUS
 
 

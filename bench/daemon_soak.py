@@ -63,7 +63,7 @@ def main() -> int:
     irq_dirs = [os.path.join(root, "sys/kernel/irq", n) for n in sorted(os.listdir(os.path.join(root, "sys/kernel/irq")))]
 
     from vfio_advisor import cli
-    from vfio_advisor.runtime import Watcher
+    from vfio_advisor.daemon.watch import Watcher
     from vfio_advisor.sinks.journal import JOURNAL_SOCKET
 
     if not os.path.exists(JOURNAL_SOCKET):

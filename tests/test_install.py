@@ -71,7 +71,7 @@ def test_clone_install_copies_what_the_daemon_imports(tmp_path):
     out = cli("install", "--root", str(root))
     assert out.returncode == 0, out.stderr
     lib = root / LIB
-    assert (lib / "vfio_advisor/daemon.py").is_file()
+    assert (lib / "vfio_advisor/daemon/service.py").is_file()
     unit = (root / "etc/systemd/system/vfio-advisor.service").read_text()
     python = base_interpreter()
     assert f'ExecStart="{python}" -m vfio_advisor daemon' in unit
@@ -79,7 +79,7 @@ def test_clone_install_copies_what_the_daemon_imports(tmp_path):
     assert str(REPO) not in unit and ".venv" not in unit
     # The copy alone is enough: the base interpreter, outside the clone and
     # its venv, imports everything the daemon needs from it or from the system.
-    probe = ("import vfio_advisor.daemon, libvirt, libvirtaio, lxml.etree, systemd.daemon, sys;"
+    probe = ("import vfio_advisor.daemon.service, libvirt, libvirtaio, lxml.etree, systemd.daemon, sys;"
              "print(vfio_advisor.__file__); print(libvirt.__file__)")
     run = subprocess.run([python, "-c", probe], capture_output=True, text=True, cwd="/",
                          env={"PYTHONPATH": str(lib), "PATH": "/usr/bin:/bin"})
@@ -123,7 +123,7 @@ _FROM_PYC = re.compile(r"^# (\S+\.pyc) matches (\S+\.py)$")
 _FROM_SOURCE = re.compile(r"^# code object from (/\S+\.py)$")
 _NOT_CACHED = re.compile(r"^# could not create '([^']+)'")
 # What the daemon imports (as in test_clone_install_copies_what_the_daemon_imports).
-_DAEMON_IMPORTS = "vfio_advisor.daemon, libvirt, libvirtaio, lxml.etree, systemd.daemon"
+_DAEMON_IMPORTS = "vfio_advisor.daemon.service, libvirt, libvirtaio, lxml.etree, systemd.daemon"
 
 
 def _setpriv_missing() -> str | None:
@@ -200,7 +200,7 @@ def test_clone_install_byte_compiles_the_copy_for_the_daemons_interpreter():
         before = _snapshot(lib)
         files, verbose = _import_as_nobody(python, lib)
         assert _snapshot(lib) == before  # nothing written, nothing touched
-        assert str(lib / "libvirt.py") in files and str(lib / "vfio_advisor/daemon.py") in files, files
+        assert str(lib / "libvirt.py") in files and str(lib / "vfio_advisor/daemon/service.py") in files, files
         from_pyc = {m.group(2) for m in map(_FROM_PYC.match, verbose) if m}
         compiled = [m.group(1) for m in map(_FROM_SOURCE.match, verbose) if m]
         assert not [f for f in compiled if f.startswith(str(lib))], compiled
@@ -234,7 +234,7 @@ def test_clone_install_goes_on_when_byte_compiling_fails(tmp_path):
     assert out.returncode == 0, out.stderr
     warning = [line for line in out.stdout.splitlines() if "not byte-compiled" in line]
     assert len(warning) == 1 and "exited 1: *** Error compiling 'x.py'" in warning[0], out.stdout
-    assert (root / LIB / "vfio_advisor/daemon.py").is_file()
+    assert (root / LIB / "vfio_advisor/daemon/service.py").is_file()
     assert not list((root / LIB).rglob("*.pyc"))
     assert (root / "etc/systemd/system/vfio-advisor.service").is_file()
 

@@ -181,6 +181,7 @@ def worst_status(findings, errors) -> int:
 def cmd_advise(args) -> int:
     from vfio_advisor.config import load_config
     from vfio_advisor.engine import Engine
+    from vfio_advisor.sinks.base import FixesPlanned
     from vfio_advisor.sources import open_host_root
 
     if args.sample is not None and not 0 < args.sample <= 3600:
@@ -223,11 +224,11 @@ def cmd_advise(args) -> int:
                     fixes = AdviseFixes(engine, lambda name: fix_command(
                         name, from_files, args.host_root))
                 findings, planned = fixes.annotate(domain.name, source.xml, findings)
-            sink.analysed(facts)
+            sink.begin(facts)
             for f in findings:
                 sink.emit(f, domain)
             reported += findings
-            sink.report.attach_fixes(planned)
+            sink.event(FixesPlanned(planned))
         sink.close()
     finally:
         if tmp is not None:

@@ -61,3 +61,33 @@ class Finding(NamedTuple):
         host device, or for an emulated device (no host BDF) its guest
         address, so that two emulated NICs are two findings."""
         return (self.rule_id, self.subject or self.guest_address or "")
+
+
+class RunCounts(NamedTuple):
+    """A run's findings counted by severity, once for the VA9002 message and its journal fields."""
+
+    total: int
+    errors: int
+    warnings: int
+    infos: int
+    worst: Severity  # INFO when there is none
+
+    @classmethod
+    def of(cls, findings) -> "RunCounts":
+        by = {s: 0 for s in Severity}
+        for f in findings:
+            by[f.severity] += 1
+        return cls(sum(by.values()), by[Severity.ERROR], by[Severity.WARNING], by[Severity.INFO],
+                   max((s for s in Severity if by[s]), default=Severity.INFO))
+
+
+class Inconclusive(NamedTuple):
+    """A finding held back because the sample proves nothing either way (a
+    counter that did not move while the device may simply have been idle).
+    Sinks get it as an event (sinks/base.py) and say it once."""
+
+    kind = "inconclusive"
+    rule_id: str  # the rule whose finding is held back
+    domain: str | None
+    subject: str | None  # host BDF
+    message: str  # what was seen, and what to do for a conclusive sample

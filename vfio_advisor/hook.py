@@ -67,13 +67,15 @@ def run(argv: list[str], config_path: str | None = None) -> int:
     if op != ANALYSED:
         return EXIT_OK
     from vfio_advisor.config import DEFAULT_CONFIG_PATH  # noqa: PLC0415
-    from vfio_advisor.rules import internal_error, run_summary  # noqa: PLC0415
+    from vfio_advisor.findings import RunCounts  # noqa: PLC0415
+    from vfio_advisor.rules import INTERNAL_ERROR, internal_error, run_summary  # noqa: PLC0415
+    from vfio_advisor.sinks.base import RunSummary  # noqa: PLC0415
 
     cfg, cfg_problem = load_config(config_path or DEFAULT_CONFIG_PATH)
     timeout = cfg.hook_timeout
 
     findings = []
-    domain = None
+    domain = facts = None
     devices = 0
     signal.signal(signal.SIGALRM, _on_alarm)
     try:
@@ -97,7 +99,8 @@ def run(argv: list[str], config_path: str | None = None) -> int:
         # Every domain: guest routing rules (VA5xxx) apply to emulated devices too.
         # The config's disabled_rules and [domains.NAME] ignore apply here as
         # in advise and the daemon (config.IgnorePolicy).
-        findings.extend(Engine(cfg.hook_host_root, cfg).analyse(domain)[1])
+        facts, found = Engine(cfg.hook_host_root, cfg).analyse(domain)
+        findings.extend(found)
     except _Timeout:
         findings.append(internal_error(name, f"hook stopped after {timeout} s; advice incomplete"))
     except Exception as exc:  # noqa: BLE001 - a hook must never fail the VM start
@@ -106,13 +109,18 @@ def run(argv: list[str], config_path: str | None = None) -> int:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
     try:
+        if facts is not None:
+            sink.begin(facts)
         for f in findings:
             sink.emit(f, domain)
-        sink.summary(run_summary(domain.name if domain else name, findings, devices), domain,
-                     findings, devices)
+        counts = RunCounts.of(findings)
+        sink.close(RunSummary(run_summary(domain.name if domain else name, counts, devices), domain,
+                              tuple(findings), counts, devices))
     except Exception:  # noqa: BLE001
         pass
-    if cfg.hook_block_on_error and any(f.rule_id != "VA9001" and str(f.severity) == "error" for f in findings):
+    # The hook's own failure (internal error) never blocks a start.
+    if cfg.hook_block_on_error and any(f.rule_id != INTERNAL_ERROR.id and str(f.severity) == "error"
+                                       for f in findings):
         sys.stderr.write("vfio-advisor: blocking the start on error findings "
                          "([hook] block_on_error in the config):\n")
         for f in findings:

@@ -49,7 +49,7 @@ HIDDEN = ("/home", "/root", "/run/user")
 PRIVATE_STATE = "/var/lib/private/vfio-advisor"
 
 # The file install writes (and the package ships, debian/render.py), rendered
-# from the defaults in config.py so it cannot drift from them (issue 11).
+# from the defaults in config.py so it cannot drift from them.
 DEFAULT_CONFIG_TEXT = render_config_file()
 
 

@@ -71,13 +71,21 @@ def test_sample_sees_rising_intx(tmp_path):
     assert "rose by 300" in f["message"]
 
 
-def test_sample_without_change_is_silent(tmp_path):
+def test_sample_without_change_keeps_the_finding_and_says_it_proves_nothing(tmp_path):
+    """An INTx line that did not move while advise sampled proves nothing
+    (no guest driver bound yet, or the device idle): the static VA1001 (the
+    line has counted 600) stays, marked inconclusive, with what to do."""
     root = host(tmp_path, "stays-intx-3")
     out = run("advise", "--xml", str(DOMAIN), "--host-root", str(root), "--sample", "0.3",
               "--format", "json")
+    assert out.returncode == 1, out.stderr  # a warning stands
     doc = json.loads(out.stdout)
     assert edu(doc)["host_interrupts"]["intx_delta"] == 0
-    assert not [f for f in edu(doc)["findings"] if f["rule"] == "VA1001"]
+    (f,) = [f for f in edu(doc)["findings"] if f["rule"] == "VA1001"]
+    assert "inconclusive" in f["message"] and "while the device is in use" in f["message"]
+    assert f["evidence"]["sample"] == "inconclusive: no INTx in 0.3 s"
+    text = run("advise", "--xml", str(DOMAIN), "--host-root", str(root), "--sample", "0.3")
+    assert "VA1001" in text.stdout and "inconclusive" in text.stdout
 
 
 def test_snapshot_replays_to_the_same_advice(tmp_path):

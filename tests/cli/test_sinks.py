@@ -7,12 +7,12 @@ import io
 import json
 
 from tests.daemon.scenarios import Scenario, intx_rows
-from vfio_advisor.sinks.base import Sink
+from vfio_advisor.sinks.base import SampleEvent, Sink
 from vfio_advisor.sinks.journal import JournalSink
 from vfio_advisor.sinks.jsonout import JsonSink
 from vfio_advisor.sinks.metrics import MetricsFileSink, render_metrics
 from vfio_advisor.sinks.text import TextSink
-from vfio_advisor.runtime import DeviceSnapshot
+from vfio_advisor.sinks.base import DeviceSnapshot
 
 
 def test_every_sink_follows_the_protocol(tmp_path):
@@ -40,20 +40,21 @@ def test_metrics_come_from_the_snapshot(tmp_path):
     audio = next(d for d in snap if d.bdf == "0000:05:00.1")
     assert (audio.mode, audio.count, audio.rate, audio.observable) == ("intx", 6000, 1000.0, True)
     text = render_metrics(snap, s.watcher.open_findings(), 1.0)
-    assert s.watcher.metrics_text(1.0) == text
+    assert s.metrics() == text
     # a counter (Prometheus practice: rate() over it), not a per-second gauge
     assert 'vfio_advisor_device_interrupts_total{domain="win11",bdf="0000:05:00.1",mode="intx"} 6000' in text
     assert 'vfio_advisor_device_mode{domain="win11",bdf="0000:05:00.1",mode="intx"} 1' in text
     assert 'vfio_advisor_device_mode{domain="win11",bdf="0000:05:00.1",mode="msi"} 0' in text
     assert "vfio_advisor_last_sample_timestamp_seconds 1" in text
     path = tmp_path / "m.prom"
-    MetricsFileSink(str(path)).write(snap, s.watcher.open_findings(), 1.0)
+    MetricsFileSink(str(path)).event(SampleEvent(1.0, 0.0, None, lambda: snap, s.watcher.open_findings))
     assert path.read_text() == text
 
 
 def test_metrics_renderer_is_swapped_in_one_place(tmp_path):
     path = tmp_path / "m.prom"
     snap = [DeviceSnapshot("a\"b", "0000:01:00.0", "msi", 5, 0.5, observable=False)]
-    MetricsFileSink(str(path), render=lambda devs: "".join(f"{d.bdf} {d.observable}\n" for d in devs)).write(snap)
+    MetricsFileSink(str(path), render=lambda devs: "".join(f"{d.bdf} {d.observable}\n" for d in devs)).event(
+        SampleEvent(1.0, 0.0, None, lambda: snap, list))
     assert path.read_text() == "0000:01:00.0 False\n"
     assert 'domain="a\\"b"' in render_metrics(snap)

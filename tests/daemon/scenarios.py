@@ -15,7 +15,10 @@ from tests.rules.examples import (
 from vfio_advisor.facts.domain import parse_domain_xml
 from vfio_advisor.facts.host import HostRoot
 from vfio_advisor.facts.pciids import PciIds
-from vfio_advisor.runtime import RuntimeConfig, StateStore, Watcher
+from vfio_advisor.daemon.state import StateStore
+from vfio_advisor.daemon.watch import RuntimeConfig, Watcher
+from vfio_advisor.sinks.base import CallbackSink
+from vfio_advisor.sinks.metrics import MetricsFileSink
 from vfio_advisor.sinks.journal import JournalSink
 
 CPUS = 8
@@ -55,16 +58,20 @@ class Scenario:
             (d / "smp_affinity_list").write_text(cpus + "\n")
         self.clock = Clock()
         self.emitted = []
-        sink = JournalSink("daemon")
+        self.journal = []  # every journal entry, as the fields journald would get
+        sink = JournalSink("daemon", sender=lambda fields: self.journal.append(dict(
+            f.split("=", 1) for f in fields)))
 
         def emit(finding, domain):
-            sink.emit(finding, domain)
             self.emitted.append({"rule": finding.rule_id, "subject": finding.subject,
                                  "message": finding.message})
 
+        # The metrics file as the daemon writes it (a sink, at every sample).
+        self.metrics_path = self.root.parent / f"{self.root.name}-metrics.prom"
         self.watcher = Watcher(HostRoot(self.root), config or RuntimeConfig(interval=5, settle=60),
-                               emit, StateStore(str(state_dir) if state_dir else None),
-                               clock=self.clock, pci_ids=PciIds(None))
+                               [sink, CallbackSink(emit), MetricsFileSink(str(self.metrics_path))],
+                               StateStore(str(state_dir) if state_dir else None),
+                               clock=self.clock, pci_ids=PciIds(None), wall_clock=lambda: 1.0)
         self.domain = parse_domain_xml(xml or domain_xml("win11", gpu_audio_hostdevs()))
         self.watcher.add_domain(self.domain)
 
@@ -72,3 +79,7 @@ class Scenario:
         self.clock.now = 1000.0 + seconds
         (self.root / "proc/interrupts").write_text(_ir_interrupts(rows))
         return self.watcher.sample()
+
+    def metrics(self) -> str:
+        """The metrics file the last sample wrote."""
+        return self.metrics_path.read_text()

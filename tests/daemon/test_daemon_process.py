@@ -133,7 +133,7 @@ def test_metrics_file_values_and_label_escaping(tmp_path):
                        "VA6001 open in the file")
         text = metrics.read_text()
         # It follows the domain, yet lxml (and the libxslt it brings) never
-        # loads into it: the domain was gathered in a child (gather_worker.py).
+        # loads into it: the domain was gathered in a child (daemon/gather_child.py).
         maps = Path(f"/proc/{proc.pid}/maps").read_text()
         modules = {line.split()[-1] for line in maps.splitlines() if line.endswith(".so") or ".so." in line}
     finally:

@@ -1,7 +1,7 @@
 """The Watcher works a device's interrupts out with the model
 (facts.model.device_interrupts) only when the sampled table's shape changed
 (Sampler.shape); between, it carries the model's result over with the new
-counts (runtime.Watcher._interrupts, issue 12). This checks that shortcut
+counts (daemon.watch.Watcher._interrupts). This checks that shortcut
 against the model itself at every sample: over each lab scenario's real
 captures (a symlinked root the replay swaps, as the fleet tier does), with
 the vfio vectors' counts moving in place between swaps, and over a sharer
@@ -20,7 +20,9 @@ from vfio_advisor.facts.domain import parse_domain_xml
 from vfio_advisor.facts.host import HostRoot
 from vfio_advisor.facts.model import device_interrupts
 from vfio_advisor.facts.pciids import PciIds
-from vfio_advisor.runtime import RuntimeConfig, StateStore, Watcher
+from vfio_advisor.daemon.state import StateStore
+from vfio_advisor.daemon.watch import RuntimeConfig, Watcher
+from vfio_advisor.sinks.base import CallbackSink
 
 REPO = Path(__file__).resolve().parents[2]
 CAPTURES = REPO / "lab/captures"
@@ -32,7 +34,7 @@ SCENARIOS = {name: (xml, moments(name)) for name, xml in
 
 def checked_watcher(root: Path, domain: str):
     clock = {"now": 100.0}
-    w = Watcher(HostRoot(str(root)), RuntimeConfig(settle=0), lambda f, d: None, StateStore(None),
+    w = Watcher(HostRoot(str(root)), RuntimeConfig(settle=0), CallbackSink(lambda f, d: None), StateStore(None),
                 clock=lambda: clock["now"], pci_ids=PciIds(None))
     w.add_domain(parse_domain_xml((DOMAINS / f"{domain}.xml").read_bytes()))
     seen = {"fast": 0, "slow": 0, "checked": 0}

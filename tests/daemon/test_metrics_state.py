@@ -13,7 +13,10 @@ from tests.fleet.exposition import parse
 from vfio_advisor.facts.domain import parse_domain_xml
 from vfio_advisor.facts.host import HostRoot
 from vfio_advisor.facts.pciids import PciIds
-from vfio_advisor.runtime import RuntimeConfig, StateStore, Watcher
+from vfio_advisor.daemon.state import StateStore
+from vfio_advisor.daemon.watch import RuntimeConfig, Watcher
+from vfio_advisor.sinks.base import CallbackSink
+from vfio_advisor.sinks.metrics import MetricsFileSink
 from vfio_advisor.testing.hosttree import capture_under_platform
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,11 +41,12 @@ def under_platform(tmp: Path, capture: str, platform: str) -> Path:
 ])
 def test_posted_msi_is_unobservable_never_zero(tmp_path, platform, posted):
     root = under_platform(tmp_path, "switch-4", platform)  # the edu on vfio-msi, 250 counted
-    w = Watcher(HostRoot(str(root)), RuntimeConfig(settle=0), lambda f, d: None, StateStore(None),
-                clock=lambda: 100.0, pci_ids=PciIds(None))
+    prom = tmp_path / "m.prom"
+    w = Watcher(HostRoot(str(root)), RuntimeConfig(settle=0), [CallbackSink(lambda f, d: None),
+                MetricsFileSink(str(prom))], StateStore(None), clock=lambda: 100.0, pci_ids=PciIds(None))
     w.add_domain(parse_domain_xml((REPO / "tests/data/domains/lab/switch.xml").read_bytes()), started_at=0.0)
     w.sample()
-    got = series(w.metrics_text(1.0))
+    got = series(prom.read_text())
     dev = (("bdf", "0000:00:03.0"), ("domain", "lab-switch"))
     total = ("vfio_advisor_device_interrupts_total", tuple(sorted(dev + (("mode", "msi"),))))
     assert got[("vfio_advisor_device_interrupts_observable", dev)] == (0.0 if posted else 1.0)
@@ -61,13 +65,13 @@ def test_va6001_is_open_until_the_device_leaves_intx(tmp_path):
         count += 3000
         s.at(t, intx_rows(count))
     assert [e["rule"] for e in s.emitted] == ["VA6001"]
-    assert series(s.watcher.metrics_text(1.0))[key] == 1.0
+    assert series(s.metrics())[key] == 1.0
     s.at(85, intx_rows(count + 3000))  # still on INTx: still open
-    assert series(s.watcher.metrics_text(1.0))[key] == 1.0
+    assert series(s.metrics())[key] == 1.0
     s.at(90, msi_rows(10))
     s.at(95, msi_rows(500))
     assert "VA6002" in [e["rule"] for e in s.emitted]
-    got = series(s.watcher.metrics_text(1.0))
+    got = series(s.metrics())
     assert key not in got
     assert not [k for k in got if k[0] == "vfio_advisor_findings"]  # VA6002 is an event, never open
 
@@ -84,8 +88,20 @@ def test_a_stopped_domain_closes_its_findings(tmp_path):
         count += 3000
         s.at(t, intx_rows(count))
     assert {"VA6001", "VA6003"} <= {e["rule"] for e in s.emitted}
-    rules = {dict(k[1])["rule"] for k in series(s.watcher.metrics_text(1.0)) if k[0] == "vfio_advisor_findings"}
+    rules = {dict(k[1])["rule"] for k in series(s.metrics()) if k[0] == "vfio_advisor_findings"}
     assert rules == {"VA6001", "VA6003"}
     s.watcher.remove_domain("win11")
-    got = series(s.watcher.metrics_text(1.0))
+    s.watcher.sample()
+    got = series(s.metrics())
     assert not [k for k in got if k[0] in ("vfio_advisor_findings", "vfio_advisor_device_mode")]
+
+
+def test_the_open_findings_table_is_the_rules_own():
+    """docs/metrics.md's "open until" table is each runtime rule's `holds`
+    docstring, in registry order; a rule added or changed changes it."""
+    from vfio_advisor.rules import RUNTIME
+
+    doc = (REPO / "docs/metrics.md").read_text()
+    table = doc[doc.index("| rule | open until |"):].split("\n\n", 1)[0].splitlines()[2:]
+    assert table == [f"| {r.id} {r.slug} | {until} |" for r, until in RUNTIME.open_until()]
+    assert len(table) == len([r for r in RUNTIME.by_id.values()])

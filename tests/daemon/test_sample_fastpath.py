@@ -1,4 +1,4 @@
-"""The sampler's per-sample fast paths (facts/sampler.py, issue 12) against
+"""The sampler's per-sample fast paths (facts/sampler.py) against
 its plain path, at every sample.
 
 A Sampler that has watched a tree for a while keeps state between samples:
@@ -92,7 +92,7 @@ class Checked:
             # Both count the damaged texts (odd, above). Their rows are not
             # compared: a fresh sampler's first sample is a rediscovery, which
             # reads /proc/interrupts and may take rows from it that a steady
-            # sample leaves out (as before issue 12's fast paths).
+            # sample leaves out (as before the fast paths).
             self.samples += 1
             return kept
         assert kept.lines == fresh.lines, (self.samples, kept.lines, fresh.lines)

@@ -9,12 +9,12 @@ import json
 
 
 def test_damaged_state_file_does_not_stop_sampling(tmp_path):
-    from vfio_advisor.runtime import StateStore
+    from vfio_advisor.daemon.state import StateStore
 
     (tmp_path / "state.json").write_text(json.dumps({"domains": {"dom": [], "other": "x"}}))
     store = StateStore(str(tmp_path))
     assert store.previous("dom", "0000:05:00.1") == {}
-    store.record("dom", "0000:05:00.1", "msi", False)
+    store.record("dom", "0000:05:00.1", {"mode": "msi", "flagged_intx": False})
     assert StateStore(str(tmp_path)).previous("dom", "0000:05:00.1")["mode"] == "msi"
 
 
@@ -22,11 +22,11 @@ def test_reading_the_state_adds_nothing_to_the_file(tmp_path):
     """previous() runs for every device at every sample; a domain whose
     devices never settle into a mode recorded nothing, and its reads must
     leave no empty entry behind for the next save to write."""
-    from vfio_advisor.runtime import StateStore
+    from vfio_advisor.daemon.state import StateStore
 
     store = StateStore(str(tmp_path))
     assert store.previous("never-recorded", "0000:05:00.0") == {}
-    store.record("recorded", "0000:06:00.0", "msix", False)
+    store.record("recorded", "0000:06:00.0", {"mode": "msix", "flagged_intx": False})
     saved = json.loads((tmp_path / "state.json").read_text())
     assert sorted(saved["domains"]) == ["recorded"]
 

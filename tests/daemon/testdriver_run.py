@@ -22,7 +22,7 @@ import libvirt
 import libvirtaio
 
 from vfio_advisor.sinks.journal import JournalSink
-from vfio_advisor.daemon import DaemonConfig, Service
+from vfio_advisor.daemon.service import DaemonConfig, Service
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "examples/demo-host"

@@ -1,4 +1,4 @@
-"""Effective state, not the command line (issue 10 §4), on the lab's real
+"""Effective state, not the command line, on the lab's real
 kernels: interrupt remapping as the kernel shows it (IR- chips, sysfs) wins
 over what the command line asked for, and VA3002 quotes that evidence.
 

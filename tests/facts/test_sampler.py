@@ -354,7 +354,7 @@ def test_sampler_equals_model_on_generated_hosts(tmp_path_factory, host):
         assert device_interrupts(b, devices[b], got_table) == device_interrupts(b, devices[b], table), b
 
 
-# --- issue 12: per_cpu_count parsed by its non-zero counts -------------------
+# --- per_cpu_count parsed by its non-zero counts ----------------------------
 
 @st.composite
 def per_cpu_texts(draw):

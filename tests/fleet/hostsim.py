@@ -20,7 +20,9 @@ from vfio_advisor import __version__
 from vfio_advisor.facts.domain import parse_domain_xml
 from vfio_advisor.facts.host import HostRoot
 from vfio_advisor.facts.pciids import PciIds
-from vfio_advisor.runtime import RuntimeConfig, StateStore, Watcher
+from vfio_advisor.daemon.state import StateStore
+from vfio_advisor.daemon.watch import RuntimeConfig, Watcher
+from vfio_advisor.sinks.base import CallbackSink
 from vfio_advisor.sinks.prometheus import DeviceMetrics, OpenFinding, render
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,7 +47,7 @@ class SimulatedHost:
         self.emitted = []
         self.watcher = Watcher(HostRoot(str(self.moments[0])),
                                RuntimeConfig(settle=settle, storm_rate=storm_rate, storm_samples=1),
-                               lambda f, d: self.emitted.append(f), StateStore(None),
+                               CallbackSink(lambda f, d: self.emitted.append(f)), StateStore(None),
                                clock=lambda: self.now, pci_ids=PciIds(None))
         self.watcher.add_domain(parse_domain_xml((DOMAINS / f"{domain}.xml").read_bytes()),
                                 started_at=self.now)

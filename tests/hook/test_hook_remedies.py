@@ -1,4 +1,4 @@
-"""Remedies only where they can work (issue 10 §3), on the lab's real
+"""Remedies only where they can work, on the lab's real
 pci=nomsi kernel (lab/captures/nomsi-2: MSI refused with EINVAL, the edu on
 vfio-intx) and its nointxmask=1 kernel (nointxmask-before: the next moment's
 EBUSY is in nointxmask-after/dmesg), through every path that gives advice:

@@ -13,7 +13,9 @@ import sys
 from vfio_advisor.facts.domain import parse_domain_xml
 from vfio_advisor.facts.host import HostRoot
 from vfio_advisor.facts.pciids import PciIds
-from vfio_advisor.runtime import RuntimeConfig, StateStore, Watcher
+from vfio_advisor.daemon.state import StateStore
+from vfio_advisor.daemon.watch import RuntimeConfig, Watcher
+from vfio_advisor.sinks.base import CallbackSink
 from vfio_advisor.sinks.journal import JournalSink
 
 
@@ -34,7 +36,7 @@ def main(argv: list[str]) -> int:
 
     clock["now"] = uptime(moments[0])
     watcher = Watcher(HostRoot(moments[0]), RuntimeConfig(settle=settle, storm_rate=storm, storm_samples=1),
-                      emit, StateStore(None if state == "-" else state), clock=lambda: clock["now"],
+                      CallbackSink(emit), StateStore(None if state == "-" else state), clock=lambda: clock["now"],
                       pci_ids=PciIds(None))
     with open(xml, "rb") as f:
         # The domain started at the first moment's uptime minus nothing: the

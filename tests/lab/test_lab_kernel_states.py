@@ -1,4 +1,4 @@
-"""The rules on the kernel states issue 10 §5 asks the lab to make, each a real
+"""The rules on kernel states only a real guest kernel shows, each a real
 guest kernel's /proc and /sys (lab/captures, made by `make lab`; how, in
 lab/captures/ORIGIN.md):
 
@@ -10,8 +10,8 @@ lab/captures/ORIGIN.md):
 - isolcpus-1 / -2: isolcpus=1 irqaffinity=0 on two CPUs, a vfio-msi vector
   moved onto CPU 1, firing there.
 
-What the product already gets right is asserted; what issue 10 asks for and
-is not built yet is marked xfail(strict=True), so it turns into a failure
+What the product already gets right is asserted; what it should do and does
+not do yet is marked xfail(strict=True), so it turns into a failure
 (XPASS) the day it lands and the marker must go.
 
 The product is driven through its CLI (`vfio-advisor advise`) and through
@@ -114,7 +114,7 @@ def vfio_lines(capture: str) -> dict[int, tuple[int, str]]:
     return rows
 
 
-# --- the captures hold what issue 12 reads ---------------------------------
+# --- the captures hold what the daemon's sampler reads ---------------------
 
 @pytest.mark.parametrize("capture", ALL_MOMENTS)
 def test_capture_holds_kernel_irq_descriptors_of_vfio_irqs(capture):
@@ -176,7 +176,7 @@ def test_nointxmask_after_across_two_domains_va2002():
 
 def _predicted_conflict(doc: dict, bdf: str, other: str) -> list[dict]:
     """VA2004 (error) on `bdf` naming the other device on its host line: what
-    issue 10 §2 asks for before anyone holds the line."""
+    the user needs before anyone holds the line."""
     return [f for f in findings(doc) if f["_device"] == bdf and f["rule"] == "VA2004"
             and f["severity"] == "error" and other in text_of(f)]
 
@@ -253,7 +253,7 @@ def test_nomsi_advise_says_va3001_and_no_guest_msi_remedy(tmp_path, guest):
             assert remedy not in text_of(f), f
 
 
-NOMSI_DAEMON = ("issue 10 §3: the daemon's VA6001/VA6003 still give the guest MSI remedy "
+NOMSI_DAEMON = ("the daemon's VA6001/VA6003 still give the guest MSI remedy "
                 "(MSISupported) on a pci=nomsi host, where it cannot work")
 
 

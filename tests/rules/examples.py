@@ -360,7 +360,7 @@ def pxb_pcie_hostdev_msi(tmp: Path) -> DomainFacts:
 
 # --- real kernel states: the lab's captures ------------------------------------
 #
-# Issue 10 §5: where the lab (lab/captures, made by `make lab`; how, in
+# Where the lab (lab/captures, made by `make lab`; how, in
 # lab/captures/ORIGIN.md) can make the state a rule is about, the example is
 # that real guest kernel's /proc and /sys, read as it was captured, with the
 # lab's domain XML. The hand-made trees above stay only where the lab cannot

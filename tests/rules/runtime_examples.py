@@ -4,7 +4,8 @@ same real host trees (QD4 Navi 23 dump, the 2015 IR capture) and domain XML.
 
 A device example returns (previous DeviceState, DeviceSample, elapsed,
 Config); the rule's transition runs after `observe`, as in the daemon. The
-VA8003 examples return (already reported, rows skipped) from a real capture.
+VA8003 examples return (already reported, HostSample, elapsed, Config), the
+rows skipped counted on a real capture.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from tests.rules.examples import (
 from vfio_advisor.config import DEFAULTS
 from vfio_advisor.facts.interrupts import Interrupts, sample_table
 from vfio_advisor.facts.model import DomainFacts, device_interrupts
-from vfio_advisor.rules.runtime import DeviceSample, DeviceState
+from vfio_advisor.rules import RUNTIME
+from vfio_advisor.rules.runtime import FLAGGED, intx_or_msi, intx_storm
+from vfio_advisor.rules.stepping import DeviceSample, HostSample
 
 RUNTIME_EXAMPLES: dict[str, Callable[[Path], tuple]] = {}
 SETTLED, BOOTING, INTERVAL = 120.0, 10.0, 5.0
@@ -38,6 +41,17 @@ def _sample(facts: DomainFacts, bdf: str, since_start: float, table: Interrupts 
     dev = facts.device(bdf)
     irq = dev.interrupts if table is None else device_interrupts(bdf, dev.device, table)
     return DeviceSample(interrupts=irq, since_start=since_start, facts=facts, device=dev, **extra)
+
+
+def DeviceState(bdf: str, flagged_intx: bool = False, storming: int = 0, **fields):
+    """A device's state with the runtime rules' slots at their start, but
+    VA6001 already said (`flagged_intx`) or a storm's run-up (`storming`)."""
+    slots = list(RUNTIME.initial)
+    if flagged_intx:
+        slots[RUNTIME.slot_of(intx_or_msi)] = FLAGGED
+    if storming:
+        slots[RUNTIME.slot_of(intx_storm)] = (storming, False)
+    return RUNTIME.new_device(bdf)._replace(slots=tuple(slots), **fields)
 
 
 def _earlier(sample: DeviceSample, mode: str, less: int, **state) -> DeviceState:
@@ -139,15 +153,15 @@ def _capture_vfio_rows(cut: bool) -> int:
 
 @example("rt-rows-cut")
 def rows_cut(tmp: Path):
-    return False, _capture_vfio_rows(cut=True)
+    return False, HostSample(_capture_vfio_rows(cut=True)), INTERVAL, DEFAULTS
 
 
 @example("rt-rows-clean")
 def rows_clean(tmp: Path):
-    return False, _capture_vfio_rows(cut=False)
+    return False, HostSample(_capture_vfio_rows(cut=False)), INTERVAL, DEFAULTS
 
 
-# --- posted MSI (issue 10 §1): host_can_count_msi False ---------------------
+# --- posted MSI (VT-d PI / AVIC): host_can_count_msi False ------------------
 
 @example("rt-msi-posted")
 def msi_posted(tmp: Path):
@@ -182,7 +196,7 @@ def affinity_posted(tmp: Path):
 
 # --- real kernel states: two moments of a lab scenario ----------------------
 #
-# Issue 10 §5: the runtime rules on the lab's real guest kernels
+# The runtime rules on the lab's real guest kernels
 # (lab/captures/ORIGIN.md). The step is from one captured moment to the
 # next, with the guest's uptime as the clock; the lab's moments are seconds
 # apart, so these examples run with settle 0 (and the storm scenario with a

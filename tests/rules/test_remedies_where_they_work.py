@@ -1,4 +1,4 @@
-"""Every remedy only where the facts say it can work (issue 10 §3), on the
+"""Every remedy only where the facts say it can work, on the
 lab's real pci=nomsi state: no builder may tell the guest to use MSI there."""
 
 from __future__ import annotations
@@ -8,7 +8,9 @@ import pytest
 from tests.rules.examples import EXAMPLES
 from vfio_advisor.config import DEFAULTS
 from vfio_advisor.engine import run_rules
-from vfio_advisor.rules.runtime import DeviceSample, DeviceState, step_device
+from tests.rules.runtime_examples import DeviceState
+from vfio_advisor.rules import RUNTIME
+from vfio_advisor.rules.stepping import DeviceSample
 
 GUEST_MSI = ("MSISupported", "modinfo -p", "enable_msi", "Enable MSI in the guest")
 EDU = "0000:00:03.0"
@@ -38,7 +40,7 @@ def _storm(facts, msi_possible: bool):
                           host_msi_possible=msi_possible)
     counts = tuple((irq, total - 5 * 30000) for irq, total in dev.interrupts.vector_counts)
     state = DeviceState(EDU, mode="intx", counts=counts, storming=DEFAULTS.storm_samples - 1)
-    return step_device(state, sample, 5.0, DEFAULTS)[1]
+    return RUNTIME.step_device(state, sample, 5.0, DEFAULTS).findings
 
 
 def test_storm_remedy_says_msi_only_where_the_host_allows_it(nomsi):
@@ -56,7 +58,7 @@ def test_va6001_on_nomsi_gives_the_host_remedy(nomsi):
     sample = DeviceSample(interrupts=dev.interrupts, since_start=120.0, facts=facts, device=dev,
                           host_msi_possible=False)
     counts = tuple((irq, total - 500) for irq, total in dev.interrupts.vector_counts)
-    _, found = step_device(DeviceState(EDU, mode="intx", counts=counts), sample, 5.0, DEFAULTS)
+    found = RUNTIME.step_device(DeviceState(EDU, mode="intx", counts=counts), sample, 5.0, DEFAULTS).findings
     (va6001,) = [f for f in found if f.rule_id == "VA6001"]
     assert "pci=nomsi" in va6001.remedy and "MSISupported" not in va6001.remedy
 

@@ -10,8 +10,8 @@ from tests.hosttree import load_config
 from tests.rules.examples import AUDIO, EHCI, EXAMPLES, GPU, QD4, SBLIVE
 from tests.rules.runtime_examples import RUNTIME_EXAMPLES
 from vfio_advisor.engine import run_rules
-from vfio_advisor.rules import RULES, RULES_BY_ID
-from vfio_advisor.rules.runtime import DEVICE_TRANSITIONS, observe, rows_skipped
+from vfio_advisor.rules import RULES, RULES_BY_ID, RUNTIME
+from vfio_advisor.rules.stepping import HostSample, observe
 
 FIRES = [(r.id, name) for r in RULES if r.check for name in r.fires_on]
 SILENT = [(r.id, name) for r in RULES if r.check for name in r.silent_on]
@@ -80,7 +80,7 @@ def test_every_rule_but_the_internal_ones_is_checked_or_a_transition():
 
 
 # The healthy baselines: silent for every rule, so they prove nothing about
-# any one rule's edge. Issue 10 asks each rule for a near miss: an example one
+# any one rule's edge. Each rule needs a near miss too: an example one
 # fact away from firing (booting instead of settled, masking on instead of
 # off, PI clear instead of set, remapping on instead of off).
 BASELINES = {"gpu-audio-msi", "rt-msi-settled"}
@@ -94,10 +94,11 @@ def test_every_rule_has_a_near_miss_not_only_the_baseline():
         assert near, f"{r.id}: silent_on has only the healthy baseline, give it a near miss"
 
 
-def test_the_daemon_runs_every_device_transition():
-    registered = {r.transition for r in RULES if r.transition and r.transition is not rows_skipped}
-    assert registered == set(DEVICE_TRANSITIONS)
-    assert len(DEVICE_TRANSITIONS) == len(set(DEVICE_TRANSITIONS))
+def test_the_daemon_runs_every_transition_in_registry_order():
+    device = [r.transition for r in RULES if r.transition and r.scope == "device"]
+    host = [r.transition for r in RULES if r.transition and r.scope != "device"]
+    assert RUNTIME.device_transitions == tuple(dict.fromkeys(device))
+    assert RUNTIME.host_transitions == tuple(dict.fromkeys(host))
 
 
 # --- runtime rules: one pure step each ----------------------------------------
@@ -115,10 +116,11 @@ def runtime_example(tmp_path_factory):
 
 def _step(rule_id: str, case: tuple):
     rule = RULES_BY_ID[rule_id]
-    if rule.transition is rows_skipped:
+    if isinstance(case[1], HostSample):
         return rule.transition(*case)[1]
     state, sample, elapsed, config = case
-    _, found = rule.transition(observe(state, sample, elapsed), sample, elapsed, config)
+    observed = observe(state, sample, elapsed)
+    _, found = rule.transition(RUNTIME.own(rule, observed), observed, sample, elapsed, config)
     return [f for f in found if f.rule_id == rule_id]
 
 
@@ -139,10 +141,9 @@ def test_runtime_transitions_are_pure(runtime_example):
     """Same input, same output, and the input state is left as it was."""
     for name in RUNTIME_EXAMPLES:
         case = runtime_example(name)
-        if not isinstance(case[0], bool):
+        if not isinstance(case[1], HostSample):
             state = case[0]
-            from vfio_advisor.rules.runtime import step_device
-            assert step_device(*case) == step_device(*case)
+            assert RUNTIME.step_device(*case) == RUNTIME.step_device(*case)
             assert case[0] is state
 
 
@@ -211,7 +212,7 @@ def test_va2001_names_the_other_handler(example):
 
 
 def test_posted_msi_is_never_read_as_silence_or_affinity(runtime_example):
-    """Issue 10's flag: with MSI posted to the guest, the host's flat count
+    """With MSI posted to the guest (VT-d PI, AVIC), the host's flat count
     says nothing, so VA6006 and VA6007 stay silent for those vectors."""
     for name, rule_id in (("rt-no-vectors-settled", None), ("rt-affinity-on-pinned", "VA6007")):
         state, sample, elapsed, config = runtime_example(name)

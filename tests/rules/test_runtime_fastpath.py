@@ -1,13 +1,15 @@
-"""The runtime transitions' early exits (issue 12) against the transitions
-as they were before them, on every runtime example's real sample and on
-states hypothesis draws.
+"""The runtime transitions' early exits against the transitions as they
+were before them, on every runtime example's real sample and on states
+hypothesis draws.
 
-stays_on_intx, msi_to_intx_regression, intx_storm, no_interrupts and
-affinity_overlap test their cheapest, state-only conditions first, so that a
-steady device costs no call per sample. Each new exit may be taken only where
-the old function returned the state unchanged and no finding; REFERENCE
-below is the old code, verbatim (before commit 645bf33), and every draw
-must give the same (state, findings) from both.
+The transitions test their cheapest, state-only conditions first, so that a
+steady device costs no call per sample. Each exit may be taken only where the
+old function returned the state unchanged and no finding; REFERENCE below is
+the old code, verbatim (before commit 645bf33, when each rule still kept a
+flag in one shared 15-field state: OldState), and every draw must give the
+same (state, findings) from both, the new rules' slots read as those flags.
+The one difference on purpose: VA6001 now holds back (HELD) where an idle
+INTx line proves nothing; read as a flag that is "not flagged", as before.
 """
 
 from __future__ import annotations
@@ -16,14 +18,84 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from typing import NamedTuple
+
 from tests.rules.runtime_examples import RUNTIME_EXAMPLES
-from vfio_advisor.rules import runtime
+from vfio_advisor.rules import RUNTIME, runtime
 from vfio_advisor.rules.runtime import (
-    STORM_HYSTERESIS, DeviceState, Finding, _make, _msi_capable, _name, _remedy, _settled,
+    FLAGGED, STORM_HYSTERESIS, Finding, _make, _msi_capable, _name, _remedy, _settled,
     _storm_remedy, cpulist,
 )
 
-# --- the transitions before issue 12's early exits (verbatim) -----------------
+
+class OldState(NamedTuple):
+    """DeviceState as it was, one flag per rule."""
+
+    bdf: str
+    mode: str = "unknown"
+    previous_mode: str = "unknown"
+    counts: tuple = ()
+    rate: float = 0.0
+    delta: int = 0
+    ever_counted: bool = False
+    flagged_intx: bool = False
+    storming: int = 0
+    storm_reported: bool = False
+    reported_none: bool = False
+    regression_checked: bool = False
+    affinity: tuple = ()
+    observable: bool = True
+    reported_posted: bool = False
+
+
+def old_of(state) -> OldState:
+    """The new state (bookkeeping and slots) as the old flags."""
+    own = dict(zip(RUNTIME.device_transitions, state.slots or RUNTIME.initial))
+    storming, storm_reported = own[runtime.intx_storm]
+    return OldState(state.bdf, state.mode, state.previous_mode, state.counts, state.rate, state.delta,
+                    state.ever_counted, own[runtime.intx_or_msi] == FLAGGED, storming, storm_reported,
+                    own[runtime.no_interrupts], own[runtime.msi_to_intx_regression],
+                    own[runtime.affinity_overlap], state.observable, own[runtime.msi_posted])
+
+
+def new_of(state, old: OldState):
+    """`state` (new) with the bookkeeping and slots of `old`."""
+    own = {runtime.intx_or_msi: FLAGGED if old.flagged_intx else None,
+           runtime.msi_to_intx_regression: old.regression_checked,
+           runtime.intx_storm: (old.storming, old.storm_reported),
+           runtime.no_interrupts: old.reported_none, runtime.affinity_overlap: old.affinity,
+           runtime.msi_posted: old.reported_posted}
+    return state._replace(mode=old.mode, previous_mode=old.previous_mode, counts=old.counts,
+                          rate=old.rate, delta=old.delta, ever_counted=old.ever_counted,
+                          observable=old.observable,
+                          slots=tuple(own[t] for t in RUNTIME.device_transitions))
+
+
+class OldSample:
+    """A new DeviceSample read as the old one (storm_lines, not said)."""
+
+    def __init__(self, sample):
+        self._sample = sample
+        self.storm_lines = frozenset(k.rsplit(" ", 1)[-1] for k in sample.said)
+
+    def __getattr__(self, name):
+        return getattr(self._sample, name)
+
+
+# --- the transitions before the early exits (verbatim) ------------------------
+
+def switched_to_msi(state, sample, elapsed, config):
+    """VA6002: INTx -> MSI after we (or the previous run) had flagged it."""
+    if not (state.previous_mode == "intx" and state.mode in ("msi", "msix")):
+        return state, []
+    out = []
+    if state.flagged_intx or sample.previous_run.get("flagged_intx"):
+        out = _make("VA6002", sample,
+                    f"{_name(sample)} switched from INTx to {state.mode.upper()}: the guest driver "
+                    "now uses message-signalled interrupts.",
+                    evidence={"mode": f"intx -> {state.mode}"})
+    return state._replace(flagged_intx=False), out
+
 
 def stays_on_intx(state, sample, elapsed, config):
     """VA6001: settled, MSI-capable, and INTx still counting."""
@@ -138,8 +210,16 @@ def affinity_overlap(state, sample, elapsed, config):
     return state._replace(affinity=tuple(sorted(reported.items()))), out
 
 
-REFERENCE = {f.__name__: f for f in (stays_on_intx, msi_to_intx_regression, intx_storm,
-                                       no_interrupts, affinity_overlap)}
+def switched_then_stays(state, sample, elapsed, config):
+    """VA6002's and VA6001's transitions in the old order, for their one new slot."""
+    state, first = switched_to_msi(state, sample, elapsed, config)
+    state, then = stays_on_intx(state, sample, elapsed, config)
+    return state, first + then
+
+
+REFERENCE = {runtime.intx_or_msi: switched_then_stays,
+             runtime.msi_to_intx_regression: msi_to_intx_regression, runtime.intx_storm: intx_storm,
+             runtime.no_interrupts: no_interrupts, runtime.affinity_overlap: affinity_overlap}
 DEVICE_EXAMPLES = sorted(n for n in RUNTIME_EXAMPLES if n not in ("rt-rows-cut", "rt-rows-clean"))
 
 
@@ -176,7 +256,8 @@ def variations(draw):
 def test_early_exits_equal_the_transitions_before_them(steps, case):
     name, state_fields, sample_fields, config_fields = case
     state, sample, elapsed, config = steps[name]
-    state = state._replace(**state_fields)
+    old = old_of(state)._replace(**state_fields)
+    state = new_of(state, old)
     cpuset = sample_fields.pop("vcpu_cpuset")
     if cpuset:  # a domain whose vCPUs are pinned (<vcpu cpuset=...>): VA6007 reads them
         domain = sample.facts.domain._replace(vcpu_pins=(), vcpu_cpuset=cpuset)
@@ -184,10 +265,12 @@ def test_early_exits_equal_the_transitions_before_them(steps, case):
     sample = sample._replace(**sample_fields)
     config = config._replace(**config_fields)
     for fn, ref in REFERENCE.items():
-        got = getattr(runtime, fn)(state, sample, elapsed, config)
-        want = ref(state, sample, elapsed, config)
-        assert got[0] == want[0], (fn, name, got[0], want[0])
-        assert got[1] == want[1], (fn, name, [f.message for f in got[1]], [f.message for f in want[1]])
+        i = RUNTIME.slot_of(fn)
+        own, found = fn(state.slots[i], state, sample, elapsed, config)
+        got = old_of(state._replace(slots=state.slots[:i] + (own,) + state.slots[i + 1:]))
+        want = ref(old, OldSample(sample), elapsed, config)
+        assert got == want[0], (fn.__name__, name, got, want[0])
+        assert found == want[1], (fn.__name__, name, [f.message for f in found], [f.message for f in want[1]])
 
 
 def test_the_draws_start_from_real_samples(steps):

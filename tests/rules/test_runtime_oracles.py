@@ -13,7 +13,7 @@ STORM_HYSTERESIS and _settled, so a change to either moves both sides):
   followed run's is a new run: settle time and flags start over.
 
 Imports: tests.daemon.scenarios (Scenario, intx_rows), the Watcher and
-StateStore of vfio_advisor.runtime, Config, and the example hosts of
+StateStore of vfio_advisor.daemon, Config, and the example hosts of
 tests/rules/examples.py; nothing of vfio_advisor/rules/runtime.py.
 """
 
@@ -25,7 +25,9 @@ from vfio_advisor.config import Config
 from vfio_advisor.facts.domain import parse_domain_xml
 from vfio_advisor.facts.host import HostRoot
 from vfio_advisor.facts.pciids import PciIds
-from vfio_advisor.runtime import StateStore, Watcher
+from vfio_advisor.daemon.state import StateStore
+from vfio_advisor.daemon.watch import Watcher
+from vfio_advisor.sinks.base import CallbackSink
 from vfio_advisor.testing.hosttree import Host, build
 from vfio_advisor.testing.scenes import domain_xml
 
@@ -73,7 +75,7 @@ def nec_watcher(tmp_path, clock: Clock, emitted: list) -> tuple[Watcher, object]
     to a Linux guest and alone on host IRQ 17."""
     host = Host(devices=_legacy_pci(nec_irq=17), interrupts=_ir_interrupts({}, gpu=False))
     build(tmp_path, host)
-    watcher = Watcher(HostRoot(tmp_path), STORM, lambda f, d: emitted.append(f), StateStore(None),
+    watcher = Watcher(HostRoot(tmp_path), STORM, CallbackSink(lambda f, d: emitted.append(f)), StateStore(None),
                       clock=clock, pci_ids=PciIds(None))
     watcher.add_domain(parse_domain_xml(domain_xml("usbvm", [_hostdev(NEC, (0x00, 0x10, 0))], os="linux")))
     return watcher, host

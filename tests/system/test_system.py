@@ -374,8 +374,8 @@ def test_runtime_advice_under_the_sandbox(guest):
 
 
 def test_the_installed_daemon_never_loads_lxml(guest):
-    """Issue 12: the daemon gathers a domain in a child process
-    (vfio_advisor/gather_worker.py); under the full sandbox that child runs
+    """The daemon gathers a domain in a child process
+    (vfio_advisor/daemon/gather_child.py); under the full sandbox that child runs
     (the advice above needs its facts) and lxml stays out of the daemon."""
     detail = step(guest, "daemon-memory")
     maps = read(guest, "daemon-maps.txt")

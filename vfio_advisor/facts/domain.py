@@ -34,7 +34,7 @@ NS = {"libosinfo": "http://libosinfo.org/xmlns/libvirt/domain/1.0", "va": ADVISO
 # (_ElementUnicodeResult) that keep a reference to their element, and with it
 # the whole parsed document, alive in any Domain that holds one (virt_type,
 # machine and arch did, lxml 5.x). They also pickle as an lxml class, which
-# the daemon's gathering child must not send (vfio_advisor/gather_worker.py).
+# the daemon's gathering child must not send (vfio_advisor/daemon/gather_child.py).
 XPATH = {
     "name": "string(name)",
     "uuid": "string(uuid)",
@@ -304,7 +304,7 @@ def parse_tree(text: str | bytes, keep_comments: bool = True) -> etree._Element:
     # (src/util/virxml.c parses without XML_PARSE_NOENT, libvirt 9.0.0).
     # huge_tree=False keeps libxml2's depth and size limits.
     # lxml is imported here, not with the module: the daemon unpickles these
-    # fact types from its gathering child (vfio_advisor/gather_worker.py) and
+    # fact types from its gathering child (vfio_advisor/daemon/gather_child.py) and
     # never parses XML itself, and an imported C extension stays for the
     # process's life (lxml.etree and its libxml2/libxslt: ~4 MiB of RSS).
     from lxml import etree  # noqa: PLC0415

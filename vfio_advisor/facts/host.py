@@ -69,6 +69,51 @@ class HostRoot:
         except OSError as exc:
             raise FactUnavailable(rel, _reason(exc)) from None
 
+    def read_once(self, rel: str, size: int) -> bytes:
+        """One read(2) of at most `size` bytes, unbuffered: half the cost of
+        a buffered open() for a one-value sysfs attribute, which kernfs shows
+        whole in one read (fs/kernfs/file.c, kernfs_seq_show)."""
+        try:
+            fd = os.open(self._path(rel), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                return os.read(fd, size)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise FactUnavailable(rel, _reason(exc)) from None
+
+    def open_kept(self, rel: str, directory: bool = False) -> int:
+        """A descriptor on `rel` for a reader that keeps it and reads it again
+        (the daemon's Sampler: a sysfs attribute re-read with pread at offset
+        0 shows its current value, kernfs regenerates it per read; a kept
+        directory descriptor lists the directory as it is now). Recorded as
+        any read; the caller closes it (os.close)."""
+        flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECTORY if directory else 0)
+        try:
+            return os.open(self._path(rel), flags)
+        except OSError as exc:
+            raise FactUnavailable(rel, _reason(exc)) from None
+
+    @staticmethod
+    def list_kept(fd: int) -> list[str]:
+        """The names in a directory kept open (open_kept(directory=True)),
+        unsorted; os.listdir(fd) rewinds a duplicate of it. OSError passes
+        through: the caller drops the descriptor."""
+        return os.listdir(fd)
+
+    def root_identity(self) -> tuple[int, int] | None:
+        """(device, inode) of the root when it is a symlink, which a replay
+        may swap atomically (rename(2) replaces a symlink, never a non-empty
+        directory): descriptors kept under it would go on reading the old
+        tree. None for "/" and for a plain directory (no stat per sample)."""
+        if self.root in ("/", "") or not os.path.islink(self.root):
+            return None
+        try:
+            st = os.stat(self.root)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
     def read_text(self, rel: str, limit: int = _DEFAULT_LIMIT) -> str:
         # sysfs and procfs text is ASCII; a damaged recording must not crash us.
         return self.read_bytes(rel, limit).decode("utf-8", "replace")

@@ -32,7 +32,8 @@ class HostInterrupts(NamedTuple):
     intx_count: int | None  # vfio-intx count, when on INTx
     intx_delta: int | None  # its increase over the sample, when sampled
     # Cumulative count of every vfio vector of the device ("irq" -> total);
-    # the daemon's rates come from these (issue 12 reads them per IRQ).
+    # the daemon's rates come from these (its Sampler reads them per IRQ from
+    # /sys/kernel/irq/N/per_cpu_count, kernel/irq/irqdesc.c).
     vector_counts: tuple[tuple[str, int], ...] = ()
 
     @property

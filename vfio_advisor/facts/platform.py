@@ -245,7 +245,10 @@ def _amd_intr_mode(cmdline: KernelCmdline) -> str | None:
 
 
 # ---------------------------------------------------------------------------
-# Effective IOMMU and interrupt remapping (issue 10, section 4)
+# Effective IOMMU and interrupt remapping: what the kernel shows it enabled
+# (IR- irqchips in /proc/interrupts, /sys/class/iommu), not what the command
+# line asked for (drivers/iommu/intel/irq_remapping.c and amd/init.c may
+# refuse or fall back).
 
 
 class IommuState(NamedTuple):
@@ -394,7 +397,9 @@ def iommu_state(host: HostRoot, *, interrupts: Interrupts | None = None,
 
 
 # ---------------------------------------------------------------------------
-# Posted interrupts (issue 10, section 1)
+# Posted interrupts: VT-d posted interrupts with APICv, or AMD AVIC with the
+# IOMMU's guest vAPIC mode, deliver a device's MSIs to the vCPU without the
+# host's vfio handler (KVM irq bypass, virt/lib/irqbypass.c).
 
 
 class Posting(NamedTuple):

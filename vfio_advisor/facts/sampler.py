@@ -84,6 +84,7 @@ from typing import Callable, Iterable, NamedTuple
 from vfio_advisor.errors import FactUnavailable
 from vfio_advisor.facts.host import INTERRUPTS_LIMIT, HostRoot
 from vfio_advisor.facts.interrupts import Interrupts, IrqLine, parse_vfio_handler, sample_table
+from vfio_advisor.facts.kernel import parse_cpulist
 from vfio_advisor.facts.pci import PciDevice
 
 # A full /proc/interrupts read every 17,280 samples: a day at the default
@@ -287,18 +288,20 @@ class Sampler:
 
     # --- reading ----------------------------------------------------------
 
-    def _read(self, rel: str) -> bytes:
-        # os.open/os.read: half the cost of a buffered open() for these
-        # one-line files.
-        path = self.host._path(rel)  # noqa: SLF001 - HostRoot's one path rule (and its recording)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    def affinity(self, vectors) -> tuple[tuple[str, frozenset[int]], ...]:
+        """smp_affinity_list of each vector ((irq, count) pairs): the CPUs
+        its handler may run on (kernel/irq/proc.c, irq_affinity_list_proc_show).
+        A vector freed meanwhile is left out."""
+        out = []
+        for irq, _count in vectors:
             try:
-                return os.read(fd, SYSFS_PAGE)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise FactUnavailable(rel, os.strerror(exc.errno) if exc.errno else str(exc)) from None
+                out.append((irq, parse_cpulist(self.host.read_value(f"proc/irq/{irq}/smp_affinity_list"))))
+            except FactUnavailable:
+                continue
+        return tuple(out)
+
+    def _read(self, rel: str) -> bytes:
+        return self.host.read_once(rel, SYSFS_PAGE)
 
     def _pread(self, fds: dict[str, int], irq: str, name: str) -> bytes:
         """/sys/kernel/irq/<irq>/<name> through a kept descriptor (module
@@ -316,10 +319,7 @@ class Sampler:
         rel = f"sys/kernel/irq/{irq}/{name}"
         if len(self.count_fds) + len(self.action_fds) >= MAX_KEPT_FDS:
             return self._read(rel)
-        try:
-            fd = os.open(self.host._path(rel), os.O_RDONLY | os.O_CLOEXEC)  # noqa: SLF001
-        except OSError as exc:
-            raise FactUnavailable(rel, os.strerror(exc.errno) if exc.errno else str(exc)) from None
+        fd = self.host.open_kept(rel)
         fds[irq] = fd
         try:
             return os.pread(fd, SYSFS_PAGE, 0)
@@ -332,7 +332,7 @@ class Sampler:
                 # os.listdir(fd) rewinds a duplicate of the kept descriptor.
                 # kernfs lists a removed directory as empty (fs/kernfs/dir.c
                 # kernfs_dir_pos finds no children): MSI-X off reads as a change.
-                names = os.listdir(w.dirfd)
+                names = self.host.list_kept(w.dirfd)
             except OSError:
                 _close_dir(w)
                 return None
@@ -342,17 +342,17 @@ class Sampler:
                 return w.names[1]
             w.names = (names, tuple(sorted(names)))
             return w.names[1]
-        path = self.host._path(f"sys/bus/pci/devices/{bdf}/msi_irqs")  # noqa: SLF001
+        rel = f"sys/bus/pci/devices/{bdf}/msi_irqs"
         try:
-            names = os.listdir(path)
-        except OSError:
+            names = self.host.list_dir(rel)
+        except FactUnavailable:
             return None  # MSI off (the directory goes with it), or no such device
         if w is not None and names:
             try:
-                w.dirfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            except OSError:
+                w.dirfd = self.host.open_kept(rel, directory=True)
+            except FactUnavailable:
                 w.dirfd = None
-        return tuple(sorted(names))
+        return tuple(names)
 
     def _live_irq(self, bdf: str) -> str | None:
         try:
@@ -365,15 +365,7 @@ class Sampler:
         # The live host's root is "/", whose sysfs files follow the kernel.
         # A recorded tree's root may be a symlink a replay swaps (fleet tier,
         # daemon tests): kept descriptors would go on reading the old tree.
-        # Only a symlink can be swapped atomically (rename(2) does not replace
-        # a non-empty directory), so a plain directory costs no stat per sample.
-        if self.host.root in ("/", "") or not os.path.islink(self.host.root):
-            return None
-        try:
-            st = os.stat(self.host.root)
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino)
+        return self.host.root_identity()
 
     def _sysfs_row(self, irq: str) -> tuple[IrqLine | None, bool]:
         """The IRQ's row from sysfs (None if a row /proc/interrupts would
@@ -663,7 +655,7 @@ def _recount(irq: str, last: _Last, raw: bytes) -> None:
         counts, last.hint = _parse_counts(raw, last.hint)
     last.raw = raw
     # IrqLine(irq, counts, *last.rest) without the NamedTuple's __new__
-    # frame: the same tuple, of the same class (half the cost, issue 12).
+    # frame: the same tuple, of the same class (half the cost; bench/daemon_bench.py).
     last.row = _tuple_new(IrqLine, (irq, counts, *last.rest))
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from vfio_advisor.findings import Finding
 from vfio_advisor.rules.base import Rule
+from vfio_advisor.rules.stepping import RuntimeRules
 from vfio_advisor.rules import (
     coverage, internal, mode, platform, routing, runtime, sharing, topology,
 )
 
 # Every rule, one family module each, in ID order (the catalog's and `rules`'
 # order; a test checks it). Static rules carry a `check` over DomainFacts,
-# runtime rules a `transition` (rules/runtime.py). A new rule goes into its
+# runtime rules a `transition` (rules/stepping.py). A new rule goes into its
 # family module, with its examples; nothing else changes.
 RULES: tuple[Rule, ...] = (
     *mode.RULES,  # VA1xxx
@@ -19,13 +20,14 @@ RULES: tuple[Rule, ...] = (
     *platform.RULES,  # VA3xxx
     *topology.RULES,  # VA4xxx
     *routing.RULES,  # VA5xxx
-    *(r for r in runtime.RULES if r.id.startswith("VA6")),  # VA6xxx
-    *coverage.RULES,  # VA8001, VA8002
-    *(r for r in runtime.RULES if r.id.startswith("VA8")),  # VA8003, raised by the daemon
+    *runtime.RULES,  # VA6xxx
+    *coverage.RULES,  # VA8xxx
     *internal.RULES,  # VA9xxx
 )
 
 RULES_BY_ID: dict[str, Rule] = {r.id: r for r in RULES}
+# The runtime rules in registry order, for the daemon's Watcher.
+RUNTIME = RuntimeRules(RULES)
 RULES_BY_SLUG: dict[str, Rule] = {r.slug: r for r in RULES}
 
 # Retired IDs stay here forever so nobody hands them to a new rule.
@@ -37,20 +39,23 @@ def lookup(key: str) -> Rule | None:
     return RULES_BY_ID.get(key.upper()) or RULES_BY_SLUG.get(key.lower())
 
 
+# The hook's own failure (VA9001): a shell tells it apart from the advice.
+INTERNAL_ERROR = RULES_BY_ID["VA9001"]
+
+
 def internal_error(domain: str | None, message: str) -> Finding:
     return RULES_BY_ID["VA9001"].finding(domain, None, message)
 
 
-def run_summary(name: str | None, findings, devices: int) -> Finding:
-    """VA9002: one line per run with the counts (the hook's journal summary)."""
-    from vfio_advisor.findings import Severity  # noqa: PLC0415
-
-    counts = {s: sum(1 for f in findings if f.severity == s) for s in Severity}
-    text = (f"{name or '-'}: {len(findings)} finding{'s' if len(findings) != 1 else ''} "
-            f"({counts[Severity.ERROR]} error, {counts[Severity.WARNING]} warning, "
-            f"{counts[Severity.INFO]} info) for {devices} assigned PCI device"
+def run_summary(name: str | None, counts, devices: int) -> Finding:
+    """VA9002: one line per run with the counts (findings.RunCounts; the
+    hook's journal summary carries the same counts as fields)."""
+    text = (f"{name or '-'}: {counts.total} finding{'s' if counts.total != 1 else ''} "
+            f"({counts.errors} error, {counts.warnings} warning, "
+            f"{counts.infos} info) for {devices} assigned PCI device"
             f"{'s' if devices != 1 else ''}")
     return RULES_BY_ID["VA9002"].finding(name, None, text)
 
 
-__all__ = ["RULES", "RULES_BY_ID", "RULES_BY_SLUG", "RETIRED", "Rule", "lookup", "internal_error", "run_summary"]
+__all__ = ["RULES", "RULES_BY_ID", "RULES_BY_SLUG", "RETIRED", "Rule", "lookup", "internal_error", "run_summary",
+           "INTERNAL_ERROR", "RUNTIME"]

@@ -58,12 +58,24 @@ class Rule(NamedTuple):
     # Guest-routing rules (VA5xxx and the like): the report lists their
     # findings next to the guest routing table (sinks/report.py).
     routing: bool = False
-    # Runtime rules: a pure transition over one device's sampled state, in
-    # rules/runtime.py; None for static rules.
+    # Runtime rules (rules/stepping.py): a pure transition over the rule's own
+    # state slot and the device's (or host's) sample; None for static rules.
     transition: Callable[..., object] | None = None
     # The planner that computes an exact fix of this rule's findings
     # (rules/remedies.py Fix); None for rules without one.
     fix: Fix | None = None
+    initial: object = None  # the slot's value when a domain run starts
+    # (slot, DeviceState) -> does an emitted finding still hold? None: it
+    # stays open while its domain (or, host-wide, the daemon) runs.
+    holds: Callable[[object, object], bool] | None = None
+    # Finding -> key: findings with one key are said once per sample.
+    said_key: Callable[[Finding], str] | None = None
+    # (DeviceState, DeviceSample, config) -> the note when the transition
+    # holds its finding back (its slot enters stepping.HELD).
+    held_back: Callable[..., str] | None = None
+    # (state file key, slot -> value): what the next run of the domain reads
+    # back in DeviceSample.previous_run.
+    remembered: tuple[str, Callable[[object], object]] | None = None
 
     def finding(self, domain: str | None, subject: str | None, message: str,
                 remedy: str | None = None, guest_address: str | None = None,

@@ -1,8 +1,10 @@
-"""Coverage (VA8001, VA8002): host checks that could not run.
+"""Coverage (VA8xxx): host checks that could not run.
 
 Each rule sits next to its check: data (ID, slug, severity, texts,
-MESSAGE_ID) plus a pure check over DomainFacts. No I/O here, and no libvirt:
-the hook runs these inside libvirtd's start sequence.
+MESSAGE_ID) plus a pure check over DomainFacts, or, for what the daemon
+finds while sampling (VA8003), a pure host-wide transition
+(rules/stepping.py). No I/O here, and no libvirt: the hook runs these
+inside libvirtd's start sequence.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from typing import Iterator
 from vfio_advisor.facts.model import DomainFacts
 from vfio_advisor.facts.pci import CAPABILITIES_UNREADABLE, PciDevice
 from vfio_advisor.findings import Finding, Severity
-from vfio_advisor.rules.base import Rule, device_finding, register
+from vfio_advisor.rules.base import _REGISTERED, Rule, device_finding, register
 from vfio_advisor.rules.base import message_id as _id
+from vfio_advisor.rules.stepping import HostSample
 
 
 def check_hostdev_missing(facts: DomainFacts) -> Iterator[Finding]:
@@ -68,6 +71,16 @@ def check_facts_incomplete(facts: DomainFacts) -> Iterator[Finding]:
             {"proc/interrupts": facts.host.interrupts_problem})
 
 
+def rows_skipped(reported: bool, sample: HostSample, elapsed, config) -> tuple[bool, list[Finding]]:
+    """VA8003, host-wide: rows the sampler could not read, said once per
+    daemon run. `reported`: its slot, said already."""
+    if not sample.rows_skipped or reported:
+        return reported, []
+    return True, [_REGISTERED["VA8003"].finding(
+        None, None, f"{sample.rows_skipped} /proc/interrupts rows could not be read and are "
+        "skipped (reported once).")]
+
+
 RULES: tuple[Rule, ...] = register(
     Rule("VA8001", "hostdev-missing-on-host", Severity.WARNING,
          "Assigned device not found on this host: its checks were skipped",
@@ -86,4 +99,11 @@ RULES: tuple[Rule, ...] = register(
          fires_on=("config-64-bytes", "config-truncated-40-bytes", "config-255-bytes",
                    "capability-list-loops"),
          silent_on=("hostdev-missing", "gpu-audio-msi")),
+    Rule("VA8003", "interrupt-rows-skipped", Severity.INFO,
+         "Some /proc/interrupts rows could not be read",
+         "The daemon found rows in /proc/interrupts it could not parse (cut off, or in a "
+         "format it does not know) and skips them. It says so once, not at every sample.",
+         "If vfio rows are among them, report it with a snapshot (vfio-advisor snapshot).",
+         _id("f331f323c1874b3198add8a8302467e2"), None, scope="domain",
+         transition=rows_skipped, initial=False, fires_on=('rt-rows-cut',), silent_on=('rt-rows-clean',)),
 )

@@ -1,26 +1,158 @@
-"""The sink protocol: every output takes findings one by one and is closed
-once. Text, JSON, journal and metrics sinks all follow it, so a shell hands
-findings to whichever sinks the user chose without knowing their format.
+"""The sink protocol: the only calls a shell (hook, daemon, `advise`) makes
+on an output. Text, JSON, journal, metrics file and status file sinks all
+follow it, so a shell hands its run to whichever sinks the user chose
+without knowing their format.
 
-Report sinks (text, JSON) also want the facts of each analysed domain, to
-group findings under the domain and its devices: `analysed(facts)` comes
-before that domain's findings.
+    begin(facts)        a domain was analysed (advise, hook) or is now
+                        followed (daemon): its findings come next. Report
+                        sinks group findings under the domain and its devices.
+    emit(finding, dom)  one finding, once per change of state (never per
+                        sample); `dom` is the libvirt domain it is about, or
+                        None for host-wide findings.
+    event(event)        something that is not a finding, one of the kinds
+                        below. A sink ignores the kinds it has no use for.
+    close(summary)      the run ended. `summary` is a RunSummary for shells
+                        that log one (the hook's VA9002 entry), else None.
+
+Event kinds (each a NamedTuple; its class attribute `kind` names it):
+
+    ServiceEvent  "service"  the daemon's own life: started, reconnected,
+                             reloaded, sample-failed, stopped, ... `name` is
+                             the journal's VFIO_ADVISOR_EVENT field, `priority`
+                             a syslog level. The journal sink raises OSError
+                             when journald is gone, so that the daemon can
+                             say it on stderr instead.
+    SampleEvent   "sample"   the daemon took one sample of every followed
+                             device (at each interval, also with no domain
+                             running). `wall_time` is time.time() of the
+                             sample (what Prometheus and a status page compare
+                             with their clock), `monotonic` the daemon's clock,
+                             `elapsed` the seconds since the previous sample
+                             (None at the first: no rate yet). `devices()`
+                             gives one DeviceSnapshot per followed device
+                             (domain, bdf, mode, cumulative count, rate over
+                             `elapsed`, observable), sorted by domain and BDF;
+                             `open_findings()` one OpenFinding per emitted
+                             finding whose condition still holds. Both are
+                             worked out on the first call only, so a sample
+                             costs nothing extra when no sink reads them. The
+                             metrics file sink writes its textfile from them;
+                             a status file sink keeps a rolling window of
+                             `rate` per (domain, bdf). A device missing from
+                             `devices()` is no longer followed (its domain
+                             stopped). An unobservable device's (posted MSI)
+                             rate is 0.0 and means nothing.
+    Inconclusive  "inconclusive"  (findings.Inconclusive) a runtime rule holds
+                             its finding back because the sample proves
+                             nothing (an idle INTx counter: no guest driver
+                             bound yet, or the device idle): rule_id, domain,
+                             subject (host BDF), message saying what to do.
+                             Once per device and rule until the state changes.
+    FixesPlanned  "fixes"    advise planned the domain XML fix of each finding
+                             of the domain begun last: {Finding.key: fix
+                             object or None}.
+
+A sink module is one file under sinks/ that implements these four methods;
+nothing else of it is called from a shell (tests/test_architecture.py).
+write_atomically is the one way a sink replaces a file.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, TextIO, runtime_checkable
+import os
+from typing import TYPE_CHECKING, Callable, NamedTuple, Protocol, TextIO, Union, runtime_checkable
 
-from vfio_advisor.facts.domain import Domain
-from vfio_advisor.facts.model import DomainFacts, HostFacts
-from vfio_advisor.findings import Finding
+if TYPE_CHECKING:
+    from vfio_advisor.facts.domain import Domain
+    from vfio_advisor.facts.model import DomainFacts, HostFacts
+    from vfio_advisor.findings import Finding, Inconclusive, RunCounts
+
+
+class DeviceSnapshot(NamedTuple):
+    """One followed device as of the last sample."""
+
+    domain: str
+    bdf: str
+    mode: str  # intx | msi | msix | none | unknown
+    count: int  # cumulative count of its vfio vectors
+    rate: float  # interrupts/s over the last interval
+    # False when the host cannot count its vectors: KVM posts its MSIs to the
+    # vCPU (VT-d PI, AMD AVIC) and the host's vfio handler never runs.
+    observable: bool = True
+
+
+class OpenFinding(NamedTuple):
+    """A finding whose condition still holds (one per domain, device and rule)."""
+
+    domain: str | None  # None for host-wide findings
+    rule: str  # rule ID
+    severity: str  # info | warning | error
+
+
+class ServiceEvent(NamedTuple):
+    kind = "service"
+    name: str  # started, reconnected, reloaded, sampling, sample-failed, stopped, ...
+    message: str
+    priority: int = 6  # syslog level (sys/syslog.h): 3 err, 4 warning, 6 info
+
+
+class SampleEvent:
+    """One daemon sample; see the module docstring."""
+
+    kind = "sample"
+    __slots__ = ("wall_time", "monotonic", "elapsed", "_devices", "_open")
+
+    def __init__(self, wall_time: float, monotonic: float, elapsed: float | None,
+                 devices: Callable[[], list[DeviceSnapshot]],
+                 open_findings: Callable[[], list[OpenFinding]]):
+        self.wall_time = wall_time
+        self.monotonic = monotonic
+        self.elapsed = elapsed
+        self._devices: Callable | list = devices
+        self._open: Callable | list = open_findings
+
+    def devices(self) -> list[DeviceSnapshot]:
+        if callable(self._devices):
+            self._devices = self._devices()
+        return self._devices
+
+    def open_findings(self) -> list[OpenFinding]:
+        if callable(self._open):
+            self._open = self._open()
+        return self._open
+
+
+class FixesPlanned(NamedTuple):
+    kind = "fixes"
+    fixes: dict  # {Finding.key: fix object (fix/advice.py) or None}
+
+
+Event = Union[ServiceEvent, SampleEvent, "Inconclusive", FixesPlanned]
+
+
+class RunSummary(NamedTuple):
+    """What close() gets from a shell that logs a summary (the hook)."""
+
+    finding: Finding  # the VA9002 finding, its message holding the counts
+    domain: Domain | None
+    findings: tuple[Finding, ...]
+    counts: RunCounts  # the same counts, computed once (findings.RunCounts)
+    devices: int  # assigned PCI devices analysed
 
 
 @runtime_checkable
 class Sink(Protocol):
+    def begin(self, facts: DomainFacts) -> None: ...
+
     def emit(self, finding: Finding, domain: Domain | None) -> None: ...
 
-    def close(self) -> None: ...
+    def event(self, event: Event) -> None: ...
+
+    def close(self, summary: RunSummary | None = None) -> None: ...
+
+
+# The protocol's methods, for tests/test_architecture.py.
+PROTOCOL = ("begin", "emit", "event", "close")
 
 
 class ReportSink:
@@ -33,7 +165,7 @@ class ReportSink:
         self.out = out
         self.report = Report(host_root=host_root, host=host, errors=list(errors or []))
 
-    def analysed(self, facts: DomainFacts) -> None:
+    def begin(self, facts: DomainFacts) -> None:
         from vfio_advisor.sinks.report import DomainReport  # noqa: PLC0415
 
         self.report.domains.append(DomainReport(facts, []))
@@ -43,12 +175,91 @@ class ReportSink:
             if d.facts.domain.name == finding.domain:
                 d.findings.append(finding)
                 return
-        raise ValueError(f"finding for {finding.domain!r} before analysed()")
+        raise ValueError(f"finding for {finding.domain!r} before begin()")
+
+    def event(self, event: Event) -> None:
+        if event.kind == "fixes":
+            self.report.attach_fixes(event.fixes)
 
     def render(self) -> None:
         raise NotImplementedError
 
-    def close(self) -> None:
+    def close(self, summary: RunSummary | None = None) -> None:
         for d in self.report.domains:
-            d.findings.sort(key=Finding.sort_key)
+            d.findings.sort(key=lambda f: f.sort_key())
         self.render()
+
+
+class CallbackSink:
+    """Hands each finding to a function, and nothing else: for programs that
+    embed the Watcher and keep its findings themselves (the lab's replay,
+    the bench, the fleet simulation)."""
+
+    def __init__(self, on_finding: Callable[[Finding, Domain | None], None]):
+        self.on_finding = on_finding
+
+    def begin(self, facts: DomainFacts) -> None:
+        pass
+
+    def emit(self, finding: Finding, domain: Domain | None) -> None:
+        self.on_finding(finding, domain)
+
+    def event(self, event: Event) -> None:
+        pass
+
+    def close(self, summary: RunSummary | None = None) -> None:
+        pass
+
+
+def _temporary(directory: str, prefix: str, suffix: str) -> tuple[int, str]:
+    """An exclusively created file in `directory` (O_EXCL, mode 0600), as
+    tempfile.mkstemp makes it, without importing tempfile (and with it
+    shutil, random, bz2 and lzma: 0.6 MB of the daemon's RSS)."""
+    n = 0
+    while True:
+        path = os.path.join(directory, f"{prefix}{os.getpid()}-{n}{suffix}")
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), path
+        except FileExistsError:
+            n += 1  # a leftover of a killed run, or another writer
+
+
+def write_atomically(path: str, text: str, mode: int = 0o644, prefix: str = ".vfio-advisor-",
+                     durable: bool = True) -> None:
+    """Replace `path` with `text` so that a reader sees the old file or the
+    new one, never a part: rename(2) within one directory is atomic. The
+    temporary name does not end in .prom, so node_exporter's textfile
+    collector (which reads only *.prom) skips it. `mode` 0644 by default:
+    node_exporter runs as its own user. `durable`: fsync the file and its
+    directory, so the new text survives a crash (the state file); the
+    metrics file, rewritten at every sample, skips it: after a crash its
+    next write replaces whatever is there, and two fsyncs per sample would
+    be two disk flushes every interval for the daemon's life."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = _temporary(directory, prefix, ".tmp")
+    try:
+        data = text.encode("utf-8")
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(fd, view):]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    if not durable:
+        return
+    # The rename is durable only once the directory is synced.
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)

@@ -17,11 +17,12 @@ from __future__ import annotations
 import os
 import re
 import sys
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 from vfio_advisor import journal_fields as F
 from vfio_advisor.facts.domain import Domain
-from vfio_advisor.findings import SYSLOG_PRIORITY, Finding, Severity
+from vfio_advisor.findings import SYSLOG_PRIORITY, Finding, Inconclusive, Severity
+from vfio_advisor.sinks.base import Event, RunSummary
 
 IDENTIFIER = F.IDENTIFIER
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
@@ -81,28 +82,27 @@ def finding_fields(f: Finding, domain: Domain | None, source: str) -> list[str]:
     return [f"{k}={_value(v)}" for k, v in fields.items()]
 
 
-def summary_fields(summary: Finding, domain: Domain | None, findings: Sequence[Finding],
-                   devices: int, source: str) -> list[str]:
-    """The VA9002 entry; `summary` is the finding rules.run_summary made."""
-    counts = {s: sum(1 for f in findings if f.severity == s) for s in Severity}
-    worst = max((f.severity for f in findings), default=Severity.INFO)
+def summary_fields(summary: RunSummary, source: str) -> list[str]:
+    """The VA9002 entry, from the counts the hook's RunSummary carries."""
+    counts = summary.counts
+    finding, domain = summary.finding, summary.domain
     fields = {
-        F.MESSAGE: summary.message,
+        F.MESSAGE: finding.message,
         # notice (5) when the run found something to act on, else info (6)
-        F.PRIORITY: "5" if worst >= Severity.WARNING else "6",
+        F.PRIORITY: "5" if counts.worst >= Severity.WARNING else "6",
         F.SYSLOG_IDENTIFIER: IDENTIFIER,
-        F.MESSAGE_ID: summary.message_id,
-        F.RULE: summary.rule_id,
-        F.SLUG: summary.slug,
+        F.MESSAGE_ID: finding.message_id,
+        F.RULE: finding.rule_id,
+        F.SLUG: finding.slug,
         F.SOURCE: source,
-        F.FINDINGS: str(len(findings)),
-        F.ERRORS: str(counts[Severity.ERROR]),
-        F.WARNINGS: str(counts[Severity.WARNING]),
-        F.DEVICES: str(devices),
-        F.RULES: " ".join(sorted({f.rule_id for f in findings})),
+        F.FINDINGS: str(counts.total),
+        F.ERRORS: str(counts.errors),
+        F.WARNINGS: str(counts.warnings),
+        F.DEVICES: str(summary.devices),
+        F.RULES: " ".join(sorted({f.rule_id for f in summary.findings})),
     }
-    if summary.domain:
-        fields[F.DOMAIN] = summary.domain
+    if finding.domain:
+        fields[F.DOMAIN] = finding.domain
     if domain is not None and domain.uuid:
         fields[F.DOMAIN_UUID] = domain.uuid
     return [f"{k}={_value(v)}" for k, v in fields.items()]
@@ -112,6 +112,18 @@ def event_fields(message: str, event: str, priority: int, source: str) -> list[s
     """The daemon's own events (started, reconnected, reloaded, ...)."""
     fields = {F.MESSAGE: message, F.PRIORITY: str(priority), F.SYSLOG_IDENTIFIER: IDENTIFIER,
               F.SOURCE: source, F.EVENT: event}
+    return [f"{k}={_value(v)}" for k, v in fields.items()]
+
+
+def inconclusive_fields(note: Inconclusive, source: str) -> list[str]:
+    """A finding held back because the sample proves nothing: an info entry
+    with the rule it is about, never the rule's MESSAGE_ID (no finding)."""
+    fields = {F.MESSAGE: note.message, F.PRIORITY: "6", F.SYSLOG_IDENTIFIER: IDENTIFIER,
+              F.SOURCE: source, F.EVENT: note.kind, F.RULE: note.rule_id}
+    if note.domain:
+        fields[F.DOMAIN] = note.domain
+    if note.subject:
+        fields[F.HOST_BDF] = note.subject
     return [f"{k}={_value(v)}" for k, v in fields.items()]
 
 
@@ -139,16 +151,22 @@ class JournalSink:
             # Stale socket (journald gone): never fail, say it on stderr instead.
             self._fallback(fields)
 
+    def begin(self, facts) -> None:
+        pass  # each entry carries its domain's fields
+
     def emit(self, finding: Finding, domain: Domain | None) -> None:
         self._send(finding_fields(finding, domain, self.source))
 
-    def summary(self, summary: Finding, domain: Domain | None, findings: Iterable[Finding],
-                devices: int) -> None:
-        self._send(summary_fields(summary, domain, list(findings), devices, self.source))
+    def event(self, event: Event) -> None:
+        """A ServiceEvent becomes an entry with VFIO_ADVISOR_EVENT; raises
+        OSError if journald is gone (the daemon then writes to stderr). An
+        Inconclusive note becomes an info entry (EVENT=inconclusive). Samples
+        are not logged: the journal gets findings, once per change."""
+        if event.kind == "service":
+            self.sender(event_fields(event.message, event.name, event.priority, self.source))
+        elif event.kind == "inconclusive":
+            self._send(inconclusive_fields(event, self.source))
 
-    def event(self, message: str, event: str, priority: int = 6) -> None:
-        """One of the daemon's own events; raises OSError if journald is gone."""
-        self.sender(event_fields(message, event, priority, self.source))
-
-    def close(self) -> None:
-        pass
+    def close(self, summary: RunSummary | None = None) -> None:
+        if summary is not None:
+            self._send(summary_fields(summary, self.source))

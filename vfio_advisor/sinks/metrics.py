@@ -1,16 +1,17 @@
-"""Metrics sink: the Prometheus textfile (node_exporter's textfile collector)
-written from the Watcher's per-device snapshot (runtime.DeviceSnapshot:
-domain, bdf, mode, cumulative count, rate, observable) and its open
-findings. The exposition is sinks/prometheus.py (docs/metrics.md); this
-module only adapts the snapshot to it, so the renderer is swapped in one
-place (MetricsFileSink's `render`)."""
+"""Metrics file sink: the Prometheus textfile (node_exporter's textfile
+collector), rewritten at every daemon sample from the SampleEvent's
+per-device snapshot (sinks/base.py DeviceSnapshot: domain, bdf, mode,
+cumulative count, rate, observable) and its open findings. The exposition
+is sinks/prometheus.py (docs/metrics.md); this module only adapts the
+snapshot to it, so the renderer is swapped in one place (`render`)."""
 
 from __future__ import annotations
 
 import time
 from typing import Callable, Iterable
 
-from vfio_advisor.sinks.prometheus import DeviceMetrics, render, write_atomically
+from vfio_advisor.sinks.base import Event, RunSummary, write_atomically
+from vfio_advisor.sinks.prometheus import DeviceMetrics, render
 
 
 def render_metrics(devices: Iterable, findings: Iterable = (), now: float | None = None) -> str:
@@ -23,21 +24,27 @@ def render_metrics(devices: Iterable, findings: Iterable = (), now: float | None
 
 
 class MetricsFileSink:
-    """Writes the whole file atomically: node_exporter must never read half a file."""
+    """Writes the whole file atomically at each sample: node_exporter must
+    never read half a file."""
 
     def __init__(self, path: str, render: Callable[..., str] = render_metrics):
         self.path = path
         self.render = render
 
-    def write(self, devices: Iterable, findings: Iterable = (), now: float | None = None) -> None:
-        if self.render is render_metrics:
-            text = render_metrics(devices, findings, now)
-        else:  # a renderer of the snapshot alone
-            text = self.render(devices)
-        write_atomically(self.path, text, durable=False)
+    def begin(self, facts) -> None:
+        pass  # a followed domain shows up in the next sample's devices
 
     def emit(self, finding, domain=None) -> None:
-        pass  # findings go to the journal; the file carries the open ones (Watcher.open_findings)
+        pass  # the file carries the findings still open, from the sample event
 
-    def close(self) -> None:
-        pass
+    def event(self, event: Event) -> None:
+        if event.kind != "sample":
+            return
+        if self.render is render_metrics:
+            text = render_metrics(event.devices(), event.open_findings(), event.wall_time)
+        else:  # a renderer of the snapshot alone
+            text = self.render(event.devices())
+        write_atomically(self.path, text, durable=False)
+
+    def close(self, summary: RunSummary | None = None) -> None:
+        pass  # the last sample's file stays for node_exporter (its timestamp ages)

@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from typing import Iterable, NamedTuple
+
+# Re-exported: the exposition's input type and the one atomic writer live at the sinks' base.
+from vfio_advisor.sinks.base import OpenFinding, write_atomically  # noqa: F401
 
 # The fixed set of `mode` label values: vfio-pci's three interrupt types
 # (vfio-intx / vfio-msi[N] / vfio-msix[N] handlers), "none" for a device
@@ -61,14 +63,6 @@ class DeviceMetrics(NamedTuple):
     # modes "none" and "unknown" (no vector to count).
     interrupts_total: int | None
     observable: bool = True  # False: posted interrupts, the host cannot count
-
-
-class OpenFinding(NamedTuple):
-    """A finding whose condition still holds (one per device and rule)."""
-
-    domain: str | None  # None for host-wide findings (VA8003)
-    rule: str  # rule ID, VA6001
-    severity: str  # one of SEVERITIES
 
 
 def escape_label(value: str) -> str:
@@ -154,56 +148,3 @@ def render(devices: Iterable[DeviceMetrics], findings: Iterable[OpenFinding], no
     _family(lines, "build_info", "gauge", "vfio-advisor version; always 1.",
             [f"{PREFIX}build_info{_labels(version=version)} 1"])
     return "\n".join(lines) + "\n"
-
-
-def _temporary(directory: str, prefix: str, suffix: str) -> tuple[int, str]:
-    """An exclusively created file in `directory` (O_EXCL, mode 0600), as
-    tempfile.mkstemp makes it, without importing tempfile (and with it
-    shutil, random, bz2 and lzma: 0.6 MB of the daemon's RSS)."""
-    n = 0
-    while True:
-        path = os.path.join(directory, f"{prefix}{os.getpid()}-{n}{suffix}")
-        try:
-            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), path
-        except FileExistsError:
-            n += 1  # a leftover of a killed run, or another writer
-
-
-def write_atomically(path: str, text: str, mode: int = 0o644, prefix: str = ".vfio-advisor-",
-                     durable: bool = True) -> None:
-    """Replace `path` with `text` so that a reader sees the old file or the
-    new one, never a part. The temporary name does not end in .prom, so
-    node_exporter's textfile collector (which reads only *.prom) skips it.
-    `mode` 0644 by default: node_exporter runs as its own user. `durable`:
-    fsync the file and its directory, so the new text survives a crash
-    (the state file); the metrics file, rewritten at every sample, skips it:
-    after a crash its next write replaces whatever is there, and two fsyncs
-    per sample would be two disk flushes every interval for the daemon's life."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = _temporary(directory, prefix, ".tmp")
-    try:
-        data = text.encode("utf-8")
-        view = memoryview(data)
-        try:
-            while view:
-                view = view[os.write(fd, view):]
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    if not durable:
-        return
-    # The rename is durable only once the directory is synced.
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)

@@ -1,48 +1,38 @@
 """The daemon's Watcher: follow running domains' vfio vectors sample by sample.
 
-It only loops, stores and emits. Each sample its Sampler (facts/sampler.py)
+It only loops, stores and hands to its sinks (injected, sinks/base.py). Each sample its Sampler (facts/sampler.py)
 reads the watched devices' vectors one IRQ at a time from /sys/kernel/irq
 (the full /proc/interrupts only to rediscover them, or where sysfs lacks
 them), the same model `advise` uses (facts.model.device_interrupts) turns
 those rows into each device's HostInterrupts, and the runtime rules' pure
 transitions (rules/runtime.py) step each device. The config's ignore policy
 filters what it emits; a finding is emitted once per change of state, never
-per sample. It also keeps which emitted findings are still open, for the
-metrics file (sinks/prometheus.py).
+per sample. It also keeps which emitted findings are still open; each
+sample ends with a SampleEvent (devices and open findings) for the sinks
+that keep more than findings (the metrics file, sinks/metrics.py).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
-from typing import Callable, NamedTuple
+from typing import Callable, Sequence
 
 from vfio_advisor.config import Config
-from vfio_advisor.errors import FactUnavailable
 from vfio_advisor.facts.domain import Domain
 from vfio_advisor.facts.host import HostRoot
 from vfio_advisor.facts.sampler import Sampler
-from vfio_advisor.facts.kernel import parse_cpulist
 from vfio_advisor.facts.model import DomainFacts, device_interrupts
 from vfio_advisor.findings import Finding
-from vfio_advisor.rules import RULES_BY_ID
+from vfio_advisor.rules import RULES_BY_ID, RUNTIME
 from vfio_advisor.rules.mode import host_blocks_msi
-from vfio_advisor.rules.runtime import DeviceSample, DeviceState, rows_skipped, step_device
+from vfio_advisor.rules.stepping import DeviceSample, DeviceState, HostSample
+from vfio_advisor.daemon.state import StateStore, facts_to_keep
+from vfio_advisor.sinks.base import DeviceSnapshot, OpenFinding, SampleEvent, Sink
+
+_NO_ROW_SKIPPED = HostSample(0)
 
 # One config type for all commands; the old name stays for callers.
 RuntimeConfig = Config
-
-
-class DeviceSnapshot(NamedTuple):
-    """What metrics sinks show of one device (sinks/metrics.py)."""
-
-    domain: str
-    bdf: str
-    mode: str  # intx | msi | msix | none | unknown
-    count: int  # cumulative count of its vfio vectors
-    rate: float  # interrupts/s over the last interval
-    observable: bool = True  # False when the host cannot count them (posted MSI, issue 10)
 
 
 class DomainState:
@@ -54,98 +44,44 @@ class DomainState:
         self.can_count_msi = can_count_msi
         self.started_at = started_at
         self.run_id = run_id  # libvirt's domain ID: a new ID is a new run
-        self.devices: dict[str, DeviceState] = {d.address: DeviceState(d.address) for d in facts.devices}
+        self.devices: dict[str, DeviceState] = {d.address: RUNTIME.new_device(d.address) for d in facts.devices}
         # Per sample the same for the whole run (the static facts): worked out once.
         self.siblings = {d.address: tuple(s.address for s in facts.siblings(d)) for d in facts.devices}
         self.msi_possible = {d.address: not host_blocks_msi(facts, d) for d in facts.devices}
         # bdf -> (sampler shape, HostInterrupts, where its counts are in the table)
         self.interrupts: dict[str, tuple] = {}
         self.pinned = bool(facts.domain.pinned_cpus)
-        self.recorded: dict[str, tuple[str, bool]] = {}  # bdf -> last (mode, flagged_intx) recorded
+        self.recorded: dict[str, tuple] = {}  # bdf -> (mode, slots) last recorded
 
     @property
     def key(self) -> str:
         return self.facts.domain.uuid or self.facts.domain.name
 
 
-def facts_to_keep(facts: DomainFacts) -> DomainFacts:
-    """The facts a followed domain keeps for its whole run: without the host's
-    parsed /proc/interrupts (and a second read), which the sampler reads anew
-    every sample and no runtime rule looks up in the gathered facts. Kept, it
-    was the whole table per followed domain: 2000 IrqLine tuples of 256 counts
-    each on a 256-CPU host with 2000 rows, where the daemon's RSS was 79.2 MiB
-    against 44.2 on a 32-CPU, 300-row host (make bench's soak, issue 12)."""
-    host = facts.host
-    if host.interrupts is None and host.later is None:
-        return facts
-    return facts._replace(host=host._replace(interrupts=None, later=None))
-
-
-class StateStore:
-    """Per-device settled modes across runs (the daemon's /var/lib/vfio-advisor)."""
-
-    def __init__(self, directory: str | None):
-        self.path = os.path.join(directory, "state.json") if directory else None
-        self.data: dict = {"schema": "vfio-advisor/state/1", "domains": {}}
-        if self.path and os.path.exists(self.path):
-            try:
-                with open(self.path) as f:
-                    loaded = json.load(f)
-                if isinstance(loaded, dict) and isinstance(loaded.get("domains"), dict):
-                    self.data = loaded
-            except (OSError, ValueError):
-                pass  # a damaged state file only costs the cross-run comparison
-
-    def _domain(self, domain_key: str) -> dict:
-        entry = self.data["domains"].get(domain_key)
-        if not isinstance(entry, dict):  # a damaged file: start this domain afresh
-            entry = self.data["domains"][domain_key] = {}
-        return entry
-
-    def previous(self, domain_key: str, bdf: str) -> dict:
-        # A read (every device, every sample): it must not add an entry, or
-        # the next save writes an empty one for every domain ever followed.
-        domain = self.data["domains"].get(domain_key)
-        entry = domain.get(bdf) if isinstance(domain, dict) else None
-        return entry if isinstance(entry, dict) else {}
-
-    def record(self, domain_key: str, bdf: str, mode: str, flagged_intx: bool) -> None:
-        entry = self._domain(domain_key)
-        if entry.get(bdf) == {"mode": mode, "flagged_intx": flagged_intx}:
-            return
-        entry[bdf] = {"mode": mode, "flagged_intx": flagged_intx}
-        self.save()
-
-    def save(self) -> None:
-        if not self.path:
-            return
-        from vfio_advisor.sinks.prometheus import write_atomically  # noqa: PLC0415
-
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        write_atomically(self.path, json.dumps(self.data, indent=1, sort_keys=True), mode=0o600,
-                         prefix=".state-")
-
-
 class Watcher:
-    def __init__(self, host: HostRoot, config: Config, emit: Callable[[Finding, Domain | None], None],
+    def __init__(self, host: HostRoot, config: Config, sinks: Sink | Sequence[Sink],
                  store: StateStore | None = None, clock: Callable[[], float] = time.monotonic,
-                 pci_ids=None, note: Callable[[str], None] | None = None):
+                 pci_ids=None, note: Callable[[str], None] | None = None,
+                 wall_clock: Callable[[], float] = time.time):
         self.host = host
         self.config = config
-        self.emit = emit
+        self.sinks: list[Sink] = [sinks] if hasattr(sinks, "emit") else list(sinks)
+        # The sample's wall-clock time for the sinks: Prometheus and a status
+        # page compare it with time(), not with the monotonic clock.
+        self.wall_clock = wall_clock
         self.store = store or StateStore(None)
         self.clock = clock
         self.domains: dict[str, DomainState] = {}
         # None: each add_domain's Engine reads pci.ids for its device names and
         # drops it. Held, the 1.3 MB text (Debian 12's hwdata) was 1.5 MiB of
-        # the daemon's RSS for a lookup made once per domain event (issue 12).
+        # the daemon's RSS for a lookup made once per domain event.
         self.pci_ids = pci_ids
         self.last_sample: float | None = None
-        self.odd_reported = False
+        self.host_slots: tuple = ()  # the host-wide rules' state (RuntimeRules.step_host)
         self.kernel = None
         self._isolated: tuple = (object(), frozenset())  # (kernel facts, isolcpus | nohz_full)
         # The daemon's own log line for host conditions said once (a sampler
-        # fallback); findings go through `emit`.
+        # fallback); findings go to the sinks.
         self.note = note or (lambda _msg: None)
         self.sampler = Sampler(host, self.note)
         # (domain, bdf or None, rule) of emitted findings whose condition may
@@ -159,8 +95,9 @@ class Watcher:
                    run_id: object = None, same_run: bool = False) -> DomainState:
         """Gather a running domain's facts in this process (the engine) and
         follow it; see follow(). The daemon gathers in a child process
-        instead (vfio_advisor/gather_worker.py) and calls follow()."""
-        from vfio_advisor.engine import Engine  # noqa: PLC0415 - the daemon never imports it (issue 12)
+        instead (vfio_advisor/daemon/gather_child.py) and calls follow()."""
+        # The daemon never imports the engine (lxml: ~4 MiB of RSS for its life).
+        from vfio_advisor.engine import Engine  # noqa: PLC0415
 
         facts = Engine(self.host, self.config, pci_ids=self.pci_ids).gather(domain)
         return self.follow(facts, started_at, run_id, same_run)
@@ -187,6 +124,8 @@ class Watcher:
                     state.devices[bdf] = old.devices[bdf]
         self.domains[domain.name] = state
         self._update_wanted()
+        for sink in self.sinks:
+            sink.begin(facts)
         return state
 
     def remove_domain(self, name: str) -> None:
@@ -205,11 +144,21 @@ class Watcher:
                            for dev in dom.facts.devices)
 
     def sample(self) -> list[Finding]:
-        """Read the watched vectors once and step every watched device."""
+        """Read the watched vectors once, step every watched device, emit
+        what changed, and end with a SampleEvent to every sink."""
         now = self.clock()
-        if not self.domains:
+        elapsed = (now - self.last_sample) if self.last_sample is not None else None
+        if self.domains:
+            findings = self._step(now, elapsed)
+        else:
+            findings = []
             self.last_sample = now
-            return []
+        event = SampleEvent(self.wall_clock(), now, elapsed, self.snapshot, self.open_findings)
+        for sink in self.sinks:
+            sink.event(event)
+        return findings
+
+    def _step(self, now: float, elapsed: float | None) -> list[Finding]:
         if self.sampler.host is not self.host:  # a replay moved to another tree
             self.sampler.set_host(self.host)
         table, odd = self.sampler.sample()
@@ -221,9 +170,15 @@ class Watcher:
                 self.note("no interrupt counts readable (/proc/interrupts and /sys/kernel/irq); "
                           "device modes are unknown until they are (said once)")
             return []
-        self.odd_reported, findings = rows_skipped(self.odd_reported, odd)
-        elapsed = (now - self.last_sample) if self.last_sample is not None else None
-        storm_lines: set[str] = set()
+        # The usual sample skips no row: one HostSample for all of them.
+        host_sample = HostSample(odd) if odd else _NO_ROW_SKIPPED
+        self.host_slots, findings = RUNTIME.step_host(self.host_slots, host_sample, elapsed, self.config)
+        if findings:
+            # Host-wide findings go through the same policy (disabled_rules;
+            # no domain, so no per-domain ignore) as the devices' below.
+            findings = [f for f in findings if not self._ignored(None, f.rule_id)]
+        held = []
+        said: set[str] = set()
         if self._isolated[0] is not self.kernel:
             isolated = frozenset()
             if self.kernel is not None and self.kernel.cmdline is not None:
@@ -232,8 +187,9 @@ class Watcher:
         isolated = self._isolated[1]
         shape = getattr(self.sampler, "shape", None)
         config, store = self.config, self.store
-        # The empty set sibling_on_intx and storm_lines hold most of the
-        # time: one object for the sample, not a new one per device.
+        step_device, remembered_entry = RUNTIME.step_device, RUNTIME.remembered_entry
+        # The empty set sibling_on_intx and said hold most of the time: one
+        # object for the sample, not a new one per device.
         none: frozenset = frozenset()
         for dom in list(self.domains.values()):
             devices, facts, key = dom.devices, dom.facts, dom.key
@@ -248,32 +204,43 @@ class Watcher:
                     interrupts=irq, since_start=since_start, facts=facts,
                     device=assigned, sibling_on_intx=siblings or none,
                     previous_run=store.previous(key, bdf),
-                    vector_affinity=self._affinity(dom, irq, isolated) if (isolated or dom.pinned) else (),
+                    vector_affinity=(self.sampler.affinity(irq.vector_counts)
+                                     if (isolated or dom.pinned) else ()),
                     isolated_cpus=isolated,
-                    storm_lines=frozenset(storm_lines) if storm_lines else none,
+                    said=frozenset(said) if said else none,
                     # pci=nomsi or msi_bus=0: the guest cannot get MSI whatever it
-                    # sets, so no guest remedy (issue 10 §3; advise's VA1001 does the same).
+                    # sets, so no guest remedy (advise's static rule does the same).
                     host_msi_possible=dom.msi_possible[bdf],
                     host_can_count_msi=dom.can_count_msi)
-                state, found = step_device(devices[bdf], sample, elapsed, config)
+                state, found, inconclusive = step_device(devices[bdf], sample, elapsed, config)
                 devices[bdf] = state
                 if found:
-                    storm_lines |= {dict(f.evidence)["irq"] for f in found if f.rule_id in ("VA6004", "VA6005")}
+                    for f in found:
+                        key_said = RUNTIME.said_key(f)
+                        if key_said is not None:
+                            said.add(key_said)
                     findings += [f for f in found if not self._ignored(dom, f.rule_id)]
+                if inconclusive:
+                    held += [n for n in inconclusive if not self._ignored(dom, n.rule_id)]
                 if state.mode != "none" and since_start >= config.settle:
-                    # StateStore.record writes only a change; its last call per device is
-                    # remembered here, so a steady device costs no dict building per sample.
+                    # StateStore.record writes only a change; what it got last per device
+                    # is kept here as (mode, slots), so a steady device costs no dict
+                    # building per sample (the rules' slots change only on a change).
                     recorded = dom.recorded.get(bdf)
-                    if recorded is None or recorded[0] != state.mode or recorded[1] != state.flagged_intx:
-                        store.record(key, bdf, state.mode, state.flagged_intx)
-                        dom.recorded[bdf] = (state.mode, state.flagged_intx)
+                    if recorded is None or recorded[0] != state.mode or recorded[1] != state.slots:
+                        store.record(key, bdf, remembered_entry(state))
+                        dom.recorded[bdf] = (state.mode, state.slots)
         self.last_sample = now
         for f in findings:
-            if f.rule_id != "VA6002":  # an event ("the fix worked"), never a standing condition
-                self.open[(f.domain, f.subject, f.rule_id)] = None
+            self.open[(f.domain, f.subject, f.rule_id)] = None
+        sinks = self.sinks
         for f in findings:
             domain = self.domains[f.domain].facts.domain if f.domain in self.domains else None
-            self.emit(f, domain)
+            for sink in sinks:
+                sink.emit(f, domain)
+        for note in held:
+            for sink in sinks:
+                sink.event(note)
         return findings
 
     def _interrupts(self, dom: DomainState, assigned, table, shape):
@@ -309,20 +276,8 @@ class Watcher:
             dom.interrupts[bdf] = (shape, known, plan, assigned, intx_at)
         return known
 
-    def _affinity(self, dom: DomainState, irq, isolated: frozenset[int]):
-        """smp_affinity_list of each vfio vector, read only when VA6007 can use it."""
-        if not dom.facts.domain.pinned_cpus and not isolated:
-            return ()
-        out = []
-        for line, _count in irq.vector_counts:
-            try:
-                out.append((line, parse_cpulist(self.host.read_value(f"proc/irq/{line}/smp_affinity_list"))))
-            except FactUnavailable:
-                continue
-        return tuple(out)
-
-    def _ignored(self, dom: DomainState, rule_id: str) -> bool:
-        return self.config.policy.ignores_rule(RULES_BY_ID[rule_id], dom.facts.domain)
+    def _ignored(self, dom: DomainState | None, rule_id: str) -> bool:
+        return self.config.policy.ignores_rule(RULES_BY_ID[rule_id], dom.facts.domain if dom else None)
 
     # --- metrics --------------------------------------------------------
 
@@ -336,15 +291,9 @@ class Watcher:
         return out
 
     def open_findings(self) -> list:
-        """Emitted findings whose condition still holds, one per (domain,
-        device, rule): VA6001 while the device stays on INTx (VA6002 or a
-        mode change closes it), a storm until it ends (the rate fell below
-        the hysteresis), VA6006 until the device counts, VA6007 while a
-        vector still overlaps; VA6003 and the host-wide VA8003 stay for the
-        run (of the domain, of the daemon). A domain that stops closes all
-        of its findings."""
-        from vfio_advisor.sinks.prometheus import OpenFinding  # noqa: PLC0415
-
+        """Emitted findings whose condition still holds (each rule's `holds`,
+        RuntimeRules.holds), one per (domain, device, rule). A domain that
+        stops closes all of its findings."""
         out = []
         for key in list(self.open):
             domain, bdf, rule = key
@@ -353,37 +302,9 @@ class Watcher:
             if domain is not None and dom is None:
                 holds = False
             else:
-                holds = _HOLDS[rule](dev) if rule in _HOLDS else True
+                holds = RUNTIME.holds(rule, dev)
             if not holds:
                 del self.open[key]
                 continue
             out.append(OpenFinding(domain, rule, str(RULES_BY_ID[rule].severity)))
         return out
-
-    def metrics_text(self, now: float | None = None) -> str:
-        """The metrics file's text (sinks/metrics.py over sinks/prometheus.py);
-        `now` is the wall clock of the last sample (time.time(), not the
-        Watcher's clock)."""
-        from vfio_advisor.sinks.metrics import render_metrics  # noqa: PLC0415
-
-        return render_metrics(self.snapshot(), self.open_findings(), now)
-
-    def write_metrics(self, path: str, now: float | None = None) -> None:
-        from vfio_advisor.sinks.metrics import MetricsFileSink  # noqa: PLC0415
-
-        MetricsFileSink(path).write(self.snapshot(), self.open_findings(), now)
-
-
-def _holds(rule: str):
-    return {
-        "VA6001": lambda d: d is not None and d.flagged_intx and d.mode == "intx",
-        "VA6004": lambda d: d is not None and d.storm_reported,
-        "VA6005": lambda d: d is not None and d.storm_reported,
-        "VA6006": lambda d: d is not None and d.reported_none and not d.ever_counted,
-        "VA6007": lambda d: d is not None and any(o for _, o in d.affinity),
-    }.get(rule)
-
-
-# Closing conditions of the runtime findings that can close; the others
-# (VA6003, VA8003, and rules added later) stay open while their domain runs.
-_HOLDS = {rule: _holds(rule) for rule in ("VA6001", "VA6004", "VA6005", "VA6006", "VA6007")}

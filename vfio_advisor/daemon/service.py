@@ -18,10 +18,12 @@ from typing import Callable
 
 from vfio_advisor.config import Config, load_config
 from vfio_advisor.facts.host import HostRoot
-from vfio_advisor.gather_worker import (
+from vfio_advisor.daemon.gather_child import (
     GATHER_TIMEOUT, KILL_WAIT, GatherFailure, gather_in_child, package_fingerprint,
 )
-from vfio_advisor.runtime import StateStore, Watcher
+from vfio_advisor.daemon.state import StateStore
+from vfio_advisor.daemon.watch import Watcher
+from vfio_advisor.sinks.base import ServiceEvent, Sink
 from vfio_advisor.sinks.journal import JournalSink
 
 # One config type and loader for every command (vfio_advisor/config.py).
@@ -38,7 +40,8 @@ def _notify_sender() -> Callable[[str], None]:
     AF_UNIX path, or an abstract name when it starts with "@" (systemd 252,
     src/libsystemd/sd-daemon/sd-daemon.c, sd_pid_notify_with_fds). Read at
     each call, as libsystemd does. python3-systemd's notify() does the same
-    through libsystemd.so, whose mapping is ~1 MiB of the daemon's RSS (issue 12)."""
+    through libsystemd.so, whose mapping is ~1 MiB of the daemon's RSS
+    (bench/daemon_bench.py)."""
     import socket  # noqa: PLC0415 - asyncio has imported it already
 
     def send(message: str) -> None:
@@ -60,7 +63,7 @@ class Service:
     def __init__(self, cfg: DaemonConfig, config_path: str | None = None,
                  overrides: dict | None = None,
                  open_connection: Callable[[str], object] | None = None,
-                 sink: JournalSink | None = None, notify: Callable[[str], None] | None = None,
+                 sink: Sink | None = None, notify: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  gather: Callable[[str, list[str]], list] = gather_in_child):
         self.cfg = cfg
@@ -71,8 +74,9 @@ class Service:
         self.open_connection = open_connection or self._open_readonly
         self.clock = clock
         # (host root, domain XMLs) -> DomainFacts or GatherFailure each: in a
-        # child process (gather_worker.py), so that this long-lived process
-        # never imports lxml and the engine's readers (issue 12).
+        # child process (daemon/gather_child.py), so that this long-lived process
+        # never imports lxml and the engine's readers: CPython never unloads a
+        # C extension, and lxml.etree with libxml2 is ~4 MiB of RSS.
         self.gather = gather
         # Gathering runs in one worker thread (the child is waited for there),
         # so the event loop, the sampling and the watchdog go on meanwhile.
@@ -89,18 +93,32 @@ class Service:
         self.watcher = self._new_watcher()
         self.connects = 0
 
+    def _sinks(self) -> list:
+        """The journal (or the sink given), and the metrics file when the
+        config names one: read again at each reload."""
+        sinks = [self.sink]
+        if self.cfg.metrics_file:
+            from vfio_advisor.sinks.metrics import MetricsFileSink  # noqa: PLC0415
+
+            sinks.append(MetricsFileSink(self.cfg.metrics_file))
+        return sinks
+
     def _new_watcher(self) -> Watcher:
         store = StateStore(self.cfg.state_dir)
-        return Watcher(HostRoot(self.cfg.host_root), self.cfg, self.sink.emit, store,
+        return Watcher(HostRoot(self.cfg.host_root), self.cfg, self._sinks(), store,
                        clock=self.clock, note=lambda msg: self.log(msg, "sampling", 4))
 
     # --- logging of the daemon's own events ------------------------------
 
     def log(self, message: str, event: str, priority: int = 6) -> None:
-        try:
-            self.sink.event(message, event, priority)
-        except OSError:
-            sys.stderr.write(f"vfio-advisor: {message}\n")
+        entry = ServiceEvent(event, message, priority)
+        for sink in self.watcher.sinks if hasattr(self, "watcher") else (self.sink,):
+            try:
+                sink.event(entry)
+            except OSError:
+                # journald gone (JournalSink.event raises): say it where
+                # systemd still collects the unit's output.
+                sys.stderr.write(f"vfio-advisor: {message}\n")
 
     def status(self) -> None:
         vms = len(self.watcher.domains)
@@ -318,18 +336,15 @@ class Service:
     async def _sample_loop(self) -> None:
         while not self.stopping.is_set():
             try:
+                # Ends with a SampleEvent: the metrics file sink writes then.
                 self.watcher.sample()
-                if self.cfg.metrics_file:
-                    # The sample's wall-clock time: Prometheus and the stale-file
-                    # alert compare it with time(), not with the monotonic clock.
-                    self.watcher.write_metrics(self.cfg.metrics_file, time.time())
             except Exception as exc:  # noqa: BLE001 - keep the daemon alive
                 self.log(f"sample failed: {type(exc).__name__}: {exc}", "sample-failed", 3)
             # A plain sleep: run() cancels this task at stop. _sleep's
             # wait_for(stopping.wait()) built a task, a timeout handle and a
             # CancelledError/TimeoutError pair at every sample (asyncio 3.11):
             # 46 us of the daemon's CPU per sample, as much as the sample
-            # itself (bench/daemon_soak.py's process, 256 CPUs, issue 12).
+            # itself (bench/daemon_soak.py's process, 256 CPUs).
             await asyncio.sleep(self.cfg.interval)
 
     @staticmethod
@@ -363,6 +378,7 @@ class Service:
         # Keep what the command line set explicitly.
         self.cfg = cfg._replace(**{k: v for k, v in self.overrides.items() if v is not None})
         self.watcher.config = self.cfg
+        self.watcher.sinks = self._sinks()
         self.log(f"configuration reloaded: interval {self.cfg.interval:g} s, settle "
                  f"{self.cfg.settle:g} s", "reloaded")
         self.notify("READY=1")
@@ -397,6 +413,8 @@ class Service:
             self._gatherer.shutdown(wait=False, cancel_futures=True)
         self.disconnect()
         self.log("stopped", "stopped")
+        for sink in self.watcher.sinks:
+            sink.close(None)
 
 
 def main(args) -> int:
@@ -404,7 +422,7 @@ def main(args) -> int:
                  "settle": args.settle, "state_dir": args.state_dir, "metrics_file": args.metrics_file}
     cfg = load_config(args.config, overrides)
     # Taken now, with the code this process has loaded: a later reinstall
-    # then shows as a mismatch in its gathering children (gather_worker.py).
+    # then shows as a mismatch in its gathering children (daemon/gather_child.py).
     package_fingerprint()
     import libvirt
     import libvirtaio

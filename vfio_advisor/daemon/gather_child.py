@@ -6,11 +6,11 @@ device's config space, pci.ids for its name, the host's /proc/interrupts and
 IOMMU state) happens only at a domain event, but what it imports stays for
 the life of the process that imported it: CPython never unloads a C
 extension, and lxml.etree with its libxml2 and libxslt is ~4 MiB of RSS
-alone (issue 12: the daemon's steady state must stay under 40 MB). So the
+alone (bench/daemon_bench.py holds the daemon's steady state under 40 MB). So the
 daemon runs this module's main() in a child (`python3 -P -c <bootstrap>`,
 below) once per domain event (a resync gathers all of its domains in one
 child, which reads the host facts once) and keeps only the facts it gets
-back (runtime.Watcher.follow).
+back (daemon.watch.Watcher.follow).
 
 Protocol, over the child's stdin and stdout: one pickled GatherRequest in,
 one pickled list out, one entry per domain XML in the same order: the
@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 # Gathering reads a handful of sysfs files per device and /proc/interrupts
 # once: 0.1 s here, well under a second even in the system tier's TCG guest.
-# The daemon waits for it in a worker thread (daemon.Service), so its event
+# The daemon waits for it in a worker thread (daemon.service.Service), so its event
 # loop and sampling go on; a child that hangs (a stuck sysfs read on a dying
 # device) only delays the next domain events' gathering, which queue behind
 # it, and is killed after this long.
@@ -57,7 +57,7 @@ _stragglers: list[subprocess.Popen] = []
 # `python3 -m` (sys.path[0] the cwd: the system tier's guest runs the suite
 # so) is found, and no site directory is put ahead of the standard library.
 _BOOTSTRAP = ("import sys; root = sys.argv[1]; root in sys.path or sys.path.insert(0, root); "
-              "from vfio_advisor.gather_worker import main; sys.exit(main())")
+              "from vfio_advisor.daemon.gather_child import main; sys.exit(main())")
 
 
 class GatherRequest(NamedTuple):
@@ -74,13 +74,15 @@ class GatherFailure(NamedTuple):
     reason: str
 
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# vfio_advisor/, two levels up from vfio_advisor/daemon/gather_child.py: the
+# fingerprint covers the whole package, and its parent goes on the child's path.
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _fingerprint: str | None = None
 
 
 def package_fingerprint() -> str:
     """Names, sizes and mtimes of the package's .py files, hashed: taken once
-    per process (the daemon takes it as it starts, daemon.main), so that it
+    per process (the daemon takes it as it starts, daemon.service.main), so that it
     describes the code this process runs."""
     global _fingerprint
     if _fingerprint is None:
@@ -160,7 +162,7 @@ def gather_all(request: GatherRequest) -> list:
     from vfio_advisor.engine import Engine
     from vfio_advisor.errors import DomainXMLError
     from vfio_advisor.facts.domain import parse_domain_xml
-    from vfio_advisor.runtime import facts_to_keep
+    from vfio_advisor.daemon.state import facts_to_keep
 
     if request.fingerprint and request.fingerprint != package_fingerprint():
         return [GatherFailure("gather", "vfio-advisor's files changed since the daemon started "
@@ -175,7 +177,7 @@ def gather_all(request: GatherRequest) -> list:
             out.append(GatherFailure("xml", str(exc)))
             continue
         try:
-            # What the parent keeps (runtime.facts_to_keep), so that the host's
+            # What the parent keeps (daemon.state.facts_to_keep), so that the host's
             # whole /proc/interrupts is never pickled across.
             out.append(facts_to_keep(engine.gather(domain)))
         except Exception as exc:  # noqa: BLE001 - one odd domain must not cost the others
@@ -189,7 +191,7 @@ def main() -> int:
         if not isinstance(request, GatherRequest):
             raise TypeError("not a GatherRequest")
     except Exception as exc:  # noqa: BLE001
-        sys.stderr.write(f"vfio-advisor gather_worker: bad request on stdin ({type(exc).__name__})\n")
+        sys.stderr.write(f"vfio-advisor gather_child: bad request on stdin ({type(exc).__name__})\n")
         return 2
     try:
         answer = pickle.dumps(gather_all(request), pickle.HIGHEST_PROTOCOL)
@@ -203,9 +205,9 @@ def main() -> int:
 
 if __name__ == "__main__":
     # Run as `-m` (by hand), this file is __main__; the answer must pickle
-    # the classes by their importable name (vfio_advisor.gather_worker.
+    # the classes by their importable name (vfio_advisor.daemon.gather_child.
     # GatherFailure), which the parent resolves, so main() runs from the
     # module proper (the daemon's bootstrap imports it so too).
-    from vfio_advisor.gather_worker import main as module_main
+    from vfio_advisor.daemon.gather_child import main as module_main
 
     sys.exit(module_main())

@@ -1,5 +1,6 @@
-"""The daemon gathers domains in a child process (vfio_advisor/gather_worker.py)
-so that it never imports lxml and the engine's readers (issue 12, RSS).
+"""The daemon gathers domains in a child process (vfio_advisor/daemon/gather_child.py)
+so that it never imports lxml and the engine's readers (RSS: CPython never
+unloads a C extension).
 
 What the child sends back must be exactly what the engine gathers in
 process, on every real lab capture and published platform tree; bad XML and
@@ -21,8 +22,10 @@ from vfio_advisor.engine import Engine
 from vfio_advisor.facts.host import HostRoot
 from vfio_advisor.facts.domain import parse_domain_xml
 from vfio_advisor.facts.pci_config import UNKNOWN
-from vfio_advisor.gather_worker import GatherFailure, gather_in_child
-from vfio_advisor.runtime import Watcher, facts_to_keep
+from vfio_advisor.daemon.gather_child import GatherFailure, gather_in_child
+from vfio_advisor.daemon.state import facts_to_keep
+from vfio_advisor.daemon.watch import Watcher
+from vfio_advisor.sinks.base import CallbackSink
 from vfio_advisor.testing.hosttree import build, capture_under_platform
 from vfio_advisor.testing.scenes import domain_xml, gpu_audio_hostdevs
 
@@ -87,11 +90,11 @@ def test_unknown_stays_the_one_unknown_across_the_pipe(tmp_path):
 def test_the_host_table_is_not_sent_and_not_kept():
     """A followed domain kept the host's whole parsed /proc/interrupts for its
     run: on a 256-CPU, 2000-row host the daemon's RSS was 79.2 MiB instead of
-    44 (make bench, issue 12). Neither the child's answer nor the Watcher
+    44 (make bench). Neither the child's answer nor the Watcher
     (in-process add_domain, as replays use it) keeps it now."""
     [got] = gather_in_child(str(CAPTURES / "shared"), [LAB_XML[0].read_text()])
     assert got.host.interrupts is None and got.host.later is None
-    watcher = Watcher(HostRoot(str(CAPTURES / "shared")), DEFAULTS, lambda f, d: None)
+    watcher = Watcher(HostRoot(str(CAPTURES / "shared")), DEFAULTS, CallbackSink(lambda f, d: None))
     state = watcher.add_domain(parse_domain_xml(LAB_XML[0].read_text()))
     assert state.facts.host.interrupts is None and state.facts.host.later is None
     assert watcher.pci_ids is None  # nor pci.ids between domain events
@@ -214,7 +217,7 @@ def test_files_changed_under_a_running_daemon_say_restart(tmp_path):
     script = (
         "import sys, pathlib\n"
         f"sys.path.insert(0, {str(copy)!r})\n"
-        "from vfio_advisor import gather_worker as g\n"
+        "from vfio_advisor.daemon import gather_child as g\n"
         f"assert g.__file__.startswith({str(copy)!r}), g.__file__\n"
         f"xml = {xml!r}\n"
         f"before = g.gather_in_child({str(CAPTURES / 'stays-intx-1')!r}, [xml])\n"
