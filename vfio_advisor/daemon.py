@@ -23,6 +23,7 @@ from vfio_advisor.gather_worker import (
 )
 from vfio_advisor.runtime import StateStore, Watcher
 from vfio_advisor.sinks.journal import JournalSink
+from vfio_advisor.sinks.status import StatusFileSink
 
 # One config type and loader for every command (vfio_advisor/config.py).
 DaemonConfig = Config
@@ -86,12 +87,14 @@ class Service:
         self.callbacks: list[int] = []
         self.stopping = asyncio.Event()
         self.reconnect_needed = asyncio.Event()
+        self.status_sink = StatusFileSink.for_config(cfg)  # STATE_DIR/status.json, for the Cockpit page
         self.watcher = self._new_watcher()
         self.connects = 0
 
     def _new_watcher(self) -> Watcher:
         store = StateStore(self.cfg.state_dir)
-        return Watcher(HostRoot(self.cfg.host_root), self.cfg, self.sink.emit, store,
+        return Watcher(HostRoot(self.cfg.host_root), self.cfg,
+                       lambda f, d: (self.sink.emit(f, d), self.status_sink.emit(f, d)), store,
                        clock=self.clock, note=lambda msg: self.log(msg, "sampling", 4))
 
     # --- logging of the daemon's own events ------------------------------
@@ -321,6 +324,7 @@ class Service:
                     # The sample's wall-clock time: Prometheus and the stale-file
                     # alert compare it with time(), not with the monotonic clock.
                     self.watcher.write_metrics(self.cfg.metrics_file, time.time())
+                self.status_sink.sample(self.watcher.snapshot(), self.watcher.open_findings(), time.time())
             except Exception as exc:  # noqa: BLE001 - keep the daemon alive
                 self.log(f"sample failed: {type(exc).__name__}: {exc}", "sample-failed", 3)
             # A plain sleep: run() cancels this task at stop. _sleep's
@@ -394,6 +398,7 @@ class Service:
             # got the stop's SIGTERM too); nothing waits for it here.
             self._gatherer.shutdown(wait=False, cancel_futures=True)
         self.disconnect()
+        self.status_sink.close()
         self.log("stopped", "stopped")
 
 

@@ -1,0 +1,163 @@
+"""Status sink: a small JSON file in the daemon's state directory that the
+Cockpit page (cockpit/) reads with cockpit.file. It holds a rolling window
+of each followed device's interrupt rate and mode, and when each finding
+opened and closed, so the page can plot "flat, climbing or storming" and
+mark the findings on the plot. Its format is docs/cockpit.md's.
+
+A sink like the others: `begin(facts)` for each followed domain,
+`emit(finding)` as the daemon emits it, `event(...)` for the daemon's own
+events, `close(summary)` at stop (the file then says the daemon stopped).
+`sample(devices, open_findings, now)` takes the sampling loop's per-device
+snapshot, as the metrics file sink's `write` does.
+
+The whole file is replaced at each write (temp + rename, sinks/prometheus.py's
+write_atomically): cockpit.file's read (cockpit-bridge's fsread1 channel
+reads the file in one go) must never see half a file. Not fsynced: it is
+rewritten at every sample and only worth its last few minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Iterable
+
+from vfio_advisor.sinks.prometheus import write_atomically
+
+SCHEMA = "vfio-advisor/status/1"
+STATUS_FILE = "status.json"
+# Ten minutes at the default 5 s interval: 120 points a device. The cap
+# bounds the file (and the page's parse) when the interval is short.
+WINDOW_SECONDS = 600.0
+MAX_POINTS = 240
+# Closed findings kept for the marks on the plot; older ones leave with the window.
+MAX_FINDINGS = 200
+
+
+class StatusFileSink:
+    """Writes `path` (None: a sink that keeps nothing, for a daemon without
+    a state directory)."""
+
+    def __init__(self, path: str | None, connect: str | None = None, host_root: str | None = None,
+                 interval: float | None = None, window: float = WINDOW_SECONDS,
+                 clock=time.time):
+        self.path = path
+        self.window = window
+        self.clock = clock
+        self.daemon = {"pid": os.getpid(), "running": True, "started": round(clock(), 3),
+                       "updated": None, "interval": interval, "connect": connect,
+                       "host_root": host_root, "window_seconds": window}
+        self.devices: dict[tuple[str, str], dict] = {}
+        self.findings: list[dict] = []
+        self.domains: dict[str, dict] = {}
+        self.last_event: dict | None = None
+
+    @classmethod
+    def for_config(cls, cfg) -> StatusFileSink:
+        """The daemon's status file: STATE_DIR/status.json (config.Config)."""
+        path = os.path.join(cfg.state_dir, STATUS_FILE) if cfg.state_dir else None
+        return cls(path, cfg.connect, cfg.host_root, cfg.interval)
+
+    # --- the sink protocol ------------------------------------------------
+
+    def begin(self, facts) -> None:
+        """A followed domain's facts (facts.model.DomainFacts): its devices'
+        guest addresses, for the page's device list before the first sample."""
+        domain = facts.domain
+        self.domains[domain.name] = {
+            "uuid": domain.uuid,
+            "devices": {d.address: d.guest_address for d in facts.devices},
+        }
+
+    def emit(self, finding, domain=None) -> None:
+        now = self.clock()
+        # VA6002-like events carry no standing condition: they never show in
+        # the open list, so they open and close at once (a mark, not a span).
+        self.findings.append({"domain": finding.domain, "subject": finding.subject,
+                              "rule": finding.rule_id, "severity": str(finding.severity),
+                              "message": finding.message, "opened": round(now, 3), "closed": None})
+        del self.findings[:-MAX_FINDINGS]
+
+    def event(self, message: str, event: str = "", priority: int = 6, **_fields) -> None:
+        self.last_event = {"event": event, "message": message, "time": round(self.clock(), 3)}
+
+    def sample(self, devices: Iterable, open_findings: Iterable = (), now: float | None = None) -> None:
+        """One sample: `devices` are runtime.DeviceSnapshot-like (domain, bdf,
+        mode, count, rate, observable); `open_findings` the findings whose
+        condition still holds (domain, rule, optionally subject). `now` is
+        the wall clock (time.time()), which the page compares with its own."""
+        now = self.clock() if now is None else now
+        seen = set()
+        for d in devices:
+            key = (d.domain, d.bdf)
+            seen.add(key)
+            entry = self.devices.setdefault(key, {"domain": d.domain, "bdf": d.bdf, "points": []})
+            entry.update(mode=d.mode, count=d.count, observable=bool(d.observable))
+            # A posted-MSI device's host counters say nothing (runtime.DeviceSnapshot):
+            # its rate is unknown (null), never a flat 0.
+            rate = round(float(d.rate), 3) if d.observable else None
+            entry["points"].append([round(now, 3), rate, d.mode])
+        for key in list(self.devices):
+            if key not in seen:
+                del self.devices[key]  # the domain stopped or the device left it
+        for name in list(self.domains):
+            if not any(k[0] == name for k in seen):
+                del self.domains[name]
+        self._prune(now)
+        self._close_findings(open_findings, now)
+        self.daemon["updated"] = round(now, 3)
+        self.write()
+
+    def close(self, summary=None) -> None:
+        self.daemon["running"] = False
+        self.daemon["updated"] = round(self.clock(), 3)
+        for f in self.findings:
+            if f["closed"] is None:
+                f["closed"] = self.daemon["updated"]
+        self.write()
+
+    # --- the file ---------------------------------------------------------
+
+    def _prune(self, now: float) -> None:
+        oldest = now - self.window
+        for entry in self.devices.values():
+            points = [p for p in entry["points"] if p[0] >= oldest]
+            entry["points"] = points[-MAX_POINTS:]
+        self.findings = [f for f in self.findings if f["closed"] is None or f["closed"] >= oldest]
+
+    def _close_findings(self, open_findings: Iterable, now: float) -> None:
+        # The daemon's open list (runtime.Watcher.open_findings) names
+        # (domain, rule), and the subject where it carries one: a finding
+        # closes when nothing of its kind is open any more.
+        still = set()
+        for f in open_findings:
+            still.add((f.domain, f.rule, getattr(f, "subject", None)))
+            still.add((f.domain, f.rule, None))
+        for f in self.findings:
+            if f["closed"] is not None:
+                continue
+            if (f["domain"], f["rule"], f["subject"]) not in still and (f["domain"], f["rule"], None) not in still:
+                f["closed"] = round(now, 3)
+
+    def document(self) -> dict:
+        return {
+            "schema": SCHEMA,
+            "daemon": dict(self.daemon),
+            "domains": self.domains,
+            "devices": sorted(self.devices.values(), key=lambda e: (e["domain"], e["bdf"])),
+            "findings": list(self.findings),
+            "last_event": self.last_event,
+        }
+
+    def write(self) -> None:
+        if not self.path:
+            return
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            # 0644: Cockpit's page reads it as the logged-in user; it holds
+            # domain names, addresses and rates, nothing the journal does not.
+            write_atomically(self.path, json.dumps(self.document(), separators=(",", ":")),
+                             mode=0o644, prefix=".status-", durable=False)
+        except OSError:
+            pass  # a full or read-only state directory costs the page its plot, never the daemon
