@@ -553,6 +553,12 @@
             plot.append(svg("text", { x: left, y: H / 2 }, "no samples yet"));
             return plot;
         }
+        const labelsAt = {};
+        const stacked = (kind, t) => {
+            const key = kind + Math.round(x(t) / 40);
+            labelsAt[key] = (labelsAt[key] || 0) + 1;
+            return labelsAt[key] - 1;
+        };
         const t0 = points[0][0];
         const t1 = Math.max(points[points.length - 1][0], t0 + 1);
         const rates = points.map((p) => p[1]).filter((r) => r !== null);
@@ -592,13 +598,15 @@
             plot.append(svg("circle", { class: "va-point", cx: x(t).toFixed(1), cy: r === null ? H - bottom : y(r).toFixed(1),
                                         r: 2, "data-t": t, "data-rate": r === null ? "null" : r, "data-mode": mode }));
         }
-        // Findings: a solid mark where one opened, a dashed one where it closed.
+        // Findings: a solid mark where one opened, a dashed one where it
+        // closed; labels at the same place stack instead of overprinting.
         for (const f of findings) {
             for (const [kind, t] of [["opened", f.opened], ["closed", f.closed]]) {
                 if (t === null || t === undefined || t < t0 || t > t1) continue;
                 plot.append(svg("line", { class: "va-mark-" + kind, x1: x(t), x2: x(t), y1: top, y2: H - bottom,
                                           "data-mark": kind, "data-rule": f.rule, "data-t": t }),
-                            svg("text", { x: x(t) + 3, y: top + 10 + (kind === "closed" ? 12 : 0) },
+                            svg("text", { x: x(t) + 3, y: kind === "closed" ? H - bottom - 4 - stacked(kind, t) * 12
+                                                                       : top + 10 + stacked(kind, t) * 12 },
                                 f.rule + (kind === "closed" ? " closed" : "")));
             }
         }

@@ -225,6 +225,7 @@ class Service:
             except Exception as exc:  # noqa: BLE001 - one odd domain must not stop the daemon
                 self.log(f"{name}: cannot follow: {type(exc).__name__}: {exc}", "domain-skipped", 4)
                 continue
+            self.status_sink.begin(result)
             self._say_incomplete(name, state)
             if changed_device is not None:
                 self.log(f"{name}: device {changed_device} added or removed; following "
@@ -324,7 +325,8 @@ class Service:
                     # The sample's wall-clock time: Prometheus and the stale-file
                     # alert compare it with time(), not with the monotonic clock.
                     self.watcher.write_metrics(self.cfg.metrics_file, time.time())
-                self.status_sink.sample(self.watcher.snapshot(), self.watcher.open_findings(), time.time())
+                self.watcher.open_findings()  # drops those that closed: .open keeps (domain, bdf, rule) of the rest
+                self.status_sink.sample(self.watcher.snapshot(), list(self.watcher.open), time.time())
             except Exception as exc:  # noqa: BLE001 - keep the daemon alive
                 self.log(f"sample failed: {type(exc).__name__}: {exc}", "sample-failed", 3)
             # A plain sleep: run() cancels this task at stop. _sleep's

@@ -51,6 +51,7 @@ class StatusFileSink:
         self.devices: dict[tuple[str, str], dict] = {}
         self.findings: list[dict] = []
         self.domains: dict[str, dict] = {}
+        self.host: dict | None = None
         self.last_event: dict | None = None
 
     @classmethod
@@ -64,7 +65,19 @@ class StatusFileSink:
     def begin(self, facts) -> None:
         """A followed domain's facts (facts.model.DomainFacts): its devices'
         guest addresses, for the page's device list before the first sample."""
-        domain = facts.domain
+        domain, host = facts.domain, facts.host
+        # The host's IOMMU and posting state as the daemon's gathering read
+        # it (facts/platform.py): `advise --format json` has remapping, not posting.
+        iommu, posting = getattr(host, "iommu", None), getattr(host, "posting", None)
+        self.host = {
+            "iommu": None if iommu is None else {
+                "vendor": iommu.vendor, "units": list(iommu.units), "dma_remapping": iommu.dma_remapping,
+                "interrupt_remapping": iommu.interrupt_remapping,
+                "allow_unsafe_interrupts": iommu.allow_unsafe_interrupts,
+                "evidence": list(iommu.dma_evidence) + list(iommu.ir_evidence)},
+            "posting": None if posting is None else {
+                "verdict": posting.verdict, "vendor": posting.vendor, "evidence": list(posting.evidence)},
+        }
         self.domains[domain.name] = {
             "uuid": domain.uuid,
             "devices": {d.address: d.guest_address for d in facts.devices},
@@ -85,7 +98,7 @@ class StatusFileSink:
     def sample(self, devices: Iterable, open_findings: Iterable = (), now: float | None = None) -> None:
         """One sample: `devices` are runtime.DeviceSnapshot-like (domain, bdf,
         mode, count, rate, observable); `open_findings` the findings whose
-        condition still holds (domain, rule, optionally subject). `now` is
+        condition still holds (see _close_findings). `now` is
         the wall clock (time.time()), which the page compares with its own."""
         now = self.clock() if now is None else now
         seen = set()
@@ -127,23 +140,30 @@ class StatusFileSink:
         self.findings = [f for f in self.findings if f["closed"] is None or f["closed"] >= oldest]
 
     def _close_findings(self, open_findings: Iterable, now: float) -> None:
-        # The daemon's open list (runtime.Watcher.open_findings) names
-        # (domain, rule), and the subject where it carries one: a finding
-        # closes when nothing of its kind is open any more.
-        still = set()
+        # The daemon's open findings: (domain, subject, rule) keys, as
+        # runtime.Watcher.open holds them, or OpenFinding-like objects
+        # (domain, rule[, subject]). Without a subject a finding closes only
+        # when no finding of its rule is open in its domain any more.
+        exact, by_rule = set(), set()
         for f in open_findings:
-            still.add((f.domain, f.rule, getattr(f, "subject", None)))
-            still.add((f.domain, f.rule, None))
+            if isinstance(f, tuple) and len(f) == 3 and not hasattr(f, "rule"):
+                domain, subject, rule = f
+                exact.add((domain, subject, rule))
+            elif getattr(f, "subject", None) is not None:
+                exact.add((f.domain, f.subject, f.rule))
+            else:
+                by_rule.add((f.domain, f.rule))
         for f in self.findings:
             if f["closed"] is not None:
                 continue
-            if (f["domain"], f["rule"], f["subject"]) not in still and (f["domain"], f["rule"], None) not in still:
+            if (f["domain"], f["subject"], f["rule"]) not in exact and (f["domain"], f["rule"]) not in by_rule:
                 f["closed"] = round(now, 3)
 
     def document(self) -> dict:
         return {
             "schema": SCHEMA,
             "daemon": dict(self.daemon),
+            "host": self.host,
             "domains": self.domains,
             "devices": sorted(self.devices.values(), key=lambda e: (e["domain"], e["bdf"])),
             "findings": list(self.findings),
