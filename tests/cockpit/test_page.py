@@ -312,3 +312,23 @@ def test_unprivileged_apply_is_refused_with_a_message(browser):
         assert problems == []
     finally:
         subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
+# --- where install puts it ------------------------------------------------------------------------
+
+def test_install_places_the_page_that_cockpit_serves(browser, tmp_path):
+    from vfio_advisor.install import COCKPIT_DIR, install_cockpit_page, uninstall
+
+    notes = install_cockpit_page(tmp_path / "root")
+    placed = tmp_path / "root" / COCKPIT_DIR
+    assert notes and str(placed) in notes[0]
+    assert sorted(p.name for p in placed.iterdir()) == sorted(p.name for p in (REPO / "cockpit").iterdir()
+                                                              if p.suffix in (".html", ".json", ".css", ".js"))
+    with CockpitServer(tmp_path / "ws", demo_config(str(tmp_path / "none.json")), path=[VENV_BIN],
+                       page=placed) as server:
+        load(browser, server)
+        rows = browser.js("return document.querySelectorAll('#domains tr[data-domain]').length")
+        problems = console_problems(browser)
+    assert rows > 0 and problems == []
+    assert any(str(placed) in n for n in uninstall(str(tmp_path / "root")))
+    assert not placed.exists()
