@@ -23,7 +23,7 @@ from vfio_advisor.gather_worker import (
 )
 from vfio_advisor.runtime import StateStore, Watcher
 from vfio_advisor.sinks.journal import JournalSink
-from vfio_advisor.sinks.status import StatusFileSink
+from vfio_advisor.sinks.status import Sample as StatusSample, StatusFileSink
 
 # One config type and loader for every command (vfio_advisor/config.py).
 DaemonConfig = Config
@@ -326,7 +326,7 @@ class Service:
                     # alert compare it with time(), not with the monotonic clock.
                     self.watcher.write_metrics(self.cfg.metrics_file, time.time())
                 self.watcher.open_findings()  # drops those that closed: .open keeps (domain, bdf, rule) of the rest
-                self.status_sink.sample(self.watcher.snapshot(), list(self.watcher.open), time.time())
+                self.status_sink.event(StatusSample(time.time(), self.watcher.snapshot, lambda: list(self.watcher.open)))
             except Exception as exc:  # noqa: BLE001 - keep the daemon alive
                 self.log(f"sample failed: {type(exc).__name__}: {exc}", "sample-failed", 3)
             # A plain sleep: run() cancels this task at stop. _sleep's

@@ -4,11 +4,12 @@ of each followed device's interrupt rate and mode, and when each finding
 opened and closed, so the page can plot "flat, climbing or storming" and
 mark the findings on the plot. Its format is docs/cockpit.md's.
 
-A sink like the others: `begin(facts)` for each followed domain,
-`emit(finding)` as the daemon emits it, `event(...)` for the daemon's own
-events, `close(summary)` at stop (the file then says the daemon stopped).
-`sample(devices, open_findings, now)` takes the sampling loop's per-device
-snapshot, as the metrics file sink's `write` does.
+A sink like the others (sinks/base.py's protocol): `begin(facts)` for each
+followed domain (the host's IOMMU and posting state come with it),
+`emit(finding, domain)` as the daemon emits it, `event(event)` for a
+"sample" event (each device's rate and mode, the findings still open) and
+the daemon's "service" events, `close(summary)` at stop (the file then says
+the daemon stopped, and every finding still open closes there).
 
 The whole file is replaced at each write (temp + rename, sinks/prometheus.py's
 write_atomically): cockpit.file's read (cockpit-bridge's fsread1 channel
@@ -21,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Iterable
+from typing import Callable, Iterable, NamedTuple, Union
 
 from vfio_advisor.sinks.prometheus import write_atomically
 
@@ -33,6 +34,21 @@ WINDOW_SECONDS = 600.0
 MAX_POINTS = 240
 # Closed findings kept for the marks on the plot; older ones leave with the window.
 MAX_FINDINGS = 200
+
+
+class Sample(NamedTuple):
+    """A "sample" event as the daemon's sampling loop has it today; the
+    same fields as sinks/base.py's SampleEvent (devices and open findings
+    given as lists or as functions that build them)."""
+
+    kind = "sample"
+    wall_time: float  # time.time() of the sample, which the page compares with its clock
+    devices: Union[list, Callable[[], list]]  # runtime.DeviceSnapshot-like
+    open_findings: Union[list, Callable[[], list]]  # see StatusFileSink._close_findings
+
+
+def _value(field):
+    return field() if callable(field) else field
 
 
 class StatusFileSink:
@@ -92,10 +108,14 @@ class StatusFileSink:
                               "message": finding.message, "opened": round(now, 3), "closed": None})
         del self.findings[:-MAX_FINDINGS]
 
-    def event(self, message: str, event: str = "", priority: int = 6, **_fields) -> None:
-        self.last_event = {"event": event, "message": message, "time": round(self.clock(), 3)}
+    def event(self, event) -> None:
+        kind = getattr(event, "kind", None)
+        if kind == "sample":
+            self._sample(_value(event.devices), _value(event.open_findings), event.wall_time)
+        elif kind == "service":
+            self.last_event = {"event": event.name, "message": event.message, "time": round(self.clock(), 3)}
 
-    def sample(self, devices: Iterable, open_findings: Iterable = (), now: float | None = None) -> None:
+    def _sample(self, devices: Iterable, open_findings: Iterable = (), now: float | None = None) -> None:
         """One sample: `devices` are runtime.DeviceSnapshot-like (domain, bdf,
         mode, count, rate, observable); `open_findings` the findings whose
         condition still holds (see _close_findings). `now` is
