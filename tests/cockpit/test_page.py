@@ -332,3 +332,21 @@ def test_install_places_the_page_that_cockpit_serves(browser, tmp_path):
     assert rows > 0 and problems == []
     assert any(str(placed) in n for n in uninstall(str(tmp_path / "root")))
     assert not placed.exists()
+
+
+def test_which_cockpit_this_tier_ran_against():
+    """The tier runs against whichever cockpit is installed: bookworm's 287
+    (C bridge) here. bookworm-backports' 3xx has a Python bridge; it runs
+    the same tests when installed (apt-get -t bookworm-backports install
+    cockpit-ws cockpit-bridge cockpit-system)."""
+    from tests.cockpit.cockpitws import cockpit_version, missing
+
+    if missing():
+        pytest.skip(f"no cockpit: {missing()}")
+    version = cockpit_version()
+    major = int(version.split(".")[0].split(":")[-1])
+    if major < 300:
+        pytest.skip(f"this run checked cockpit {version} (bookworm); bookworm-backports' 3xx with its Python "
+                    "bridge is not installed (no backports in this machine's apt sources)")
+    with open("/usr/bin/cockpit-bridge", "rb") as f:
+        assert b"python" in f.readline(), "cockpit >= 300 ships a Python bridge"

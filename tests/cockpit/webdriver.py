@@ -113,7 +113,18 @@ class Browser:
         return self._call("POST", self._s("/se/log"), {"type": "browser"})
 
     def screenshot(self, path: Path) -> Path:
-        path.write_bytes(base64.b64decode(self._call("GET", self._s("/screenshot"))))
+        """The page down to the end of its content: the window is made as
+        tall as the document for the shot (a viewport shot of a short page
+        is mostly empty, of a long one cut off), then restored."""
+        rect = self._call("GET", self._s("/window/rect"))
+        inner = self.js("return window.innerHeight")
+        # the body's own height: documentElement.scrollHeight is never less than the viewport
+        wanted = self.js("return Math.ceil(document.body.getBoundingClientRect().bottom) + 16") + (rect["height"] - inner)
+        self._call("POST", self._s("/window/rect"), {"width": rect["width"], "height": min(wanted, 4000)})
+        try:
+            path.write_bytes(base64.b64decode(self._call("GET", self._s("/screenshot"))))
+        finally:
+            self._call("POST", self._s("/window/rect"), {"width": rect["width"], "height": rect["height"]})
         return path
 
     def quit(self) -> None:
