@@ -139,6 +139,15 @@ def demo(argv: list[str]) -> int:
     if why:
         print(f"cockpit-demo: {why}; install cockpit-ws cockpit-bridge cockpit-system (make deps)", file=sys.stderr)
         return 2
+    # SIGTERM/SIGHUP (a `kill`, a closed terminal, make stopped) end the
+    # demo like Ctrl-C does, so that cockpit-ws, in a session of its own,
+    # is stopped with it and not left listening.
+    def stop(signum, _frame):
+        raise KeyboardInterrupt(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
+    parent = os.getppid()
     venv_bin = str(Path(sys.executable).parent)
     with tempfile.TemporaryDirectory(prefix="vfio-advisor-cockpit-demo-") as work:
         # The demo host has no daemon: the page says so and shows advise's view.
@@ -153,7 +162,7 @@ def demo(argv: list[str]) -> int:
         print(f"  {server.page_url()}   (the page alone)")
         print("Ctrl-C stops it.", flush=True)
         try:
-            while server.proc.poll() is None:
+            while server.proc.poll() is None and os.getppid() == parent:
                 time.sleep(0.5)
         except KeyboardInterrupt:
             pass
