@@ -344,8 +344,10 @@
                       el("td", { "data-field": "vectors" }, (hi.irqs || []).join(", ") || "none"),
                       el("td", { "data-field": "sharers" }, "host: " + sharers, el("br"),
                          "guest: " + (guestSharers.length ? guestSharers.join(", ") : "none")),
-                      el("td", { "data-field": "guest-mode" }, g ? (g.guest_mode || "unknown") +
-                         (g.verdict ? " — " + g.verdict : "") : el("span", { class: "va-muted" }, parts.guestNote)));
+                      el("td", { "data-field": "guest-mode", title: g && g.detail ? g.detail : null },
+                         g ? (g.guest_mode || "unknown") + (g.guest_driver ? " (" + g.guest_driver + ")" : "") +
+                             (g.verdict ? " — " + g.verdict.toLowerCase().replace(/_/g, " ") : "")
+                           : el("span", { class: "va-muted" }, parts.guestNote)));
         });
         nodes.push(el("section", { class: "va-card", id: "devices" },
                       el("h2", {}, "Assigned devices"),
@@ -654,7 +656,8 @@
         // `guest` reads the guest through the QEMU guest agent; older
         // vfio-advisor has no such command, and the agent may not answer.
         parts.guestNote = "not read";
-        const guest = run(["guest", name].concat(target(false)).concat(["--format", "json"])).then((r) => {
+        // `guest` exits 1 when a device's verdict needs action, with its JSON.
+        const guest = run(["guest", name].concat(target()).concat(["--format", "json"]), { okExits: [0, 1] }).then((r) => {
             parts.guest = r;
             if (r.agent && r.agent.available === false) {
                 parts.guestNote = "agent not available";
