@@ -101,8 +101,8 @@ class StatusFileSink:
 
     def emit(self, finding, domain=None) -> None:
         now = self.clock()
-        # VA6002-like events carry no standing condition: they never show in
-        # the open list, so they open and close at once (a mark, not a span).
+        # Events ("switched to MSI") carry no standing condition: they never show in
+        # the open list, so they close at the next sample (a mark, not a span).
         self.findings.append({"domain": finding.domain, "subject": finding.subject,
                               "rule": finding.rule_id, "severity": str(finding.severity),
                               "message": finding.message, "opened": round(now, 3), "closed": None})
