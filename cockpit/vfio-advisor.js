@@ -204,7 +204,10 @@
     }
 
     function machinesLink(name) {
-        // cockpit-machines' own page for the VM (pkg/machines, "vm?name=...&connection=system").
+        // cockpit-machines' own page for the VM (pkg/machines, "vm?name=...&connection=system"),
+        // where the bridge lists it (a jump to a missing package is Cockpit's "not found" page).
+        if (!cockpit.manifests || !cockpit.manifests.machines)
+            return el("span", { class: "va-muted", "data-machines-link": name }, "(cockpit-machines not installed)");
         return el("a", { href: "/machines#vm?name=" + encodeURIComponent(name) + "&connection=system",
                          "data-machines-link": name,
                          onclick: (ev) => {
