@@ -322,7 +322,6 @@
             return;
         }
         const statusDevices = ((state.status && state.status.devices) || []).filter((d) => d.domain === view.name);
-        const statusFindings = ((state.status && state.status.findings) || []).filter((f) => f.domain === view.name);
         const guestDevices = {};
         for (const g of (parts.guest && parts.guest.devices) || []) guestDevices[g.host_bdf] = g;
 
@@ -374,18 +373,25 @@
         else mapCard.append(alert("warning", parts.irqsProblem, "guest-irqs"));
         nodes.push(mapCard);
 
-        // The interrupt rate plots.
-        const plotCard = el("section", { class: "va-card", id: "rates" }, el("h2", {}, "Interrupt rates"));
-        const daemonNote = statusMessage();
-        if (daemonNote) plotCard.append(daemonNote);
-        if (state.status && !statusDevices.length && !daemonNote)
-            plotCard.append(alert("info", "The daemon does not follow " + view.name +
-                                  " (it follows running VMs only).", "not-followed"));
-        for (const dev of statusDevices)
-            plotCard.append(el("h3", {}, dev.bdf + " — now " + dev.mode),
-                            drawPlot(dev, statusFindings.filter((f) => !f.subject || f.subject === dev.bdf)));
-        nodes.push(plotCard);
+        nodes.push(ratesCard(view.name));
         content.replaceChildren(...nodes);
+    }
+
+    /* One plot per device the daemon follows in this domain, from the status
+       file; redrawn whole at each poll of the file. */
+    function ratesCard(name) {
+        const card = el("section", { class: "va-card", id: "rates" }, el("h2", {}, "Interrupt rates"));
+        const devices = ((state.status && state.status.devices) || []).filter((d) => d.domain === name);
+        const findings = ((state.status && state.status.findings) || []).filter((f) => f.domain === name);
+        const note = statusMessage();
+        if (note) card.append(note);
+        if (state.status && !devices.length && !note)
+            card.append(alert("info", "The daemon does not follow " + name + " (it follows running VMs only).",
+                              "not-followed"));
+        for (const dev of devices)
+            card.append(el("h3", {}, dev.bdf + " — now " + dev.mode),
+                        drawPlot(dev, findings.filter((f) => !f.subject || f.subject === dev.bdf)));
+        return card;
     }
 
     function diffNode(text) {
@@ -709,16 +715,7 @@
             if (state.view && state.view.kind === "vm") {
                 const rates = document.getElementById("rates");
                 if (!rates) return;
-                const view = state.view;
-                const devices = ((state.status && state.status.devices) || []).filter((d) => d.domain === view.name);
-                const findings = ((state.status && state.status.findings) || []).filter((f) => f.domain === view.name);
-                const fresh = [el("h2", {}, "Interrupt rates")];
-                const note = statusMessage();
-                if (note) fresh.push(note);
-                for (const dev of devices)
-                    fresh.push(el("h3", {}, dev.bdf + " — now " + dev.mode),
-                               drawPlot(dev, findings.filter((f) => !f.subject || f.subject === dev.bdf)));
-                rates.replaceChildren(...fresh);
+                rates.replaceWith(ratesCard(state.view.name));
             }
         });
     }

@@ -179,24 +179,36 @@ def test_plot_follows_the_daemons_window_through_intx_to_msi(browser, tmp_path):
     daemon = subprocess.Popen([sys.executable, "-m", "vfio_advisor", "daemon", "--connect", f"test://{node}",
                                "--host-root", str(replay.root), "--config", str(config), "--state-dir", str(state)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    page_config = {"connect": f"test://{node}", "host_root": str(replay.root), "status_file": str(status)}
+    count_points = "return document.querySelectorAll('#rates svg[data-plot] circle[data-t]').length"
+    server = CockpitServer(tmp_path / "ws", page_config, path=[VENV_BIN])
     try:
         end = time.monotonic() + 30
         while not status.exists() and time.monotonic() < end:
             time.sleep(0.05)
         assert status.exists(), "the daemon wrote no status file"
+        # The page is open while the daemon runs: it follows the file.
+        server.start()
+        load(browser, server, "/vm/lab-switch")
+        running_note = alert_text(browser, "daemon")
+        seen = [browser.js(count_points)]
         for i in range(1, len(moments)):
             time.sleep(1.0)  # four samples at each moment
             replay.step(i)
+            seen.append(browser.js(count_points))
         time.sleep(1.0)
     finally:
         daemon.send_signal(signal.SIGTERM)
         _, err = daemon.communicate(timeout=20)
-    assert daemon.returncode == 0, err
-    window = json.loads(status.read_text())
-    page_config = {"connect": f"test://{node}", "host_root": str(replay.root), "status_file": str(status)}
-    with CockpitServer(tmp_path / "ws", page_config, path=[VENV_BIN]) as server:
-        load(browser, server, "/vm/lab-switch")
-        browser.wait("return document.querySelectorAll('#rates svg[data-plot]').length > 0", what="the plots")
+    try:
+        assert daemon.returncode == 0, err
+        window = json.loads(status.read_text())
+        # the stop reaches the page through the file (its poll), with the last window
+        browser.wait("const a = document.querySelector('[data-alert=daemon]');"
+                     "return a !== null && a.textContent.includes('stopped')", timeout=15, what="the stop")
+        browser.wait(f"return document.querySelectorAll('#rates svg[data-plot] circle[data-t]').length === "
+                     f"{sum(len(d['points']) for d in window['devices'] if d['domain'] == 'lab-switch')}",
+                     timeout=10, what="the last window drawn")
         shot(browser, "vm-view-lab-switch-intx-to-msi")
         plots = browser.js("return Object.fromEntries([...document.querySelectorAll('#rates svg[data-plot]')].map(p => "
                            "[p.getAttribute('data-plot'), {points: [...p.querySelectorAll('circle[data-t]')].map(c => "
@@ -206,6 +218,11 @@ def test_plot_follows_the_daemons_window_through_intx_to_msi(browser, tmp_path):
                            "m.getAttribute('data-mark'), Number(m.getAttribute('data-t'))])}]))")
         stopped = alert_text(browser, "daemon")
         problems = console_problems(browser)
+    finally:
+        server.stop()
+    # while it ran: no "not running" note, and the plots grew sample by sample
+    assert running_note is None
+    assert seen == sorted(seen) and seen[-1] > seen[0], seen
     devices = {d["bdf"]: d for d in window["devices"] if d["domain"] == "lab-switch"}
     assert sorted(plots) == sorted(devices)
     for bdf, dev in devices.items():
