@@ -22,7 +22,7 @@ APT_PACKAGES += libvirt-clients libxml2-utils
 # permission tests run the product as nobody with setpriv.
 APT_PACKAGES += prometheus prometheus-node-exporter systemd-journal-remote util-linux
 # cockpit tier and make cockpit-demo: Debian's Cockpit serves the page, chromium renders it.
-APT_PACKAGES += cockpit-ws cockpit-bridge cockpit-system chromium chromium-driver
+APT_PACKAGES += cockpit-ws cockpit-bridge cockpit-system chromium chromium-driver dbus-daemon
 
 # make deb: from a clean checkout (git archive of DEB_REF), built and checked
 # outside the source tree; the .deb is left in DEB_DIR.

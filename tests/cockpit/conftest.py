@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cockpit import cockpitws, webdriver
+from tests.cockpit import backports, cockpitws, webdriver
 
 ARTIFACTS = Path(os.environ.get("VFIO_ADVISOR_TEST_ARTIFACTS",
                                 os.path.join(tempfile.gettempdir(), "vfio-advisor-test-artifacts"))) / "cockpit"
@@ -29,3 +29,24 @@ def browser(tmp_path_factory):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with webdriver.Browser(tmp_path_factory.mktemp("chromium"), width=1200, height=2000) as b:
         yield b
+
+
+@pytest.fixture(scope="session", params=["287", "337"])
+def cockpit(request):
+    """The Cockpit the page is served with: the installed one (bookworm's
+    287), and bookworm-backports' 337 unpacked beside it
+    (tests/cockpit/backports.py), whose bridge is the Python rewrite. Each
+    leg skips with the reason where it cannot be had."""
+    why = cockpitws.missing()
+    if request.param == "287":
+        if why:
+            pytest.skip(f"browser tier needs Debian's cockpit: {why}")
+        build = cockpitws.installed()
+        if not build.name.startswith("287"):
+            pytest.skip(f"the installed cockpit is {build.name}, not bookworm's 287")
+        return build
+    try:
+        prefix = backports.prepare()
+    except backports.Unavailable as exc:
+        pytest.skip(f"cockpit 337 from bookworm-backports: {exc}")
+    return cockpitws.unpacked(prefix, backports.versions().split(", ")[0].split(" ")[1])

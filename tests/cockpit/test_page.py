@@ -58,8 +58,8 @@ def console_problems(browser) -> list[str]:
             if e.get("level") == "SEVERE" or "vfio-advisor.js" in e.get("message", "")]
 
 
-def shot(browser, name: str) -> Path:
-    path = browser.screenshot(ARTIFACTS / f"{name}.png")
+def shot(browser, cockpit, name: str) -> Path:
+    path = browser.screenshot(ARTIFACTS / f"{name}-cockpit{cockpit.name.split('-')[0]}.png")
     print(f"screenshot: {path}")
     return path
 
@@ -71,11 +71,11 @@ def alert_text(browser, kind: str) -> str:
 
 # --- the demo host -----------------------------------------------------------------------------
 
-def test_host_view_lists_each_domain_with_its_findings_by_severity(browser, tmp_path):
+def test_host_view_lists_each_domain_with_its_findings_by_severity(browser, cockpit, tmp_path):
     advice = cli("advise", *demo_target(), "--format", "json", ok=(0, 1))
-    with CockpitServer(tmp_path, demo_config(str(tmp_path / "no-daemon/status.json")), path=[VENV_BIN]) as server:
+    with CockpitServer(tmp_path, demo_config(str(tmp_path / "no-daemon/status.json")), path=[VENV_BIN], cockpit=cockpit) as server:
         load(browser, server)
-        shot(browser, "host-view-demo")
+        shot(browser, cockpit, "host-view-demo")
         rows = browser.js("return [...document.querySelectorAll('#domains tr[data-domain]')].map(r => ["
                           "r.getAttribute('data-domain'), r.querySelector('[data-counts]').getAttribute('data-counts'),"
                           "r.querySelector('[data-vm-link]').getAttribute('href'),"
@@ -132,13 +132,13 @@ def expected_map(irqs: dict) -> tuple[set, set, set]:
 
 
 @pytest.mark.parametrize("domain", ["oldbox", "win11"])
-def test_vm_view_draws_the_guest_intx_map_and_the_findings(browser, tmp_path, domain):
+def test_vm_view_draws_the_guest_intx_map_and_the_findings(browser, cockpit, tmp_path, domain):
     irqs = cli("guest-irqs", domain, *demo_target(), "--format", "json")
     advice = cli("advise", *demo_target(), "--format", "json", ok=(0, 1))
     [dom] = [d for d in advice["domains"] if d["name"] == domain]
-    with CockpitServer(tmp_path, demo_config(str(tmp_path / "none.json")), path=[VENV_BIN]) as server:
+    with CockpitServer(tmp_path, demo_config(str(tmp_path / "none.json")), path=[VENV_BIN], cockpit=cockpit) as server:
         load(browser, server, f"/vm/{domain}")
-        shot(browser, f"vm-view-demo-{domain}")
+        shot(browser, cockpit, f"vm-view-demo-{domain}")
         got = browser.js("const m = document.querySelector('#intx-map svg');"
                          "return {nodes: [...m.querySelectorAll('[data-node]')].map(n => n.getAttribute('data-node')),"
                          "shared: [...m.querySelectorAll('[data-node][data-shared=true]')].map(n => n.getAttribute('data-node')),"
@@ -167,7 +167,7 @@ def test_vm_view_draws_the_guest_intx_map_and_the_findings(browser, tmp_path, do
 
 # --- the real daemon over a lab replay: INTx -> MSI ----------------------------------------------
 
-def test_plot_follows_the_daemons_window_through_intx_to_msi(browser, tmp_path):
+def test_plot_follows_the_daemons_window_through_intx_to_msi(browser, cockpit, tmp_path):
     moments = [f"switch-{i}" for i in (1, 2, 3, 4)]
     replay = Replay(tmp_path, moments)
     node = tmp_path / "node.xml"
@@ -181,7 +181,7 @@ def test_plot_follows_the_daemons_window_through_intx_to_msi(browser, tmp_path):
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     page_config = {"connect": f"test://{node}", "host_root": str(replay.root), "status_file": str(status)}
     count_points = "return document.querySelectorAll('#rates svg[data-plot] circle[data-t]').length"
-    server = CockpitServer(tmp_path / "ws", page_config, path=[VENV_BIN])
+    server = CockpitServer(tmp_path / "ws", page_config, path=[VENV_BIN], cockpit=cockpit)
     try:
         end = time.monotonic() + 30
         while not status.exists() and time.monotonic() < end:
@@ -209,7 +209,7 @@ def test_plot_follows_the_daemons_window_through_intx_to_msi(browser, tmp_path):
         browser.wait(f"return document.querySelectorAll('#rates svg[data-plot] circle[data-t]').length === "
                      f"{sum(len(d['points']) for d in window['devices'] if d['domain'] == 'lab-switch')}",
                      timeout=10, what="the last window drawn")
-        shot(browser, "vm-view-lab-switch-intx-to-msi")
+        shot(browser, cockpit, "vm-view-lab-switch-intx-to-msi")
         plots = browser.js("return Object.fromEntries([...document.querySelectorAll('#rates svg[data-plot]')].map(p => "
                            "[p.getAttribute('data-plot'), {points: [...p.querySelectorAll('circle[data-t]')].map(c => "
                            "[Number(c.getAttribute('data-t')), c.getAttribute('data-rate') === 'null' ? null : "
@@ -255,8 +255,8 @@ def test_plot_follows_the_daemons_window_through_intx_to_msi(browser, tmp_path):
 
 # --- bad states --------------------------------------------------------------------------------
 
-def test_without_vfio_advisor_the_page_says_so(browser, tmp_path):
-    with CockpitServer(tmp_path, demo_config(str(tmp_path / "none.json")), path=[]) as server:
+def test_without_vfio_advisor_the_page_says_so(browser, cockpit, tmp_path):
+    with CockpitServer(tmp_path, demo_config(str(tmp_path / "none.json")), path=[], cockpit=cockpit) as server:
         assert not any(os.access(os.path.join(d, "vfio-advisor"), os.X_OK)
                        for d in server.env["PATH"].split(":")), "a vfio-advisor is installed system-wide"
         load(browser, server)
@@ -266,8 +266,8 @@ def test_without_vfio_advisor_the_page_says_so(browser, tmp_path):
     assert problems == []
 
 
-def test_a_domain_that_is_gone_says_so(browser, tmp_path):
-    with CockpitServer(tmp_path, demo_config(str(tmp_path / "none.json")), path=[VENV_BIN]) as server:
+def test_a_domain_that_is_gone_says_so(browser, cockpit, tmp_path):
+    with CockpitServer(tmp_path, demo_config(str(tmp_path / "none.json")), path=[VENV_BIN], cockpit=cockpit) as server:
         load(browser, server, "/vm/gone-vm")
         text = alert_text(browser, "domain")
         problems = console_problems(browser)
@@ -293,16 +293,16 @@ def open_and_confirm_apply(browser) -> str:
                         "return a ? a.textContent : null", timeout=90, what="the apply result")
 
 
-def test_apply_as_administrator_says_where_the_backup_went(browser, tmp_path):
+def test_apply_as_administrator_says_where_the_backup_went(browser, cockpit, tmp_path):
     uri = fix_node(tmp_path)
     plan = cli("fix", "two-intx", "--connect", uri, "--host-root", str(DEMO / "root"), "--format", "json")
     config = {"connect": uri, "host_root": str(DEMO / "root"), "status_file": str(tmp_path / "none.json"),
               "state_dir": str(tmp_path / "state")}
-    with CockpitServer(tmp_path / "ws", config, path=[VENV_BIN]) as server:
+    with CockpitServer(tmp_path / "ws", config, path=[VENV_BIN], cockpit=cockpit) as server:
         load(browser, server, "/vm/two-intx")
         diff = browser.js("return document.querySelector('#fix [data-diff]').textContent")
         text = open_and_confirm_apply(browser)
-        shot(browser, "vm-view-applied")
+        shot(browser, cockpit, "vm-view-applied")
         problems = console_problems(browser)
     assert diff.rstrip("\n") == plan["domains"][0]["diff"].rstrip("\n")
     backups = list((tmp_path / "state/fix-backups").iterdir())
@@ -310,7 +310,7 @@ def test_apply_as_administrator_says_where_the_backup_went(browser, tmp_path):
     assert problems == []
 
 
-def test_unprivileged_apply_is_refused_with_a_message(browser):
+def test_unprivileged_apply_is_refused_with_a_message(browser, cockpit):
     nobody.require()
     # nobody cannot enter pytest's 0700 tmp: a world-traversable directory of its own.
     work = Path(tempfile.mkdtemp(prefix="vfio-advisor-cockpit-"))
@@ -320,11 +320,11 @@ def test_unprivileged_apply_is_refused_with_a_message(browser):
         config = {"connect": uri, "host_root": str(DEMO / "root"), "status_file": str(work / "none.json"),
                   "state_dir": str(work / "state")}
         user = nobody.SETPRIV if os.geteuid() == 0 else []
-        with CockpitServer(work / "ws", config, path=[VENV_BIN], user=user) as server:
+        with CockpitServer(work / "ws", config, path=[VENV_BIN], user=user, cockpit=cockpit) as server:
             (work / "ws").chmod(0o755)
             load(browser, server, "/vm/two-intx")
             text = open_and_confirm_apply(browser)
-            shot(browser, "vm-view-apply-refused")
+            shot(browser, cockpit, "vm-view-apply-refused")
             problems = console_problems(browser)
         assert "needs administrative access" in text and "nothing was changed" in text
         assert not (work / "state/fix-backups").exists()
@@ -335,7 +335,7 @@ def test_unprivileged_apply_is_refused_with_a_message(browser):
 
 # --- where install puts it ------------------------------------------------------------------------
 
-def test_install_places_the_page_that_cockpit_serves(browser, tmp_path):
+def test_install_places_the_page_that_cockpit_serves(browser, cockpit, tmp_path):
     from vfio_advisor.install import COCKPIT_DIR, install_cockpit_page, uninstall
 
     notes = install_cockpit_page(tmp_path / "root")
@@ -344,7 +344,7 @@ def test_install_places_the_page_that_cockpit_serves(browser, tmp_path):
     assert sorted(p.name for p in placed.iterdir()) == sorted(p.name for p in (REPO / "cockpit").iterdir()
                                                               if p.suffix in (".html", ".json", ".css", ".js"))
     with CockpitServer(tmp_path / "ws", demo_config(str(tmp_path / "none.json")), path=[VENV_BIN],
-                       page=placed) as server:
+                       page=placed, cockpit=cockpit) as server:
         load(browser, server)
         rows = browser.js("return document.querySelectorAll('#domains tr[data-domain]').length")
         problems = console_problems(browser)
@@ -353,26 +353,27 @@ def test_install_places_the_page_that_cockpit_serves(browser, tmp_path):
     assert not placed.exists()
 
 
-def test_which_cockpit_this_tier_ran_against():
-    """The tier runs against whichever cockpit is installed: bookworm's 287
-    (C bridge) here. bookworm-backports' 3xx has a Python bridge; it runs
-    the same tests when installed (apt-get -t bookworm-backports install
-    cockpit-ws cockpit-bridge cockpit-system)."""
-    from tests.cockpit.cockpitws import cockpit_version, missing
+def test_which_cockpit_this_tier_ran_against(browser, cockpit, tmp_path):
+    """Each leg is served by the Cockpit it is named after: the bridge that
+    answered the page's session says its version (cockpit.info, from the
+    bridge's "init" message), and 337's bridge is the Python one."""
+    with CockpitServer(tmp_path, demo_config(str(tmp_path / "none.json")), path=[VENV_BIN], cockpit=cockpit) as server:
+        load(browser, server)
+        info = browser.js("return {version: String(cockpit.info.version), shell: document.title}")
+        problems = console_problems(browser)
+    print(f"cockpit leg {cockpit.name}: bridge {cockpit.bridge} says {info['version']}")
+    assert info["version"] == cockpit.name.split("-")[0].split(":")[-1]
+    with open(cockpit.bridge, "rb") as f:
+        head = f.read(4096)
+    if int(info["version"].split(".")[0]) >= 300:
+        assert b"python3" in head and b"cockpit.bridge" in head, "cockpit >= 300's bridge is Python"
+    else:
+        assert head.startswith(b"\x7fELF"), "cockpit 287's bridge is C"
+    assert problems == []
 
-    if missing():
-        pytest.skip(f"no cockpit: {missing()}")
-    version = cockpit_version()
-    major = int(version.split(".")[0].split(":")[-1])
-    if major < 300:
-        pytest.skip(f"this run checked cockpit {version} (bookworm); bookworm-backports' 3xx with its Python "
-                    "bridge is not installed (no backports in this machine's apt sources)")
-    with open("/usr/bin/cockpit-bridge", "rb") as f:
-        assert b"python" in f.readline(), "cockpit >= 300 ships a Python bridge"
 
-
-def test_the_shell_lists_the_page_and_runs_it_in_its_frame(browser, tmp_path):
-    with CockpitServer(tmp_path, demo_config(str(tmp_path / "none.json")), path=[VENV_BIN]) as server:
+def test_the_shell_lists_the_page_and_runs_it_in_its_frame(browser, cockpit, tmp_path):
+    with CockpitServer(tmp_path, demo_config(str(tmp_path / "none.json")), path=[VENV_BIN], cockpit=cockpit) as server:
         browser.go("about:blank")
         browser.console()
         browser.go(f"{server.url}/vfio-advisor#/vm/win11")
@@ -383,7 +384,7 @@ def test_the_shell_lists_the_page_and_runs_it_in_its_frame(browser, tmp_path):
         entry = browser.js("return [...document.querySelectorAll('nav a')].map(a => a.textContent.trim())"
                            ".filter(t => t === 'VFIO interrupts')")
         view = browser.js(f"return {frame}.contentDocument.querySelector('[data-vm-link], #vm-summary h2').textContent")
-        shot(browser, "shell-vm-view")
+        shot(browser, cockpit, "shell-vm-view")
         # the shell's own pages log what this sandbox lacks (no systemd D-Bus): only this page's count
         problems = [m for m in console_problems(browser) if "vfio-advisor" in m]
     assert entry == ["VFIO interrupts"]
