@@ -36,8 +36,10 @@ CACHE = Path(os.environ.get("VFIO_ADVISOR_TEST_CACHE", "/var/cache/vfio-advisor-
 PREFIX = CACHE / "prefix"
 BRIDGE = PREFIX / "cockpit-bridge-337"
 STAMP = PREFIX / ".unpacked"
-SOURCES = "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main\n"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+# A local mirror of Debian's archive may stand in for deb.debian.org.
+MIRROR = os.environ.get("VFIO_ADVISOR_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+SOURCES = f"deb [signed-by={KEYRING}] {MIRROR} bookworm-backports main\n"
 SITE = PREFIX / "usr/lib/python3/dist-packages"
 WS = PREFIX / "usr/lib/cockpit/cockpit-ws"
 
@@ -59,8 +61,13 @@ def apt(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 
 def first_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "no output"
+    """apt's line that says why: the failed fetch where there is one, not
+    the summary after it."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    for line in lines:
+        if "Failed to fetch" in line or line.startswith(("E:", "Err:")):
+            return line
+    return lines[-1] if lines else "no output"
 
 
 def candidate(package: str) -> str | None:

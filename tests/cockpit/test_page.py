@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests import nobody
+from tests.cockpit import backports, cockpitws
 from tests.cockpit.cockpitws import DEMO, CockpitServer, demo_config
 from tests.cockpit.conftest import ARTIFACTS
 from tests.lab.moments import Replay
@@ -354,21 +355,23 @@ def test_install_places_the_page_that_cockpit_serves(browser, cockpit, tmp_path)
 
 
 def test_which_cockpit_this_tier_ran_against(browser, cockpit, tmp_path):
-    """Each leg is served by the Cockpit it is named after: the bridge that
-    answered the page's session says its version (cockpit.info, from the
-    bridge's "init" message), and 337's bridge is the Python one."""
+    """Each leg is served by the Cockpit it is named after: cockpit-ws says
+    its version to the page (cockpit.info, from its "init" message), and a
+    process the page spawns has that leg's bridge as its parent: bookworm's
+    C program, or 337's Python one out of the unpacked prefix."""
     with CockpitServer(tmp_path, demo_config(str(tmp_path / "none.json")), path=[VENV_BIN], cockpit=cockpit) as server:
         load(browser, server)
-        info = browser.js("return {version: String(cockpit.info.version), shell: document.title}")
+        ws_version = browser.js("return String(cockpit.info.version)")
+        parent = browser.js("return new Promise(done => cockpit.spawn(['sh', '-c', 'tr \"\\\\0\" \" \" < /proc/$PPID/cmdline'])"
+                            ".then(done, e => done('spawn failed: ' + e.message)))")
         problems = console_problems(browser)
-    print(f"cockpit leg {cockpit.name}: bridge {cockpit.bridge} says {info['version']}")
-    assert info["version"] == cockpit.name.split("-")[0].split(":")[-1]
-    with open(cockpit.bridge, "rb") as f:
-        head = f.read(4096)
-    if int(info["version"].split(".")[0]) >= 300:
-        assert b"python3" in head and b"cockpit.bridge" in head, "cockpit >= 300's bridge is Python"
+    print(f"cockpit leg {cockpit.name}: cockpit-ws {ws_version}, bridge: {parent}")
+    upstream = cockpit.name.split("-")[0].split(":")[-1]
+    assert ws_version == upstream
+    if int(upstream.split(".")[0]) >= 300:
+        assert parent.startswith("/usr/bin/python3 -c ") and str(backports.SITE) in parent, parent
     else:
-        assert head.startswith(b"\x7fELF"), "cockpit 287's bridge is C"
+        assert parent.split() == [cockpitws.COCKPIT_BRIDGE], parent
     assert problems == []
 
 
