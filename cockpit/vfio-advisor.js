@@ -97,8 +97,12 @@
 
     /* Run `vfio-advisor ARGS`; resolve with its parsed JSON when it exits with
        one of `okExits` (advise exits 1 when it found something). cockpit.spawn
-       (cockpit 287, base1/cockpit.js) rejects a non-zero exit with (error,
-       output), so the output of exit 1 is still read. */
+       rejects a non-zero exit with (ProcessError, output), the output as the
+       second argument of its own deferred's reject, not a native Promise's:
+       so in cockpit 287 (base1/cockpit.js) and still in 337 (the "close"
+       handler of spawn's channel, `reject(new ProcessError(...), output)`);
+       hence `.then(ok, fail)` on that deferred, never `await`, which would
+       drop the output. */
     function run(args, options) {
         const opts = Object.assign({ okExits: [0], superuser: null }, options || {});
         const argv = ["vfio-advisor"].concat(args);

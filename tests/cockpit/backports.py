@@ -143,7 +143,8 @@ def prepare() -> Path:
     # Debian 12's python3 is 3.11; the bridge's own check is whether it runs at all.
     out = subprocess.run([str(BRIDGE), "--version"], capture_output=True, text=True, timeout=60)
     if out.returncode != 0 or f"Version: {VERSION}" not in out.stdout:
-        raise Unavailable(f"cockpit-bridge {VERSION} does not run on this python3: {first_line(out.stderr or out.stdout)}")
+        raise Unavailable(f"cockpit-bridge {VERSION} does not run on this python3: "
+                          f"{first_line(out.stderr or out.stdout)}")
     return PREFIX
 
 

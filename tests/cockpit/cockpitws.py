@@ -10,7 +10,7 @@ where the daemon's status file is and which libvirt URI and host tree to ask
 about: a temporary share/ holds a link to the repository's cockpit/ and etc/
 holds the override.
 
-    python -m tests.cockpit.cockpitws demo [--port 9090]
+    python -m tests.cockpit.cockpitws demo [--port 9090] [--cockpit installed|337]
 """
 
 from __future__ import annotations
@@ -224,11 +224,22 @@ def demo_config(status_file: str) -> dict:
 def demo(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="make cockpit-demo")
     parser.add_argument("--port", type=int, default=9090)
+    parser.add_argument("--cockpit", choices=("installed", "337"), default="installed",
+                        help="the installed cockpit, or bookworm-backports' 337 unpacked beside it")
     args = parser.parse_args(argv)
     why = missing()
     if why:
         print(f"cockpit-demo: {why}; install cockpit-ws cockpit-bridge cockpit-system (make deps)", file=sys.stderr)
         return 2
+    build = installed()
+    if args.cockpit == "337":
+        from tests.cockpit import backports
+
+        try:
+            build = unpacked(backports.prepare(), "337")
+        except backports.Unavailable as exc:
+            print(f"cockpit-demo: cockpit 337: {exc}", file=sys.stderr)
+            return 2
     # SIGTERM/SIGHUP (a `kill`, a closed terminal, make stopped) end the
     # demo like Ctrl-C does, so that cockpit-ws, in a session of its own,
     # is stopped with it and not left listening.
@@ -241,13 +252,14 @@ def demo(argv: list[str]) -> int:
     venv_bin = str(Path(sys.executable).parent)
     with tempfile.TemporaryDirectory(prefix="vfio-advisor-cockpit-demo-") as work:
         # The demo host has no daemon: the page says so and shows advise's view.
-        server = CockpitServer(Path(work), demo_config(f"{work}/state/status.json"), args.port, [venv_bin])
+        server = CockpitServer(Path(work), demo_config(f"{work}/state/status.json"), args.port, [venv_bin],
+                               cockpit=build)
         try:
             server.start()
         except RuntimeError as exc:
             print(f"cockpit-demo: {exc}", file=sys.stderr)
             return 1
-        print(f"vfio-advisor's Cockpit page on the demo host (cockpit {cockpit_version()}):")
+        print(f"vfio-advisor's Cockpit page on the demo host (cockpit {build.name}):")
         print(f"  {server.url}/vfio-advisor            (in Cockpit's shell)")
         print(f"  {server.page_url()}   (the page alone)")
         print("Ctrl-C stops it.", flush=True)
@@ -264,5 +276,5 @@ def demo(argv: list[str]) -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "demo":
         sys.exit(demo(sys.argv[2:]))
-    print("usage: python -m tests.cockpit.cockpitws demo [--port PORT]", file=sys.stderr)
+    print("usage: python -m tests.cockpit.cockpitws demo [--port PORT] [--cockpit installed|337]", file=sys.stderr)
     sys.exit(2)

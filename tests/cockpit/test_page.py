@@ -74,7 +74,8 @@ def alert_text(browser, kind: str) -> str:
 
 def test_host_view_lists_each_domain_with_its_findings_by_severity(browser, cockpit, tmp_path):
     advice = cli("advise", *demo_target(), "--format", "json", ok=(0, 1))
-    with CockpitServer(tmp_path, demo_config(str(tmp_path / "no-daemon/status.json")), path=[VENV_BIN], cockpit=cockpit) as server:
+    with CockpitServer(tmp_path, demo_config(str(tmp_path / "no-daemon/status.json")), path=[VENV_BIN],
+                       cockpit=cockpit) as server:
         load(browser, server)
         shot(browser, cockpit, "host-view-demo")
         rows = browser.js("return [...document.querySelectorAll('#domains tr[data-domain]')].map(r => ["
@@ -137,7 +138,8 @@ def test_vm_view_draws_the_guest_intx_map_and_the_findings(browser, cockpit, tmp
     irqs = cli("guest-irqs", domain, *demo_target(), "--format", "json")
     advice = cli("advise", *demo_target(), "--format", "json", ok=(0, 1))
     [dom] = [d for d in advice["domains"] if d["name"] == domain]
-    with CockpitServer(tmp_path, demo_config(str(tmp_path / "none.json")), path=[VENV_BIN], cockpit=cockpit) as server:
+    with CockpitServer(tmp_path, demo_config(str(tmp_path / "none.json")), path=[VENV_BIN],
+                       cockpit=cockpit) as server:
         load(browser, server, f"/vm/{domain}")
         shot(browser, cockpit, f"vm-view-demo-{domain}")
         got = browser.js("const m = document.querySelector('#intx-map svg');"
@@ -268,7 +270,8 @@ def test_without_vfio_advisor_the_page_says_so(browser, cockpit, tmp_path):
 
 
 def test_a_domain_that_is_gone_says_so(browser, cockpit, tmp_path):
-    with CockpitServer(tmp_path, demo_config(str(tmp_path / "none.json")), path=[VENV_BIN], cockpit=cockpit) as server:
+    with CockpitServer(tmp_path, demo_config(str(tmp_path / "none.json")), path=[VENV_BIN],
+                       cockpit=cockpit) as server:
         load(browser, server, "/vm/gone-vm")
         text = alert_text(browser, "domain")
         problems = console_problems(browser)
@@ -359,10 +362,12 @@ def test_which_cockpit_this_tier_ran_against(browser, cockpit, tmp_path):
     its version to the page (cockpit.info, from its "init" message), and a
     process the page spawns has that leg's bridge as its parent: bookworm's
     C program, or 337's Python one out of the unpacked prefix."""
-    with CockpitServer(tmp_path, demo_config(str(tmp_path / "none.json")), path=[VENV_BIN], cockpit=cockpit) as server:
+    with CockpitServer(tmp_path, demo_config(str(tmp_path / "none.json")), path=[VENV_BIN],
+                       cockpit=cockpit) as server:
         load(browser, server)
         ws_version = browser.js("return String(cockpit.info.version)")
-        parent = browser.js("return new Promise(done => cockpit.spawn(['sh', '-c', 'tr \"\\\\0\" \" \" < /proc/$PPID/cmdline'])"
+        parent = browser.js("return new Promise(done => cockpit.spawn(['sh', '-c', "
+                            "'tr \"\\\\0\" \" \" < /proc/$PPID/cmdline'])"
                             ".then(done, e => done('spawn failed: ' + e.message)))")
         problems = console_problems(browser)
     print(f"cockpit leg {cockpit.name}: cockpit-ws {ws_version}, bridge: {parent}")
@@ -376,7 +381,8 @@ def test_which_cockpit_this_tier_ran_against(browser, cockpit, tmp_path):
 
 
 def test_the_shell_lists_the_page_and_runs_it_in_its_frame(browser, cockpit, tmp_path):
-    with CockpitServer(tmp_path, demo_config(str(tmp_path / "none.json")), path=[VENV_BIN], cockpit=cockpit) as server:
+    with CockpitServer(tmp_path, demo_config(str(tmp_path / "none.json")), path=[VENV_BIN],
+                       cockpit=cockpit) as server:
         browser.go("about:blank")
         browser.console()
         browser.go(f"{server.url}/vfio-advisor#/vm/win11")
