@@ -345,8 +345,8 @@
             return el("tr", { "data-device": dev.host_address },
                       el("td", {}, el("strong", {}, dev.host_address), el("br"),
                          el("span", { class: "va-muted" }, dev.name || "")),
-                      el("td", { "data-field": "host-mode" }, (live ? live.mode : hi.mode) || "unknown",
-                         live ? el("span", { class: "va-muted" }, " (daemon)") : null),
+                      el("td", { "data-field": "host-mode", "data-advise-mode": hi.mode || "unknown" },
+                         ...hostMode(hi.mode, live)),
                       el("td", { "data-field": "vectors" }, (hi.irqs || []).join(", ") || "none"),
                       el("td", { "data-field": "sharers" }, "host: " + sharers, el("br"),
                          "guest: " + (guestSharers.length ? guestSharers.join(", ") : "none")),
@@ -383,6 +383,13 @@
 
     /* One plot per device the daemon follows in this domain, from the status
        file; redrawn whole at each poll of the file. */
+    /* A device's host mode: the daemon's latest sample where it follows the
+       device, else what advise read when the view was drawn. */
+    function hostMode(adviseMode, live) {
+        return [(live ? live.mode : adviseMode) || "unknown",
+                live ? el("span", { class: "va-muted" }, " (daemon)") : ""];
+    }
+
     function ratesCard(name) {
         const card = el("section", { class: "va-card", id: "rates" }, el("h2", {}, "Interrupt rates"));
         const devices = ((state.status && state.status.devices) || []).filter((d) => d.domain === name);
@@ -711,12 +718,20 @@
         });
     }
 
-    // The daemon's file changes at every sample: redraw the plots only.
+    // The daemon's file changes at every sample: redraw the plots and the
+    // devices' host modes (a device moves from INTx to MSI while the view is
+    // open), not what advise said.
     function pollStatus() {
         if (document.body.getAttribute("data-ready") !== "true" || state.running) return;
         readStatus().then(() => {
             setMessages(statusMessage());
             if (state.view && state.view.kind === "vm") {
+                const live = ((state.status && state.status.devices) || []).filter((d) => d.domain === state.view.name);
+                document.querySelectorAll("#devices tr[data-device] [data-field=host-mode]").forEach((cell) => {
+                    const bdf = cell.closest("tr").getAttribute("data-device");
+                    cell.replaceChildren(...hostMode(cell.getAttribute("data-advise-mode"),
+                                                     live.find((d) => d.bdf === bdf)));
+                });
                 const rates = document.getElementById("rates");
                 if (!rates) return;
                 rates.replaceWith(ratesCard(state.view.name));

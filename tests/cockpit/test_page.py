@@ -219,6 +219,9 @@ def test_plot_follows_the_daemons_window_through_intx_to_msi(browser, cockpit, t
                            "Number(c.getAttribute('data-rate')), c.getAttribute('data-mode')]),"
                            "marks: [...p.querySelectorAll('[data-mark]')].map(m => [m.getAttribute('data-rule'),"
                            "m.getAttribute('data-mark'), Number(m.getAttribute('data-t'))])}]))")
+        host_modes = browser.js("return Object.fromEntries([...document.querySelectorAll('#devices tr[data-device]')]"
+                                ".map(r => [r.getAttribute('data-device'),"
+                                " r.querySelector('[data-field=host-mode]').textContent]))")
         stopped = alert_text(browser, "daemon")
         problems = console_problems(browser)
     finally:
@@ -228,6 +231,9 @@ def test_plot_follows_the_daemons_window_through_intx_to_msi(browser, cockpit, t
     assert seen == sorted(seen) and seen[-1] > seen[0], seen
     devices = {d["bdf"]: d for d in window["devices"] if d["domain"] == "lab-switch"}
     assert sorted(plots) == sorted(devices)
+    # the devices' table follows the daemon too: the edu shows the MSI it
+    # moved to while the view was open, not the INTx of the first read
+    assert host_modes == {bdf: f"{dev['mode']} (daemon)" for bdf, dev in devices.items()}
     for bdf, dev in devices.items():
         assert plots[bdf]["points"] == dev["points"]
         marks = sorted([f["rule"], kind, f[kind]] for f in window["findings"]
