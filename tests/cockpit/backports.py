@@ -23,6 +23,7 @@ program it spawns (vfio-advisor among them).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -32,7 +33,7 @@ from pathlib import Path
 
 VERSION = "337"
 PACKAGES = ("cockpit-ws", "cockpit-bridge", "cockpit-system")
-CACHE = Path(os.environ.get("VFIO_ADVISOR_TEST_CACHE", "/var/cache/vfio-advisor-tests")) / f"cockpit-{VERSION}"
+CACHE = Path(os.environ.get("VFIO_ADVISOR_COCKPIT_CACHE", f"/var/cache/vfio-advisor-tests/cockpit-{VERSION}"))
 PREFIX = CACHE / "prefix"
 BRIDGE = PREFIX / "cockpit-bridge-337"
 STAMP = PREFIX / ".unpacked"
@@ -93,8 +94,6 @@ def fetch() -> None:
             raise Unavailable(f"{tool} missing: not a Debian system")
     if not os.path.exists(KEYRING):
         raise Unavailable(f"{KEYRING} missing (Debian package debian-archive-keyring)")
-    if os.geteuid() != 0:
-        raise Unavailable(f"fetching into {CACHE} needs root (apt-get download), and it is not cached yet")
     for sub in ("lists/partial", "apt/archives/partial", "sources.list.d", "debs"):
         (CACHE / sub).mkdir(parents=True, exist_ok=True)
     (CACHE / "sources.list").write_text(SOURCES)
@@ -135,7 +134,15 @@ def prepare() -> Path:
     """The unpacked prefix of Cockpit 337, fetched once and then reused
     without the network. Raises Unavailable with the reason."""
     if not STAMP.exists():
-        fetch()
+        if os.geteuid() != 0:
+            raise Unavailable(f"fetching into {CACHE} needs root (apt-get download), and it is not cached yet")
+        CACHE.mkdir(parents=True, exist_ok=True)
+        # One fetch at a time (two test runs at once): the second waits and
+        # finds the prefix the first unpacked.
+        with open(CACHE / ".fetch.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not STAMP.exists():
+                fetch()
     for path in (WS, SITE / "cockpit/bridge.py", PREFIX / "usr/share/cockpit/base1/manifest.json",
                  PREFIX / "usr/share/cockpit/shell/manifest.json", BRIDGE):
         if not path.exists():
