@@ -21,7 +21,8 @@ APT_PACKAGES += libvirt-clients libxml2-utils
 # fleet tier: the real Prometheus (with promtool), node_exporter and journal-remote/upload;
 # permission tests run the product as nobody with setpriv.
 APT_PACKAGES += prometheus prometheus-node-exporter systemd-journal-remote util-linux
-# cockpit tier and make cockpit-demo: Debian's Cockpit serves the page, chromium renders it.
+# cockpit tier and make cockpit-demo: Debian's Cockpit serves the page, chromium renders it;
+# dbus-daemon stands in for the system bus where a container has none.
 APT_PACKAGES += cockpit-ws cockpit-bridge cockpit-system chromium chromium-driver dbus-daemon
 
 # make deb: from a clean checkout (git archive of DEB_REF), built and checked
