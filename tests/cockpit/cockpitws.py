@@ -182,6 +182,7 @@ class CockpitServer:
         end = time.monotonic() + 15
         while time.monotonic() < end:
             if self.proc.poll() is not None:
+                self.stop_system_bus()
                 raise RuntimeError(f"cockpit-ws exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
