@@ -23,18 +23,27 @@ APT_PACKAGES += libvirt-clients libxml2-utils
 APT_PACKAGES += prometheus prometheus-node-exporter systemd-journal-remote util-linux
 # unit check: systemd-analyze verify runs man(1) on the unit's Documentation=man:vfio-advisor(8).
 APT_PACKAGES += man-db  # unit
+# cockpit tier and make cockpit-demo: Debian's Cockpit serves the page, chromium renders it;
+# dbus-daemon stands in for the system bus where a container has none.
+APT_PACKAGES += cockpit-ws cockpit-bridge cockpit-system chromium chromium-driver dbus-daemon
 
 # make deb: from a clean checkout (git archive of DEB_REF), built and checked
 # outside the source tree; the .deb is left in DEB_DIR.
 DEB_DIR  ?= /var/tmp/vfio-advisor-deb
 DEB_REF  ?= HEAD
 
-.PHONY: demo test deps venv clean bench lab deb
+.PHONY: demo test deps venv clean bench lab deb cockpit-demo
 
 demo: venv
 	$(VENV)/bin/vfio-advisor advise \
 	    --connect test://$(CURDIR)/examples/demo-host/node.xml \
 	    --host-root examples/demo-host/root || [ $$? -eq 1 ]
+
+# The Cockpit page (cockpit/) against the demo host, served by Debian's
+# cockpit-ws on 127.0.0.1 with no login (--local-session); runs until Ctrl-C.
+PORT ?= 9090
+cockpit-demo: venv
+	$(VPY) -m tests.cockpit.cockpitws demo --port $(PORT)
 
 # No test may write into the host's journal: pytest runs in a private mount
 # namespace where /run/systemd/journal is an empty tmpfs (the script says how).
@@ -46,13 +55,13 @@ test: venv
 deb: deps
 	@command -v git >/dev/null && git -C $(CURDIR) rev-parse --verify -q $(DEB_REF) >/dev/null \
 	    || { echo "make deb: needs git and a commit $(DEB_REF) (it builds a clean checkout)" >&2; exit 2; }
-	rm -rf $(DEB_DIR)/src $(DEB_DIR)/vfio-advisor_* && mkdir -p $(DEB_DIR)/src
+	rm -rf $(DEB_DIR)/src $(DEB_DIR)/vfio-advisor_* $(DEB_DIR)/vfio-advisor-cockpit_* && mkdir -p $(DEB_DIR)/src
 	git -C $(CURDIR) archive $(DEB_REF) | tar -x -C $(DEB_DIR)/src
 	cd $(DEB_DIR)/src && env PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -b -us -uc --no-sign >$(DEB_DIR)/build.log 2>&1 \
 	    || { tail -40 $(DEB_DIR)/build.log; exit 1; }
-	lintian --allow-root --fail-on error $(DEB_DIR)/vfio-advisor_*_all.deb
+	lintian --allow-root --fail-on error $(DEB_DIR)/vfio-advisor_*_all.deb $(DEB_DIR)/vfio-advisor-cockpit_*_all.deb
 	rm -rf $(DEB_DIR)/src
-	@ls $(DEB_DIR)/vfio-advisor_*_all.deb
+	@ls $(DEB_DIR)/vfio-advisor_*_all.deb $(DEB_DIR)/vfio-advisor-cockpit_*_all.deb
 
 deps: $(STAMPS)/apt
 $(STAMPS)/apt: Makefile

@@ -38,6 +38,12 @@ LIB = "usr/local/lib/vfio-advisor"
 # The unit's Documentation=man:vfio-advisor(8): man-db searches
 # /usr/local/share/man by default (/etc/manpath.config, MANDATORY_MANPATH).
 MANPAGE = "usr/local/share/man/man8/vfio-advisor.8"
+# cockpit-bridge looks for packages in $XDG_DATA_DIRS/cockpit, by default
+# /usr/local/share and /usr/share (cockpit 287, src/bridge/cockpitpackages.c):
+# a clone's page goes to the local one, the package's (vfio-advisor-cockpit)
+# to /usr/share/cockpit/vfio-advisor.
+COCKPIT_DIR = "usr/local/share/cockpit/vfio-advisor"
+COCKPIT_FILES = ("index.html", "manifest.json", "vfio-advisor.css", "vfio-advisor.js")
 # What the daemon imports beyond the standard library (libvirt-python is four
 # top-level modules; lxml and systemd-python one package each).
 DEPENDENCIES = ("libvirt", "libvirtmod", "libvirtaio", "lxml", "systemd")
@@ -325,6 +331,7 @@ def install(root: str = "/", python: str | None = None, config: str | None = Non
                  "systemctl enable --now vfio-advisor; if it runs already, restart it: it keeps "
                  "the code it started with, and its gathering child refuses to mix the two)")
     notes += write_metrics_dropin(base, _metrics_file(cfg))
+    notes += install_cockpit_page(base)
     if not _nss_systemd(base):
         # Measured in the system tier: without nss-systemd, libvirt's client
         # cannot name the unit's dynamic user and every connection fails with
@@ -352,6 +359,23 @@ def _write_manpage(base: Path, python: str) -> str:
         return f"warning: man page not written: {(proc.stderr.strip().splitlines() or ['?'])[-1][:200]}"
     page.chmod(0o644)
     return f"man page: {page} (man vfio-advisor)"
+
+
+def install_cockpit_page(base: Path) -> list[str]:
+    """Copy the clone's Cockpit page (cockpit/) where Cockpit finds it; none
+    when this program is not a clone (a wheel has no cockpit/)."""
+    source = Path(__file__).resolve().parent.parent / "cockpit"
+    if not all((source / name).is_file() for name in COCKPIT_FILES):
+        return []
+    target = base / COCKPIT_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    for name in COCKPIT_FILES:
+        shutil.copyfile(source / name, target / name)
+        (target / name).chmod(0o644)
+    note = f"cockpit page: {target} (Cockpit's \"VFIO interrupts\" menu entry)"
+    if not (base / "usr/share/cockpit/base1").is_dir():
+        note += "; Cockpit is not installed: apt-get install cockpit-ws cockpit-system"
+    return [note]
 
 
 def _nss_systemd(base: Path) -> bool:
@@ -394,6 +418,9 @@ def uninstall(root: str = "/") -> list[str]:
     if (base / LIB).exists():
         shutil.rmtree(base / LIB)
         notes.append(f"removed {base / LIB}")
+    if (base / COCKPIT_DIR).exists():
+        shutil.rmtree(base / COCKPIT_DIR)
+        notes.append(f"removed {base / COCKPIT_DIR}")
     notes.append(_update_catalog(base))
     notes.append(f"kept {base / CONFIG} (remove it by hand if you want)")
     return notes

@@ -25,6 +25,7 @@ from vfio_advisor.daemon.state import StateStore
 from vfio_advisor.daemon.watch import Watcher
 from vfio_advisor.sinks.base import ServiceEvent, Sink
 from vfio_advisor.sinks.journal import JournalSink
+from vfio_advisor.sinks.status import StatusFileSink
 
 # One config type and loader for every command (vfio_advisor/config.py).
 DaemonConfig = Config
@@ -90,13 +91,16 @@ class Service:
         self.callbacks: list[int] = []
         self.stopping = asyncio.Event()
         self.reconnect_needed = asyncio.Event()
+        self.status_sink = StatusFileSink.for_config(cfg)  # STATE_DIR/status.json, for the Cockpit page
         self.watcher = self._new_watcher()
         self.connects = 0
 
     def _sinks(self) -> list:
         """The journal (or the sink given), and the metrics file when the
         config names one: read again at each reload."""
-        sinks = [self.sink]
+        # One status file sink for the daemon's life: a reload keeps its
+        # rolling windows (sinks/status.py, read by the Cockpit page).
+        sinks = [self.sink, self.status_sink]
         if self.cfg.metrics_file:
             from vfio_advisor.sinks.metrics import MetricsFileSink  # noqa: PLC0415
 

@@ -306,5 +306,5 @@ class Watcher:
             if not holds:
                 del self.open[key]
                 continue
-            out.append(OpenFinding(domain, rule, str(RULES_BY_ID[rule].severity)))
+            out.append(OpenFinding(domain, rule, str(RULES_BY_ID[rule].severity), bdf))
         return out

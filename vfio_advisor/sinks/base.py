@@ -87,6 +87,7 @@ class OpenFinding(NamedTuple):
     domain: str | None  # None for host-wide findings
     rule: str  # rule ID
     severity: str  # info | warning | error
+    subject: str | None = None  # the device's host BDF; None for a domain or host-wide finding
 
 
 class ServiceEvent(NamedTuple):
