@@ -160,10 +160,15 @@ def _read_linux(agent: GuestAgent, report: GuestReport, targets: list[Target], c
         option = KNOWN_OPTIONS.get(dev.module or "")
         if option is not None:
             value = inv.parameters.get(option.module, {}).get(option.parameter)
-            dev.setting = setting_state(option, value)
-            sources = ", ".join(f"{path}: {v}" for path, v in inv.configured(option.module, option.parameter))
-            dev.guest_setting = (f"{option.module}.{option.parameter}={value if value is not None else '?'}"
-                                 + (f" (set by {sources})" if sources else ""))
+            configured = inv.configured(option.module, option.parameter)
+            # The running value is what the module was loaded with; the last
+            # configured one is what the next load gets. A change made since
+            # the module loaded shows only in the latter.
+            dev.setting = setting_state(option, configured[-1][1] if configured else value)
+            dev.guest_setting = f"{option.module}.{option.parameter}={value if value is not None else '?'}"
+            if configured:
+                dev.guest_setting += (f"; next load: {configured[-1][1]} ("
+                                      + ", ".join(f"{path}: {v}" for path, v in configured) + ")")
         change = last_change(changes, target.key)
         restarted = (booted_at > change.get("epoch", 0)) if (change and booted_at is not None) else None
         capable = target.msi_capable

@@ -33,8 +33,8 @@ def decide(*, mode: str, setting: str, msi_capable: bool | None, change: dict | 
     setting: on | off | default | unknown; change: the last recorded change
     for this function, if any."""
     if mode in ("msi", "msix"):
-        done = f" since the change of {change['at']}" if change else ""
-        return Verdict("consistent", f"{mode}{done}")
+        done = f", since the change of {change['at']}" if change else ""
+        return Verdict("consistent", f"the device signals with {mode.upper().replace('X', '-X')}{done}")
     if mode == "none":
         return Verdict("no-driver", VERDICTS["no-driver"][0])
     if msi_capable is False:
