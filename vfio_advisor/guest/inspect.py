@@ -233,6 +233,9 @@ def _read_windows(agent: GuestAgent, report: GuestReport, targets: list[Target],
             inst.driver_version = versions.get(inst.driver_key or "")
         live = next((i for i in dev.instances if i.driver_version), dev.instances[0])
         dev.guest_driver, dev.guest_driver_version = live.service, live.driver_version
+        listed = windows.agent_device_driver(report.agent_devices, target.vendor, target.device)
+        if listed is not None and not dev.guest_driver_version:
+            dev.guest_driver, dev.guest_driver_version = listed[0], listed[1]
         values = [i.msi_supported for i in dev.instances]
         dev.setting = ("on" if all(v == 1 for v in values) else
                        "off" if any(v == 0 for v in values) or any(v == 1 for v in values) else "default")

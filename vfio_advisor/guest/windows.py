@@ -166,3 +166,27 @@ def parse_driver_version(text: str) -> str | None:
         if kind == "REG_SZ" and re.match(r"^[0-9]{1,5}(\.[0-9]{1,5}){1,3}$", data):
             return data
     return None
+
+
+def agent_device_driver(devices: list[dict], vendor: int, device: int) -> tuple[str, str | None, str | None] | None:
+    """(driver name, version, date YYYY-MM-DD) from a guest-get-devices reply,
+    for the function with these IDs. QEMU's win32 agent lists only virtio and
+    QEMU devices (qga/commands-win32.c DEVICE_PCI_RE, VEN_1AF4|1B36), so an
+    assigned GPU is never found here; driver-date is nanoseconds since 1970
+    (filetime_to_ns)."""
+    import time  # noqa: PLC0415
+
+    for entry in devices:
+        ident = entry.get("id") if isinstance(entry, dict) else None
+        if not isinstance(ident, dict) or ident.get("type") != "pci":
+            continue
+        if (ident.get("vendor-id"), ident.get("device-id")) != (vendor, device):
+            continue
+        name = entry.get("driver-name")
+        if not isinstance(name, str):
+            return None
+        version = entry.get("driver-version") if isinstance(entry.get("driver-version"), str) else None
+        date = entry.get("driver-date")
+        day = time.strftime("%Y-%m-%d", time.gmtime(date / 1e9)) if isinstance(date, int) and date > 0 else None
+        return name, version, day
+    return None
