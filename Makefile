@@ -21,6 +21,7 @@ APT_PACKAGES += libvirt-clients libxml2-utils
 # fleet tier: the real Prometheus (with promtool), node_exporter and journal-remote/upload;
 # permission tests run the product as nobody with setpriv.
 APT_PACKAGES += prometheus prometheus-node-exporter systemd-journal-remote util-linux
+APT_PACKAGES += qemu-guest-agent busybox-static wine wine64  # guest agent tier (tests/guestagent)
 
 # make deb: from a clean checkout (git archive of DEB_REF), built and checked
 # outside the source tree; the .deb is left in DEB_DIR.
@@ -72,6 +73,7 @@ $(STAMPS)/venv: $(STAMPS)/apt pyproject.toml
 bench: venv
 	$(VPY) bench/run.py
 	$(VPY) bench/daemon_bench.py
+	$(VPY) bench/guest_bench.py
 
 # Regenerate the lab's real vfio captures (lab/captures) from QEMU guests.
 lab: venv
