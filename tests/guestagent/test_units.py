@@ -169,3 +169,21 @@ def test_cli_usage_errors_are_one_line():
                              cwd=REPO, timeout=60)
         assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
         assert "Traceback" not in out.stderr
+
+
+def test_host_confirmation_of_a_recorded_change(tmp_path):
+    from vfio_advisor.guest.changes import load, record
+    from vfio_advisor.guest.confirm import confirm_device
+
+    record(str(tmp_path), "vm", [{"key": "0000:01:00.0", "host_bdf": "0000:01:00.0", "os": "windows",
+                                  "target": "MSISupported=1 for VEN_10DE&DEV_1B81&SUBSYS_61733842&REV_A1"}],
+           now=1000.0)
+    changes = load(str(tmp_path), "vm")
+    assert confirm_device(changes, "0000:01:00.0", "intx", None) is None  # no restart seen
+    assert confirm_device(changes, "0000:01:00.0", "intx", 999.0) is None  # restart before the change
+    assert confirm_device(changes, "0000:01:00.0", "none", 1100.0) is None  # not enabled yet
+    assert confirm_device(changes, "0000:02:00.0", "intx", 1100.0) is None  # another device
+    done = confirm_device(changes, "0000:01:00.0", "msi", 1100.0)
+    assert done.severity == "info" and "resolved" in done.message and "MSISupported=1" in done.message
+    stuck = confirm_device(changes, "0000:01:00.0", "intx", 1100.0)
+    assert stuck.severity == "warning" and "MSISupported was reset" in stuck.message

@@ -11,5 +11,6 @@ changes  what --apply changed, in the state directory
 channel  the domain XML fix for a domain without an agent channel
 inspect  reading a guest and matching the assigned functions
 plan     the guest commands of `fix --guest`
+confirm  what the host sees after a recorded change (pure, for the daemon)
 command  `vfio-advisor guest` and `fix --guest`
 """
