@@ -187,3 +187,34 @@ def test_host_confirmation_of_a_recorded_change(tmp_path):
     assert done.severity == "info" and "resolved" in done.message and "MSISupported=1" in done.message
     stuck = confirm_device(changes, "0000:01:00.0", "intx", 1100.0)
     assert stuck.severity == "warning" and "MSISupported was reset" in stuck.message
+
+
+def test_targets_from_a_domain_and_the_host_tree():
+    """The demo host (examples/demo-host: a recorded host tree) assigns an AMD
+    GPU on MSI and its HDMI audio on INTx to win11: both become targets with
+    the host's IDs, mode and MSI capability, and one card."""
+    libvirt = pytest.importorskip("libvirt")
+    from vfio_advisor.guest.command import _hostdev_targets
+
+    libvirt.registerErrorHandler(lambda *_: None, None)
+    conn = libvirt.open(f"test://{REPO}/examples/demo-host/node.xml")
+    gpu, audio = _hostdev_targets(conn.lookupByName("win11").XMLDesc(0), str(REPO / "examples/demo-host/root"))
+    assert (gpu.host_bdf, gpu.host_mode, audio.host_bdf, audio.host_mode) == (
+        "0000:05:00.0", "msi", "0000:05:00.1", "intx")
+    assert gpu.card == audio.card == "0000:05:00" and audio.msi_capable is True
+    assert (audio.vendor, gpu.vendor) == (0x1002, 0x1002)
+
+    # Windows: the audio function is off; the plan covers every function of the card.
+    def instance(hwid, msi):
+        return windows.WindowsInstance(hwid, "4&2d78ab8f&0&0008", msi, None, "x", None, None, "1.0")
+    devs = []
+    for target, hwid, msi, verdict in ((gpu, "VEN_1002&DEV_73FF&SUBSYS_0E361002&REV_C7", None, "consistent"),
+                                       (audio, "VEN_1002&DEV_AB28&SUBSYS_AB281002&REV_00", 0,
+                                        "msi-possible-but-off")):
+        dev = DeviceReport(target, setting="default" if msi is None else "off",
+                           verdict=Verdict(verdict, ""))
+        dev.instances = [instance(hwid, msi)]
+        devs.append(dev)
+    plan = plan_for(GuestReport("win11", os="windows", devices=devs))
+    assert [s.argv[2].split("\\")[5] for s in plan.steps] == [
+        "VEN_1002&DEV_73FF&SUBSYS_0E361002&REV_C7", "VEN_1002&DEV_AB28&SUBSYS_AB281002&REV_00"]
