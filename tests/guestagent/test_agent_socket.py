@@ -125,3 +125,18 @@ def test_timeout_must_be_bounded(tmp_path):
     assert out.returncode == 2 and "between 0 and 600" in out.stderr
     out = _cli("guest", "x", "--agent-socket", str(tmp_path / "none"))
     assert out.returncode == 2 and "cannot connect" in out.stderr and len(out.stderr.splitlines()) == 1
+
+
+def test_non_zero_exit_and_too_large_output_are_one_line(qemu_ga):
+    """Through a real qemu-ga (on this host as a stand-in guest): a command
+    that fails, and one whose output passes the 4 MiB cap."""
+    agent = GuestAgent(SocketAgent(qemu_ga()), timeout=30)
+    with pytest.raises(GuestAgentError) as err:
+        agent.run(["/bin/sh", "-c", "echo 'no such key' >&2; exit 3"])
+    assert err.value.kind == "exit-status"
+    assert str(err.value).endswith("exited with status 3 in the guest: no such key")
+    assert err.value.commands  # printed for the user to run by hand
+    with pytest.raises(GuestAgentError) as err:
+        agent.run(["/bin/sh", "-c", "head -c 5000000 /dev/zero"])
+    assert err.value.kind == "too-large" and "\n" not in str(err.value)
+    agent.transport.close()
