@@ -138,12 +138,17 @@ def main() -> int:
         common = ("--connect", URI, "--ids", HDA_IDS, "--state-dir", str(state))
         steps["read_before"] = cli("guest", name, *common, "--format", "json")
         steps["read_before_text"] = cli("guest", name, *common)
+        # libvirt logs "Domain id=N is tainted: custom-ga-command" to the domain's log
+        transcript["tainted"] = "custom-ga-command" in _qemu_log(name)
         steps["plan"] = cli("fix", "--guest", name, *common)
         steps["read_after_plan"] = cli("guest", name, *common, "--format", "json")
         steps["apply"] = cli("fix", "--guest", name, *common, "--apply")
         steps["read_after_apply"] = cli("guest", name, *common, "--format", "json")
         started = time.monotonic()
         steps["apply_reboot"] = cli("fix", "--guest", name, *common, "--apply", "--reboot")
+        save()
+        if steps["apply_reboot"]["rc"] != 0:
+            return 1  # no reboot was asked for: nothing more to see
         _, new_boot = wait_agent(dom, name, not_boot=boot_id)
         transcript["timings"]["restart_to_agent_s"] = round(time.monotonic() - started, 1)
         transcript["boot_ids"] = [boot_id, new_boot]
@@ -155,7 +160,6 @@ def main() -> int:
             transcript["console"] = (work / f"{name}.console").read_text(errors="replace")[-4000:]
         except OSError:
             pass
-        transcript["tainted"] = "custom-ga-command" in _qemu_log(name)
         dom.destroy()
     finally:
         save()

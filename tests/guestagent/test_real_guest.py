@@ -38,7 +38,8 @@ def loop(tmp_path_factory, request):
     assert path.exists(), out.stdout[-3000:] + out.stderr[-3000:]
     transcript = json.loads(path.read_text())
     transcript["work"] = str(work)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    # A step that failed fails its own test below; the loop's log is kept for them.
+    transcript["rc"], transcript["log"] = out.returncode, out.stdout[-3000:] + out.stderr[-3000:]
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         t = transcript["timings"]
@@ -47,6 +48,11 @@ def loop(tmp_path_factory, request):
                             + ", ".join(f"{k} {v['seconds']} s" for k, v in transcript["steps"].items()
                                         if k.startswith("read_") and "seconds" in v))
     return transcript
+
+
+def _step(loop: dict, key: str) -> dict:
+    assert key in loop["steps"], f"the loop stopped before {key} (rc {loop['rc']}): {loop['log']}"
+    return loop["steps"][key]
 
 
 def _doc(step: dict) -> dict:
@@ -72,7 +78,7 @@ def test_failures_are_one_line_with_exit_2(loop):
 
 
 def test_no_channel_gets_the_channel_xml(loop):
-    step = loop["steps"]["no_channel_fix"]
+    step = _step(loop, "no_channel_fix")
     assert step["rc"] == 2
     added = [line[1:].strip() for line in step["stdout"].splitlines()
              if line.startswith("+") and not line.startswith("+++")]
@@ -81,7 +87,7 @@ def test_no_channel_gets_the_channel_xml(loop):
 
 
 def test_reads_intx_and_msi_possible_but_off(loop):
-    step = loop["steps"]["read_before"]
+    step = _step(loop, "read_before")
     assert step["rc"] == 1, step["stderr"]
     doc = _doc(step)
     assert doc["agent"]["available"] is True and doc["agent"]["os"] == "linux"
@@ -96,40 +102,40 @@ def test_reads_intx_and_msi_possible_but_off(loop):
 
 
 def test_plan_shows_the_argv_and_writes_nothing(loop):
-    step = loop["steps"]["plan"]
+    step = _step(loop, "plan")
     assert step["rc"] == 0, step["stderr"]
     assert "/bin/sh -c 'umask 022 && mkdir -p /etc/modprobe.d && cat > /etc/modprobe.d/vfio-advisor-msi.conf.new" \
         in step["stdout"]
     assert "options snd_hda_intel enable_msi=1" in step["stdout"]
     assert "nothing was changed" in step["stdout"]
-    after = _hda(loop["steps"]["read_after_plan"])
+    after = _hda(_step(loop, "read_after_plan"))
     assert "vfio-advisor-msi.conf" not in after["guest_setting"]
     assert after["verdict"] == "msi-possible-but-off"
 
 
 def test_apply_writes_reads_back_and_records(loop):
-    step = loop["steps"]["apply"]
+    step = _step(loop, "apply")
     assert step["rc"] == 0, step["stderr"]
     out = step["stdout"]
     assert out.index("running in the guest:") < out.index("read back:") < out.index("restart the guest")
     [record] = Path(loop["work"], "state/guest-changes").glob("*.json")
     [change] = json.loads(record.read_text())["changes"]
     assert change["key"] == "ids:8086:293e" and change["driver"] == "snd_hda_intel"
-    assert change["driver_version"] == _hda(loop["steps"]["read_before"])["guest_driver_version"]
-    waiting = _hda(loop["steps"]["read_after_apply"])
+    assert change["driver_version"] == _hda(_step(loop, "read_before"))["guest_driver_version"]
+    waiting = _hda(_step(loop, "read_after_apply"))
     assert waiting["guest_mode"] == "intx"
     assert waiting["verdict"] == "changed-waiting-for-restart"
     assert "next load: 1 (" in waiting["guest_setting"]
 
 
 def test_agent_reboot_then_msi(loop):
-    step = loop["steps"]["apply_reboot"]
+    step = _step(loop, "apply_reboot")
     assert step["rc"] == 0, step["stderr"]
     # Applied already and waiting for the restart: nothing is written twice.
     assert "nothing to change" in step["stdout"] and "agent reboot" in step["stdout"]
     before, after = loop["boot_ids"]
     assert before != after  # the guest really restarted
-    step = loop["steps"]["read_after_restart"]
+    step = _step(loop, "read_after_restart")
     assert step["rc"] == 0, step["stderr"]
     dev = _hda(step)
     assert dev["guest_mode"] == "msi"
