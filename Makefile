@@ -26,6 +26,8 @@ APT_PACKAGES += man-db  # unit
 # cockpit tier and make cockpit-demo: Debian's Cockpit serves the page, chromium renders it;
 # dbus-daemon stands in for the system bus where a container has none.
 APT_PACKAGES += cockpit-ws cockpit-bridge cockpit-system chromium chromium-driver dbus-daemon
+# guest agent tier (tests/guestagent): a real qemu-ga in a TCG guest, Wine's reg.exe.
+APT_PACKAGES += qemu-guest-agent busybox-static wine wine64
 
 # make deb: from a clean checkout (git archive of DEB_REF), built and checked
 # outside the source tree; the .deb is left in DEB_DIR.
@@ -83,6 +85,7 @@ $(STAMPS)/venv: $(STAMPS)/apt pyproject.toml
 bench: venv
 	$(VPY) bench/run.py
 	$(VPY) bench/daemon_bench.py
+	$(VPY) bench/guest_bench.py
 
 # Regenerate the lab's real vfio captures (lab/captures) from QEMU guests.
 lab: venv

@@ -238,6 +238,7 @@ OWN_FILES = {
     "fix/command.py": "the domain XML file it edits",
     "cli.py": "writes --output",
     "manpage.py": "writes --output",
+    "guest/changes.py": "the record of guest changes in the state directory (fix --guest --apply)",
     # Archives byte for byte the host files HostRoot recorded (symlinks as
     # links); it reads only HostRoot.recorded paths.
     "snapshot.py": "archives the paths HostRoot recorded",

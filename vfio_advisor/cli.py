@@ -127,6 +127,9 @@ def build_parser(with_fix: bool = True) -> argparse.ArgumentParser:
     if with_fix:
         from vfio_advisor.fix import command as fix_command  # noqa: PLC0415 - its parser lives with it
         fix_command.add_parser(sub, add_command)
+        # `guest`: the guest agent side (vfio_advisor/guest); its parser and code live there.
+        from vfio_advisor.guest.command import add_guest_parser, run_guest  # noqa: PLC0415
+        add_guest_parser(sub, add_command).set_defaults(run=run_guest)
     return p
 
 
@@ -148,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.modules.setdefault("lzma", None)
     args = build_parser(with_fix=words[:1] != ["daemon"]).parse_args(words)
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command](args) if args.command in COMMANDS else args.run(args)
     except AdvisorError as exc:  # UsageError, DomainXMLError, ConnectionFailed, ...
         print(f"vfio-advisor: {exc}", file=sys.stderr)
         return EXIT_USAGE

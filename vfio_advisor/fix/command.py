@@ -64,6 +64,9 @@ def add_parser(subparsers, add_command):
                         "the next boot of running ones; never live)")
     f.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
                    help="where --apply saves the previous XML (DIR/fix-backups/)")
+    # --guest: the guest's own setting through its agent (vfio_advisor/guest).
+    from vfio_advisor.guest.command import add_fix_guest_arguments  # noqa: PLC0415
+    add_fix_guest_arguments(f)
     f.set_defaults(func=run)
     return f
 
@@ -104,6 +107,9 @@ def load_sources(args, root: str, conn=None) -> list[DomainSource]:
 
 def run(args, conn=None) -> int:
     """`conn`: an open libvirt connection to use instead of --connect (tests)."""
+    if getattr(args, "guest", None):  # fix --guest: vfio_advisor/guest/command.py
+        from vfio_advisor.guest.command import run_fix_guest  # noqa: PLC0415
+        return run_fix_guest(args)
     rules = rules_from(args.rule)
     if args.apply and args.xml:
         raise UsageError("--apply defines domains through libvirt: give DOMAIN names, not --xml")

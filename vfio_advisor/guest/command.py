@@ -1,0 +1,316 @@
+"""`vfio-advisor guest DOMAIN` (read-only) and `vfio-advisor fix --guest DOMAIN`.
+
+Exit status of `guest`: 0 nothing to do, 1 a device whose verdict needs
+action, 2 any failure (one line on stderr). `fix --guest`: 0 the plan was
+shown (or applied and read back), 2 any failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import sys
+
+from vfio_advisor.config import DEFAULT_STATE_DIR
+from vfio_advisor.errors import ConnectionFailed, DomainXMLError, UsageError
+# The exit table (exitstatus.py): 1 a device that needs action, 2 a failure.
+from vfio_advisor.exitstatus import EXIT_FINDINGS as EXIT_ACTION, EXIT_OK, EXIT_USAGE as EXIT_FAILED
+from vfio_advisor.guest import changes as change_store
+from vfio_advisor.guest.agent import DEFAULT_TIMEOUT, GuestAgent, GuestAgentError, LibvirtAgent, SocketAgent
+from vfio_advisor.guest.channel import add_agent_channel, channel_state, has_agent_channel
+from vfio_advisor.guest.inspect import GuestReport, Target, inspect
+
+DEFAULT_URI = "qemu:///system"
+_IDS = re.compile(r"^([0-9a-fA-F]{4}):([0-9a-fA-F]{4})$")
+
+
+def _common(p: argparse.ArgumentParser, *, with_connect: bool) -> None:
+    if with_connect:
+        p.add_argument("--connect", "-c", metavar="URI",
+                       help=f"libvirt URI (default {DEFAULT_URI}; the agent needs a read-write connection)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help=f"the most to wait for one agent command (default {DEFAULT_TIMEOUT:g})")
+    p.add_argument("--ids", action="append", default=[], metavar="VVVV:DDDD",
+                   help="also look for guest functions with these PCI IDs (a device not "
+                        "assigned through <hostdev>); repeatable")
+    p.add_argument("--agent-socket", metavar="PATH",
+                   help="talk to a qemu-ga unix socket directly instead of through libvirt")
+
+
+def add_guest_parser(sub, add_command) -> argparse.ArgumentParser:
+    """`guest`'s parser, made by cli.add_command (its help carries the exit-status rows)."""
+    g = add_command(sub, "guest", "read each assigned device's interrupt mode inside the guest "
+                                  "through the QEMU guest agent (read-only)")
+    g.add_argument("domain", metavar="DOMAIN", help="a running libvirt domain with a guest agent channel")
+    _common(g, with_connect=True)
+    g.add_argument("--host-root", default="/", metavar="DIR", help="host tree for the host-side view")
+    g.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
+                   help="where fix --guest --apply recorded its changes")
+    g.add_argument("--format", choices=("text", "json"), default="text",
+                   help="text for people, or json (one object per domain, its devices' verdicts)")
+    return g
+
+
+def add_fix_guest_arguments(f: argparse.ArgumentParser) -> None:
+    """fix's own parser gains --guest and what goes with it."""
+    f.add_argument("--guest", metavar="DOMAIN",
+                   help="change the guest's own interrupt setting through its agent "
+                        "(Windows MSISupported, Linux module option); shown only, unless --apply")
+    f.add_argument("--reboot", action="store_true",
+                   help="with --guest --apply: ask libvirt for an agent reboot afterwards")
+    f.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help=f"with --guest: the most to wait for one agent command (default {DEFAULT_TIMEOUT:g})")
+    f.add_argument("--ids", action="append", default=[], metavar="VVVV:DDDD",
+                   help="with --guest: also fix guest functions with these PCI IDs")
+    f.add_argument("--agent-socket", metavar="PATH",
+                   help="with --guest: a qemu-ga unix socket instead of libvirt")
+
+
+# --- the domain and what to look for ---------------------------------------------------
+
+def _libvirt():
+    try:
+        import libvirt  # noqa: PLC0415 - lazy, as everywhere in the CLI
+    except ImportError:
+        raise ConnectionFailed("libvirt-python is not installed") from None
+    libvirt.registerErrorHandler(lambda *_: None, None)
+    return libvirt
+
+
+def _ids_targets(values: list[str]) -> list[Target]:
+    out = []
+    for value in values:
+        for item in filter(None, (v.strip() for v in value.split(","))):
+            m = _IDS.match(item)
+            if not m:
+                raise UsageError(f"--ids takes VVVV:DDDD (hex vendor:device), not {item!r}")
+            v, d = int(m.group(1), 16), int(m.group(2), 16)
+            out.append(Target(key=f"ids:{v:04x}:{d:04x}", host_bdf=None, vendor=v, device=d))
+    return out
+
+
+def _hostdev_targets(xml: str, host_root: str) -> list[Target]:
+    from vfio_advisor.engine import Engine  # noqa: PLC0415
+    from vfio_advisor.facts.domain import parse_domain_xml  # noqa: PLC0415
+    from vfio_advisor.sources import open_host_root  # noqa: PLC0415
+
+    domain = parse_domain_xml(xml)
+    if not domain.hostdevs:
+        return []
+    root, tmp = open_host_root(host_root)
+    try:
+        engine = Engine(root)
+        out = []
+        for hostdev in domain.hostdevs:
+            bdf = str(hostdev.source)
+            device, _problem, irqs = engine.device(bdf)
+            if device is None or device.vendor_id is None or device.device_id is None:
+                continue  # not on this host (or unreadable): nothing to match by
+            capable = device.config.supports_msi if device.config is not None else None
+            hint = (hostdev.guest.address.slot, hostdev.guest.address.function) if hostdev.guest else None
+            out.append(Target(key=bdf, host_bdf=bdf, vendor=device.vendor_id, device=device.device_id,
+                              subsystem_vendor=device.subsystem_vendor_id,
+                              subsystem_device=device.subsystem_device_id, guest_hint=hint,
+                              host_mode=irqs.mode, msi_capable=capable if isinstance(capable, bool) else None,
+                              card=bdf.rsplit(".", 1)[0]))
+        return out
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+class _Session:
+    """The domain (through libvirt) or a bare agent socket."""
+
+    def __init__(self, args, name: str):
+        self.name = name
+        self.xml: str | None = None
+        self.conn = None
+        if args.agent_socket:
+            self.agent = GuestAgent(SocketAgent(args.agent_socket), timeout=args.timeout)
+            return
+        libvirt = _libvirt()
+        uri = args.connect or DEFAULT_URI
+        try:
+            self.conn = libvirt.open(uri)
+        except libvirt.libvirtError as exc:
+            text = exc.get_error_message() or str(exc)
+            raise ConnectionFailed(f"cannot open a read-write connection to {uri} (the guest agent "
+                                   f"needs one): {text.splitlines()[0] if text else exc}") from None
+        try:
+            dom = self.conn.lookupByName(name)
+        except libvirt.libvirtError:
+            raise UsageError(f"{name}: no such domain on {uri}") from None
+        if not dom.isActive():
+            raise GuestAgentError("not-running", f"{name}: the domain is not running")
+        try:
+            self.xml = dom.XMLDesc(0)
+        except libvirt.libvirtError as exc:
+            raise ConnectionFailed(f"{name}: cannot read its XML: {exc.get_error_message()}") from None
+        self.agent = GuestAgent(LibvirtAgent(dom, name), timeout=args.timeout)
+
+    def check_channel(self) -> None:
+        if self.xml is None:
+            return
+        from lxml import etree  # noqa: PLC0415
+
+        root = etree.fromstring(self.xml.encode())
+        if not has_agent_channel(root):
+            raise GuestAgentError("no-channel", f"{self.name}: the domain has no guest agent channel "
+                                  "(org.qemu.guest_agent.0); `vfio-advisor fix --guest "
+                                  f"{self.name}` prints the XML that adds it")
+        if channel_state(root) == "disconnected":
+            raise GuestAgentError("not-connected", f"{self.name}: the guest agent is not connected "
+                                  "(libvirt reports its channel disconnected: qemu-ga is not running "
+                                  "in the guest, or the guest is still booting)")
+
+    def close(self) -> None:
+        close = getattr(self.agent.transport, "close", None)
+        if close:
+            close()
+        if self.conn is not None:
+            self.conn.close()
+
+
+def _read(args, name: str, state_dir: str, host_root: str) -> tuple[_Session, GuestReport]:
+    if not 0 < args.timeout <= 600:
+        raise UsageError("--timeout takes a number of seconds between 0 and 600")
+    session = _Session(args, name)
+    session.check_channel()
+    targets = _ids_targets(args.ids)
+    if session.xml is not None:
+        try:
+            targets = _hostdev_targets(session.xml, host_root) + targets
+        except DomainXMLError as exc:
+            raise UsageError(f"{name}: {exc}") from None
+    report = inspect(session.agent, name, targets, change_store.load(state_dir, name))
+    return session, report
+
+
+def _fail(exc: GuestAgentError, fmt: str = "text") -> int:
+    print(f"vfio-advisor: {exc}", file=sys.stderr)
+    if exc.commands:
+        print("run in the guest by hand (as root / Administrator):", file=sys.stderr)
+        for argv in exc.commands:
+            print("  " + " ".join(shlex.quote(a) for a in argv), file=sys.stderr)
+    return EXIT_FAILED
+
+
+# --- guest -------------------------------------------------------------------------------
+
+def run_guest(args) -> int:
+    try:
+        session, report = _read(args, args.domain, args.state_dir, args.host_root)
+    except GuestAgentError as exc:
+        return _fail(exc)
+    session.close()
+    if args.format == "json":
+        json.dump(report.to_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        write_text(report, sys.stdout)
+    return EXIT_ACTION if any(d.verdict.needs_action for d in report.devices) else EXIT_OK
+
+
+def write_text(report: GuestReport, out) -> None:
+    blocked = ", ".join(report.blocked) or "none"
+    out.write(f"{report.domain}: qemu-ga {report.agent_version}, {report.os}"
+              f"{f' ({report.os_name})' if report.os_name else ''}; disabled RPCs we use: {blocked}\n")
+    if not report.devices:
+        out.write("  no assigned PCI function to look for (name one with --ids VVVV:DDDD)\n")
+    for dev in report.devices:
+        t = dev.target
+        where = t.host_bdf or "not assigned"
+        out.write(f"  {t.ids} (host {where}) -> guest {dev.guest_function or '-'}"
+                  f" driver {dev.guest_driver or '-'} {dev.guest_driver_version or ''}\n".replace(" \n", "\n"))
+        out.write(f"    guest mode: {dev.guest_mode}; host mode: {t.host_mode or 'n/a'}\n")
+        for row in dev.rows:
+            out.write(f"    interrupts: {row}\n")
+        if dev.guest_setting:
+            out.write(f"    setting: {dev.guest_setting}\n")
+        out.write(f"    verdict: {dev.verdict.name}: {dev.verdict.detail}\n")
+    for note in report.notes:
+        out.write(f"note: {note}\n")
+
+
+# --- fix --guest -------------------------------------------------------------------------
+
+def run_fix_guest(args) -> int:
+    from vfio_advisor.guest.plan import apply, plan_for  # noqa: PLC0415
+
+    name = args.guest
+    if args.reboot and not args.apply:
+        raise UsageError("--reboot restarts the guest after --apply; give both")
+    if args.domains or args.xml:
+        raise UsageError("--guest takes one DOMAIN; do not name others")
+    try:
+        session, report = _read(args, name, args.state_dir, args.host_root)
+    except GuestAgentError as exc:
+        if exc.kind == "no-channel":
+            _print_channel_fix(args, name)
+        return _fail(exc)
+    plan = plan_for(report)
+    as_json = args.format == "json"
+    say = (lambda line: print(line, file=sys.stderr)) if as_json else print
+    if not as_json:
+        print(f"# {name} ({report.os}): {len(plan.steps)} change(s) in the guest")
+        for dev in report.devices:
+            print(f"# {dev.target.ids} {dev.target.host_bdf or ''}: {dev.verdict.name}".replace("  ", " "))
+        for step in plan.steps:
+            print(f"# {step.purpose}\n{step.shown()}")
+        for line in plan.unfixable:
+            print(f"# cannot fix: {line}")
+        for note in plan.notes:
+            print(f"# note: {note}")
+        for note in report.notes:
+            print(f"# note: {note}")
+    applied: list[dict] = []
+    try:
+        if args.apply:
+            applied = apply(session.agent, plan, report, say)
+            if applied:
+                path = change_store.record(args.state_dir, name, applied)
+                say(f"recorded {len(applied)} change(s) in {path}")
+            say("restart the guest for the change to take effect" if plan.steps else "nothing to change")
+            if args.reboot:
+                session.agent.reboot_through_libvirt()
+                say(f"asked libvirt for an agent reboot of {name}")
+    except GuestAgentError as exc:
+        return _fail(exc)
+    except OSError as exc:
+        print(f"vfio-advisor: cannot record the change in {args.state_dir}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        session.close()
+    if as_json:
+        doc = {"schema": "vfio-advisor/fix-guest/1", "plan": plan.to_json(), "applied": applied,
+               "report": report.to_json()}
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif not args.apply and plan.steps:
+        print("# nothing was changed: add --apply to run these in the guest")
+    return EXIT_OK
+
+
+def _print_channel_fix(args, name: str) -> None:
+    """The domain XML with an agent channel, for a domain without one."""
+    if args.agent_socket:
+        return
+    libvirt = _libvirt()
+    try:
+        conn = libvirt.openReadOnly(args.connect or DEFAULT_URI)
+        xml = conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        conn.close()
+    except libvirt.libvirtError:
+        return
+    fixed = add_agent_channel(xml)
+    if fixed is None:
+        return
+    import difflib  # noqa: PLC0415
+
+    sys.stdout.writelines(difflib.unified_diff(xml.splitlines(True), fixed.splitlines(True),
+                                               f"{name} (defined)", f"{name} (with agent channel)"))
+    print(f"# define it (virsh define), restart the domain, and install qemu-guest-agent in the guest")
