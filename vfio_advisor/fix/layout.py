@@ -8,8 +8,8 @@ are what a guest and libvirt's qemu driver see, not what the schema allows:
   function 0's vendor ID and skips the slot when it is absent (Linux
   drivers/pci/probe.c pci_scan_slot; QEMU hw/pci/pci.c refuses nothing
   here, so libvirt accepts such a layout and the guest loses the devices);
-- every device sits on a bus a controller provides, reachable from the root
-  bus through controllers whose own slot has function 0;
+- every device sits on a bus reachable from the root bus (a bus index no
+  controller defines gets one from libvirt);
 - no two devices share an address (libvirt: "Attempted double use of PCI
   Address", src/conf/domain_addr.c virDomainPCIAddressReserveAddr);
 - no controller the fix emptied or added is left without a device;
@@ -117,7 +117,12 @@ def problems(root) -> set[str]:
         if bus in roots:
             return True
         ctrl = controllers.get(bus)
-        if ctrl is None or bus in seen:
+        if ctrl is None:
+            # libvirt adds a controller of the default model for a bus
+            # index nothing defines (qemuDomainPCIAddressSetCreate,
+            # "Auto-adding"), on a bus it reaches.
+            return bus not in seen
+        if bus in seen:
             return False
         return reachable(ctrl.address.bus, seen + (bus,))
 
@@ -158,23 +163,25 @@ def _chipset_problems(chipset: str, devices: list[Placed]) -> set[str]:
     return out
 
 
-def empty_controllers(root) -> dict[str, int]:
-    """PCI controllers (not roots) that no device with an address uses as
-    its bus: identity -> index. The identity is the model and the
-    controller's own address (its index may be renumbered by a fix)."""
+def empty_controllers(root) -> set[int]:
+    """Indexes of PCI controllers (not roots) that no device with an
+    address uses as its bus."""
     used = {d.address.bus for d in placed_devices(root)}
-    out = {}
+    out = set()
     for el in root.xpath(XPATH["pci_controllers"]):
         index = int_or_none(el.get("index"))
         if index is not None and el.get("model") not in ROOT_MODELS and index not in used:
-            out[f"{el.get('model')}@{address_of(el) or index}"] = index
+            out.add(index)
     return out
 
 
 def emptied_controllers(before_root, after_root) -> set[int]:
-    """Indexes (in `after_root`) of controllers empty there and not before."""
-    before = empty_controllers(before_root)
-    return {i for ident, i in empty_controllers(after_root).items() if ident not in before}
+    """Indexes of controllers empty in `after_root` that were not, or did
+    not exist, in `before_root` (a controller keeps its index, or takes a
+    removed one's together with its devices: then it is not empty)."""
+    existed = {int_or_none(el.get("index")) for el in before_root.xpath(XPATH["pci_controllers"])}
+    empty_before = empty_controllers(before_root)
+    return {i for i in empty_controllers(after_root) if i not in existed or i not in empty_before}
 
 
 def slot_holders(root) -> set[int]:

@@ -42,7 +42,7 @@ from vfio_advisor.facts.model import DomainFacts
 from vfio_advisor.findings import Finding, Severity
 from vfio_advisor.fix import textedit
 from vfio_advisor.fix import verify as verify_module
-from vfio_advisor.fix.layout import emptied_controllers
+from vfio_advisor.fix.layout import empty_controllers, emptied_controllers
 from vfio_advisor.fix.verify import Check, QemuCheck, Verifier, describe_finding
 from vfio_advisor.fix.xmledit import (
     Occupancy, Op, apply_ops, describe_key, device_key, next_controller_index,
@@ -331,10 +331,11 @@ def slot_companions(root: etree._Element, unit: list[GuestFunction]) -> list[tup
 
 
 def _unit_ops(root: etree._Element, unit: list[GuestFunction], slot: int,
-              via_root_port: bool) -> tuple[list[Op], str]:
+              via_root_port: bool, with_companions: bool = True) -> tuple[list[Op], str]:
     """The moves that put `unit` (and everything else in its guest slot) at
-    `slot`; ([], why) when that cannot be done."""
-    companions = slot_companions(root, unit)
+    `slot`; ([], why) when that cannot be done. `with_companions` False: the
+    unit's functions come from several slots (a split card), none is left."""
+    companions = slot_companions(root, unit) if with_companions else []
     several = len(unit) + len(companions) > 1
     ops: list[Op] = []
     if via_root_port:
@@ -368,14 +369,15 @@ def _unit_ops(root: etree._Element, unit: list[GuestFunction], slot: int,
 
 
 def place_unit(router: Router, root: etree._Element, unit: list[GuestFunction],
-               via_root_port: bool, before: set[str]) -> tuple[list[Op], str, GuestIntxMap] | None:
+               via_root_port: bool, before: set[str],
+               with_companions: bool = True) -> tuple[list[Op], str, GuestIntxMap] | None:
     """The first free root-bus slot where every INTx function of `unit` has
     a line no costly function uses, and no other assigned device starts to
     share. None when there is no such slot."""
     gmap = router.gmap(root)
     bdfs = {f.host_address for f in unit}
     for slot in free_root_slots(root, gmap):
-        ops, where = _unit_ops(root, unit, slot, via_root_port)
+        ops, where = _unit_ops(root, unit, slot, via_root_port, with_companions)
         if not ops:
             raise Stuck(where)
         trial = apply_ops(root, ops)
@@ -532,21 +534,44 @@ def plan_va4002(root, analysis: Analysis, targets: list[Finding], router: Router
         joined = {d.address for d in group}
         newly = (router.conflicted(router.gmap(trial)) - now_shared) & joined
         if newly:
-            pins = sorted({router.pins.get(b) for b in joined if router.pins.get(b)})
-            letters = "/".join("ABCD"[p - 1] for p in pins)
-            unfixed.append(Unfixed(finding, (
-                f"joined in one guest slot, {', '.join(sorted(newly))} would share one guest line: "
-                f"the functions use INTx pin {letters}, and one slot with one pin is one line; "
-                "the card works as it is (each function at function 0 of its own slot); to have "
-                "it in one slot, use MSI in the guest for all but one function"), "manual"))
-            continue
+            pins = [router.pins.get(d.address) for d in group]
+            same = [p for p in set(pins) if p and pins.count(p) > 1]
+            if same:
+                letter = "ABCD"[same[0] - 1]
+                unfixed.append(Unfixed(finding, (
+                    f"joined in one guest slot, {', '.join(sorted(newly))} would share one guest "
+                    f"line: functions of the card use the same INTx pin {letter} (vfio-pci passes the "
+                    "host's pin), and one slot with one pin is one line (QEMU hw/pci/pci.c "
+                    "pci_swizzle_map_irq_fn); the card works as it is, each function at function 0 "
+                    "of its own slot; to have it in one slot, use MSI in the guest for all but one "
+                    "of them"), "manual"))
+                continue
+            # Different pins, but the head slot's lines are taken: a slot of
+            # its own where every function gets a line nobody else uses.
+            gmap = router.gmap(work)
+            unit = [GuestFunction(PciAddress(0, 0, 0, f), "hostdev", None, d.address,
+                                  router.pins.get(d.address))
+                    for f, d in sorted(by_fn.items())]
+            try:
+                placed = place_unit(router, work, unit, gmap.chipset == "q35",
+                                    router.conflicted(gmap), with_companions=False)
+            except Stuck:
+                placed = None
+            if placed is None:
+                unfixed.append(Unfixed(finding, (
+                    f"joined in one guest slot, {', '.join(sorted(newly))} would share a guest line "
+                    "with another INTx function, and no free slot gives every function a line of "
+                    "its own; the card works as it is, each function in its own slot"), "manual"))
+                continue
+            step, where, _ = placed
         ops += step
         work = apply_ops(work, step)
         devices += [d.address for _, d in sorted(by_fn.items())]
         fixed.append(finding)
         details.append(f"{dev.address.rsplit('.', 1)[0]}: functions "
                        + ", ".join(f"{d.address} -> .{f}" for f, d in sorted(by_fn.items()))
-                       + f" in {where}, multifunction='on' on function 0")
+                       + f" {where if where.startswith('behind') else 'in ' + where}, "
+                       "multifunction='on' on function 0")
     if not ops:
         raise Manual(unfixed[0].reason if unfixed else "nothing to change")
     return Proposal(ops, "put every function of a card in one guest slot", details, devices,
@@ -806,7 +831,8 @@ def tidy_ops(before: etree._Element, after: etree._Element) -> list[Op]:
     one, with the devices on its bus, because libvirt refills a gap in the
     controller indexes with a controller of the default model
     (src/qemu/qemu_domain_address.c qemuDomainPCIAddressSetCreate,
-    "Auto-adding")."""
+    "Auto-adding"); when the highest is itself an empty spare, the gap
+    stays and libvirt fills it with a spare of its own."""
     ops: list[Op] = []
     work = after
     for index in sorted(emptied_controllers(before, after), reverse=True):
@@ -819,7 +845,7 @@ def tidy_ops(before: etree._Element, after: etree._Element) -> list[Op]:
         top = max(i for e in work.xpath(XPATH["pci_controllers"])
                   if (i := int_or_none(e.get("index"))) is not None)
         more = [Op("remove", key=("controller", index))]
-        if index != top:
+        if index != top and top not in empty_controllers(work):
             more.append(Op("set-controller-index", key=("controller", top), index=index))
         ops += more
         work = apply_ops(work, more)
@@ -897,14 +923,15 @@ def plan_domain(analyzer: Analyzer, xml: str | bytes, rules: Iterable[str] | Non
     check = verifier
     if fixable and check is None:
         check = Verifier(base, qemu)
-        # A domain libvirt itself already refuses cannot have a verified
-        # change: say so once, rather than blame each planned change. Schema
-        # errors of the original do not count (only new ones fail a change:
-        # libvirt defines domains this host's domain.rng refuses).
-        base_checks = [c for c in check.base_checks(before)
-                       if not c.ok and (c.name != "schema" or check.base_schema is None)]
+        # A check that cannot run here makes every change unverifiable: say
+        # so once, rather than blame each planned change. What the original
+        # itself fails does not count: each check fails a change only for
+        # what the change adds (libvirt defines domains this host's
+        # domain.rng refuses; its test driver refuses some the qemu driver
+        # takes).
+        missing = missing_verifiers()
+        base_checks = [c for c in check.base_checks(before) if not c.ok and c.name in missing]
         if base_checks:
-            missing = missing_verifiers()
             # A check that could not run says nothing about the XML; one that
             # ran and failed does. Both are said when both happened.
             cannot = [p for c in base_checks for p in missing.get(c.name, ())]
