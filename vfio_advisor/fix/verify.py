@@ -115,7 +115,9 @@ def schema(xml: str, base_errors: list[str] | None = None) -> Check:
     errors the original does not have fail (libvirt defines domains that
     this host's domain.rng refuses, e.g. an element order newer schemas
     allow: libvirt parses by XPath, not by the schema, unless asked to
-    validate)."""
+    validate). xmllint reports the first error of an element group only,
+    so errors of the original hide later ones in the same group: the
+    layout check and libvirt's drivers still judge the change there."""
     ran, errors = schema_errors(xml)
     if not ran:
         return Check("schema", False, errors[0])
