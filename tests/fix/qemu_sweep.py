@@ -42,9 +42,12 @@ from vfio_advisor.findings import Severity
 from vfio_advisor.fix.layout import problems
 from vfio_advisor.fix.planner import Analyzer, plan_domain
 from vfio_advisor.fix.textedit import render
-from vfio_advisor.fix.verify import QemuCheck, has_hostdevs, host_has_vfio
+from vfio_advisor.fix.verify import QemuCheck, Verifier, has_hostdevs, host_has_vfio
 
+REPO = Path(__file__).resolve().parents[2]
 FILES = sorted(CORPUS.glob("libvirt-tests/*/*.xml")) + sorted(CORPUS.glob("user-domains/*.xml"))
+# The named cases, written for the demo host's devices: not renumbered.
+NAMED = sorted((REPO / "tests/data/fix").glob("*.xml")) + [REPO / "tests/data/domains/e2e-pxb-pcie.xml"]
 EMULATOR = "/usr/bin/qemu-system-x86_64"
 
 # What users' hosts have and this one does not; removed from both the
@@ -142,6 +145,24 @@ def patch_applies(original: str, diff: str, expected: str) -> str | None:
     return None
 
 
+def probe(conn) -> dict:
+    """The product's own qemu driver check, on a change libvirt refuses
+    (the primary SATA controller off 00:1f.2 on Q35) and through the CLI."""
+    q35 = (REPO / "tests/data/domains/e2e-pxb-pcie.xml").read_text()
+    sata = "<controller type='sata' index='0'><address type='pci' domain='0x0000' bus='0x00' " \
+           "slot='0x{:02x}' function='0x{}'/></controller>\n    <controller type='usb'"
+    good = q35.replace("<controller type='usb'", sata.format(0x1F, 2), 1)
+    bad = q35.replace("<controller type='usb'", sata.format(0x03, 0), 1)
+    check = Verifier(good, QemuCheck(conn, "qemu:///system")).qemudriver(bad)
+    same = Verifier(good, QemuCheck(conn, "qemu:///system")).qemudriver(good)
+    cli = subprocess.run([sys.executable, "-m", "vfio_advisor.fix", "--xml",
+                          str(REPO / "tests/data/domains/e2e-pxb-pcie.xml"), "--connect",
+                          "qemu:///system", "--host-root", str(HOST_ROOT)],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    return {"refused change": check._asdict(), "accepted": same._asdict(),
+            "cli": {"rc": cli.returncode, "out": cli.stdout, "err": cli.stderr}}
+
+
 def sweep(files, out_path: str) -> dict:
     import libvirt  # noqa: PLC0415 - the sweep runs where libvirt-python is
 
@@ -157,10 +178,13 @@ def sweep(files, out_path: str) -> dict:
     rejections: list[str] = []
     start = time.monotonic()
     for path in files:
-        xml = renumbered_text(Path(path))
+        path = Path(path)
+        if path in NAMED:
+            xml, name = path.read_text(), str(path.relative_to(REPO))
+        else:
+            xml, name = renumbered_text(path), str(path.relative_to(CORPUS))
         if xml is None:
             continue
-        name = str(Path(path).relative_to(CORPUS))
         try:
             xml = adapt(xml)
             plan = plan_domain(analyzer, xml, qemu=QemuCheck(conn, "qemu:///system"))
@@ -181,8 +205,8 @@ def sweep(files, out_path: str) -> dict:
         counts["changed"] += 1
         changed_domains[name] = [c.rule for c in plan.changes]
         kinds.update(c.rule for c in plan.changes)
-        if any(ch.name == "qemudriver" and ch.ran for c in plan.changes for ch in c.checks):
-            counts["qemu driver check ran"] += 1
+        for ch in (ch for c in plan.changes for ch in c.checks if ch.name == "qemudriver"):
+            counts["qemu driver check " + ("ran" if ch.ran else "not run")] += 1
         text = plan.fixed_text
         base_define, base_native = qemu_refusal(conn, xml, libvirt)
         define, native = qemu_refusal(conn, text, libvirt)
@@ -217,8 +241,9 @@ def sweep(files, out_path: str) -> dict:
         if why:
             counts["patch fails"] += 1
             problems_found.append(f"{name}: patch: {why}")
+    probes = probe(conn)
     conn.close()
-    result = {"counts": dict(counts), "fix kinds": dict(kinds), "problems": problems_found,
+    result = {"probes": probes, "counts": dict(counts), "fix kinds": dict(kinds), "problems": problems_found,
               "changed": changed_domains, "rejected changes": rejections,
               "domxml-to-native refusals of originals": dict(native_refusals), "seconds": round(time.monotonic() - start, 1)}
     Path(out_path).write_text(json.dumps(result, indent=1))
@@ -227,4 +252,4 @@ def sweep(files, out_path: str) -> dict:
 
 if __name__ == "__main__":
     os.environ.setdefault("LIBVIRT_DEFAULT_URI", "qemu:///system")
-    sweep(sys.argv[2:] or FILES, sys.argv[1])
+    sweep(sys.argv[2:] or FILES + NAMED, sys.argv[1])
