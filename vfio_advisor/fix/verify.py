@@ -246,8 +246,9 @@ class Verifier:
         self.base_xml = base_xml
         ran, errors = schema_errors(base_xml)
         self.base_schema = errors if ran else None
-        self.qemu = qemu or QemuCheck.none("no read-write connection to libvirt's qemu driver; "
-                                           "give --connect URI")
+        self.qemu = qemu or QemuCheck.none(
+            "not asked: `vfio-advisor fix` checks with libvirt's qemu driver over a read-write "
+            "connection (DOMAIN names as root, or --connect URI)")
         self.base_testdriver: Check | None = None
         self.base_refusal = None
         self.hostdev_unsafe = None
