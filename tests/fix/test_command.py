@@ -225,3 +225,19 @@ def test_rule_takes_slugs_and_commas():
                           "--rule", "VA4003", stdin=xml).stdout)
     assert [c["rule"] for c in only["domains"][0]["changes"]] == ["VA4003"]
     assert {f["rule"] for f in only["domains"][0]["findings_after"]} >= {"VA5001"}
+
+
+def test_the_summary_says_which_checks_ran_and_why_one_did_not():
+    """With --xml alone no libvirt is asked; with --connect to a libvirt that
+    is not the qemu driver, the check names that driver. Either way the
+    line says "not run" rather than "ok"."""
+    alone = fix("--xml", str(DATA / "q35-two-intx.xml"), "--host-root", str(HOST_ROOT))
+    (line,) = [l for l in alone.stdout.splitlines() if l.startswith("#     verified:")]
+    assert line == ("#     verified: reanalysis ok; layout ok; schema ok; testdriver ok; qemudriver "
+                    "not run (--xml without --connect URI: no libvirt to ask)")
+    other = fix("--xml", str(DATA / "q35-two-intx.xml"), "--host-root", str(HOST_ROOT),
+                "--connect", "test:///default")
+    assert other.returncode == 0, other.stderr
+    (line,) = [l for l in other.stdout.splitlines() if l.startswith("#     verified:")]
+    assert line.endswith("qemudriver not run (test:///default is libvirt's TEST driver, not the "
+                         "qemu driver)"), line

@@ -43,13 +43,18 @@ def add_parser(subparsers, add_command):
         subparsers, "fix", "exact domain XML changes for findings that have one, each verified",
         description="Compute one change to the domain XML per finding that has an XML fix "
                     f"({', '.join(RULE_ORDER)}), verify it (re-analysis with the same host "
-                    "facts, libvirt's schema, libvirt's test driver) and print it.")
+                    "facts, the guest-visible layout, libvirt's schema and test driver, and "
+                    "libvirt's qemu driver where a read-write connection allows) and print it "
+                    "as edits of the domain's own XML text.")
     f.add_argument("domains", nargs="*", metavar="DOMAIN",
                    help="domain names (default: every domain with PCI hostdevs)")
     f.add_argument("--xml", action="append", default=[], metavar="FILE",
                    help="a domain XML file instead of libvirt (repeatable)")
     f.add_argument("--connect", "-c", metavar="URI",
-                   help="libvirt URI (default qemu:///system; read-only unless --apply)")
+                   help="libvirt URI (default qemu:///system). Domains are read over a read-only "
+                        "connection; the qemu driver check (virConnectDomainXMLToNative, which "
+                        "defines nothing) and --apply use a read-write one. With --xml: the "
+                        "libvirt whose qemu driver checks the changes")
     f.add_argument("--host-root", default="/", metavar="DIR",
                    help="host tree or snapshot .tar.gz to read instead of /")
     f.add_argument("--config", default=DEFAULT_CONFIG_PATH, metavar="FILE",
@@ -57,8 +62,9 @@ def add_parser(subparsers, add_command):
     f.add_argument("--rule", action="append", default=[], metavar="ID",
                    help="fix only these rules (IDs or slugs; repeatable or comma-separated)")
     f.add_argument("--format", choices=("diff", "xml", "json"), default="diff",
-                   help="diff (default): unified diff of the domain XML with a '#' summary; "
-                        "xml: the whole fixed XML only; json: schema vfio-advisor/fix/1")
+                   help="diff (default): unified diff of the domain XML with a '#' summary "
+                        "(`patch FILE` applies it); xml: the domain's own text with only the "
+                        "changed elements rewritten; json: schema vfio-advisor/fix/1")
     f.add_argument("--apply", action="store_true",
                    help="define the fixed XML as the persistent config (shut-off domains, or "
                         "the next boot of running ones; never live)")
