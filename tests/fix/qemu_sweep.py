@@ -237,6 +237,9 @@ def sweep(files, out_path: str) -> dict:
         if contradicted or new:
             problems_found.append(f"{name}: claims: still {[f.key for f in contradicted]}, "
                                   f"new {[f.key for f in new]}")
+        if not plan.minimal:
+            counts["not minimal (re-serialised)"] += 1
+            problems_found.append(f"{name}: the offered text is the re-serialised XML")
         why = patch_applies(xml, plan.diff(), text)
         if why:
             counts["patch fails"] += 1

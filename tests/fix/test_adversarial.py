@@ -191,3 +191,19 @@ def test_a_moved_function_drops_multifunction(analyzer):
     # and the layout check catches one that stays
     el.find("address").set("multifunction", "on")
     assert [p for p in new_problems(root, moved) if "multifunction='on'" in p]
+
+
+def test_several_new_controllers_stay_minimal_and_in_order(analyzer):
+    """A Q35 conversion adds a root port per card after the same anchor:
+    inserted in document order, the text still maps onto the planned tree,
+    so the offer stays the user's text (no fallback to re-serialising)."""
+    from tests.fix.conftest import CORPUS, renumbered_text
+
+    source = renumbered_text(CORPUS / "user-domains/vanities_win10-i440fx.xml")
+    plan = plan_domain(analyzer, source)
+    assert [c.rule for c in plan.changes] == ["VA4001"]
+    assert plan.minimal
+    added = [l for l in plan.diff().splitlines() if l.startswith("+    <controller type='pci' index=")]
+    assert added == ["+    <controller type='pci' index='0' model='pcie-root'/>",
+                     "+    <controller type='pci' index='1' model='pcie-root-port'>",
+                     "+    <controller type='pci' index='2' model='pcie-root-port'>"], added

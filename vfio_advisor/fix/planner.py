@@ -178,6 +178,15 @@ class DomainPlan:
     fixed_root: etree._Element | None = None
 
     @property
+    def minimal(self) -> bool:
+        """Is `fixed_text` the user's text with only the changed elements
+        rewritten (not the re-serialised fallback)?"""
+        if not self.changed:
+            return True
+        self.fixed_text  # noqa: B018 - computes the flag
+        return self.__dict__["_minimal"]
+
+    @property
     def fixed_text(self) -> str:
         """The user's text with only the changed elements rewritten
         (fix/textedit.py); the re-serialised XML where that cannot be done."""
@@ -195,6 +204,7 @@ class DomainPlan:
                         same = False
                     if same:
                         cached = text
+            self.__dict__["_minimal"] = cached is not self.fixed_xml
             self.__dict__["_fixed_text"] = cached
         return cached
 

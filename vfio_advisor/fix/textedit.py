@@ -203,7 +203,11 @@ def render(text: str, base_root, ops) -> str | None:
 
     visit(marked, 0)
     out = text
-    for start, end, new in sorted(edits, key=lambda e: (e[0], e[1]), reverse=True):
+    # Back to front, so offsets stay valid; of two insertions at one place
+    # the later one first, so they end up in document order.
+    order = sorted(range(len(edits)), key=lambda k: (edits[k][0], edits[k][1], k), reverse=True)
+    for k in order:
+        start, end, new = edits[k]
         out = out[:start] + new + out[end:]
     return out
 
