@@ -18,6 +18,8 @@ APT_PACKAGES += debhelper dh-python pybuild-plugin-pyproject python3-all python3
 APT_PACKAGES += lintian groff-base mmdebstrap e2fsprogs git
 # fix: libvirt's schema check (virt-xml-validate runs xmllint).
 APT_PACKAGES += libvirt-clients libxml2-utils
+# fix: the corpus sweep applies every printed diff with patch.
+APT_PACKAGES += patch  # fix
 # fleet tier: the real Prometheus (with promtool), node_exporter and journal-remote/upload;
 # permission tests run the product as nobody with setpriv.
 APT_PACKAGES += prometheus prometheus-node-exporter systemd-journal-remote util-linux

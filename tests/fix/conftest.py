@@ -57,3 +57,38 @@ def demo_domain(name: str) -> str:
                 dom.remove(el)
             return etree.tostring(dom, encoding="unicode")
     raise KeyError(name)
+
+
+class _Renumber:
+    """An edit (xmledit.Op's protocol: apply(root)) that points the PCI
+    hostdevs' sources, in order, at `bdfs`."""
+
+    def __init__(self, bdfs):
+        self.bdfs = bdfs
+
+    def apply(self, root) -> None:
+        hostdevs = [h for h in pci_hostdev_elements(root) if h.find("source/address") is not None]
+        for hd, bdf in zip(hostdevs, self.bdfs):
+            dom, bus, rest = bdf.split(":")
+            slot, fn = rest.split(".")
+            hd.find("source/address").attrib.update(
+                {"domain": f"0x{dom}", "bus": f"0x{bus}", "slot": f"0x{slot}", "function": f"0x{fn}"})
+
+
+def renumbered_text(path: Path, bdfs=DEMO_BDFS) -> str | None:
+    """As `renumbered`, but the user's own text with only the hostdevs'
+    <source><address> tags rewritten (fix/textedit.py), so that the bytes a
+    fix must keep (declaration, comments, quotes, line breaks) are the
+    user's. None where `renumbered` gives None or the text cannot be mapped."""
+    from vfio_advisor.errors import DomainXMLError
+    from vfio_advisor.facts.domain import parse_tree
+    from vfio_advisor.fix.textedit import render
+
+    if renumbered(path, bdfs) is None:
+        return None
+    text = path.read_bytes().decode("utf-8", "replace")
+    try:
+        root = parse_tree(text)
+    except DomainXMLError:
+        return None
+    return render(text, root, [_Renumber(bdfs)])

@@ -35,7 +35,8 @@ def test_diff_is_the_default_and_exit_0_when_all_fixed():
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("# two-intx")
     assert "\n--- two-intx (current)\n+++ two-intx (fixed)\n" in out.stdout
-    assert "+    <controller type=\"pci\" index=\"4\" model=\"pcie-root-port\">" in out.stdout
+    # in the file's own quote style
+    assert "+    <controller type='pci' index='4' model='pcie-root-port'>" in out.stdout
 
 
 def test_xml_format_prints_only_the_fixed_xml():
@@ -58,10 +59,13 @@ def test_json_format_schema():
     assert card["name"] == "split-card" and card["complete"] and card["changed"]
     (change,) = card["changes"]
     assert change["rule"] == "VA4002" and change["verified"]
-    assert set(change["verification"]) == {"reanalysis", "schema", "testdriver"}
+    assert set(change["verification"]) == {"reanalysis", "layout", "schema", "testdriver",
+                                            "qemudriver"}
     assert all(v["ok"] for v in change["verification"].values())
-    assert {o["op"] for o in change["operations"]} == {"set-address"}
-    assert card["fixed_xml"].startswith("<domain")
+    assert not change["verification"]["qemudriver"]["ran"]
+    # the functions move together; the root port the move left empty goes
+    assert {o["op"] for o in change["operations"]} == {"set-address", "remove"}
+    assert card["fixed_xml"].startswith((DATA / "q35-split-card.xml").read_text()[:40])
     assert [f["rule"] for f in card["not_fixable"]] == ["VA1001"]
     assert not intremap["complete"] and intremap["fixed_xml"] is None
     (left,) = intremap["unfixed"]
@@ -221,3 +225,19 @@ def test_rule_takes_slugs_and_commas():
                           "--rule", "VA4003", stdin=xml).stdout)
     assert [c["rule"] for c in only["domains"][0]["changes"]] == ["VA4003"]
     assert {f["rule"] for f in only["domains"][0]["findings_after"]} >= {"VA5001"}
+
+
+def test_the_summary_says_which_checks_ran_and_why_one_did_not():
+    """With --xml alone no libvirt is asked; with --connect to a libvirt that
+    is not the qemu driver, the check names that driver. Either way the
+    line says "not run" rather than "ok"."""
+    alone = fix("--xml", str(DATA / "q35-two-intx.xml"), "--host-root", str(HOST_ROOT))
+    (line,) = [l for l in alone.stdout.splitlines() if l.startswith("#     verified:")]
+    assert line == ("#     verified: reanalysis ok; layout ok; schema ok; testdriver ok; qemudriver "
+                    "not run (--xml without --connect URI: no libvirt to ask)")
+    other = fix("--xml", str(DATA / "q35-two-intx.xml"), "--host-root", str(HOST_ROOT),
+                "--connect", "test:///default")
+    assert other.returncode == 0, other.stderr
+    (line,) = [l for l in other.stdout.splitlines() if l.startswith("#     verified:")]
+    assert line.endswith("qemudriver not run (test:///default is libvirt's TEST driver, not the "
+                         "qemu driver)"), line

@@ -23,6 +23,9 @@ def keys(findings, rule=None):
     return {(f.rule_id, f.subject) for f in findings if rule is None or f.rule_id == rule}
 
 
+VERIFIED_BY = {"reanalysis", "layout", "schema", "testdriver", "qemudriver"}
+
+
 def serious(findings):
     return {(f.rule_id, f.subject) for f in findings if f.severity >= Severity.WARNING}
 
@@ -32,7 +35,9 @@ def assert_fixed(plan, rule):
     offered XML has no finding of that rule and no new warning or error."""
     assert [c.rule for c in plan.changes].count(rule) == 1, (plan.changes, plan.unfixed)
     change = next(c for c in plan.changes if c.rule == rule)
-    assert change.verified and {c.name for c in change.checks} == {"reanalysis", "schema", "testdriver"}
+    assert change.verified and {c.name for c in change.checks} == VERIFIED_BY
+    # without a connection the qemu driver check says it did not run
+    assert not next(c for c in change.checks if c.name == "qemudriver").ran
     before = plan.before.findings
     after = reanalyse(plan.fixed_xml).findings
     assert keys(before, rule), "the domain had no finding of the rule to start with"
@@ -230,10 +235,18 @@ def test_fix_for_finding_api(analyzer):
 
 def test_comments_and_unrelated_text_survive(analyzer):
     plan = plan_domain(analyzer, (DATA / "q35-split-card.xml").read_text())
-    assert "As libvirt places a GPU" in plan.fixed_xml
-    # the diff touches only address lines
+    source = (DATA / "q35-split-card.xml").read_text()
+    assert "As libvirt places a GPU" in plan.fixed_text
+    # the diff touches the moved functions' address lines (in the file's own
+    # quote style) and the lines of the root port the move left empty
     changed = [l for l in plan.diff().splitlines() if l[:1] in "+-" and l[:3] not in ("+++", "---")]
-    assert changed and all("<address type=\"pci\"" in l for l in changed), changed
+    removed = [l[1:] for l in changed[:5]]
+    assert all(l.startswith("-") for l in changed[:5])
+    assert "".join(x + "\n" for x in removed) in source  # the port's lines, as they were
+    moved = changed[5:]
+    assert len(moved) == 4 and all("<address type='pci'" in l for l in moved), changed
+    port = removed
+    assert "<controller type='pci' index='3' model='pcie-root-port'>" in port[0]
 
 
 def test_guest_lines_match_the_routing_model(analyzer):

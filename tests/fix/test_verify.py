@@ -82,12 +82,29 @@ def test_a_change_failing_a_check_is_not_offered(analyzer, monkeypatch, bad_plan
     assert not plan.complete
 
 
-def test_domain_libvirt_already_refuses_is_unverifiable(analyzer):
+def test_schema_errors_of_the_original_are_not_the_changes(analyzer):
+    """An element this host's domain.rng does not know (libvirt's parser
+    ignores it, so libvirt defines the domain): the change is still
+    verified, and the schema check says the original has errors of its own."""
     xml = (DATA / "q35-split-irqchip.xml").read_text().replace("<vcpu", "<bogus/><vcpu")
     plan = plan_domain(analyzer, xml)
-    assert not plan.changes and not plan.rejected
-    assert {u.kind for u in plan.unfixed} == {"unverifiable"}
-    assert "already fails" in plan.unfixed[0].reason
+    (change,) = plan.changes
+    schema = next(c for c in change.checks if c.name == "schema")
+    assert schema.ok and "no new errors" in schema.detail and "the original has" in schema.detail
+    assert not plan.unfixed
+
+
+def test_a_test_driver_refusal_the_original_shares_is_said_not_hidden(analyzer):
+    """libvirt 9.0's test driver refuses what the original already has (here
+    a watchdog model it does not know): the check says it did not run past
+    that, and the other checks still judge the change."""
+    xml = (DATA / "q35-split-irqchip.xml").read_text().replace(
+        "<memballoon", "<watchdog model='no-such-model'/>\n    <memballoon", 1)
+    plan = plan_domain(analyzer, xml)
+    (change,) = plan.changes
+    td = next(c for c in change.checks if c.name == "testdriver")
+    assert td.ok and not td.ran and "refuses the original XML the same way" in td.detail
+    assert "testdriver not run (" in td.summary()
 
 
 def test_missing_schema_tool_means_not_offered(analyzer, monkeypatch):
@@ -126,18 +143,19 @@ def test_missing_tool_is_named_not_blamed_on_the_domain(analyzer, monkeypatch, t
         assert "domain XML" not in left.reason
 
 
-def test_a_missing_tool_does_not_hide_what_libvirt_refuses(analyzer, monkeypatch, tmp_path):
-    """Schema tool missing, and the test driver (which ran) refuses the XML:
-    both are said, neither hides the other."""
+def test_a_missing_tool_is_said_even_when_libvirt_refuses_the_original(analyzer, monkeypatch,
+                                                                      tmp_path):
+    """Schema tool missing, and the original has what the test driver
+    refuses: the missing tool is the reason nothing is offered (what the
+    original fails is not held against a change)."""
     monkeypatch.setenv("PATH", _path_with(tmp_path, "xmllint"))
-    xml = (DATA / "q35-split-irqchip.xml").read_text().replace("<vcpu", "<bogus/><vcpu")
+    xml = (DATA / "q35-split-irqchip.xml").read_text().replace(
+        "<memballoon", "<watchdog model='no-such-model'/>\n    <memballoon", 1)
     plan = plan_domain(analyzer, xml)
     assert not plan.changes and plan.unfixed
     reason = plan.unfixed[0].reason
-    assert reason.startswith("no change can be verified: virt-xml-validate is not installed "
-                             "(Debian package libvirt-clients); and the current domain XML already "
-                             "fails the libvirt test driver ("), reason
-    assert "libvirt schema" not in reason  # that check could not run
+    assert reason == ("no change can be verified: virt-xml-validate is not installed "
+                      "(Debian package libvirt-clients)"), reason
 
 
 def test_fix_command_names_the_missing_tool_in_one_line(tmp_path):

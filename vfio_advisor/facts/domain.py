@@ -69,6 +69,7 @@ XPATH = {
     "ide_controllers": "devices/controller[@type='ide']",
     "fdc_controllers": "devices/controller[@type='fdc']",
     "usb_controllers": "devices/controller[@type='usb']",
+    "sata_controllers": "devices/controller[@type='sata']",
     "iommu_driver_intremap": "string(devices/iommu/driver/@intremap)",
     "address": "address",  # a device's guest address, below the device
     "source_address": "source/address",  # a hostdev's host address, below it

@@ -18,11 +18,11 @@ import sys
 import time
 
 from vfio_advisor.config import DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, load_config
-from vfio_advisor.errors import UsageError
+from vfio_advisor.errors import ConnectionFailed, UsageError
 from vfio_advisor.exitstatus import EXIT_FINDINGS, EXIT_OK
 from vfio_advisor.facts.domain import parse_tree, serialize
 from vfio_advisor.fix.planner import FIXABLE_RULES, RULE_ORDER, Analyzer, DomainPlan, plan_domain
-from vfio_advisor.fix.verify import describe_finding
+from vfio_advisor.fix.verify import QemuCheck, describe_finding
 from vfio_advisor.fix.xmledit import apply_ops
 from vfio_advisor.rules import lookup as lookup_rule
 from vfio_advisor.sources import (
@@ -43,13 +43,18 @@ def add_parser(subparsers, add_command):
         subparsers, "fix", "exact domain XML changes for findings that have one, each verified",
         description="Compute one change to the domain XML per finding that has an XML fix "
                     f"({', '.join(RULE_ORDER)}), verify it (re-analysis with the same host "
-                    "facts, libvirt's schema, libvirt's test driver) and print it.")
+                    "facts, the guest-visible layout, libvirt's schema and test driver, and "
+                    "libvirt's qemu driver where a read-write connection allows) and print it "
+                    "as edits of the domain's own XML text.")
     f.add_argument("domains", nargs="*", metavar="DOMAIN",
                    help="domain names (default: every domain with PCI hostdevs)")
     f.add_argument("--xml", action="append", default=[], metavar="FILE",
                    help="a domain XML file instead of libvirt (repeatable)")
     f.add_argument("--connect", "-c", metavar="URI",
-                   help="libvirt URI (default qemu:///system; read-only unless --apply)")
+                   help="libvirt URI (default qemu:///system). Domains are read over a read-only "
+                        "connection; the qemu driver check (virConnectDomainXMLToNative, which "
+                        "defines nothing) and --apply use a read-write one. With --xml: the "
+                        "libvirt whose qemu driver checks the changes")
     f.add_argument("--host-root", default="/", metavar="DIR",
                    help="host tree or snapshot .tar.gz to read instead of /")
     f.add_argument("--config", default=DEFAULT_CONFIG_PATH, metavar="FILE",
@@ -57,8 +62,9 @@ def add_parser(subparsers, add_command):
     f.add_argument("--rule", action="append", default=[], metavar="ID",
                    help="fix only these rules (IDs or slugs; repeatable or comma-separated)")
     f.add_argument("--format", choices=("diff", "xml", "json"), default="diff",
-                   help="diff (default): unified diff of the domain XML with a '#' summary; "
-                        "xml: the whole fixed XML only; json: schema vfio-advisor/fix/1")
+                   help="diff (default): unified diff of the domain XML with a '#' summary "
+                        "(`patch FILE` applies it); xml: the domain's own text with only the "
+                        "changed elements rewritten; json: schema vfio-advisor/fix/1")
     f.add_argument("--apply", action="store_true",
                    help="define the fixed XML as the persistent config (shut-off domains, or "
                         "the next boot of running ones; never live)")
@@ -92,11 +98,13 @@ def rules_from(values: list[str]) -> set[str] | None:
 def load_sources(args, root: str, conn=None) -> list[DomainSource]:
     """Every domain to fix, as its persistent config; raises UsageError (one
     line) before anything is analysed, so bad input changes nothing."""
-    if args.xml and (args.connect or args.domains):
+    if args.xml and args.domains:
         raise UsageError("use either --xml FILE or DOMAIN names (with --connect), not both")
-    found, errors = load_domains(list(args.xml), list(args.domains), args.connect,
+    # With --xml, --connect names only the libvirt whose qemu driver checks the changes.
+    found, errors = load_domains(list(args.xml), list(args.domains),
+                                 None if args.xml else args.connect,
                                  root if args.host_root != "/" else None,
-                                 inactive=True, conn=conn)
+                                 inactive=True, conn=None if args.xml else conn)
     if errors:
         src, msg = errors[0]
         raise UsageError(f"{src}: {msg}")
@@ -124,7 +132,12 @@ def run(args, conn=None) -> int:
         if args.format == "xml" and len(sources) != 1:
             raise UsageError(f"--format xml prints one domain's XML; {len(sources)} domains selected")
         analyzer = Analyzer(root, config)
-        plans = [(src, plan_domain(analyzer, src.xml, rules)) for src in sources]
+        qemu = qemu_check(args, sources, conn)
+        try:
+            plans = [(src, plan_domain(analyzer, src.xml, rules, qemu=qemu)) for src in sources]
+        finally:
+            if qemu.conn is not None and qemu.conn is not conn:
+                qemu.conn.close()
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -134,6 +147,38 @@ def run(args, conn=None) -> int:
     emit(args, plans, applied)
     complete = all(p.complete for _, p in plans)
     return EXIT_OK if complete else EXIT_FINDINGS
+
+
+def qemu_check(args, sources: list[DomainSource], conn=None) -> QemuCheck:
+    """Where libvirt's qemu driver checks each change (verify.qemu_native):
+    the libvirt the domains come from, or --connect URI with --xml. It
+    needs a read-write connection (virConnectDomainXMLToNative is refused on
+    a read-only one); without one the check is reported as not run."""
+    if args.xml and not args.connect:
+        return QemuCheck.none("--xml without --connect URI: no libvirt to ask")
+    if sources and all(src.from_file for src in sources) and not args.connect:
+        return QemuCheck.none("the domains come from files: no libvirt to ask")
+    uri = args.connect or DEFAULT_URI
+    try:
+        libvirt = libvirt_module()
+    except ConnectionFailed as exc:
+        return QemuCheck.none(str(exc))
+    own = conn is None
+    if own:
+        try:
+            conn = libvirt.open(uri)
+        except libvirt.libvirtError as exc:
+            return QemuCheck.none(f"no read-write connection to {uri} ("
+                                  + " ".join(str(exc.get_error_message()).split())[:200] + ")")
+    try:
+        driver = conn.getType()
+    except libvirt.libvirtError as exc:
+        driver = f"unknown ({' '.join(str(exc.get_error_message()).split())})"
+    if driver.upper() != "QEMU":
+        if own:
+            conn.close()
+        return QemuCheck.none(f"{uri} is libvirt's {driver} driver, not the qemu driver")
+    return QemuCheck(conn, uri)
 
 
 # --- apply ----------------------------------------------------------------------------
@@ -241,7 +286,7 @@ def emit(args, plans: list[tuple[DomainSource, DomainPlan]], applied: dict[str, 
     out = sys.stdout
     if args.format == "xml":
         (_, plan), = plans
-        out.write(plan.fixed_xml)
+        out.write(plan.fixed_text)
         for name, info in applied.items():
             _print_applied(name, info, sys.stderr)
         return
@@ -276,7 +321,7 @@ def write_summary(src: DomainSource, plan: DomainPlan, out) -> None:
         for d in c.details:
             w(f"#     {d}\n")
         w("#     resolves " + ", ".join(describe_finding(f) for f in c.resolves) + "\n")
-        w("#     verified: " + "; ".join(f"{k.name} ok" for k in c.checks) + "\n")
+        w("#     verified: " + "; ".join(k.summary() for k in c.checks) + "\n")
     for u in plan.unfixed:
         w(f"#  no verified fix for {describe_finding(u.finding)} ({u.finding.severity}): {u.reason}\n")
     if plan.other:
@@ -306,7 +351,7 @@ def to_json(args, plans: list[tuple[DomainSource, DomainPlan]], applied: dict[st
             "findings_before": [_finding_json(f) for f in plan.before.findings],
             "findings_after": [_finding_json(f) for f in plan.after.findings],
             "diff": plan.diff(),
-            "fixed_xml": plan.fixed_xml if plan.changed else None,
+            "fixed_xml": plan.fixed_text if plan.changed else None,
             "applied": applied.get(src.domain.name),
         })
     return {"schema": SCHEMA, "host_root": args.host_root,

@@ -32,16 +32,21 @@ from vfio_advisor.config import DEFAULTS, Config
 from vfio_advisor.engine import Engine
 from vfio_advisor.errors import DomainXMLError
 from vfio_advisor.facts.domain import (
-    XPATH, Domain, PciAddress, address_of, domain_from_element, parse_tree, serialize,
+    XPATH, Domain, PciAddress, address_of, domain_from_element, int_or_none, parse_tree,
+    serialize, source_address_of,
 )
 from vfio_advisor.facts.guest_intx import (
     QEMU_MODEL_MSI, GuestFunction, GuestIntxMap, build_guest_intx_map,
 )
 from vfio_advisor.facts.model import DomainFacts
 from vfio_advisor.findings import Finding, Severity
+from vfio_advisor.fix import textedit
 from vfio_advisor.fix import verify as verify_module
-from vfio_advisor.fix.verify import Check, describe_finding, verify
-from vfio_advisor.fix.xmledit import Occupancy, Op, apply_ops, device_key, next_controller_index
+from vfio_advisor.fix.layout import empty_controllers, emptied_controllers
+from vfio_advisor.fix.verify import Check, QemuCheck, Verifier, describe_finding
+from vfio_advisor.fix.xmledit import (
+    Occupancy, Op, apply_ops, describe_key, device_key, next_controller_index,
+)
 from vfio_advisor.rules import RULES, Rule, lookup
 from vfio_advisor.rules.remedies import DOMAIN_XML
 
@@ -98,7 +103,16 @@ FIXABLE_RULES = frozenset(RULE_ORDER)
 
 
 class Manual(Exception):
-    """No XML change can be planned; str() says why, in one sentence."""
+    """No XML change can be planned; str() says why, in one sentence.
+    `unfixed`: a reason per finding, where they differ."""
+
+    def __init__(self, reason: str, unfixed: list | None = None):
+        super().__init__(reason)
+        self.unfixed = unfixed or []
+
+
+class Stuck(Exception):
+    """A unit of functions cannot be moved at all; str() says why."""
 
 
 @dataclass
@@ -159,6 +173,40 @@ class DomainPlan:
     rejected: list[Change]  # planned, failed verification, not offered
     unfixed: list[Unfixed]
     other: list[Finding]  # warning or worse, of rules no domain XML change fixes
+    source_text: str | None = None  # the user's text, as given
+    base_root: etree._Element | None = None
+    fixed_root: etree._Element | None = None
+
+    @property
+    def minimal(self) -> bool:
+        """Is `fixed_text` the user's text with only the changed elements
+        rewritten (not the re-serialised fallback)?"""
+        if not self.changed:
+            return True
+        self.fixed_text  # noqa: B018 - computes the flag
+        return self.__dict__["_minimal"]
+
+    @property
+    def fixed_text(self) -> str:
+        """The user's text with only the changed elements rewritten
+        (fix/textedit.py); the re-serialised XML where that cannot be done."""
+        if not self.changed:
+            return self.source_text if self.source_text is not None else self.base_xml
+        cached = self.__dict__.get("_fixed_text")
+        if cached is None:
+            cached = self.fixed_xml
+            if self.source_text is not None and self.base_root is not None:
+                text = textedit.render(self.source_text, self.base_root, self.ops)
+                if text is not None and self.fixed_root is not None:
+                    try:
+                        same = textedit.same_tree(parse_tree(text), self.fixed_root)
+                    except DomainXMLError:
+                        same = False
+                    if same:
+                        cached = text
+            self.__dict__["_minimal"] = cached is not self.fixed_xml
+            self.__dict__["_fixed_text"] = cached
+        return cached
 
     @property
     def ops(self) -> list[Op]:
@@ -187,9 +235,21 @@ class DomainPlan:
         return next((u for u in self.unfixed if u.finding.key == key), None)
 
     def diff(self) -> str:
-        return "".join(difflib.unified_diff(
-            self.base_xml.splitlines(True), self.fixed_xml.splitlines(True),
-            fromfile=f"{self.name} (current)", tofile=f"{self.name} (fixed)"))
+        """A unified diff that `patch` applies to the user's own file."""
+        old = self.source_text if self.source_text is not None else self.base_xml
+        return unified_diff(old, self.fixed_text, f"{self.name} (current)", f"{self.name} (fixed)")
+
+
+def unified_diff(old: str, new: str, fromfile: str, tofile: str) -> str:
+    """difflib's unified diff, with GNU diff's marker for a last line
+    without a newline (else `patch` rejects the hunk that touches it)."""
+    out = []
+    for line in difflib.unified_diff(old.splitlines(True), new.splitlines(True),
+                                     fromfile=fromfile, tofile=tofile):
+        if not line.endswith("\n"):
+            line += "\n\\ No newline at end of file\n"
+        out.append(line)
+    return "".join(out)
 
 
 # --- routing helpers ----------------------------------------------------------
@@ -255,14 +315,48 @@ def _unit_of(gmap: GuestIntxMap, bdf: str) -> list[GuestFunction]:
             and (f.guest_address.bus, f.guest_address.slot) == (a.bus, a.slot)]
 
 
+def slot_companions(root: etree._Element, unit: list[GuestFunction]) -> list[tuple[tuple, PciAddress]]:
+    """(key, address) of every other device in the guest slot of `unit`:
+    controllers and emulated functions that share the slot with assigned
+    functions. They move with it, or function 0 would leave them in a slot
+    the guest never scans (Linux drivers/pci/probe.c pci_scan_slot reads
+    function 0 first)."""
+    a = unit[0].guest_address
+    own = {("hostdev", f.host_address) for f in unit}
+    out = []
+    for el in root.xpath(XPATH["device_elements"]):
+        b = address_of(el)
+        if b is None or (b.domain, b.bus, b.slot) != (a.domain, a.bus, a.slot):
+            continue
+        if el.tag == "hostdev" or (el.tag == "interface" and el.get("type") == "hostdev"):
+            src = source_address_of(el)
+            if ("hostdev", str(src)) in own:
+                continue
+            out.append((("hostdev", str(src)), b))
+        elif el.tag == "controller" and el.get("type") == "pci":
+            out.append((("controller", int_or_none(el.get("index"))), b))
+        else:
+            out.append((device_key(el, b), b))
+    return out
+
+
 def _unit_ops(root: etree._Element, unit: list[GuestFunction], slot: int,
-              via_root_port: bool) -> tuple[list[Op], str]:
-    several = len(unit) > 1
+              via_root_port: bool, with_companions: bool = True) -> tuple[list[Op], str]:
+    """The moves that put `unit` (and everything else in its guest slot) at
+    `slot`; ([], why) when that cannot be done. `with_companions` False: the
+    unit's functions come from several slots (a split card), none is left."""
+    companions = slot_companions(root, unit) if with_companions else []
+    several = len(unit) + len(companions) > 1
     ops: list[Op] = []
     if via_root_port:
+        if companions:
+            # A pcie-root-port holds one device (slot 0); controllers and
+            # other functions cannot follow the card behind it.
+            return [], ("its guest slot also holds " + ", ".join(describe_key(k) for k, _ in companions)
+                        + ", which cannot follow it behind a pcie-root-port")
         index = next_controller_index(root)
         if index > 255:
-            return [], ""
+            return [], "no pci controller index is free"
         ops.append(Op("add-pci-controller", index=index, model="pcie-root-port",
                       address=PciAddress(0, 0, slot, 0)))
         bus, dslot = index, 0
@@ -270,25 +364,32 @@ def _unit_ops(root: etree._Element, unit: list[GuestFunction], slot: int,
     else:
         bus, dslot = 0, slot
         where = f"at root-bus slot 0x{slot:02x}"
+        if companions:
+            where += " with the rest of its slot (" + ", ".join(
+                f"{describe_key(k)} -> .{a.function}" for k, a in companions) + ")"
     for fn in unit:
         f = fn.guest_address.function
         ops.append(Op("set-address", key=("hostdev", fn.host_address),
                       address=PciAddress(0, bus, dslot, f),
                       multifunction=True if (several and f == 0) else None))
+    for key, a in companions:
+        ops.append(Op("set-address", key=key, address=PciAddress(0, bus, dslot, a.function),
+                      multifunction=True if (several and a.function == 0) else None))
     return ops, where
 
 
 def place_unit(router: Router, root: etree._Element, unit: list[GuestFunction],
-               via_root_port: bool, before: set[str]) -> tuple[list[Op], str, GuestIntxMap] | None:
+               via_root_port: bool, before: set[str],
+               with_companions: bool = True) -> tuple[list[Op], str, GuestIntxMap] | None:
     """The first free root-bus slot where every INTx function of `unit` has
     a line no costly function uses, and no other assigned device starts to
     share. None when there is no such slot."""
     gmap = router.gmap(root)
     bdfs = {f.host_address for f in unit}
     for slot in free_root_slots(root, gmap):
-        ops, where = _unit_ops(root, unit, slot, via_root_port)
+        ops, where = _unit_ops(root, unit, slot, via_root_port, with_companions)
         if not ops:
-            return None
+            raise Stuck(where)
         trial = apply_ops(root, ops)
         tmap = router.gmap(trial)
         moved = [f for f in tmap.functions if f.host_address in bdfs and router.costly(f)]
@@ -325,6 +426,7 @@ def plan_va5001(root, analysis: Analysis, targets: list[Finding], router: Router
     details: list[str] = []
     devices: list[str] = []
     stuck: set[str] = set()
+    reasons: dict[str, str] = {}  # host BDF -> why its unit cannot move
     work = root
     for _ in range(64):
         gmap = router.gmap(work)
@@ -333,7 +435,19 @@ def plan_va5001(root, analysis: Analysis, targets: list[Finding], router: Router
             break
         unit = _unit_of(gmap, todo[0])
         via_root_port = gmap.chipset == "q35" and unit[0].guest_address.bus != 0
-        placed = place_unit(router, work, unit, via_root_port, router.conflicted(gmap) | start)
+        shared = _same_pin_in_unit(router, unit)
+        try:
+            placed = None if shared else place_unit(router, work, unit, via_root_port,
+                                                    router.conflicted(gmap) | start)
+        except Stuck as exc:
+            placed = None
+            for f in unit:
+                reasons[f.host_address] = (f"it cannot move without the rest of its guest slot: "
+                                           f"{exc}; move them by hand, or use MSI in the guest "
+                                           "where the device and the host allow it")
+        if shared:
+            for f in unit:
+                reasons[f.host_address] = shared
         if placed is None:
             stuck |= {f.host_address for f in unit}
             continue
@@ -356,10 +470,27 @@ def plan_va5001(root, analysis: Analysis, targets: list[Finding], router: Router
     else:
         why = ("no free slot on pcie.0 gives it a line (GSI 16-23) that no other INTx "
                "function uses; free a slot, or use MSI in the guest where the device and the host allow it")
+    unfixed = [Unfixed(f, reasons.get(f.subject, why), "manual") for f in left]
     if not ops:
-        raise Manual(why)
+        raise Manual(why, unfixed)
     return Proposal(ops, "give every assigned INTx device a guest line of its own", details,
-                    devices, fixed, [Unfixed(f, why, "manual") for f in left])
+                    devices, fixed, unfixed)
+
+
+def _same_pin_in_unit(router: Router, unit: list[GuestFunction]) -> str | None:
+    """Why no slot helps when two INTx functions of one guest slot use the
+    same pin: one slot and one pin are one guest line wherever the slot goes
+    (QEMU hw/pci/pci.c pci_swizzle_map_irq_fn maps slot and pin; the pin is
+    the host's, which vfio-pci passes on)."""
+    costly = [f for f in unit if router.costly(f)]
+    for i, a in enumerate(costly):
+        for b in costly[i + 1:]:
+            if a.pin and a.pin == b.pin:
+                return (f"{a.host_address} and {b.host_address} are functions of one guest slot and "
+                        f"both use INTx pin {a.pin_letter}, so they share one guest line wherever "
+                        "that slot is; give them separate guest slots (each function of the "
+                        "card at function 0 of its own slot), or use MSI in the guest for one of them")
+    return None
 
 
 def plan_va4002(root, analysis: Analysis, targets: list[Finding], router: Router) -> Proposal:
@@ -405,13 +536,52 @@ def plan_va4002(root, analysis: Analysis, targets: list[Finding], router: Router
             unit = [GuestFunction(PciAddress(0, 0, 0, f), "hostdev", None, d.address, None)
                     for f, d in sorted(by_fn.items())]
             step, where = _unit_ops(work, unit, slots[0], gmap.chipset == "q35")
+        trial = apply_ops(work, step)
+        # Functions with one pin in one slot share one guest line (QEMU
+        # hw/pci/pci.c pci_swizzle_map_irq_fn): joining them must not make
+        # an assigned device share a line it had to itself.
+        now_shared = router.conflicted(router.gmap(work))
+        joined = {d.address for d in group}
+        newly = (router.conflicted(router.gmap(trial)) - now_shared) & joined
+        if newly:
+            pins = [router.pins.get(d.address) for d in group]
+            same = [p for p in set(pins) if p and pins.count(p) > 1]
+            if same:
+                letter = "ABCD"[same[0] - 1]
+                unfixed.append(Unfixed(finding, (
+                    f"joined in one guest slot, {', '.join(sorted(newly))} would share one guest "
+                    f"line: functions of the card use the same INTx pin {letter} (vfio-pci passes the "
+                    "host's pin), and one slot with one pin is one line (QEMU hw/pci/pci.c "
+                    "pci_swizzle_map_irq_fn); the card works as it is, each function at function 0 "
+                    "of its own slot; to have it in one slot, use MSI in the guest for all but one "
+                    "of them"), "manual"))
+                continue
+            # Different pins, but the head slot's lines are taken: a slot of
+            # its own where every function gets a line nobody else uses.
+            gmap = router.gmap(work)
+            unit = [GuestFunction(PciAddress(0, 0, 0, f), "hostdev", None, d.address,
+                                  router.pins.get(d.address))
+                    for f, d in sorted(by_fn.items())]
+            try:
+                placed = place_unit(router, work, unit, gmap.chipset == "q35",
+                                    router.conflicted(gmap), with_companions=False)
+            except Stuck:
+                placed = None
+            if placed is None:
+                unfixed.append(Unfixed(finding, (
+                    f"joined in one guest slot, {', '.join(sorted(newly))} would share a guest line "
+                    "with another INTx function, and no free slot gives every function a line of "
+                    "its own; the card works as it is, each function in its own slot"), "manual"))
+                continue
+            step, where, _ = placed
         ops += step
         work = apply_ops(work, step)
         devices += [d.address for _, d in sorted(by_fn.items())]
         fixed.append(finding)
         details.append(f"{dev.address.rsplit('.', 1)[0]}: functions "
                        + ", ".join(f"{d.address} -> .{f}" for f, d in sorted(by_fn.items()))
-                       + f" in {where}, multifunction='on' on function 0")
+                       + f" {where if where.startswith('behind') else 'in ' + where}, "
+                       "multifunction='on' on function 0")
     if not ops:
         raise Manual(unfixed[0].reason if unfixed else "nothing to change")
     return Proposal(ops, "put every function of a card in one guest slot", details, devices,
@@ -576,6 +746,44 @@ def plan_va4001(root, analysis: Analysis, targets: list[Finding], router: Router
             ops += step
             work = apply_ops(work, step)
             details.append(f"<{el.tag}> {a} -> 0000:00:{slots[0]:02x}.0 (slot 1 was the PIIX3's)")
+    # Slot 0x1f is the ICH9's own on Q35: the LPC/ISA bridge at 00:1f.0 and
+    # SMBus at 00:1f.3 are always there, and the SATA controller of index 0
+    # must sit at 00:1f.2 (libvirt 9.0 src/qemu/qemu_domain_address.c
+    # qemuDomainValidateDevicePCISlotsQ35: "Primary SATA controller must have
+    # PCI address 0:0:1f.2", and "Attempted double use of PCI Address
+    # 0000:00:1f.0" for anything else there). What an i440FX domain had in
+    # slot 0x1f moves, as one slot, to a free one.
+    def is_sata0(el) -> bool:
+        return el.tag == "controller" and el.get("type") == "sata" and int_or_none(el.get("index") or "0") == 0
+    in_1f = [(el, a) for el in work.xpath(XPATH["device_elements"])
+             if (a := address_of(el)) is not None and (a.domain, a.bus, a.slot) == (0, 0, 0x1F)
+             and not is_sata0(el)]
+    if in_1f:
+        slots = free_root_slots(work, router.gmap(work))
+        if not slots:
+            raise Manual("Q35 conversion: no free pcie.0 slot for the devices of slot 0x1f, which "
+                         "is the ICH9's own on Q35")
+        several = len(in_1f) > 1
+        step = []
+        for el, a in in_1f:
+            key = (("hostdev", str(source_address_of(el))) if el.tag == "hostdev" else
+                   ("controller", int_or_none(el.get("index")))
+                   if el.tag == "controller" and el.get("type") == "pci" else device_key(el, a))
+            step.append(Op("set-address", key=key, address=PciAddress(0, 0, slots[0], a.function),
+                           multifunction=True if several and a.function == 0 else None))
+            details.append(f"<{el.tag}> {a} -> 0000:00:{slots[0]:02x}.{a.function:x} (slot 0x1f "
+                           "is the ICH9's LPC, SATA and SMBus on Q35)")
+        ops += step
+        work = apply_ops(work, step)
+    for el in work.xpath(XPATH["sata_controllers"]):
+        a = address_of(el)
+        if is_sata0(el) and a is not None and a != PciAddress(0, 0, 0x1F, 2):
+            step = [Op("set-address", key=device_key(el, a), address=PciAddress(0, 0, 0x1F, 2),
+                       multifunction=False)]
+            ops += step
+            work = apply_ops(work, step)
+            details.append(f"SATA controller 0 {a} -> 0000:00:1f.2 (the ICH9 AHCI controller, "
+                           "where libvirt requires it on Q35)")
     # The ICH9 USB set (EHCI1 and its UHCI companions) goes where libvirt puts
     # it on Q35, 00:1d.x (qemuDomainValidateDevicePCISlotsQ35): slots 25-29
     # route by pin to PIRQ A-D (ich9_lpc_map_irq), which leaves the E-H lines
@@ -625,6 +833,35 @@ def plan_va4001(root, analysis: Analysis, targets: list[Finding], router: Router
                     details, sorted(done), list(targets))
 
 
+def tidy_ops(before: etree._Element, after: etree._Element) -> list[Op]:
+    """Removals of the PCI controllers a change left without a device (an
+    empty pcie-root-port is a hotplug slot nobody asked for), except one
+    that is function 0 of a slot with other functions: it keeps them
+    visible to the guest. The highest index takes the place of a removed
+    one, with the devices on its bus, because libvirt refills a gap in the
+    controller indexes with a controller of the default model
+    (src/qemu/qemu_domain_address.c qemuDomainPCIAddressSetCreate,
+    "Auto-adding"); when the highest is itself an empty spare, the gap
+    stays and libvirt fills it with a spare of its own."""
+    ops: list[Op] = []
+    work = after
+    for index in sorted(emptied_controllers(before, after), reverse=True):
+        el = next(e for e in work.xpath(XPATH["pci_controllers"]) if int_or_none(e.get("index")) == index)
+        a = address_of(el)
+        if a is not None and a.function == 0 and any(
+                (b := address_of(o)) is not None and (b.domain, b.bus, b.slot) == (a.domain, a.bus, a.slot)
+                and o is not el for o in work.xpath(XPATH["device_elements"])):
+            continue
+        top = max(i for e in work.xpath(XPATH["pci_controllers"])
+                  if (i := int_or_none(e.get("index"))) is not None)
+        more = [Op("remove", key=("controller", index))]
+        if index != top and top not in empty_controllers(work):
+            more.append(Op("set-controller-index", key=("controller", top), index=index))
+        ops += more
+        work = apply_ops(work, more)
+    return ops
+
+
 def planner_of(rule: Rule) -> Callable[..., Proposal]:
     """The planner a rule names (Rule.fix.planner), looked up when it runs."""
     planner = globals().get(rule.fix.planner)
@@ -669,9 +906,17 @@ def missing_verifiers() -> dict[str, list[str]]:
 
 
 def plan_domain(analyzer: Analyzer, xml: str | bytes, rules: Iterable[str] | None = None,
-                verifier: Callable[..., list[Check]] = verify) -> DomainPlan:
+                verifier: Callable[..., list[Check]] | None = None,
+                qemu: QemuCheck | None = None) -> DomainPlan:
     """Plan and verify. Raises DomainXMLError (one line) for XML that is not
-    a domain. `rules`: the rule IDs to fix (default: every fixable one)."""
+    a domain. `rules`: the rule IDs to fix (default: every fixable one).
+    `qemu`: where libvirt's qemu driver can check the XML (verify.QemuCheck).
+
+    Claims come from the final XML only: a change is kept only if every
+    finding of the original that the XML before it no longer had stays
+    gone (a change that brings one back, or adds a new one, is not offered),
+    so "resolves" of each change is what the final XML no longer has."""
+    text = xml.decode("utf-8", "replace") if isinstance(xml, bytes) else xml
     root = parse_tree(xml)
     base = serialize(root)
     before = analyzer.analyse(root)
@@ -682,18 +927,25 @@ def plan_domain(analyzer: Analyzer, xml: str | bytes, rules: Iterable[str] | Non
     rejected: list[Change] = []
     unfixed: list[Unfixed] = []
     accepted_targets: list[Finding] = []
+    original = {f.key: f for f in before.findings}
+    present = set(original)  # original findings the current XML still has
     fixable = [f for f in before.findings if f.rule_id in wanted_rules]
-    if fixable:
-        # A domain libvirt itself already refuses cannot have a verified
-        # change: say so once, rather than blame each planned change.
-        base_checks = [c for c in verifier(before, before, base, []) if c.name != "reanalysis"]
-        bad = [c for c in base_checks if not c.ok]
-        if bad:
-            missing = missing_verifiers()
+    check = verifier
+    if fixable and check is None:
+        check = Verifier(base, qemu)
+        # A check that cannot run here makes every change unverifiable: say
+        # so once, rather than blame each planned change. What the original
+        # itself fails does not count: each check fails a change only for
+        # what the change adds (libvirt defines domains this host's
+        # domain.rng refuses; its test driver refuses some the qemu driver
+        # takes).
+        missing = missing_verifiers()
+        base_checks = [c for c in check.base_checks(before) if not c.ok and c.name in missing]
+        if base_checks:
             # A check that could not run says nothing about the XML; one that
             # ran and failed does. Both are said when both happened.
-            cannot = [p for c in bad for p in missing.get(c.name, ())]
-            refused = [c for c in bad if c.name not in missing]
+            cannot = [p for c in base_checks for p in missing.get(c.name, ())]
+            refused = [c for c in base_checks if c.name not in missing]
             parts = []
             if cannot:
                 parts.append(f"no change can be verified: {'; '.join(cannot)}")
@@ -705,7 +957,8 @@ def plan_domain(analyzer: Analyzer, xml: str | bytes, rules: Iterable[str] | Non
             other = [f for f in before.findings
                      if f.rule_id not in FIXABLE_RULES and f.severity >= Severity.WARNING]
             return DomainPlan(before.domain.name, base, base, before, before, [], [],
-                              [Unfixed(f, reason, "unverifiable") for f in fixable], other)
+                              [Unfixed(f, reason, "unverifiable") for f in fixable], other,
+                              source_text=text)
     for fix_rule in FIX_RULES:
         rule = fix_rule.id
         if rule not in wanted_rules:
@@ -717,7 +970,9 @@ def plan_domain(analyzer: Analyzer, xml: str | bytes, rules: Iterable[str] | Non
         try:
             proposal = planner_of(fix_rule)(current_root, current, targets, router)
         except Manual as exc:
-            unfixed += [Unfixed(f, str(exc), "manual") for f in targets]
+            named = {u.finding.key for u in exc.unfixed}
+            unfixed += exc.unfixed + [Unfixed(f, str(exc), "manual") for f in targets
+                                      if f.key not in named]
             continue
         except (DomainXMLError, LookupError) as exc:
             unfixed += [Unfixed(f, f"the planned change is not valid: {exc}", "manual")
@@ -728,6 +983,15 @@ def plan_domain(analyzer: Analyzer, xml: str | bytes, rules: Iterable[str] | Non
                         proposal.ops, proposal.targeted)
         try:
             new_root = apply_ops(current_root, proposal.ops)
+            tidy = tidy_ops(current_root, new_root)
+            if tidy:
+                change.ops = proposal.ops + tidy
+                new_root = apply_ops(new_root, tidy)
+                change.details = change.details + [
+                    f"removed pci controller index {op.key[1]}, which the change left empty"
+                    if op.kind == "remove" else
+                    f"pci controller index {op.key[1]} -> {op.index} (no gap in the indexes)"
+                    for op in tidy]
             new_xml = serialize(new_root)
             after = analyzer.analyse(new_root)
         except (DomainXMLError, LookupError) as exc:
@@ -736,10 +1000,16 @@ def plan_domain(analyzer: Analyzer, xml: str | bytes, rules: Iterable[str] | Non
             unfixed += [Unfixed(f, change.checks[0].detail, "unverified") for f in proposal.targeted]
             continue
         # The offer is the accumulated XML: it must keep every earlier fix too.
-        change.checks = verifier(before, after, new_xml, accepted_targets + proposal.targeted)
+        change.checks = check(before, after, new_xml, accepted_targets + proposal.targeted)
+        after_keys = {f.key for f in after.findings}
+        back = [original[k] for k in sorted(set(original) - present) if k in after_keys]
+        if back:
+            change.checks.append(Check("claims", False, "brings back " + ", ".join(
+                f"{describe_finding(f)} ({f.message})" for f in back)
+                + ", which an earlier change resolved"))
         if change.verified:
-            gone = now - {f.key for f in after.findings}
-            change.resolves = [f for f in before.findings if f.key in gone]
+            change.resolves = [f for k, f in original.items() if k in present and k not in after_keys]
+            present &= after_keys
             changes.append(change)
             accepted_targets += proposal.targeted
             current_root, current = new_root, after
@@ -752,11 +1022,14 @@ def plan_domain(analyzer: Analyzer, xml: str | bytes, rules: Iterable[str] | Non
     # planner of their own rule said before (e.g. a shared guest line on i440FX after Q35).
     final = {f.key for f in current.findings}
     unfixed = [u for u in unfixed if u.finding.key in final]
+    for change in changes:  # what each change resolved is gone from the final XML
+        change.resolves = [f for f in change.resolves if f.key not in final]
     other = [f for f in before.findings
              if f.rule_id not in FIXABLE_RULES and f.severity >= Severity.WARNING]
     return DomainPlan(name=before.domain.name, base_xml=base, fixed_xml=serialize(current_root),
                       before=before, after=current, changes=changes, rejected=rejected,
-                      unfixed=unfixed, other=other)
+                      unfixed=unfixed, other=other, source_text=text, base_root=root,
+                      fixed_root=current_root)
 
 
 def fix_for_finding(plan: DomainPlan, finding: Finding) -> dict | None:

@@ -73,8 +73,12 @@ def _set_address(el: etree._Element, addr: PciAddress, multifunction: bool | Non
     a.set("function", f"0x{addr.function:x}")
     if multifunction:
         a.set("multifunction", "on")
-    elif multifunction is None and old_multifunction is not None:
-        a.set("multifunction", old_multifunction)  # None: keep what the user had
+    elif multifunction is None and old_multifunction is not None and addr.function == 0:
+        # None: keep what the user had, on a function 0. A device moved to
+        # another function drops it: QEMU reads multifunction on function 0
+        # only (hw/pci/pci.c pci_init_multifunction), and a stale 'on' on
+        # function 1 says the slot is something it is not.
+        a.set("multifunction", old_multifunction)
     for k, v in keep.items():
         a.set(k, v)
 
@@ -99,6 +103,7 @@ class Op:
     add-pci-controller  index, model, address, multifunction: a new <controller type='pci'>
     set-attr      xpath (relative to <domain>, must exist), name, value
     ensure-ioapic value: <features><ioapic driver=value/></features>
+    set-controller-index  key, index: renumber a pci controller, its devices follow
     set-controller-model  key, model
     remove        key
     """
@@ -149,6 +154,17 @@ class Op:
                 ioapic = etree.SubElement(features, XPATH["features_ioapic"])
                 _indent_new_child(features, ioapic)
             ioapic.set("driver", self.value)
+        elif self.kind == "set-controller-index":
+            # The bus a controller provides is its index: the devices on it
+            # follow (libvirt resolves <address bus=N> to the controller
+            # with index N, src/conf/domain_addr.c).
+            old = self.key[1]
+            el = find(root, self.key)
+            el.set("index", str(self.index))
+            for dev in root.xpath(XPATH["device_elements"]):
+                a = address_of(dev)
+                if a is not None and a.bus == old and dev is not el:
+                    dev.find(XPATH["address"]).set("bus", f"0x{self.index:02x}")
         elif self.kind == "set-controller-model":
             find(root, self.key).set("model", self.model)
         elif self.kind == "remove":
