@@ -214,14 +214,17 @@ def has_hostdevs(xml: str) -> bool:
     return bool(root.xpath("devices/hostdev") or root.xpath(XPATH["interface_hostdev"]))
 
 
-def host_has_vfio(iommu_groups: str = "/sys/kernel/iommu_groups") -> bool:
+def host_has_vfio(host_root: str = "/") -> bool:
     """Can libvirt on this machine assign PCI devices with VFIO? Its test is
     that the kernel has IOMMU groups (libvirt 9.0 src/util/virhostdev.c
     virHostdevHostSupportsPassthroughVFIO). Only meaningful for a local
     libvirt, which is the one `fix` asks."""
+    from vfio_advisor.errors import FactUnavailable  # noqa: PLC0415
+    from vfio_advisor.facts.host import HostRoot  # noqa: PLC0415
+
     try:
-        return bool(os.listdir(iommu_groups))
-    except OSError:
+        return bool(HostRoot(host_root).list_dir("sys/kernel/iommu_groups"))
+    except FactUnavailable:
         return False
 
 
