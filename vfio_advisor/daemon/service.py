@@ -104,7 +104,7 @@ class Service:
         return sinks
 
     def _new_watcher(self) -> Watcher:
-        store = StateStore(self.cfg.state_dir)
+        store = StateStore(self.cfg.state_dir, note=lambda msg: self.log(msg, "state-file", 4), deferred=True)
         return Watcher(HostRoot(self.cfg.host_root), self.cfg, self._sinks(), store,
                        clock=self.clock, note=lambda msg: self.log(msg, "sampling", 4))
 
@@ -336,6 +336,8 @@ class Service:
             try:
                 # Ends with a SampleEvent: the metrics file sink writes then.
                 self.watcher.sample()
+                # What the sample changed of the state file, in one write.
+                self.watcher.store.flush()
             except Exception as exc:  # noqa: BLE001 - keep the daemon alive
                 self.log(f"sample failed: {type(exc).__name__}: {exc}", "sample-failed", 3)
             # A plain sleep: run() cancels this task at stop. _sleep's
@@ -410,6 +412,7 @@ class Service:
             # got the stop's SIGTERM too); nothing waits for it here.
             self._gatherer.shutdown(wait=False, cancel_futures=True)
         self.disconnect()
+        self.watcher.store.flush()
         self.log("stopped", "stopped")
         for sink in self.watcher.sinks:
             sink.close(None)
