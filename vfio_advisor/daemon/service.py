@@ -85,6 +85,7 @@ class Service:
         # is dropped when it completes.
         self._gatherer = None
         self.generations: dict[str, int] = {}
+        self._generation = 0
         self.pending: set[asyncio.Future] = set()
         self.conn = None
         self.callbacks: list[int] = []
@@ -208,12 +209,30 @@ class Service:
 
     def forget(self, name: str) -> None:
         """Stop following a domain, and void any gathering of it under way."""
-        self._next_generation(name)
+        # Dropped, not bumped: a gathering under way finds no generation and
+        # is voided all the same, and a host that starts transient domains
+        # under new names (CI, a VM per job) keeps no entry per name ever seen.
+        self.generations.pop(name, None)
         self.watcher.remove_domain(name)
 
     def _next_generation(self, name: str) -> int:
-        self.generations[name] = self.generations.get(name, 0) + 1
-        return self.generations[name]
+        # One counter for all names, so that a name forgotten and started
+        # again never gets back a number a stale gathering still holds.
+        self._generation += 1
+        self.generations[name] = self._generation
+        return self._generation
+
+    def _gather_current(self, stamped: list, host_root: str) -> list:
+        """In the gathering thread: gather only the domains no later event
+        made stale while this waited its turn (a domain started and stopped
+        within a boot storm's queue costs no child); None for the others."""
+        current = [k for k, (name, _xml, _run, _same, generation) in enumerate(stamped)
+                   if self.generations.get(name) == generation]
+        results: list = [None] * len(stamped)
+        if current:
+            for k, result in zip(current, self.gather(host_root, [stamped[k][1] for k in current])):
+                results[k] = result
+        return results
 
     def _executor(self):
         if self._gatherer is None:
@@ -224,10 +243,9 @@ class Service:
 
     async def _gather_and_follow(self, stamped: list, host_root: str, changed_device: str | None) -> None:
         loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(self._executor(), self.gather, host_root,
-                                             [xml for _, xml, _, _, _ in stamped])
+        results = await loop.run_in_executor(self._executor(), self._gather_current, stamped, host_root)
         for (name, _xml, run_id, same_run, generation), result in zip(stamped, results):
-            if self.generations.get(name) != generation:
+            if self.generations.get(name) != generation or result is None:
                 continue  # a later event of this domain decides (it stopped, or started again)
             if isinstance(result, GatherFailure):
                 if result.kind == "stopped":

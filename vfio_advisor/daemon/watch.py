@@ -128,6 +128,11 @@ class Watcher:
 
     def remove_domain(self, name: str) -> None:
         self.domains.pop(name, None)
+        # open_findings() would drop them at its next call, but only a sink
+        # that reads open findings (the metrics file) calls it: without one,
+        # every stopped domain's findings stayed here for the daemon's life.
+        for key in [k for k in self.open if k[0] == name]:
+            del self.open[key]
         self._update_wanted()
 
     @property
