@@ -51,7 +51,12 @@ def _notify_sender() -> Callable[[str], None]:
         if path[0] == "@":
             path = "\0" + path[1:]
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            # Non-blocking: a datagram to a receiver whose queue is full
+            # waits for room (net/unix/af_unix.c, unix_wait_for_peer), and
+            # this runs on the event loop: a notify socket nobody reads
+            # (PID 1 busy) stopped the daemon's sampling and reconnects
+            # (tests/faults/test_libvirtd_kill.py). Dropped instead.
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
                 sock.sendto(message.encode(), path)
         except OSError:
             pass  # systemd gone or the socket full: notifications are best effort, as in libsystemd
@@ -174,7 +179,16 @@ class Service:
     def _on_close(self, conn, reason, opaque) -> None:
         self.log(f"libvirt connection to {self.cfg.connect} closed (reason {reason}); reconnecting",
                  "disconnected", 4)
+        self.status_disconnected()
         self.reconnect_needed.set()
+
+    def status_disconnected(self) -> None:
+        """STATUS while libvirt is away: the domains followed are those of
+        the last resync, and no event reaches us until the next one (a
+        libvirtd restart leaves QEMU running: qemuProcessReconnect)."""
+        vms = len(self.watcher.domains)
+        self.notify(f"STATUS=libvirt connection lost, reconnecting; following {vms} "
+                    f"VM{'s' if vms != 1 else ''} as last seen")
 
     def resync(self) -> None:
         """Follow exactly the domains that run now."""
@@ -324,6 +338,7 @@ class Service:
                     delay = RECONNECT_FIRST_DELAY
                 except Exception as exc:  # noqa: BLE001 - libvirtd may be down for a while
                     self.conn = None
+                    self.status_disconnected()
                     self.log(f"cannot connect to {self.cfg.connect}: {exc}; retrying in "
                              f"{delay:g} s", "connect-failed", 4)
                     await self._sleep(delay)
