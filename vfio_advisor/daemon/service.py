@@ -451,6 +451,23 @@ class Service:
             sink.close(None)
 
 
+def _raise_nofile_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard one: the sampler keeps two
+    descriptors per followed vector (facts/sampler.kept_fds_cap), and
+    systemd (>= 240) starts services with a soft limit of 1024 under a hard
+    one of 524288, expecting programs that need more and never use
+    select(2) to raise it themselves (systemd.exec(5), LimitNOFILE=).
+    asyncio's selector is epoll and libvirt's client uses poll(2)."""
+    import resource  # noqa: PLC0415
+
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError):
+        pass  # a container that forbids it: the sampler reopens files past its cap
+
+
 def main(args) -> int:
     overrides = {"connect": args.connect, "host_root": args.host_root, "interval": args.interval,
                  "settle": args.settle, "state_dir": args.state_dir, "metrics_file": args.metrics_file}
@@ -458,6 +475,7 @@ def main(args) -> int:
     # Taken now, with the code this process has loaded: a later reinstall
     # then shows as a mismatch in its gathering children (daemon/gather_child.py).
     package_fingerprint()
+    _raise_nofile_limit()
     import libvirt
     import libvirtaio
 
