@@ -15,7 +15,10 @@ debian="$cache/debian"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
-cp "$debian/vmlinuz" "$cache/vmlinuz"
+# Every file goes in by rename: another run may be booting the old ones (the
+# cache is shared by every checkout on the machine), and a kernel or initrd
+# rewritten under a running QEMU boots garbage.
+cp "$debian/vmlinuz" "$cache/vmlinuz.new" && mv -f "$cache/vmlinuz.new" "$cache/vmlinuz"
 cp "$debian/kernel.version" "$cache/kernel.version"
 mkdir -p root/bin root/lib/modules root/lab
 cp "$debian/busybox" root/bin/busybox
@@ -28,5 +31,6 @@ gcc -static -O2 -Wall -o root/bin/vfio-user "$here/vfio-user.c"
 cp "$here/guest-init.sh" root/init
 cp "$here/scenarios.sh" root/lab/scenarios.sh
 chmod +x root/init
-(cd root && find . | "$debian/busybox" cpio -o -H newc 2>/dev/null | gzip -1) > "$cache/lab-initrd.img"
+(cd root && find . | "$debian/busybox" cpio -o -H newc 2>/dev/null | gzip -1) > "$cache/lab-initrd.img.$$"
+mv -f "$cache/lab-initrd.img.$$" "$cache/lab-initrd.img"
 echo "$sources" > "$stamp"

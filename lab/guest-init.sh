@@ -24,6 +24,8 @@ module_options() {
 for m in irqbypass vfio vfio_iommu_type1 vfio_virqfd vfio-pci-core vfio-pci \
          virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio-rng; do
     [ -f "$M/$m.ko" ] || continue
+    # A host that never loaded vfio-pci: no /sys/bus/pci/drivers/vfio-pci.
+    case "$scenario:$m" in no-vfio-pci:vfio-pci*) continue;; esac
     # shellcheck disable=SC2046  # one word per option
     insmod "$M/$m.ko" $(module_options "$(echo "$m" | tr - _)") 2>/tmp/insmod.err \
         || echo "LAB-WARN insmod $m: $(cat /tmp/insmod.err)"
@@ -70,6 +72,17 @@ capture() {
         fi
     done
     for g in /sys/kernel/iommu_groups/*/devices/*; do [ -L "$g" ] && copy_link "$g" "$name"; done
+    # The ACPI tables that announce an IOMMU (Intel DMAR, AMD IVRS): absent
+    # when the firmware has VT-d/AMD-Vi turned off. The MADT (APIC), which
+    # every x86 ACPI machine has, keeps the directory in the capture.
+    mkdir -p "/cap/$name/sys/firmware/acpi/tables"
+    for t in APIC DMAR IVRS; do
+        [ -f "/sys/firmware/acpi/tables/$t" ] && cat "/sys/firmware/acpi/tables/$t" > "/cap/$name/sys/firmware/acpi/tables/$t"
+    done
+    # The PCI drivers the kernel has registered (is vfio-pci there at all?).
+    # Each as a directory holding .keep: git drops empty directories, and a
+    # clone without them would read as a tree that lists no drivers.
+    for d in /sys/bus/pci/drivers/*; do [ -d "$d" ] && mkdir -p "/cap/$name$d" && : > "/cap/$name$d/.keep"; done
     for mod in vfio_pci vfio_iommu_type1; do
         for p in /sys/module/$mod/parameters/*; do
             [ -f "$p" ] || continue

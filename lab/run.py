@@ -44,7 +44,23 @@ SCENARIOS = {
     "intremap-off": ["-device", "edu,addr=3", "-device", "edu,addr=4",
                      "-device", "virtio-rng-pci,addr=5"],
     "isolcpus": ["-device", "edu,addr=3"],
+    # A conventional PCI-to-PCI bridge (QEMU pci-bridge: no PCIe capability,
+    # so no ACS) on pcie.0 with two functions behind it: the kernel puts the
+    # bridge and everything behind it in one IOMMU group (drivers/iommu/iommu.c
+    # pci_device_group: the functions' DMA alias is the bridge's requester ID,
+    # drivers/pci/search.c pci_for_each_dma_alias, Linux 6.1).
+    # (The edu at 00:03.0, in a group of its own, is the device the lab's
+    # domains assign, as in every capture.)
+    "group-not-viable": ["-device", "edu,addr=3", "-device", "pci-bridge,id=br1,chassis_nr=1,addr=0x10",
+                         "-device", "edu,bus=br1,addr=1", "-device", "virtio-rng-pci,bus=br1,addr=2"],
+    # VT-d off in the firmware: no intel-iommu device, so no DMAR table,
+    # although the command line asks for intel_iommu=on.
+    "iommu-off": ["-device", "edu,addr=3", "-device", "virtio-rng-pci,addr=5"],
+    # vfio-pci never loaded (guest-init.sh skips it for this scenario).
+    "no-vfio-pci": ["-device", "edu,addr=3", "-device", "virtio-rng-pci,addr=5"],
 }
+# Scenarios whose machine has no emulated IOMMU (the firmware offers none).
+WITHOUT_IOMMU = {"iommu-off"}
 
 # The host kernel's state each scenario is about: its command line (module
 # options too; guest-init.sh hands "module.option=" to insmod as modprobe
@@ -67,7 +83,8 @@ def qemu_command(scenario: str) -> list[str]:
                        f"lab.scenario={scenario} panic=-1".replace("  ", " "),
             # Interrupt remapping, as on a real VFIO host (vfio refuses MSI without it
             # unless allow_unsafe_interrupts is set).
-            "-device", "intel-iommu,intremap=on", *SCENARIOS[scenario]]
+            *([] if scenario in WITHOUT_IOMMU else ["-device", "intel-iommu,intremap=on"]),
+            *SCENARIOS[scenario]]
 
 
 def boot(scenario: str, timeout: float = 240) -> str:
@@ -109,6 +126,12 @@ EVIDENCE = {
     # drivers/iommu/intel/irq_remapping.c (Linux 6.1) logs this when it turns remapping on.
     "intremap-off": (r"DMAR: IOMMU enabled", r"DMAR-IR: Enabled IRQ remapping"),
     "isolcpus": (r"Kernel command line: .*", None),
+    "group-not-viable": (r"vfio-user: .*|PHASE 1 READY .*|pci 0000:01:0[12]\.0: Adding to iommu group \d+",
+                         None),
+    # "DMAR: IOMMU enabled" is only intel_iommu_setup reading the command
+    # line; with no DMAR table (ACPI) nothing else follows.
+    "iommu-off": (r"vfio-pci: probe of .*|Kernel command line: .*|DMAR: IOMMU enabled", r"ACPI: DMAR"),
+    "no-vfio-pci": (None, None),
 }
 
 
@@ -185,7 +208,9 @@ def run(names: list[str], out: Path) -> int:
         "kernel arguments below); the guest binds QEMU `edu` and `virtio-rng-pci` devices to",
         "vfio-pci, and lab/vfio-user.c enables their interrupts with VFIO_DEVICE_SET_IRQS as",
         "QEMU does (and makes the edu devices raise them). Module options on the command line",
-        "(`vfio_pci.nointxmask=1`) are given to insmod as modprobe would.",
+        "(`vfio_pci.nointxmask=1`) are given to insmod as modprobe would. The iommu-off",
+        "machine has no intel-iommu device (VT-d off in the firmware: no DMAR table), and",
+        "no-vfio-pci's guest never loads vfio-pci.",
         "Each directory is one moment, captured by lab/guest-init.sh as the guest saw it:",
         "proc/interrupts, proc/cmdline, proc/uptime (the moment's clock), proc/irq/*/",
         "smp_affinity_list and effective_affinity_list, sys/kernel/irq/*/ (per_cpu_count,",
@@ -208,7 +233,9 @@ def run(names: list[str], out: Path) -> int:
                     f"{evidence(out / moment, name)} |")
     if made:
         previous = origin.read_text().splitlines() if origin.exists() else []
-        kept = [line for line in previous[len(header):] if line.startswith("| ")
+        # The table rows of other scenarios, wherever the header (which
+        # grows with the text above it) ends.
+        kept = [line for line in previous if line.startswith("| ") and line != header[-2]
                 and line.split(" | ")[0][2:] not in names]
         origin.write_text("\n".join(header + sorted(set(kept + rows))) + "\n")
     return 1 if failed else 0

@@ -124,3 +124,35 @@ run_isolcpus() {
     wait_phase 1 2 || return
     capture isolcpus-2
 }
+
+run_group_not_viable() {
+    # Bridge 00:10.0 (QEMU pci-bridge, conventional PCI: no ACS) and the two
+    # functions behind it, edu 01:01.0 and virtio-rng 01:02.0, form one IOMMU
+    # group. virtio-rng stays on virtio-pci, a host driver that uses the DMA
+    # API, so the kernel does not let user space own the group
+    # (iommu_group_dma_owner_claimed, drivers/vfio/vfio_main.c
+    # VFIO_GROUP_GET_STATUS, Linux 6.1): the edu alone cannot be opened.
+    bind_vfio 0000:01:01.0
+    start_user 1 0000:01:01.0 intx:1:0
+    wait_failed 1 "group not viable" || return
+    capture group-not-viable-1
+    # The other member moved to vfio-pci as well: now the group is viable.
+    bind_vfio 0000:01:02.0
+    start_user 2 0000:01:01.0 intx:1:20
+    wait_phase 2 1 || return
+    capture group-not-viable-2
+}
+
+run_iommu_off() {
+    # No IOMMU in the firmware (no DMAR table): no groups, and vfio-pci
+    # refuses the device (vfio_pci_core_register_device needs an
+    # iommu_group, drivers/vfio/vfio_main.c vfio_group_find_or_alloc, 6.1).
+    bind_vfio 0000:00:03.0
+    capture iommu-off
+}
+
+run_no_vfio_pci() {
+    # vfio-pci was never loaded: the edu stays driverless, virtio-rng on
+    # virtio-pci, and /sys/bus/pci/drivers has no vfio-pci.
+    capture no-vfio-pci
+}

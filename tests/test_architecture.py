@@ -146,11 +146,6 @@ def test_the_checks_can_fail(tmp_path):
 # --- rule IDs live in rules/ ----------------------------------------------------
 
 RULE_ID = re.compile(r"\bVA\d{4}\b")
-# TEMPORARY: another branch (contract-fix) removes the rule-ID literals of
-# these four files; the lead drops this list when merging it.
-RULE_ID_LITERALS_BEING_REMOVED = {"fix/planner.py", "cli.py", "config.py", "facts/domain.py"}
-
-
 def _docstrings(tree: ast.AST) -> set[int]:
     out = set()
     for node in ast.walk(tree):
@@ -161,14 +156,14 @@ def _docstrings(tree: ast.AST) -> set[int]:
     return out
 
 
-def rule_id_literals(root: Path = PKG, allowed: set[str] = RULE_ID_LITERALS_BEING_REMOVED) -> list[str]:
+def rule_id_literals(root: Path = PKG) -> list[str]:
     """String constants naming a rule ID in a module outside rules/
     (docstrings aside: prose may name rules; only .py files, so the
     generated catalog and man page are not looked at)."""
     bad = []
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
-        if rel.startswith("rules/") or rel in allowed:
+        if rel.startswith("rules/"):
             continue
         tree = ast.parse(path.read_text(), str(path))
         docs = _docstrings(tree)
@@ -292,7 +287,7 @@ def test_the_contract_checks_can_fail(tmp_path):
         '    with open(host._path("proc/irq/1/smp_affinity_list")) as fh:\n'
         '        return fh.read()\n')
     (pkg / "facts/sampler.py").write_text("import os\nnames = os.listdir('/sys/kernel/irq')\n")
-    assert rule_id_literals(pkg, allowed=set()) == ["daemon/watch.py:3: VA6004", "daemon/watch.py:3: VA6005"]
+    assert rule_id_literals(pkg) == ["daemon/watch.py:3: VA6004", "daemon/watch.py:3: VA6005"]
     assert sink_calls_outside_protocol(pkg) == ["daemon/watch.py:4: .summary", "daemon/watch.py:6: .write"]
     assert host_reads_outside_hostroot(pkg, own={}) == [
         "daemon/watch.py:7: HostRoot._path", "daemon/watch.py:7: open()", "facts/sampler.py:2: os.listdir()"]

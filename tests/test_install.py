@@ -79,7 +79,7 @@ def test_clone_install_copies_what_the_daemon_imports(tmp_path):
     assert str(REPO) not in unit and ".venv" not in unit
     # The copy alone is enough: the base interpreter, outside the clone and
     # its venv, imports everything the daemon needs from it or from the system.
-    probe = ("import vfio_advisor.daemon, libvirt, libvirtaio, lxml.etree, systemd.daemon, sys;"
+    probe = ("import vfio_advisor.daemon.service, libvirt, libvirtaio, lxml.etree, systemd.daemon, sys;"
              "print(vfio_advisor.__file__); print(libvirt.__file__)")
     run = subprocess.run([python, "-c", probe], capture_output=True, text=True, cwd="/",
                          env={"PYTHONPATH": str(lib), "PATH": "/usr/bin:/bin"})
@@ -121,7 +121,7 @@ _FROM_PYC = re.compile(r"^# (\S+\.pyc) matches (\S+\.py)$")
 _FROM_SOURCE = re.compile(r"^# code object from (/\S+\.py)$")
 _NOT_CACHED = re.compile(r"^# could not create '([^']+)'")
 # What the daemon imports (as in test_clone_install_copies_what_the_daemon_imports).
-_DAEMON_IMPORTS = "vfio_advisor.daemon, libvirt, libvirtaio, lxml.etree, systemd.daemon"
+_DAEMON_IMPORTS = "vfio_advisor.daemon.service, libvirt, libvirtaio, lxml.etree, systemd.daemon"
 
 
 def _setpriv_missing() -> str | None:

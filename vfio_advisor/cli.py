@@ -1,7 +1,7 @@
 """The `vfio-advisor` command: a thin shell around the engine.
 
-Exit status: 0 no finding of warning or worse, 1 at least one, 2 usage error,
-XML that cannot be a domain, or a failed connection.
+Exit status: vfio_advisor/exitstatus.py, the one table that --help, the man
+page and docs/exit-codes.md print.
 """
 
 from __future__ import annotations
@@ -10,15 +10,26 @@ import argparse
 import json
 import sys
 import textwrap
-from typing import Sequence
+from typing import Callable, Sequence
 
 from vfio_advisor import __version__
 from vfio_advisor.config import DEFAULT_CONFIG_PATH
-from vfio_advisor.errors import AdvisorError, ConnectionFailed, DomainXMLError, UsageError
-from vfio_advisor.facts.domain import Domain
+from vfio_advisor.errors import AdvisorError, ConnectionFailed, UsageError
 from vfio_advisor.findings import Severity
 
-EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+from vfio_advisor.exitstatus import (
+    EXIT_FINDINGS, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, exit_status_help,
+)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's own wrapping, except for the exit-status table, whose
+    lines are laid out already."""
+
+    def _fill_text(self, text, width, indent):
+        if text.startswith("exit status:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,48 +37,66 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"vfio-advisor: {message}\n")
 
 
+def add_command(sub, name: str, help_text: str, **kw) -> argparse.ArgumentParser:
+    """A subcommand, with its rows of the exit-status table in its --help."""
+    return sub.add_parser(name, help=help_text, epilog=exit_status_help(name),
+                          formatter_class=_HelpFormatter, **kw)
+
+
 def build_parser(with_fix: bool = True) -> argparse.ArgumentParser:
-    p = _Parser(prog="vfio-advisor", description="Interrupt advice for VFIO PCI passthrough.")
+    p = _Parser(prog="vfio-advisor", description="Interrupt advice for VFIO PCI passthrough.",
+                epilog=exit_status_help(), formatter_class=_HelpFormatter)
     p.add_argument("--version", action="version", version=f"vfio-advisor {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    a = sub.add_parser("advise", help="analyse domains with assigned PCI devices")
+    a = add_command(sub, "advise", "analyse domains with assigned PCI devices")
     a.add_argument("domains", nargs="*", metavar="DOMAIN", help="domain names (default: all with PCI hostdevs)")
     a.add_argument("--connect", "-c", metavar="URI", help="libvirt URI (default qemu:///system, read-only)")
     a.add_argument("--xml", action="append", default=[], metavar="FILE", help="a domain XML file (repeatable)")
     a.add_argument("--host-root", default="/", metavar="DIR", help="host tree or snapshot .tar.gz to read instead of /")
-    a.add_argument("--format", choices=("text", "json"), default="text")
+    a.add_argument("--format", choices=("text", "json"), default="text",
+                   help="text for people, or json (schema vfio-advisor/advice/1)")
     a.add_argument("--sample", type=float, metavar="SECONDS",
                    help="read /proc/interrupts twice, SECONDS apart, for rising counters")
     a.add_argument("--config", default=DEFAULT_CONFIG_PATH, metavar="FILE",
                    help=f"disabled_rules and [domains.NAME] ignore from here (default {DEFAULT_CONFIG_PATH})")
 
-    d = sub.add_parser("device", help="show host PCI devices as vfio-advisor sees them")
-    d.add_argument("bdfs", nargs="+", metavar="BDF")
-    d.add_argument("--host-root", default="/", metavar="DIR")
-    d.add_argument("--format", choices=("text", "json"), default="text")
+    d = add_command(sub, "device", "show host PCI devices as vfio-advisor sees them")
+    d.add_argument("bdfs", nargs="+", metavar="BDF",
+                   help="PCI addresses (0000:01:00.0, or 01:00.0 in PCI domain 0)")
+    d.add_argument("--host-root", default="/", metavar="DIR",
+                   help="host tree or snapshot .tar.gz to read instead of /")
+    d.add_argument("--format", choices=("text", "json"), default="text",
+                   help="text for people, or json (schema vfio-advisor/device/1)")
 
-    g = sub.add_parser("guest-irqs", help="predict each guest PCI function's INTx line")
-    g.add_argument("domain", nargs="?", metavar="DOMAIN")
+    g = add_command(sub, "guest-irqs", "predict each guest PCI function's INTx line")
+    g.add_argument("domain", nargs="?", metavar="DOMAIN",
+                   help="a libvirt domain, or one the --host-root snapshot holds")
     g.add_argument("--xml", metavar="FILE", help="a domain XML file instead of a libvirt domain")
-    g.add_argument("--connect", "-c", metavar="URI")
+    g.add_argument("--connect", "-c", metavar="URI", help="libvirt URI (default qemu:///system, read-only)")
     g.add_argument("--host-root", default="/", metavar="DIR",
-                   help="where to read assigned devices' INTx pins (default /)")
-    g.add_argument("--format", choices=("text", "json"), default="text")
+                   help="host tree or snapshot .tar.gz where to read assigned devices' INTx pins (default /)")
+    g.add_argument("--format", choices=("text", "json"), default="text",
+                   help="text for people, or json (schema vfio-advisor/guest-irqs/1)")
 
-    e = sub.add_parser("explain", help="explain a rule")
-    e.add_argument("rule", metavar="VAxxxx|SLUG")
+    e = add_command(sub, "explain", "explain a rule")
+    e.add_argument("rule", metavar="VAxxxx|SLUG", help="a rule's ID or slug")
 
-    r = sub.add_parser("rules", help="list all rules")
-    r.add_argument("--format", choices=("text", "json"), default="text")
+    r = add_command(sub, "rules", "list all rules")
+    r.add_argument("--format", choices=("text", "json"), default="text",
+                   help="one line per rule, or json with every text of each rule")
 
-    s = sub.add_parser("snapshot", help="archive the host files and domain XMLs the tool reads")
-    s.add_argument("-o", "--output", required=True, metavar="FILE.tar.gz")
-    s.add_argument("domains", nargs="*", metavar="DOMAIN")
-    s.add_argument("--connect", "-c", metavar="URI")
-    s.add_argument("--xml", action="append", default=[], metavar="FILE")
-    s.add_argument("--host-root", default="/", metavar="DIR")
-    dm = sub.add_parser("daemon", help="watch running domains' interrupts and log runtime advice")
+    s = add_command(sub, "snapshot", "archive the host files and domain XMLs the tool reads")
+    s.add_argument("-o", "--output", required=True, metavar="FILE.tar.gz",
+                   help="the archive to write; replay it with --host-root FILE.tar.gz")
+    s.add_argument("domains", nargs="*", metavar="DOMAIN",
+                   help="domain names (default: all with PCI hostdevs)")
+    s.add_argument("--connect", "-c", metavar="URI", help="libvirt URI (default qemu:///system, read-only)")
+    s.add_argument("--xml", action="append", default=[], metavar="FILE",
+                   help="a domain XML file instead of libvirt (repeatable)")
+    s.add_argument("--host-root", default="/", metavar="DIR",
+                   help="host tree or snapshot .tar.gz to read instead of /")
+    dm = add_command(sub, "daemon", "watch running domains' interrupts and log runtime advice")
     dm.add_argument("--connect", "-c", metavar="URI", help="libvirt URI (default qemu:///system, read-only)")
     dm.add_argument("--host-root", metavar="DIR", help="host tree to sample instead of /")
     dm.add_argument("--config", default=DEFAULT_CONFIG_PATH, metavar="FILE",
@@ -78,10 +107,10 @@ def build_parser(with_fix: bool = True) -> argparse.ArgumentParser:
     dm.add_argument("--state-dir", metavar="DIR", help="state across runs (default /var/lib/vfio-advisor)")
     dm.add_argument("--metrics-file", metavar="FILE", help="write Prometheus textfile metrics here")
 
-    c = sub.add_parser("catalog", help="print the journald message catalog generated from the rules")
-    c.add_argument("-o", "--output", metavar="FILE")
+    c = add_command(sub, "catalog", "print the journald message catalog generated from the rules")
+    c.add_argument("-o", "--output", metavar="FILE", help="write it here instead of standard output")
 
-    i = sub.add_parser("install", help="install the libvirt hook, config and journald catalog")
+    i = add_command(sub, "install", "install the libvirt hook, config and journald catalog")
     i.add_argument("--root", default="/", metavar="DIR", help="install under DIR (default /)")
     i.add_argument("--python", metavar="PATH",
                    help="interpreter for the hook and the daemon (default: this one for the hook; "
@@ -92,19 +121,19 @@ def build_parser(with_fix: bool = True) -> argparse.ArgumentParser:
     i.add_argument("--classic", action="store_true",
                    help="install as /etc/libvirt/hooks/qemu instead of qemu.d/vfio-advisor")
 
-    u = sub.add_parser("uninstall", help="remove what install placed (keeps the config)")
-    u.add_argument("--root", default="/", metavar="DIR")
+    u = add_command(sub, "uninstall", "remove what install placed (keeps the config)")
+    u.add_argument("--root", default="/", metavar="DIR", help="remove from under DIR (default /)")
 
     if with_fix:
         from vfio_advisor.fix import command as fix_command  # noqa: PLC0415 - its parser lives with it
-        fix_command.add_parser(sub)
+        fix_command.add_parser(sub, add_command)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     # The daemon never needs the fix command's parser, whose import (the
     # planner, the XML editor, the verifier) is 5 MB of its steady-state RSS
-    # (bench/daemon_soak.py measures it): `vfio-advisor daemon ...` parses without it.
+    # (measured by bench/daemon_soak.py): `vfio-advisor daemon ...` parses without it.
     words = list(sys.argv[1:] if argv is None else argv)
     if argv is None and words[:1] == ["daemon"] and "asyncio" not in sys.modules:
         # The program itself (console script, python -m), never a test's
@@ -120,38 +149,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(with_fix=words[:1] != ["daemon"]).parse_args(words)
     try:
         return COMMANDS[args.command](args)
-    except (UsageError, ConnectionFailed) as exc:
-        print(f"vfio-advisor: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except AdvisorError as exc:
+    except AdvisorError as exc:  # UsageError, DomainXMLError, ConnectionFailed, ...
         print(f"vfio-advisor: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK
 
 
-def _load_domains(args, root: str) -> tuple[list[tuple[Domain, str]], list[tuple[str, str]]]:
-    from vfio_advisor.sources import DEFAULT_URI, domains_from_libvirt, read_domain_file, snapshot_domains
+def load_domains(args, root: str, *, inactive: bool = False, conn=None):
+    """sources.load_domains for a command's --xml, --connect, DOMAIN names
+    and --host-root (whose snapshot replays its own domains)."""
+    from vfio_advisor.sources import load_domains as load  # noqa: PLC0415
 
-    files = list(args.xml)
-    if not files and not args.connect and args.host_root != "/":
-        files = snapshot_domains(root)  # a snapshot replays its own domains
-    if files and args.connect:
-        raise UsageError("use either --xml or --connect, not both")
-    if files:
-        loaded, errors = [], []
-        for path in files:
-            try:
-                loaded.append(read_domain_file(path))
-            except DomainXMLError as exc:
-                errors.append((path, str(exc)))
-        if args.domains:
-            wanted = set(args.domains)
-            loaded = [d for d in loaded if d[0].name in wanted]
-        return loaded, errors
-    return domains_from_libvirt(args.connect or DEFAULT_URI, list(args.domains))
+    files = [args.xml] if isinstance(args.xml, str) else list(args.xml or [])
+    names = list(getattr(args, "domains", None) or
+                 ([args.domain] if getattr(args, "domain", None) else []))
+    return load(files, names, args.connect, root if args.host_root != "/" else None,
+                inactive=inactive, conn=conn)
+
+
+def worst_status(findings, errors) -> int:
+    """EXIT_STATUS for a run that reported `findings` and could not analyse `errors`."""
+    if errors:
+        return EXIT_USAGE
+    worst = max((f.severity for f in findings), default=None)
+    return EXIT_FINDINGS if worst is not None and worst >= Severity.WARNING else EXIT_OK
 
 
 def cmd_advise(args) -> int:
@@ -165,7 +189,7 @@ def cmd_advise(args) -> int:
     config = load_config(args.config)
     root, tmp = open_host_root(args.host_root)
     try:
-        domains, errors = _load_domains(args, root)
+        domains, errors = load_domains(args, root)
         if not domains and errors and (args.xml or args.host_root != "/"):
             # Every XML file given (or stored in the snapshot) was refused:
             # that is a usage error, not advice.
@@ -173,47 +197,53 @@ def cmd_advise(args) -> int:
                 print(f"vfio-advisor: {src}: {msg}", file=sys.stderr)
             return EXIT_USAGE
         engine = Engine(root, config)
-        # VA2005 compares every defined domain, not only the ones named.
+        # The rule comparing domains (assigned twice) compares every defined
+        # domain, not only the ones named.
         every = domains
         if args.domains:
             named, args.domains = args.domains, []
             try:
-                every, _ = _load_domains(args, root)
+                every, _ = load_domains(args, root)
             finally:
                 args.domains = named
-        engine.set_defined_domains(d for d, _ in every)
+        engine.set_defined_domains(d.domain for d in every)
         progress = _progress_bar if (args.sample and sys.stderr.isatty()) else None
         sink = _report_sink(args.format, args.host_root, engine.host(args.sample, progress), errors)
         fixes = None
-        worst = None
-        for domain, xml in domains:
+        reported = []
+        for source in domains:
+            domain = source.domain
             facts, findings = engine.analyse(domain)
+            for line in config.policy.unknown_in_metadata(domain):
+                print(f"vfio-advisor: warning: {line}", file=sys.stderr)
             planned = {}
-            if any(f.rule_id in _FIXABLE_RULES for f in findings):
+            if any(_has_domain_xml_fix(f) for f in findings):
                 if fixes is None:  # lazy: lxml, difflib and libvirt only when a plan is due
                     from vfio_advisor.fix.advice import AdviseFixes, fix_command
-                    from vfio_advisor.sources import snapshot_domains
-                    # As _load_domains: files given, or a snapshot's own domains.
-                    from_files = bool(args.xml) or (not args.connect and args.host_root != "/"
-                                                    and bool(snapshot_domains(root)))
+                    from_files = source.from_file
                     fixes = AdviseFixes(engine, lambda name: fix_command(
                         name, from_files, args.host_root))
-                findings, planned = fixes.annotate(domain.name, xml, findings)
+                findings, planned = fixes.annotate(domain.name, source.xml, findings)
             sink.begin(facts)
             for f in findings:
                 sink.emit(f, domain)
+            reported += findings
             sink.event(FixesPlanned(planned))
-            worst = max([f.severity for f in findings] + ([worst] if worst else []), default=None)
         sink.close()
     finally:
         if tmp is not None:
             tmp.cleanup()
-    return EXIT_FINDINGS if worst is not None and worst >= Severity.WARNING else EXIT_OK
+    return worst_status(reported, errors)
 
 
-# The rules with a domain XML fix (vfio_advisor/fix/planner.py FIXABLE_RULES),
-# named here so advise imports the planner only for domains that have one.
-_FIXABLE_RULES = frozenset({"VA4001", "VA4002", "VA4003", "VA5001", "VA5003"})
+def _has_domain_xml_fix(finding) -> bool:
+    """Does the finding's rule name a domain XML planner (Rule.fix)? Asked
+    here so that advise imports the planner only for domains that need it."""
+    from vfio_advisor.rules import lookup  # noqa: PLC0415
+    from vfio_advisor.rules.remedies import DOMAIN_XML  # noqa: PLC0415
+
+    rule = lookup(finding.rule_id)
+    return rule is not None and rule.fix is not None and rule.fix.kind == DOMAIN_XML
 
 
 def _report_sink(fmt: str, host_root: str, host, errors):
@@ -265,31 +295,29 @@ def cmd_guest_irqs(args) -> int:
     from vfio_advisor.engine import Engine
     from vfio_advisor.rules import RULES
     from vfio_advisor.sinks.report import guest_irqs_json
-    from vfio_advisor.sources import domains_from_libvirt, open_host_root, read_domain_file, DEFAULT_URI
+    from vfio_advisor.sources import open_host_root
 
     if bool(args.domain) == bool(args.xml):
         raise UsageError("give a DOMAIN name or --xml FILE")
-    if args.xml:
-        domain, _ = read_domain_file(args.xml)
-    else:
-        found, errors = domains_from_libvirt(args.connect or DEFAULT_URI, [args.domain])
-        if not found:
-            raise UsageError(f"{args.domain}: {errors[0][1] if errors else 'not found'}")
-        domain = found[0][0]
     root, tmp = open_host_root(args.host_root)
     try:
-        facts, findings = Engine(root).analyse(domain)
+        found, errors = load_domains(args, root)
+        if not found:
+            src, msg = errors[0] if errors else (args.domain or args.xml, "not found")
+            raise UsageError(f"{src}: {msg}")
+        facts, findings = Engine(root).analyse(found[0].domain)
     finally:
         if tmp is not None:
             tmp.cleanup()
-    doc = guest_irqs_json(facts, findings, frozenset(r.id for r in RULES if r.routing))
+    routing = frozenset(r.id for r in RULES if r.routing)
+    doc = guest_irqs_json(facts, findings, routing)
     if args.format == "json":
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         from vfio_advisor.sinks.text import write_guest_irqs
         write_guest_irqs(doc, sys.stdout)
-    return EXIT_OK
+    return worst_status([f for f in findings if f.rule_id in routing], [])
 
 
 def cmd_explain(args) -> int:
@@ -332,21 +360,22 @@ def cmd_snapshot(args) -> int:
 
     root, tmp = open_host_root(args.host_root)
     try:
-        domains, errors = _load_domains(args, root)
+        domains, errors = load_domains(args, root)
         for src, msg in errors:
             print(f"vfio-advisor: skipped {src}: {msg}", file=sys.stderr)
         engine = Engine(root, record=True)
-        for domain, _ in domains:
-            engine.gather(domain)  # reading records what the archive must hold
+        for source in domains:
+            engine.gather(source.domain)  # reading records what the archive must hold
         try:
-            count = write_snapshot(args.output, engine.root, [(d.name, xml) for d, xml in domains])
+            count = write_snapshot(args.output, engine.root,
+                                   [(d.domain.name, d.xml) for d in domains])
         except OSError as exc:
             raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
     finally:
         if tmp is not None:
             tmp.cleanup()
     print(f"wrote {args.output}: {count} entries, {len(domains)} domain(s)")
-    return EXIT_OK
+    return EXIT_USAGE if errors else EXIT_OK
 
 
 def cmd_daemon(args) -> int:
@@ -398,7 +427,10 @@ def _cmd_fix(args: argparse.Namespace) -> int:
     return fix_command.run(args)
 
 
-COMMANDS = {"advise": cmd_advise, "guest-irqs": cmd_guest_irqs, "device": cmd_device, "explain": cmd_explain,
-            "rules": cmd_rules, "snapshot": cmd_snapshot, "catalog": cmd_catalog, "daemon": cmd_daemon,
-            "install": cmd_install, "uninstall": cmd_uninstall, "fix": _cmd_fix}
-
+# Subcommand -> its function; a new subcommand adds its parser in
+# build_parser (add_command) and one entry here.
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "advise": cmd_advise, "guest-irqs": cmd_guest_irqs, "device": cmd_device,
+    "explain": cmd_explain, "rules": cmd_rules, "snapshot": cmd_snapshot, "catalog": cmd_catalog,
+    "daemon": cmd_daemon, "install": cmd_install, "uninstall": cmd_uninstall, "fix": _cmd_fix,
+}

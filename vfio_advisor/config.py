@@ -82,6 +82,52 @@ class IgnorePolicy(NamedTuple):
     def ignores_rule(self, rule, domain) -> bool:
         return rule.named_in(self.names_for(domain))
 
+    def unknown_in_metadata(self, domain) -> list[str]:
+        """One line per rule the domain's own <metadata> ignores that no rule
+        answers to. Said as a warning by each command, never an error: the
+        domain XML is the user's, and it must not stop advice or a VM start."""
+        if domain is None:
+            return []
+        return [f"{domain.name}: <metadata> ignore: {line}; it silences nothing"
+                for line in unknown_rule_names(domain.ignored_rules)]
+
+
+def unknown_rule_names(names) -> list[str]:
+    """One line per name in `names` that is no rule's ID or slug, naming the
+    nearest one that is (difflib). Names match exactly, as Rule.named_in
+    compares them: an ID in lower case silences nothing, so it is unknown
+    too (and its nearest is the ID in upper case). Retired IDs stay accepted: a config that was valid
+    before an upgrade must not stop the daemon after it."""
+    if not names:
+        return []
+    from vfio_advisor.rules import RETIRED, RULES  # noqa: PLC0415 - the hook pays only with a config
+
+    known = {r.id: f"{r.id} ({r.slug})" for r in RULES}
+    known.update({r.slug: f"{r.slug} ({r.id})" for r in RULES})
+    unknown = sorted(n for n in names if n not in known and n not in RETIRED)
+    if not unknown:
+        return []
+    import difflib  # noqa: PLC0415 - only for a name that is wrong
+
+    folded = {k.lower(): k for k in known}
+    lines = []
+    for name in unknown:
+        # cutoff 0.4, below difflib's 0.6: "VA9999" is only 0.5 like VA9002,
+        # and still means a VA9xxx ID.
+        nearest = difflib.get_close_matches(name.lower(), folded, n=1, cutoff=0.4)
+        lines.append(f'unknown rule "{name}", nearest: {known[folded[nearest[0]]]}' if nearest
+                     else f'unknown rule "{name}" (`vfio-advisor rules` lists them)')
+    return lines
+
+
+def config_rule_problems(cfg: Config) -> list[str]:
+    """unknown_rule_names() over [daemon] disabled_rules and every
+    [domains.NAME] ignore, each line saying where."""
+    lines = [f"[daemon] disabled_rules: {line}" for line in unknown_rule_names(cfg.disabled)]
+    for name in sorted(cfg.ignores):
+        lines += [f"[domains.{name}] ignore: {line}" for line in unknown_rule_names(cfg.ignores[name])]
+    return lines
+
 
 def _read(path: str, missing_ok: bool = False) -> dict:
     import tomllib  # noqa: PLC0415 - the hook pays for it only when a config exists
@@ -109,8 +155,10 @@ def _rule_list(value: Any, where: str) -> frozenset[str]:
     return frozenset(value)
 
 
-def parse_config(doc: dict, path: str = "config") -> Config:
-    """Validate a parsed TOML document. Raises UsageError with one line."""
+def parse_config(doc: dict, path: str = "config", strict: bool = True) -> Config:
+    """Validate a parsed TOML document. Raises UsageError with one line.
+    strict=False lets rule names that no rule answers to through (the hook
+    reports them with config_rule_problems() and keeps the rest)."""
     values: dict[str, Any] = dict(DEFAULTS._asdict())
     sections = {}
     for name in ("daemon", "hook"):
@@ -144,7 +192,11 @@ def parse_config(doc: dict, path: str = "config") -> Config:
         ignore = table.get("ignore", []) if isinstance(table, dict) else None
         ignores[name] = _rule_list(ignore, f"config file {path}: [domains.{name}] ignore")
     values["ignores"] = ignores
-    return validate(Config(**values))
+    cfg = validate(Config(**values))
+    problems = config_rule_problems(cfg) if strict else []
+    if problems:
+        raise UsageError(f"config file {path}: " + "; ".join(problems))
+    return cfg
 
 
 def validate(cfg: Config) -> Config:
@@ -159,11 +211,11 @@ def validate(cfg: Config) -> Config:
 
 
 def load_config(path: str | None = DEFAULT_CONFIG_PATH, overrides: dict | None = None,
-                missing_ok: bool = False) -> Config:
+                missing_ok: bool = False, strict: bool = True) -> Config:
     """The file (a missing default file is the defaults; a missing file named
     on purpose is an error unless `missing_ok`), then the non-None
-    `overrides` on top."""
-    cfg = parse_config(_read(path, missing_ok), path) if path else DEFAULTS
+    `overrides` on top. strict: as parse_config."""
+    cfg = parse_config(_read(path, missing_ok), path, strict) if path else DEFAULTS
     extra = {k: v for k, v in (overrides or {}).items() if v is not None}
     return validate(cfg._replace(**extra)) if extra else cfg
 
@@ -181,6 +233,11 @@ def _toml(value) -> str:
 def render_config_file(cfg: Config = DEFAULTS) -> str:
     """The commented config file `install` writes, from the defaults."""
     v = {k: _toml(x) for k, x in cfg._asdict().items() if not isinstance(x, dict)}
+    # The examples name real rules, found by slug: rule IDs are spelt in rules/ only.
+    from vfio_advisor.rules import lookup  # noqa: PLC0415 - only install renders the file
+
+    affinity_overlap = lookup("vfio-irq-affinity-overlap").id
+    exclusive_line = lookup("exclusive-intx-line-required").id
     return f"""\
 # vfio-advisor configuration (TOML). The daemon rereads it on SIGHUP
 # (systemctl reload vfio-advisor); command-line flags win over it.
@@ -202,12 +259,12 @@ disabled_rules = {v['disabled']}
 
 # Per-domain ignores (also possible in the domain's own <metadata>):
 # [domains.win11]
-# ignore = ["VA6007"]
+# ignore = ["{affinity_overlap}"]
 
 [hook]
 # Stop analysing after this many seconds; the VM start goes on regardless.
 timeout = {v['hook_timeout']}
-# true: refuse to start a domain with error-level findings (such as VA2002,
+# true: refuse to start a domain with error-level findings (such as {exclusive_line},
 # a device that will fail with "Device or resource busy"). Off by default:
 # the hook only advises.
 block_on_error = {v['hook_block_on_error']}

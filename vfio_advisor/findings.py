@@ -45,6 +45,11 @@ class Finding(NamedTuple):
     slug: str
     title: str
     message_id: str  # journald MESSAGE_ID, 32 hex digits
+    # The sentence that points at the tool that computes this finding's fix
+    # (the rule's `fix`), with its leading space: every sink shows
+    # `remedy + fix_pointer`, so `remedy` itself stays plain prose. Empty for
+    # rules without a fix, and where the fix's outcome replaced it (advise).
+    fix_pointer: str = ""
 
     def sort_key(self) -> tuple:
         return (-int(self.severity), self.rule_id, self.domain or "", self.subject or "")

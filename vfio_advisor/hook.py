@@ -36,15 +36,18 @@ def _on_alarm(signum, frame):
 
 def load_config(path: str):
     """(config, problem line): a bad config is reported and the defaults
-    used, because the hook must never fail a VM start over it."""
-    from vfio_advisor.config import DEFAULTS, load_config as load  # noqa: PLC0415
+    used, because the hook must never fail a VM start over it. A rule name
+    no rule answers to is reported too, and the rest of the file holds."""
+    from vfio_advisor.config import DEFAULTS, config_rule_problems, load_config as load  # noqa: PLC0415
     from vfio_advisor.errors import UsageError  # noqa: PLC0415
 
     try:
         # install names the file; until the admin writes it, the defaults hold.
-        return load(path, missing_ok=True), None
+        cfg = load(path, missing_ok=True, strict=False)
     except UsageError as exc:
-        return DEFAULTS, str(exc)
+        return DEFAULTS, f"config ignored: {exc}"
+    problems = config_rule_problems(cfg)
+    return cfg, (f"config file {path}: " + "; ".join(problems)) if problems else None
 
 
 def _read_stdin() -> bytes:
@@ -79,7 +82,7 @@ def run(argv: list[str], config_path: str | None = None) -> int:
         # Armed inside the try, so the alarm cannot land outside the handler.
         signal.setitimer(signal.ITIMER_REAL, float(timeout))
         if cfg_problem:
-            findings.append(internal_error(name, f"config ignored: {cfg_problem}"))
+            findings.append(internal_error(name, cfg_problem))
         data = _read_stdin()
         if len(data) > MAX_STDIN:
             raise ValueError(f"stdin holds more than {MAX_STDIN} bytes; not a domain XML")
@@ -92,6 +95,7 @@ def run(argv: list[str], config_path: str | None = None) -> int:
         except DomainXMLError as exc:
             raise ValueError(f"stdin is not a usable domain XML: {exc}") from None
         devices = len(domain.hostdevs)
+        findings.extend(internal_error(domain.name, line) for line in cfg.policy.unknown_in_metadata(domain))
         # Every domain: guest routing rules (VA5xxx) apply to emulated devices too.
         # The config's disabled_rules and [domains.NAME] ignore apply here as
         # in advise and the daemon (config.IgnorePolicy).

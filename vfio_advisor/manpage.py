@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-# The two core imports, in one place, so a move of either is one edit.
 from vfio_advisor import __version__
 from vfio_advisor.cli import build_parser
+from vfio_advisor.exitstatus import EXIT_STATUS
+from vfio_advisor.rules import RULES
 
 
 def _rules():
-    from vfio_advisor.rules import RULES
-
     return RULES
 
 
@@ -100,9 +99,8 @@ def render() -> str:
         ".TP", "\\fB\\-\\-version\\fR", "Print the version and exit.",
         ".TP", "\\fB\\-h\\fR, \\fB\\-\\-help\\fR", "Print a usage summary (after a command: of that command).",
         ".SH EXIT STATUS",
-        ".TP", "0", roff("advise: no finding of warning or worse; other commands: success."),
-        ".TP", "1", roff("advise: at least one finding of warning or worse."),
-        ".TP", "2", roff("A usage error, XML that cannot be a domain, or a failed libvirt connection."),
+        *[line for code, commands, meaning in EXIT_STATUS
+          for line in (".TP", f"{code} ({roff(commands)})", roff(meaning))],
         ".SH FILES",
         ".TP", "\\fI/etc/vfio\\-advisor/config.toml\\fR",
         roff("Configuration of the daemon ([daemon]: interval, settle, storm_rate, storm_samples, "

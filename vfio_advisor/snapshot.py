@@ -6,13 +6,26 @@ from __future__ import annotations
 
 import io
 import os
-import platform
 import tarfile
 import time
 from pathlib import Path
 
 from vfio_advisor import __version__
+from vfio_advisor.errors import FactUnavailable
 from vfio_advisor.facts.host import HostRoot
+from vfio_advisor.sources import SNAPSHOT_NOTE
+
+# The kernel's release as it reports it (procfs, kernel/sysctl.c "osrelease").
+KERNEL_RELEASE = "proc/sys/kernel/osrelease"
+
+
+def tree_kernel(host: HostRoot) -> str:
+    """The release of the kernel whose tree `host` reads: the running one
+    for /, the recorded one for a --host-root tree, not this machine's."""
+    try:
+        return host.read_value(KERNEL_RELEASE) or "unknown (empty)"
+    except FactUnavailable as exc:
+        return f"unknown ({exc})"
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
@@ -52,6 +65,7 @@ def write_snapshot(out_path: str, host: HostRoot, domains: list[tuple[str, str]]
     if host.recorded is None:
         raise RuntimeError("programming error: snapshot needs a recording HostRoot")
     root = Path(host.root)
+    kernel = tree_kernel(host)  # read first: the archive keeps the file it came from
     count = 0
     entries: set[str] = set()
     for rel in host.recorded:
@@ -94,11 +108,11 @@ def write_snapshot(out_path: str, host: HostRoot, domains: list[tuple[str, str]]
             safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in name) or "domain"
             _add_bytes(tar, f"domains/{safe}.xml", xml.encode("utf-8"), 0o600)
             count += 1
-        _add_bytes(tar, "SNAPSHOT.txt", (
+        _add_bytes(tar, SNAPSHOT_NOTE, (
             f"vfio-advisor {__version__} snapshot\n"
             f"taken: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n"
             f"host root: {root}\n"
-            f"kernel: {platform.release()}\n"
+            f"kernel: {kernel}\n"
             f"as root: {os.geteuid() == 0}\n"
             "replay: vfio-advisor advise --host-root THIS.tar.gz\n").encode())
     return count

@@ -13,6 +13,7 @@ import tarfile
 import tempfile
 import zlib
 from pathlib import Path
+from typing import NamedTuple
 
 from vfio_advisor.errors import ConnectionFailed, DomainXMLError, UsageError
 from vfio_advisor.facts.domain import Domain, parse_domain_xml
@@ -23,8 +24,39 @@ DEFAULT_URI = "qemu:///system"
 MAX_XML_BYTES = 10 << 20
 
 
-def read_domain_file(path: str) -> tuple[Domain, str]:
-    """(Domain, its XML text). Raises DomainXMLError / UsageError with one line."""
+class DomainSource(NamedTuple):
+    """One domain as loaded, and where from."""
+
+    domain: Domain
+    xml: str  # the text analysed; from libvirt with inactive=True, the persistent config
+    label: str  # "file:PATH", "snapshot:domains/NAME.xml", or the libvirt domain name
+    persistent: bool = True
+    state: str = "file"  # a file's, or libvirt's state name (STATE_NAMES)
+
+    @property
+    def from_file(self) -> bool:
+        """An XML file (given, or a snapshot's), not a libvirt domain."""
+        return self.label.startswith(("file:", "snapshot:"))
+
+
+class Loaded(NamedTuple):
+    """The domains that loaded, and one (input, one-line reason) per input
+    that did not: a file that cannot be read or is no domain, a name
+    libvirt or the snapshot does not know."""
+
+    domains: list[DomainSource]
+    errors: list[tuple[str, str]]
+
+
+# virDomainState (libvirt include/libvirt/libvirt-domain.h), as virsh names them.
+STATE_NAMES = {0: "no state", 1: "running", 2: "blocked", 3: "paused", 4: "shutting down",
+               5: "shut off", 6: "crashed", 7: "suspended (pmsuspended)"}
+
+
+def read_domain_file(path: str, exact_text: bool = False) -> tuple[Domain, str]:
+    """(Domain, its XML text). Raises DomainXMLError / UsageError with one line.
+    `exact_text`: the text is to be edited (fix), so it must be UTF-8 as it
+    is; otherwise undecodable bytes only need to be shown."""
     try:
         size = os.path.getsize(path)
         if size > MAX_XML_BYTES:
@@ -33,7 +65,62 @@ def read_domain_file(path: str) -> tuple[Domain, str]:
             data = f.read()
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return parse_domain_xml(data), data.decode("utf-8", "replace")
+    domain = parse_domain_xml(data)
+    if not exact_text:
+        return domain, data.decode("utf-8", "replace")
+    try:
+        return domain, data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DomainXMLError("not UTF-8 text") from None
+
+
+def load_domains(files: list[str], names: list[str], uri: str | None = None,
+                 host_root_dir: str | None = None, *, inactive: bool = False,
+                 conn=None) -> Loaded:
+    """The one loader of domains for every command: the XML `files`; or,
+    with neither files nor `uri`, the domains a snapshot holds when
+    `host_root_dir` is one (a snapshot replays its own domains); or libvirt
+    at `uri` (default qemu:///system; `conn`: an open connection instead).
+    `names` selects among them (default: every domain with a PCI hostdev
+    from libvirt, every file). `inactive`: libvirt's persistent config rather
+    than the live XML, with exact text (what `fix` edits)."""
+    if files and (uri or conn is not None):
+        raise UsageError("use either --xml or --connect, not both")
+    where = "in the XML files given"
+    in_snapshot = False
+    if not files and not uri and conn is None and host_root_dir is not None:
+        files = snapshot_domains(host_root_dir)
+        where = "in the host tree's domains/"
+        in_snapshot = bool(files)
+        if is_snapshot_tree(host_root_dir):
+            where = "in the snapshot"
+            if not files:
+                # A snapshot replays its own domains, never the libvirt of
+                # the machine that replays it.
+                return Loaded([], [(name, f"no such domain {where}") for name in names])
+    if files:
+        loaded: list[DomainSource] = []
+        errors: list[tuple[str, str]] = []
+        for path in files:
+            # A snapshot's domains are named inside it: its unpacked
+            # location is a temporary directory, gone after the run.
+            shown = os.path.relpath(path, host_root_dir) if in_snapshot else path
+            try:
+                domain, xml = read_domain_file(path, exact_text=inactive)
+            except DomainXMLError as exc:
+                errors.append((shown, str(exc)))
+                continue
+            except UsageError as exc:
+                errors.append((shown, str(exc).replace(f"cannot read {path}: ", "cannot read it: ", 1)))
+                continue
+            loaded.append(DomainSource(domain, xml, f"snapshot:{shown}" if in_snapshot else f"file:{path}"))
+        if names:
+            known = {d.domain.name for d in loaded}
+            errors += [(name, f"no such domain {where}")
+                       for name in names if name not in known]
+            loaded = [d for d in loaded if d.domain.name in set(names)]
+        return Loaded(loaded, errors)
+    return domains_from_libvirt(uri or DEFAULT_URI, names, inactive=inactive, conn=conn)
 
 
 @contextlib.contextmanager
@@ -55,23 +142,32 @@ def _quiet_stderr():
         os.close(saved)
 
 
-def domains_from_libvirt(uri: str, names: list[str]) -> tuple[list[tuple[Domain, str]], list[tuple[str, str]]]:
-    """Domains over a read-only connection: the named ones, or every domain
-    with a PCI hostdev. Returns (domains, errors)."""
+def libvirt_module():
     try:
         import libvirt  # noqa: PLC0415 - lazy on purpose, see module docstring
     except ImportError:
         raise ConnectionFailed("libvirt-python is not installed") from None
     # Silence libvirt's default handler, which prints every error to stderr.
     libvirt.registerErrorHandler(lambda *_: None, None)
-    try:
-        with _quiet_stderr():
-            conn = libvirt.openReadOnly(uri)
-    except libvirt.libvirtError as exc:
-        raise ConnectionFailed(f"cannot connect to {uri}: {exc.get_error_message()}") from None
-    if conn is None:
-        raise ConnectionFailed(f"cannot connect to {uri}")
-    out: list[tuple[Domain, str]] = []
+    return libvirt
+
+
+def domains_from_libvirt(uri: str, names: list[str], *, inactive: bool = False,
+                         conn=None) -> Loaded:
+    """Domains over a read-only connection (or `conn`): the named ones, or
+    every domain with a PCI hostdev. `inactive`: the persistent config of a
+    persistent domain (VIR_DOMAIN_XML_INACTIVE), the live XML otherwise."""
+    libvirt = libvirt_module()
+    own = conn is None
+    if own:
+        try:
+            with _quiet_stderr():
+                conn = libvirt.openReadOnly(uri)
+        except libvirt.libvirtError as exc:
+            raise ConnectionFailed(f"cannot connect to {uri}: {exc.get_error_message()}") from None
+        if conn is None:
+            raise ConnectionFailed(f"cannot connect to {uri}")
+    out: list[DomainSource] = []
     errors: list[tuple[str, str]] = []
     try:
         if names:
@@ -85,8 +181,13 @@ def domains_from_libvirt(uri: str, names: list[str]) -> tuple[list[tuple[Domain,
             handles = conn.listAllDomains(0)
         for dom in handles:
             try:
-                # Running domains give their live XML, with the addresses libvirt assigned.
-                xml = dom.XMLDesc(0)
+                persistent = bool(dom.isPersistent())
+                # Running domains give their live XML, with the addresses
+                # libvirt assigned; `fix` changes the persistent config, which
+                # a transient domain does not have.
+                flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive and persistent else 0
+                xml = dom.XMLDesc(flags)
+                state = STATE_NAMES.get(dom.state()[0], "unknown")
             except libvirt.libvirtError as exc:
                 # Domain gone between list and read.
                 errors.append((dom.name(), exc.get_error_message()))
@@ -97,11 +198,12 @@ def domains_from_libvirt(uri: str, names: list[str]) -> tuple[list[tuple[Domain,
                 errors.append((dom.name(), str(exc)))
                 continue
             if names or domain.hostdevs:
-                out.append((domain, xml))
+                out.append(DomainSource(domain, xml, dom.name(), persistent, state))
     finally:
-        conn.close()
-    out.sort(key=lambda d: d[0].name)
-    return out, errors
+        if own:
+            conn.close()
+    out.sort(key=lambda d: d.domain.name)
+    return Loaded(out, errors)
 
 
 # A snapshot is untrusted input (it comes with a bug report). Bounds on it:
@@ -447,3 +549,13 @@ def snapshot_domains(root: str) -> list[str]:
     """Domain XMLs stored in a snapshot (domains/*.xml), if any."""
     d = Path(root) / "domains"
     return sorted(str(p) for p in d.glob("*.xml")) if d.is_dir() else []
+
+
+def is_snapshot_tree(root: str) -> bool:
+    """Is this host tree a snapshot (SNAPSHOT.txt at its top, snapshot.py)?
+    Its domains are the ones it holds: a name it lacks is not looked up in
+    the libvirt of the machine replaying it."""
+    return os.path.isfile(os.path.join(root, SNAPSHOT_NOTE))
+
+
+SNAPSHOT_NOTE = "SNAPSHOT.txt"

@@ -22,6 +22,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(REPO))
 
+from vfio_advisor.facts.pci_config import parse_config_space  # noqa: E402
 from vfio_advisor.testing.hosttree import (  # noqa: E402
     Device,
     Host,
@@ -76,6 +77,37 @@ def interrupts() -> str:
     return edit_interrupts(text, rows)
 
 
+# The live-state bits of a config space belong to the moment it was dumped:
+# the Navi 23 audio under snd_hda_intel (MSI Enable+, INTx Disable+), the
+# Samsung NVMe with no driver (MSI-X Enable-). The demo shows other moments,
+# so these bits are set to what the kernel would show in them (Linux 6.1):
+# vfio-pci on INTx has MSI off, and INTx Disable clear while the line is not
+# masked (vfio_pci_intx_unmask); MSI-X on sets MSI-X Enable, and the PCI core
+# sets INTx Disable with it (drivers/pci/msi/msi.c pci_intx_for_msi).
+# vfio_advisor/facts/consistency.py checks that the tree agrees with itself.
+PCI_COMMAND, INTX_DISABLE = 0x04, 0x400
+
+
+def _on_intx(config: bytes) -> bytes:
+    data = bytearray(config)
+    msi = parse_config_space(config).msi
+    control = int.from_bytes(data[msi.offset + 2:msi.offset + 4], "little") & ~0x1  # MSI Enable
+    data[msi.offset + 2:msi.offset + 4] = control.to_bytes(2, "little")
+    command = int.from_bytes(data[PCI_COMMAND:PCI_COMMAND + 2], "little") & ~INTX_DISABLE
+    data[PCI_COMMAND:PCI_COMMAND + 2] = command.to_bytes(2, "little")
+    return bytes(data)
+
+
+def _on_msix(config: bytes) -> bytes:
+    data = bytearray(config)
+    msix = parse_config_space(config).msix
+    control = int.from_bytes(data[msix.offset + 2:msix.offset + 4], "little") | 0x8000
+    data[msix.offset + 2:msix.offset + 4] = control.to_bytes(2, "little")
+    command = int.from_bytes(data[PCI_COMMAND:PCI_COMMAND + 2], "little") | INTX_DISABLE
+    data[PCI_COMMAND:PCI_COMMAND + 2] = command.to_bytes(2, "little")
+    return bytes(data)
+
+
 def host() -> Host:
     qd4 = lambda bdf: load_config(QD4, bdf)  # noqa: E731
     devices = [
@@ -95,10 +127,11 @@ def host() -> Host:
         # before 6.2 report for MSI), its HDMI audio on vfio-intx.
         Device(GPU, qd4("05:00.0"), parent="0000:04:00.0", iommu_group=36,
                irq=GPU_MSI, msi_irqs=(GPU_MSI,)),
-        Device(AUDIO, qd4("05:00.1"), parent="0000:04:00.0", iommu_group=36, irq=AUDIO_INTX),
+        Device(AUDIO, _on_intx(qd4("05:00.1")), parent="0000:04:00.0", iommu_group=36,
+               irq=AUDIO_INTX),
 
         # nvme-linux: Samsung PM174X moved from 2e:00.0 to 06:00.0 (empty bus below 00:03.0).
-        Device(NVME, load_config(SAMSUNG, "2e:00.0"), parent="0000:00:03.0", iommu_group=37,
+        Device(NVME, _on_msix(load_config(SAMSUNG, "2e:00.0")), parent="0000:00:03.0", iommu_group=37,
                irq=NVME_INTX, msi_irqs=tuple(NVME_MSIX), msi_irq_mode="msix"),
 
         # oldbox (shut off): conventional PCI behind the PEX8112, one IOMMU group.

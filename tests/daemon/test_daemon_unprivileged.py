@@ -16,31 +16,26 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
+from tests import nobody
 from tests.fleet.exposition import parse
 
 REPO = Path(__file__).resolve().parents[2]
 CAPTURES = REPO / "lab/captures"
-SETPRIV = shutil.which("setpriv")
 DEV = (("bdf", "0000:00:03.0"), ("domain", "lab-edu"))
 
 
 @pytest.fixture
-def world(tmp_path):
+def world():
     if os.geteuid() != 0:
         pytest.skip("needs root to drop to nobody with setpriv")
-    if SETPRIV is None:
-        pytest.skip("setpriv not installed (Debian package util-linux)")
+    nobody.require()
     # pytest's tmp_path is under a 0700 directory nobody cannot enter
-    top = Path(tempfile.mkdtemp(prefix="vfio-advisor-nobody-"))
-    try:
-        os.chmod(top, 0o755)
+    with nobody.tree() as top:
         root = top / "root"
         shutil.copytree(CAPTURES / "stays-intx-4", root, symlinks=True)
         xml = (REPO / "tests/data/domains/lab/edu.xml").read_text()
@@ -53,19 +48,17 @@ def world(tmp_path):
             if not path.is_symlink() and path != out:
                 os.chmod(path, 0o755 if path.is_dir() else 0o644)
         yield top
-    finally:
-        shutil.rmtree(top, ignore_errors=True)
 
 
 def run_as_nobody(top: Path, wait_for: str, timeout: float = 20.0) -> tuple[str, dict]:
     metrics = top / "out/m.prom"
-    cmd = [SETPRIV, "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-m",
-           "vfio_advisor", "daemon", "--connect", f"test://{top / 'node.xml'}", "--host-root",
-           str(top / "root"), "--interval", "0.1", "--settle", "0", "--config", str(top / "config.toml"),
-           "--state-dir", str(top / "out/state"), "--metrics-file", str(metrics)]
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(top / "out"), "PYTHONPATH": str(REPO), "LC_ALL": "C.UTF-8"}
-    proc = subprocess.Popen(cmd, env=env, cwd=str(top), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    cmd = nobody.command(
+        nobody.python(), "-m", "vfio_advisor", "daemon", "--connect", f"test://{top / 'node.xml'}",
+        "--host-root", str(top / "root"), "--interval", "0.1", "--settle", "0",
+        "--config", str(top / "config.toml"), "--state-dir", str(top / "out/state"),
+        "--metrics-file", str(metrics))
+    proc = subprocess.Popen(cmd, env=nobody.env(HOME=str(top / "out")), cwd=str(top),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     series = {}
     try:
         end = time.monotonic() + timeout

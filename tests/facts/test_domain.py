@@ -589,3 +589,72 @@ def test_leading_zero_address_is_octal_like_libvirt():
     xml = _domain("<hostdev mode='subsystem' type='pci'><source>"
                   "<address domain='0' bus='010' slot='0' function='0'/></source></hostdev>")
     assert parse_domain_xml(xml).hostdevs[0].source.bus == 8
+
+
+# --- one model for reading and editing ----------------------------------------------
+
+FIX_DATA = CORPUS.parent / "fix"
+
+
+@pytest.mark.parametrize("path", ALL_XML[::7] + sorted(FIX_DATA.glob("*.xml")), ids=lambda p: p.name)
+def test_the_edited_tree_reads_as_the_text_does(path):
+    """fix reads the tree it edits (comments kept) with domain_from_element:
+    the same Domain as parsing the text, for every domain the parser takes."""
+    from vfio_advisor.facts.domain import domain_from_element, parse_tree
+
+    data = path.read_bytes()
+    try:
+        expected = parse_domain_xml(data)
+    except DomainXMLError:
+        return
+    tree = parse_tree(data)
+    assert domain_from_element(tree) == expected
+
+
+def test_the_tree_keeps_comments_and_source_lines():
+    from vfio_advisor.facts.domain import XPATH, parse_tree, pci_hostdev_elements, serialize
+
+    text = (FIX_DATA / "q35-two-intx.xml").read_text()
+    lines = text.splitlines()
+    tree = parse_tree(text.replace("<devices>", "<devices>\n    <!-- the user's note -->", 1))
+    assert "<!-- the user's note -->" in serialize(tree)
+    for el in pci_hostdev_elements(tree) + tree.xpath(XPATH["pci_controllers"]):
+        # One line was added above the devices: each element's line is one later.
+        assert lines[el.sourceline - 2].lstrip().startswith(f"<{el.tag}"), el.sourceline
+    # fix's edits work on copies that keep each element's line, and a new
+    # element has none: a byte-preserving writer can tell old from new.
+    from vfio_advisor.fix.xmledit import Op, apply_ops
+
+    edited = apply_ops(tree, [Op("ensure-ioapic", value="kvm")])
+    assert ([el.sourceline for el in pci_hostdev_elements(edited)]
+            == [el.sourceline for el in pci_hostdev_elements(tree)])
+    assert edited.find("features/ioapic").sourceline is None
+
+
+def test_fix_reads_and_edits_through_this_model():
+    """One parser, one address reader, one _int: fix/ has none of its own."""
+    from vfio_advisor.facts import domain
+    from vfio_advisor.fix import planner, xmledit
+
+    assert not hasattr(xmledit, "_int") and not hasattr(xmledit, "parse_tree")
+    assert xmledit.address_of is domain.address_of and planner.parse_tree is domain.parse_tree
+
+
+def test_router_reads_the_tree_without_serialising_it(monkeypatch):
+    """The planner asks for the routing of each trial layout many times: it
+    reads the tree itself, never a text copy of it (lxml's tostring is made
+    to fail while it reads)."""
+    from lxml import etree
+
+    from vfio_advisor.facts.domain import parse_tree
+    from vfio_advisor.fix.planner import Router
+
+    text = (FIX_DATA / "q35-two-intx.xml").read_text()
+    tree = parse_tree(text)
+    router = Router.__new__(Router)  # no host facts are needed to read a domain
+
+    def refuse(*_, **__):
+        raise AssertionError("the tree was serialised")
+
+    monkeypatch.setattr(etree, "tostring", refuse)
+    assert router.domain(tree) == parse_domain_xml(text)

@@ -85,6 +85,44 @@ def check_config(data: bytes) -> None:
         assert 1 <= cfg.msix.table_size <= 2048
     assert all(isinstance(p, str) and "\n" not in p for p in cfg.problems)
     assert cfg.supports_msi in (True, False, UNKNOWN)
+    check_capability_list_complete_or_unreadable(data, cfg)
+
+
+def complete_walk(data: bytes) -> list[tuple[int, int]] | None:
+    """An independent oracle: the (id, offset) list when the standard
+    capability list can be walked to its end inside the standard 256 bytes
+    (or the unprivileged 64, CardBus 128, which sysfs returns too), else None. PCI 3.0 6.7:
+    pointers are dword aligned, at 0x40 or above."""
+    cardbus = data[0x0E] & 0x7F == 2
+    # 256 bytes or more hold the whole standard space (a cut beyond it
+    # leaves only the extended list unknown).
+    if len(data) < 256 and len(data) != (128 if cardbus else 64):
+        return None
+    pointer = data[0x14 if cardbus else 0x34] & 0xFC
+    seen: list[tuple[int, int]] = []
+    while pointer:
+        if pointer < 0x40 or pointer + 4 > len(data) or pointer in {o for _, o in seen}:
+            return None
+        seen.append((data[pointer], pointer))
+        pointer = data[pointer + 1] & 0xFC
+    return seen
+
+
+def check_capability_list_complete_or_unreadable(data: bytes, cfg) -> None:
+    """Any list that is not complete is reported as unreadable, with a reason;
+    a list reported as read is the whole list."""
+    if not cfg.has_capability_list:
+        assert cfg.capabilities == () and cfg.capabilities_problem is None
+        return
+    walk = complete_walk(data)
+    if walk is None:
+        assert cfg.capabilities is UNKNOWN, [(c.id, hex(c.offset)) for c in cfg.capabilities]
+        assert cfg.msi is UNKNOWN and cfg.msix is UNKNOWN and cfg.supports_msi is UNKNOWN
+        assert isinstance(cfg.capabilities_problem, str) and cfg.capabilities_problem
+        assert "\n" not in cfg.capabilities_problem
+    else:
+        assert cfg.capabilities_problem is None
+        assert [(c.id, c.offset) for c in cfg.capabilities] == walk
 
 
 @FUZZ
@@ -109,6 +147,32 @@ def test_config_space_mutated_real(data):
         limit = data.draw(st.sampled_from([0x40, 0x100, len(base)]))
         base[data.draw(st.integers(0, min(limit, len(base)) - 1))] = data.draw(st.integers(0, 255))
     cut = data.draw(st.sampled_from([len(base), 64, 256, data.draw(st.integers(64, len(base)))]))
+    check_config(bytes(base[:cut]))
+
+
+@FUZZ
+@given(st.data())
+def test_config_space_damaged_lists(data):
+    """Truncations, loops and bad pointers in real capability lists: no
+    exception, and a list that is not whole is never offered as the list."""
+    base = bytearray(data.draw(st.sampled_from(configs())))
+    if len(base) < 256 or not base[0x06] & 0x10:
+        base = bytearray(data.draw(st.sampled_from(
+            [c for c in configs() if len(c) >= 256 and c[0x06] & 0x10])))
+    offsets, pointer = [], base[0x34] & 0xFC
+    while 0x40 <= pointer and pointer not in offsets and len(offsets) < 48:
+        offsets.append(pointer)
+        pointer = base[pointer + 1] & 0xFC
+    for _ in range(data.draw(st.integers(0, 3))):
+        kind = data.draw(st.sampled_from(["loop", "into-header", "wild", "first"]))
+        at = data.draw(st.sampled_from(offsets)) if offsets else 0x34
+        target = {"loop": lambda: data.draw(st.sampled_from(offsets or [0x40])),
+                  "into-header": lambda: data.draw(st.integers(1, 0x3F)),
+                  "wild": lambda: data.draw(st.integers(0, 255)),
+                  "first": lambda: data.draw(st.integers(0, 255))}[kind]()
+        base[0x34 if kind == "first" else at + 1] = target
+    cut = data.draw(st.sampled_from([len(base), 256, 255, 64, 128,
+                                     data.draw(st.integers(64, len(base)))]))
     check_config(bytes(base[:cut]))
 
 

@@ -180,7 +180,8 @@ def test_libvirt_test_xmls_map_without_error(name):
     out = subprocess.run([sys.executable, "-m", "vfio_advisor", "guest-irqs", "--xml", str(path),
                           "--format", "json"], capture_output=True, text=True,
                          env=dict(os.environ, NO_COLOR="1"))
-    assert out.returncode == 0, out.stderr
+    # 1: a routing finding of warning or worse (the exit table); 2 would be an error.
+    assert out.returncode in (0, 1) and out.stderr == "", out.stderr
     doc = json.loads(out.stdout)
     assert doc["schema"] == "vfio-advisor/guest-irqs/1"
     assert doc["functions"]

@@ -15,6 +15,7 @@ from vfio_advisor.facts.host import HostRoot
 from vfio_advisor.facts.kernel import (
     KernelFacts,
     parse_cmdline,
+    parse_kernel_release,
     parse_cpulist,
     read_kernel_facts,
 )
@@ -295,3 +296,22 @@ def test_host_root_refuses_symlink_outside_root(tmp_path):
     os.symlink("../../outside", tmp_path / "root/sys/escape")
     with pytest.raises(FactUnavailable, match="outside the host root"):
         HostRoot(tmp_path / "root").resolve("sys/escape")
+
+
+@pytest.mark.parametrize("text,release", [
+    ("6.1.0-37-amd64\n", (6, 1)),            # Debian 12
+    ("6.12.12+bpo-amd64\n", (6, 12)),        # Debian 12 backports
+    ("6.14.0-rc4-1.2-mainline-dirty", (6, 14)),
+    ("5.15.0-velinux", (5, 15)),
+    ("", None), ("garbage", None), ("6", None),
+])
+def test_parse_kernel_release(text, release):
+    assert parse_kernel_release(text) == release
+
+
+def test_kernel_facts_carry_the_trees_release(tmp_path):
+    (tmp_path / "proc/sys/kernel").mkdir(parents=True)
+    (tmp_path / "proc/sys/kernel/osrelease").write_text("6.12.12+bpo-amd64\n")
+    assert read_kernel_facts(HostRoot(tmp_path)).release == (6, 12)
+    (tmp_path / "proc/sys/kernel/osrelease").unlink()
+    assert read_kernel_facts(HostRoot(tmp_path)).release is None

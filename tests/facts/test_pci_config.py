@@ -62,9 +62,10 @@ def test_every_dump_decodes(path):
         # Full dumps: every fact is read (None or a value), never UNKNOWN.
         for field in ("capabilities", "msi", "msix", "pcie", "pm"):
             assert getattr(cfg, field) is not UNKNOWN, (bdf, field)
-        if len(data) >= 4096 or cfg.pcie is None:
-            assert cfg.extended is not UNKNOWN, bdf
+        assert cfg.capabilities_problem is None, (bdf, cfg.capabilities_problem)
         if path.name != "broken-ecaps.txt":
+            if len(data) >= 4096 or cfg.pcie is None:
+                assert cfg.extended is not UNKNOWN, bdf
             assert cfg.problems == (), (bdf, cfg.problems)
         if not cfg.has_capability_list:
             assert cfg.capabilities == (), bdf
@@ -219,7 +220,10 @@ def test_broken_ecaps_reports_loop():
     cfg = parse_config_space(devices["0000:00:00.0"])
     assert cfg.length == 4096
     assert any("loops" in p for p in cfg.problems), cfg.problems
-    assert isinstance(cfg.extended, tuple) and len(cfg.extended) <= 960
+    # The part before the loop is not offered as the list.
+    assert cfg.extended is UNKNOWN and "loops" in cfg.extended_problem
+    # The standard list is intact and stays known.
+    assert cfg.capabilities_problem is None and cfg.pcie is not UNKNOWN
 
 
 # --- truncation -----------------------------------------------------------
@@ -276,11 +280,30 @@ def test_cut_inside_the_capability_list():
     cfg = parse_config_space(full[:0x6A])
     assert cfg.capabilities is UNKNOWN and cfg.msi is UNKNOWN
     assert cfg.truncated
+    assert cfg.capabilities_problem == "config space truncated at 106 bytes"
+    assert cfg.damaged and not cfg.unprivileged_read
+
+
+def test_cut_to_64_bytes_is_named_unprivileged_not_damaged():
+    cfg = parse_config_space(dump(H310)["0000:01:00.0"][:64])
+    assert cfg.capabilities_problem.startswith("only the first 64 bytes are readable without "
+                                               "CAP_SYS_ADMIN")
+    assert cfg.unprivileged_read and not cfg.damaged
+
+
+def test_cut_at_255_bytes_is_unknown_although_the_walk_ends_inside():
+    """The walk of the Navi 23 audio ends at 0xa0, well inside 255 bytes, but
+    no sysfs read stops at 255: the file is damaged, the list not trusted."""
+    full = dump(QD4)["0000:05:00.1"]
+    assert parse_config_space(full[:256]).msi.offset == 0xA0
+    cfg = parse_config_space(full[:255])
+    assert cfg.capabilities is UNKNOWN and cfg.msi is UNKNOWN and cfg.supports_msi is UNKNOWN
+    assert cfg.capabilities_problem == "config space truncated at 255 bytes"
 
 
 @pytest.mark.parametrize("length", [0, 1, 16, 63])
 def test_fewer_than_64_bytes_raises(length):
-    with pytest.raises(ConfigSpaceError, match="at least 64"):
+    with pytest.raises(ConfigSpaceError, match=f"truncated at {length} bytes; at least 64"):
         parse_config_space(dump(H310)["0000:01:00.0"][:length])
 
 
@@ -305,32 +328,47 @@ def test_capability_list_loop():
     data[0x40:0x42] = bytes([0x01, 0x50])  # PM -> 0x50
     data[0x50:0x52] = bytes([0x05, 0x40])  # MSI -> back to 0x40
     cfg = parse_config_space(bytes(data))
-    assert [(c.id, c.offset) for c in cfg.capabilities] == [(0x01, 0x40), (0x05, 0x50)]
     assert cfg.problems == ("capability list loops at 0x40",)
-    assert cfg.msi is not None and cfg.pm is not None
+    # The kernel's walk gives up at a loop too (__pci_find_next_cap_ttl):
+    # nothing from the list is trusted, not even the MSI seen before it.
+    assert cfg.capabilities is UNKNOWN and cfg.msi is UNKNOWN and cfg.pm is UNKNOWN
+    assert cfg.capabilities_problem == "capability list loops at 0x40"
+    assert cfg.damaged
+
+
+def test_loop_before_msi_is_not_msi_absent():
+    """A loop that hides the MSI capability must not read as "MSI: absent"."""
+    data = header(0x40)
+    data[0x40:0x42] = bytes([0x01, 0x50])  # PM -> 0x50
+    data[0x50:0x52] = bytes([0x10, 0x40])  # PCIe -> back to 0x40
+    data[0x60:0x62] = bytes([0x05, 0x00])  # MSI, never reached
+    cfg = parse_config_space(bytes(data))
+    assert cfg.msi is UNKNOWN and cfg.supports_msi is UNKNOWN
 
 
 def test_capability_self_loop():
     data = header(0x40)
     data[0x40:0x42] = bytes([0x10, 0x40])
     cfg = parse_config_space(bytes(data))
-    assert len(cfg.capabilities) == 1
-    assert any("loops" in p for p in cfg.problems)
+    assert cfg.capabilities is UNKNOWN and cfg.pcie is UNKNOWN
+    assert cfg.capabilities_problem == "capability list loops at 0x40"
 
 
 def test_capability_pointer_below_0x40():
     cfg = parse_config_space(bytes(header(0x10)))
-    assert cfg.capabilities == ()
-    assert cfg.problems == ("capability pointer 0x10 is outside 0x40-0xfe",)
-    assert cfg.msi is None and cfg.pcie is None
+    assert cfg.capabilities is UNKNOWN
+    assert cfg.problems == ("capability pointer 0x10 points into the header (below 0x40)",)
+    assert cfg.msi is UNKNOWN and cfg.pcie is UNKNOWN
+    assert cfg.capabilities_problem == cfg.problems[0]
 
 
 def test_capability_next_pointer_below_0x40_mid_list():
     data = header(0x40)
     data[0x40:0x42] = bytes([0x01, 0x3C])
     cfg = parse_config_space(bytes(data))
-    assert [c.offset for c in cfg.capabilities] == [0x40]
+    assert cfg.capabilities is UNKNOWN and cfg.pm is UNKNOWN
     assert len(cfg.problems) == 1 and "0x3c" in cfg.problems[0]
+    assert "0x3c points into the header" in cfg.capabilities_problem
 
 
 def test_capability_pointer_at_top_of_space():
@@ -365,13 +403,14 @@ def test_extended_list_problems():
     # AER at 0x100 -> 0x80 (below 0x100)
     data[0x100:0x104] = (0x0001 | (1 << 16) | (0x80 << 20)).to_bytes(4, "little")
     cfg = parse_config_space(bytes(data))
-    assert [(e.name, e.offset) for e in cfg.extended] == [("aer", 0x100)]
-    assert cfg.problems == ("extended capability pointer 0x080 is below 0x100",)
+    assert cfg.extended is UNKNOWN and cfg.pcie.version == 2
+    assert cfg.problems == ("extended capability pointer 0x080 points below 0x100",)
+    assert cfg.extended_problem == cfg.problems[0]
     # AER at 0x100 -> ACS at 0x200 -> back to 0x100
     data[0x100:0x104] = (0x0001 | (1 << 16) | (0x200 << 20)).to_bytes(4, "little")
     data[0x200:0x204] = (0x000D | (1 << 16) | (0x100 << 20)).to_bytes(4, "little")
     cfg = parse_config_space(bytes(data))
-    assert [e.name for e in cfg.extended] == ["aer", "acs"]
+    assert cfg.extended is UNKNOWN
     assert cfg.problems == ("extended capability list loops at 0x100",)
 
 

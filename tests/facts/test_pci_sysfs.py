@@ -212,10 +212,49 @@ def test_config_too_short_to_decode(tmp_path):
                attrs=attrs_from_config(gpu, 126))
     dev = read_pci_device(HostRoot(tmp_path), "0000:01:00.0")
     assert dev.config is None
-    assert any(u.startswith("config: config space has 10 bytes") for u in dev.unreadable)
+    # One fact, naming damage: no sysfs read gives fewer than 64 bytes.
+    assert [u for u in dev.unreadable if "config" in u] == [
+        "capabilities unreadable: config space truncated at 10 bytes"]
+    assert dev.capabilities_unreadable == "config space truncated at 10 bytes"
+    assert dev.capabilities_damaged
     assert dev.vendor_id == 0x10DE  # from the attribute file
     assert dev.supports_msi is UNKNOWN and dev.intx_pin is UNKNOWN
     assert dev.intx_masking().supported is None
+
+
+@pytest.mark.parametrize("length", [0, 10, 40, 106, 255])
+def test_damaged_config_is_one_capabilities_unreadable_fact(tmp_path, length):
+    gpu = config_bytes(H310, "0000:01:00.0")
+    add_device(tmp_path, ["0000:00:01.0", "0000:01:00.0"], config=gpu[:length],
+               attrs=attrs_from_config(gpu, 126), group=1)
+    dev = read_pci_device(HostRoot(tmp_path), "0000:01:00.0")
+    about_config = [u for u in dev.unreadable if "config" in u or "capabilit" in u]
+    assert about_config == [f"capabilities unreadable: config space truncated at {length} bytes"]
+    assert dev.capabilities_damaged
+    assert dev.supports_msi is UNKNOWN
+    # Root would read the same bytes: nothing here may say "run as root".
+    assert not any("root" in u or "CAP_SYS_ADMIN" in u for u in dev.unreadable)
+
+
+def test_looping_capability_list_is_named(tmp_path):
+    gpu = bytearray(config_bytes(H310, "0000:01:00.0"))
+    first = gpu[0x34]
+    gpu[first + 1] = first  # the first capability points at itself
+    add_device(tmp_path, ["0000:00:01.0", "0000:01:00.0"], config=bytes(gpu),
+               attrs=attrs_from_config(bytes(gpu), 126), group=1)
+    dev = read_pci_device(HostRoot(tmp_path), "0000:01:00.0")
+    assert f"capabilities unreadable: capability list loops at {first:#04x}" in dev.unreadable
+    assert dev.supports_msi is UNKNOWN and dev.capabilities_damaged
+    assert dev.intx_masking().supported in (True, None)  # never False from a partial list
+
+
+def test_unprivileged_read_is_not_damage(tmp_path):
+    gpu = config_bytes(H310, "0000:01:00.0")
+    add_device(tmp_path, ["0000:00:01.0", "0000:01:00.0"], config=gpu[:64],
+               attrs=attrs_from_config(gpu, 126), group=1)
+    dev = read_pci_device(HostRoot(tmp_path), "0000:01:00.0")
+    assert not dev.capabilities_damaged
+    assert dev.capabilities_unreadable.startswith("only the first 64 bytes")
 
 
 def test_config_file_missing(tmp_path):

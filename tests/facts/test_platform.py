@@ -73,14 +73,55 @@ def test_published_dmar_caps_pi_bit():
     assert laptop[1].register == 0xd2008c40660462
 
 
-def test_published_amd_features_both_sysfs_formats():
+def test_published_amd_features_all_sysfs_formats():
     epyc = read_iommu_units(tree("posted-amd-epyc-server"))[0]
     b550 = read_iommu_units(tree("posted-amd-b550-desktop"))[0]
+    thinkpad = read_iommu_units(tree("posted-amd-thinkpad-6.14"))[0]
     assert {u.register for u in epyc} == {0xa5bf732fa2295afe}  # 5.15 "%llx"
-    assert all(u.can_post for u in epyc)
-    assert b550[0].register == 0x58f77ef22294a5a  # 6.x "EFR2:EFR"
+    assert all(u.can_post and u.efr2 is None for u in epyc)
+    # 6.14 prints "EFR:EFR2": (0x58f77ef22294a5a, 0x0) in the boot log.
+    assert (b550[0].register, b550[0].efr2) == (0x58f77ef22294a5a, 0)
     assert b550[0].can_post is False  # GA (bit 7) clear although GA_vAPIC is set
-    assert parse_amd_features("10:246577efa2254afa") == (0x246577efa2254afa, 0x10)
+    # (0x206d73ef22254ade, 0x0) in the 6.14 boot log, "Virtual APIC enabled".
+    assert (thinkpad[0].register, thinkpad[0].efr2) == (0x206d73ef22254ade, 0)
+    assert thinkpad[0].can_post is True
+
+
+# The ThinkPad's published values as each kernel prints them.
+THINKPAD_EFR, THINKPAD_EFR2 = 0x206d73ef22254ade, 0x0
+
+
+@pytest.mark.parametrize("release,text", [
+    ((6, 1), f"{THINKPAD_EFR2:x}:{THINKPAD_EFR:x}"),   # Debian 12: EFR2:EFR
+    ((6, 6), f"{THINKPAD_EFR2:x}:{THINKPAD_EFR:x}"),
+    ((6, 7), f"{THINKPAD_EFR:x}:{THINKPAD_EFR2:x}"),   # 7b7563a93437: EFR:EFR2
+    ((6, 12), f"{THINKPAD_EFR:x}:{THINKPAD_EFR2:x}"),  # Debian's 6.12
+])
+def test_features_order_follows_the_kernel_release(release, text):
+    assert parse_amd_features(text, release) == (THINKPAD_EFR, THINKPAD_EFR2)
+
+
+def test_features_order_by_the_trees_osrelease(tmp_path):
+    """The same published values in a 6.1 tree (Debian 12's kernel) and a
+    6.12 one: each file in its kernel's order, both read as posting-capable."""
+    for release, text in (("6.1.0-37-amd64", f"0:{THINKPAD_EFR:x}"),
+                          ("6.12.12+bpo-amd64", f"{THINKPAD_EFR:x}:0")):
+        host = tree("posted-amd-thinkpad-6.14", tmp_path / release)
+        put(host, "proc/sys/kernel/osrelease", release + "\n")
+        put(host, "sys/class/iommu/ivhd0/amd-iommu/features", text + "\n")
+        (unit,), _ = read_iommu_units(host)
+        assert (unit.register, unit.efr2, unit.can_post) == (THINKPAD_EFR, 0, True), release
+
+
+def test_two_registers_without_a_release_are_not_guessed(tmp_path):
+    host = tree("posted-amd-thinkpad-6.14", tmp_path)
+    (Path(host.root) / "proc/sys/kernel/osrelease").unlink()
+    (unit,), _ = read_iommu_units(host)
+    assert unit.register is None and "osrelease" in unit.problem
+    put(host, "sys/module/kvm_amd/parameters/avic", "Y\n")
+    assert posting(host, interrupts=IR_ON).verdict == MAY_BE_POSTED
+    with pytest.raises(ValueError, match="order depends on the kernel"):
+        parse_amd_features("0:1")
 
 
 @pytest.mark.parametrize("bad", ["", "zz", "0x", "1:2:3", "1" * 17])
@@ -173,6 +214,48 @@ def test_amd_desktop_without_ga_does_not_post_even_with_avic(tmp_path):
     p = posting(host, interrupts=IR_ON)
     assert p.verdict == NOT_POSTED
     assert any("lacks GA on ivhd0" in e for e in p.evidence)
+
+
+def test_amd_laptop_on_6_14_with_efr2_zero_posts(tmp_path):
+    """Read in the 6.0-6.6 order, this 6.14 host's EFR would be its EFR2, 0,
+    and the host "not posted" for lack of GA and GAM_VAPIC."""
+    host = tree("posted-amd-thinkpad-6.14", tmp_path)
+    assert posting(host, interrupts=IR_ON).verdict == NOT_POSTED  # avic=N, the default
+    put(host, "sys/module/kvm_amd/parameters/avic", "Y\n")
+    p = posting(host, interrupts=IR_ON)
+    assert p.verdict == POSTED, p.evidence
+    assert any("ivhd0 206d73ef22254ade" in e for e in p.evidence)
+
+
+def test_snp_host_without_snpavicsup_is_forced_to_legacy_ga(tmp_path):
+    """Published: "Extended features (0xa5bf7320a2294aee, 0x1d)" and "Force to
+    disable Virtual APIC due to SNP": EFR2 SNPAVICSUP (bits 7:5) is 0."""
+    host = tree("posted-amd-snp-host-6.9", tmp_path)
+    put(host, "sys/module/kvm_amd/parameters/avic", "Y\n")
+    (unit,), _ = read_iommu_units(host)
+    assert (unit.register, unit.efr2, unit.can_post) == (0xa5bf7320a2294aee, 0x1D, True)
+    p = posting(host, interrupts=IR_ON)
+    assert p.verdict == NOT_POSTED
+    (snp,) = [e for e in p.evidence if "sev_snp=Y" in e]
+    assert "SNPAVICSUP (bits 7:5) is 0" in snp and "Force to disable Virtual APIC due to SNP" in snp
+    # The same IOMMU with SNP off in KVM, or before kvm_amd had the parameter: posted.
+    put(host, "sys/module/kvm_amd/parameters/sev_snp", "N\n")
+    assert posting(host, interrupts=IR_ON).verdict == POSTED
+    (Path(host.root) / "sys/module/kvm_amd/parameters/sev_snp").unlink()
+    assert posting(host, interrupts=IR_ON).verdict == POSTED
+    # An IOMMU that supports guest vAPIC under SNP (SNPAVICSUP = 1) keeps posting.
+    put(host, "sys/module/kvm_amd/parameters/sev_snp", "Y\n")
+    put(host, "sys/class/iommu/ivhd0/amd-iommu/features", f"a5bf7320a2294aee:{0x1D | 1 << 5:x}\n")
+    assert posting(host, interrupts=IR_ON).verdict == POSTED
+
+
+def test_snp_with_efr2_unread_is_not_a_verdict(tmp_path):
+    host = tree("posted-amd-snp-host-6.9", tmp_path)
+    put(host, "sys/module/kvm_amd/parameters/avic", "Y\n")
+    put(host, "sys/class/iommu/ivhd0/amd-iommu/features", "a5bf7320a2294aee\n")  # EFR alone
+    p = posting(host, interrupts=IR_ON)
+    assert p.verdict == MAY_BE_POSTED
+    assert any("EFR2" in e and "sev_snp=Y" in e for e in p.evidence)
 
 
 def test_no_kvm_module_is_not_posted(tmp_path):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from vfio_advisor.fix.analysis import Analyzer
-from vfio_advisor.fix.xmledit import pci_hostdevs
+from vfio_advisor.facts.domain import pci_hostdev_elements
+from vfio_advisor.fix.planner import Analyzer
 
 REPO = Path(__file__).resolve().parents[2]
 HOST_ROOT = REPO / "examples/demo-host/root"
@@ -37,7 +37,7 @@ def renumbered(path: Path, bdfs=DEMO_BDFS) -> str | None:
         return None
     if root.tag != "domain":
         return None
-    hostdevs = [h for h in pci_hostdevs(root) if h.find("source/address") is not None]
+    hostdevs = [h for h in pci_hostdev_elements(root) if h.find("source/address") is not None]
     if len(hostdevs) > len(bdfs):
         return None
     for hd, bdf in zip(hostdevs, bdfs):

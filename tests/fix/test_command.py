@@ -12,7 +12,9 @@ import pytest
 
 from tests.fix.conftest import DATA, HOST_ROOT, REPO
 from vfio_advisor.fix import command
-from vfio_advisor.fix.analysis import UsageError
+from vfio_advisor.cli import build_parser
+from vfio_advisor.errors import UsageError
+from vfio_advisor.fix.planner import Analyzer
 
 NODE_NS = "http://libvirt.org/schemas/domain/test/1.0"
 
@@ -119,7 +121,7 @@ def node(tmp_path):
 
 
 def args_for(uri, tmp_path, *extra):
-    return command.build_parser().parse_args(
+    return build_parser().parse_args(
         ["fix", "--connect", uri, "--host-root", str(HOST_ROOT), "--state-dir", str(tmp_path / "state"),
          *extra])
 
@@ -144,11 +146,13 @@ def test_apply_defines_persistent_config_and_saves_the_old(node, tmp_path, capsy
         assert [b.name.split("-2")[0] for b in backups] == ["split-irqchip", "two-intx"]
         assert all(oct(b.stat().st_mode & 0o777) == "0o600" for b in backups)
         assert backups[1].read_text() == old_two and backups[0].read_text() == old_split
-        assert f"restore with: virsh define {backups[1]}" in out
-        assert "effective at the next boot (the running domain is unchanged)" in out
+        # The restore hint names the connection it was applied through, and
+        # libvirt's test driver, which keeps definitions in memory only, is
+        # not called a persistent config.
+        assert f"restore with: virsh -c {node} define {backups[1]}" in out
+        assert out.count("a driver that does not persist") == 2, out
+        assert "applied to" not in out
         # persistent configs changed, verified by re-analysis from libvirt itself
-        from vfio_advisor.fix.analysis import Analyzer
-
         analyzer = Analyzer(str(HOST_ROOT))
         now_two = analyzer.analyse(inactive(conn, "two-intx"))
         assert not [f for f in now_two.findings if f.rule_id == "VA5001"]
@@ -167,8 +171,8 @@ def test_apply_refuses_a_domain_changed_since_the_analysis(node, tmp_path):
     conn = libvirt.open(node)
     try:
         args = args_for(node, tmp_path, "--apply", "two-intx")
-        sources = command.load_sources(args, conn)
-        plans = [(s, command.plan_domain(command.Analyzer(str(HOST_ROOT)), s.xml, None)) for s in sources]
+        sources = command.load_sources(args, str(HOST_ROOT), conn)
+        plans = [(s, command.plan_domain(Analyzer(str(HOST_ROOT)), s.xml, None)) for s in sources]
         # another tool edits the domain meanwhile
         edited = inactive(conn, "two-intx").replace("<vcpu placement='static'>2</vcpu>",
                                                     "<vcpu placement='static'>4</vcpu>")

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from tests.fix.conftest import CORPUS, HOST_ROOT, renumbered
 from vfio_advisor.fix import verify
-from vfio_advisor.fix.analysis import Analyzer, DomainXMLError, Severity
+from vfio_advisor.errors import DomainXMLError
+from vfio_advisor.findings import Severity
+from vfio_advisor.fix.planner import Analyzer
 from vfio_advisor.fix.planner import plan_domain
 
 FILES = sorted(CORPUS.glob("libvirt-tests/*/*.xml")) + sorted(CORPUS.glob("user-domains/*.xml"))

@@ -9,7 +9,9 @@ import re
 import pytest
 
 from tests.fix.conftest import CORPUS, DATA, HOST_ROOT, demo_domain, renumbered
-from vfio_advisor.fix.analysis import Analyzer, Severity, build_guest_intx_map
+from vfio_advisor.facts.guest_intx import build_guest_intx_map
+from vfio_advisor.findings import Severity
+from vfio_advisor.fix.planner import Analyzer
 from vfio_advisor.fix.planner import plan_domain
 
 
@@ -236,7 +238,7 @@ def test_comments_and_unrelated_text_survive(analyzer):
 
 def test_guest_lines_match_the_routing_model(analyzer):
     plan = plan_domain(analyzer, (DATA / "q35-two-intx.xml").read_text())
-    from vfio_advisor.fix.analysis import parse_domain_xml
+    from vfio_advisor.facts.domain import parse_domain_xml
 
     gmap = build_guest_intx_map(parse_domain_xml(plan.fixed_xml), plan.before.host_pins())
     assert gmap == reanalyse(plan.fixed_xml).facts.guest_intx

@@ -1,8 +1,9 @@
 """The remedies point to the exact change.
 
-- The rules' own remedies (what the hook writes to the journal, with no
-  plan: it must never load libvirt) end with the `vfio-advisor fix DOMAIN`
-  pointer, for the five rules that have a domain XML fix.
+- A rule's remedy is plain prose; the findings of a rule that names a
+  domain XML planner (Rule.fix) carry the `vfio-advisor fix DOMAIN` pointer,
+  which every sink prints after the remedy (what the hook writes to the
+  journal, with no plan: it must never load libvirt).
 - VA5001's prose names per-device addresses chosen jointly: on
   tests/data/fix/q35-two-intx.xml it used to send both devices to
   0000:00:01.0, where they would share again. Here the prose moves are made
@@ -24,10 +25,12 @@ import pytest
 from lxml import etree
 
 from tests.fix.conftest import DATA, HOST_ROOT, REPO, demo_domain
-from vfio_advisor.fix.analysis import Analyzer, PciAddress, Severity
+from vfio_advisor.facts.domain import PciAddress, parse_tree, serialize
+from vfio_advisor.findings import Severity
+from vfio_advisor.fix.planner import Analyzer
 from vfio_advisor.fix.planner import FIXABLE_RULES
 from vfio_advisor.fix import verify
-from vfio_advisor.fix.xmledit import Op, apply_ops, next_controller_index, parse_tree, serialize
+from vfio_advisor.fix.xmledit import Op, apply_ops, next_controller_index
 
 NODE = f"test://{REPO / 'examples/demo-host/node.xml'}"
 POINTER = "Exact verified change: `vfio-advisor fix {}` (add --apply to define it)."
@@ -53,7 +56,7 @@ def renamed(xml: str, name: str) -> str:
 
 
 @pytest.mark.parametrize("rule", sorted(RAISES))
-def test_rule_remedy_ends_with_the_fix_pointer(analyzer, rule):
+def test_fixable_finding_carries_the_fix_pointer_beside_plain_prose(analyzer, rule):
     # A domain name with a space: the pointer is a command to copy, so the
     # name is one shell word.
     xml = renamed(RAISES[rule](), "my vm")
@@ -61,10 +64,11 @@ def test_rule_remedy_ends_with_the_fix_pointer(analyzer, rule):
     mine = [f for f in findings if f.rule_id == rule]
     assert mine, f"{rule} does not fire on its domain"
     for f in mine:
-        assert f.remedy.endswith(" " + POINTER.format("'my vm'")), f.remedy
+        assert "vfio-advisor fix" not in f.remedy, f.remedy  # the remedy stays prose
+        assert f.fix_pointer == " " + POINTER.format("'my vm'"), f.fix_pointer
     for f in findings:
         if f.rule_id not in FIXABLE_RULES:
-            assert "vfio-advisor fix" not in f.remedy, f  # no pointer where fix has nothing
+            assert not f.fix_pointer and "vfio-advisor fix" not in f.remedy, f
 
 
 def _prose_moves(findings) -> dict[str, tuple[int, int]]:
@@ -124,13 +128,13 @@ def test_hook_path_loads_neither_libvirt_nor_the_planner():
         "from vfio_advisor.facts.domain import parse_domain_xml\n"
         f"d = parse_domain_xml(open({str(DATA / 'q35-two-intx.xml')!r}).read())\n"
         f"fs = Engine({str(HOST_ROOT)!r}).analyse(d)[1]\n"
-        "print([f.remedy for f in fs if f.rule_id == 'VA5001'][0])\n"
+        "print([f.remedy + f.fix_pointer for f in fs if f.rule_id == 'VA5001'][0])\n"
         "print(sorted(m for m in sys.modules if m == 'libvirt' or m.startswith('vfio_advisor.fix')))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=REPO, timeout=60)
     assert out.returncode == 0, out.stderr
     remedy, loaded = out.stdout.strip().rsplit("\n", 1)
-    assert remedy.endswith(POINTER.format("two-intx"))
+    assert remedy.endswith(POINTER.format("two-intx"))  # as the journal sink writes it
     assert loaded == "[]", loaded
 
 
@@ -210,9 +214,52 @@ def test_advise_text_shows_the_change_or_why_none(monkeypatch):
     assert "vfio-advisor fix oldbox" not in out  # no pointer to a change that does not exist
 
 
-def test_advise_names_the_planners_rules():
-    # cli.py keeps its own copy so that advise imports the planner only when
-    # a domain has a fixable finding; it must be the planner's set.
-    from vfio_advisor import cli
+def test_fixable_rules_are_the_rules_naming_a_planner():
+    # No list of fixable IDs exists besides Rule.fix: the planner's set is
+    # derived from the registry, and each rule's planner resolves.
+    from vfio_advisor.fix import planner
+    from vfio_advisor.rules import RULES
+    from vfio_advisor.rules.remedies import DOMAIN_XML
 
-    assert cli._FIXABLE_RULES == FIXABLE_RULES
+    named = [r for r in RULES if r.fix is not None and r.fix.kind == DOMAIN_XML]
+    assert FIXABLE_RULES == {r.id for r in named} and len(named) == len(RAISES)
+    assert set(RAISES) == FIXABLE_RULES
+    assert [r.id for r in planner.FIX_RULES] == [r.id for r in sorted(named, key=lambda r: r.fix.stage)]
+    for r in named:
+        assert callable(planner.planner_of(r)), r.id
+
+
+def test_a_rule_is_fixable_because_it_names_a_planner(analyzer, monkeypatch):
+    """Take Rule.fix off one rule and the planner no longer plans it, nor
+    does its finding point at `fix`: the rule itself is the only list."""
+    from vfio_advisor.fix import planner
+    from vfio_advisor.rules import RULES_BY_ID, base
+
+    rule = RULES_BY_ID["VA4003"]
+    bare = rule._replace(fix=None)
+    monkeypatch.setitem(base._REGISTERED, rule.id, bare)
+    monkeypatch.setattr(planner, "RULES", tuple(bare if r.id == rule.id else r
+                                                for r in planner.RULES))
+    monkeypatch.setattr(planner, "FIX_RULES", planner._domain_xml_rules())
+    assert rule.id not in {r.id for r in planner.FIX_RULES}
+    xml = (DATA / "q35-split-irqchip.xml").read_text()
+    (f,) = [f for f in analyzer.analyse(xml).findings if f.rule_id == rule.id]
+    assert f.fix_pointer == ""
+    plan = planner.plan_domain(analyzer, xml)
+    assert not any(c.rule == rule.id for c in plan.changes)
+
+
+def test_fix_and_the_shell_spell_no_rule_id():
+    """Rule IDs are spelt in rules/ only: fix/, the CLI, the config template
+    and the domain model name rules through the registry (Rule.fix, slugs)."""
+    import ast
+
+    pkg = REPO / "vfio_advisor"
+    files = [*sorted((pkg / "fix").glob("*.py")), pkg / "cli.py", pkg / "config.py",
+             pkg / "exitstatus.py", pkg / "sources.py", pkg / "snapshot.py", pkg / "manpage.py",
+             pkg / "facts/domain.py"]
+    found = [f"{p.relative_to(REPO)}:{node.lineno}: {node.value[:60]!r}"
+             for p in files for node in ast.walk(ast.parse(p.read_text()))
+             if isinstance(node, ast.Constant) and isinstance(node.value, str)
+             and re.search(r"VA\d{4}", node.value)]
+    assert found == []

@@ -72,7 +72,7 @@ def _harmful_va4003(root, analysis, targets, router):
     (_harmful_va4003, {"reanalysis"}),
 ])
 def test_a_change_failing_a_check_is_not_offered(analyzer, monkeypatch, bad_planner, failing):
-    monkeypatch.setitem(planner.PLANNERS, "VA4003", bad_planner)
+    monkeypatch.setattr(planner, "plan_va4003", bad_planner)
     plan = plan_domain(analyzer, (DATA / "q35-split-irqchip.xml").read_text())
     assert not plan.changes
     assert plan.fixed_xml == plan.base_xml

@@ -27,7 +27,9 @@ from tests.guestboot.test_routing_real_qemu import (
     BOOT, BUILD, GUEST_CACHE, WITH_LIBVIRTD, _missing, guest_functions, slot_path,
 )
 from tests.support.journal import run_in_journal
-from vfio_advisor.fix.analysis import Analyzer, build_guest_intx_map, parse_domain_xml
+from vfio_advisor.facts.domain import parse_domain_xml
+from vfio_advisor.facts.guest_intx import build_guest_intx_map
+from vfio_advisor.fix.planner import Analyzer
 from vfio_advisor.fix.planner import plan_domain
 
 from tests.fix.conftest import DATA, HOST_ROOT, REPO

@@ -24,6 +24,7 @@ from typing import Callable
 from vfio_advisor.engine import DeviceCache, DomainFacts, gather_domain, gather_host, read_interrupts
 from vfio_advisor.facts.domain import parse_domain_xml
 from vfio_advisor.facts.host import HostRoot
+from vfio_advisor.facts.pci_config import parse_config_space
 from vfio_advisor.facts.pciids import PciIds
 from vfio_advisor.testing.scenes import (  # noqa: F401 - examples' names for their users
     AUDIO, GPU, QD4, domain_xml, gpu_audio_hostdevs,
@@ -246,6 +247,57 @@ def hostdev_missing(tmp: Path) -> DomainFacts:
 def config_64_bytes(tmp: Path) -> DomainFacts:
     """Run without CAP_SYS_ADMIN: sysfs gives only the first 64 config bytes."""
     return analyse(tmp, _both_on_msi_host(config_bytes=64), domain_xml("win11", gpu_audio_hostdevs()))
+
+
+def _audio_intx_with_config(edit: Callable[[bytes], bytes]) -> Host:
+    """gpu-audio-intx-windows's host (VA1001 fires there), the audio's config
+    space replaced by `edit` of the real bytes."""
+    host = _audio_on_shared_intx_host()
+    for dev in host.devices:
+        if dev.bdf == AUDIO:
+            # The sysfs id files stay the device's own (the kernel serves
+            # them from pci_dev, not from the damaged file).
+            cs = parse_config_space(dev.config)
+            dev.ids = False
+            dev.attrs = {**dev.attrs, "vendor": f"0x{cs.vendor_id:04x}",
+                         "device": f"0x{cs.device_id:04x}", "revision": f"0x{cs.revision:02x}",
+                         "class": f"0x{cs.class_code:06x}",
+                         "subsystem_vendor": f"0x{cs.subsystem_vendor_id:04x}",
+                         "subsystem_device": f"0x{cs.subsystem_device_id:04x}"}
+            dev.config = edit(dev.config)
+    return host
+
+
+@example("config-truncated-40-bytes")
+def config_truncated_40_bytes(tmp: Path) -> DomainFacts:
+    """The audio's config file cut to 40 bytes: fewer than any sysfs read
+    returns (64 without CAP_SYS_ADMIN), so damage, not privilege."""
+    return analyse(tmp, _audio_intx_with_config(lambda b: b[:40]),
+                   domain_xml("win11", gpu_audio_hostdevs(), os="windows"))
+
+
+@example("config-255-bytes")
+def config_255_bytes(tmp: Path) -> DomainFacts:
+    """The audio's config file cut to 255 bytes: the capability walk ends
+    inside them, but no sysfs read stops there, so the list is not trusted."""
+    return analyse(tmp, _audio_intx_with_config(lambda b: b[:255]),
+                   domain_xml("win11", gpu_audio_hostdevs(), os="windows"))
+
+
+def _loop_before_msi(config: bytes) -> bytes:
+    """The Navi 23 audio's list is 0x48 vendor -> 0x50 PM -> 0x64 PCIe ->
+    0xa0 MSI; PCIe's next pointer (0x65) turned back to 0x50 hides the MSI."""
+    data = bytearray(config)
+    assert data[0x64] == 0x10 and data[0x65] == 0xA0, "not the Navi 23 audio's list"
+    data[0x65] = 0x50
+    return bytes(data)
+
+
+@example("capability-list-loops")
+def capability_list_loops(tmp: Path) -> DomainFacts:
+    """The audio's capability list loops before its MSI capability."""
+    return analyse(tmp, _audio_intx_with_config(_loop_before_msi),
+                   domain_xml("win11", gpu_audio_hostdevs(), os="windows"))
 
 
 # Emulated devices as libvirt writes them after define.
@@ -510,3 +562,148 @@ def pxb_pcie_port_on_root(tmp: Path) -> DomainFacts:
     moved = PXB_PCIE_WITH_E1000.replace(
         old, "<address type='pci' domain='0x0000' bus='0x00' slot='0x06' function='0x0'/>")
     return analyse(tmp, _both_on_msi_host(), domain_xml("win11", gpu_audio_hostdevs() + [moved]))
+
+
+# --- start failures (VA3004-VA3007) -----------------------------------------
+# Lab captures of a real Debian 6.1 guest kernel (lab/captures/ORIGIN.md):
+# group-not-viable-1/-2 put a conventional pci-bridge (00:10.0), an edu
+# (01:01.0) and a virtio-rng (01:02.0) in IOMMU group 1; in moment 1 the
+# virtio-rng is on virtio-pci and the kernel refused the group to a VFIO user,
+# in moment 2 both are on vfio-pci. iommu-off has no DMAR table (VT-d off in
+# the firmware), no-vfio-pci never loaded vfio-pci.
+
+LAB_KERNEL = "6.1.0-57-cloud-amd64"  # the lab guest's kernel (lab/fetch-debian-guest.sh)
+EDU_BEHIND_BRIDGE, RNG_BEHIND_BRIDGE, EDU_ON_ROOT = "0000:01:01.0", "0000:01:02.0", "0000:00:03.0"
+
+
+def _lab_domain(tmp: Path, hostdevs: list[tuple[str, str | None]]) -> Path:
+    """A q35 domain assigning (BDF, managed) pairs; managed None leaves the
+    attribute out (libvirt's default: no)."""
+    xml = "".join(
+        hostdev_xml_managed(bdf, managed) for bdf, managed in hostdevs)
+    path = tmp / "domain.xml"
+    path.write_text(domain_xml("lab-start", [xml], os="linux"))
+    return path
+
+
+def hostdev_xml_managed(bdf: str, managed: str | None) -> str:
+    xml = _hostdev(bdf, None)
+    attr = "" if managed is None else f" managed='{managed}'"
+    return xml.replace(" managed='yes'", attr, 1)
+
+
+def _lab_copy(tmp: Path, capture: str) -> Path:
+    """A copy of a capture to edit (links kept as links)."""
+    import shutil
+    root = tmp / "root"
+    shutil.copytree(CAPTURES / capture, root, symlinks=True)
+    return root
+
+
+@example("lab-iommu-off")
+def lab_iommu_off(tmp: Path) -> DomainFacts:
+    """No DMAR table (VT-d off in the firmware) though intel_iommu=on: no groups."""
+    return lab(CAPTURES / "iommu-off", _lab_domain(tmp, [(EDU_ON_ROOT, "yes")]))
+
+
+@example("iommu-off-intel-cmdline")
+def iommu_off_intel_cmdline(tmp: Path) -> DomainFacts:
+    """The firmware offers VT-d (the lab's real DMAR table), but the kernel was
+    not told: the iommu-off capture with that table and no intel_iommu=on."""
+    root = _lab_copy(tmp, "iommu-off")
+    (root / "sys/firmware/acpi/tables/DMAR").write_bytes(
+        (CAPTURES / "no-vfio-pci/sys/firmware/acpi/tables/DMAR").read_bytes())
+    cmdline = root / "proc/cmdline"
+    cmdline.write_text(cmdline.read_text().replace(" intel_iommu=on", ""))
+    return lab(root, _lab_domain(tmp, [(EDU_ON_ROOT, "yes")]))
+
+
+@example("lab-group-not-viable")
+def lab_group_not_viable(tmp: Path) -> DomainFacts:
+    """The edu behind the pci-bridge assigned; its group-mate on virtio-pci."""
+    return lab(CAPTURES / "group-not-viable-1", _lab_domain(tmp, [(EDU_BEHIND_BRIDGE, "yes")]))
+
+
+@example("lab-group-viable")
+def lab_group_viable(tmp: Path) -> DomainFacts:
+    """Near miss: the same group after the virtio-rng moved to vfio-pci."""
+    return lab(CAPTURES / "group-not-viable-2", _lab_domain(tmp, [(EDU_BEHIND_BRIDGE, "yes")]))
+
+
+@example("lab-group-both-assigned")
+def lab_group_both_assigned(tmp: Path) -> DomainFacts:
+    """Near miss: moment 1, but the domain assigns both functions managed:
+    libvirt detaches both before QEMU opens the group."""
+    return lab(CAPTURES / "group-not-viable-1",
+               _lab_domain(tmp, [(EDU_BEHIND_BRIDGE, "yes"), (RNG_BEHIND_BRIDGE, "yes")]))
+
+
+@example("group-not-viable-gpu-sibling")
+def group_not_viable_gpu_sibling(tmp: Path) -> DomainFacts:
+    """The GPU assigned alone; its HDMI audio, in the same group, left on snd_hda_intel."""
+    from dataclasses import replace
+    devices = [replace(d, driver="snd_hda_intel") if d.bdf == AUDIO else d
+               for d in _gpu_audio(gpu_irq=45, audio_irq=51, gpu_msi=(45,))]
+    return analyse(tmp, Host(devices=devices, interrupts=_ir_interrupts({})),
+                   domain_xml("win11", [_hostdev(GPU, (1, 0, 0))]))
+
+
+@example("group-bridge-pcieport")
+def group_bridge_pcieport(tmp: Path) -> DomainFacts:
+    """Near miss: on Debian 12's 6.1, the GPU's group also holds the switch
+    port above it on pcieport (which sets driver_managed_dma, so a bridge
+    driver that counts only from 5.19 is allowed) and the audio, driverless."""
+    from dataclasses import replace
+    devices = [replace(d, iommu_group=36) if d.bdf == "0000:04:00.0" else
+               replace(d, driver=None) if d.bdf == AUDIO else d
+               for d in _gpu_audio(gpu_irq=45, audio_irq=51, gpu_msi=(45,))]
+    root = build(tmp / "root", Host(devices=devices, interrupts=_ir_interrupts({})))
+    (root / "proc/sys/kernel").mkdir(parents=True)
+    (root / "proc/sys/kernel/osrelease").write_text("6.1.0-27-amd64\n")
+    xml = tmp / "domain.xml"
+    xml.write_text(domain_xml("win11", [_hostdev(GPU, (1, 0, 0))]))
+    return lab(root, xml)
+
+
+@example("lab-unmanaged-on-host-driver")
+def lab_unmanaged_on_host_driver(tmp: Path) -> DomainFacts:
+    """managed='no' for the virtio-rng, which virtio-pci holds."""
+    return lab(CAPTURES / "group-not-viable-1", _lab_domain(tmp, [(RNG_BEHIND_BRIDGE, "no")]))
+
+
+@example("lab-unmanaged-on-vfio")
+def lab_unmanaged_on_vfio(tmp: Path) -> DomainFacts:
+    """Near miss: managed='no' for the edu, which vfio-pci holds."""
+    return lab(CAPTURES / "group-not-viable-2", _lab_domain(tmp, [(EDU_BEHIND_BRIDGE, "no")]))
+
+
+@example("lab-no-vfio-pci-unmanaged")
+def lab_no_vfio_pci_unmanaged(tmp: Path) -> DomainFacts:
+    """vfio-pci never loaded; the edu (driverless) assigned without managed."""
+    return lab(CAPTURES / "no-vfio-pci", _lab_domain(tmp, [(EDU_ON_ROOT, None)]))
+
+
+def _no_vfio_pci_kernel(tmp: Path, module: bool) -> DomainFacts:
+    """The no-vfio-pci capture with its kernel's release and module tree
+    (modules.builtin without vfio-pci; the module file only with `module`)."""
+    root = _lab_copy(tmp, "no-vfio-pci")
+    (root / "proc/sys/kernel").mkdir(parents=True)
+    (root / "proc/sys/kernel/osrelease").write_text(LAB_KERNEL + "\n")
+    mods = root / "lib/modules" / LAB_KERNEL
+    (mods / "kernel/drivers/vfio/pci").mkdir(parents=True)
+    (mods / "modules.builtin").write_text("kernel/drivers/pci/pcie/portdrv.ko\n")
+    if module:
+        (mods / "kernel/drivers/vfio/pci/vfio-pci.ko").write_bytes(b"\x7fELF")
+    return lab(root, _lab_domain(tmp, [(EDU_ON_ROOT, "yes")]))
+
+
+@example("no-vfio-pci-module")
+def no_vfio_pci_module(tmp: Path) -> DomainFacts:
+    """vfio-pci neither loaded nor in /lib/modules/<release>; managed='yes'."""
+    return _no_vfio_pci_kernel(tmp, module=False)
+
+
+@example("no-vfio-pci-module-present")
+def no_vfio_pci_module_present(tmp: Path) -> DomainFacts:
+    """Near miss: not loaded, but modprobe (run by libvirt) would find it."""
+    return _no_vfio_pci_kernel(tmp, module=True)

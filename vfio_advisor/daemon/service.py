@@ -273,6 +273,8 @@ class Service:
                 self.log(f"{name}: cannot follow: {type(exc).__name__}: {exc}", "domain-skipped", 4)
                 continue
             self._say_incomplete(name, state)
+            for line in self.cfg.policy.unknown_in_metadata(state.facts.domain):
+                self.log(line, "unknown-rule", 4)
             if changed_device is not None:
                 self.log(f"{name}: device {changed_device} added or removed; following "
                          f"{len(state.devices)} assigned PCI devices", "devices-changed")

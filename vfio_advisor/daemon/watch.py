@@ -29,6 +29,8 @@ from vfio_advisor.rules.stepping import DeviceSample, DeviceState, HostSample
 from vfio_advisor.daemon.state import StateStore, facts_to_keep
 from vfio_advisor.sinks.base import DeviceSnapshot, OpenFinding, SampleEvent, Sink
 
+_NO_ROW_SKIPPED = HostSample(0)
+
 # One config type for all commands; the old name stays for callers.
 RuntimeConfig = Config
 
@@ -49,7 +51,7 @@ class DomainState:
         # bdf -> (sampler shape, HostInterrupts, where its counts are in the table)
         self.interrupts: dict[str, tuple] = {}
         self.pinned = bool(facts.domain.pinned_cpus)
-        self.recorded: dict[str, tuple] = {}  # bdf -> RUNTIME.remembered() last recorded
+        self.recorded: dict[str, tuple] = {}  # bdf -> (mode, slots) last recorded
 
     @property
     def key(self) -> str:
@@ -153,15 +155,16 @@ class Watcher:
         elapsed = (now - self.last_sample) if self.last_sample is not None else None
         if self.domains:
             self._drop_vanished()
-        findings = self._step(now) if self.domains else []
-        if not self.domains:
+            findings = self._step(now, elapsed)
+        else:
+            findings = []
             self.last_sample = now
         event = SampleEvent(self.wall_clock(), now, elapsed, self.snapshot, self.open_findings)
         for sink in self.sinks:
             sink.event(event)
         return findings
 
-    def _step(self, now: float) -> list[Finding]:
+    def _step(self, now: float, elapsed: float | None) -> list[Finding]:
         if self.sampler.host is not self.host:  # a replay moved to another tree
             self.sampler.set_host(self.host)
         table, odd = self.sampler.sample()
@@ -173,11 +176,13 @@ class Watcher:
                 self.note("no interrupt counts readable (/proc/interrupts and /sys/kernel/irq); "
                           "device modes are unknown until they are (said once)")
             return []
-        elapsed = (now - self.last_sample) if self.last_sample is not None else None
-        self.host_slots, findings = RUNTIME.step_host(self.host_slots, HostSample(odd), elapsed, self.config)
-        # Host-wide findings go through the same policy (disabled_rules;
-        # no domain, so no per-domain ignore) as the devices' below.
-        findings = [f for f in findings if not self._ignored(None, f.rule_id)]
+        # The usual sample skips no row: one HostSample for all of them.
+        host_sample = HostSample(odd) if odd else _NO_ROW_SKIPPED
+        self.host_slots, findings = RUNTIME.step_host(self.host_slots, host_sample, elapsed, self.config)
+        if findings:
+            # Host-wide findings go through the same policy (disabled_rules;
+            # no domain, so no per-domain ignore) as the devices' below.
+            findings = [f for f in findings if not self._ignored(None, f.rule_id)]
         held = []
         said: set[str] = set()
         if self._isolated[0] is not self.kernel:
@@ -188,6 +193,7 @@ class Watcher:
         isolated = self._isolated[1]
         shape = getattr(self.sampler, "shape", None)
         config, store = self.config, self.store
+        step_device, remembered_entry = RUNTIME.step_device, RUNTIME.remembered_entry
         # The empty set sibling_on_intx and said hold most of the time: one
         # object for the sample, not a new one per device.
         none: frozenset = frozenset()
@@ -212,7 +218,7 @@ class Watcher:
                     # sets, so no guest remedy (advise's static rule does the same).
                     host_msi_possible=dom.msi_possible[bdf],
                     host_can_count_msi=dom.can_count_msi)
-                state, found, inconclusive = RUNTIME.step_device(devices[bdf], sample, elapsed, config)
+                state, found, inconclusive = step_device(devices[bdf], sample, elapsed, config)
                 devices[bdf] = state
                 if found:
                     for f in found:
@@ -223,12 +229,13 @@ class Watcher:
                 if inconclusive:
                     held += [n for n in inconclusive if not self._ignored(dom, n.rule_id)]
                 if state.mode != "none" and since_start >= config.settle:
-                    # StateStore.record writes only a change; its last call per device is
-                    # remembered here, so a steady device costs no dict building per sample.
-                    remembered = RUNTIME.remembered(state)
-                    if dom.recorded.get(bdf) != remembered:
-                        store.record(key, bdf, RUNTIME.remembered_entry(remembered))
-                        dom.recorded[bdf] = remembered
+                    # StateStore.record writes only a change; what it got last per device
+                    # is kept here as (mode, slots), so a steady device costs no dict
+                    # building per sample (the rules' slots change only on a change).
+                    recorded = dom.recorded.get(bdf)
+                    if recorded is None or recorded[0] != state.mode or recorded[1] != state.slots:
+                        store.record(key, bdf, remembered_entry(state))
+                        dom.recorded[bdf] = (state.mode, state.slots)
         self.last_sample = now
         for f in findings:
             self.open[(f.domain, f.subject, f.rule_id)] = None

@@ -1,10 +1,14 @@
-"""The libvirt domain model: lxml in, frozen values out.
+"""The libvirt domain model: lxml in, frozen values out, for reading and editing.
 
-Every XPath the tool uses is declared in `XPATH` below, named after libvirt's
-own elements and attributes (https://libvirt.org/formatdomain.html), so this
-file and `virsh dumpxml` grep together (virt-manager's virtinst does the same
-with XMLProperty). Value conversion (hex/decimal, yes/no/on/off) lives in
-`_int` and `_onoff` only.
+Every XPath the tool uses, to read a domain (below) and to edit one
+(vfio_advisor/fix/), is declared in `XPATH` below, named after libvirt's own
+elements and attributes (https://libvirt.org/formatdomain.html), so this file
+and `virsh dumpxml` grep together (virt-manager's virtinst does the same with
+XMLProperty). Value conversion (hex/decimal, yes/no/on/off) lives in `_int`
+and `_onoff` only, and a PCI <address> is read by `PciAddress.from_element`
+only. `parse_tree` is the one XML parser: `fix` edits the very tree it read
+(comments kept, every element's `sourceline` intact), and reads it back
+with `domain_from_element` without serialising it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ if TYPE_CHECKING:
 
 # Per-domain settings of vfio-advisor live in the domain's <metadata>:
 #   <vfio-advisor:advisor xmlns:vfio-advisor="urn:x-vfio-advisor:domain:1">
-#     <vfio-advisor:ignore rule="VA6001"/>
+#     <vfio-advisor:ignore rule="RULE-ID-OR-SLUG"/>
 #   </vfio-advisor:advisor>
 ADVISOR_NS = "urn:x-vfio-advisor:domain:1"
 NS = {"libosinfo": "http://libosinfo.org/xmlns/libvirt/domain/1.0", "va": ADVISOR_NS}
@@ -52,6 +56,22 @@ XPATH = {
     "pci_addressed_devices": "devices/*[address/@type='pci']",
     "iommu_model": "string(devices/iommu/@model)",
     "advisor_ignore_rule": "metadata/va:advisor/va:ignore/@rule",
+    # Read and edited by fix (vfio_advisor/fix/planner.py, xmledit.py):
+    "os_type": "os/type",
+    "features": "features",
+    "features_ioapic": "ioapic",  # below <features>
+    "devices": "devices",
+    "device_elements": "devices/*",
+    "disks": "devices/disk",
+    "disk_target_bus": "string(target/@bus)",  # below <disk>
+    "disk_target_dev": "string(target/@dev)",  # below <disk>
+    "pci_root_controllers": "devices/controller[@type='pci' and @model='pci-root']",
+    "ide_controllers": "devices/controller[@type='ide']",
+    "fdc_controllers": "devices/controller[@type='fdc']",
+    "usb_controllers": "devices/controller[@type='usb']",
+    "iommu_driver_intremap": "string(devices/iommu/driver/@intremap)",
+    "address": "address",  # a device's guest address, below the device
+    "source_address": "source/address",  # a hostdev's host address, below it
 }
 
 # Values of libvirt's <controller type='pci' model=...> that are PCI bridges.
@@ -115,10 +135,37 @@ class GuestPciAddress(NamedTuple):
 
 
 def _guest_address(parent: etree._Element, what: str) -> GuestPciAddress | None:
-    el = parent.find("address")
+    el = parent.find(XPATH["address"])
     if el is None or el.get("type") != "pci":
         return None
     return GuestPciAddress(PciAddress.from_element(el, what), _onoff(el.get("multifunction")))
+
+
+def address_of(el: etree._Element) -> PciAddress | None:
+    """A device's guest PCI address; None when it has none or it is not a
+    valid one (the editor's view: libvirt refuses such a domain anyway)."""
+    try:
+        guest = _guest_address(el, f"<{el.tag}> address")
+    except DomainXMLError:
+        return None
+    return guest.address if guest else None
+
+
+def source_address_of(el: etree._Element) -> PciAddress | None:
+    """A <hostdev>'s (or <interface type='hostdev'>'s) host PCI address, or None."""
+    src = el.find(XPATH["source_address"])
+    if src is None:
+        return None
+    try:
+        return PciAddress.from_element(src, "source address")
+    except DomainXMLError:
+        return None
+
+
+def pci_hostdev_elements(root: etree._Element) -> list[etree._Element]:
+    """Every element that assigns a host PCI device, in document order per kind."""
+    return (root.xpath(XPATH["hostdev_pci"], smart_strings=False)
+            + root.xpath(XPATH["interface_hostdev"], smart_strings=False))
 
 
 class PciController(NamedTuple):
@@ -237,6 +284,13 @@ def _pin_list(elements: Iterable[etree._Element]) -> tuple[VcpuPin, ...]:
 
 def parse_domain_xml(text: str | bytes) -> Domain:
     """Parse a domain XML. Raises DomainXMLError with a one-line reason."""
+    return domain_from_element(parse_tree(text, keep_comments=False))
+
+
+def parse_tree(text: str | bytes, keep_comments: bool = True) -> etree._Element:
+    """The <domain> element of a domain XML. Raises DomainXMLError with a
+    one-line reason. `keep_comments`: for editing, where the user's
+    comments must survive; lxml keeps each element's `sourceline` either way."""
     if isinstance(text, str):
         try:
             text = text.encode("utf-8")
@@ -256,16 +310,27 @@ def parse_domain_xml(text: str | bytes) -> Domain:
     from lxml import etree  # noqa: PLC0415
 
     parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False,
-                             remove_comments=True)
+                             remove_comments=not keep_comments)
     try:
         root = etree.fromstring(text, parser)
     except etree.XMLSyntaxError as exc:
         # libxml2 messages can carry newlines; the user gets one line.
         raise DomainXMLError("not well-formed XML: " + " ".join(str(exc.msg).split())) from None
-    return domain_from_element(root)
+    if not isinstance(root.tag, str) or root.tag != "domain":
+        raise DomainXMLError(f"root element is <{root.tag}>, not <domain>")
+    return root
+
+
+def serialize(root: etree._Element) -> str:
+    """A (possibly edited) tree as text, comments inside <domain> kept."""
+    from lxml import etree  # noqa: PLC0415 - see parse_tree
+
+    return etree.tostring(root, encoding="unicode") + "\n"
 
 
 def domain_from_element(root: etree._Element) -> Domain:
+    """The Domain a <domain> element describes. Comments in the tree are
+    ignored (XPath's element steps and string() skip comment nodes)."""
     if not isinstance(root.tag, str) or root.tag != "domain":
         raise DomainXMLError(f"root element is <{root.tag}>, not <domain>")
     name = root.xpath(XPATH["name"], smart_strings=False).strip()
@@ -300,8 +365,8 @@ def domain_from_element(root: etree._Element) -> Domain:
     controllers.sort(key=lambda c: c.index)
 
     hostdevs = []
-    for el in root.xpath(XPATH["hostdev_pci"], smart_strings=False) + root.xpath(XPATH["interface_hostdev"], smart_strings=False):
-        src = el.find("source/address")
+    for el in pci_hostdev_elements(root):
+        src = el.find(XPATH["source_address"])
         if src is None:
             raise DomainXMLError(f"domain {name!r}: <{el.tag}> has no <source><address>")
         if el.tag == "interface" and src.get("type") not in (None, "pci"):
@@ -339,7 +404,7 @@ def domain_from_element(root: etree._Element) -> Domain:
             alias=alias.get("name") if alias is not None else None))
 
     guest_os, evidence = _guest_os(root)
-    vcpus = _maybe_int(root.xpath(XPATH["vcpu_count"], smart_strings=False).strip())
+    vcpus = int_or_none(root.xpath(XPATH["vcpu_count"], smart_strings=False).strip())
     machine = root.xpath(XPATH["os_type_machine"], smart_strings=False) or None
     return Domain(
         name=name,
@@ -368,16 +433,16 @@ def _controller(el: etree._Element, index: int, name: str) -> PciController:
     target = el.find("target")
     chassis = port = bus_nr = None
     if target is not None:
-        chassis = _maybe_int(target.get("chassis"))
-        port = _maybe_int(target.get("port"))
-        bus_nr = _maybe_int(target.get("busNr"))
+        chassis = int_or_none(target.get("chassis"))
+        port = int_or_none(target.get("port"))
+        bus_nr = int_or_none(target.get("busNr"))
     return PciController(
         index=index, model=el.get("model"), target_chassis=chassis,
         target_port=port, target_bus_nr=bus_nr,
         address=_guest_address(el, f"domain {name!r}: pci controller {index} address"))
 
 
-def _maybe_int(text: str | None) -> int | None:
+def int_or_none(text: str | None) -> int | None:
     if not text:
         return None
     try:

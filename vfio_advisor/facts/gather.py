@@ -10,6 +10,7 @@ from vfio_advisor.facts.domain import Domain
 from vfio_advisor.facts.guest_intx import build_guest_intx_map
 from vfio_advisor.facts.host import INTERRUPTS_LIMIT, HostRoot
 from vfio_advisor.facts.interrupts import Interrupts, parse_interrupts
+from vfio_advisor.facts.iommu import read_vfio_facts
 from vfio_advisor.facts.kernel import read_kernel_facts
 from vfio_advisor.facts.model import (
     AssignedDevice, DomainFacts, HostFacts, OtherDomainDevice, device_interrupts,
@@ -113,5 +114,8 @@ def gather_domain(domain: Domain, host: HostFacts, devices: DeviceCache,
     other = tuple(OtherDomainDevice(o.name, d) for o in others if o.name != domain.name
                   for d in devices.assigned(o, host))
     pins = {d.address: (d.device.guest_pin if d.device else None) for d in assigned}
+    vfio = read_vfio_facts(devices.host, ((d.address, d.device.iommu_group, d.device.iommu_group_members)
+                                          for d in assigned if d.device is not None),
+                           host.kernel.iommu_groups) if assigned else None
     return DomainFacts(domain=domain, host=host, devices=assigned,
-                       guest_intx=build_guest_intx_map(domain, pins), others=other)
+                       guest_intx=build_guest_intx_map(domain, pins), others=other, vfio=vfio)

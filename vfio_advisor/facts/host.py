@@ -131,7 +131,10 @@ class HostRoot:
 
     def list_dir(self, rel: str) -> list[str]:
         try:
-            names = sorted(os.listdir(self._path(rel)))
+            # sysfs and procfs have no dot entries; a recorded tree keeps an
+            # empty directory (a PCI driver with no device bound) in git
+            # through a .keep file, which is not part of the host.
+            names = sorted(n for n in os.listdir(self._path(rel)) if not n.startswith("."))
         except OSError as exc:
             raise FactUnavailable(rel, _reason(exc)) from None
         if self.recorded is not None:

@@ -6,6 +6,7 @@ with the kernel's semantics (intel_iommu=off leaves Intel IR on, Linux 6.1)."""
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 
@@ -105,6 +106,27 @@ def _flag(text: str | None) -> bool | None:
     return text.strip() in ("Y", "y", "1")
 
 
+OSRELEASE = "proc/sys/kernel/osrelease"
+
+
+def parse_kernel_release(text: str) -> tuple[int, int] | None:
+    """'6.1.0-37-amd64', '6.12.12+bpo-amd64', '6.14.0-rc4-1.2-mainline' ->
+    (major, minor); None if the text does not start with two numbers.
+    Distribution suffixes say nothing about the interfaces compared here,
+    which changed in mainline releases."""
+    m = re.match(r"\s*(\d+)\.(\d+)", text)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def read_kernel_release(host: HostRoot) -> tuple[int, int] | None:
+    """The tree's own kernel (proc/sys/kernel/osrelease, the `uname -r` of
+    the host the tree was read from), never the running one's."""
+    try:
+        return parse_kernel_release(host.read_value(OSRELEASE))
+    except FactUnavailable:
+        return None
+
+
 class KernelFacts(NamedTuple):
     cmdline: KernelCmdline | None
     # /sys/module/vfio_pci/parameters/*, e.g. {"nointxmask": "N"}; None if not loaded.
@@ -112,6 +134,7 @@ class KernelFacts(NamedTuple):
     allow_unsafe_interrupts: bool | None
     iommu_groups: int | None  # count of sys/kernel/iommu_groups/*; None if unreadable
     unreadable: tuple[str, ...]
+    release: tuple[int, int] | None = None  # (major, minor) of proc/sys/kernel/osrelease
 
     @property
     def nointxmask(self) -> bool:
@@ -164,4 +187,4 @@ def read_kernel_facts(host: HostRoot) -> KernelFacts:
 
     return KernelFacts(cmdline=cmdline, vfio_pci_params=params,
                        allow_unsafe_interrupts=unsafe, iommu_groups=groups,
-                       unreadable=tuple(unreadable))
+                       unreadable=tuple(unreadable), release=read_kernel_release(host))

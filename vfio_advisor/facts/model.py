@@ -15,6 +15,7 @@ from typing import NamedTuple
 from vfio_advisor.facts.domain import Domain, Hostdev
 from vfio_advisor.facts.guest_intx import GuestIntxMap
 from vfio_advisor.facts.interrupts import Interrupts, IrqLine
+from vfio_advisor.facts.iommu import VfioFacts
 from vfio_advisor.facts.kernel import KernelFacts
 from vfio_advisor.facts.pci import IntxMasking, PciDevice
 from vfio_advisor.facts.pci_config import UNKNOWN as _UNKNOWN_PIN
@@ -136,6 +137,9 @@ class DomainFacts(NamedTuple):
     # Devices of the other defined domains (advise gives them; the hook, which
     # must not call libvirt, sees its own domain only and leaves this empty).
     others: tuple[OtherDomainDevice, ...] = ()
+    # facts/iommu.py: IOMMU groups of the assigned devices, their members'
+    # drivers, vfio-pci's presence (None where a caller built DomainFacts by hand).
+    vfio: VfioFacts | None = None
 
     def siblings(self, dev: AssignedDevice) -> tuple[AssignedDevice, ...]:
         """Other functions of the same physical host device assigned to this domain."""

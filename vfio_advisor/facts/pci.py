@@ -10,6 +10,7 @@ from vfio_advisor.errors import FactUnavailable
 from vfio_advisor.facts.host import HostRoot
 from vfio_advisor.facts.pci_config import (
     UNKNOWN,
+    UNPRIVILEGED_CONFIG_BYTES,
     ConfigSpace,
     ConfigSpaceError,
     _Unknown,
@@ -17,6 +18,10 @@ from vfio_advisor.facts.pci_config import (
 )
 from vfio_advisor.facts import quirks as _quirks
 from vfio_advisor.facts.pciids import PciIds
+
+# The one line a device's `unreadable` holds when its capability list could
+# not be read to the end for a reason other than privilege.
+CAPABILITIES_UNREADABLE = "capabilities unreadable: "
 
 BDF_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 
@@ -70,6 +75,8 @@ class PciDevice(NamedTuple):
     # What could not be read, one line each ("config: permission denied").
     unreadable: tuple[str, ...] = ()
     sriov_vf: bool = False  # has a physfn link: an SR-IOV virtual function
+    # Why the config space could not be decoded at all (config is None).
+    config_problem: str | None = None
 
     @property
     def name(self) -> str:
@@ -107,6 +114,26 @@ class PciDevice(NamedTuple):
     @property
     def supports_msi(self) -> bool | _Unknown:
         return self.config.supports_msi if self.config else UNKNOWN
+
+    @property
+    def capabilities_unreadable(self) -> str | None:
+        """Why the MSI/MSI-X/PCIe/PM capabilities are unknown, or None when
+        they were read. One phrase: "config space truncated at 40 bytes",
+        "capability list loops at 0x40", "only the first 64 bytes ..."."""
+        if self.config is None:
+            return self.config_problem or "config space not read"
+        return self.config.capabilities_problem
+
+    @property
+    def capabilities_damaged(self) -> bool:
+        """The capabilities are unknown because the bytes are damaged (a cut
+        file, a looping or wild list), not because the reader lacked
+        CAP_SYS_ADMIN or the file could not be opened: running as root
+        would not help."""
+        if self.config is None:
+            return self.config_problem is not None and self.config_problem.startswith(
+                "config space truncated")
+        return self.config.capabilities_problem is not None and self.config.damaged
 
     @property
     def intx_pin(self) -> str | None | _Unknown:
@@ -160,6 +187,11 @@ class PciDevice(NamedTuple):
         if cfg.pcie:
             # PCIe base spec 7.5.1.1: Interrupt Disable is required of every function.
             return IntxMasking(True, "PCI Express functions must implement INTx Disable")
+        if cfg.pcie is UNKNOWN:
+            # Without the capability list, PCIe (which must mask) and
+            # conventional PCI (which may not) look the same.
+            return IntxMasking(None, f"capabilities unreadable ({cfg.capabilities_problem}): "
+                                     "cannot tell PCI Express from conventional PCI")
         if cfg.pm and cfg.pm.version == 1:
             # PCI PM 1.0 (1997) predates PCI 2.3 (2002), which defined the bits.
             return IntxMasking(False, "conventional PCI device with PCI PM 1.0, older than "
@@ -192,15 +224,38 @@ def read_pci_device(host: HostRoot, bdf: str, pci_ids: PciIds | None = None) -> 
             return None
 
     config: ConfigSpace | None = None
+    config_problem: str | None = None
     try:
-        config = parse_config_space(host.read_bytes(f"{base}/config", 4096))
+        raw = host.read_bytes(f"{base}/config", 4096)
     except FactUnavailable as exc:
         unreadable.append(f"config: {exc.reason}")
-    except ConfigSpaceError as exc:
-        unreadable.append(f"config: {exc}")
-    if config is not None and config.truncated:
+        config_problem = f"config space not readable ({exc.reason})"
+    else:
+        try:
+            config = parse_config_space(raw)
+        except ConfigSpaceError as exc:
+            if len(raw) < UNPRIVILEGED_CONFIG_BYTES:
+                # No sysfs read returns fewer than 64 bytes (pci_read_config
+                # gives the first 64 to anyone): the file is damaged, and
+                # root would read the same bytes.
+                config_problem = f"config space truncated at {len(raw)} bytes"
+                unreadable.append(f"{CAPABILITIES_UNREADABLE}{config_problem}")
+            else:
+                config_problem = str(exc)
+                unreadable.append(f"config: {exc}")
+    if config is None:
+        pass
+    elif config.unprivileged_read:
+        # Said even when this device has no capability list: the reader
+        # could not have told, and the other devices' lists are hidden too.
         unreadable.append(f"config: only {config.length} of 256 bytes readable "
                           "(not root, or no CAP_SYS_ADMIN); capabilities not checked")
+    elif config.capabilities_problem is not None:
+        unreadable.append(f"{CAPABILITIES_UNREADABLE}{config.capabilities_problem}")
+    elif config.extended_problem is not None and config.damaged:
+        unreadable.append(f"extended {CAPABILITIES_UNREADABLE}{config.extended_problem}")
+    elif config.damaged:
+        unreadable.append(f"config: truncated at {config.length} bytes")
 
     vendor = hex_value("vendor")
     device = hex_value("device")
@@ -277,5 +332,5 @@ def read_pci_device(host: HostRoot, bdf: str, pci_ids: PciIds | None = None) -> 
         iommu_group=group, iommu_group_members=members, irq=irq,
         msi_bus=msi_bus, upstream=tuple(upstream), msi_irqs=msi_irqs,
         vendor_name=vendor_name, device_name=device_name, config=config,
-        unreadable=tuple(unreadable), sriov_vf=sriov_vf,
+        unreadable=tuple(unreadable), sriov_vf=sriov_vf, config_problem=config_problem,
     )

@@ -160,10 +160,30 @@ class ConfigSpace(NamedTuple):
     extended: tuple[ExtCapability, ...] | _Unknown
     # Bad input found on the way (loops, pointers out of range), one line each.
     problems: tuple[str, ...]
+    # Why `capabilities` (and so msi/msix/pcie/pm) is UNKNOWN, in one phrase:
+    # "only the first 64 bytes ...", "config space truncated at 106 bytes",
+    # "capability list loops at 0x40". None when the list was read to its end.
+    capabilities_problem: str | None = None
+    # The same for `extended`, when its list is damaged or cut short.
+    extended_problem: str | None = None
 
     @property
     def truncated(self) -> bool:
         return self.length < STANDARD_CONFIG_BYTES
+
+    @property
+    def unprivileged_read(self) -> bool:
+        """Exactly what the kernel gives a reader without CAP_SYS_ADMIN."""
+        return self.length == unprivileged_config_bytes(self.header_type)
+
+    @property
+    def damaged(self) -> bool:
+        """Bytes the kernel never produces: a file cut at a size no sysfs
+        read returns, or a capability list that loops or points into the
+        header. Not the unprivileged 64-byte read, which is the kernel's rule."""
+        if self.length not in (STANDARD_CONFIG_BYTES, EXTENDED_CONFIG_BYTES) and not self.unprivileged_read:
+            return True
+        return bool(self.problems)
 
     @property
     def intx_disable(self) -> bool:
@@ -195,6 +215,21 @@ class ConfigSpaceError(ValueError):
     """Too little data to be a config space header at all."""
 
 
+def unprivileged_config_bytes(header_type: int) -> int:
+    """How many bytes sysfs `config` gives a reader without CAP_SYS_ADMIN:
+    128 for a CardBus bridge, 64 otherwise (drivers/pci/pci-sysfs.c
+    pci_read_config, Linux 6.1)."""
+    return 128 if header_type & 0x7F == 2 else UNPRIVILEGED_CONFIG_BYTES
+
+
+def short_read_reason(length: int, header_type: int | None) -> str:
+    """Why a read of `length` bytes holds less than the capability list needs."""
+    if header_type is not None and length == unprivileged_config_bytes(header_type):
+        return (f"only the first {length} bytes are readable without CAP_SYS_ADMIN "
+                "(drivers/pci/pci-sysfs.c pci_read_config)")
+    return f"config space truncated at {length} bytes"
+
+
 def _u8(data: bytes, off: int) -> int:
     return data[off]
 
@@ -211,11 +246,15 @@ def parse_config_space(data: bytes) -> ConfigSpace:
     """Decode `data`, the bytes of a sysfs `config` file (any length >= 64).
 
     Never raises on a malformed capability list: loops and wild pointers are
-    reported in `problems` and the walk stops there.
+    reported in `problems`, and the list is then UNKNOWN (with the reason in
+    `capabilities_problem`), never the part before the fault: a list cut
+    there may lack the MSI capability that follows, and rules must not guess
+    from it. A file cut short where the kernel never cuts one (anything below
+    256 bytes but the unprivileged 64) makes the list UNKNOWN as well.
     """
     if len(data) < UNPRIVILEGED_CONFIG_BYTES:
         raise ConfigSpaceError(
-            f"config space has {len(data)} bytes; at least "
+            f"config space truncated at {len(data)} bytes; at least "
             f"{UNPRIVILEGED_CONFIG_BYTES} are needed for the header")
     length = len(data)
     if _u16(data, 0x00) == 0xFFFF:
@@ -235,11 +274,18 @@ def parse_config_space(data: bytes) -> ConfigSpace:
         subsys_vendor, subsys_device = _u16(data, 0x40), _u16(data, 0x42)
 
     caps: tuple[Capability, ...] | _Unknown
+    caps_problem: str | None = None
     if not status & PCI_STATUS_CAP_LIST:
         caps = ()
     else:
         pointer_at = PCI_CB_CAPABILITY_LIST if layout == 2 else PCI_CAPABILITY_LIST
-        caps = _walk_capabilities(data, _u8(data, pointer_at), problems)
+        caps, caps_problem = _walk_capabilities(data, _u8(data, pointer_at), header_type, problems)
+        if caps_problem is None and length < STANDARD_CONFIG_BYTES and length != \
+                unprivileged_config_bytes(header_type):
+            # The walk ended inside the bytes we have, but the file was cut
+            # where no sysfs read stops: its bytes are not the device's whole
+            # answer, so the list is not trusted to be complete.
+            caps, caps_problem = UNKNOWN, short_read_reason(length, header_type)
 
     msi = msix = pcie = pm = None
     if caps is UNKNOWN:
@@ -256,12 +302,17 @@ def parse_config_space(data: bytes) -> ConfigSpace:
                 pm = _pm(data, cap.offset, problems)
 
     extended: tuple[ExtCapability, ...] | _Unknown
+    ext_problem: str | None = None
     if length > STANDARD_CONFIG_BYTES:
-        extended = _walk_extended(data, problems)
+        extended, ext_problem = _walk_extended(data, problems)
     elif pcie is None:
         extended = ()  # conventional PCI has no extended space
     else:
         extended = UNKNOWN  # PCIe, but only 256 bytes (or fewer) were readable
+        if pcie is UNKNOWN:
+            ext_problem = caps_problem
+        elif length != STANDARD_CONFIG_BYTES:
+            ext_problem = short_read_reason(length, header_type)
 
     return ConfigSpace(
         length=length,
@@ -283,28 +334,39 @@ def parse_config_space(data: bytes) -> ConfigSpace:
         pm=pm,
         extended=extended,
         problems=tuple(problems),
+        capabilities_problem=caps_problem,
+        extended_problem=ext_problem,
     )
 
 
-def _walk_capabilities(data: bytes, pointer: int, problems: list[str]
-                       ) -> tuple[Capability, ...] | _Unknown:
+def _walk_capabilities(data: bytes, pointer: int, header_type: int, problems: list[str]
+                       ) -> tuple[tuple[Capability, ...] | _Unknown, str | None]:
+    """(the list, None) or (UNKNOWN, why). A list with a fault in it is
+    UNKNOWN as a whole: the kernel's own walk (drivers/pci/pci.c
+    __pci_find_next_cap_ttl, Linux 6.1) gives up at the same faults, so
+    pci_find_capability returns 0 and the kernel, too, would not find an
+    MSI capability that sits after one."""
     found: list[Capability] = []
     seen: set[int] = set()
     pointer &= 0xFC  # the bottom two bits are reserved (PCI 3.0, 6.7)
     while pointer:
-        if pointer < 0x40 or pointer > STANDARD_CONFIG_BYTES - 2:
-            problems.append(f"capability pointer {pointer:#04x} is outside 0x40-0xfe")
-            break
-        if pointer + 2 > len(data):
-            # Not the device's fault: we could not read that far (unprivileged).
-            return UNKNOWN
+        if pointer < 0x40:
+            # Registers below 0x40 are the header's; a capability cannot live there.
+            problem = f"capability pointer {pointer:#04x} points into the header (below 0x40)"
+            problems.append(problem)
+            return UNKNOWN, problem
+        if pointer + 4 > len(data):
+            # Our read stopped short of this capability (its ID, next pointer
+            # and the 16-bit control word every decoded capability has).
+            return UNKNOWN, short_read_reason(len(data), header_type)
         if pointer in seen or len(found) >= _MAX_CAPS:
-            problems.append(f"capability list loops at {pointer:#04x}")
-            break
+            problem = f"capability list loops at {pointer:#04x}"
+            problems.append(problem)
+            return UNKNOWN, problem
         seen.add(pointer)
         found.append(Capability(data[pointer], pointer))
         pointer = data[pointer + 1] & 0xFC
-    return tuple(found)
+    return tuple(found), None
 
 
 def _msi(data: bytes, off: int, problems: list[str]) -> MsiCapability | None | _Unknown:
@@ -348,34 +410,43 @@ def _pm(data: bytes, off: int, problems: list[str]) -> PmCapability | None | _Un
     return PmCapability(offset=off, version=_u16(data, off + 2) & 0x7)
 
 
-def _walk_extended(data: bytes, problems: list[str]) -> tuple[ExtCapability, ...] | _Unknown:
+def _walk_extended(data: bytes, problems: list[str]
+                   ) -> tuple[tuple[ExtCapability, ...] | _Unknown, str | None]:
+    """(the list, None) or (UNKNOWN, why), as _walk_capabilities."""
     found: list[ExtCapability] = []
     seen: set[int] = set()
     pointer = STANDARD_CONFIG_BYTES
     while True:
         if pointer + 4 > len(data):
             if len(data) < EXTENDED_CONFIG_BYTES:
-                return UNKNOWN  # our read stopped short, not the device's list
-            problems.append(f"extended capability pointer {pointer:#05x} is past the end")
-            break
+                # Our read stopped short, not the device's list.
+                return UNKNOWN, f"config space truncated at {len(data)} bytes"
+            problem = f"extended capability pointer {pointer:#05x} is past the end"
+            problems.append(problem)
+            return UNKNOWN, problem
         header = _u32(data, pointer)
         # An all-zero or all-ones header at 0x100 means "no extended capabilities"
         # (PCIe base spec 7.6.3; config reads of absent space return ~0).
         if header in (0, 0xFFFFFFFF):
             break
         if pointer in seen or len(found) >= _MAX_EXT_CAPS:
-            problems.append(f"extended capability list loops at {pointer:#05x}")
-            break
+            problem = f"extended capability list loops at {pointer:#05x}"
+            problems.append(problem)
+            return UNKNOWN, problem
         seen.add(pointer)
         found.append(ExtCapability(id=header & 0xFFFF, offset=pointer, version=(header >> 16) & 0xF))
         nxt = (header >> 20) & 0xFFC
         if nxt == 0:
             break
         if nxt < STANDARD_CONFIG_BYTES:
-            problems.append(f"extended capability pointer {nxt:#05x} is below 0x100")
-            break
+            problem = f"extended capability pointer {nxt:#05x} points below 0x100"
+            problems.append(problem)
+            return UNKNOWN, problem
         pointer = nxt
-    return tuple(found)
+    if len(data) < EXTENDED_CONFIG_BYTES:
+        # Ended inside a file cut where no sysfs read stops (see parse_config_space).
+        return UNKNOWN, f"config space truncated at {len(data)} bytes"
+    return tuple(found), None
 
 
 _DUMP_HEADER = re.compile(r"^(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])\s")

@@ -19,13 +19,27 @@ from typing import NamedTuple
 from vfio_advisor.errors import FactUnavailable
 from vfio_advisor.facts.host import INTERRUPTS_LIMIT, HostRoot
 from vfio_advisor.facts.interrupts import Interrupts, parse_interrupts
-from vfio_advisor.facts.kernel import KernelCmdline, parse_cmdline
+from vfio_advisor.facts.kernel import KernelCmdline, parse_cmdline, read_kernel_release
 
 # drivers/iommu/intel/iommu.h (6.1): cap_pi_support(c) = ((c) >> 59) & 1.
 DMAR_CAP_PI_BIT = 59
 # drivers/iommu/amd/amd_iommu_types.h (6.1): FEATURE_GA (1<<7), FEATURE_GAM_VAPIC (1<<21).
 AMD_FEATURE_GA = 1 << 7
 AMD_FEATURE_GAM_VAPIC = 1 << 21
+# EFR2 bits 7:5, FEATURE_SNPAVICSUP_MASK; the IOMMU supports guest vAPIC
+# with SNP only when the field is 1 (FEATURE_SNPAVICSUP_GAM, same header).
+AMD_EFR2_SNPAVICSUP_SHIFT = 5
+
+# The order of the two registers in ivhd*/amd-iommu/features
+# (drivers/iommu/amd/init.c, amd_iommu_show_features):
+# - before 6.0: "%llx" of the unit's EFR alone;
+# - 6.0 to 6.6: "%llx:%llx" of the unit's features2, features: EFR2 then EFR
+#   (added with EFR2 support in the 6.0 SNP series; so Debian 12's 6.1);
+# - since 6.7: "%llx:%llx" of the global amd_iommu_efr, amd_iommu_efr2:
+#   EFR then EFR2 (commit 7b7563a93437, "iommu/amd: Consolidate feature
+#   detection and reporting logic"; so Debian's 6.12). The values are the
+#   ones every unit shares (get_global_efr ANDs them), printed in each unit.
+AMD_FEATURES_EFR_FIRST_SINCE = (6, 7)
 
 POSTED = "posted"
 MAY_BE_POSTED = "may be posted"
@@ -35,6 +49,11 @@ UNKNOWN = "unknown"
 IOMMU_CLASS = "sys/class/iommu"
 KVM_INTEL_APICV = "sys/module/kvm_intel/parameters/enable_apicv"
 KVM_AMD_AVIC = "sys/module/kvm_amd/parameters/avic"
+# Y only when the host has SEV-SNP on: kvm_amd clears it unless
+# CC_ATTR_HOST_SEV_SNP (arch/x86/kvm/svm/sev.c sev_hardware_setup, 6.11+),
+# and that attribute is cleared when the IOMMU could not enable SNP
+# (drivers/iommu/amd/init.c iommu_snp_enable), so Y implies amd_iommu_snp_en.
+KVM_AMD_SEV_SNP = "sys/module/kvm_amd/parameters/sev_snp"
 UNSAFE_INTERRUPTS = "sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts"
 
 
@@ -48,18 +67,32 @@ def parse_hex_register(text: str) -> int:
     return int(t, 16)
 
 
-def parse_amd_features(text: str) -> tuple[int, int | None]:
+class FeaturesOrderUnknown(ValueError):
+    """Two registers in `features`, and no kernel release to order them."""
+
+
+def parse_amd_features(text: str, release: tuple[int, int] | None = None
+                       ) -> tuple[int, int | None]:
     """/sys/class/iommu/ivhdN/amd-iommu/features -> (EFR, EFR2 or None).
 
-    Older kernels print "%llx" of the EFR alone; since Linux 6.0 (still so in
-    6.1.176 and 6.12) it is "%llx:%llx" of EFR2 then EFR (drivers/iommu/amd/
-    init.c, amd_iommu_show_features). ValueError on anything else.
+    "%llx" of the EFR alone before Linux 6.0; "%llx:%llx", EFR2 then EFR,
+    in 6.0-6.6; EFR then EFR2 since 6.7 (AMD_FEATURES_EFR_FIRST_SINCE).
+    `release`: (major, minor) of the kernel that printed it; without it two
+    values raise FeaturesOrderUnknown. ValueError on anything else.
     """
     parts = text.strip().split(":")
     if len(parts) == 1:
         return parse_hex_register(parts[0]), None
     if len(parts) == 2:
-        return parse_hex_register(parts[1]), parse_hex_register(parts[0])
+        first, second = parse_hex_register(parts[0]), parse_hex_register(parts[1])
+        if release is None:
+            raise FeaturesOrderUnknown(
+                f"two registers ({text.strip()[:40]}) whose order depends on the kernel "
+                "(EFR2:EFR in Linux 6.0-6.6, EFR:EFR2 since 6.7), and the tree has no "
+                "readable proc/sys/kernel/osrelease")
+        if release >= AMD_FEATURES_EFR_FIRST_SINCE:
+            return first, second
+        return second, first
     raise ValueError(f"not an AMD IOMMU features value: {text.strip()[:40]!r}")
 
 
@@ -83,6 +116,7 @@ class IommuUnit(NamedTuple):
     vendor: str  # "intel" | "amd"
     register: int | None  # DMAR capability register, or AMD EFR; None if unreadable
     problem: str | None  # why register is None
+    efr2: int | None = None  # AMD EFR2, where the kernel prints it (6.0+)
 
     @property
     def can_post(self) -> bool | None:
@@ -102,19 +136,25 @@ def read_iommu_units(host: HostRoot) -> tuple[tuple[IommuUnit, ...], str | None]
     except FactUnavailable as exc:
         return (), f"{exc.path}: {exc.reason}"
     units = []
+    release: tuple[int, int] | None = None
+    if any(n.startswith("ivhd") for n in names):
+        release = read_kernel_release(host)
     for name in names:
         if name.startswith("dmar"):
             vendor, rel = "intel", f"{IOMMU_CLASS}/{name}/intel-iommu/cap"
-            parse = parse_hex_register
+
+            def parse(text: str) -> tuple[int, int | None]:
+                return parse_hex_register(text), None
         elif name.startswith("ivhd"):
             vendor, rel = "amd", f"{IOMMU_CLASS}/{name}/amd-iommu/features"
 
-            def parse(text: str) -> int:
-                return parse_amd_features(text)[0]
+            def parse(text: str) -> tuple[int, int | None]:
+                return parse_amd_features(text, release)
         else:
             continue  # virtio-iommu, arm-smmu ...: no posting on these
         try:
-            units.append(IommuUnit(name, vendor, parse(host.read_value(rel)), None))
+            register, efr2 = parse(host.read_value(rel))
+            units.append(IommuUnit(name, vendor, register, None, efr2))
         except FactUnavailable as exc:
             units.append(IommuUnit(name, vendor, None, f"{exc.path}: {exc.reason}"))
         except ValueError as exc:
@@ -375,6 +415,36 @@ class Posting(NamedTuple):
         return self.verdict in (POSTED, MAY_BE_POSTED)
 
 
+def _snp_vapic(host: HostRoot, units: list[IommuUnit], no: list[str], unknown: list[str]) -> None:
+    """With SEV-SNP on, guest vAPIC mode needs EFR2 SNPAVICSUP = 1 on every
+    IOMMU; otherwise enable_iommus_vapic forces AMD_IOMMU_GUEST_IR_LEGACY_GA
+    and logs "Force to disable Virtual APIC due to SNP" (drivers/iommu/amd/
+    init.c, since the 6.0 SNP series; the check reads the global EFR2, the
+    AND of all units, get_global_efr). sev_snp absent (before 6.11) or N:
+    nothing to add, the host's SNP being off as far as KVM is concerned."""
+    try:
+        snp = _flag(host.read_value(KVM_AMD_SEV_SNP))
+    except FactUnavailable as exc:
+        if exc.reason != "missing":
+            unknown.append(f"{exc.path}: {exc.reason}")
+        return
+    if snp is not True:
+        return
+    if any(u.efr2 is None for u in units):
+        unknown.append("kvm_amd sev_snp=Y, but the IOMMU's EFR2 (its SNPAVICSUP field decides "
+                       "whether SNP leaves guest vAPIC mode on) was not read")
+        return
+    efr2 = -1
+    for u in units:
+        efr2 &= u.efr2
+    field = efr2 >> AMD_EFR2_SNPAVICSUP_SHIFT & 0x7
+    if field != 1:
+        no.append(f"kvm_amd sev_snp=Y and EFR2 SNPAVICSUP (bits 7:5) is {field}, not 1, "
+                  f"(EFR2 {efr2:x}): with SEV-SNP on, the AMD IOMMU forces legacy GA mode "
+                  "(\"Force to disable Virtual APIC due to SNP\", drivers/iommu/amd/init.c "
+                  "enable_iommus_vapic), so nothing is posted")
+
+
 def posting(host: HostRoot, *, interrupts: Interrupts | None = None,
             cmdline: KernelCmdline | None = None, chips: IrChips | None = None,
             units: tuple[tuple[IommuUnit, ...], str | None] | None = None) -> Posting:
@@ -468,6 +538,8 @@ def posting(host: HostRoot, *, interrupts: Interrupts | None = None,
             what = "DMAR cap bit 59 (PI)" if vendor == "intel" else "EFR GA and GAM_VAPIC"
             yes.append(f"{what} set on every unit: " + ", ".join(
                 f"{u.name} {u.register:x}" for u in iommu_units))
+        if vendor == "amd" and kvm_vendor == "amd" and not lacking:
+            _snp_vapic(host, iommu_units, no, unknown)
     else:
         # Intel registers sysfs units only with DMA remapping on; with
         # intel_iommu=off, IR and PI can still be active (irq_remapping.c 6.1).

@@ -2,8 +2,9 @@
 each verified (re-analysis with the same host facts, libvirt's schema,
 libvirt's test driver) before it is offered.
 
-API for other parts (advise's JSON, remedies):
-    from vfio_advisor.fix.planner import plan_domain, fix_for_finding
+A rule is fixable here when its `fix` names one of fix/planner.py's
+planners (rules/remedies.py domain_xml_fix). API for other parts (advise):
+    from vfio_advisor.fix.planner import Analyzer, plan_domain, fix_for_finding
     plan = plan_domain(Analyzer(host_root_dir), xml_text)   # DomainPlan
     plan.fix_for_finding(finding) -> Change | None
     fix_for_finding(plan, finding) -> dict | None  (the "fix" object for JSON)

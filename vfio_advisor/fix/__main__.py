@@ -1,7 +1,7 @@
-"""python -m vfio_advisor.fix ARGS: the `fix` command before cli.py wires it."""
+"""python -m vfio_advisor.fix ARGS: the same as `vfio-advisor fix ARGS`."""
 
 import sys
 
-from vfio_advisor.fix.command import main
+from vfio_advisor.cli import main
 
-sys.exit(main())
+sys.exit(main(["fix", *sys.argv[1:]]))

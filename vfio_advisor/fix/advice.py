@@ -1,12 +1,13 @@
 """What `advise` says about findings that have a domain XML fix.
 
-The rules' own remedies for VA4001, VA4002, VA4003, VA5001 and VA5003 end
-with a pointer to `vfio-advisor fix DOMAIN`: the hook cannot plan, because
-planning verifies with libvirt's test driver and the hook must never load
-libvirt. `advise` already talks to libvirt, so for a domain with such a
-finding it plans (the same plan_domain as `fix`, on the same engine session,
-so the host facts are read once) and replaces that pointer by the outcome:
-the verified change (summary and per-device details), or why there is none.
+A finding of a rule with a domain XML fix (Rule.fix) carries a pointer to
+`vfio-advisor fix DOMAIN`, which the sinks print after its remedy: the hook
+cannot plan, because planning verifies with libvirt's test driver and the
+hook must never load libvirt. `advise` already talks to libvirt, so for a
+domain with such a finding it plans (the same plan_domain as `fix`, on the
+same engine session, so the host facts are read once) and replaces that
+pointer by the outcome: the verified change (summary and per-device
+details), or why there is none.
 Domains without a fixable finding are not planned, so advise stays fast.
 """
 
@@ -15,8 +16,8 @@ from __future__ import annotations
 import shlex
 from typing import Callable
 
-from vfio_advisor.fix.analysis import Analyzer, Finding, fix_pointer
-from vfio_advisor.fix.planner import FIXABLE_RULES, fix_for_finding, plan_domain
+from vfio_advisor.findings import Finding
+from vfio_advisor.fix.planner import FIXABLE_RULES, Analyzer, fix_for_finding, plan_domain
 
 FixKey = tuple[str, str]  # Finding.key
 
@@ -36,20 +37,13 @@ def fix_command(name: str, from_files: bool, host_root: str = "/") -> str:
             + " ".join(words + [shlex.quote(name)]))
 
 
-def strip_pointer(remedy: str, domain: str | None) -> str:
-    pointer = fix_pointer(domain or "")
-    if remedy.endswith(pointer):
-        return remedy[:-len(pointer)].rstrip()
-    return remedy
-
-
 def advised_remedy(f: Finding, fix: dict, command: str) -> str:
-    """The finding's remedy with its `fix` pointer replaced by the plan's
-    outcome: the verified change first (the rule's prose after it, as the
+    """The finding's remedy (plain prose) with the plan's outcome instead of
+    its `fix` pointer: the verified change first (the rule's prose after it, as the
     way by hand), or the prose and why no change was verified. Detail lines
     start with two spaces, which the text report keeps as they are
     (sinks/text.py)."""
-    prose = strip_pointer(f.remedy, f.domain)
+    prose = f.remedy
     if fix.get("verified"):
         resolves = ", ".join(r["rule"] + (f" {r['subject']}" if r["subject"] else "")
                              for r in fix["resolves"])
@@ -92,5 +86,5 @@ class AdviseFixes:
         for f in findings:
             fix = fixes.get(f.key)
             out.append(f if fix is None else f._replace(
-                remedy=advised_remedy(f, fix, self.command(name))))
+                remedy=advised_remedy(f, fix, self.command(name)), fix_pointer=""))
         return out, fixes

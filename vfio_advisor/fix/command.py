@@ -1,44 +1,46 @@
-"""`vfio-advisor fix`: argparse wiring, loading, output and --apply.
+"""`vfio-advisor fix`: argparse wiring, output and --apply.
 
     fix DOMAIN... | --xml FILE... [--connect URI] [--host-root DIR] [--rule ID...]
         [--format diff|xml|json] [--apply] [--state-dir DIR]
 
-Exit status: 0 every fixable finding got a verified fix (or nothing to fix);
-1 some finding of warning or worse that fix handles has no verified fix;
-2 usage errors, XML that is not a domain, a failed connection, a domain that
-changed since the analysis, or --apply without a read-write connection.
+Domains come from sources.load_domains, as for every command; the exit
+status is vfio_advisor/exitstatus.py's (0 every fixable finding got a
+verified fix, 1 one of warning or worse has none, 2 bad input or a refused
+--apply).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import shlex
 import sys
 import time
-from dataclasses import dataclass
-from typing import Sequence
 
-from vfio_advisor.fix.analysis import (
-    DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, DEFAULT_URI, MAX_XML_BYTES, Analyzer, ConnectionFailed,
-    DomainXMLError, UsageError, load_config, lookup_rule, open_host_root, parse_domain_xml,
-)
-from vfio_advisor.fix.planner import FIXABLE_RULES, RULE_ORDER, DomainPlan, plan_domain
+from vfio_advisor.config import DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, load_config
+from vfio_advisor.errors import UsageError
+from vfio_advisor.exitstatus import EXIT_FINDINGS, EXIT_OK
+from vfio_advisor.facts.domain import parse_tree, serialize
+from vfio_advisor.fix.planner import FIXABLE_RULES, RULE_ORDER, Analyzer, DomainPlan, plan_domain
 from vfio_advisor.fix.verify import describe_finding
-from vfio_advisor.fix.xmledit import apply_ops, parse_tree, serialize
+from vfio_advisor.fix.xmledit import apply_ops
+from vfio_advisor.rules import lookup as lookup_rule
+from vfio_advisor.sources import (
+    DEFAULT_URI, DomainSource, libvirt_module, load_domains, open_host_root,
+)
 
 SCHEMA = "vfio-advisor/fix/1"
-EXIT_OK, EXIT_UNFIXED, EXIT_USAGE = 0, 1, 2
+# The test driver keeps its domains in the memory of the connection's
+# process: a define there lasts until the process ends (libvirt
+# src/test/test_driver.c, testConnectOpen builds a fresh private driver for
+# test:///FILE and one process-wide for test:///default; nothing is written).
+NON_PERSISTENT_DRIVERS = ("test",)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, like cli.py
-        self.exit(EXIT_USAGE, f"vfio-advisor: {message}\n")
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    f = subparsers.add_parser(
-        "fix", help="exact domain XML changes for findings that have one, each verified",
+def add_parser(subparsers, add_command):
+    """`fix`'s parser, made by cli.add_command (its help carries the exit-status rows)."""
+    f = add_command(
+        subparsers, "fix", "exact domain XML changes for findings that have one, each verified",
         description="Compute one change to the domain XML per finding that has an XML fix "
                     f"({', '.join(RULE_ORDER)}), verify it (re-analysis with the same host "
                     "facts, libvirt's schema, libvirt's test driver) and print it.")
@@ -66,35 +68,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return f
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="vfio-advisor")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    add_parser(sub)
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone entry (python -m vfio_advisor.fix ARGS) until cli.py wires `fix`."""
-    args = build_parser().parse_args(["fix", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return run(args)
-    except (UsageError, ConnectionFailed) as exc:
-        print(f"vfio-advisor: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except BrokenPipeError:
-        return EXIT_OK
-
-
 # --- input ------------------------------------------------------------------------
-
-@dataclass
-class Source:
-    label: str  # "file:PATH" or the libvirt domain name
-    name: str
-    xml: str  # what was analysed: the persistent config (inactive XML) for libvirt
-    persistent: bool = True
-    state: str = "file"
-
 
 def rules_from(values: list[str]) -> set[str] | None:
     if not values:
@@ -112,86 +86,18 @@ def rules_from(values: list[str]) -> set[str] | None:
     return out
 
 
-def _libvirt():
-    try:
-        import libvirt  # noqa: PLC0415 - lazy: the hook must never load it
-    except ImportError:
-        raise ConnectionFailed("libvirt-python is not installed") from None
-    libvirt.registerErrorHandler(lambda *_: None, None)
-    return libvirt
-
-
-STATE_NAMES = {0: "no state", 1: "running", 2: "blocked", 3: "paused", 4: "shutting down",
-               5: "shut off", 6: "crashed", 7: "suspended (pmsuspended)"}
-
-
-def _read_file(path: str) -> str:
-    try:
-        if os.path.getsize(path) > MAX_XML_BYTES:
-            raise DomainXMLError(f"{path}: too large for a domain XML")
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise DomainXMLError(f"{path}: not UTF-8 text") from None
-
-
-def load_sources(args, conn=None) -> list[Source]:
-    """Every domain to fix; raises UsageError/DomainXMLError (one line) before
-    anything is analysed, so bad input changes nothing."""
+def load_sources(args, root: str, conn=None) -> list[DomainSource]:
+    """Every domain to fix, as its persistent config; raises UsageError (one
+    line) before anything is analysed, so bad input changes nothing."""
     if args.xml and (args.connect or args.domains):
         raise UsageError("use either --xml FILE or DOMAIN names (with --connect), not both")
-    out: list[Source] = []
-    if args.xml:
-        for path in args.xml:
-            text = _read_file(path)
-            try:
-                domain = parse_domain_xml(text)
-            except DomainXMLError as exc:
-                raise DomainXMLError(f"{path}: {exc}") from None
-            out.append(Source(f"file:{path}", domain.name, text))
-        return out
-    libvirt = _libvirt()
-    uri = args.connect or DEFAULT_URI
-    own = conn is None
-    if own:
-        try:
-            conn = libvirt.openReadOnly(uri)
-        except libvirt.libvirtError as exc:
-            raise ConnectionFailed(f"cannot connect to {uri}: {exc.get_error_message()}") from None
-    try:
-        if args.domains:
-            handles = []
-            for name in args.domains:
-                try:
-                    handles.append(conn.lookupByName(name))
-                except libvirt.libvirtError as exc:
-                    raise UsageError(f"{name}: {exc.get_error_message()}") from None
-        else:
-            handles = conn.listAllDomains(0)
-        for dom in handles:
-            persistent = bool(dom.isPersistent())
-            # The persistent config is what fix changes; a transient domain has none.
-            flags = libvirt.VIR_DOMAIN_XML_INACTIVE if persistent else 0
-            try:
-                xml = dom.XMLDesc(flags)
-            except libvirt.libvirtError as exc:
-                raise UsageError(f"{dom.name()}: {exc.get_error_message()}") from None
-            try:
-                domain = parse_domain_xml(xml)
-            except DomainXMLError as exc:
-                raise DomainXMLError(f"{dom.name()}: {exc}") from None
-            if args.domains or domain.hostdevs:
-                out.append(Source(dom.name(), domain.name, xml, persistent,
-                                  STATE_NAMES.get(dom.state()[0], "unknown")))
-    finally:
-        if own:
-            conn.close()
-    out.sort(key=lambda s: s.name)
-    return out
+    found, errors = load_domains(list(args.xml), list(args.domains), args.connect,
+                                 root if args.host_root != "/" else None,
+                                 inactive=True, conn=conn)
+    if errors:
+        src, msg = errors[0]
+        raise UsageError(f"{src}: {msg}")
+    return found
 
 
 # --- run ----------------------------------------------------------------------------
@@ -202,11 +108,15 @@ def run(args, conn=None) -> int:
     if args.apply and args.xml:
         raise UsageError("--apply defines domains through libvirt: give DOMAIN names, not --xml")
     config = load_config(args.config)
-    sources = load_sources(args, conn)
-    if args.format == "xml" and len(sources) != 1:
-        raise UsageError(f"--format xml prints one domain's XML; {len(sources)} domains selected")
     root, tmp = open_host_root(args.host_root)
     try:
+        sources = load_sources(args, root, conn)
+        if args.apply and any(src.from_file for src in sources):
+            # A snapshot's own domains are files too.
+            raise UsageError("--apply defines domains through libvirt: give DOMAIN names "
+                             "(with --connect URI), not XML files or a snapshot's domains")
+        if args.format == "xml" and len(sources) != 1:
+            raise UsageError(f"--format xml prints one domain's XML; {len(sources)} domains selected")
         analyzer = Analyzer(root, config)
         plans = [(src, plan_domain(analyzer, src.xml, rules)) for src in sources]
     finally:
@@ -217,7 +127,7 @@ def run(args, conn=None) -> int:
         applied = apply_plans(args, [(s, p) for s, p in plans if p.changed], conn)
     emit(args, plans, applied)
     complete = all(p.complete for _, p in plans)
-    return EXIT_OK if complete else EXIT_UNFIXED
+    return EXIT_OK if complete else EXIT_FINDINGS
 
 
 # --- apply ----------------------------------------------------------------------------
@@ -226,12 +136,12 @@ def _normal(xml: str) -> str:
     return serialize(parse_tree(xml))
 
 
-def apply_plans(args, plans: list[tuple[Source, DomainPlan]], conn=None) -> dict[str, dict]:
+def apply_plans(args, plans: list[tuple[DomainSource, DomainPlan]], conn=None) -> dict[str, dict]:
     """Define each fixed config. Every check runs for every domain before the
     first define, so a refusal changes nothing."""
     if not plans:
         return {}
-    libvirt = _libvirt()
+    libvirt = libvirt_module()
     uri = args.connect or DEFAULT_URI
     own = conn is None
     if own:
@@ -244,14 +154,14 @@ def apply_plans(args, plans: list[tuple[Source, DomainPlan]], conn=None) -> dict
         ready = []
         for src, plan in plans:
             try:
-                dom = conn.lookupByName(src.name)
+                dom = conn.lookupByName(src.domain.name)
             except libvirt.libvirtError as exc:
-                raise UsageError(f"{src.name}: {exc.get_error_message()}") from None
+                raise UsageError(f"{src.domain.name}: {exc.get_error_message()}") from None
             if not dom.isPersistent():
-                raise UsageError(f"{src.name} is transient: it has no persistent config to fix")
+                raise UsageError(f"{src.domain.name} is transient: it has no persistent config to fix")
             now = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
             if _normal(now) != _normal(src.xml):
-                raise UsageError(f"{src.name} changed since the analysis (its XML differs); "
+                raise UsageError(f"{src.domain.name} changed since the analysis (its XML differs); "
                                  "nothing was applied, run fix again")
             # SECURE keeps what a plain XMLDesc hides (graphics passwords): the
             # define must not drop them. Only a read-write connection may ask.
@@ -260,7 +170,7 @@ def apply_plans(args, plans: list[tuple[Source, DomainPlan]], conn=None) -> dict
             except libvirt.libvirtError as exc:
                 raise UsageError(_refusal(libvirt, exc, uri)) from None
             if serialize(apply_ops(parse_tree(now), plan.ops)) != plan.fixed_xml:
-                raise UsageError(f"{src.name}: the verified change does not replay on its "
+                raise UsageError(f"{src.domain.name}: the verified change does not replay on its "
                                  "current XML; nothing was applied")
             new_xml = serialize(apply_ops(parse_tree(secure), plan.ops))
             state = dom.state()[0]
@@ -270,17 +180,21 @@ def apply_plans(args, plans: list[tuple[Source, DomainPlan]], conn=None) -> dict
             os.makedirs(backups, mode=0o700, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"cannot create {backups}: {exc.strerror or exc}; nothing was applied") from None
+        real_uri = conn.getURI() or uri
+        # The test driver accepts a define and forgets it when the
+        # connection's process ends; say so rather than "applied".
+        persists = conn.getType().lower() not in NON_PERSISTENT_DRIVERS
         out: dict[str, dict] = {}
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         for src, plan, dom, secure, new_xml, state in ready:
-            path = os.path.join(backups, f"{_safe(src.name)}-{stamp}.xml")
+            path = os.path.join(backups, f"{_safe(src.domain.name)}-{stamp}.xml")
             try:
                 # 0600: the SECURE XML may hold passwords.
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "w") as f:
                     f.write(secure)
             except OSError as exc:
-                raise UsageError(f"cannot save the old XML of {src.name} to {path}: "
+                raise UsageError(f"cannot save the old XML of {src.domain.name} to {path}: "
                                  f"{exc.strerror or exc}; nothing was applied to it") from None
             try:
                 # defineXML replaces the persistent config only; a running
@@ -291,11 +205,12 @@ def apply_plans(args, plans: list[tuple[Source, DomainPlan]], conn=None) -> dict
                 os.unlink(path)
                 raise UsageError(_refusal(libvirt, exc, uri)) from None
             running = state not in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_NOSTATE)
-            out[src.name] = {
+            out[src.domain.name] = {
                 "backup": path,
-                "restore": f"virsh define {path}",
+                "restore": f"virsh -c {shlex.quote(real_uri)} define {shlex.quote(path)}",
                 "takes_effect": "at the next boot (the running domain is unchanged)" if running
                                 else "at the next start",
+                "persists": persists,
             }
         return out
     finally:
@@ -316,7 +231,7 @@ def _safe(name: str) -> str:
 
 # --- output -----------------------------------------------------------------------------
 
-def emit(args, plans: list[tuple[Source, DomainPlan]], applied: dict[str, dict]) -> None:
+def emit(args, plans: list[tuple[DomainSource, DomainPlan]], applied: dict[str, dict]) -> None:
     out = sys.stdout
     if args.format == "xml":
         (_, plan), = plans
@@ -331,19 +246,24 @@ def emit(args, plans: list[tuple[Source, DomainPlan]], applied: dict[str, dict])
     for src, plan in plans:
         write_summary(src, plan, out)
         out.write(plan.diff())
-        if src.name in applied:
-            _print_applied(src.name, applied[src.name], out)
+        if src.domain.name in applied:
+            _print_applied(src.domain.name, applied[src.domain.name], out)
 
 
 def _print_applied(name: str, info: dict, out) -> None:
-    out.write(f"# applied to {name}'s persistent config, effective {info['takes_effect']}.\n"
-              f"# previous XML saved as {info['backup']}; restore with: {info['restore']}\n")
+    if not info["persists"]:
+        out.write(f"# defined {name} in a driver that does not persist (libvirt's test driver "
+                  "keeps definitions in memory only): the change is gone when this command "
+                  "exits; nothing was stored.\n")
+    else:
+        out.write(f"# applied to {name}'s persistent config, effective {info['takes_effect']}.\n")
+    out.write(f"# previous XML saved as {info['backup']}; restore with: {info['restore']}\n")
 
 
-def write_summary(src: Source, plan: DomainPlan, out) -> None:
+def write_summary(src: DomainSource, plan: DomainPlan, out) -> None:
     w = out.write
     n = len(plan.changes)
-    w(f"# {plan.name} ({src.label if src.label.startswith('file:') else src.state}): "
+    w(f"# {plan.name} ({src.label if src.from_file else src.state}): "
       f"{n} verified change{'s' if n != 1 else ''}\n")
     for i, c in enumerate(plan.changes, 1):
         w(f"#  {i}. {c.rule}: {c.summary}\n")
@@ -363,13 +283,13 @@ def _finding_json(f) -> dict:
             "guest_address": f.guest_address}
 
 
-def to_json(args, plans: list[tuple[Source, DomainPlan]], applied: dict[str, dict]) -> dict:
+def to_json(args, plans: list[tuple[DomainSource, DomainPlan]], applied: dict[str, dict]) -> dict:
     domains = []
     for src, plan in plans:
         domains.append({
             "name": plan.name,
             "uuid": plan.before.domain.uuid,
-            "source": src.label if src.label.startswith("file:") else f"libvirt:{args.connect or DEFAULT_URI}",
+            "source": src.label if src.from_file else f"libvirt:{args.connect or DEFAULT_URI}",
             "state": src.state,
             "changed": plan.changed,
             "complete": plan.complete,
@@ -381,7 +301,7 @@ def to_json(args, plans: list[tuple[Source, DomainPlan]], applied: dict[str, dic
             "findings_after": [_finding_json(f) for f in plan.after.findings],
             "diff": plan.diff(),
             "fixed_xml": plan.fixed_xml if plan.changed else None,
-            "applied": applied.get(src.name),
+            "applied": applied.get(src.domain.name),
         })
     return {"schema": SCHEMA, "host_root": args.host_root,
             "rules": sorted(rules_from(args.rule) or FIXABLE_RULES), "domains": domains}

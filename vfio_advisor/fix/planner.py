@@ -1,16 +1,18 @@
 """Plan verified domain XML changes for the findings that have one.
 
-For each rule with an XML fix the planner computes one change (a list of
-`xmledit.Op`s) on top of the changes accepted before it, re-analyses the
-result with the same host facts, validates it with libvirt's schema and test
-driver (verify.py), and keeps it only if all three pass. Rules are planned in
-this order, because each one changes what the next one sees:
+A rule has a domain XML fix when its `fix` names one of the planners below
+(`Rule(..., fix=domain_xml_fix("plan_...", stage=N))`, rules/remedies.py).
+For each such rule the planner computes one change (a list of `xmledit.Op`s)
+on top of the changes accepted before it, re-analyses the result with the
+same host facts, validates it with libvirt's schema and test driver
+(verify.py), and keeps it only if all three pass. Rules are planned in the
+order of their stages, because each one changes what the next one sees:
 
-  VA4001  i440FX -> Q35 (only when the conversion can be done and verified)
-  VA4002  functions of one card into one guest slot
-  VA5003  INTx devices off a pcie-expander-bus
-  VA5001  a guest line of its own for every assigned INTx device (joint)
-  VA4003  <ioapic driver='kvm'/>
+  1  i440FX -> Q35 (only when the conversion can be done and verified)
+  2  functions of one card into one guest slot
+  3  INTx devices off a pcie-expander-bus
+  4  a guest line of its own for every assigned INTx device (joint)
+  5  <ioapic driver='kvm'/>
 
 Guest lines come from the routing model (facts/guest_intx.py; QEMU
 hw/pci/pci.c swizzle, hw/isa/lpc_ich9.c ich9_lpc_map_irq, hw/i386/pc_piix.c
@@ -22,21 +24,76 @@ from __future__ import annotations
 import difflib
 import shutil
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 from lxml import etree
 
-from vfio_advisor.fix.analysis import (
-    QEMU_MODEL_MSI, Analysis, Analyzer, Domain, DomainXMLError, Finding, GuestFunction,
-    GuestIntxMap, PciAddress, Severity, build_guest_intx_map, parse_domain_xml,
+from vfio_advisor.config import DEFAULTS, Config
+from vfio_advisor.engine import Engine
+from vfio_advisor.errors import DomainXMLError
+from vfio_advisor.facts.domain import (
+    XPATH, Domain, PciAddress, address_of, domain_from_element, parse_tree, serialize,
 )
+from vfio_advisor.facts.guest_intx import (
+    QEMU_MODEL_MSI, GuestFunction, GuestIntxMap, build_guest_intx_map,
+)
+from vfio_advisor.facts.model import DomainFacts
+from vfio_advisor.findings import Finding, Severity
 from vfio_advisor.fix import verify as verify_module
 from vfio_advisor.fix.verify import Check, describe_finding, verify
-from vfio_advisor.fix.xmledit import (
-    Occupancy, Op, apply_ops, next_controller_index, parse_tree, serialize,
-)
+from vfio_advisor.fix.xmledit import Occupancy, Op, apply_ops, device_key, next_controller_index
+from vfio_advisor.rules import RULES, Rule, lookup
+from vfio_advisor.rules.remedies import DOMAIN_XML
 
-RULE_ORDER = ("VA4001", "VA4002", "VA5003", "VA5001", "VA4003")
+
+class Analysis(NamedTuple):
+    domain: Domain
+    facts: DomainFacts
+    findings: tuple[Finding, ...]
+
+    def host_pins(self) -> dict[str, int | None]:
+        """Host BDF -> the INTx pin vfio-pci gives the guest (None: unknown)."""
+        return {d.address: (d.device.guest_pin if d.device else None) for d in self.facts.devices}
+
+
+class Analyzer:
+    """Host facts gathered once (one engine session); any number of domain
+    XMLs analysed against them under the config's ignore policy, as advise
+    and the hook do. `fix` re-analyses every candidate XML with the very same
+    facts, so a change is judged on the host it was planned for."""
+
+    def __init__(self, host_root_dir: str, config: Config = DEFAULTS):
+        self.engine = Engine(host_root_dir, config)
+        self.engine.host()
+
+    @classmethod
+    def from_engine(cls, engine: Engine) -> "Analyzer":
+        """Reuse a session (advise's) so its host facts are read once."""
+        self = cls.__new__(cls)
+        self.engine = engine
+        return self
+
+    def analyse(self, xml: str | bytes | etree._Element) -> Analysis:
+        """`xml`: text, or a parsed (possibly edited) <domain> tree, read as it is."""
+        domain = domain_from_element(xml if isinstance(xml, etree._Element) else parse_tree(xml))
+        facts, findings = self.engine.analyse(domain)
+        return Analysis(domain, facts, tuple(findings))
+
+
+def _rule_id(slug: str) -> str:
+    """A rule's ID, for the prose that names it (IDs are spelt in rules/ only)."""
+    return lookup(slug).id
+
+
+def _domain_xml_rules() -> tuple[Rule, ...]:
+    """The rules whose `fix` is a domain XML change, in planning order: a
+    rule is fixable here because it names one of the planners below."""
+    return tuple(sorted((r for r in RULES if r.fix is not None and r.fix.kind == DOMAIN_XML),
+                        key=lambda r: r.fix.stage))
+
+
+FIX_RULES = _domain_xml_rules()
+RULE_ORDER = tuple(r.id for r in FIX_RULES)
 FIXABLE_RULES = frozenset(RULE_ORDER)
 
 
@@ -140,7 +197,7 @@ class DomainPlan:
 class Router:
     """The routing model over a working XML tree, with the host facts fixed:
     the pins vfio-pci gives each assigned device, and which of them are on
-    MSI now and can use it (as VA5001 judges its sharers)."""
+    MSI now and can use it (as the guest-line-shared rule judges its sharers)."""
 
     def __init__(self, analysis: Analysis):
         self.pins = analysis.host_pins()
@@ -149,7 +206,7 @@ class Router:
                         and not d.interrupts.on_intx}
 
     def domain(self, root: etree._Element) -> Domain:
-        return parse_domain_xml(serialize(root))
+        return domain_from_element(root)
 
     def gmap(self, root: etree._Element) -> GuestIntxMap:
         return build_guest_intx_map(self.domain(root), self.pins)
@@ -295,7 +352,7 @@ def plan_va5001(root, analysis: Analysis, targets: list[Finding], router: Router
     if gmap.chipset == "i440fx":
         why = ("on i440FX every PCI INTx goes to IRQ 10 or 11 (SeaBIOS wires PIRQ A,B to 10 and "
                "C,D to 11) and other INTx functions hold both: no guest address gives it a line "
-               "of its own; convert the domain to Q35 (VA4001), or use MSI in the guest where the device and the host allow it")
+               f"of its own; convert the domain to Q35 ({_rule_id('i440fx-with-pcie-or-intx-devices')}), or use MSI in the guest where the device and the host allow it")
     else:
         why = ("no free slot on pcie.0 gives it a line (GSI 16-23) that no other INTx "
                "function uses; free a slot, or use MSI in the guest where the device and the host allow it")
@@ -366,7 +423,7 @@ def plan_va5003(root, analysis: Analysis, targets: list[Finding], router: Router
     gmap = analysis.facts.guest_intx
     controllers = {c.index: c for c in domain.controllers}
     pxb = {c.index for c in domain.controllers if c.model == "pcie-expander-bus"}
-    # Only the functions VA5003 flagged (by guest address): MSI users behind
+    # Only the functions the pxb rule flagged (by guest address): MSI users behind
     # the same expander bus (e1000e, virtio, root ports) are fine there and stay.
     flagged = {dict(f.evidence).get("guest address") for f in targets}
     children: dict[tuple, GuestFunction] = {}  # direct child of a pxb-pcie -> a function behind it
@@ -421,14 +478,9 @@ def plan_va5003(root, analysis: Analysis, targets: list[Finding], router: Router
 
 
 def _element_of(root, fn: GuestFunction) -> str:
-    for el in root.xpath("devices/*"):
-        a = el.find("address")
-        if a is not None and a.get("type") == "pci":
-            try:
-                if PciAddress.from_element(a, "x") == fn.guest_address:
-                    return el.tag
-            except DomainXMLError:
-                continue
+    for el in root.xpath(XPATH["device_elements"]):
+        if address_of(el) == fn.guest_address:
+            return el.tag
     return "*"
 
 
@@ -448,7 +500,7 @@ MAX_VCPUS_IN_KERNEL_IRQCHIP = 255
 
 def plan_va4003(root, analysis: Analysis, targets: list[Finding], router: Router) -> Proposal:
     domain = analysis.domain
-    intremap = root.xpath("string(devices/iommu/driver/@intremap)")
+    intremap = root.xpath(XPATH["iommu_driver_intremap"])
     if intremap == "on":
         raise Manual("the domain's <iommu> has intremap='on', which libvirt accepts only with "
                      "<ioapic driver='qemu'/> (src/conf/domain_validate.c, "
@@ -486,10 +538,10 @@ def plan_va4001(root, analysis: Analysis, targets: list[Finding], router: Router
         raise Manual(f"machine {domain.machine} has no Q35 counterpart of the same QEMU version "
                      "(pc-q35-X exists for the pc-i440fx-X versions QEMU still keeps); choose one by hand")
     blockers = []
-    for disk in root.xpath("devices/disk"):
-        bus = disk.xpath("string(target/@bus)")
+    for disk in root.xpath(XPATH["disks"]):
+        bus = disk.xpath(XPATH["disk_target_bus"])
         if bus in ("ide", "fdc"):
-            blockers.append(f"disk {disk.xpath('string(target/@dev)')} is on the {bus.upper()} bus, "
+            blockers.append(f"disk {disk.xpath(XPATH['disk_target_dev'])} is on the {bus.upper()} bus, "
                             "which Q35 does not have; moving it to SATA needs the guest's AHCI "
                             "driver first (a Windows boot disk otherwise stops with "
                             "INACCESSIBLE_BOOT_DEVICE)")
@@ -497,32 +549,30 @@ def plan_va4001(root, analysis: Analysis, targets: list[Finding], router: Router
         if ctrl.model not in (None, "pci-root"):
             blockers.append(f"pci controller {ctrl.index} ({ctrl.model}) needs re-planning for PCIe "
                             "(behind a pcie-to-pci-bridge)")
-    for el in root.xpath("devices/controller[@type='fdc']"):
+    for el in root.xpath(XPATH["fdc_controllers"]):
         blockers.append("a floppy controller, which Q35 does not have")
     if blockers:
         raise Manual("Q35 conversion is manual here: " + "; ".join(blockers))
-    ops: list[Op] = [Op("set-attr", xpath="os/type", name="machine", value=machine)]
+    ops: list[Op] = [Op("set-attr", xpath=XPATH["os_type"], name="machine", value=machine)]
     details = [f"machine {domain.machine} -> {machine}"]
-    if root.xpath("devices/controller[@type='pci' and @model='pci-root']"):
+    if root.xpath(XPATH["pci_root_controllers"]):
         index0 = next(c.index for c in domain.controllers if c.model == "pci-root")
         ops.append(Op("set-controller-model", key=("controller", index0), model="pcie-root"))
         details.append("pci-root -> pcie-root")
-    for el in root.xpath("devices/controller[@type='ide']"):
-        ops.append(Op("remove", key=("device", "controller[@type='ide']", str(_addr(el)))))
+    for el in root.xpath(XPATH["ide_controllers"]):
+        ops.append(Op("remove", key=device_key(el, address_of(el))))
         details.append("removed the PIIX3 IDE controller (no IDE disks)")
     work = apply_ops(root, ops)
     # Devices in slot 1 were functions of the PIIX3 (USB at 00:01.2); on Q35
     # slot 1 has no function 0, so the guest would never enumerate them.
-    for el in work.xpath("devices/*"):
-        a = _addr(el)
+    for el in work.xpath(XPATH["device_elements"]):
+        a = address_of(el)
         if a is not None and a.bus == 0 and a.slot == 1:
             gmap = router.gmap(work)
             slots = free_root_slots(work, gmap)
             if not slots:
                 raise Manual("no free pcie.0 slot for the devices of slot 1")
-            key = ("device", el.tag if el.tag != "controller" else
-                   f"controller[@type='{el.get('type')}']", str(a))
-            step = [Op("set-address", key=key, address=PciAddress(0, 0, slots[0], 0))]
+            step = [Op("set-address", key=device_key(el, a), address=PciAddress(0, 0, slots[0], 0))]
             ops += step
             work = apply_ops(work, step)
             details.append(f"<{el.tag}> {a} -> 0000:00:{slots[0]:02x}.0 (slot 1 was the PIIX3's)")
@@ -530,22 +580,22 @@ def plan_va4001(root, analysis: Analysis, targets: list[Finding], router: Router
     # it on Q35, 00:1d.x (qemuDomainValidateDevicePCISlotsQ35): slots 25-29
     # route by pin to PIRQ A-D (ich9_lpc_map_irq), which leaves the E-H lines
     # of the ordinary slots to the assigned devices.
-    usb_slots = sorted({a.slot for el in work.xpath("devices/controller[@type='usb']")
+    usb_slots = sorted({a.slot for el in work.xpath(XPATH["usb_controllers"])
                         if (el.get("model") or "").startswith("ich9-")
-                        and (a := _addr(el)) is not None and a.bus == 0 and a.slot != 0x1D})
+                        and (a := address_of(el)) is not None and a.bus == 0 and a.slot != 0x1D})
     occ = Occupancy.of(work)
     if len(usb_slots) == 1 and not occ.used(0, 0x1D):
-        for el in work.xpath("devices/controller[@type='usb']"):
-            a = _addr(el)
+        for el in work.xpath(XPATH["usb_controllers"]):
+            a = address_of(el)
             if a is not None and a.bus == 0 and a.slot == usb_slots[0]:
-                step = [Op("set-address", key=("device", "controller[@type='usb']", str(a)),
+                step = [Op("set-address", key=device_key(el, a),
                            address=PciAddress(0, 0, 0x1D, a.function))]
                 ops += step
                 work = apply_ops(work, step)
         details.append(f"ICH9 USB controllers 0000:00:{usb_slots[0]:02x}.x -> 0000:00:1d.x "
                        "(their Q35 place)")
     # Assigned devices: each card behind a root port of its own, on lines
-    # planned jointly as for VA5001.
+    # planned jointly as for the shared guest lines (plan_va5001).
     start: set[str] = set()
     done: set[str] = set()
     for hd in domain.hostdevs:
@@ -575,20 +625,13 @@ def plan_va4001(root, analysis: Analysis, targets: list[Finding], router: Router
                     details, sorted(done), list(targets))
 
 
-def _addr(el) -> PciAddress | None:
-    a = el.find("address")
-    if a is None or a.get("type") != "pci":
-        return None
-    try:
-        return PciAddress.from_element(a, "address")
-    except DomainXMLError:
-        return None
-
-
-PLANNERS: dict[str, Callable[..., Proposal]] = {
-    "VA4001": plan_va4001, "VA4002": plan_va4002, "VA5003": plan_va5003,
-    "VA5001": plan_va5001, "VA4003": plan_va4003,
-}
+def planner_of(rule: Rule) -> Callable[..., Proposal]:
+    """The planner a rule names (Rule.fix.planner), looked up when it runs."""
+    planner = globals().get(rule.fix.planner)
+    if not callable(planner):
+        raise ValueError(f"programming error: {rule.id} names planner {rule.fix.planner!r}, "
+                         "which vfio_advisor/fix/planner.py does not define")
+    return planner
 
 
 # --- the whole domain -----------------------------------------------------------
@@ -631,7 +674,7 @@ def plan_domain(analyzer: Analyzer, xml: str | bytes, rules: Iterable[str] | Non
     a domain. `rules`: the rule IDs to fix (default: every fixable one)."""
     root = parse_tree(xml)
     base = serialize(root)
-    before = analyzer.analyse(base)
+    before = analyzer.analyse(root)
     wanted_rules = FIXABLE_RULES if rules is None else FIXABLE_RULES & set(rules)
     router = Router(before)
     current_root, current = root, before
@@ -663,7 +706,8 @@ def plan_domain(analyzer: Analyzer, xml: str | bytes, rules: Iterable[str] | Non
                      if f.rule_id not in FIXABLE_RULES and f.severity >= Severity.WARNING]
             return DomainPlan(before.domain.name, base, base, before, before, [], [],
                               [Unfixed(f, reason, "unverifiable") for f in fixable], other)
-    for rule in RULE_ORDER:
+    for fix_rule in FIX_RULES:
+        rule = fix_rule.id
         if rule not in wanted_rules:
             continue
         now = {f.key for f in current.findings}
@@ -671,7 +715,7 @@ def plan_domain(analyzer: Analyzer, xml: str | bytes, rules: Iterable[str] | Non
         if not targets:
             continue
         try:
-            proposal = PLANNERS[rule](current_root, current, targets, router)
+            proposal = planner_of(fix_rule)(current_root, current, targets, router)
         except Manual as exc:
             unfixed += [Unfixed(f, str(exc), "manual") for f in targets]
             continue
@@ -685,7 +729,7 @@ def plan_domain(analyzer: Analyzer, xml: str | bytes, rules: Iterable[str] | Non
         try:
             new_root = apply_ops(current_root, proposal.ops)
             new_xml = serialize(new_root)
-            after = analyzer.analyse(new_xml)
+            after = analyzer.analyse(new_root)
         except (DomainXMLError, LookupError) as exc:
             change.checks = [Check("reanalysis", False, f"the changed XML is not a domain: {exc}")]
             rejected.append(change)
@@ -705,7 +749,7 @@ def plan_domain(analyzer: Analyzer, xml: str | bytes, rules: Iterable[str] | Non
             unfixed += [Unfixed(f, f"the planned change failed verification ({failed})",
                                 "unverified") for f in proposal.targeted]
     # Findings an accepted change removed are not unfixed, whatever the
-    # planner of their own rule said before (e.g. VA5001 on i440FX after Q35).
+    # planner of their own rule said before (e.g. a shared guest line on i440FX after Q35).
     final = {f.key for f in current.findings}
     unfixed = [u for u in unfixed if u.finding.key in final]
     other = [f for f in before.findings
@@ -731,5 +775,5 @@ def fix_for_finding(plan: DomainPlan, finding: Finding) -> dict | None:
     return {"verified": False, "rule": finding.rule_id, "kind": left.kind, "reason": left.reason}
 
 
-__all__ = ["Change", "DomainPlan", "FIXABLE_RULES", "Manual", "RULE_ORDER", "Unfixed",
-           "describe_finding", "fix_for_finding", "plan_domain"]
+__all__ = ["Analysis", "Analyzer", "Change", "DomainPlan", "FIXABLE_RULES", "FIX_RULES", "Manual",
+           "RULE_ORDER", "Unfixed", "describe_finding", "fix_for_finding", "plan_domain"]

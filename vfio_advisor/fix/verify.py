@@ -27,7 +27,7 @@ from typing import Iterable, NamedTuple
 
 from lxml import etree
 
-from vfio_advisor.fix.analysis import Analysis, Finding, Severity
+from vfio_advisor.findings import Finding, Severity
 
 SCHEMA_TOOL = "virt-xml-validate"
 TESTDRIVER_URI = "test:///default"
@@ -47,7 +47,7 @@ def describe_finding(f: Finding) -> str:
     return f"{f.rule_id}" + (f" {where}" if where else "")
 
 
-def reanalysis(before: Analysis, after: Analysis, targeted: Iterable[Finding]) -> Check:
+def reanalysis(before, after, targeted: Iterable[Finding]) -> Check:
     after_keys = {f.key for f in after.findings}
     left = [f for f in targeted if f.key in after_keys]
     before_keys = {f.key for f in before.findings}
@@ -119,7 +119,7 @@ def testdriver(xml: str) -> Check:
     return Check("testdriver", True, "defined with VIR_DOMAIN_DEFINE_VALIDATE on test:///default")
 
 
-def verify(before: Analysis, after: Analysis, xml: str, targeted: list[Finding]) -> list[Check]:
+def verify(before, after, xml: str, targeted: list[Finding]) -> list[Check]:
     """All three checks (each runs even when an earlier one failed, so the
     output says everything that is wrong)."""
     return [reanalysis(before, after, targeted), schema(xml), testdriver(xml)]

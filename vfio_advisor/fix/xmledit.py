@@ -19,68 +19,34 @@ from dataclasses import dataclass, field
 
 from lxml import etree
 
-from vfio_advisor.fix.analysis import DomainXMLError, PciAddress
-
-PARSER_OPTS = dict(resolve_entities=False, no_network=True, huge_tree=False)
-
-
-def parse_tree(text: str | bytes) -> etree._Element:
-    if isinstance(text, str):
-        text = text.encode("utf-8")
-    try:
-        root = etree.fromstring(text, etree.XMLParser(**PARSER_OPTS))
-    except etree.XMLSyntaxError as exc:
-        raise DomainXMLError("not well-formed XML: " + " ".join(str(exc.msg).split())) from None
-    if root.tag != "domain":
-        raise DomainXMLError(f"root element is <{root.tag}>, not <domain>")
-    return root
-
-
-def serialize(root: etree._Element) -> str:
-    return etree.tostring(root, encoding="unicode") + "\n"
-
-
-def address_of(el: etree._Element) -> PciAddress | None:
-    a = el.find("address")
-    if a is None or a.get("type") != "pci":
-        return None
-    try:
-        return PciAddress.from_element(a, f"<{el.tag}> address")
-    except DomainXMLError:
-        return None
-
-
-def source_of(el: etree._Element) -> str | None:
-    src = el.find("source/address")
-    if src is None:
-        return None
-    try:
-        return str(PciAddress.from_element(src, "source address"))
-    except DomainXMLError:
-        return None
-
-
-def pci_hostdevs(root: etree._Element) -> list[etree._Element]:
-    return (root.xpath("devices/hostdev[@mode='subsystem' and @type='pci']")
-            + root.xpath("devices/interface[@type='hostdev']"))
+from vfio_advisor.facts.domain import (
+    XPATH, PciAddress, address_of, int_or_none, pci_hostdev_elements, source_address_of,
+)
 
 
 def find(root: etree._Element, key: tuple) -> etree._Element:
-    """key: ("hostdev", host BDF) | ("controller", index) | ("device", tag, guest address)."""
+    """key: ("hostdev", host BDF) | ("controller", index) | ("device", selector, guest address)."""
     kind = key[0]
     if kind == "hostdev":
-        for el in pci_hostdevs(root):
-            if source_of(el) == key[1]:
+        for el in pci_hostdev_elements(root):
+            if str(source_address_of(el)) == key[1]:
                 return el
     elif kind == "controller":
-        for el in root.xpath("devices/controller[@type='pci']"):
-            if el.get("index") is not None and _int(el.get("index")) == key[1]:
+        for el in root.xpath(XPATH["pci_controllers"]):
+            if int_or_none(el.get("index")) == key[1]:
                 return el
     elif kind == "device":
-        for el in root.xpath(f"devices/{key[1]}"):
+        for el in root.xpath(f"{XPATH['devices']}/{key[1]}"):
             if str(address_of(el)) == key[2]:
                 return el
     raise LookupError(f"{describe_key(key)} is not in the domain XML")
+
+
+def device_key(el: etree._Element, address: PciAddress) -> tuple:
+    """The key of an emulated device at `address`: its element, and for a
+    controller its type (libvirt's <controller type=...> share one tag)."""
+    selector = el.tag if el.tag != "controller" else f"controller[@type='{el.get('type')}']"
+    return ("device", selector, str(address))
 
 
 def describe_key(key: tuple) -> str:
@@ -91,21 +57,10 @@ def describe_key(key: tuple) -> str:
     return f"<{key[1]}> at {key[2]}"
 
 
-def _int(text: str) -> int:
-    """strtoul base 0, as libvirt reads controller indexes (virStrToLong_uip)."""
-    t = text.strip()
-    try:
-        if t.lower().startswith("0x"):
-            return int(t, 16)
-        return int(t, 8) if len(t) > 1 and t.startswith("0") else int(t)
-    except ValueError:
-        return -1
-
-
 def _set_address(el: etree._Element, addr: PciAddress, multifunction: bool | None) -> None:
-    a = el.find("address")
+    a = el.find(XPATH["address"])
     if a is None:
-        a = etree.SubElement(el, "address")
+        a = etree.SubElement(el, XPATH["address"])
         _indent_new_child(el, a)
     keep = {k: v for k, v in a.attrib.items()
             if k not in ("type", "domain", "bus", "slot", "function", "multifunction")}
@@ -162,11 +117,11 @@ class Op:
         if self.kind == "set-address":
             _set_address(find(root, self.key), self.address, self.multifunction)
         elif self.kind == "add-pci-controller":
-            devices = root.find("devices")
+            devices = root.find(XPATH["devices"])
             if devices is None:
                 raise LookupError("the domain has no <devices>")
             el = etree.Element("controller", type="pci", index=str(self.index), model=self.model)
-            existing = devices.xpath("controller[@type='pci']")
+            existing = root.xpath(XPATH["pci_controllers"])
             anchor = existing[-1] if existing else None
             if anchor is not None:
                 anchor.addnext(el)
@@ -185,13 +140,13 @@ class Op:
                 raise LookupError(f"{self.xpath} is not in the domain XML")
             found[0].set(self.name, self.value)
         elif self.kind == "ensure-ioapic":
-            features = root.find("features")
+            features = root.find(XPATH["features"])
             if features is None:
-                features = etree.SubElement(root, "features")
+                features = etree.SubElement(root, XPATH["features"])
                 _indent_new_child(root, features)
-            ioapic = features.find("ioapic")
+            ioapic = features.find(XPATH["features_ioapic"])
             if ioapic is None:
-                ioapic = etree.SubElement(features, "ioapic")
+                ioapic = etree.SubElement(features, XPATH["features_ioapic"])
                 _indent_new_child(features, ioapic)
             ioapic.set("driver", self.value)
         elif self.kind == "set-controller-model":
@@ -239,7 +194,7 @@ class Occupancy:
     @classmethod
     def of(cls, root: etree._Element) -> "Occupancy":
         occ = cls()
-        for el in root.xpath("devices/*"):
+        for el in root.xpath(XPATH["device_elements"]):
             a = address_of(el)
             if a is not None:
                 occ.slots.setdefault((a.bus, a.slot), set()).add(a.function)
@@ -251,6 +206,5 @@ class Occupancy:
 
 
 def next_controller_index(root: etree._Element) -> int:
-    indexes = [_int(el.get("index")) for el in root.xpath("devices/controller[@type='pci']")
-               if el.get("index") is not None]
-    return max(indexes, default=0) + 1
+    indexes = [int_or_none(el.get("index")) for el in root.xpath(XPATH["pci_controllers"])]
+    return max((i for i in indexes if i is not None), default=0) + 1

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Callable, Iterable, NamedTuple
+from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple
 
 from vfio_advisor.findings import Finding, Severity
+
+if TYPE_CHECKING:
+    from vfio_advisor.rules.remedies import Fix
 
 SEED_ARTICLE = "https://vfio.blogspot.com/2014/09/vfio-interrupts-and-how-to-coax-windows.html"
 
@@ -58,6 +61,9 @@ class Rule(NamedTuple):
     # Runtime rules (rules/stepping.py): a pure transition over the rule's own
     # state slot and the device's (or host's) sample; None for static rules.
     transition: Callable[..., object] | None = None
+    # The planner that computes an exact fix of this rule's findings
+    # (rules/remedies.py Fix); None for rules without one.
+    fix: Fix | None = None
     initial: object = None  # the slot's value when a domain run starts
     # (slot, DeviceState) -> does an emitted finding still hold? None: it
     # stays open while its domain (or, host-wide, the daemon) runs.
@@ -78,7 +84,8 @@ class Rule(NamedTuple):
         if isinstance(evidence, dict):
             evidence = tuple(evidence.items())
         return Finding(self.id, domain, subject, message, remedy or self.remedy, guest_address,
-                       tuple(evidence), self.severity, self.slug, self.title, self.message_id)
+                       tuple(evidence), self.severity, self.slug, self.title, self.message_id,
+                       self.fix.pointer(domain) if self.fix else "")
 
     def named_in(self, names) -> bool:
         """Is this rule among `names` (IDs or slugs, as configs and <metadata> give them)?"""

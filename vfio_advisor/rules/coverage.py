@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from vfio_advisor.facts.model import DomainFacts
+from vfio_advisor.facts.pci import CAPABILITIES_UNREADABLE, PciDevice
 from vfio_advisor.findings import Finding, Severity
 from vfio_advisor.rules.base import _REGISTERED, Rule, device_finding, register
 from vfio_advisor.rules.base import message_id as _id
@@ -30,6 +31,27 @@ def check_hostdev_missing(facts: DomainFacts) -> Iterator[Finding]:
                 {"sysfs": f"sys/bus/pci/devices/{dev.address}: {dev.problem}"})
 
 
+def _incomplete_remedy(pci: PciDevice) -> str:
+    """Root helps with what privilege hid; it does not help with damaged
+    bytes (a config file cut where no sysfs read stops, a capability list
+    that loops or points into the header), which root reads the same."""
+    damaged = [u for u in pci.unreadable if CAPABILITIES_UNREADABLE in u]
+    hidden = [u for u in pci.unreadable if CAPABILITIES_UNREADABLE not in u]
+    parts = []
+    if hidden:
+        parts.append("Run as root (reading all of config space needs CAP_SYS_ADMIN).")
+    if damaged:
+        parts.append(
+            f"The config space of {pci.address} is damaged, and root would read the same "
+            "bytes. If it comes from a recorded host tree, record it again (a full read is "
+            f"256 or 4096 bytes: sys/bus/pci/devices/{pci.address}/config, as root). On a "
+            f"live host compare `lspci -vvv -s {pci.address}`: a capability list that loops "
+            "or points into the header is a device or firmware fault, and the kernel cannot "
+            "find MSI behind it either. Until then, checks that need the device's MSI, "
+            "MSI-X or PCIe capabilities say nothing about it.")
+    return " ".join(parts)
+
+
 def check_facts_incomplete(facts: DomainFacts) -> Iterator[Finding]:
     for dev in facts.devices:
         if dev.device is not None and dev.device.unreadable:
@@ -38,7 +60,7 @@ def check_facts_incomplete(facts: DomainFacts) -> Iterator[Finding]:
                 "VA8002", facts, dev,
                 f"Some facts of {dev.address} could not be read, and checks that need them "
                 f"were skipped: {skipped}.",
-                "Run as root (reading all of config space needs CAP_SYS_ADMIN).",
+                _incomplete_remedy(dev.device),
                 {"unreadable": skipped})
     if facts.devices and facts.host.interrupts_problem:
         yield device_finding(
@@ -74,7 +96,9 @@ RULES: tuple[Rule, ...] = register(
          "64 bytes, without the MSI, MSI-X and PCIe capabilities.",
          "Run as root.",
          _id("d92502904c274f179326771266394df5"), check_facts_incomplete,
-         fires_on=("config-64-bytes",), silent_on=("hostdev-missing", "gpu-audio-msi")),
+         fires_on=("config-64-bytes", "config-truncated-40-bytes", "config-255-bytes",
+                   "capability-list-loops"),
+         silent_on=("hostdev-missing", "gpu-audio-msi")),
     Rule("VA8003", "interrupt-rows-skipped", Severity.INFO,
          "Some /proc/interrupts rows could not be read",
          "The daemon found rows in /proc/interrupts it could not parse (cut off, or in a "

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from vfio_advisor.facts.model import DomainFacts
+from vfio_advisor.facts.iommu import VFIO_COMPATIBLE_DRIVERS, VfioFacts, blocks_viability
+from vfio_advisor.facts.model import AssignedDevice, DomainFacts
 from vfio_advisor.findings import Finding, Severity
 from vfio_advisor.rules.base import Rule, device_finding, register
 from vfio_advisor.rules.base import message_id as _id
@@ -102,6 +103,193 @@ def check_msi_posted(facts: DomainFacts) -> Iterator[Finding]:
             {"posting": posting.verdict, "platform": "; ".join(posting.evidence)})
 
 
+# --- start failures: what stops libvirt or QEMU from opening the devices --
+#
+# At `prepare begin` (the hook) libvirt has not touched the devices yet: the
+# hook runs from qemuProcessInit, before qemuProcessPrepareHost hands the
+# hostdevs to virHostdevPreparePCIDevices (src/qemu/qemu_process.c,
+# src/hypervisor/virhostdev.c, libvirt 9.0). That function then detaches the
+# managed='yes' functions the domain lists, and only those, from their host
+# drivers to vfio-pci (virPCIDeviceDetach, src/util/virpci.c). It never
+# touches the other members of their IOMMU groups, and it refuses a
+# managed='no' device that is not on a stub driver ("Unmanaged PCI device %s
+# must be manually detached from the host"). So the state read here is the
+# state those steps start from.
+
+
+def _managed(dev: AssignedDevice) -> bool:
+    """libvirt's default for <hostdev> and <interface type='hostdev'> is
+    managed='no' (docs/formatdomain.rst, "managed")."""
+    return dev.hostdev.managed is True
+
+
+def _node(bdf: str) -> str:
+    """The node device name virsh takes: pci_0000_01_00_0."""
+    return "pci_" + bdf.replace(":", "_").replace(".", "_")
+
+
+def check_iommu_off(facts: DomainFacts) -> Iterator[Finding]:
+    """VA3004: no IOMMU groups at all, so libvirt refuses every PCI hostdev
+    ("host doesn't support passthrough of host PCI devices",
+    qemuHostdevPreparePCIDevicesCheckSupport: virHostdevHostSupportsPassthroughVFIO
+    wants entries in /sys/kernel/iommu_groups, src/qemu/qemu_hostdev.c, 9.0)."""
+    vfio = facts.vfio
+    if vfio is None or vfio.iommu_groups != 0 or not facts.devices:
+        return
+    evidence = {"sys/kernel/iommu_groups": "no groups"}
+    cmdline = facts.host.kernel.cmdline
+    if cmdline is not None:
+        evidence["proc/cmdline"] = cmdline.raw
+    if vfio.firmware_iommu_tables is not None:
+        evidence["sys/firmware/acpi/tables"] = ", ".join(vfio.firmware_iommu_tables) or \
+            "no DMAR or IVRS table"
+    yield device_finding(
+        "VA3004", facts, None,
+        f"The host has no IOMMU groups: no IOMMU is enabled, and the start of "
+        f"{facts.domain.name} will fail (libvirt: \"host doesn't support passthrough of host PCI "
+        "devices\"). VFIO can only hand a device to a guest inside an IOMMU group.",
+        _iommu_off_remedy(vfio, cmdline), evidence)
+
+
+def _iommu_off_remedy(vfio: VfioFacts, cmdline) -> str:
+    tables, vendor = vfio.firmware_iommu_tables, vfio.cpu_vendor
+    if vendor is None and tables:
+        vendor = "intel" if "DMAR" in tables else "amd"
+    values = (lambda key: cmdline.values(key)) if cmdline is not None else (lambda key: [])
+    steps = []
+    off = [f"{k}=off" for k in ("intel_iommu", "amd_iommu", "iommu") if "off" in values(k)]
+    if off:
+        steps.append(f"Remove {' and '.join(off)} from the kernel command line.")
+    firmware = {"intel": "Intel VT-d (\"Intel Virtualization Technology for Directed I/O\")",
+                "amd": "the AMD IOMMU (AMD-Vi, \"IOMMU\" under the chipset/NBIO settings)"}
+    if tables is not None and not tables:
+        # The kernel finds an IOMMU only through these ACPI tables
+        # (drivers/iommu/intel/dmar.c dmar_table_detect, drivers/iommu/amd/init.c
+        # amd_iommu_detect); without them no command line helps.
+        steps.append("The firmware offers no DMAR or IVRS ACPI table: turn on "
+                     + (firmware[vendor] if vendor else "VT-d (Intel) or the IOMMU/AMD-Vi (AMD)")
+                     + " in the firmware setup.")
+    elif tables is None:
+        steps.append("Make sure " + (firmware[vendor] if vendor else
+                                     "VT-d (Intel) or the IOMMU/AMD-Vi (AMD)")
+                     + " is turned on in the firmware setup.")
+    if vendor != "amd" and "on" not in values("intel_iommu"):
+        # Debian 12's 6.1 turns the Intel IOMMU on by default only on hosts
+        # without an integrated GPU (CONFIG_INTEL_IOMMU_DEFAULT_ON_INTGPU_OFF).
+        steps.append("Add intel_iommu=on to GRUB_CMDLINE_LINUX in /etc/default/grub and run "
+                     "update-grub.")
+    if vendor != "intel":
+        steps.append("AMD-Vi is on by default when the firmware provides it (amd_iommu=on is "
+                     "not an option the kernel knows).")
+    # iommu_group_add_device logs this line for every device it groups
+    # (drivers/iommu/iommu.c, 6.1), on Intel and AMD alike.
+    steps.append("Reboot; then dmesg shows \"Adding to iommu group\" lines and "
+                 "/sys/kernel/iommu_groups has entries.")
+    return " ".join(steps)
+
+
+def check_group_not_viable(facts: DomainFacts) -> Iterator[Finding]:
+    """VA3005: another member of the device's IOMMU group is bound to a host
+    driver that uses the kernel's DMA API. Linux 5.19+ then reports the group
+    not viable (VFIO_GROUP_GET_STATUS without VFIO_GROUP_FLAGS_VIABLE:
+    iommu_group_dma_owner_claimed, drivers/vfio/vfio_main.c, 6.1;
+    drivers/vfio/group.c from 6.2) and QEMU stops: "vfio <BDF>: group N is
+    not viable" (hw/vfio/common.c vfio_get_group, QEMU 7.2)."""
+    vfio = facts.vfio
+    if vfio is None:
+        return
+    in_domain = {d.address: d for d in facts.devices}
+    for dev in facts.devices:
+        group = vfio.group_of(dev.address)
+        if group is None:
+            continue
+        blockers, unsure = [], []
+        for member in group.members:
+            if member.address == dev.address:
+                continue
+            other = in_domain.get(member.address)
+            if other is not None:
+                # libvirt detaches it too (managed), or VA3006 names it (unmanaged).
+                continue
+            verdict = blocks_viability(member, vfio.ownership_rules)
+            if verdict:
+                blockers.append(member)
+            elif verdict is None:
+                unsure.append(member)
+        if not blockers:
+            continue
+        names = ", ".join(f"{m.address} (bound to {m.driver})" for m in blockers)
+        detach = "; ".join(f"virsh nodedev-detach {_node(m.address)}" for m in blockers)
+        yield device_finding(
+            "VA3005", facts, dev,
+            f"IOMMU group {group.number} of {dev.address} is not viable: it also holds {names}, "
+            "which a host driver owns. libvirt detaches only the functions the domain assigns, "
+            "so QEMU will stop the start with \"vfio "
+            f"{dev.address}: group {group.number} is not viable\" (\"Please ensure all devices "
+            "within the iommu_group are bound to their vfio bus driver.\").",
+            "Give the other members to vfio-pci before the start: assign them to this domain "
+            "as <hostdev managed='yes'> too, or detach them from the host "
+            f"({detach}; vfio-pci and pci-stub both leave the group viable). If the host needs "
+            "one of them (a disk controller, the NIC you log in over), no binding fixes it: "
+            "move the card to a slot whose group holds nothing else (a root port with ACS).",
+            {f"sys/kernel/iommu_groups/{group.number}/devices": ", ".join(
+                f"{m.address}={m.driver or 'no driver'}" for m in group.members)})
+
+
+def check_unmanaged_not_on_vfio(facts: DomainFacts) -> Iterator[Finding]:
+    """VA3006: a managed='no' hostdev that vfio-pci does not hold. libvirt
+    refuses one on no stub driver ("Unmanaged PCI device %s must be manually
+    detached from the host", virHostdevPreparePCIDevices step 2); one on
+    pci-stub passes libvirt, but QEMU's vfio-pci finds no VFIO device in the
+    group (VFIO_GROUP_GET_DEVICE_FD fails)."""
+    if facts.vfio is None:
+        return
+    for dev in facts.devices:
+        pci = dev.device
+        if pci is None or _managed(dev) or pci.driver == "vfio-pci":
+            continue
+        if pci.driver is None and not facts.vfio.drivers_listed:
+            continue  # a tree that does not show drivers: no driver link proves nothing
+        bound = f"bound to {pci.driver}" if pci.driver else "bound to no driver"
+        said = ("libvirt accepts pci-stub, but QEMU's vfio-pci cannot open the device"
+                if pci.driver == "pci-stub"
+                else f"libvirt refuses the start: \"Unmanaged PCI device {pci.address} must be "
+                     "manually detached from the host\"")
+        how = ("with managed='no'" if dev.hostdev.managed is False
+               else "without managed='yes' (libvirt's default is managed='no')")
+        yield device_finding(
+            "VA3006", facts, dev,
+            f"{pci.name} at {pci.address} is assigned {how} but is {bound}, not vfio-pci. "
+            f"libvirt does not rebind unmanaged devices at start, and {said}.",
+            f"Bind it to vfio-pci before the start (virsh nodedev-detach {_node(pci.address)}, "
+            f"or for every boot: driverctl set-override {pci.address} vfio-pci), or let libvirt "
+            "do it at each start: <hostdev mode='subsystem' type='pci' managed='yes'>.",
+            {f"sys/bus/pci/devices/{pci.address}/driver": pci.driver or "none"})
+
+
+def check_vfio_pci_unavailable(facts: DomainFacts) -> Iterator[Finding]:
+    """VA3007: vfio-pci is not loaded and the kernel has no module for it.
+    For managed='yes' libvirt loads it itself (virPCIProbeStubDriver runs
+    modprobe, src/util/virpci.c, 9.0) and fails with "Failed to load PCI
+    stub module vfio-pci" when there is none (recorded in the system tier); so only a positively missing
+    module fires (a recorded tree without /lib/modules cannot tell)."""
+    vfio = facts.vfio
+    if vfio is None or vfio.vfio_pci_registered is not False or vfio.vfio_pci_module != "":
+        return
+    if not any(_managed(d) for d in facts.devices if d.device is not None):
+        return  # managed='no' devices not on vfio-pci: VA3006 names each
+    yield device_finding(
+        "VA3007", facts, None,
+        f"vfio-pci is not loaded and kernel {vfio.kernel_release} has no vfio-pci module "
+        f"(/lib/modules/{vfio.kernel_release}/kernel/drivers/vfio/pci/ has none, nor "
+        "modules.builtin): libvirt will fail the start with \"Failed to load PCI stub "
+        "module vfio-pci\" (libvirt 9.0; later releases say \"PCI driver module\").",
+        "Boot a kernel built with CONFIG_VFIO_PCI (Debian's linux-image-amd64 is; "
+        "linux-image-cloud-amd64 is too) or install the modules package of this kernel, then "
+        "run modprobe vfio-pci.",
+        {"sys/bus/pci/drivers": "no vfio-pci"})
+
+
 RULES: tuple[Rule, ...] = register(
     Rule("VA3001", "msi-disabled-on-host", Severity.WARNING,
          "MSI is disabled on the host for an assigned device",
@@ -134,4 +322,44 @@ RULES: tuple[Rule, ...] = register(
          _id("f754be5d62504d4786f8fcfc303f2e2d"), check_msi_posted,
          fires_on=("posted-xeon-server-msi", "posted-epyc-server-msi"),
          silent_on=("posted-icl-laptop-msi", "posted-xeon-server-intx")),
+    Rule("VA3004", "iommu-off", Severity.ERROR,
+         "No IOMMU enabled: PCI devices cannot be assigned",
+         "VFIO assigns devices by IOMMU group; with no IOMMU (VT-d or AMD-Vi off in the "
+         "firmware, or not enabled on the kernel command line) /sys/kernel/iommu_groups is "
+         "empty, libvirt refuses every PCI hostdev (\"host doesn't support passthrough of host "
+         "PCI devices\") and vfio-pci refuses to bind (probe fails with -22).",
+         "Turn on VT-d/AMD-Vi in the firmware and intel_iommu=on on Intel hosts, then reboot.",
+         _id("3df734cecd3a43c799bfc3baeff11331"), check_iommu_off,
+         fires_on=("lab-iommu-off", "iommu-off-intel-cmdline"),
+         silent_on=("lab-group-viable", "gpu-audio-msi"), scope="domain"),
+    Rule("VA3005", "iommu-group-not-viable", Severity.ERROR,
+         "The assigned device's IOMMU group is not viable: a host driver holds another member",
+         "Devices in one IOMMU group cannot be isolated from each other, so VFIO hands the "
+         "group to user space only when no member is in use by a host driver (members "
+         "without a driver or on vfio-pci, pci-stub or pcieport are fine; since Linux 5.19 "
+         "other drivers on bridges count too). libvirt detaches only the functions the domain assigns, "
+         "never the rest of their group, and QEMU stops: \"group N is not viable\".",
+         "Bind every other member of the group to vfio-pci (or assign it too), or move the "
+         "card to a slot with its own group.",
+         _id("6594ba77b879463c9e863a58783b004b"), check_group_not_viable,
+         fires_on=("lab-group-not-viable", "group-not-viable-gpu-sibling"),
+         silent_on=("lab-group-viable", "lab-group-both-assigned", "group-bridge-pcieport")),
+    Rule("VA3006", "unmanaged-hostdev-not-on-vfio", Severity.ERROR,
+         "A managed='no' device is not bound to vfio-pci",
+         "With managed='no' libvirt does not move the device to vfio-pci at start; it must "
+         "already be there. On a host driver or no driver libvirt refuses the start "
+         "(\"Unmanaged PCI device ... must be manually detached from the host\").",
+         "Bind it to vfio-pci before the start, or set managed='yes'.",
+         _id("4a371d389af54e049aaf6f1838b6a997"), check_unmanaged_not_on_vfio,
+         fires_on=("lab-unmanaged-on-host-driver", "lab-no-vfio-pci-unmanaged"),
+         silent_on=("lab-unmanaged-on-vfio", "lab-group-viable")),
+    Rule("VA3007", "vfio-pci-unavailable", Severity.ERROR,
+         "vfio-pci is neither loaded nor available as a module",
+         "libvirt binds managed='yes' devices to vfio-pci and loads the module itself when "
+         "it is not loaded; a kernel without vfio-pci fails the start with \"Failed to load "
+         "PCI stub module vfio-pci\".",
+         "Boot a kernel with vfio-pci (CONFIG_VFIO_PCI) or install its modules.",
+         _id("8609a323f9d649668f3d3bcc0938076c"), check_vfio_pci_unavailable,
+         fires_on=("no-vfio-pci-module",),
+         silent_on=("no-vfio-pci-module-present", "lab-no-vfio-pci-unmanaged"), scope="domain"),
 )

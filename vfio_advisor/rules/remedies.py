@@ -1,4 +1,5 @@
-"""Guest-OS-specific remedies for "the guest driver keeps the device on INTx".
+"""Remedies: the machine-made fixes rules name (`Fix`), and the
+guest-OS-specific remedies for "the guest driver keeps the device on INTx".
 
 Everything that comes from outside (device names, IDs) is escaped for the
 language it lands in: PowerShell single-quoted strings double their quotes;
@@ -7,10 +8,47 @@ shell words are quoted with shlex.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from vfio_advisor.facts.model import AssignedDevice, DomainFacts
 from vfio_advisor.facts.pci import PciDevice
+
+class Fix(NamedTuple):
+    """What computes an exact fix of a rule's findings: `Rule(..., fix=Fix(...))`.
+
+    The planner is named, not imported: rules load in the hook, which must
+    stay fast and never load libvirt or lxml, while a planner verifies its
+    change with libvirt (vfio_advisor/fix/planner.py). The fixer of `kind`
+    resolves `planner` in its own module; the fixable rules of a kind are
+    the rules that name it, in `stage` order (each change alters what the
+    next stage sees)."""
+
+    kind: str  # DOMAIN_XML: a change of the domain XML, `vfio-advisor fix`
+    planner: str  # the planner function's name in the kind's module
+    stage: int  # planning order within the kind
+    command: str  # the closing sentence of the remedy; {name}: the domain as a shell word
+
+    def pointer(self, domain_name: str | None) -> str:
+        """The pointer the sinks add to the remedy (with its leading space),
+        naming the domain as one shell word (libvirt allows spaces and quotes
+        in domain names)."""
+        import shlex  # noqa: PLC0415 - only when such a finding is made
+
+        return " " + self.command.format(name=shlex.quote(domain_name or "DOMAIN"))
+
+
+DOMAIN_XML = "domain-xml"
+
+
+def domain_xml_fix(planner: str, stage: int) -> Fix:
+    """A change of the domain XML, planned and verified by `vfio-advisor fix`.
+    The hook cannot plan one: planning verifies each change with libvirt's
+    test driver, and the hook must never load libvirt (it runs inside
+    libvirtd's start sequence, https://libvirt.org/hooks.html). So the
+    remedy points at the command that computes and verifies the change."""
+    return Fix(DOMAIN_XML, planner, stage,
+               "Exact verified change: `vfio-advisor fix {name}` (add --apply to define it).")
+
 
 MSI_REGISTRY_PATH = (r"HKLM\SYSTEM\CurrentControlSet\Enum\<Device Instance Path>"
                      r"\Device Parameters\Interrupt Management\MessageSignaledInterruptProperties")

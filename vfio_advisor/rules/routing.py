@@ -18,7 +18,7 @@ from vfio_advisor.findings import Finding, Severity
 from vfio_advisor.rules.base import Rule, device_finding, register
 from vfio_advisor.rules.base import message_id as _id
 from vfio_advisor.rules.mode import host_blocks_msi
-from vfio_advisor.rules.topology import with_fix_pointer
+from vfio_advisor.rules.remedies import domain_xml_fix
 
 
 def _describe(fn: GuestFunction, facts: DomainFacts) -> str:
@@ -158,7 +158,6 @@ def check_guest_line_shared(facts: DomainFacts) -> Iterator[Finding]:
             else:
                 where = ("No free root-bus slot gives it an unused line; move the devices "
                          "sharing it elsewhere." + why_not)
-        where = with_fix_pointer(where, facts)
         mode = ("it is on INTx now" if dev.interrupts.on_intx else
                 "this costs only while its guest driver uses INTx"
                 if dev.device is not None and dev.device.supports_msi is True
@@ -221,9 +220,8 @@ def check_intx_behind_pxb_pcie(facts: DomainFacts) -> Iterator[Finding]:
             f"{what} signals INTx pin {fn.pin_letter} behind a pcie-expander-bus on Q35. QEMU "
             "routes it to a GSI the guest's ACPI tables do not name, so its INTx never "
             "reaches the guest driver; it works only with MSI or MSI-X.",
-            with_fix_pointer(
-                "Move the device off the pcie-expander-bus (to a pcie-root-port on pcie.0), or "
-                "make sure its guest driver uses MSI/MSI-X.", facts),
+            "Move the device off the pcie-expander-bus (to a pcie-root-port on pcie.0), or "
+            "make sure its guest driver uses MSI/MSI-X.",
             {"guest address": str(fn.guest_address)},
             # An emulated function has no host BDF: its guest address tells
             # two of them apart (in the journal, and in fix's re-analysis).
@@ -243,6 +241,7 @@ RULES: tuple[Rule, ...] = register(
          "MSI and the host allows it, make its guest driver use MSI. `vfio-advisor fix DOMAIN` plans the moves for the whole domain, whole "
          "cards included, and verifies them.",
          _id("b325b388f18345aeb0da90a39d7df911"), check_guest_line_shared,
+         fix=domain_xml_fix("plan_va5001", stage=4),
          fires_on=("guest-line-shared-q35",),
          silent_on=("gpu-audio-msi", "guest-line-next-slot-q35"), routing=True),
     Rule("VA5002", "i440fx-two-guest-irqs", Severity.INFO,
@@ -265,6 +264,7 @@ RULES: tuple[Rule, ...] = register(
          "Keep INTx devices off the pcie-expander-bus, or use only devices whose guest "
          "drivers enable MSI or MSI-X. `vfio-advisor fix DOMAIN` gives the exact change.",
          _id("c598ab6075a043cea0a0c20cf5dd0d53"), check_intx_behind_pxb_pcie,
+         fix=domain_xml_fix("plan_va5003", stage=3),
          fires_on=("pxb-pcie-intx",),
          silent_on=("gpu-audio-msi", "pxb-pcie-port-on-root", "pxb-pcie-e1000e",
                     "pxb-pcie-hostdev-msi"), routing=True),

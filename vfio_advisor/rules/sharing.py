@@ -56,6 +56,11 @@ def _shared_line_remedy(facts: DomainFacts, dev: AssignedDevice) -> str:
     if dev.device.supports_msi is True:
         return ("MSI would avoid the line, but the host forbids it (" + "; ".join(
             host_blocks_msi(facts, dev)) + "; see VA3001). Until that changes, " + move)
+    if dev.device.supports_msi is UNKNOWN:
+        # Not "no MSI": the list that would say so could not be read (VA8002).
+        return ("Whether the device has MSI is unknown (capabilities unreadable: "
+                f"{dev.device.capabilities_unreadable}); if it has, enable MSI in the guest; "
+                "otherwise " + move)
     return "The device has no MSI: " + move
 
 
@@ -67,6 +72,10 @@ def _exclusive_line_findings(facts: DomainFacts, want: bool | None, rule_id: str
             continue
         masking = dev.intx_masking(nointxmask)
         if masking.supported is not want:
+            continue
+        if want is None and pci.capabilities_unreadable:
+            # Unknown only because the capability list could not be read
+            # (PCIe would settle it): VA8002 names that, VA2003 would guess.
             continue
         holders = ", ".join(irq.shared_with)
         verb = "holds" if len(irq.shared_with) == 1 else "hold"
@@ -251,7 +260,7 @@ RULES: tuple[Rule, ...] = register(
          "VA2002 explains.",
          _id("fc898f30a0dc4aa9a807b7b1d5699ca1"), check_intx_masking_unproven,
          fires_on=("conventional-unknown-shared",),
-         silent_on=("sblive-shared-line", "intx-only-usb")),
+         silent_on=("sblive-shared-line", "intx-only-usb", "config-truncated-40-bytes")),
     Rule("VA2004", "intx-line-conflict-at-start", Severity.ERROR,
          "Two assigned devices on one host INTx line, one without masking: the VM will not start",
          "QEMU enables INTx for every assigned device when the VM starts, and vfio-pci "

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+_tuple_new = tuple.__new__
+
 from vfio_advisor.facts.model import AssignedDevice, DomainFacts, HostInterrupts
 from vfio_advisor.findings import Finding, Inconclusive
 
@@ -194,21 +196,22 @@ class RuntimeRules:
         slots = state.slots or self.initial
         changed = None
         findings: list[Finding] = []
-        held: list[Inconclusive] = []
-        for i, transition in enumerate(self.device_transitions):
-            own = slots[i]
+        held: list[Inconclusive] | tuple = ()
+        for own, transition in zip(slots, self.device_transitions):
             got, found = transition(own, state, sample, elapsed, config)
             if found:
                 findings += found
-            if got is not own:
+            if got is not own:  # rare: a slot changed
                 if changed is None:
                     changed = list(slots)
-                changed[i] = got
+                changed[self._slot[transition]] = got
                 if got == HELD and own != HELD:
-                    held += self._held(transition, state, sample, config)
+                    held = [*held, *self._held(transition, state, sample, config)]
         if changed is not None or not state.slots:
             state = state._replace(slots=tuple(changed if changed is not None else slots))
-        return Step(state, findings, held)
+        # Step(state, findings, held) without the NamedTuple's __new__ frame:
+        # it runs for every device at every sample.
+        return _tuple_new(Step, (state, findings, held))
 
     def _held(self, transition, state, sample, config) -> list[Inconclusive]:
         out = []
@@ -222,12 +225,16 @@ class RuntimeRules:
                   config) -> tuple[tuple, list[Finding]]:
         """One sample of the host-wide rules; `slots` () at the daemon's start."""
         slots = slots or self.host_initial
-        new, findings = [], []
+        changed, findings = None, []
         for own, transition in zip(slots, self.host_transitions):
-            own, found = transition(own, sample, elapsed, config)
-            new.append(own)
-            findings += found
-        return tuple(new), findings
+            got, found = transition(own, sample, elapsed, config)
+            if found:
+                findings += found
+            if got is not own:
+                if changed is None:
+                    changed = list(slots)
+                changed[self.host_transitions.index(transition)] = got
+        return (slots if changed is None else tuple(changed)), findings
 
     def holds(self, rule_id: str, state: DeviceState | None) -> bool:
         """Does an emitted finding of `rule_id` still hold for a device in
@@ -257,15 +264,13 @@ class RuntimeRules:
         rule = self.by_id.get(finding.rule_id)
         return rule.said_key(finding) if rule is not None and rule.said_key is not None else None
 
-    def remembered(self, state: DeviceState) -> tuple:
+    def remembered_entry(self, state: DeviceState) -> dict:
         """What the state file keeps of a device for its domain's next run
-        (DeviceSample.previous_run): a tuple, cheap to compare each sample."""
+        (DeviceSample.previous_run): its mode, and each rule's `remembered`
+        value of its slot. It changes only when the mode or a slot does, so a
+        caller compares (mode, slots) at each sample and builds this on change."""
         slots = state.slots or self.initial
-        return (state.mode, *(value(slots[i]) for i, _, value in self._remembered))
-
-    def remembered_entry(self, remembered: tuple) -> dict:
-        """remembered() as the state file's entry."""
-        entry = {"mode": remembered[0]}
-        for (_, key, _convert), value in zip(self._remembered, remembered[1:]):
-            entry[key] = value
+        entry = {"mode": state.mode}
+        for i, key, value in self._remembered:
+            entry[key] = value(slots[i])
         return entry

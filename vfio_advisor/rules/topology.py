@@ -14,27 +14,8 @@ from vfio_advisor.facts.pci_config import UNKNOWN
 from vfio_advisor.findings import Finding, Severity
 from vfio_advisor.rules.base import Rule, device_finding, register
 from vfio_advisor.rules.base import message_id as _id
+from vfio_advisor.rules.remedies import domain_xml_fix
 from vfio_advisor.rules.sharing import uses_intx
-
-# The rules whose findings have a domain XML fix (vfio_advisor/fix/planner.py
-# RULE_ORDER). The hook cannot plan one: planning verifies each change with
-# libvirt's test driver, and the hook must never load libvirt (it runs inside
-# libvirtd's start sequence, https://libvirt.org/hooks.html). So their
-# remedies end with the command that computes and verifies the change.
-FIX_POINTER = "Exact verified change: `vfio-advisor fix {name}` (add --apply to define it)."
-
-
-def fix_pointer(domain_name: str) -> str:
-    """The closing sentence of a fixable finding's remedy, naming its domain
-    as a shell word (libvirt allows spaces and quotes in domain names)."""
-    import shlex  # noqa: PLC0415 - only when such a remedy is written
-
-    return FIX_POINTER.format(name=shlex.quote(domain_name or "DOMAIN"))
-
-
-def with_fix_pointer(remedy: str, facts: DomainFacts) -> str:
-    return f"{remedy} {fix_pointer(facts.domain.name)}"
-
 
 def check_i440fx_limits(facts: DomainFacts) -> Iterator[Finding]:
     if facts.domain.chipset != "i440fx":
@@ -56,9 +37,8 @@ def check_i440fx_limits(facts: DomainFacts) -> Iterator[Finding]:
         f"{' and '.join(what)}. i440FX routes every PCI INTx pin to four PIRQ links A-D, "
         "which SeaBIOS wires to only IRQ 10 and 11, so INTx devices share lines with about "
         "half of all others; Q35 has eight links A-H on GSI 16-23.",
-        with_fix_pointer(
-            "Use a Q35 machine type (<type machine='q35'>) with pcie-root-port controllers for "
-            "assigned devices. Windows may need its drivers re-detected after the change.", facts),
+        "Use a Q35 machine type (<type machine='q35'>) with pcie-root-port controllers for "
+        "assigned devices. Windows may need its drivers re-detected after the change.",
         {"machine": facts.domain.machine or "?"})
 
 
@@ -84,9 +64,8 @@ def check_multifunction_split(facts: DomainFacts) -> Iterator[Finding]:
             f"Functions of host device {slot} are {problem} ({where}). Drivers that expect "
             "the GPU and its HDMI audio as functions of one device (NVIDIA and AMD audio "
             "power management, some Windows drivers) misbehave.",
-            with_fix_pointer(
-                f"Give all functions of {slot} the same guest bus and slot, with functions "
-                "matching the host's, and multifunction='on' on function 0's <address>.", facts),
+            f"Give all functions of {slot} the same guest bus and slot, with functions "
+            "matching the host's, and multifunction='on' on function 0's <address>.",
             {"layout": where})
 
 
@@ -100,9 +79,8 @@ def check_split_irqchip_intx(facts: DomainFacts) -> Iterator[Finding]:
                 f"{dev.device.name} uses INTx while the domain has <ioapic driver='qemu'/> "
                 "(split irqchip). Each INTx then goes through QEMU's userspace IOAPIC instead "
                 "of KVM's irqfd resampler, adding exits and latency to every interrupt.",
-                with_fix_pointer(
-                    "Enable MSI in the guest for this device, or drop <ioapic driver='qemu'/> "
-                    "unless it is needed (it is for >255 vCPUs with an emulated IOMMU).", facts),
+                "Enable MSI in the guest for this device, or drop <ioapic driver='qemu'/> "
+                "unless it is needed (it is for >255 vCPUs with an emulated IOMMU).",
                 {"features": "ioapic driver='qemu'"})
 
 
@@ -117,7 +95,7 @@ RULES: tuple[Rule, ...] = register(
          "Move the domain to a Q35 machine type with pcie-root-port controllers. "
          "`vfio-advisor fix DOMAIN` gives the exact change when it can be verified.",
          _id("8481b99c0c144a55b34960720376d9ff"), check_i440fx_limits,
-         fires_on=("i440fx-intx-only",),
+         fires_on=("i440fx-intx-only",), fix=domain_xml_fix("plan_va4001", stage=1),
          silent_on=("gpu-audio-msi", "i440fx-msi-capable-conventional"), scope="domain"),
     Rule("VA4002", "multifunction-device-split", Severity.WARNING,
          "Functions of one host device are split across guest slots",
@@ -128,6 +106,7 @@ RULES: tuple[Rule, ...] = register(
          "Put every function in one guest slot, keep the host's function numbers, and set "
          "multifunction='on' on function 0. `vfio-advisor fix DOMAIN` gives the exact change.",
          _id("8c9ba1cd88aa40e6bcc9bdf336be2d01"), check_multifunction_split,
+         fix=domain_xml_fix("plan_va4002", stage=2),
          fires_on=("gpu-audio-split",), silent_on=("gpu-audio-msi", "gpu-audio-root-bus-slot")),
     Rule("VA4003", "split-irqchip-with-intx", Severity.WARNING,
          "Split irqchip (<ioapic driver='qemu'/>) with an assigned device on INTx",
@@ -137,5 +116,6 @@ RULES: tuple[Rule, ...] = register(
          "Enable MSI for the device in the guest, or use <ioapic driver='kvm'/> when the "
          "split irqchip is not required. `vfio-advisor fix DOMAIN` gives the exact change.",
          _id("9efddfe88126490d88dde5ade87c69df"), check_split_irqchip_intx,
+         fix=domain_xml_fix("plan_va4003", stage=5),
          fires_on=("split-irqchip-intx",), silent_on=("gpu-audio-msi", "split-irqchip-msi")),
 )

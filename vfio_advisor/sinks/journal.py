@@ -64,7 +64,7 @@ def finding_fields(f: Finding, domain: Domain | None, source: str) -> list[str]:
         F.SLUG: f.slug,
         F.SEVERITY: str(f.severity),
         F.SOURCE: source,
-        F.REMEDY: f.remedy,
+        F.REMEDY: f.remedy + f.fix_pointer,
     }
     if f.domain:
         fields[F.DOMAIN] = f.domain

@@ -116,7 +116,7 @@ def finding_json(f: Finding) -> dict:
         "subject": f.subject,
         "guest_address": f.guest_address,
         "message": f.message,
-        "remedy": f.remedy,
+        "remedy": f.remedy + f.fix_pointer,
         "evidence": dict(f.evidence),
     }
 

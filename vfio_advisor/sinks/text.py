@@ -55,7 +55,7 @@ class TextWriter:
         sev = self._c(_COLOURS[f.severity], f"{str(f.severity):7}")
         self.line(f"{indent}{sev} {self._c(_BOLD, f.rule_id)} {clean(f.message)}")
         pad = indent + " " * 8
-        remedy = clean(f.remedy).split("\n")  # not splitlines(): it splits on U+2028 too
+        remedy = clean(f.remedy + f.fix_pointer).split("\n")  # not splitlines(): it splits on U+2028 too
         for i, para in enumerate(remedy):
             lead = "fix: " if i == 0 else "     "
             if para.startswith("  "):  # code: keep as it is
@@ -91,7 +91,8 @@ class TextWriter:
         if irq.shared_with:
             now += f", line shared with {', '.join(irq.shared_with)}"
         return (f"{self._c(_BOLD, dev.address)}{guest}  {clean(pci.name)}  "
-                f"[{' '.join(caps) or 'no INTx/MSI'}; {clean(pci.driver or 'no driver')}; {clean(now)}]")
+                f"[{' '.join(caps) or ('capabilities unreadable' if pci.config is None else 'no INTx/MSI')}; "
+                f"{clean(pci.driver or 'no driver')}; {clean(now)}]")
 
     def write(self, report: Report) -> None:
         for source, message in report.errors:
@@ -177,8 +178,12 @@ def write_device(e: dict, out: TextIO) -> None:
         return
     caps = e["capabilities"] or {}
 
+    unread = next((u for u in e["unreadable"] if u.startswith("capabilities unreadable: ")), None)
+
     def show(v, fmt):
-        return "unknown (config space truncated)" if v == "unknown" else ("absent" if v is None else fmt(v))
+        if v == "unknown":
+            return f"unknown ({clean(unread) if unread else 'config space truncated'})"
+        return "absent" if v is None else fmt(v)
 
     irq = e["host_interrupts"]
     lines = [
@@ -198,5 +203,6 @@ def write_device(e: dict, out: TextIO) -> None:
         f"  config space: {caps.get('config_bytes', 0)} bytes readable",
     ]
     for item in e["unreadable"]:
-        lines.append(f"  could not read {clean(item)}")
+        lines.append(f"  {clean(item)}" if item.startswith("capabilities unreadable: ")
+                     else f"  could not read {clean(item)}")
     out.write("\n".join(lines) + "\n")

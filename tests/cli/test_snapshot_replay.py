@@ -1,0 +1,67 @@
+"""A snapshot replays in every command that reads a host, with its own
+domains: guest-irqs, fix and device never turn to the replaying machine's
+libvirt. SNAPSHOT.txt names the kernel of the tree that was read."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.cli.test_exit_codes import HOST, TWO_INTX, run
+
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory) -> Path:
+    """The demo host with a recorded kernel release no machine runs, plus
+    the demo node's domains and a domain from a file (two-intx)."""
+    base = tmp_path_factory.mktemp("replay")
+    tree = base / "root"
+    shutil.copytree(HOST, tree, symlinks=True)
+    (tree / "proc/sys/kernel").mkdir(parents=True)
+    (tree / "proc/sys/kernel/osrelease").write_text("6.12.99-recorded-amd64\n")
+    path = base / "demo.tar.gz"
+    out = run("snapshot", "-o", str(path), "--xml", str(TWO_INTX), "--host-root", str(tree))
+    assert out.returncode == 0, out.stderr
+    return path
+
+
+def test_snapshot_records_the_kernel_of_the_tree_it_read(snapshot):
+    with tarfile.open(snapshot) as tar:
+        note = tar.extractfile("SNAPSHOT.txt").read().decode()
+        assert "proc/sys/kernel/osrelease" in tar.getnames()  # the replay has it too
+    assert "kernel: 6.12.99-recorded-amd64\n" in note, note
+
+
+def test_guest_irqs_replays_the_snapshots_domain(snapshot):
+    out = run("guest-irqs", "two-intx", "--host-root", str(snapshot), "--format", "json")
+    assert out.returncode == 1, out.stderr  # its VA5001 warnings
+    doc = json.loads(out.stdout)
+    assert doc["domain"] == "two-intx"
+    assert {f["rule"] for f in doc["findings"]} == {"VA5001"}
+    direct = json.loads(run("guest-irqs", "--xml", str(TWO_INTX), "--host-root", str(HOST),
+                            "--format", "json").stdout)
+    assert doc == direct
+    missing = run("guest-irqs", "nope", "--host-root", str(snapshot))
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == "vfio-advisor: nope: no such domain in the snapshot"
+
+
+def test_fix_replays_the_snapshots_domains(snapshot):
+    out = run("fix", "--host-root", str(snapshot), "--format", "json")
+    assert out.returncode == 0, out.stderr
+    (dom,) = json.loads(out.stdout)["domains"]
+    assert dom["name"] == "two-intx" and dom["source"] == "snapshot:domains/two-intx.xml"
+    assert [c["rule"] for c in dom["changes"]] == ["VA5001"]
+    refused = run("fix", "--host-root", str(snapshot), "--apply")
+    assert refused.returncode == 2 and "snapshot" in refused.stderr, refused.stderr
+
+
+def test_device_replays_the_snapshots_tree(snapshot):
+    out = run("device", "0000:08:00.0", "--host-root", str(snapshot), "--format", "json")
+    assert out.returncode == 0, out.stderr
+    direct = run("device", "0000:08:00.0", "--host-root", str(HOST), "--format", "json")
+    assert json.loads(out.stdout) == json.loads(direct.stdout)

@@ -1,0 +1,57 @@
+"""The exit status of every `vfio-advisor` command: one table, printed by
+--help (cli.py), the man page (manpage.py) and docs/exit-codes.md."""
+
+from __future__ import annotations
+
+import textwrap
+
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+# (status, the commands it applies to, what it means). An input that could
+# not be analysed gives EXIT_USAGE even when others could, which are still
+# analysed and reported: a script must not read "no findings" into a run
+# that skipped a domain.
+EXIT_STATUS: tuple[tuple[int, str, str], ...] = (
+    (EXIT_OK, "every command",
+     "Success. advise and guest-irqs: no finding of warning or worse. fix: every finding of "
+     "warning or worse that fix handles got a verified change, or there was none."),
+    (EXIT_FINDINGS, "advise, guest-irqs",
+     "At least one finding of warning or worse (guest-irqs: among the guest-routing findings "
+     "it shows)."),
+    (EXIT_FINDINGS, "fix",
+     "A finding of warning or worse that fix handles has no verified change."),
+    (EXIT_USAGE, "every command",
+     "A usage error, or an input that could not be read or analysed: a file that is not a "
+     "domain XML, a domain that libvirt or the snapshot does not have, a BDF that is not a "
+     "PCI device of the host, a damaged snapshot, a failed libvirt connection. advise, "
+     "device and snapshot still analyse, report or archive every other input."),
+    (EXIT_USAGE, "fix",
+     "Also: a domain that changed since the analysis, or a refused --apply (nothing is "
+     "applied then)."),
+    (EXIT_INTERRUPTED, "every command", "Interrupted (SIGINT, Ctrl-C)."),
+)
+
+
+def exit_status_rows(command: str | None = None) -> list[tuple[int, str, str]]:
+    """EXIT_STATUS, or the rows that apply to `command`."""
+    return [row for row in EXIT_STATUS
+            if command is None or row[1] == "every command" or command in row[1].split(", ")]
+
+
+def exit_status_help(command: str | None = None) -> str:
+    """The exit-status table as --help prints it (argparse keeps the lines)."""
+    lines = ["exit status:"]
+    for code, commands, meaning in exit_status_rows(command):
+        lead = f"  {code:<4}" + ("" if command else f"{commands}: ")
+        lines += textwrap.wrap(meaning, 78, initial_indent=lead, subsequent_indent=" " * 6,
+                               break_on_hyphens=False)
+    return "\n".join(lines)
+
+
+def exit_status_markdown() -> str:
+    """docs/exit-codes.md (a test keeps the file equal to this)."""
+    out = ["# Exit status of `vfio-advisor`", "",
+           "Generated from `vfio_advisor/exitstatus.py`, which `--help` and the man page print too.",
+           "", "| Status | Commands | Meaning |", "|---|---|---|"]
+    out += [f"| {code} | {commands} | {meaning} |" for code, commands, meaning in EXIT_STATUS]
+    return "\n".join(out) + "\n"
