@@ -52,7 +52,12 @@ def _notify_sender() -> Callable[[str], None]:
         if path[0] == "@":
             path = "\0" + path[1:]
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            # Non-blocking: a datagram to a receiver whose queue is full
+            # waits for room (net/unix/af_unix.c, unix_wait_for_peer), and
+            # this runs on the event loop: a notify socket nobody reads
+            # (PID 1 busy) stopped the daemon's sampling and reconnects
+            # (tests/faults/test_libvirtd_kill.py). Dropped instead.
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
                 sock.sendto(message.encode(), path)
         except OSError:
             pass  # systemd gone or the socket full: notifications are best effort, as in libsystemd
@@ -86,6 +91,7 @@ class Service:
         # is dropped when it completes.
         self._gatherer = None
         self.generations: dict[str, int] = {}
+        self._generation = 0
         self.pending: set[asyncio.Future] = set()
         self.conn = None
         self.callbacks: list[int] = []
@@ -108,7 +114,7 @@ class Service:
         return sinks
 
     def _new_watcher(self) -> Watcher:
-        store = StateStore(self.cfg.state_dir)
+        store = StateStore(self.cfg.state_dir, note=lambda msg: self.log(msg, "state-file", 4), deferred=True)
         return Watcher(HostRoot(self.cfg.host_root), self.cfg, self._sinks(), store,
                        clock=self.clock, note=lambda msg: self.log(msg, "sampling", 4))
 
@@ -177,7 +183,16 @@ class Service:
     def _on_close(self, conn, reason, opaque) -> None:
         self.log(f"libvirt connection to {self.cfg.connect} closed (reason {reason}); reconnecting",
                  "disconnected", 4)
+        self.status_disconnected()
         self.reconnect_needed.set()
+
+    def status_disconnected(self) -> None:
+        """STATUS while libvirt is away: the domains followed are those of
+        the last resync, and no event reaches us until the next one (a
+        libvirtd restart leaves QEMU running: qemuProcessReconnect)."""
+        vms = len(self.watcher.domains)
+        self.notify(f"STATUS=libvirt connection lost, reconnecting; following {vms} "
+                    f"VM{'s' if vms != 1 else ''} as last seen")
 
     def resync(self) -> None:
         """Follow exactly the domains that run now."""
@@ -212,12 +227,30 @@ class Service:
 
     def forget(self, name: str) -> None:
         """Stop following a domain, and void any gathering of it under way."""
-        self._next_generation(name)
+        # Dropped, not bumped: a gathering under way finds no generation and
+        # is voided all the same, and a host that starts transient domains
+        # under new names (CI, a VM per job) keeps no entry per name ever seen.
+        self.generations.pop(name, None)
         self.watcher.remove_domain(name)
 
     def _next_generation(self, name: str) -> int:
-        self.generations[name] = self.generations.get(name, 0) + 1
-        return self.generations[name]
+        # One counter for all names, so that a name forgotten and started
+        # again never gets back a number a stale gathering still holds.
+        self._generation += 1
+        self.generations[name] = self._generation
+        return self._generation
+
+    def _gather_current(self, stamped: list, host_root: str) -> list:
+        """In the gathering thread: gather only the domains no later event
+        made stale while this waited its turn (a domain started and stopped
+        within a boot storm's queue costs no child); None for the others."""
+        current = [k for k, (name, _xml, _run, _same, generation) in enumerate(stamped)
+                   if self.generations.get(name) == generation]
+        results: list = [None] * len(stamped)
+        if current:
+            for k, result in zip(current, self.gather(host_root, [stamped[k][1] for k in current])):
+                results[k] = result
+        return results
 
     def _executor(self):
         if self._gatherer is None:
@@ -228,10 +261,9 @@ class Service:
 
     async def _gather_and_follow(self, stamped: list, host_root: str, changed_device: str | None) -> None:
         loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(self._executor(), self.gather, host_root,
-                                             [xml for _, xml, _, _, _ in stamped])
+        results = await loop.run_in_executor(self._executor(), self._gather_current, stamped, host_root)
         for (name, _xml, run_id, same_run, generation), result in zip(stamped, results):
-            if self.generations.get(name) != generation:
+            if self.generations.get(name) != generation or result is None:
                 continue  # a later event of this domain decides (it stopped, or started again)
             if isinstance(result, GatherFailure):
                 if result.kind == "stopped":
@@ -312,6 +344,7 @@ class Service:
                     delay = RECONNECT_FIRST_DELAY
                 except Exception as exc:  # noqa: BLE001 - libvirtd may be down for a while
                     self.conn = None
+                    self.status_disconnected()
                     self.log(f"cannot connect to {self.cfg.connect}: {exc}; retrying in "
                              f"{delay:g} s", "connect-failed", 4)
                     await self._sleep(delay)
@@ -342,6 +375,8 @@ class Service:
             try:
                 # Ends with a SampleEvent: the metrics file sink writes then.
                 self.watcher.sample()
+                # What the sample changed of the state file, in one write.
+                self.watcher.store.flush()
             except Exception as exc:  # noqa: BLE001 - keep the daemon alive
                 self.log(f"sample failed: {type(exc).__name__}: {exc}", "sample-failed", 3)
             # A plain sleep: run() cancels this task at stop. _sleep's
@@ -416,9 +451,27 @@ class Service:
             # got the stop's SIGTERM too); nothing waits for it here.
             self._gatherer.shutdown(wait=False, cancel_futures=True)
         self.disconnect()
+        self.watcher.store.flush()
         self.log("stopped", "stopped")
         for sink in self.watcher.sinks:
             sink.close(None)
+
+
+def _raise_nofile_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard one: the sampler keeps two
+    descriptors per followed vector (facts/sampler.kept_fds_cap), and
+    systemd (>= 240) starts services with a soft limit of 1024 under a hard
+    one of 524288, expecting programs that need more and never use
+    select(2) to raise it themselves (systemd.exec(5), LimitNOFILE=).
+    asyncio's selector is epoll and libvirt's client uses poll(2)."""
+    import resource  # noqa: PLC0415
+
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError):
+        pass  # a container that forbids it: the sampler reopens files past its cap
 
 
 def main(args) -> int:
@@ -428,6 +481,7 @@ def main(args) -> int:
     # Taken now, with the code this process has loaded: a later reinstall
     # then shows as a mismatch in its gathering children (daemon/gather_child.py).
     package_fingerprint()
+    _raise_nofile_limit()
     import libvirt
     import libvirtaio
 

@@ -130,6 +130,11 @@ class Watcher:
 
     def remove_domain(self, name: str) -> None:
         self.domains.pop(name, None)
+        # open_findings() would drop them at its next call, but only a sink
+        # that reads open findings (the metrics file) calls it: without one,
+        # every stopped domain's findings stayed here for the daemon's life.
+        for key in [k for k in self.open if k[0] == name]:
+            del self.open[key]
         self._update_wanted()
 
     @property
@@ -149,6 +154,7 @@ class Watcher:
         now = self.clock()
         elapsed = (now - self.last_sample) if self.last_sample is not None else None
         if self.domains:
+            self._drop_vanished()
             findings = self._step(now, elapsed)
         else:
             findings = []
@@ -242,6 +248,28 @@ class Watcher:
             for sink in sinks:
                 sink.event(note)
         return findings
+
+    def _drop_vanished(self) -> None:
+        """Stop following a device whose sysfs directory is gone: a PCI
+        hot-unplug (pciehp, or `echo 1 > remove`) under a running domain
+        that libvirt has not told us about (no DEVICE_REMOVED event: the
+        device left the host, not the domain's XML). Its findings close
+        (RuntimeRules.holds of a gone device). Only devices without
+        vectors are looked at: a device that still has rows in the table is
+        there, and the stat per device stays off the steady sample."""
+        for dom in list(self.domains.values()):
+            gone = [bdf for bdf, dev in dom.devices.items()
+                    if dev.mode == "none" and not self.host.exists(f"sys/bus/pci/devices/{bdf}")]
+            if not gone:
+                continue
+            for bdf in gone:
+                for table in (dom.devices, dom.interrupts, dom.siblings, dom.msi_possible, dom.recorded):
+                    table.pop(bdf, None)
+                self.note(f"{dom.facts.domain.name}: {bdf} is gone from the host (hot-unplugged?); "
+                          "no longer followed, its findings closed, until the domain's devices change")
+            dom.facts = dom.facts._replace(devices=tuple(d for d in dom.facts.devices if d.address not in gone))
+            dom.siblings = {bdf: tuple(s for s in sibs if s not in gone) for bdf, sibs in dom.siblings.items()}
+            self._update_wanted()
 
     def _interrupts(self, dom: DomainState, assigned, table, shape):
         """facts.model.device_interrupts(bdf, device, table), worked out again

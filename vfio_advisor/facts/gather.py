@@ -72,6 +72,19 @@ class DeviceCache:
         self.host = host
         self.pci_ids = pci_ids
         self._cache: dict[str, tuple[PciDevice | None, str | None]] = {}
+        # id(domain) -> (domain, host facts, its assigned devices): every
+        # gather_domain of a session builds every other defined domain's
+        # devices for the cross-domain check, which made `advise` over D
+        # domains build D x D of them (bench/scale_bench.py, advise_scale).
+        # The domain and host are held, so `is` cannot match a new object
+        # at a freed one's address.
+        self._assigned: dict[int, tuple] = {}
+
+    def assigned(self, domain: Domain, host: HostFacts) -> tuple[AssignedDevice, ...]:
+        entry = self._assigned.get(id(domain))
+        if entry is None or entry[0] is not domain or entry[1] is not host:
+            entry = self._assigned[id(domain)] = (domain, host, assigned_devices(domain, host, self))
+        return entry[2]
 
     def get(self, bdf: str) -> tuple[PciDevice | None, str | None]:
         if bdf not in self._cache:
@@ -99,7 +112,7 @@ def gather_domain(domain: Domain, host: HostFacts, devices: DeviceCache,
     the cross-domain line check (VA2005) compares with this one's."""
     assigned = assigned_devices(domain, host, devices)
     other = tuple(OtherDomainDevice(o.name, d) for o in others if o.name != domain.name
-                  for d in assigned_devices(o, host, devices))
+                  for d in devices.assigned(o, host))
     pins = {d.address: (d.device.guest_pin if d.device else None) for d in assigned}
     vfio = read_vfio_facts(devices.host, ((d.address, d.device.iommu_group, d.device.iommu_group_members)
                                           for d in assigned if d.device is not None),

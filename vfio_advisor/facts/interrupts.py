@@ -82,8 +82,28 @@ class Interrupts(NamedTuple):
         return {line.irq: line for line in self.lines}
 
     def vfio_lines(self, bdf: str) -> tuple[tuple[IrqLine, VfioHandler], ...]:
-        bdf = bdf.lower()
-        return tuple((line, v) for line in self.lines for v in line.vfio if v.bdf.lower() == bdf)
+        """The rows with a vfio handler of `bdf`, in table order. Every
+        assigned device of every domain asks (advise's cross-domain check
+        gathers each other domain's devices too): the table is indexed once,
+        in one pass, instead of matching every row's handlers per question,
+        which made `advise` over 8 domains on a 256-CPU host with 3,500 rows
+        take 5 s of CPU and grow with domains squared (bench/scale_bench.py)."""
+        global _vfio_index
+        table, index = _vfio_index
+        if table is not self:
+            building: dict[str, list] = {}
+            for line in self.lines:
+                for v in line.vfio:
+                    building.setdefault(v.bdf.lower(), []).append((line, v))
+            index = {k: tuple(pairs) for k, pairs in building.items()}
+            # The table is held with its index, so `is` cannot match a new
+            # table that took a freed one's address.
+            _vfio_index = (self, index)
+        return index.get(bdf.lower(), ())
+
+
+# The last Interrupts table vfio_lines indexed, and its index (bdf -> rows).
+_vfio_index: tuple[Interrupts | None, dict] = (None, {})
 
 
 def _is_count(token: str) -> bool:
@@ -200,7 +220,15 @@ def sample_table(data: bytes | str, wanted: frozenset[str]) -> tuple[Interrupts,
         starts.add(data.rfind(b"\n", 0, pos) + 1)
         end = data.find(b"\n", pos)
         pos = -1 if end == -1 else data.find(b"vfio-", end)
+    # A wanted IRQ is most often a vfio row found above: look only for the
+    # others (an INTx line's row, whose handlers may all be other drivers').
+    # Each find scans the text from the start, so looking for every wanted
+    # row cost vectors x file size: 1.8 s for 1,536 vectors in a 256-CPU,
+    # 3,500-row file (bench/scale_bench.py), at every rediscovery.
+    found = {data[start:data.find(b":", start)].strip().decode("ascii", "replace") for start in starts}
     for irq in wanted:
+        if irq in found:
+            continue
         label = irq.encode() + b":"
         pos = data.find(label)
         while pos != -1:

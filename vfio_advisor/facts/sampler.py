@@ -105,6 +105,24 @@ SYSFS_PAGE = 4096
 # for each read instead, so a host with hundreds of vectors stays far below
 # systemd's default soft RLIMIT_NOFILE of 1024.
 MAX_KEPT_FDS = 512
+
+
+def kept_fds_cap() -> int:
+    """How many descriptors the sampler may keep: MAX_KEPT_FDS, or half
+    the soft RLIMIT_NOFILE when that is higher (the daemon raises its soft
+    limit to the hard one at start, as systemd.exec(5) LimitNOFILE= advises
+    for programs that need many descriptors and do not use select(2)). Past
+    the cap each read opens and closes its file: at 1,536 vectors (3,072
+    files) that was a third of the sample's CPU (bench/scale_bench.py)."""
+    import resource  # noqa: PLC0415
+
+    try:
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return MAX_KEPT_FDS
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(MAX_KEPT_FDS, soft // 2)
 # per_cpu_count prints each CPU's count with "%u" (irqdesc.c
 # per_cpu_count_show): no sign, no leading zero, so the non-zero counts are
 # exactly the tokens starting with 1-9. A vector is affine to one or a few
@@ -227,6 +245,7 @@ class Sampler:
         self.count_fds: dict[str, int] = {}
         self.action_fds: dict[str, int] = {}
         self.order: tuple[str, ...] = ()  # the watched IRQs, sorted
+        self.max_kept = kept_fds_cap()
         self.samples = 0
         self.full_reads = 0  # /proc/interrupts reads, for any reason
         self.rediscoveries = 0
@@ -317,7 +336,7 @@ class Sampler:
                     raise _Stale(irq) from None
                 # anything else: open it again below, and say why if that fails
         rel = f"sys/kernel/irq/{irq}/{name}"
-        if len(self.count_fds) + len(self.action_fds) >= MAX_KEPT_FDS:
+        if len(self.count_fds) + len(self.action_fds) >= self.max_kept:
             return self._read(rel)
         fd = self.host.open_kept(rel)
         fds[irq] = fd
