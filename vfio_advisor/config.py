@@ -193,10 +193,43 @@ def parse_config(doc: dict, path: str = "config", strict: bool = True) -> Config
         ignores[name] = _rule_list(ignore, f"config file {path}: [domains.{name}] ignore")
     values["ignores"] = ignores
     cfg = validate(Config(**values))
-    problems = config_rule_problems(cfg) if strict else []
+    problems = (unknown_keys(doc) + config_rule_problems(cfg)) if strict else []
     if problems:
         raise UsageError(f"config file {path}: " + "; ".join(problems))
     return cfg
+
+
+# What each table may hold. TOML (tomllib) accepts any key, so a misspelt
+# one ("disable_rules", "[domain.win11]") would otherwise be dropped without
+# a word and the setting the user meant would silently not apply.
+_KEYS_BY_TABLE = {
+    "daemon": {key for section, key, _, _ in _SCALARS if section == "daemon"} | {"disabled_rules"},
+    "hook": {key for section, key, _, _ in _SCALARS if section == "hook"},
+}
+_DOMAIN_KEYS = {"ignore"}
+
+
+def _unknown(names, known, where: str) -> list[str]:
+    import difflib  # noqa: PLC0415 - only for a key that is wrong
+    lines = []
+    for name in sorted(set(names) - known):
+        nearest = difflib.get_close_matches(name, sorted(known), n=1)
+        lines.append(f'{where}unknown key "{name}"' + (f", nearest: {nearest[0]}" if nearest
+                                                       else f" (valid: {', '.join(sorted(known))})"))
+    return lines
+
+
+def unknown_keys(doc: dict) -> list[str]:
+    """One line per key or table the file has and no setting reads."""
+    lines = _unknown(doc, {"daemon", "hook", "domains"}, "")
+    for table, known in _KEYS_BY_TABLE.items():
+        if isinstance(doc.get(table), dict):
+            lines += _unknown(doc[table], known, f"[{table}] ")
+    domains = doc.get("domains")
+    for name, table in (domains.items() if isinstance(domains, dict) else ()):
+        if isinstance(table, dict):
+            lines += _unknown(table, _DOMAIN_KEYS, f"[domains.{name}] ")
+    return lines
 
 
 def validate(cfg: Config) -> Config:
