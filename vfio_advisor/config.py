@@ -253,6 +253,16 @@ def load_config(path: str | None = DEFAULT_CONFIG_PATH, overrides: dict | None =
     return validate(cfg._replace(**extra)) if extra else cfg
 
 
+def load_config_leniently(path: str) -> tuple[Config, list[str]]:
+    """For the hook, which must never stop a VM start over its config: the
+    file's settings (a missing file: the defaults), with every key no setting
+    reads and every rule name no rule answers to set aside as one problem
+    line each instead of refusing the file. A bad value still raises."""
+    doc = _read(path, missing_ok=True)
+    cfg = parse_config(doc, path, strict=False)
+    return cfg, unknown_keys(doc) + config_rule_problems(cfg)
+
+
 def _toml(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
