@@ -202,11 +202,12 @@ def parse_config(doc: dict, path: str = "config", strict: bool = True) -> Config
 # What each table may hold. TOML (tomllib) accepts any key, so a misspelt
 # one ("disable_rules", "[domain.win11]") would otherwise be dropped without
 # a word and the setting the user meant would silently not apply.
-_KEYS_BY_TABLE = {
-    "daemon": {key for section, key, _, _ in _SCALARS if section == "daemon"} | {"disabled_rules"},
-    "hook": {key for section, key, _, _ in _SCALARS if section == "hook"},
+# In the order the man page lists them.
+KEYS_BY_TABLE: dict[str, tuple[str, ...]] = {
+    "daemon": (*(key for section, key, _, _ in _SCALARS if section == "daemon"), "disabled_rules"),
+    "hook": tuple(key for section, key, _, _ in _SCALARS if section == "hook"),
 }
-_DOMAIN_KEYS = {"ignore"}
+DOMAIN_KEYS = ("ignore",)
 
 
 def _unknown(names, known, where: str) -> list[str]:
@@ -222,13 +223,13 @@ def _unknown(names, known, where: str) -> list[str]:
 def unknown_keys(doc: dict) -> list[str]:
     """One line per key or table the file has and no setting reads."""
     lines = _unknown(doc, {"daemon", "hook", "domains"}, "")
-    for table, known in _KEYS_BY_TABLE.items():
+    for table, known in KEYS_BY_TABLE.items():
         if isinstance(doc.get(table), dict):
-            lines += _unknown(doc[table], known, f"[{table}] ")
+            lines += _unknown(doc[table], set(known), f"[{table}] ")
     domains = doc.get("domains")
     for name, table in (domains.items() if isinstance(domains, dict) else ()):
         if isinstance(table, dict):
-            lines += _unknown(table, _DOMAIN_KEYS, f"[domains.{name}] ")
+            lines += _unknown(table, set(DOMAIN_KEYS), f"[domains.{name}] ")
     return lines
 
 
