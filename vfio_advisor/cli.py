@@ -111,7 +111,8 @@ def build_parser(with_fix: bool = True) -> argparse.ArgumentParser:
     c = add_command(sub, "catalog", "print the journald message catalog generated from the rules")
     c.add_argument("-o", "--output", metavar="FILE", help="write it here instead of standard output")
 
-    i = add_command(sub, "install", "install the libvirt hook, config and journald catalog")
+    i = add_command(sub, "install", "install the libvirt hook, config, journald catalog, man page, "
+                    "daemon unit and Cockpit page")
     i.add_argument("--root", default="/", metavar="DIR", help="install under DIR (default /)")
     i.add_argument("--python", metavar="PATH",
                    help="interpreter for the hook and the daemon (default: this one for the hook; "
