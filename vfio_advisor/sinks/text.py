@@ -193,7 +193,8 @@ def write_device(e: dict, out: TextIO) -> None:
     irq = e["host_interrupts"]
     lines = [
         f"{e['host_address']}  {clean(e['name'] or '?')}  [{e['vendor_id']}:{e['device_id']}] class {e['class']}",
-        f"  driver: {clean(e['driver'] or 'none')}   IOMMU group: {e['iommu_group']} "
+        f"  driver: {clean(e['driver'] or 'none')}   "
+        f"IOMMU group: {'none' if e['iommu_group'] is None else e['iommu_group']} "
         f"({clean(', '.join(e['iommu_group_members'])) or '-'})",
         "  MSI: " + show(caps.get("msi"), lambda m: "%d vector(s), 64bit=%s, maskable=%s, enabled=%s"
                          % (m["vectors"], m["64bit"], m["maskable"], m["enabled"])),
