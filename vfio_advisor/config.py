@@ -234,13 +234,19 @@ def unknown_keys(doc: dict) -> list[str]:
 
 
 def validate(cfg: Config) -> Config:
-    numbers = (cfg.interval, cfg.settle, cfg.storm_rate, cfg.hook_timeout)
-    if (not all(math.isfinite(x) for x in numbers) or not 0 < cfg.interval <= 3600
-            or cfg.settle < 0 or cfg.storm_rate <= 0 or cfg.storm_samples < 1):
-        raise UsageError("interval must be in (0, 3600] s, settle >= 0, storm_rate > 0, "
-                         "storm_samples >= 1")
-    if cfg.hook_timeout <= 0:
-        raise UsageError("[hook] timeout must be > 0 seconds")
+    # (the setting, whether its value is out of range, the range) in the
+    # order the file lists them: the message names the one that is wrong.
+    bounds = (
+        ("interval", not 0 < cfg.interval <= 3600, "in (0, 3600] s"),
+        ("settle", not cfg.settle >= 0, ">= 0 s"),
+        ("storm_rate", not cfg.storm_rate > 0, "> 0 per second"),
+        ("storm_samples", cfg.storm_samples < 1, ">= 1"),
+        ("[hook] timeout", not 0 < cfg.hook_timeout, "> 0 seconds"),
+    )
+    for name, wrong, allowed in bounds:
+        value = getattr(cfg, {"[hook] timeout": "hook_timeout"}.get(name, name))
+        if wrong or (isinstance(value, float) and not math.isfinite(value)):
+            raise UsageError(f"{name} must be {allowed}, not {value}")
     return cfg
 
 

@@ -65,7 +65,11 @@ def test_file_values_and_overrides(tmp_path):
 
 @pytest.mark.parametrize("text,message", [
     ("[daemon]\ninterval = 'often'\n", "[daemon] interval must be a float"),
-    ("[daemon]\ninterval = 0\n", "interval must be in (0, 3600]"),
+    ("[daemon]\ninterval = 0\n", "interval must be in (0, 3600] s, not 0.0"),
+    ("[daemon]\nsettle = -1\n", "settle must be >= 0 s, not -1.0"),
+    ("[daemon]\nstorm_rate = nan\n", "storm_rate must be > 0 per second, not nan"),
+    ("[daemon]\nstorm_samples = 0\n", "storm_samples must be >= 1, not 0"),
+    ("[daemon]\ninterval = inf\n", "interval must be in (0, 3600] s, not inf"),
     ("[hook]\nblock_on_error = 'yes'\n", "[hook] block_on_error must be true or false"),
     ("[hook]\ntimeout = -1\n", "[hook] timeout must be > 0"),
     ("[domains.x]\nignore = 'VA1001'\n", "[domains.x] ignore must be a list"),
