@@ -18,7 +18,7 @@ from vfio_advisor.catalog import for_reader
 from vfio_advisor.cli import build_parser
 from vfio_advisor.config import DOMAIN_KEYS, KEYS_BY_TABLE
 from vfio_advisor.exitstatus import EXIT_STATUS
-from vfio_advisor.rules import RULES
+from vfio_advisor.rules import INTERNAL_ERROR, RULES
 
 
 def _italic(name: str) -> str:
@@ -112,7 +112,7 @@ def render() -> str:
         roff(f"Configuration of the daemon ([daemon]: {', '.join(KEYS_BY_TABLE['daemon'])}; "
              f"[domains.NAME]: {', '.join(DOMAIN_KEYS)}) and of the hook ([hook]: "
              f"{', '.join(KEYS_BY_TABLE['hook'])}); any other key is refused (the hook logs it as "
-             "VA9001 and goes on). The daemon rereads it on SIGHUP (systemctl reload vfio-advisor)."),
+             f"{INTERNAL_ERROR.id} and goes on). The daemon rereads it on SIGHUP (systemctl reload vfio-advisor)."),
         ".TP", "\\fI/etc/libvirt/hooks/qemu.d/vfio\\-advisor\\fR",
         roff("The libvirt qemu hook: analyses each domain at \"prepare begin\" and logs the findings "
              "to the journal. It does nothing once the program is removed. libvirtd looks for hooks "
