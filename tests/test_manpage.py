@@ -76,3 +76,21 @@ def test_groff_renders_it_without_warnings(page, tmp_path):
     text = subprocess.run(["groff", "-man", "-Tutf8", "-P-c", "-P-b", "-P-u", str(src)],
                           capture_output=True, text=True).stdout
     assert "vfio-advisor daemon" in text and RULES[0].id in text
+
+
+def test_files_names_every_key_the_config_file_takes(page):
+    """Every key parse_config reads, taken from a file that sets them all: the
+    page listed only some (not connect, host_root, state_dir)."""
+    from vfio_advisor.config import _SCALARS, parse_config  # noqa: PLC0415
+    config_paragraph = plain(page).split("/etc/vfio-advisor/config.toml\n", 1)[1].split("\n.TP", 1)[0]
+    tables = {}
+    for section, key, _, kind in _SCALARS:
+        tables.setdefault(section, {})[key] = {float: 1.0, int: 1, str: "/x", bool: True}[kind]
+    tables["daemon"]["disabled_rules"] = []
+    tables["domains"] = {"win11": {"ignore": []}}
+    parse_config(tables)  # strict: a key it would refuse is not a key to document
+    for section, keys in (("daemon", tables["daemon"]), ("hook", tables["hook"]),
+                          ("domains.NAME", tables["domains"]["win11"])):
+        listed = config_paragraph.split(f"[{section}]: ", 1)[1].split(")", 1)[0].replace(";", ",")
+        for key in keys:
+            assert key in [k.strip() for k in listed.split(",")], (section, key, listed)

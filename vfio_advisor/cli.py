@@ -57,7 +57,8 @@ def build_parser(with_fix: bool = True) -> argparse.ArgumentParser:
     a.add_argument("--format", choices=("text", "json"), default="text",
                    help="text for people, or json (schema vfio-advisor/advice/1)")
     a.add_argument("--sample", type=float, metavar="SECONDS",
-                   help="read /proc/interrupts twice, SECONDS apart, for rising counters")
+                   help="read /proc/interrupts twice, SECONDS apart, for rising counters "
+                        "(a live host, not a snapshot)")
     a.add_argument("--config", default=DEFAULT_CONFIG_PATH, metavar="FILE",
                    help=f"disabled_rules and [domains.NAME] ignore from here (default {DEFAULT_CONFIG_PATH})")
 
@@ -110,7 +111,8 @@ def build_parser(with_fix: bool = True) -> argparse.ArgumentParser:
     c = add_command(sub, "catalog", "print the journald message catalog generated from the rules")
     c.add_argument("-o", "--output", metavar="FILE", help="write it here instead of standard output")
 
-    i = add_command(sub, "install", "install the libvirt hook, config and journald catalog")
+    i = add_command(sub, "install", "install the libvirt hook, config, journald catalog, man page, "
+                    "daemon unit and Cockpit page")
     i.add_argument("--root", default="/", metavar="DIR", help="install under DIR (default /)")
     i.add_argument("--python", metavar="PATH",
                    help="interpreter for the hook and the daemon (default: this one for the hook; "
@@ -185,13 +187,19 @@ def cmd_advise(args) -> int:
     from vfio_advisor.config import load_config
     from vfio_advisor.engine import Engine
     from vfio_advisor.sinks.base import FixesPlanned
-    from vfio_advisor.sources import open_host_root
+    from vfio_advisor.sources import is_snapshot_tree, open_host_root
 
     if args.sample is not None and not 0 < args.sample <= 3600:
         raise UsageError("--sample takes a number of seconds between 0 and 3600")
     config = load_config(args.config)
     root, tmp = open_host_root(args.host_root)
     try:
+        if args.sample and is_snapshot_tree(root):
+            # A snapshot holds one reading of /proc/interrupts: a second read
+            # finds the same counts, which would be called "inconclusive,
+            # sample while the device is in use" although no device ran.
+            raise UsageError(f"--sample needs a live host: the snapshot {args.host_root} holds "
+                             "one reading of /proc/interrupts, which never changes")
         domains, errors = load_domains(args, root)
         if not domains and errors and (args.xml or args.host_root != "/"):
             # Every XML file given (or stored in the snapshot) was refused:

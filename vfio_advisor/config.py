@@ -193,20 +193,60 @@ def parse_config(doc: dict, path: str = "config", strict: bool = True) -> Config
         ignores[name] = _rule_list(ignore, f"config file {path}: [domains.{name}] ignore")
     values["ignores"] = ignores
     cfg = validate(Config(**values))
-    problems = config_rule_problems(cfg) if strict else []
+    problems = (unknown_keys(doc) + config_rule_problems(cfg)) if strict else []
     if problems:
         raise UsageError(f"config file {path}: " + "; ".join(problems))
     return cfg
 
 
+# What each table may hold. TOML (tomllib) accepts any key, so a misspelt
+# one ("disable_rules", "[domain.win11]") would otherwise be dropped without
+# a word and the setting the user meant would silently not apply.
+# In the order the man page lists them.
+KEYS_BY_TABLE: dict[str, tuple[str, ...]] = {
+    "daemon": (*(key for section, key, _, _ in _SCALARS if section == "daemon"), "disabled_rules"),
+    "hook": tuple(key for section, key, _, _ in _SCALARS if section == "hook"),
+}
+DOMAIN_KEYS = ("ignore",)
+
+
+def _unknown(names, known, where: str) -> list[str]:
+    import difflib  # noqa: PLC0415 - only for a key that is wrong
+    lines = []
+    for name in sorted(set(names) - known):
+        nearest = difflib.get_close_matches(name, sorted(known), n=1)
+        lines.append(f'{where}unknown key "{name}"' + (f", nearest: {nearest[0]}" if nearest
+                                                       else f" (valid: {', '.join(sorted(known))})"))
+    return lines
+
+
+def unknown_keys(doc: dict) -> list[str]:
+    """One line per key or table the file has and no setting reads."""
+    lines = _unknown(doc, {"daemon", "hook", "domains"}, "")
+    for table, known in KEYS_BY_TABLE.items():
+        if isinstance(doc.get(table), dict):
+            lines += _unknown(doc[table], set(known), f"[{table}] ")
+    domains = doc.get("domains")
+    for name, table in (domains.items() if isinstance(domains, dict) else ()):
+        if isinstance(table, dict):
+            lines += _unknown(table, set(DOMAIN_KEYS), f"[domains.{name}] ")
+    return lines
+
+
 def validate(cfg: Config) -> Config:
-    numbers = (cfg.interval, cfg.settle, cfg.storm_rate, cfg.hook_timeout)
-    if (not all(math.isfinite(x) for x in numbers) or not 0 < cfg.interval <= 3600
-            or cfg.settle < 0 or cfg.storm_rate <= 0 or cfg.storm_samples < 1):
-        raise UsageError("interval must be in (0, 3600] s, settle >= 0, storm_rate > 0, "
-                         "storm_samples >= 1")
-    if cfg.hook_timeout <= 0:
-        raise UsageError("[hook] timeout must be > 0 seconds")
+    # (the setting, whether its value is out of range, the range) in the
+    # order the file lists them: the message names the one that is wrong.
+    bounds = (
+        ("interval", not 0 < cfg.interval <= 3600, "in (0, 3600] s"),
+        ("settle", not cfg.settle >= 0, ">= 0 s"),
+        ("storm_rate", not cfg.storm_rate > 0, "> 0 per second"),
+        ("storm_samples", cfg.storm_samples < 1, ">= 1"),
+        ("[hook] timeout", not 0 < cfg.hook_timeout, "> 0 seconds"),
+    )
+    for name, wrong, allowed in bounds:
+        value = getattr(cfg, {"[hook] timeout": "hook_timeout"}.get(name, name))
+        if wrong or (isinstance(value, float) and not math.isfinite(value)):
+            raise UsageError(f"{name} must be {allowed}, not {value}")
     return cfg
 
 
@@ -218,6 +258,16 @@ def load_config(path: str | None = DEFAULT_CONFIG_PATH, overrides: dict | None =
     cfg = parse_config(_read(path, missing_ok), path, strict) if path else DEFAULTS
     extra = {k: v for k, v in (overrides or {}).items() if v is not None}
     return validate(cfg._replace(**extra)) if extra else cfg
+
+
+def load_config_leniently(path: str) -> tuple[Config, list[str]]:
+    """For the hook, which must never stop a VM start over its config: the
+    file's settings (a missing file: the defaults), with every key no setting
+    reads and every rule name no rule answers to set aside as one problem
+    line each instead of refusing the file. A bad value still raises."""
+    doc = _read(path, missing_ok=True)
+    cfg = parse_config(doc, path, strict=False)
+    return cfg, unknown_keys(doc) + config_rule_problems(cfg)
 
 
 def _toml(value) -> str:

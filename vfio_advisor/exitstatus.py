@@ -23,14 +23,14 @@ EXIT_STATUS: tuple[tuple[int, str, str], ...] = (
     (EXIT_FINDINGS, "guest",
      "A device whose setting in the guest needs action: MSI possible but off, reset since the "
      "recorded change, on but still INTx, or no guest function matching its IDs."),
-    (EXIT_USAGE, "guest",
-     "Also: no agent channel, the agent not connected or timing out, guest-exec blocked, a "
-     "command failing in the guest, a domain not running, a read-only connection."),
     (EXIT_USAGE, "every command",
      "A usage error, or an input that could not be read or analysed: a file that is not a "
      "domain XML, a domain that libvirt or the snapshot does not have, a BDF that is not a "
      "PCI device of the host, a damaged snapshot, a failed libvirt connection. advise, "
      "device and snapshot still analyse, report or archive every other input."),
+    (EXIT_USAGE, "guest",
+     "Also: no agent channel, the agent not connected or timing out, guest-exec blocked, a "
+     "command failing in the guest, a domain not running, a read-only connection."),
     (EXIT_USAGE, "fix",
      "Also: a domain that changed since the analysis, or a refused --apply (nothing is "
      "applied then)."),

@@ -37,16 +37,17 @@ def _on_alarm(signum, frame):
 def load_config(path: str):
     """(config, problem line): a bad config is reported and the defaults
     used, because the hook must never fail a VM start over it. A rule name
-    no rule answers to is reported too, and the rest of the file holds."""
-    from vfio_advisor.config import DEFAULTS, config_rule_problems, load_config as load  # noqa: PLC0415
+    no rule answers to, or a key no setting reads (a misspelt
+    block_on_error would otherwise leave blocking off without a word), is
+    reported too, and the rest of the file holds."""
+    from vfio_advisor.config import DEFAULTS, load_config_leniently  # noqa: PLC0415
     from vfio_advisor.errors import UsageError  # noqa: PLC0415
 
     try:
         # install names the file; until the admin writes it, the defaults hold.
-        cfg = load(path, missing_ok=True, strict=False)
+        cfg, problems = load_config_leniently(path)
     except UsageError as exc:
         return DEFAULTS, f"config ignored: {exc}"
-    problems = config_rule_problems(cfg)
     return cfg, (f"config file {path}: " + "; ".join(problems)) if problems else None
 
 

@@ -16,8 +16,9 @@ import sys
 from vfio_advisor import __version__
 from vfio_advisor.catalog import for_reader
 from vfio_advisor.cli import build_parser
+from vfio_advisor.config import DOMAIN_KEYS, KEYS_BY_TABLE
 from vfio_advisor.exitstatus import EXIT_STATUS
-from vfio_advisor.rules import RULES
+from vfio_advisor.rules import INTERNAL_ERROR, RULES
 
 
 def _italic(name: str) -> str:
@@ -108,9 +109,10 @@ def render() -> str:
           for line in (".TP", f"{code} ({roff(commands)})", roff(meaning))],
         ".SH FILES",
         ".TP", "\\fI/etc/vfio\\-advisor/config.toml\\fR",
-        roff("Configuration of the daemon ([daemon]: interval, settle, storm_rate, storm_samples, "
-             "disabled_rules, metrics_file; [domains.NAME]: ignore) and of the hook ([hook]: timeout, "
-             "block_on_error). The daemon rereads it on SIGHUP (systemctl reload vfio-advisor)."),
+        roff(f"Configuration of the daemon ([daemon]: {', '.join(KEYS_BY_TABLE['daemon'])}; "
+             f"[domains.NAME]: {', '.join(DOMAIN_KEYS)}) and of the hook ([hook]: "
+             f"{', '.join(KEYS_BY_TABLE['hook'])}); any other key is refused (the hook logs it as "
+             f"{INTERNAL_ERROR.id} and goes on). The daemon rereads it on SIGHUP (systemctl reload vfio-advisor)."),
         ".TP", "\\fI/etc/libvirt/hooks/qemu.d/vfio\\-advisor\\fR",
         roff("The libvirt qemu hook: analyses each domain at \"prepare begin\" and logs the findings "
              "to the journal. It does nothing once the program is removed. libvirtd looks for hooks "

@@ -143,3 +143,15 @@ def test_every_option_of_every_subcommand_has_help_text():
                for action in sub._actions
                if not isinstance(action, argparse._HelpAction) and not action.help]
     assert missing == []
+
+
+def test_an_also_row_follows_the_row_it_adds_to():
+    """'Also: ...' extends the general row of the same status; printed first
+    (as `guest --help` did), it reads as if it stood alone."""
+    from vfio_advisor.exitstatus import exit_status_rows  # noqa: PLC0415
+    for command in ("guest", "fix", None):
+        rows = exit_status_rows(command)
+        for index, (code, commands, meaning) in enumerate(rows):
+            if meaning.startswith("Also:"):
+                assert any(c == code and not m.startswith("Also:") for c, _, m in rows[:index]), \
+                    (command, commands, meaning)

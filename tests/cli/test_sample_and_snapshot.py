@@ -119,3 +119,16 @@ def test_text_output_no_colour_and_remedy(tmp_path):
     assert "VA1001" in out.stdout and "snd_hda_intel" not in out.stdout
     assert "modinfo" in out.stdout  # Linux guest, no known MSI option for this device
     assert "vfio-advisor explain VA1001" in out.stdout
+
+
+def test_sample_of_a_snapshot_is_refused_not_called_inconclusive(tmp_path):
+    """A snapshot's counters cannot move: sampling it would print "sample
+    again while the device is in use" about a device that is not running."""
+    root = host(tmp_path, "stays-intx-2")
+    snap = tmp_path / "snap.tar.gz"
+    made = run("snapshot", "-o", str(snap), "--xml", str(DOMAIN), "--host-root", str(root))
+    assert made.returncode == 0, made.stderr
+    out = run("advise", "--host-root", str(snap), "--sample", "0.2")
+    assert out.returncode == 2 and out.stdout == "", out.stdout
+    assert out.stderr.count("\n") == 1 and "--sample needs a live host" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr

@@ -9,6 +9,7 @@ import pytest
 
 from vfio_advisor.config import (
     DEFAULT_CONFIG_PATH, DEFAULTS, IgnorePolicy, load_config, parse_config, render_config_file,
+    load_config_leniently, unknown_keys,
 )
 from vfio_advisor.errors import UsageError
 from vfio_advisor.facts.domain import parse_domain_xml
@@ -64,12 +65,22 @@ def test_file_values_and_overrides(tmp_path):
 
 @pytest.mark.parametrize("text,message", [
     ("[daemon]\ninterval = 'often'\n", "[daemon] interval must be a float"),
-    ("[daemon]\ninterval = 0\n", "interval must be in (0, 3600]"),
+    ("[daemon]\ninterval = 0\n", "interval must be in (0, 3600] s, not 0.0"),
+    ("[daemon]\nsettle = -1\n", "settle must be >= 0 s, not -1.0"),
+    ("[daemon]\nstorm_rate = nan\n", "storm_rate must be > 0 per second, not nan"),
+    ("[daemon]\nstorm_samples = 0\n", "storm_samples must be >= 1, not 0"),
+    ("[daemon]\ninterval = inf\n", "interval must be in (0, 3600] s, not inf"),
     ("[hook]\nblock_on_error = 'yes'\n", "[hook] block_on_error must be true or false"),
     ("[hook]\ntimeout = -1\n", "[hook] timeout must be > 0"),
     ("[domains.x]\nignore = 'VA1001'\n", "[domains.x] ignore must be a list"),
     ("daemon = 3\n", "[daemon] must be a table"),
     ("[daemon\n", "config file"),
+    # tomllib takes any key: a typo must not leave the meant setting silently unapplied.
+    ('[daemon]\ndisable_rules = ["VA5003"]\n',
+     '[daemon] unknown key "disable_rules", nearest: disabled_rules'),
+    ('[domain.win11]\nignore = ["VA5003"]\n', 'unknown key "domain", nearest: domains'),
+    ('[domains.win11]\nignored = ["VA5003"]\n', '[domains.win11] unknown key "ignored", nearest: ignore'),
+    ('[hook]\nblock_on_errors = true\n', '[hook] unknown key "block_on_errors", nearest: block_on_error'),
 ])
 def test_bad_values_are_one_line_usage_errors(tmp_path, text, message):
     path = tmp_path / "c.toml"
@@ -100,3 +111,16 @@ def test_policy_merges_config_domain_table_and_metadata():
                if policy.ignores_rule(RULES_BY_ID[r], domain)}
     assert ignored == {"VA6007", "VA1001", "VA5001"}
     assert not policy.ignores_rule(RULES_BY_ID["VA1001"], None)
+
+
+def test_the_hook_loads_a_file_with_a_misspelt_key_and_says_it(tmp_path):
+    """The hook must never stop a VM start over its config: the rest holds."""
+    path = tmp_path / "c.toml"
+    path.write_text('[daemon]\ndisable_rules = ["VA5003"]\ndisabled_rules = ["VA1001"]\n')
+    cfg, problems = load_config_leniently(str(path))
+    assert cfg.disabled == {"VA1001"}
+    assert problems == ['[daemon] unknown key "disable_rules", nearest: disabled_rules']
+
+
+def test_the_file_install_writes_has_only_known_keys():
+    assert unknown_keys(tomllib.loads(render_config_file())) == []

@@ -21,7 +21,7 @@ def cli(*args, **kw):
     ("[daemon]\ndisabled_rules = 5\n", "disabled_rules must be a list"),
     ('[daemon]\ndisabled_rules = "VA6001"\n', "disabled_rules must be a list"),
     ('domains = "x"\n', "[domains] must be a table"),
-    ("[daemon]\nsettle = nan\n", "settle >= 0"),
+    ("[daemon]\nsettle = nan\n", "settle must be >= 0 s, not nan"),
 ])
 def test_bad_daemon_config_values(tmp_path, toml, words):
     config = tmp_path / "c.toml"

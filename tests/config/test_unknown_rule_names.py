@@ -209,3 +209,17 @@ def test_hook_says_an_unknown_rule_in_the_domains_metadata(installed, tmp_path):
     (entry,) = run.by_rule("VA9001")
     assert entry["MESSAGE"].endswith('win11: <metadata> ignore: unknown rule "VA1O01", nearest: VA1001 '
                                      "(msi-capable-device-on-intx); it silences nothing"), entry["MESSAGE"]
+
+
+def test_hook_says_a_misspelt_key_as_va9001_and_keeps_the_rest(installed, tmp_path):  # noqa: F811
+    """'[hook] blocks_on_error = true' would leave blocking off without a
+    word; the hook names it and still applies the file's valid settings."""
+    _, _, config = installed
+    config.write_text(config.read_text() + "blocks_on_error = true\n"
+                      '[daemon]\ndisabled_rules = ["VA1001"]\n')
+    run = call(installed, tmp_path, "win11", stdin=libvirt_xml("win11"))
+    assert run.rc == 0
+    assert not run.by_rule("VA1001")
+    (entry,) = run.by_rule("VA9001")
+    assert entry["MESSAGE"].endswith(f'config file {config}: [hook] unknown key "blocks_on_error", '
+                                     "nearest: block_on_error"), entry["MESSAGE"]

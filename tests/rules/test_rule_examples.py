@@ -4,6 +4,8 @@ real engine on host trees built from real config dumps)."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from tests.hosttree import load_config
@@ -138,13 +140,16 @@ def test_runtime_rule_silent_on_example(runtime_example, rule_id, name):
 
 
 def test_runtime_transitions_are_pure(runtime_example):
-    """Same input, same output, and the input state is left as it was."""
+    """Same input, same output, and the inputs (state, sample, config) are
+    left as they were: a copy taken before the step still equals them after.
+    (`case[0] is state` held whatever a transition wrote into them.)"""
     for name in RUNTIME_EXAMPLES:
         case = runtime_example(name)
         if not isinstance(case[1], HostSample):
-            state = case[0]
+            before = copy.deepcopy(case)
+            assert before == case, name  # the comparison below can see a change
             assert RUNTIME.step_device(*case) == RUNTIME.step_device(*case)
-            assert case[0] is state
+            assert case == before, name
 
 
 def test_one_remedy_names_every_function_for_va1001_va6001_va6003(example, runtime_example):

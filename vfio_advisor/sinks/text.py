@@ -178,17 +178,23 @@ def write_device(e: dict, out: TextIO) -> None:
         return
     caps = e["capabilities"] or {}
 
-    unread = next((u for u in e["unreadable"] if u.startswith("capabilities unreadable: ")), None)
+    # Why the capabilities are unknown: damaged bytes, or a reader without
+    # CAP_SYS_ADMIN, to whom the kernel gives only the first 64 bytes
+    # (drivers/pci/pci-sysfs.c pci_read_config) - not a truncated file.
+    unread = next((u for u in e["unreadable"] if u.startswith("capabilities unreadable: ")),
+                  None) or next((u.removeprefix("config: ").split("; ")[0]
+                                 for u in e["unreadable"] if u.startswith("config: ")), None)
 
     def show(v, fmt):
         if v == "unknown":
-            return f"unknown ({clean(unread) if unread else 'config space truncated'})"
+            return f"unknown ({clean(unread) if unread else 'capabilities not read'})"
         return "absent" if v is None else fmt(v)
 
     irq = e["host_interrupts"]
     lines = [
         f"{e['host_address']}  {clean(e['name'] or '?')}  [{e['vendor_id']}:{e['device_id']}] class {e['class']}",
-        f"  driver: {clean(e['driver'] or 'none')}   IOMMU group: {e['iommu_group']} "
+        f"  driver: {clean(e['driver'] or 'none')}   "
+        f"IOMMU group: {'none' if e['iommu_group'] is None else e['iommu_group']} "
         f"({clean(', '.join(e['iommu_group_members'])) or '-'})",
         "  MSI: " + show(caps.get("msi"), lambda m: "%d vector(s), 64bit=%s, maskable=%s, enabled=%s"
                          % (m["vectors"], m["64bit"], m["maskable"], m["enabled"])),
