@@ -6,6 +6,7 @@ the code."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -171,22 +172,22 @@ def test_cli_usage_errors_are_one_line():
         assert "Traceback" not in out.stderr
 
 
-def test_host_confirmation_of_a_recorded_change(tmp_path):
-    from vfio_advisor.guest.changes import load, record
-    from vfio_advisor.guest.confirm import confirm_device
+def test_a_recorded_change_is_readable_by_the_daemon_and_carries_its_run(tmp_path):
+    """fix --guest --apply runs as root; the daemon reads the record as its
+    DynamicUser (not the file's owner): the file must be readable by others,
+    and it carries libvirt's domain ID, the daemon's sign of a restart."""
+    import stat
 
-    record(str(tmp_path), "vm", [{"key": "0000:01:00.0", "host_bdf": "0000:01:00.0", "os": "windows",
-                                  "target": "MSISupported=1 for VEN_10DE&DEV_1B81&SUBSYS_61733842&REV_A1"}],
-           now=1000.0)
-    changes = load(str(tmp_path), "vm")
-    assert confirm_device(changes, "0000:01:00.0", "intx", None) is None  # no restart seen
-    assert confirm_device(changes, "0000:01:00.0", "intx", 999.0) is None  # restart before the change
-    assert confirm_device(changes, "0000:01:00.0", "none", 1100.0) is None  # not enabled yet
-    assert confirm_device(changes, "0000:02:00.0", "intx", 1100.0) is None  # another device
-    done = confirm_device(changes, "0000:01:00.0", "msi", 1100.0)
-    assert done.severity == "info" and "resolved" in done.message and "MSISupported=1" in done.message
-    stuck = confirm_device(changes, "0000:01:00.0", "intx", 1100.0)
-    assert stuck.severity == "warning" and "MSISupported was reset" in stuck.message
+    from vfio_advisor.daemon.state import StateStore
+    from vfio_advisor.guest.changes import record
+
+    path = record(str(tmp_path), "win 11", [{"key": "0000:01:00.0", "host_bdf": "0000:01:00.0",
+                                             "os": "windows", "target": "MSISupported=1"}],
+                  now=1000.0, run_id=7)
+    assert stat.S_IMODE(os.stat(path).st_mode) & 0o044 == 0o044
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) & 0o055 == 0o055
+    change = StateStore(str(tmp_path)).guest_changes("win 11")["0000:01:00.0"]
+    assert (change.epoch, change.run_id, change.os, change.target) == (1000.0, 7, "windows", "MSISupported=1")
 
 
 def test_targets_from_a_domain_and_the_host_tree():
