@@ -219,3 +219,18 @@ def test_targets_from_a_domain_and_the_host_tree():
     plan = plan_for(GuestReport("win11", os="windows", devices=devs))
     assert [s.argv[2].split("\\")[5] for s in plan.steps] == [
         "VEN_1002&DEV_73FF&SUBSYS_0E361002&REV_C7", "VEN_1002&DEV_AB28&SUBSYS_AB281002&REV_00"]
+
+
+def test_the_guest_fix_hangs_on_its_rule():
+    """VA1001 (the guest keeps an MSI-capable device on INTx) names the guest
+    planner; its findings point at `fix --guest`, whose plan that planner makes."""
+    from vfio_advisor.guest import plan
+    from vfio_advisor.rules import RULES, RULES_BY_ID
+    from vfio_advisor.rules.remedies import GUEST
+
+    guest_rules = [r.id for r in RULES if r.fix is not None and r.fix.kind == GUEST]
+    assert guest_rules == ["VA1001"]
+    assert plan.guest_planner() is plan.plan_for
+    finding = RULES_BY_ID["VA1001"].finding("my vm", "0000:05:00.1", "on INTx")
+    assert finding.fix_pointer.startswith(" Exact guest commands: `vfio-advisor fix --guest 'my vm'`")
+    assert "vfio-advisor fix" not in finding.remedy

@@ -255,7 +255,7 @@ def write_text(report: GuestReport, out) -> None:
 # --- fix --guest -------------------------------------------------------------------------
 
 def run_fix_guest(args) -> int:
-    from vfio_advisor.guest.plan import apply, plan_for  # noqa: PLC0415
+    from vfio_advisor.guest.plan import apply, guest_planner  # noqa: PLC0415
 
     name = args.guest
     if args.reboot and not args.apply:
@@ -269,7 +269,7 @@ def run_fix_guest(args) -> int:
         if exc.kind == "no-channel":
             _print_channel_fix(args, name)
         return _fail(exc)
-    plan = plan_for(report)
+    plan = guest_planner()(report)
     as_json = args.format == "json"
     say = (lambda line: print(line, file=sys.stderr)) if as_json else print
     if not as_json:
