@@ -234,3 +234,21 @@ def test_the_guest_fix_hangs_on_its_rule():
     finding = RULES_BY_ID["VA1001"].finding("my vm", "0000:05:00.1", "on INTx")
     assert finding.fix_pointer.startswith(" Exact guest commands: `vfio-advisor fix --guest 'my vm'`")
     assert "vfio-advisor fix" not in finding.remedy
+
+
+def test_guest_changes_go_where_the_daemon_reads_them(tmp_path):
+    """`fix --guest` and `guest` record and read in the config's [daemon]
+    state_dir (the daemon's StateDirectory), unless --state-dir says otherwise."""
+    from vfio_advisor.cli import build_parser
+    from vfio_advisor.config import load_config
+    from vfio_advisor.guest.command import state_dir_of
+
+    conf = tmp_path / "config.toml"
+    conf.write_text(f'[daemon]\nstate_dir = "{tmp_path / "daemon-state"}"\n')
+    parser = build_parser()
+    daemon_dir = load_config(str(conf)).state_dir
+    assert daemon_dir == str(tmp_path / "daemon-state")
+    for argv in (["fix", "--guest", "vm", "--config", str(conf)], ["guest", "vm", "--config", str(conf)]):
+        assert state_dir_of(parser.parse_args(argv)) == daemon_dir, argv
+    given = parser.parse_args(["fix", "--guest", "vm", "--config", str(conf), "--state-dir", "/srv/x"])
+    assert state_dir_of(given) == "/srv/x"
