@@ -106,6 +106,18 @@ async def scenario(out: dict, work: Path) -> None:
     await settled_and_counting()
     await settle(svc, lambda: "VA6010" in rec.findings)
     out["run_4_settled"] = list(rec.findings)
+    # A third change, then a guest reboot in the same run (same domain ID):
+    # libvirt's qemu driver sends REBOOT, the test driver none, so the
+    # daemon's own handler is called as libvirt would call it.
+    await asyncio.sleep(1.1)  # the records' time stamps are whole seconds apart in "at"
+    record(str(state), "gpuvm", [{"key": AUDIO, "host_bdf": AUDIO, "os": "windows",
+                                  "target": "MSISupported=1, third"}], run_id=dom.ID())
+    await samples(svc, 2)
+    out["before_reboot"] = list(rec.findings)
+    audio_on_msi(root, True)
+    svc._on_reboot(admin, admin.lookupByName("gpuvm"), None)
+    await settle(svc, lambda: rec.findings.count("VA6009") == 2)
+    out["after_reboot"] = list(rec.findings)
     await stop()
     dom.undefine()
     svc.stopping.set()

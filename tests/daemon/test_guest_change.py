@@ -41,7 +41,7 @@ def test_a_stop_and_start_after_the_change_confirms_it(testdriver):
     assert run["before_restart"] == ["VA6001"]
     assert run["after_restart_msi"] == ["VA6001", "VA6009"]
     assert run["run_3"].count("VA6009") == 1  # the state file remembers what was said
-    (entry,) = [e for e in run["journal"] if e.get(F.RULE) == "VA6009"]
+    entry = [e for e in run["journal"] if e.get(F.RULE) == "VA6009"][0]
     assert entry[F.PRIORITY] == "6" and entry[F.HOST_BDF] == "0000:05:00.1"
     assert "MSISupported=1 for PCI\\VEN_10DE&DEV_10F0" in entry[F.MESSAGE]
     assert "is on MSI after the guest change of 20" in entry[F.MESSAGE]
@@ -54,6 +54,14 @@ def test_a_change_that_brought_no_msi_is_a_warning_with_its_causes(testdriver):
     (entry,) = [e for e in run["journal"] if e.get(F.RULE) == "VA6010"]
     assert entry[F.PRIORITY] == "4" and "still on INTx after the guest change" in entry[F.MESSAGE]
     assert "MSISupported was reset" in entry[F.REMEDY] and "vfio-advisor guest gpuvm" in entry[F.REMEDY]
+
+
+def test_the_services_reboot_handler_confirms_a_change_of_the_same_run(testdriver):
+    run = testdriver
+    assert run["before_reboot"] == run["run_4_settled"]  # the change waits: same ID, no reboot
+    assert run["after_reboot"].count("VA6009") == 2
+    last = [e for e in run["journal"] if e.get(F.RULE) == "VA6009"][-1]
+    assert "MSISupported=1, third" in last[F.MESSAGE]
 
 
 def _scenario_with_change(tmp_path, wall: list) -> Scenario:

@@ -286,8 +286,12 @@ def guest_change_outcome(own, state, sample, elapsed, config):
     guest change, after the guest's restart. `own`: None, HELD (on INTx with
     an idle line), or (outcome, the change's `at`)."""
     change = sample.guest_change
-    if change is None or (own is not None and own != HELD):
+    if change is None:
         return own, []
+    if own is not None and own != HELD:
+        if own[1] == change.at:
+            return own, []  # this change is said (or was, in an earlier run)
+        own = None  # a newer change, recorded during this run (read at a reboot)
     if own is None and sample.previous_run.get("guest_change_said") == change.at:
         return ("earlier", change.at), []  # said in an earlier run of the domain
     if not _restarted_since(change, sample):
