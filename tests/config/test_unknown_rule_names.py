@@ -106,12 +106,12 @@ def test_advise_warns_of_an_unknown_rule_in_the_domains_metadata(tmp_path):
     win11 = xml[xml.index("<domain"):xml.index("</domain>") + len("</domain>")]
     assert "<name>win11</name>" in win11
     path = tmp_path / "win11.xml"
-    path.write_text(win11.replace("<metadata>", METADATA.format(rule="VA1010"), 1))
+    path.write_text(win11.replace("<metadata>", METADATA.format(rule="VA1100"), 1))
     out = cli("advise", "--xml", str(path), "--host-root", str(DEMO / "root"))
     assert out.returncode == 1, out.stderr  # VA1001, a warning
     assert "VA1001" in out.stdout
     assert out.stderr.splitlines() == [
-        'vfio-advisor: warning: win11: <metadata> ignore: unknown rule "VA1010", nearest: VA1001 '
+        'vfio-advisor: warning: win11: <metadata> ignore: unknown rule "VA1100", nearest: VA1001 '
         "(msi-capable-device-on-intx); it silences nothing"]
 
 

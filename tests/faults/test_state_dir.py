@@ -115,7 +115,7 @@ def test_state_file_written_after_recovery_holds_the_devices(tmp_path):
         daemon.wait_for(lambda: (state / "state.json").exists(), what="the state file")
         data = json.loads((state / "state.json").read_text())
         assert daemon.stop() == 0
-        leftovers = [p.name for p in state.iterdir() if p.name != "state.json"]
+        leftovers = [p.name for p in state.iterdir() if p.name not in ("state.json", "status.json")]
     finally:
         if daemon is not None and daemon.proc.poll() is None:
             daemon.stop()

@@ -22,6 +22,8 @@ import sys
 from contextlib import redirect_stdout
 
 import pytest
+
+from vfio_advisor.rules import RULES_BY_ID
 from lxml import etree
 
 from tests.fix.conftest import DATA, HOST_ROOT, REPO, demo_domain
@@ -68,7 +70,10 @@ def test_fixable_finding_carries_the_fix_pointer_beside_plain_prose(analyzer, ru
         assert f.fix_pointer == " " + POINTER.format("'my vm'"), f.fix_pointer
     for f in findings:
         if f.rule_id not in FIXABLE_RULES:
-            assert not f.fix_pointer and "vfio-advisor fix" not in f.remedy, f
+            # no XML fix: a pointer only where the rule names another kind (the guest's)
+            other = RULES_BY_ID[f.rule_id].fix
+            assert f.fix_pointer == (other.pointer(f.domain) if other else ""), f
+            assert "vfio-advisor fix" not in f.remedy, f
 
 
 def _prose_moves(findings) -> dict[str, tuple[int, int]]:

@@ -6,6 +6,7 @@ the code."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -171,22 +172,22 @@ def test_cli_usage_errors_are_one_line():
         assert "Traceback" not in out.stderr
 
 
-def test_host_confirmation_of_a_recorded_change(tmp_path):
-    from vfio_advisor.guest.changes import load, record
-    from vfio_advisor.guest.confirm import confirm_device
+def test_a_recorded_change_is_readable_by_the_daemon_and_carries_its_run(tmp_path):
+    """fix --guest --apply runs as root; the daemon reads the record as its
+    DynamicUser (not the file's owner): the file must be readable by others,
+    and it carries libvirt's domain ID, the daemon's sign of a restart."""
+    import stat
 
-    record(str(tmp_path), "vm", [{"key": "0000:01:00.0", "host_bdf": "0000:01:00.0", "os": "windows",
-                                  "target": "MSISupported=1 for VEN_10DE&DEV_1B81&SUBSYS_61733842&REV_A1"}],
-           now=1000.0)
-    changes = load(str(tmp_path), "vm")
-    assert confirm_device(changes, "0000:01:00.0", "intx", None) is None  # no restart seen
-    assert confirm_device(changes, "0000:01:00.0", "intx", 999.0) is None  # restart before the change
-    assert confirm_device(changes, "0000:01:00.0", "none", 1100.0) is None  # not enabled yet
-    assert confirm_device(changes, "0000:02:00.0", "intx", 1100.0) is None  # another device
-    done = confirm_device(changes, "0000:01:00.0", "msi", 1100.0)
-    assert done.severity == "info" and "resolved" in done.message and "MSISupported=1" in done.message
-    stuck = confirm_device(changes, "0000:01:00.0", "intx", 1100.0)
-    assert stuck.severity == "warning" and "MSISupported was reset" in stuck.message
+    from vfio_advisor.daemon.state import StateStore
+    from vfio_advisor.guest.changes import record
+
+    path = record(str(tmp_path), "win 11", [{"key": "0000:01:00.0", "host_bdf": "0000:01:00.0",
+                                             "os": "windows", "target": "MSISupported=1"}],
+                  now=1000.0, run_id=7)
+    assert stat.S_IMODE(os.stat(path).st_mode) & 0o044 == 0o044
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) & 0o055 == 0o055
+    change = StateStore(str(tmp_path)).guest_changes("win 11")["0000:01:00.0"]
+    assert (change.epoch, change.run_id, change.os, change.target) == (1000.0, 7, "windows", "MSISupported=1")
 
 
 def test_targets_from_a_domain_and_the_host_tree():
@@ -218,3 +219,36 @@ def test_targets_from_a_domain_and_the_host_tree():
     plan = plan_for(GuestReport("win11", os="windows", devices=devs))
     assert [s.argv[2].split("\\")[5] for s in plan.steps] == [
         "VEN_1002&DEV_73FF&SUBSYS_0E361002&REV_C7", "VEN_1002&DEV_AB28&SUBSYS_AB281002&REV_00"]
+
+
+def test_the_guest_fix_hangs_on_its_rule():
+    """VA1001 (the guest keeps an MSI-capable device on INTx) names the guest
+    planner; its findings point at `fix --guest`, whose plan that planner makes."""
+    from vfio_advisor.guest import plan
+    from vfio_advisor.rules import RULES, RULES_BY_ID
+    from vfio_advisor.rules.remedies import GUEST
+
+    guest_rules = [r.id for r in RULES if r.fix is not None and r.fix.kind == GUEST]
+    assert guest_rules == ["VA1001"]
+    assert plan.guest_planner() is plan.plan_for
+    finding = RULES_BY_ID["VA1001"].finding("my vm", "0000:05:00.1", "on INTx")
+    assert finding.fix_pointer.startswith(" Exact guest commands: `vfio-advisor fix --guest 'my vm'`")
+    assert "vfio-advisor fix" not in finding.remedy
+
+
+def test_guest_changes_go_where_the_daemon_reads_them(tmp_path):
+    """`fix --guest` and `guest` record and read in the config's [daemon]
+    state_dir (the daemon's StateDirectory), unless --state-dir says otherwise."""
+    from vfio_advisor.cli import build_parser
+    from vfio_advisor.config import load_config
+    from vfio_advisor.guest.command import state_dir_of
+
+    conf = tmp_path / "config.toml"
+    conf.write_text(f'[daemon]\nstate_dir = "{tmp_path / "daemon-state"}"\n')
+    parser = build_parser()
+    daemon_dir = load_config(str(conf)).state_dir
+    assert daemon_dir == str(tmp_path / "daemon-state")
+    for argv in (["fix", "--guest", "vm", "--config", str(conf)], ["guest", "vm", "--config", str(conf)]):
+        assert state_dir_of(parser.parse_args(argv)) == daemon_dir, argv
+    given = parser.parse_args(["fix", "--guest", "vm", "--config", str(conf), "--state-dir", "/srv/x"])
+    assert state_dir_of(given) == "/srv/x"

@@ -22,7 +22,7 @@ from vfio_advisor.facts.interrupts import Interrupts, sample_table
 from vfio_advisor.facts.model import DomainFacts, device_interrupts
 from vfio_advisor.rules import RUNTIME
 from vfio_advisor.rules.runtime import FLAGGED, intx_or_msi, intx_storm
-from vfio_advisor.rules.stepping import DeviceSample, HostSample
+from vfio_advisor.rules.stepping import DeviceSample, GuestChange, HostSample
 
 RUNTIME_EXAMPLES: dict[str, Callable[[Path], tuple]] = {}
 SETTLED, BOOTING, INTERVAL = 120.0, 10.0, 5.0
@@ -202,6 +202,48 @@ def affinity_posted(tmp: Path):
 # apart, so these examples run with settle 0 (and the storm scenario with a
 # threshold below its rate). Hand-made steps stay for what the lab cannot
 # make: the GPU + HDMI audio remedy naming both functions (Navi 23 dumps),
+# A change recorded by `fix --guest --apply` (guest/changes.py) in run 7 of
+# the domain, at host time 5000.
+CHANGE = GuestChange("2026-12-06T01:23:20Z", 5000.0, "MSISupported=1 for PCI\\VEN_10DE&DEV_10F0",
+                     "windows", run_id=7)
+
+
+@example("rt-change-confirmed")
+def change_confirmed(tmp: Path):
+    """A new run (domain ID 8) after the change, the HDMI audio on vfio-msi."""
+    s = _sample(gpu_audio_msi(tmp), AUDIO, SETTLED, guest_change=CHANGE, run_id=8)
+    return DeviceState(AUDIO, mode="intx"), s, INTERVAL, DEFAULTS
+
+
+@example("rt-change-before-restart")
+def change_before_restart(tmp: Path):
+    """The run the change was made in (ID 7, booted before it), still on INTx:
+    the change waits for the guest's restart."""
+    state, s, elapsed, config = _intx_step(gpu_audio_intx_windows(tmp), SETTLED, 200)
+    return state, s._replace(guest_change=CHANGE, run_id=7, booted_at=4000.0), elapsed, config
+
+
+@example("rt-change-stays-intx")
+def change_stays_intx(tmp: Path):
+    """Rebooted after the change (same ID, booted at 6000), settled, and still
+    counting on vfio-intx."""
+    state, s, elapsed, config = _intx_step(gpu_audio_intx_windows(tmp), SETTLED, 200)
+    return state, s._replace(guest_change=CHANGE, run_id=7, booted_at=6000.0), elapsed, config
+
+
+@example("rt-change-stays-intx-idle")
+def change_stays_intx_idle(tmp: Path):
+    """The same, but the line did not count: an idle device proves nothing."""
+    state, s, elapsed, config = _intx_step(gpu_audio_intx_windows(tmp), SETTLED, 0)
+    return state, s._replace(guest_change=CHANGE, run_id=8), elapsed, config
+
+
+@example("rt-change-booting")
+def change_booting(tmp: Path):
+    """A new run after the change, 10 s after its start: INTx during boot is normal."""
+    state, s, elapsed, config = _intx_step(gpu_audio_intx_windows(tmp), BOOTING, 200)
+    return state, s._replace(guest_change=CHANGE, run_id=8), elapsed, config
+
 # the pinned-vCPU branch of VA6007 (a domain XML fact), cut rows (VA8003 is
 # from the 2015 capture), and posted MSI (no PI in QEMU's intel-iommu).
 
@@ -290,3 +332,23 @@ def lab_msi_posted(tmp: Path):
     the Watcher sets it on a posting host (published posted-* platforms: QEMU's
     intel-iommu has no PI, so the lab cannot post)."""
     return lab_step("switch-3", "switch-4", "switch.xml", host_can_count_msi=False)
+
+
+# The lab's edu under its Linux guest; the change as `fix --guest --apply`
+# records an option file (the guest's run, ID 3, at host time 100).
+LAB_CHANGE = GuestChange("2026-12-06T01:00:00Z", 100.0, "options edu msi=1 in "
+                         "/etc/modprobe.d/vfio-advisor-msi.conf", "linux", run_id=3)
+
+
+@example("rt-lab-change-confirmed")
+def lab_change_confirmed(tmp: Path):
+    """Rebooted after the change (booted at 200): the edu on vfio-msi (switch-2 -> -3)."""
+    return lab_step("switch-2", "switch-3", "switch.xml", guest_change=LAB_CHANGE, run_id=3,
+                    booted_at=200.0)
+
+
+@example("rt-lab-change-stays-intx")
+def lab_change_stays_intx(tmp: Path):
+    """A new run (ID 4) after the change, and the edu keeps counting on vfio-intx
+    (stays-intx-3 -> -4)."""
+    return lab_step("stays-intx-3", "stays-intx-4", guest_change=LAB_CHANGE, run_id=4)

@@ -68,7 +68,9 @@ def new_of(state, old: OldState):
     return state._replace(mode=old.mode, previous_mode=old.previous_mode, counts=old.counts,
                           rate=old.rate, delta=old.delta, ever_counted=old.ever_counted,
                           observable=old.observable,
-                          slots=tuple(own[t] for t in RUNTIME.device_transitions))
+                          # a rule the old code did not have starts at its initial slot
+                          slots=tuple(own.get(t, RUNTIME.initial[RUNTIME.slot_of(t)])
+                                      for t in RUNTIME.device_transitions))
 
 
 class OldSample:

@@ -158,6 +158,11 @@ class Service:
             conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None),
             conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, self._on_device, None),
             conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._on_device, None),
+            # A guest reboot keeps the QEMU process and the domain ID, and is
+            # no lifecycle event: libvirt's qemu driver sends REBOOT when QEMU
+            # reports the machine's RESET (src/qemu/qemu_process.c,
+            # qemuProcessHandleReset). libvirt's test driver sends none.
+            conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, self._on_reboot, None),
         ]
         self.resync()
 
@@ -319,6 +324,14 @@ class Service:
         except libvirt.libvirtError:
             pass  # the domain vanished while we looked at it: the next resync settles it
         self.status()
+
+    def _on_reboot(self, conn, dom, opaque) -> None:
+        import libvirt
+
+        try:
+            self.watcher.rebooted(dom.name())
+        except libvirt.libvirtError:
+            pass  # the domain vanished while we looked at it: the next resync settles it
 
     def _on_device(self, conn, dom, dev_alias, opaque) -> None:
         import libvirt

@@ -1,6 +1,9 @@
 """What the daemon keeps: the facts of each followed domain (without the
 host's interrupt table), and each device's settled mode across runs (the
-state file under /var/lib/vfio-advisor)."""
+state file under /var/lib/vfio-advisor). It also reads there what
+`fix --guest --apply` recorded (guest/changes.py, the one reader of that
+record): the state directory is the daemon's own, not the host tree, so
+it is read here and not through HostRoot."""
 
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ import time
 from typing import Callable
 
 from vfio_advisor.facts.model import DomainFacts
+from vfio_advisor.guest import changes as guest_changes
+from vfio_advisor.rules.stepping import GuestChange
 from vfio_advisor.sinks.base import write_atomically
 
 
@@ -41,6 +46,7 @@ class StateStore:
 
     def __init__(self, directory: str | None, note: Callable[[str], None] | None = None,
                  deferred: bool = False):
+        self.directory = directory
         self.path = os.path.join(directory, "state.json") if directory else None
         self.note = note or (lambda _msg: None)
         self.deferred = deferred
@@ -131,6 +137,26 @@ class StateStore:
         if self.failing is not None:
             self.failing = None
             self.note(f"the state file {self.path} is written again")
+
+    def guest_changes(self, domain_name: str) -> dict[str, GuestChange]:
+        """The last recorded guest change per host BDF of a domain (read at
+        each start or reboot of it: `fix --guest --apply` records while it
+        runs, and the change shows after its restart). An odd entry is
+        skipped: a damaged record only costs the confirmation."""
+        if not self.directory:
+            return {}
+        out: dict[str, GuestChange] = {}
+        for entry in guest_changes.load(self.directory, domain_name):
+            bdf = entry.get("host_bdf")
+            try:
+                change = GuestChange(str(entry["at"]), float(entry["epoch"]),
+                                     str(entry.get("target") or "the setting"),
+                                     str(entry.get("os") or "unknown"), entry.get("run_id"))
+            except (KeyError, TypeError, ValueError):
+                continue
+            if isinstance(bdf, str) and (bdf not in out or out[bdf].epoch <= change.epoch):
+                out[bdf] = change
+        return out
 
     def save(self) -> None:
         if not self.path:

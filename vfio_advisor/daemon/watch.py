@@ -37,8 +37,14 @@ RuntimeConfig = Config
 
 class DomainState:
     def __init__(self, facts: DomainFacts, started_at: float, run_id: object = None,
-                 can_count_msi: bool = True):
+                 can_count_msi: bool = True, booted_at: float | None = None,
+                 guest_changes: dict | None = None):
         self.facts = facts
+        # Wall-clock time of the guest's last boot seen (a start or reboot
+        # event), None if it booted before we followed it; and the last
+        # recorded guest change per BDF (StateStore.guest_changes).
+        self.booted_at = booted_at
+        self.guest_changes = guest_changes or {}
         # facts.platform.posting, once per domain add: with posted MSI the
         # host's vfio-msi counters stay flat while the device works.
         self.can_count_msi = can_count_msi
@@ -116,8 +122,12 @@ class Watcher:
         if old is not None:
             started_at = old.started_at
         # gather_host read facts.platform.posting with the host facts.
+        # A run we see start (not one found running at a resync or a
+        # device event) booted now; a run followed again keeps its boot.
+        booted_at = old.booted_at if old is not None else (None if same_run else self.wall_clock())
         state = DomainState(facts, self.clock() if started_at is None else started_at, run_id,
-                            can_count_msi=not facts.host.msi_posted)
+                            can_count_msi=not facts.host.msi_posted, booted_at=booted_at,
+                            guest_changes=self.store.guest_changes(domain.name))
         if old is not None:
             for bdf in state.devices:
                 if bdf in old.devices:
@@ -127,6 +137,20 @@ class Watcher:
         for sink in self.sinks:
             sink.begin(facts)
         return state
+
+    def rebooted(self, name: str) -> None:
+        """The guest of a followed domain rebooted (libvirt's REBOOT event:
+        QEMU reset the machine, same process and domain ID). vfio-pci's
+        reset puts every device back on INTx (QEMU hw/vfio/pci.c,
+        vfio_pci_pre_reset disables MSI/MSI-X), so the settle time starts
+        over as at a start; the guest changes are read again, as one
+        recorded before this reboot now takes effect."""
+        dom = self.domains.get(name)
+        if dom is None:
+            return
+        dom.started_at = self.clock()
+        dom.booted_at = self.wall_clock()
+        dom.guest_changes = self.store.guest_changes(name)
 
     def remove_domain(self, name: str) -> None:
         self.domains.pop(name, None)
@@ -217,7 +241,9 @@ class Watcher:
                     # pci=nomsi or msi_bus=0: the guest cannot get MSI whatever it
                     # sets, so no guest remedy (advise's static rule does the same).
                     host_msi_possible=dom.msi_possible[bdf],
-                    host_can_count_msi=dom.can_count_msi)
+                    host_can_count_msi=dom.can_count_msi,
+                    guest_change=dom.guest_changes.get(bdf), run_id=dom.run_id,
+                    booted_at=dom.booted_at)
                 state, found, inconclusive = step_device(devices[bdf], sample, elapsed, config)
                 devices[bdf] = state
                 if found:

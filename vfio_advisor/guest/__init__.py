@@ -7,10 +7,10 @@ linux    the one inventory script and its parser
 windows  reg.exe command lines and their parser
 options  the Linux module options that switch MSI, with sources
 verdict  the verdict for one function (pure)
-changes  what --apply changed, in the state directory
+changes  what --apply changed, in the state directory (the daemon's VA6009/VA6010
+         confirm it from the host after the guest's restart)
 channel  the domain XML fix for a domain without an agent channel
 inspect  reading a guest and matching the assigned functions
 plan     the guest commands of `fix --guest`
-confirm  what the host sees after a recorded change (pure, for the daemon)
 command  `vfio-advisor guest` and `fix --guest`
 """

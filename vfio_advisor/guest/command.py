@@ -13,7 +13,7 @@ import re
 import shlex
 import sys
 
-from vfio_advisor.config import DEFAULT_STATE_DIR
+from vfio_advisor.config import DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, load_config
 from vfio_advisor.errors import ConnectionFailed, DomainXMLError, UsageError
 # The exit table (exitstatus.py): 1 a device that needs action, 2 a failure.
 from vfio_advisor.exitstatus import EXIT_FINDINGS as EXIT_ACTION, EXIT_OK, EXIT_USAGE as EXIT_FAILED
@@ -46,8 +46,11 @@ def add_guest_parser(sub, add_command) -> argparse.ArgumentParser:
     g.add_argument("domain", metavar="DOMAIN", help="a running libvirt domain with a guest agent channel")
     _common(g, with_connect=True)
     g.add_argument("--host-root", default="/", metavar="DIR", help="host tree for the host-side view")
-    g.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
-                   help="where fix --guest --apply recorded its changes")
+    g.add_argument("--state-dir", metavar="DIR",
+                   help="where fix --guest --apply recorded its changes (default: the config's "
+                        f"[daemon] state_dir, {DEFAULT_STATE_DIR})")
+    g.add_argument("--config", default=DEFAULT_CONFIG_PATH, metavar="FILE",
+                   help=f"the config file whose [daemon] state_dir is read (default {DEFAULT_CONFIG_PATH})")
     g.add_argument("--format", choices=("text", "json"), default="text",
                    help="text for people, or json (one object per domain, its devices' verdicts)")
     return g
@@ -128,6 +131,7 @@ class _Session:
         self.name = name
         self.xml: str | None = None
         self.conn = None
+        self.run_id: int | None = None  # libvirt's domain ID: a new one at each start
         if args.agent_socket:
             self.agent = GuestAgent(SocketAgent(args.agent_socket), timeout=args.timeout)
             return
@@ -147,6 +151,7 @@ class _Session:
             raise GuestAgentError("not-running", f"{name}: the domain is not running")
         try:
             self.xml = dom.XMLDesc(0)
+            self.run_id = dom.ID()
         except libvirt.libvirtError as exc:
             raise ConnectionFailed(f"{name}: cannot read its XML: {exc.get_error_message()}") from None
         self.agent = GuestAgent(LibvirtAgent(dom, name), timeout=args.timeout)
@@ -172,6 +177,18 @@ class _Session:
             close()
         if self.conn is not None:
             self.conn.close()
+
+
+def state_dir_of(args) -> str:
+    """Where guest changes are recorded: --state-dir, else the config's
+    [daemon] state_dir, the directory the daemon reads them from (its unit's
+    StateDirectory=). fix's --state-dir defaults to DEFAULT_STATE_DIR rather
+    than None, so that value counts as not given."""
+    given = getattr(args, "state_dir", None)
+    if given is not None and given != DEFAULT_STATE_DIR:
+        return given
+    configured = load_config(getattr(args, "config", DEFAULT_CONFIG_PATH), {}).state_dir
+    return configured or DEFAULT_STATE_DIR
 
 
 def _read(args, name: str, state_dir: str, host_root: str) -> tuple[_Session, GuestReport]:
@@ -202,7 +219,7 @@ def _fail(exc: GuestAgentError, fmt: str = "text") -> int:
 
 def run_guest(args) -> int:
     try:
-        session, report = _read(args, args.domain, args.state_dir, args.host_root)
+        session, report = _read(args, args.domain, state_dir_of(args), args.host_root)
     except GuestAgentError as exc:
         return _fail(exc)
     session.close()
@@ -238,7 +255,7 @@ def write_text(report: GuestReport, out) -> None:
 # --- fix --guest -------------------------------------------------------------------------
 
 def run_fix_guest(args) -> int:
-    from vfio_advisor.guest.plan import apply, plan_for  # noqa: PLC0415
+    from vfio_advisor.guest.plan import apply, guest_planner  # noqa: PLC0415
 
     name = args.guest
     if args.reboot and not args.apply:
@@ -246,12 +263,13 @@ def run_fix_guest(args) -> int:
     if args.domains or args.xml:
         raise UsageError("--guest takes one DOMAIN; do not name others")
     try:
-        session, report = _read(args, name, args.state_dir, args.host_root)
+        state_dir = state_dir_of(args)
+        session, report = _read(args, name, state_dir, args.host_root)
     except GuestAgentError as exc:
         if exc.kind == "no-channel":
             _print_channel_fix(args, name)
         return _fail(exc)
-    plan = plan_for(report)
+    plan = guest_planner()(report)
     as_json = args.format == "json"
     say = (lambda line: print(line, file=sys.stderr)) if as_json else print
     if not as_json:
@@ -271,7 +289,7 @@ def run_fix_guest(args) -> int:
         if args.apply:
             applied = apply(session.agent, plan, report, say)
             if applied:
-                path = change_store.record(args.state_dir, name, applied)
+                path = change_store.record(state_dir, name, applied, run_id=session.run_id)
                 say(f"recorded {len(applied)} change(s) in {path}")
             say("restart the guest for the change to take effect" if plan.steps else "nothing to change")
             if args.reboot:
@@ -280,7 +298,7 @@ def run_fix_guest(args) -> int:
     except GuestAgentError as exc:
         return _fail(exc)
     except OSError as exc:
-        print(f"vfio-advisor: cannot record the change in {args.state_dir}: {exc.strerror or exc}",
+        print(f"vfio-advisor: cannot record the change in {state_dir}: {exc.strerror or exc}",
               file=sys.stderr)
         return EXIT_FAILED
     finally:

@@ -171,3 +171,19 @@ def _holds(text: str, step: Step) -> bool:
         return text == step.expect
     values = windows.parse_query(text)
     return any(windows.dword(v.get("MSISupported")) == 1 for v in values.values())
+
+
+def guest_planner():
+    """The planner that the rules with a guest fix name (Rule.fix, kind GUEST,
+    rules/remedies.py), looked up here when `fix --guest` runs, as fix/
+    looks up the domain XML planners: the rule says which function plans
+    its fix, this module holds it."""
+    from vfio_advisor.rules import RULES  # noqa: PLC0415
+    from vfio_advisor.rules.remedies import GUEST  # noqa: PLC0415
+
+    names = {r.fix.planner for r in RULES if r.fix is not None and r.fix.kind == GUEST}
+    planners = [globals().get(name) for name in sorted(names)]
+    if len(planners) != 1 or not callable(planners[0]):
+        raise ValueError(f"programming error: the guest fixes name {sorted(names)}, not one "
+                         "planner of vfio_advisor/guest/plan.py")
+    return planners[0]

@@ -13,7 +13,7 @@ from vfio_advisor.facts.model import AssignedDevice, DomainFacts
 from vfio_advisor.findings import Finding, Severity
 from vfio_advisor.rules.base import SEED_ARTICLE, Rule, device_finding, register
 from vfio_advisor.rules.base import message_id as _id
-from vfio_advisor.rules.remedies import guest_msi_remedy
+from vfio_advisor.rules.remedies import guest_fix, guest_msi_remedy
 
 
 def host_blocks_msi(facts: DomainFacts, dev: AssignedDevice) -> list[str]:
@@ -88,5 +88,5 @@ RULES: tuple[Rule, ...] = register(
                    "intx-sampled-idle"),
          silent_on=("lab-nomsi", "gpu-audio-msi", "intx-only-usb",
                     "config-truncated-40-bytes", "config-255-bytes", "capability-list-loops"),
-         documentation=(SEED_ARTICLE,)),
+         documentation=(SEED_ARTICLE,), fix=guest_fix("plan_for")),
 )

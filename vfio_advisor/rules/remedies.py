@@ -23,7 +23,7 @@ class Fix(NamedTuple):
     the rules that name it, in `stage` order (each change alters what the
     next stage sees)."""
 
-    kind: str  # DOMAIN_XML: a change of the domain XML, `vfio-advisor fix`
+    kind: str  # DOMAIN_XML: `vfio-advisor fix`; GUEST: `vfio-advisor fix --guest`
     planner: str  # the planner function's name in the kind's module
     stage: int  # planning order within the kind
     command: str  # the closing sentence of the remedy; {name}: the domain as a shell word
@@ -48,6 +48,21 @@ def domain_xml_fix(planner: str, stage: int) -> Fix:
     remedy points at the command that computes and verifies the change."""
     return Fix(DOMAIN_XML, planner, stage,
                "Exact verified change: `vfio-advisor fix {name}` (add --apply to define it).")
+
+
+GUEST = "guest"
+
+
+def guest_fix(planner: str) -> Fix:
+    """A change inside the running guest, through the QEMU guest agent:
+    planned by `vfio-advisor fix --guest` (vfio_advisor/guest/plan.py names
+    `planner`), shown before it runs, run only with --apply, read back and
+    recorded for the daemon's confirmation after the guest's restart. The
+    hook never plans one: it must not call libvirt, and the agent is reached
+    only through it (virDomainQemuAgentCommand)."""
+    return Fix(GUEST, planner, 0,
+               "Exact guest commands: `vfio-advisor fix --guest {name}` (through the QEMU guest "
+               "agent; add --apply to run them, then restart the guest).")
 
 
 MSI_REGISTRY_PATH = (r"HKLM\SYSTEM\CurrentControlSet\Enum\<Device Instance Path>"

@@ -256,6 +256,81 @@ def msi_posted(own, state, sample, elapsed, config):
         "unobservable).", evidence={"mode": state.mode})
 
 
+# Why a recorded guest change may not have brought MSI, per guest OS.
+LIKELY_CAUSES = {
+    "windows": "MSISupported was reset (a driver update rewrites the device's key, NVIDIA's "
+               "installer does), the change went to another instance of the device (Windows "
+               "keeps one per slot it has seen the card in), or the driver does not use MSI",
+    "linux": "a later modprobe.d file or the kernel command line overrides the option, the "
+             "module loads from an initramfs built before the change, or the driver does not "
+             "use MSI",
+}
+
+
+def _restarted_since(change, sample: DeviceSample) -> bool:
+    """Has the guest booted since `change`? A domain stop and start gives a
+    new libvirt domain ID (qemu driver: virDomainObjAssignDef takes the
+    driver's next ID at each start); a reboot keeps it, and is seen as a
+    booted_at later than the change."""
+    if change.run_id is not None and sample.run_id is not None and change.run_id != sample.run_id:
+        return True
+    return sample.booted_at is not None and sample.booted_at > change.epoch
+
+
+def _change_named(change) -> str:
+    return f"the guest change of {change.at} ({change.target})"
+
+
+def guest_change_outcome(own, state, sample, elapsed, config):
+    """VA6009 (MSI after the change) / VA6010 (still INTx): once per recorded
+    guest change, after the guest's restart. `own`: None, HELD (on INTx with
+    an idle line), or (outcome, the change's `at`)."""
+    change = sample.guest_change
+    if change is None:
+        return own, []
+    if own is not None and own != HELD:
+        if own[1] == change.at:
+            return own, []  # this change is said (or was, in an earlier run)
+        own = None  # a newer change, recorded during this run (read at a reboot)
+    if own is None and sample.previous_run.get("guest_change_said") == change.at:
+        return ("earlier", change.at), []  # said in an earlier run of the domain
+    if not _restarted_since(change, sample):
+        return own, []  # the change waits for the guest's restart
+    if state.mode in ("msi", "msix"):
+        return ("resolved", change.at), _make(
+            "VA6009", sample,
+            f"{_name(sample)} is on {state.mode.upper()} after {_change_named(change)} and a "
+            "guest restart: the guest driver now uses message-signalled interrupts, and the "
+            "INTx finding is resolved.", evidence={"change": change.at, "mode": state.mode})
+    if state.mode != "intx" or not _settled(sample, config):
+        return own, []  # booting: vfio-pci starts every device on INTx
+    if state.delta <= 0:
+        return HELD, []  # an idle line: the driver may not be bound yet
+    causes = LIKELY_CAUSES.get(change.os, LIKELY_CAUSES["linux"] + "; or, on Windows, "
+                               + LIKELY_CAUSES["windows"])
+    return ("warned", change.at), _make(
+        "VA6010", sample,
+        f"{_name(sample)} is still on INTx after {_change_named(change)} and a guest restart: "
+        f"host IRQ {sample.interrupts.intx_label} counts {state.rate:.0f}/s.",
+        f"Likely causes: {causes}. `vfio-advisor guest "
+        f"{_shell_word(sample.facts.domain.name)}` reads the guest's side.",
+        {"change": change.at, "rate": f"{state.rate:.1f}", "irq": sample.interrupts.intx_label})
+
+
+def _shell_word(text: str) -> str:
+    import shlex  # noqa: PLC0415 - only when such a finding is made
+
+    return shlex.quote(text)
+
+
+def held_after_change(state, sample, config) -> str:
+    """What the daemon says when it holds VA6010 back."""
+    return (f"{_name(sample)} is on INTx after {_change_named(sample.guest_change)} and a guest "
+            "restart, but its line did not count in the last sample: inconclusive. Whether the "
+            "change failed (VA6010) is decided once the device raises interrupts: use it "
+            "(play audio, run a load) while the daemon samples.")
+
+
 def cpulist(cpus) -> str:
     """The kernel's cpulist format (lib/bitmap.c bitmap_print_to_pagebuf: "0-3,8")."""
     cpus = sorted(cpus)
@@ -296,6 +371,15 @@ def _still_silent(own, state) -> bool:
 def _still_overlaps(own, state) -> bool:
     """no vector of the device overlaps any more"""
     return any(overlap for _, overlap in own)
+
+
+def _change_failed(own, state) -> bool:
+    """the device leaves INTx"""
+    return isinstance(own, tuple) and own[0] == "warned" and state.mode == "intx"
+
+
+def _change_said(own):
+    return own[1] if isinstance(own, tuple) else None
 
 
 def _was_flagged(own) -> bool:
@@ -386,4 +470,27 @@ RULES: tuple[Rule, ...] = register(
          _id("d1601fb60ec64ebc8b736b0209d7b05d"), None,
          transition=msi_posted, initial=False, fires_on=('rt-lab-msi-posted', 'rt-msi-posted'),
          silent_on=('rt-msi-settled', 'rt-intx-posted-host')),
+    Rule("VA6009", "guest-change-confirmed", Severity.INFO,
+         "A recorded guest change brought MSI: confirmed from the host",
+         "`vfio-advisor fix --guest --apply` changed the device's interrupt setting in the "
+         "guest and recorded it; after the guest's next restart the host sees the device's "
+         "vfio-msi/vfio-msix vectors (vfio-pci sets them up only when the guest driver "
+         "enables MSI), so the change took effect.",
+         "Nothing to fix. After a guest driver update, check again with `vfio-advisor guest`.",
+         _id("593baa945b4f460ead53e7eda18e2eac"), None,
+         transition=guest_change_outcome, holds=_never, remembered=("guest_change_said", _change_said),
+         fires_on=('rt-lab-change-confirmed', 'rt-change-confirmed'),
+         silent_on=('rt-change-before-restart', 'rt-msi-settled')),
+    Rule("VA6010", "guest-change-not-effective", Severity.WARNING,
+         "A recorded guest change did not bring MSI: the device is still on INTx",
+         "`vfio-advisor fix --guest --apply` changed the device's interrupt setting in the "
+         "guest and recorded it, yet after the guest's next restart the device keeps "
+         "counting on vfio-intx: the guest driver did not enable MSI.",
+         "Read the guest's side with `vfio-advisor guest DOMAIN`: the setting may have been "
+         "reset (a driver update), written to another instance of the device, or the "
+         "driver may not use MSI.",
+         _id("775a39391a744635833de0214bc0652d"), None,
+         transition=guest_change_outcome, holds=_change_failed, held_back=held_after_change,
+         fires_on=('rt-lab-change-stays-intx', 'rt-change-stays-intx'),
+         silent_on=('rt-change-stays-intx-idle', 'rt-change-booting', 'rt-change-before-restart')),
 )

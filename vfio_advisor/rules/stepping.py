@@ -53,6 +53,17 @@ class DeviceState(NamedTuple):
     slots: tuple = ()  # empty: each rule's initial value (a new run)
 
 
+class GuestChange(NamedTuple):
+    """A change of the device's interrupt setting inside the guest, recorded
+    by `fix --guest --apply` in the state directory (guest/changes.py)."""
+
+    at: str  # when, UTC, as recorded ("2026-12-06T01:02:03Z")
+    epoch: float  # the same, host wall-clock seconds
+    target: str  # what was changed (the plan step's purpose)
+    os: str  # the guest OS: windows | linux | unknown
+    run_id: object = None  # libvirt's domain ID at the change, None if not known
+
+
 class DeviceSample(NamedTuple):
     """What one sample shows of one device, and what the rules may read with it."""
 
@@ -75,6 +86,13 @@ class DeviceSample(NamedTuple):
     # False when the host forbids MSI for the device (pci=nomsi, msi_bus=0):
     # a guest remedy could not help.
     host_msi_possible: bool = True
+    # The last recorded guest change of the device's setting, None if none;
+    # libvirt's domain ID of this run; host wall-clock time of the guest's
+    # last boot that the daemon saw (a start or a reboot event), None when
+    # it started before the daemon followed it.
+    guest_change: GuestChange | None = None
+    run_id: object = None
+    booted_at: float | None = None
 
 
 class HostSample(NamedTuple):
