@@ -57,8 +57,9 @@ def test_json_format_schema():
     assert doc["schema"] == "vfio-advisor/fix/1"
     card, intremap = doc["domains"]
     assert card["name"] == "split-card" and card["complete"] and card["changed"]
-    (change,) = card["changes"]
+    change, channel = card["changes"]  # in stage order; VA1002: the guest agent channel
     assert change["rule"] == "VA4002" and change["verified"]
+    assert channel["rule"] == "VA1002" and {o["op"] for o in channel["operations"]} == {"append-device"}
     assert set(change["verification"]) == {"reanalysis", "layout", "schema", "testdriver",
                                             "qemudriver"}
     assert all(v["ok"] for v in change["verification"].values())

@@ -39,6 +39,7 @@ POINTER = "Exact verified change: `vfio-advisor fix {}` (add --apply to define i
 
 # One domain per fixable rule, each raising it on the demo host.
 RAISES = {
+    "VA1002": lambda: demo_domain("win11"),
     "VA4001": lambda: demo_domain("oldbox"),
     "VA4002": lambda: (DATA / "q35-split-card.xml").read_text(),
     "VA4003": lambda: (DATA / "q35-split-irqchip.xml").read_text(),
@@ -167,13 +168,16 @@ def _advise(monkeypatch, *args) -> tuple[int, str, list[str]]:
 def test_advise_json_carries_fix_and_plans_only_fixable_domains(monkeypatch):
     code, out, planned = _advise(monkeypatch, "--connect", NODE, "--format", "json")
     assert code == 1
-    assert planned == ["oldbox"]  # nvme-linux and win11 have no fixable finding
+    # nvme-linux has no fixable finding; win11 has VA1002 (no guest agent channel)
+    assert planned == ["oldbox", "win11"]
     doc = json.loads(out)
     for d in doc["domains"]:
         for f in d["findings"] + [g for dev in d["devices"] for g in dev["findings"]]:
             assert "fix" in f
             if f["rule"] not in FIXABLE_RULES:
                 assert f["fix"] is None, f
+            elif f["rule"] == "VA1002":  # the channel: a verified change
+                assert f["fix"]["verified"] is True and f["fix"]["rule"] == f["rule"]
             else:
                 assert f["fix"]["verified"] is False and f["fix"]["rule"] == f["rule"]
                 assert f["fix"]["kind"] == "manual" and f["fix"]["reason"]

@@ -55,6 +55,8 @@ XPATH = {
     "interface_hostdev": "devices/interface[@type='hostdev']",
     "pci_addressed_devices": "devices/*[address/@type='pci']",
     "iommu_model": "string(devices/iommu/@model)",
+    # The QEMU guest agent's virtio-serial port (libvirt formatdomain.html#channel).
+    "agent_channel": "devices/channel/target[@type='virtio' and @name='org.qemu.guest_agent.0']",
     "advisor_ignore_rule": "metadata/va:advisor/va:ignore/@rule",
     # Read and edited by fix (vfio_advisor/fix/planner.py, xmledit.py):
     "os_type": "os/type",
@@ -220,6 +222,7 @@ class Domain(NamedTuple):
     hostdevs: tuple[Hostdev, ...]
     emulated: tuple[EmulatedDevice, ...]
     ignored_rules: frozenset[str] = frozenset()  # rule IDs or slugs, from <metadata>
+    agent_channel: bool | None = None  # a guest agent channel in the XML; None: not read
 
     @property
     def pinned_cpus(self) -> frozenset[int]:
@@ -427,6 +430,7 @@ def domain_from_element(root: etree._Element) -> Domain:
         emulated=tuple(emulated),
         ignored_rules=frozenset(str(r).strip() for r in
                                 root.xpath(XPATH["advisor_ignore_rule"], smart_strings=False, namespaces=NS)),
+        agent_channel=bool(root.xpath(XPATH["agent_channel"])),
     )
 
 

@@ -864,7 +864,13 @@ def tidy_ops(before: etree._Element, after: etree._Element) -> list[Op]:
 
 def planner_of(rule: Rule) -> Callable[..., Proposal]:
     """The planner a rule names (Rule.fix.planner), looked up when it runs."""
-    planner = globals().get(rule.fix.planner)
+    module, _, name = rule.fix.planner.rpartition(":")
+    if module:  # "package.module:function": a planner kept with its feature (guest/channel.py)
+        import importlib  # noqa: PLC0415
+
+        planner = getattr(importlib.import_module(module), name, None)
+    else:
+        planner = globals().get(name)
     if not callable(planner):
         raise ValueError(f"programming error: {rule.id} names planner {rule.fix.planner!r}, "
                          "which vfio_advisor/fix/planner.py does not define")

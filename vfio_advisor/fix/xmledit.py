@@ -106,6 +106,7 @@ class Op:
     set-controller-index  key, index: renumber a pci controller, its devices follow
     set-controller-model  key, model
     remove        key
+    append-device value (a device element's XML, written by vfio-advisor): a new last device
     """
 
     kind: str
@@ -176,6 +177,13 @@ class Op:
             elif parent is not None:
                 parent.text = el.tail
             parent.remove(el)
+        elif self.kind == "append-device":
+            devices = root.find(XPATH["devices"])
+            if devices is None:
+                raise LookupError("the domain has no <devices>")
+            el = etree.fromstring(self.value)
+            devices.append(el)
+            _indent_new_child(devices, el)
         else:
             raise ValueError(f"programming error: unknown op {self.kind}")
 

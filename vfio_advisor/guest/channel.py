@@ -49,3 +49,22 @@ def add_agent_channel(domain_xml: str) -> str | None:
 
 _CHANNEL = ("{indent}<channel type='unix'>\n{indent}  <target type='virtio' name='org.qemu.guest_agent.0'/>\n"
             "{indent}</channel>\n")
+
+
+CHANNEL_ELEMENT = "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
+
+
+def plan_agent_channel(root, analysis, targets, router):
+    """The domain XML planner of the rule "no guest agent channel" (its
+    Rule.fix names it): one <channel> appended to <devices>, re-analysed and
+    verified by `vfio-advisor fix` like every XML fix. It changes no PCI
+    address libvirt has assigned: the virtio-serial controller that libvirt
+    adds for it takes a free slot at the next define."""
+    from vfio_advisor.fix.planner import Proposal  # noqa: PLC0415 - fix runs this, never the hook
+    from vfio_advisor.fix.xmledit import Op  # noqa: PLC0415
+
+    return Proposal([Op("append-device", value=CHANNEL_ELEMENT)],
+                    "add a QEMU guest agent channel (org.qemu.guest_agent.0)",
+                    ["libvirt adds the virtio-serial controller and the socket path at define; "
+                     "the agent is reachable after the domain's next start, once qemu-ga runs "
+                     "in the guest"], [], list(targets))

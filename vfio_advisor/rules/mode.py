@@ -13,7 +13,7 @@ from vfio_advisor.facts.model import AssignedDevice, DomainFacts
 from vfio_advisor.findings import Finding, Severity
 from vfio_advisor.rules.base import SEED_ARTICLE, Rule, device_finding, register
 from vfio_advisor.rules.base import message_id as _id
-from vfio_advisor.rules.remedies import guest_fix, guest_msi_remedy
+from vfio_advisor.rules.remedies import domain_xml_fix, guest_fix, guest_msi_remedy
 
 
 def host_blocks_msi(facts: DomainFacts, dev: AssignedDevice) -> list[str]:
@@ -69,6 +69,22 @@ def check_msi_capable_on_intx(facts: DomainFacts) -> Iterator[Finding]:
             guest_msi_remedy(facts, dev), evidence)
 
 
+def check_no_agent_channel(facts: DomainFacts) -> Iterator[Finding]:
+    """Only where a guest-side remedy applies (a VA1001 finding) and the
+    domain XML has no agent channel: `fix --guest` needs one."""
+    if facts.domain.agent_channel is not False:
+        return
+    on_intx = [f.subject for f in check_msi_capable_on_intx(facts)]
+    if not on_intx:
+        return
+    yield device_finding(
+        "VA1002", facts, None,
+        f"The guest keeps {', '.join(on_intx)} on INTx, and the domain has no QEMU guest agent "
+        "channel (org.qemu.guest_agent.0): `vfio-advisor fix --guest` cannot read or change the "
+        "guest's setting.",
+        evidence={"devices": ", ".join(on_intx)})
+
+
 RULES: tuple[Rule, ...] = register(
     Rule("VA1001", "msi-capable-device-on-intx", Severity.WARNING,
          "Assigned device supports MSI but the guest keeps it on INTx",
@@ -89,4 +105,18 @@ RULES: tuple[Rule, ...] = register(
          silent_on=("lab-nomsi", "gpu-audio-msi", "intx-only-usb",
                     "config-truncated-40-bytes", "config-255-bytes", "capability-list-loops"),
          documentation=(SEED_ARTICLE,), fix=guest_fix("plan_for")),
+    Rule("VA1002", "no-guest-agent-channel", Severity.INFO,
+         "The guest keeps a device on INTx and the domain has no guest agent channel",
+         "The guest-side remedy of VA1001 (MSISupported, a Linux module option) can be read "
+         "and applied from the host through the QEMU guest agent (`vfio-advisor fix --guest`), "
+         "which libvirt reaches over a virtio-serial channel named org.qemu.guest_agent.0. "
+         "This domain has none, so the change can only be made by hand inside the guest.",
+         "Add <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/>"
+         "</channel> to the domain's <devices> (libvirt adds the virtio-serial controller and "
+         "the socket path), restart the domain, and run qemu-ga in the guest (virtio-win's "
+         "guest tools on Windows; the qemu-guest-agent package on Linux).",
+         _id("3b43ccafe5454c9baf9623796af7d0b6"), check_no_agent_channel,
+         fires_on=("lab-stays-intx", "gpu-audio-intx-windows"),
+         silent_on=("gpu-audio-msi", "lab-nomsi"),
+         fix=domain_xml_fix("vfio_advisor.guest.channel:plan_agent_channel", stage=6)),
 )
