@@ -80,7 +80,9 @@ class IgnorePolicy(NamedTuple):
         return self.disabled | self.ignores.get(domain.name, frozenset()) | domain.ignored_rules
 
     def ignores_rule(self, rule, domain) -> bool:
-        return rule.named_in(self.names_for(domain))
+        """The one test every shell applies: the rule, or a rule whose
+        finding it builds on (Rule.builds_on), is ignored for `domain`."""
+        return rule.silenced_by(self.names_for(domain))
 
     def unknown_in_metadata(self, domain) -> list[str]:
         """One line per rule the domain's own <metadata> ignores that no rule

@@ -87,9 +87,8 @@ def run_rules(facts: DomainFacts, rules: Iterable | None = None,
     """Every static rule (`check`) not ignored for this domain by `policy`
     (which always includes the domain's own <metadata> ignores)."""
     findings: list[Finding] = []
-    ignored = policy.names_for(facts.domain)
     for rule in rules if rules is not None else RULES:
-        if rule.check is None or rule.named_in(ignored):
+        if rule.check is None or policy.ignores_rule(rule, facts.domain):
             continue
         try:
             findings.extend(rule.check(facts))

@@ -35,7 +35,8 @@ def rules_of(out: subprocess.CompletedProcess, domain: str) -> list[str]:
 
 
 @pytest.mark.parametrize("config,win11,oldbox", [
-    ("", ["VA1001"], ["VA2002", "VA4001", "VA5001", "VA5002"]),
+    # VA1002 builds on VA1001: silencing VA1001 (the next two rows) silences it too
+    ("", ["VA1001", "VA1002"], ["VA2002", "VA4001", "VA5001", "VA5002"]),
     ('[daemon]\ndisabled_rules = ["VA1001", "guest-intx-line-shared"]\n',
      [], ["VA2002", "VA4001", "VA5002"]),
     ('[domains.win11]\nignore = ["msi-capable-device-on-intx"]\n[domains.oldbox]\nignore = ["VA4001"]\n',
@@ -74,3 +75,19 @@ def test_daemon_config_disables_and_ignores(tmp_path, config, expect):
     s.at(65, intx_rows(2000))
     found = [e["rule"] for e in s.emitted]
     assert ("VA6001" in found) is expect, found
+
+
+@pytest.mark.parametrize("config", [
+    '[daemon]\ndisabled_rules = ["VA1001"]\n',
+    '[domains.win11]\nignore = ["msi-capable-device-on-intx"]\n',
+])
+def test_daemon_silences_a_rule_that_builds_on_a_silenced_one(tmp_path, config):
+    """The daemon decides through the same IgnorePolicy (Watcher._ignored) as
+    advise and the hook: VA1002 (no agent channel) builds on VA1001."""
+    plain = Scenario(tmp_path / "plain")
+    path = tmp_path / "config.toml"
+    path.write_text(config)
+    s = Scenario(tmp_path / "silenced", config=load_config(str(path)))
+    dom = s.watcher.domains["win11"]
+    assert not plain.watcher._ignored(plain.watcher.domains["win11"], "VA1002")
+    assert s.watcher._ignored(dom, "VA1001") and s.watcher._ignored(dom, "VA1002")

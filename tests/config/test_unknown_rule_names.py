@@ -101,17 +101,18 @@ def test_advise_refuses_an_unknown_rule_in_one_line(tmp_path):
 
 def test_advise_warns_of_an_unknown_rule_in_the_domains_metadata(tmp_path):
     """The advice itself is unchanged: the metadata's typo silences nothing,
-    VA1001 is still there, and the exit status is the advice's."""
+    VA1001 is still there, and the exit status is the advice's. The typo is a
+    doubled digit: VA1100 ties VA1001 and VA1002 by difflib's ratio."""
     xml = (DEMO / "node.xml").read_text()
     win11 = xml[xml.index("<domain"):xml.index("</domain>") + len("</domain>")]
     assert "<name>win11</name>" in win11
     path = tmp_path / "win11.xml"
-    path.write_text(win11.replace("<metadata>", METADATA.format(rule="VA1100"), 1))
+    path.write_text(win11.replace("<metadata>", METADATA.format(rule="VA10001"), 1))
     out = cli("advise", "--xml", str(path), "--host-root", str(DEMO / "root"))
     assert out.returncode == 1, out.stderr  # VA1001, a warning
     assert "VA1001" in out.stdout
     assert out.stderr.splitlines() == [
-        'vfio-advisor: warning: win11: <metadata> ignore: unknown rule "VA1100", nearest: VA1001 '
+        'vfio-advisor: warning: win11: <metadata> ignore: unknown rule "VA10001", nearest: VA1001 '
         "(msi-capable-device-on-intx); it silences nothing"]
 
 

@@ -76,6 +76,12 @@ class Rule(NamedTuple):
     # (state file key, slot -> value): what the next run of the domain reads
     # back in DeviceSample.previous_run.
     remembered: tuple[str, Callable[[object], object]] | None = None
+    # IDs of the rules whose finding this one builds on (VA1002, the way to
+    # VA1001's guest-side fix, means nothing without VA1001). Whatever
+    # silences one of them (disabled_rules, [domains.NAME] ignore,
+    # <metadata>) silences this rule too: IgnorePolicy.ignores_rule, the one
+    # policy of hook, advise, fix and daemon.
+    builds_on: tuple[str, ...] = ()
 
     def finding(self, domain: str | None, subject: str | None, message: str,
                 remedy: str | None = None, guest_address: str | None = None,
@@ -90,6 +96,11 @@ class Rule(NamedTuple):
     def named_in(self, names) -> bool:
         """Is this rule among `names` (IDs or slugs, as configs and <metadata> give them)?"""
         return self.id in names or self.slug in names
+
+    def silenced_by(self, names) -> bool:
+        """named_in(), or a rule it builds on is silenced by `names`."""
+        return self.named_in(names) or any(_REGISTERED[rule_id].silenced_by(names)
+                                           for rule_id in self.builds_on)
 
     @property
     def family(self) -> str:
@@ -106,6 +117,9 @@ def register(*rules: Rule) -> tuple[Rule, ...]:
     for rule in rules:
         if rule.id in _REGISTERED:
             raise ValueError(f"rule {rule.id} defined twice")
+        missing = [rule_id for rule_id in rule.builds_on if rule_id not in _REGISTERED]
+        if missing:  # registered first, so silenced_by() cannot loop
+            raise ValueError(f"rule {rule.id} builds on {missing}, not registered before it")
         _REGISTERED[rule.id] = rule
     return rules
 

@@ -118,5 +118,6 @@ RULES: tuple[Rule, ...] = register(
          _id("3b43ccafe5454c9baf9623796af7d0b6"), check_no_agent_channel,
          fires_on=("lab-stays-intx", "gpu-audio-intx-windows"),
          silent_on=("gpu-audio-msi", "lab-nomsi"),
-         fix=domain_xml_fix("vfio_advisor.guest.channel:plan_agent_channel", stage=6)),
+         fix=domain_xml_fix("vfio_advisor.guest.channel:plan_agent_channel", stage=6),
+         builds_on=("VA1001",)),
 )
