@@ -154,6 +154,16 @@ def gpu_audio_intx_windows(tmp: Path) -> DomainFacts:
                    domain_xml("win11", gpu_audio_hostdevs(), os="windows"))
 
 
+@example("gpu-audio-intx-windows-agent")
+def gpu_audio_intx_windows_agent(tmp: Path) -> DomainFacts:
+    """gpu-audio-intx-windows with the QEMU guest agent's channel: VA1001
+    still fires, and `fix --guest` can reach the guest (no VA1002)."""
+    channel = ("    <channel type='unix'>\n"
+               "      <target type='virtio' name='org.qemu.guest_agent.0'/>\n    </channel>\n")
+    return analyse(tmp, _audio_on_shared_intx_host(),
+                   domain_xml("win11", [*gpu_audio_hostdevs(), channel], os="windows"))
+
+
 @example("gpu-audio-intx-linux")
 def gpu_audio_intx_linux(tmp: Path) -> DomainFacts:
     """Debian guest left the HDMI audio on INTx (snd_hda_intel without MSI)."""

@@ -100,8 +100,8 @@ RULES: tuple[Rule, ...] = register(
          "driver updates. Linux guests: the driver's MSI module option "
          "(snd_hda_intel enable_msi=1).",
          _id("2cc7e8bd8bff4f1fa82900b760d8e515"), check_msi_capable_on_intx,
-         fires_on=("lab-stays-intx", "gpu-audio-intx-windows", "gpu-audio-intx-linux",
-                   "intx-sampled-idle"),
+         fires_on=("lab-stays-intx", "gpu-audio-intx-windows", "gpu-audio-intx-windows-agent",
+                   "gpu-audio-intx-linux", "intx-sampled-idle"),
          silent_on=("lab-nomsi", "gpu-audio-msi", "intx-only-usb",
                     "config-truncated-40-bytes", "config-255-bytes", "capability-list-loops"),
          documentation=(SEED_ARTICLE,), fix=guest_fix("plan_for")),
@@ -117,7 +117,7 @@ RULES: tuple[Rule, ...] = register(
          "guest tools on Windows; the qemu-guest-agent package on Linux).",
          _id("3b43ccafe5454c9baf9623796af7d0b6"), check_no_agent_channel,
          fires_on=("lab-stays-intx", "gpu-audio-intx-windows"),
-         silent_on=("gpu-audio-msi", "lab-nomsi"),
+         silent_on=("gpu-audio-msi", "lab-nomsi", "gpu-audio-intx-windows-agent"),
          fix=domain_xml_fix("vfio_advisor.guest.channel:plan_agent_channel", stage=6),
          builds_on=("VA1001",)),
 )
