@@ -86,6 +86,38 @@ def test_unblocked_agent_runs_the_inventory(qemu_ga):
     agent.transport.close()
 
 
+def test_an_agent_on_its_own_socket_taints_nothing(qemu_ga):
+    """libvirt marks a domain tainted only when virDomainQemuAgentCommand
+    drives its agent; on its own socket (--agent-socket) libvirt is not
+    involved, so the report must not say it was."""
+    from vfio_advisor.guest.inspect import TAINT_NOTE, inspect  # noqa: PLC0415
+
+    agent = GuestAgent(SocketAgent(qemu_ga()), timeout=30)
+    report = inspect(agent, "socket-guest", [], [])
+    agent.transport.close()
+    assert report.available and TAINT_NOTE not in report.notes
+
+
+def test_a_function_without_a_driver_has_no_driver_version(qemu_ga):
+    """This host stands in for the guest: a PCI function no driver is bound
+    to gets no driver version (not the kernel's release, which is the
+    version of a built-in driver only)."""
+    import os  # noqa: PLC0415
+
+    from vfio_advisor.guest.inspect import Target, inspect  # noqa: PLC0415
+
+    base = "/sys/bus/pci/devices"
+    bare = [b for b in sorted(os.listdir(base)) if not os.path.exists(f"{base}/{b}/driver")]
+    if not bare:
+        pytest.skip("every PCI function of this host has a driver: no driverless function to read")
+    ids = [int(open(f"{base}/{bare[0]}/{f}").read(), 16) for f in ("vendor", "device")]
+    agent = GuestAgent(SocketAgent(qemu_ga()), timeout=30)
+    report = inspect(agent, "socket-guest", [Target(f"ids:{ids[0]:04x}:{ids[1]:04x}", None, *ids)], [])
+    agent.transport.close()
+    [dev] = report.devices
+    assert dev.guest_driver is None and dev.guest_driver_version is None, dev
+
+
 def test_silent_agent_times_out_and_says_how_long(tmp_path):
     path = str(tmp_path / "silent.sock")
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

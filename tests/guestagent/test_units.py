@@ -252,3 +252,19 @@ def test_guest_changes_go_where_the_daemon_reads_them(tmp_path):
         assert state_dir_of(parser.parse_args(argv)) == daemon_dir, argv
     given = parser.parse_args(["fix", "--guest", "vm", "--config", str(conf), "--state-dir", "/srv/x"])
     assert state_dir_of(given) == "/srv/x"
+
+
+def test_sriov_vfs_sharing_a_host_slot_are_cards_of_their_own(tmp_path):
+    """Two VFs of one PF at one host slot (tests/rules/examples.py's NFV
+    host): fix --guest must not set MSISupported on the other VF as if it
+    were a function of the same card."""
+    from tests.rules.examples import _hostdev, _two_vfs_host, domain_xml  # noqa: PLC0415
+    from vfio_advisor.guest.command import _hostdev_targets  # noqa: PLC0415
+    from vfio_advisor.testing.hosttree import build  # noqa: PLC0415
+
+    host, vfs = _two_vfs_host()
+    build(tmp_path, host)
+    xml = domain_xml("nfv", [_hostdev(vfs[0], (0x01, 0, 0)), _hostdev(vfs[1], (0x02, 0, 0))], os="linux")
+    targets = _hostdev_targets(xml, str(tmp_path))
+    assert [t.host_bdf for t in targets] == vfs
+    assert len({t.card for t in targets}) == 2, [t.card for t in targets]

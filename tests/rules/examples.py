@@ -41,6 +41,7 @@ from vfio_advisor.testing.hosttree import (
     load_capture,
     load_config,
     rename_handler,
+    sriov_vf_bdf,
 )
 
 Example = Callable[[Path], DomainFacts]
@@ -237,6 +238,42 @@ def i440fx_intx_only(tmp: Path) -> DomainFacts:
 def gpu_audio_split(tmp: Path) -> DomainFacts:
     """Both functions on vfio-msi, but the audio sits in another guest slot."""
     return analyse(tmp, _both_on_msi_host(), domain_xml("win11", gpu_audio_hostdevs(split=True)))
+
+
+# An SR-IOV PF and two of its VFs: Samsung PM174X NVMe [144d:a826] at
+# 2e:00.0 (pciutils tests/cap-phy32, 4096 real bytes), whose SR-IOV capability
+# says First VF Offset 32, VF Stride 1, VF Device ID a826.
+NVME_DUMP = "cap-phy32.txt"
+NVME_PF = "0000:2e:00.0"
+
+
+def _two_vfs_host() -> tuple[Host, list[str]]:
+    """The PF on nvme and VFs 0 and 1 on vfio-pci, where the kernel puts
+    them: 2e:04.0 and 2e:04.1, one host slot (sriov_vf_bdf)."""
+    pf_config = load_config(NVME_DUMP, "2e:00.0")
+    vfs = [sriov_vf_bdf(NVME_PF, pf_config, i) for i in (0, 1)]
+    # No hex dump of a VF is in the corpus (the ConnectX-5 VF of
+    # /work/shared/corpus/lspci/hpe-skylake_connectx5-vf-vfio_lspci-vvv.txt is
+    # -vvv only), so each VF carries its PF's real bytes at its own address.
+    # A real VF reads 0xffff as vendor/device (PCIe base spec 9.3.4.1.1) and
+    # the kernel serves the ids from the PF's capability; the id files written
+    # from these bytes (144d:a826) are those values.
+    devices = [Device(NVME_PF, pf_config, driver="nvme", iommu_group=40, msi_irqs=(0,),
+                      msi_irq_mode="msix")]
+    devices += [Device(vf, pf_config, physfn=NVME_PF, iommu_group=41 + i, msi_irqs=(0,),
+                       msi_irq_mode="msix") for i, vf in enumerate(vfs)]
+    return Host(devices=devices, interrupts=_ir_interrupts({}, gpu=False)), vfs
+
+
+@example("sriov-vfs-own-guest-slots")
+def sriov_vfs_own_guest_slots(tmp: Path) -> DomainFacts:
+    """Two VFs of one PF share host slot 2e:04 and sit in two guest slots, each
+    at function 0 of its own root port, as NFV hosts place them: independent
+    devices (each with its own physfn link), not functions of one card, so
+    VA4002 has nothing to join."""
+    host, vfs = _two_vfs_host()
+    return analyse(tmp, host, domain_xml("nfv", [_hostdev(vfs[0], (0x01, 0, 0)),
+                                                 _hostdev(vfs[1], (0x02, 0, 0))], os="linux"))
 
 
 @example("split-irqchip-intx")

@@ -142,11 +142,24 @@ class DomainFacts(NamedTuple):
     vfio: VfioFacts | None = None
 
     def siblings(self, dev: AssignedDevice) -> tuple[AssignedDevice, ...]:
-        """Other functions of the same physical host device assigned to this domain."""
-        return tuple(d for d in self.devices if d is not dev and same_card(d.address, dev.address))
+        """Other functions of the same physical host device assigned to this domain.
+
+        An SR-IOV VF is nobody's sibling, though VFs share host slots (with
+        ARI, 8 VFs a slot): the kernel gives each VF its own routing ID from
+        the PF's First VF Offset and Stride, and clears its multifunction
+        flag (Linux 6.1 drivers/pci/iov.c pci_iov_add_virtfn,
+        pci_iov_virtfn_devfn). Each is a device of its own."""
+        if _sriov_vf(dev):
+            return ()
+        return tuple(d for d in self.devices if d is not dev and not _sriov_vf(d)
+                     and same_card(d.address, dev.address))
 
     def device(self, bdf: str) -> AssignedDevice | None:
         return next((d for d in self.devices if d.address == bdf), None)
+
+
+def _sriov_vf(dev: AssignedDevice) -> bool:
+    return dev.device is not None and dev.device.sriov_vf
 
 
 def same_card(a: str, b: str) -> bool:

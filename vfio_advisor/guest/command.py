@@ -117,7 +117,9 @@ def _hostdev_targets(xml: str, host_root: str) -> list[Target]:
                               subsystem_vendor=device.subsystem_vendor_id,
                               subsystem_device=device.subsystem_device_id, guest_hint=hint,
                               host_mode=irqs.mode, msi_capable=capable if isinstance(capable, bool) else None,
-                              card=bdf.rsplit(".", 1)[0]))
+                              # An SR-IOV VF is a card of its own, whatever slot it
+                              # shares (drivers/pci/iov.c gives each VF its own devfn).
+                              card=bdf if device.sriov_vf else bdf.rsplit(".", 1)[0]))
         return out
     finally:
         if tmp is not None:

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from vfio_advisor.guest import linux, windows
-from vfio_advisor.guest.agent import GuestAgent, GuestAgentError
+from vfio_advisor.guest.agent import GuestAgent, GuestAgentError, LibvirtAgent
 from vfio_advisor.guest.changes import last_change
 from vfio_advisor.guest.options import KNOWN_OPTIONS, setting_state
 from vfio_advisor.guest.verdict import Verdict, decide
@@ -117,7 +117,10 @@ def inspect(agent: GuestAgent, domain: str, targets: list[Target], changes: list
         f"{osinfo.get('kernel-release')}" if osinfo.get("kernel-release") else None)
     kind = report.os if report.os != "unknown" else "linux"
     report.blocked = sorted(c for c in NEEDED[kind] if c in disabled)
-    report.notes.append(TAINT_NOTE)
+    # Only libvirt's virDomainQemuAgentCommand taints; an agent reached on its
+    # own socket (--agent-socket) goes past libvirt.
+    if isinstance(agent.transport, LibvirtAgent):
+        report.notes.append(TAINT_NOTE)
     if "guest-exec" in disabled or "guest-exec-status" in disabled:
         raise GuestAgentError("blocked", f"{agent.label}: guest-exec is disabled in the guest's "
                               "qemu-ga allow-list; run the commands below in the guest by hand",
@@ -153,7 +156,9 @@ def _read_linux(agent: GuestAgent, report: GuestReport, targets: list[Target], c
         dev.guest_function = fn.bdf
         dev.guest_driver = fn.driver
         dev.module = fn.module or (fn.driver.replace("-", "_") if fn.driver else None)
-        dev.guest_driver_version = inv.module_versions.get(dev.module or "") or inv.release
+        # A built-in driver has no module version: the kernel's release is its
+        # version. No driver bound: no version at all.
+        dev.guest_driver_version = (inv.module_versions.get(dev.module or "") or inv.release) if fn.driver else None
         dev.guest_mode = inv.mode(fn)
         dev.rows = [f"{r.irq}: {r.chip or '?'} {r.hwirq or ''} {' '.join(r.handlers)} "
                     f"({r.total} interrupts)" for r in inv.rows_of(fn)]

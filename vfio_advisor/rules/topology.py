@@ -45,6 +45,13 @@ def check_i440fx_limits(facts: DomainFacts) -> Iterator[Finding]:
 def check_multifunction_split(facts: DomainFacts) -> Iterator[Finding]:
     by_slot: dict[str, list[AssignedDevice]] = {}
     for dev in facts.devices:
+        if not facts.siblings(dev):
+            # One function of its card here, or an SR-IOV VF: VFs of one PF
+            # share host slots but each is a device of its own (its own
+            # routing ID, no multifunction header; Linux 6.1 drivers/pci/iov.c
+            # pci_iov_add_virtfn), so NFV hosts spread them over guest slots
+            # and domains on purpose. DomainFacts.siblings leaves them out.
+            continue
         by_slot.setdefault(dev.address.rsplit(".", 1)[0], []).append(dev)
     for slot, devs in sorted(by_slot.items()):
         if len(devs) < 2 or any(d.hostdev.guest is None for d in devs):
@@ -107,7 +114,8 @@ RULES: tuple[Rule, ...] = register(
          "multifunction='on' on function 0. `vfio-advisor fix DOMAIN` gives the exact change.",
          _id("8c9ba1cd88aa40e6bcc9bdf336be2d01"), check_multifunction_split,
          fix=domain_xml_fix("plan_va4002", stage=2),
-         fires_on=("gpu-audio-split",), silent_on=("gpu-audio-msi", "gpu-audio-root-bus-slot")),
+         fires_on=("gpu-audio-split",), silent_on=("gpu-audio-msi", "gpu-audio-root-bus-slot",
+                                                  "sriov-vfs-own-guest-slots")),
     Rule("VA4003", "split-irqchip-with-intx", Severity.WARNING,
          "Split irqchip (<ioapic driver='qemu'/>) with an assigned device on INTx",
          "With a split irqchip the IOAPIC is emulated by QEMU in userspace. KVM's irqfd "

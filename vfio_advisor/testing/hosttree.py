@@ -10,6 +10,7 @@ The tree has the shape the tool reads through HostRoot, and the kernel's:
         msi_irqs/<n>           optional, one file per vector ("msi\\n" or "msix\\n")
         driver -> ../../../../bus/pci/drivers/vfio-pci          relative symlink
         iommu_group -> ../../../../kernel/iommu_groups/<n>      relative symlink
+        physfn -> ../<pf bdf>  (an SR-IOV VF)   virtfn<n> -> ../<vf bdf>  (its PF)
     sys/bus/pci/devices/<bdf> -> ../../../devices/pci0000:00/.../<bdf>
     sys/bus/pci/drivers/<driver>/<bdf> -> back to the device
     sys/kernel/iommu_groups/<n>/devices/<bdf> -> the device
@@ -86,6 +87,27 @@ def load_config(name: str, bdf: str) -> bytes:
     return dump[key]
 
 
+def sriov_vf_bdf(pf_bdf: str, pf_config: bytes, vf_index: int) -> str:
+    """Where the kernel puts VF `vf_index` of the PF at `pf_bdf`: routing ID
+    PF + First VF Offset + index * VF Stride, both read from the PF's real
+    SR-IOV capability (drivers/pci/iov.c pci_iov_virtfn_bus/_devfn; PCIe
+    base spec 9.3.3.10-11). A carry past function 7 lands in the next slot,
+    which is why VFs of one PF fill whole slots of their own."""
+    pf = normalize_bdf(pf_bdf)
+    domain, bus, slot_fn = pf.split(":")
+    slot, fn = slot_fn.split(".")
+    offset = 0x100  # extended capabilities start here (PCIe base spec 7.6)
+    while offset and offset + 0x18 <= len(pf_config):
+        header = int.from_bytes(pf_config[offset:offset + 4], "little")
+        if header & 0xFFFF == 0x0010:  # SR-IOV extended capability ID
+            first = int.from_bytes(pf_config[offset + 0x14:offset + 0x16], "little")
+            stride = int.from_bytes(pf_config[offset + 0x16:offset + 0x18], "little")
+            rid = (int(bus, 16) << 8) + (int(slot, 16) << 3) + int(fn, 16) + first + vf_index * stride
+            return f"{domain}:{rid >> 8 & 0xFF:02x}:{rid >> 3 & 0x1F:02x}.{rid & 7:x}"
+        offset = header >> 20
+    raise ValueError(f"{pf}: the config space has no SR-IOV capability")
+
+
 def first_bytes(config: bytes, n: int = UNPRIVILEGED_CONFIG_BYTES) -> bytes:
     """The first `n` bytes of a real config space: what a reader without
     CAP_SYS_ADMIN gets from sysfs (64 bytes)."""
@@ -116,11 +138,17 @@ class Device:
     msi_irq_mode: str = "msi"  # what each msi_irqs/<n> file says: "msi" or "msix"
     ids: bool = True
     attrs: Mapping[str, str | None] = field(default_factory=dict)
+    # The BDF of the SR-IOV physical function this device is a VF of (itself
+    # a Device of the same Host): the tree gets the kernel's `physfn` link on
+    # the VF and `virtfn<n>` on the PF (drivers/pci/iov.c pci_iov_sysfs_link).
+    physfn: str | None = None
 
     def __post_init__(self) -> None:
         self.bdf = normalize_bdf(self.bdf)
         if self.parent is not None:
             self.parent = normalize_bdf(self.parent)
+        if self.physfn is not None:
+            self.physfn = normalize_bdf(self.physfn)
 
 
 @dataclass
@@ -218,6 +246,20 @@ def build(root: Path | str, host: Host) -> Path:
             groups.setdefault(dev.iommu_group, []).append(dev)
             _rel_symlink(d / "iommu_group", sys_ / "kernel" / "iommu_groups" / str(dev.iommu_group))
         _rel_symlink(sys_ / "bus" / "pci" / "devices" / dev.bdf, d)
+
+    virtfns: dict[str, list[Device]] = {}
+    for dev in host.devices:
+        if dev.physfn is None:
+            continue
+        if dev.physfn not in by_bdf:
+            raise ValueError(f"{dev.bdf}: physical function {dev.physfn} is not in the spec")
+        virtfns.setdefault(dev.physfn, []).append(dev)
+        _rel_symlink(device_dir(dev) / "physfn", device_dir(by_bdf[dev.physfn]))
+    for pf, vfs in virtfns.items():
+        # virtfn<n> numbers VFs by index, and a VF's routing ID grows with
+        # its index (positive VF Stride), so BDF order is index order.
+        for n, vf in enumerate(sorted(vfs, key=lambda v: v.bdf)):
+            _rel_symlink(device_dir(by_bdf[pf]) / f"virtfn{n}", device_dir(vf))
 
     for group, members in groups.items():
         gdir = sys_ / "kernel" / "iommu_groups" / str(group) / "devices"
