@@ -63,7 +63,7 @@ pytestmark = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
 
 
 def qemu_command(image: Path, share: Path, results: Path, console: Path, iommu: bool = True) -> list[str]:
-    return [QEMU, "-machine", "q35,kernel-irqchip=split", *_accel(), "-m", "2048", "-smp", "2",
+    return [QEMU, "-machine", "q35,kernel-irqchip=split", *_accel(image), "-m", "2048", "-smp", "2",
             "-display", "none", "-vga", "none", "-no-reboot", "-nic", "none",
             "-serial", f"file:{console}", "-monitor", "none",
             "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd.img"),
