@@ -149,11 +149,33 @@ def qemu_command(image: Path, share: Path, results: Path, console: Path) -> list
             "-drive", f"file={results},format=raw,if=none,id=results",
             "-device", "virtio-blk-pci,drive=results,addr=0x12",
             # The guest's VFIO devices; domain.xml assigns the one at 00:03.0.
-            "-device", "edu,addr=0x3", "-device", "edu,addr=0x4"]
+            "-device", "edu,addr=0x3", "-device", "edu,addr=0x4",
+            # For test_start_failures.py, run in this same boot after run.sh
+            # (a boot saved): a PCI-to-PCI bridge without PCIe (so without
+            # ACS); the kernel aliases the functions behind it to the bridge's
+            # requester ID and groups them with it (drivers/iommu/iommu.c
+            # pci_device_group, 6.1). run.sh binds only root-bus edus.
+            "-device", "pci-bridge,id=br1,chassis_nr=1,addr=0x8",
+            "-device", "edu,bus=br1,addr=0x1", "-device", "virtio-rng-pci,bus=br1,addr=0x2"]
 
 
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory):
+    return system_run(tmp_path_factory)
+
+
+_RUNS: dict[str, dict] = {}
+
+
+def system_run(tmp_path_factory) -> dict:
+    """The guest's one run, shared by this module and test_start_failures.py
+    (whose start-failures.sh runs after run.sh in the same boot)."""
+    if "run" not in _RUNS:
+        _RUNS["run"] = _boot_and_run(tmp_path_factory)
+    return _RUNS["run"]
+
+
+def _boot_and_run(tmp_path_factory) -> dict:
     t_all = time.monotonic()
     work = tmp_path_factory.mktemp("system")
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -168,7 +190,7 @@ def guest(tmp_path_factory):
         round(time.monotonic() - t_image, 1)
     share_dir = work / "share"
     share_dir.mkdir()
-    for name in ("run.sh", "domain.xml", "without-host-journal.sh"):
+    for name in ("run.sh", "domain.xml", "without-host-journal.sh", "start-failures.sh"):
         shutil.copy2(HERE / name, share_dir / name)
     shutil.copy2(deb, share_dir / deb.name)
     # Apart, so that run.sh's ./vfio-advisor_*_all.deb is the first version only.
