@@ -129,7 +129,7 @@ def choose(kernel: Path) -> Accel:
         CACHE.mkdir(parents=True, exist_ok=True)
         lock = open(CACHE / ".lock", "w")  # noqa: SIM115 - held for the probe
     except OSError:
-        return _announce(probe(kernel))
+        return _announce(probe(kernel, PROBE_SECONDS))
     with lock:
         # Serialise: two tiers (or two suites on one machine) must not both
         # spend a probe, and one QEMU competing with another skews the timing.
@@ -139,7 +139,7 @@ def choose(kernel: Path) -> Accel:
             return _announce(Accel(data["name"], data["reason"] + " (cached)"))
         except (OSError, ValueError, KeyError):
             pass
-        accel = probe(kernel)
+        accel = probe(kernel, PROBE_SECONDS)
         entry.write_text(json.dumps({"name": accel.name, "reason": accel.reason}))
         return _announce(accel)
 
