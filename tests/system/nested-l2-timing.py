@@ -48,10 +48,10 @@ def main() -> int:
             "-device", "hda-duplex,audiodev=snd0"]
     t0 = time.monotonic()
     subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                   stderr=open(work / "qemu.err", "wb"), timeout=int(limit) + 600)
+                   stderr=open(work / "qemu.err", "wb"), timeout=2 * int(limit) + 600)
     print(f"L1 boot to power-off: {time.monotonic() - t0:.1f} s ({work})")
     with tarfile.open(results) as tar:
-        tar.extractall(work / "out", filter="data")
+        tar.extractall(work / "out")  # our own guest's tar
     print((work / "out/results/l2.txt").read_text())
     return 0
 
