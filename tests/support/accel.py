@@ -14,7 +14,8 @@ details and the measurements are in docs/kvm.md.
 So the choice is made by booting: the tier's own kernel, no initramfs, no
 root, panic=-1 under `-no-reboot`, must print its "Kernel panic" (the
 kernel ran all of start_kernel and got to mounting root) within
-PROBE_SECONDS under -accel kvm. A real KVM does that in about a second.
+PROBE_SECONDS under -accel kvm. Hardware KVM should take about a second
+(not measured: no machine here has kvm_intel or kvm_amd).
 The verdict is cached per host boot (/proc/sys/kernel/random/boot_id), QEMU
 version and loaded KVM modules, so a suite run pays for one probe at most.
 
@@ -35,8 +36,8 @@ from pathlib import Path
 
 QEMU = "/usr/bin/qemu-system-x86_64"
 CACHE = Path(os.environ.get("VFIO_ADVISOR_ACCEL_CACHE", "/var/cache/vfio-advisor-tests/accel"))
-# A real KVM guest reaches the root-mount panic in ~1 s; TCG takes ~4 s on a
-# quiet 2-core machine. 20 s leaves room for a loaded host without letting a
+# TCG reaches the root-mount panic in 5-8 s on a loaded 2-core machine, and
+# hardware KVM should be faster still; 20 s leaves room for a loaded host without letting a
 # crawling accelerator (kvm_pvm: no progress in 90 s) pass.
 PROBE_SECONDS = 20.0
 PANIC_MARK = b"Kernel panic - not syncing"
