@@ -74,8 +74,19 @@ KERNEL_ARGS = {
 CPUS = {"isolcpus": 2}
 
 
+def guest_accel():
+    """KVM where a Debian kernel really boots under this host's /dev/kvm,
+    else TCG (tests/support/accel.py, once per host boot; docs/kvm.md). The
+    captures do not depend on it: vfio, the IOMMU and the edu devices are
+    QEMU's emulation either way."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from tests.support import accel  # the lab is a test tool; the probe lives with the tests
+    return accel.choose(CACHE / "vmlinuz")
+
+
 def qemu_command(scenario: str) -> list[str]:
-    return [QEMU, "-machine", "q35,kernel-irqchip=split", "-accel", "tcg", "-m", "512",
+    return [QEMU, "-machine", "q35,kernel-irqchip=split", *guest_accel().qemu_args, "-m", "512",
             "-nographic", "-vga", "none", "-no-reboot", "-net", "none",
             "-kernel", str(CACHE / "vmlinuz"), "-initrd", str(CACHE / "lab-initrd.img"),
             "-smp", str(CPUS.get(scenario, 1)),
@@ -203,7 +214,7 @@ def run(names: list[str], out: Path) -> int:
         "# Lab captures",
         "",
         "Real guest-kernel states, not hand-written fixtures. Made by `make lab` (lab/run.py):",
-        f"QEMU ({qemu_version}) under TCG boots a q35 machine with `intel-iommu,intremap=on`",
+        f"QEMU ({qemu_version}) under {guest_accel().name.upper()} boots a q35 machine with `intel-iommu,intremap=on`",
         f"and Debian's {kernel} with `intel_iommu=on` (plus the scenario's own",
         "kernel arguments below); the guest binds QEMU `edu` and `virtio-rng-pci` devices to",
         "vfio-pci, and lab/vfio-user.c enables their interrupts with VFIO_DEVICE_SET_IRQS as",

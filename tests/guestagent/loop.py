@@ -23,6 +23,10 @@ import libvirt  # noqa: E402
 
 from vfio_advisor.guest.agent import GuestAgent, GuestAgentError, LibvirtAgent  # noqa: E402
 from vfio_advisor.guest.channel import add_agent_channel  # noqa: E402
+# The guest's accelerator: KVM only where a Debian kernel really boots under
+# this host's /dev/kvm (libvirt's type='kvm'), else TCG (type='qemu'); see
+# docs/kvm.md. Probed once per host boot and cached.
+from tests.support import accel  # noqa: E402
 
 URI = "qemu:///system"
 HDA_IDS = "8086:293e"  # QEMU's ich9-intel-hda (hw/audio/intel-hda.c)
@@ -35,7 +39,7 @@ def domain_xml(name: str, image: Path, work: Path, *, kernel: bool = True) -> st
     disk = (f"<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
             f"<source file='{work}/modprobe-d.img'/><target dev='vda' bus='virtio'/></disk>") if kernel else ""
     sound = "<sound model='ich9'><codec type='duplex'/></sound><audio id='1' type='none'/>" if kernel else ""
-    return f"""<domain type='qemu'>
+    return f"""<domain type='{accel.choose(image / "vmlinuz").domain_type}'>
   <name>{name}</name>
   <memory unit='MiB'>384</memory>
   <vcpu>1</vcpu>

@@ -10,7 +10,8 @@
 # iommu-off, the machine has no IOMMU and only that start is tried.
 set -u
 S=/run/systemtest
-R=$S/results
+# run.sh runs this after its own steps, with R=results/start-failures.
+R=${R:-$S/results}
 cd "$S"
 res() {
     echo "RESULT $1 $2 ${3:-}" >> "$R/results.txt"; echo "RESULT $1 $2 ${3:-}" > /dev/console

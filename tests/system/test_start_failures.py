@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.test_system import CACHE, QEMU, TIMINGS, _accel, build_image
+from tests.system.test_system import CACHE, QEMU, TIMINGS, _accel, build_image, system_run
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -63,7 +63,7 @@ pytestmark = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
 
 
 def qemu_command(image: Path, share: Path, results: Path, console: Path, iommu: bool = True) -> list[str]:
-    return [QEMU, "-machine", "q35,kernel-irqchip=split", *_accel(), "-m", "2048", "-smp", "2",
+    return [QEMU, "-machine", "q35,kernel-irqchip=split", *_accel(image), "-m", "2048", "-smp", "2",
             "-display", "none", "-vga", "none", "-no-reboot", "-nic", "none",
             "-serial", f"file:{console}", "-monitor", "none",
             "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd.img"),
@@ -117,7 +117,12 @@ def boot(work: Path, mode: str) -> dict:
             tar.extractall(out, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(out)
     except tarfile.TarError:
         pass
-    res = out / "results"
+    return parse_results(out / "results", mode, console)
+
+
+def parse_results(res: Path, mode: str, console: Path) -> dict:
+    """The steps start-failures.sh reported in RES; a copy of RES and the
+    console is kept under the cache for reading after the run."""
     if not (res / "results.txt").exists():
         raise AssertionError("no results from the guest; console:\n"
                              + console.read_text(errors="replace")[-3000:])
@@ -135,7 +140,11 @@ def boot(work: Path, mode: str) -> dict:
 
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory):
-    return boot(tmp_path_factory.mktemp("start-failures"), "group")
+    """The group scenarios run in the system tier's boot (test_system.py's
+    guest has the same bridge, and run.sh ends with start-failures.sh): one
+    Debian boot fewer under TCG."""
+    run = system_run(tmp_path_factory)
+    return parse_results(run["dir"] / "start-failures", "group", run["console"])
 
 
 @pytest.fixture(scope="module")
