@@ -5,6 +5,11 @@
 #   hook-shutdown.sh WORK FIFO CONTENT SIGNAL
 set -uo pipefail
 work=$1; fifo=$2; content=$3; sig=$4
+# libvirtd goes away while it starts the domain, so nothing destroys it: a
+# QEMU it had already spawned outlives it (libvirt never kills domains at
+# its own stop). End that QEMU here, whatever happens below.
+name=$(sed -n 's:.*<name>\(.*\)</name>.*:\1:p' "$work/dom.xml")
+trap 'pkill -KILL -f "guest=$name," 2>/dev/null' EXIT
 timeout 60 virsh -q -c qemu:///system create "$work/dom.xml" >"$work/create.out" 2>&1 &
 for _ in $(seq 1 600); do [ -f "$work/hook.started" ] && break; sleep 0.05; done
 [ -f "$work/hook.started" ] || { echo "the hook never ran" >&2; cat "$work/create.out" >&2; exit 3; }

@@ -74,3 +74,7 @@ def test_hook_exits_0_when_libvirtd_stops_under_it(tmp_path, signal):
     # SIGTERM: libvirtd waits for the hook's worker; SIGKILL: it is gone at once.
     assert events.strip() == ("libvirtd still stopping" if signal == "TERM" else "libvirtd gone"), events
     assert (tmp_path / "hook.rc").read_text().strip() == "0"
+    # No guest outlives the test: libvirtd never destroys domains at its own
+    # stop, so a QEMU it spawned before going away is the test's to end.
+    left = subprocess.run(["pgrep", "-f", f"guest=faults-hook-{os.getpid()},"], capture_output=True, text=True)
+    assert left.stdout == "", f"QEMU left running: {left.stdout.split()}"
