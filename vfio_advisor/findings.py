@@ -64,7 +64,7 @@ class Finding(NamedTuple):
 
 
 class RunCounts(NamedTuple):
-    """A run's findings counted by severity, once for the VA9002 message and its journal fields."""
+    """A run's findings counted by severity, once for the run summary's message and its journal fields."""
 
     total: int
     errors: int

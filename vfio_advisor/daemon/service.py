@@ -300,7 +300,7 @@ class Service:
         per domain event. Without CAP_SYS_ADMIN (a unit without
         AmbientCapabilities=, or run by hand as a user) sysfs gives 64 bytes
         of config space (drivers/pci/pci-sysfs.c, pci_read_config): no
-        capability list, so MSI support is unknown and VA6001/VA6003 stay
+        capability list, so MSI support is unknown and the rules that need it stay
         silent for the device; the log says so instead of nothing."""
         for dev in state.facts.devices:
             problems = dev.device.unreadable if dev.device is not None else (dev.problem or "not on this host",)

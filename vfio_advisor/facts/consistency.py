@@ -39,7 +39,7 @@ def device_inconsistencies(dev: PciDevice, table: Interrupts | None,
     out: list[str] = []
     cfg = dev.config
     if cfg is None or cfg.capabilities is UNKNOWN:
-        return out  # nothing to compare; VA8002 names what is missing
+        return out  # nothing to compare; the coverage rules name what is missing
     bdf = dev.address
     msi_on = bool(cfg.msi) and cfg.msi.enabled
     msix_on = bool(cfg.msix) and cfg.msix.enabled

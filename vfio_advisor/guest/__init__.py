@@ -7,7 +7,7 @@ linux    the one inventory script and its parser
 windows  reg.exe command lines and their parser
 options  the Linux module options that switch MSI, with sources
 verdict  the verdict for one function (pure)
-changes  what --apply changed, in the state directory (the daemon's VA6009/VA6010
+changes  what --apply changed, in the state directory (the daemon's guest-change rules
          confirm it from the host after the guest's restart)
 channel  the domain XML fix for a domain without an agent channel
 inspect  reading a guest and matching the assigned functions

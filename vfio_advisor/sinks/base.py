@@ -12,7 +12,7 @@ without knowing their format.
     event(event)        something that is not a finding, one of the kinds
                         below. A sink ignores the kinds it has no use for.
     close(summary)      the run ended. `summary` is a RunSummary for shells
-                        that log one (the hook's VA9002 entry), else None.
+                        that log one (the hook's run-summary entry), else None.
 
 Event kinds (each a NamedTuple; its class attribute `kind` names it):
 
@@ -134,7 +134,7 @@ Event = Union[ServiceEvent, SampleEvent, "Inconclusive", FixesPlanned]
 class RunSummary(NamedTuple):
     """What close() gets from a shell that logs a summary (the hook)."""
 
-    finding: Finding  # the VA9002 finding, its message holding the counts
+    finding: Finding  # the run-summary finding, its message holding the counts
     domain: Domain | None
     findings: tuple[Finding, ...]
     counts: RunCounts  # the same counts, computed once (findings.RunCounts)

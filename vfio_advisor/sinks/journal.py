@@ -83,7 +83,7 @@ def finding_fields(f: Finding, domain: Domain | None, source: str) -> list[str]:
 
 
 def summary_fields(summary: RunSummary, source: str) -> list[str]:
-    """The VA9002 entry, from the counts the hook's RunSummary carries."""
+    """The run-summary entry, from the counts the hook's RunSummary carries."""
     counts = summary.counts
     finding, domain = summary.finding, summary.domain
     fields = {
