@@ -153,6 +153,39 @@ def test_channel_planner_on_libvirts_test_driver():
     assert "org.qemu.guest_agent.0" in dom.XMLDesc(0)
 
 
+def _fix_guest_on_demo_host(name: str) -> subprocess.CompletedProcess:
+    demo = REPO / "examples/demo-host"
+    return subprocess.run([sys.executable, "-m", "vfio_advisor", "fix", "--guest", name, "--connect",
+                           f"test://{demo / 'node.xml'}", "--host-root", str(demo / "root")],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+def test_fix_guest_without_a_channel_shows_the_rules_verified_change():
+    """win11 keeps its HDMI audio on INTx and has no agent channel: `fix
+    --guest` prints the channel as the agent-channel rule's own fix, with
+    every check `fix` runs, and the one line names the command that defines it."""
+    out = _fix_guest_on_demo_host("win11")
+    assert out.returncode == 2, out
+    [line] = out.stderr.strip().splitlines()
+    assert "no guest agent channel" in line and "`vfio-advisor fix win11 --rule VA1002 --apply`" in line
+    assert "# win11 (running): 1 verified change" in out.stdout
+    assert "resolves VA1002" in out.stdout
+    assert "verified: reanalysis ok; layout ok; schema ok; testdriver ok" in out.stdout
+    added = [line[1:].strip() for line in out.stdout.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    assert added == ["<channel type='unix'>", "<target type='virtio' name='org.qemu.guest_agent.0'/>", "</channel>"]
+
+
+def test_fix_guest_without_a_channel_and_no_finding_says_so():
+    """nvme-linux has no agent channel either, but no device on INTx: the
+    rule does not fire, so no change is called verified; the line says
+    what to add by hand and why nothing was planned."""
+    out = _fix_guest_on_demo_host("nvme-linux")
+    assert out.returncode == 2 and out.stdout == "", out
+    [line] = out.stderr.strip().splitlines()
+    assert "add <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>" in line
+    assert "only while the guest keeps an assigned device on INTx" in line and "verified change" in line
+
+
 def test_docs_list_everything_run_in_a_guest():
     doc = (REPO / "docs/guest-commands.md").read_text()
     assert linux.INVENTORY_SCRIPT in doc

@@ -11,6 +11,7 @@ verified fix, 1 one of warning or worse has none, 2 bad input or a refused
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -21,7 +22,7 @@ from vfio_advisor.config import DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, load_con
 from vfio_advisor.errors import ConnectionFailed, UsageError
 from vfio_advisor.exitstatus import EXIT_FINDINGS, EXIT_OK
 from vfio_advisor.facts.domain import parse_tree, serialize
-from vfio_advisor.fix.planner import FIXABLE_RULES, RULE_ORDER, Analyzer, DomainPlan, plan_domain
+from vfio_advisor.fix.planner import FIX_RULES, FIXABLE_RULES, RULE_ORDER, Analyzer, DomainPlan, plan_domain
 from vfio_advisor.fix.verify import QemuCheck, describe_finding
 from vfio_advisor.fix.xmledit import apply_ops
 from vfio_advisor.rules import lookup as lookup_rule
@@ -117,7 +118,7 @@ def run(args, conn=None) -> int:
     """`conn`: an open libvirt connection to use instead of --connect (tests)."""
     if getattr(args, "guest", None):  # fix --guest: vfio_advisor/guest/command.py
         from vfio_advisor.guest.command import run_fix_guest  # noqa: PLC0415
-        return run_fix_guest(args)
+        return run_fix_guest(args, channel_fix=agent_channel_fix)
     rules = rules_from(args.rule)
     if args.apply and args.xml:
         raise UsageError("--apply defines domains through libvirt: give DOMAIN names, not --xml")
@@ -356,3 +357,48 @@ def to_json(args, plans: list[tuple[DomainSource, DomainPlan]], applied: dict[st
         })
     return {"schema": SCHEMA, "host_root": args.host_root,
             "rules": sorted(rules_from(args.rule) or FIXABLE_RULES), "domains": domains}
+
+
+# --- fix --guest on a domain without an agent channel ----------------------------------
+
+def agent_channel_fix(args, name: str) -> str:
+    """The agent channel `fix --guest` needs, as the rule "no guest agent
+    channel" fixes it: its own planner with every check of this command,
+    printed as `fix NAME --rule ID` prints it. Returns the line that says
+    what to do next."""
+    from vfio_advisor.guest.channel import CHANNEL_ELEMENT  # noqa: PLC0415
+
+    by_hand = f"add {CHANNEL_ELEMENT} to its <devices>, restart it, and run qemu-ga in the guest"
+    [rule] = [r.id for r in FIX_RULES if r.fix.planner.endswith(":plan_agent_channel")]
+    fix_args = argparse.Namespace(**{**vars(args), "domains": [name], "xml": [], "rule": [rule],
+                                     "apply": False, "format": "diff"})
+    try:
+        config = load_config(args.config)
+        root, tmp = open_host_root(args.host_root)
+        try:
+            sources = load_sources(fix_args, root)
+            qemu = qemu_check(fix_args, sources)
+            try:
+                analyzer = Analyzer(root, config)
+                plans = [(src, plan_domain(analyzer, src.xml, {rule}, qemu=qemu)) for src in sources]
+            finally:
+                if qemu.conn is not None:
+                    qemu.conn.close()
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
+    except (UsageError, ConnectionFailed) as exc:
+        return f"{by_hand} (no verified change: {exc})"
+    offered = [(src, plan) for src, plan in plans if plan.changed]
+    if not offered:
+        # The rule fires only where the guest is seen keeping an assigned
+        # device on INTx: a guest on MSI, or one whose INTx line has not
+        # counted, has no finding for it to fix.
+        return (f"{by_hand} ({rule} offers it as a verified change only while the guest keeps an "
+                "assigned device on INTx)")
+    if args.format == "json":
+        json.dump(to_json(fix_args, offered, {}), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        emit(fix_args, offered, {})
+    return f"`vfio-advisor fix {name} --rule {rule} --apply` defines the change above; restart the domain"

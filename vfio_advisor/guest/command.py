@@ -12,6 +12,7 @@ import json
 import re
 import shlex
 import sys
+from typing import Callable
 
 from vfio_advisor.config import DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, load_config
 from vfio_advisor.errors import ConnectionFailed, DomainXMLError, UsageError
@@ -19,7 +20,7 @@ from vfio_advisor.errors import ConnectionFailed, DomainXMLError, UsageError
 from vfio_advisor.exitstatus import EXIT_FINDINGS as EXIT_ACTION, EXIT_OK, EXIT_USAGE as EXIT_FAILED
 from vfio_advisor.guest import changes as change_store
 from vfio_advisor.guest.agent import DEFAULT_TIMEOUT, GuestAgent, GuestAgentError, LibvirtAgent, SocketAgent
-from vfio_advisor.guest.channel import add_agent_channel, channel_state, has_agent_channel
+from vfio_advisor.guest.channel import CHANNEL_ELEMENT, channel_state, has_agent_channel
 from vfio_advisor.guest.inspect import GuestReport, Target, inspect
 
 DEFAULT_URI = "qemu:///system"
@@ -167,7 +168,7 @@ class _Session:
         if not has_agent_channel(root):
             raise GuestAgentError("no-channel", f"{self.name}: the domain has no guest agent channel "
                                   "(org.qemu.guest_agent.0); `vfio-advisor fix --guest "
-                                  f"{self.name}` prints the XML that adds it")
+                                  f"{self.name}` shows the change that adds it")
         if channel_state(root) == "disconnected":
             raise GuestAgentError("not-connected", f"{self.name}: the guest agent is not connected "
                                   "(libvirt reports its channel disconnected: qemu-ga is not running "
@@ -256,7 +257,11 @@ def write_text(report: GuestReport, out) -> None:
 
 # --- fix --guest -------------------------------------------------------------------------
 
-def run_fix_guest(args) -> int:
+def run_fix_guest(args, channel_fix: Callable[[argparse.Namespace, str], str] | None = None) -> int:
+    """`channel_fix(args, name)`: for a domain without an agent channel, prints
+    the domain XML change that adds it and returns the line that says what to
+    do next (fix.command passes its own; the guest package does not plan
+    domain XML)."""
     from vfio_advisor.guest.plan import apply, guest_planner  # noqa: PLC0415
 
     name = args.guest
@@ -269,7 +274,10 @@ def run_fix_guest(args) -> int:
         session, report = _read(args, name, state_dir, args.host_root)
     except GuestAgentError as exc:
         if exc.kind == "no-channel":
-            _print_channel_fix(args, name)
+            then = (channel_fix(args, name) if channel_fix is not None and not args.agent_socket
+                    else f"add {CHANNEL_ELEMENT} to its <devices>")
+            exc = GuestAgentError(exc.kind, f"{name}: the domain has no guest agent channel "
+                                  f"(org.qemu.guest_agent.0); {then}")
         return _fail(exc)
     plan = guest_planner()(report)
     as_json = args.format == "json"
@@ -313,24 +321,3 @@ def run_fix_guest(args) -> int:
     elif not args.apply and plan.steps:
         print("# nothing was changed: add --apply to run these in the guest")
     return EXIT_OK
-
-
-def _print_channel_fix(args, name: str) -> None:
-    """The domain XML with an agent channel, for a domain without one."""
-    if args.agent_socket:
-        return
-    libvirt = _libvirt()
-    try:
-        conn = libvirt.openReadOnly(args.connect or DEFAULT_URI)
-        xml = conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-        conn.close()
-    except libvirt.libvirtError:
-        return
-    fixed = add_agent_channel(xml)
-    if fixed is None:
-        return
-    import difflib  # noqa: PLC0415
-
-    sys.stdout.writelines(difflib.unified_diff(xml.splitlines(True), fixed.splitlines(True),
-                                               f"{name} (defined)", f"{name} (with agent channel)"))
-    print(f"# define it (virsh define), restart the domain, and install qemu-guest-agent in the guest")
