@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 
 class AdvisorError(Exception):
     """A problem the user can act on. str() is a complete one-line message."""
@@ -27,3 +30,21 @@ class FactUnavailable(AdvisorError):
         self.path = path
         self.reason = reason
 
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """libxml2 inside libvirt prints parse warnings ("I/O warning : failed to
+    load external entity") straight to fd 2, past registerErrorHandler. The
+    same error comes back as the libvirtError we report, so drop the copy."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

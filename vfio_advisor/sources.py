@@ -6,7 +6,6 @@ libvirtd and must not call back into it).
 
 from __future__ import annotations
 
-import contextlib
 import lzma
 import os
 import tarfile
@@ -15,7 +14,7 @@ import zlib
 from pathlib import Path
 from typing import NamedTuple
 
-from vfio_advisor.errors import ConnectionFailed, DomainXMLError, UsageError
+from vfio_advisor.errors import ConnectionFailed, DomainXMLError, UsageError, quiet_stderr
 from vfio_advisor.facts.domain import Domain, parse_domain_xml
 
 DEFAULT_URI = "qemu:///system"
@@ -123,25 +122,6 @@ def load_domains(files: list[str], names: list[str], uri: str | None = None,
     return domains_from_libvirt(uri or DEFAULT_URI, names, inactive=inactive, conn=conn)
 
 
-@contextlib.contextmanager
-def _quiet_stderr():
-    """libxml2 inside libvirt prints parse warnings ("I/O warning : failed to
-    load external entity") straight to fd 2, past registerErrorHandler. The
-    same error comes back as the libvirtError we report, so drop the copy."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def libvirt_module():
     try:
         import libvirt  # noqa: PLC0415 - lazy on purpose, see module docstring
@@ -161,7 +141,7 @@ def domains_from_libvirt(uri: str, names: list[str], *, inactive: bool = False,
     own = conn is None
     if own:
         try:
-            with _quiet_stderr():
+            with quiet_stderr():
                 conn = libvirt.openReadOnly(uri)
         except libvirt.libvirtError as exc:
             raise ConnectionFailed(f"cannot connect to {uri}: {exc.get_error_message()}") from None

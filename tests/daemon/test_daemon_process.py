@@ -79,6 +79,26 @@ def test_bad_config_is_a_usage_error(tmp_path):
     assert "interval must be a float" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_unreachable_libvirt_is_one_line_per_retry(tmp_path):
+    """A test:/// node file that does not exist: libvirt's libxml2 prints
+    its own "I/O warning" to fd 2 beside the libvirtError; the daemon's
+    stderr (the journal under systemd) holds only its own retry lines."""
+    proc = subprocess.Popen([sys.executable, "-m", "vfio_advisor", "daemon", "--connect",
+                             f"test://{tmp_path / 'missing.xml'}", "--config", "/dev/null",
+                             "--state-dir", str(tmp_path / "state")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stderr.readline()
+        assert "retrying in 1 s" in first, first
+        time.sleep(1.5)  # the second attempt, after the first back-off
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=10)
+    lines = [first.rstrip("\n"), *rest.splitlines()]
+    assert all(line.startswith("vfio-advisor: ") for line in lines), lines
+    assert sum(line.startswith(f"vfio-advisor: cannot connect to test://{tmp_path}") for line in lines) >= 2
+
+
 # A domain name with every character the text format escapes in a label
 # value except the line feed, which libvirt refuses in names
 # (virXMLCheckIllegalChars(name, "\n")).

@@ -17,6 +17,7 @@ import time
 from typing import Callable
 
 from vfio_advisor.config import Config, load_config
+from vfio_advisor.errors import quiet_stderr
 from vfio_advisor.facts.host import HostRoot
 from vfio_advisor.daemon.gather_child import (
     GATHER_TIMEOUT, KILL_WAIT, GatherFailure, gather_in_child, package_fingerprint,
@@ -141,7 +142,10 @@ class Service:
     def _open_readonly(uri: str):
         import libvirt
 
-        return libvirt.openReadOnly(uri)
+        # libxml2's copy of a parse error (libvirt's test driver on a missing
+        # node file) goes to fd 2 beside the libvirtError that we log: drop it.
+        with quiet_stderr():
+            return libvirt.openReadOnly(uri)
 
     def connect(self) -> None:
         import libvirt
