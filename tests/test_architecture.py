@@ -234,6 +234,7 @@ OWN_FILES = {
     "sinks/base.py": "writes sink output files atomically",
     "sinks/journal.py": "looks for journald's socket",
     "sources.py": "domain XML files and snapshot archives the user names",
+    "errors.py": "opens /dev/null over fd 2 while libvirt parses (quiet_stderr)",
     "install.py": "installs the package's files under the root it is given",
     "fix/command.py": "the domain XML file it edits",
     "cli.py": "writes --output",
