@@ -12,12 +12,15 @@ EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # analysed and reported: a script must not read "no findings" into a run
 # that skipped a domain.
 EXIT_STATUS: tuple[tuple[int, str, str], ...] = (
-    (EXIT_OK, "every command",
-     "Success. advise and guest-irqs: no finding of warning or worse. fix: every finding of "
-     "warning or worse that fix handles got a verified change, or there was none."),
-    (EXIT_FINDINGS, "advise, guest-irqs",
-     "At least one finding of warning or worse (guest-irqs: among the guest-routing findings "
-     "it shows)."),
+    (EXIT_OK, "every command", "Success."),
+    (EXIT_OK, "advise, guest-irqs", "No finding of warning or worse."),
+    (EXIT_OK, "fix",
+     "Every finding of warning or worse that fix handles got a verified change, or there was "
+     "none."),
+    (EXIT_OK, "guest", "No device whose setting in the guest needs action."),
+    (EXIT_FINDINGS, "advise", "At least one finding of warning or worse."),
+    (EXIT_FINDINGS, "guest-irqs",
+     "At least one finding of warning or worse among the guest-routing findings it shows."),
     (EXIT_FINDINGS, "fix",
      "A finding of warning or worse that fix handles has no verified change."),
     (EXIT_FINDINGS, "guest",
@@ -26,8 +29,9 @@ EXIT_STATUS: tuple[tuple[int, str, str], ...] = (
     (EXIT_USAGE, "every command",
      "A usage error, or an input that could not be read or analysed: a file that is not a "
      "domain XML, a domain that libvirt or the snapshot does not have, a BDF that is not a "
-     "PCI device of the host, a damaged snapshot, a failed libvirt connection. advise, "
-     "device and snapshot still analyse, report or archive every other input."),
+     "PCI device of the host, a damaged snapshot, a failed libvirt connection."),
+    (EXIT_USAGE, "advise, device, snapshot",
+     "Also: every other input is still analysed, reported or archived."),
     (EXIT_USAGE, "guest",
      "Also: no agent channel, the agent not connected or timing out, guest-exec blocked, a "
      "command failing in the guest, a domain not running, a read-only connection."),
@@ -45,11 +49,21 @@ def exit_status_rows(command: str | None = None) -> list[tuple[int, str, str]]:
 
 
 def exit_status_help(command: str | None = None) -> str:
-    """The exit-status table as --help prints it (argparse keeps the lines)."""
-    lines = ["exit status:"]
+    """The exit-status table as --help prints it (argparse keeps the lines):
+    every row with its commands, or for one command its rows of each status
+    as one entry, in the table's order, so no command's help speaks of
+    another's."""
+    entries: list[tuple[int, str]] = []
     for code, commands, meaning in exit_status_rows(command):
-        lead = f"  {code:<4}" + ("" if command else f"{commands}: ")
-        lines += textwrap.wrap(meaning, 78, initial_indent=lead, subsequent_indent=" " * 6,
+        if command is None:
+            entries.append((code, f"{commands}: {meaning}"))
+        elif entries and entries[-1][0] == code:
+            entries[-1] = (code, f"{entries[-1][1]} {meaning}")
+        else:
+            entries.append((code, meaning))
+    lines = ["exit status:"]
+    for code, text in entries:
+        lines += textwrap.wrap(text, 78, initial_indent=f"  {code:<4}", subsequent_indent=" " * 6,
                                break_on_hyphens=False)
     return "\n".join(lines)
 

@@ -155,3 +155,18 @@ def test_an_also_row_follows_the_row_it_adds_to():
             if meaning.startswith("Also:"):
                 assert any(c == code and not m.startswith("Also:") for c, _, m in rows[:index]), \
                     (command, commands, meaning)
+
+
+def test_no_commands_help_speaks_of_another_command():
+    """`explain --help` once read "advise and guest-irqs: ... fix: ..." in its
+    exit status: each command's help merges only its own rows."""
+    import re  # noqa: PLC0415
+
+    names = set(_subparsers())
+    # "device" and "snapshot" are words of the shared rows too ("a PCI device", "a damaged snapshot").
+    named = sorted(names - {"device", "snapshot"})
+    for name, sub in _subparsers().items():
+        section = sub.format_help().split("exit status:")[1]
+        for other in named:
+            if other != name:
+                assert not re.search(rf"(?<![\w-]){re.escape(other)}(?![\w-])", section), (name, other, section)
