@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from tests.guestagent.support import QEMU_GA, REPO, missing
+from tests.guestagent.support import QEMU_GA, REPO, missing, stop_qemu_ga
 from vfio_advisor.guest.agent import GuestAgent, GuestAgentError, SocketAgent
 from vfio_advisor.guest.linux import INVENTORY_ARGV
 
@@ -48,8 +48,7 @@ def qemu_ga(tmp_path):
     procs: list[subprocess.Popen] = []
     yield start
     for proc in procs:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_qemu_ga(proc)
 
 
 def test_blocked_guest_exec_names_the_allow_list_and_the_commands(qemu_ga):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.guestagent.support import CACHE, HERE, QEMU_GA, missing
+from tests.guestagent.support import CACHE, HERE, QEMU_GA, missing, stop_qemu_ga
 from vfio_advisor.guest import windows
 from vfio_advisor.guest.agent import GuestAgent, SocketAgent
 from vfio_advisor.guest.changes import load, record
@@ -115,8 +115,7 @@ def agent(tmp_path, wine_prefix):
     client = GuestAgent(SocketAgent(str(sock)), timeout=60)
     yield client
     client.transport.close()
-    proc.terminate()
-    proc.wait(timeout=10)
+    stop_qemu_ga(proc)
 
 
 def _targets(host_mode: str) -> list[Target]:
