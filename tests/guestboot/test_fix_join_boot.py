@@ -29,87 +29,20 @@ QEMU, Debian's archive for the first guest build).
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
-from lxml import etree
 
 from tests.fix.conftest import DATA, HOST_ROOT
-from tests.guestboot.test_fix_layouts_boot import ROUTING_LAYOUT
-from tests.guestboot.test_routing_real_qemu import (
-    BOOT, BUILD, GUEST_CACHE, WITH_LIBVIRTD, _missing, guest_functions, slot_path,
-)
-from tests.support.journal import run_in_journal
+from tests.guestboot.layouts import boot_layouts, bootable, routing_guest_work
+from tests.guestboot.test_routing_real_qemu import guest_functions, slot_path
 from vfio_advisor.facts.domain import parse_domain_xml
 from vfio_advisor.facts.guest_intx import build_guest_intx_map
 from vfio_advisor.fix.planner import Analyzer, plan_domain
 
-# INTx pin -> (element, model) of an emulated function with that pin in
-# QEMU 7.2 (checked there with `info pci`: e1000e pin A, ich9-usb-uhci2 B,
-# ich9-usb-uhci3 C, ich9-usb-ehci1 D).
-STAND_INS = {1: ("interface", "e1000e"), 2: ("controller", "ich9-uhci2"),
-             3: ("controller", "ich9-uhci3"), 4: ("controller", "ich9-ehci1")}
 JOINS = {
     "q35-split-card": ("q35-split-card.xml", ["VA4002"]),
     "i440fx-split-card": ("adv-i440fx-split-card.xml", ["VA4001", "VA4002"]),
 }
 IRQCHIP = ("q35-split-irqchip.xml", ["VA4003"])
-
-
-def bootable(xml: str, host_pins: dict, name: str) -> str:
-    """`xml` as a routing-tier guest (kernel, console, lifecycle, TCG, one
-    vCPU: routing does not depend on the count), the domain's machine type
-    and features, a stand-in with the host pin for each hostdev, no disks
-    and no libvirt networks (the private daemon has none)."""
-    dom = etree.fromstring(xml.encode())
-    tier = etree.parse(str(ROUTING_LAYOUT)).getroot()
-    machine = dom.find("os/type").get("machine")
-    dom.set("type", "qemu")
-    dom.find("name").text = name
-    for tag in ("uuid", "metadata", "os", "on_poweroff", "on_reboot", "memory", "currentMemory", "vcpu"):
-        for el in dom.findall(tag):
-            dom.remove(el)
-    for tag in ("memory", "vcpu", "os", "on_poweroff", "on_reboot"):
-        dom.append(tier.find(tag))
-    dom.find("os/type").set("machine", machine)
-    devices = dom.find("devices")
-    serial = tier.find("devices/serial")
-    serial.find("source").set("path", f"@WORK@/{name}.console")
-    devices.append(serial)
-    for el in devices.findall("disk") + devices.findall("interface[@type='network']"):
-        devices.remove(el)
-    usb_index = len(devices.findall("controller[@type='usb']"))
-    master, companions = None, 0
-    for hd in devices.findall("hostdev"):
-        src = hd.find("source/address")
-        bdf = "{:04x}:{:02x}:{:02x}.{:x}".format(
-            *(int(src.get(k), 16) for k in ("domain", "bus", "slot", "function")))
-        element, model = STAND_INS[host_pins[bdf]]
-        if element == "interface":
-            stand_in = etree.Element("interface", type="user")
-            etree.SubElement(stand_in, "model", type=model)
-        elif model == "ich9-ehci1":
-            stand_in = etree.Element("controller", type="usb", index=str(usb_index), model=model)
-            usb_index += 1
-        else:
-            # libvirt accepts an ich9-uhciN only as the companion of an EHCI
-            # ("No master USB controller specified", libvirt 9.0): one
-            # ich9-ehci1 at 00:1d.0, free in these layouts, is the master.
-            if master is None:
-                assert not [a for a in dom.iterfind(".//address[@type='pci']")
-                            if int(a.get("bus"), 16) == 0 and int(a.get("slot"), 16) == 0x1D], name
-                master = etree.SubElement(devices, "controller", type="usb", index=str(usb_index),
-                                          model="ich9-ehci1")
-                etree.SubElement(master, "address", type="pci", domain="0x0000", bus="0x00",
-                                 slot="0x1d", function="0x0")
-                usb_index += 1
-            stand_in = etree.Element("controller", type="usb", index=master.get("index"), model=model)
-            etree.SubElement(stand_in, "master", startport=str(2 * companions))
-            companions += 1
-        stand_in.append(hd.find("address"))
-        hd.addprevious(stand_in)
-        devices.remove(hd)
-    return etree.tostring(dom, encoding="unicode")
 
 
 def planned(analyzer, file: str, rules: list[str]):
@@ -122,28 +55,16 @@ def planned(analyzer, file: str, rules: list[str]):
 
 @pytest.fixture(scope="module")
 def booted(tmp_path_factory):
-    reason = _missing()
-    if reason:
-        pytest.skip(reason)
-    build = subprocess.run([str(BUILD), str(GUEST_CACHE)], capture_output=True, text=True)
-    if build.returncode != 0:
-        pytest.skip(f"routing-tier guest could not be built (Debian's archive?): {build.stderr[-300:]}")
+    work = routing_guest_work(tmp_path_factory, "fixjoins")
     analyzer = Analyzer(str(HOST_ROOT))
-    work = tmp_path_factory.mktemp("fixjoins")
-    (work / "hooks").mkdir()
-    layouts = work / "layouts"
-    layouts.mkdir()
     plans = {case: planned(analyzer, file, rules) for case, (file, rules) in JOINS.items()}
     plans["irqchip"] = planned(analyzer, *IRQCHIP)
+    layouts = {}
     for case, plan in plans.items():
         pins = plan.before.host_pins()
-        (layouts / f"{case}-before.xml").write_text(bootable(plan.source_text, pins, f"{case}-before"))
-        (layouts / f"{case}-after.xml").write_text(bootable(plan.fixed_text, pins, f"{case}-after"))
-    run = run_in_journal(work / "journal",
-                         [str(WITH_LIBVIRTD), str(work), str(work / "hooks"), "--",
-                          str(BOOT), str(GUEST_CACHE), str(work),
-                          *sorted(map(str, layouts.glob("*.xml")))],
-                         timeout=900)
+        layouts[f"{case}-before"] = bootable(plan.source_text, pins, f"{case}-before")
+        layouts[f"{case}-after"] = bootable(plan.fixed_text, pins, f"{case}-after")
+    run = boot_layouts(work, layouts)
     # boot-layouts.sh goes on after a refused layout (rc 4); each test reads
     # its own layout's result and names the refusal (libvirt's error text).
     assert run.rc in (0, 4), run.stderr[-1000:]

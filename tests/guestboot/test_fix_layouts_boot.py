@@ -13,9 +13,7 @@ for the fixed XML.
   SATA controller at 00:03.0 and a virtio-serial controller at 00:1f.0.
 
 Assigned devices are booted as stand-ins with the same INTx pin at the same
-guest address (an e1000e: pin A, a PCIe endpoint), as in
-tests/guestboot/test_fix_routing.py, whose guest, boot script and console
-parsing this reuses. Disks are dropped (no image); everything else is the
+guest address (tests/guestboot/layouts.py). Disks are dropped (no image); everything else is the
 layout as planned. Both boot in one libvirtd: about 40 s under TCG.
 
 Needs what that tier needs (root, libvirtd, QEMU, Debian's archive for the
@@ -24,86 +22,34 @@ first guest build).
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
-from lxml import etree
 
 from tests.fix.conftest import DATA, HOST_ROOT
-from tests.guestboot.test_routing_real_qemu import (
-    BOOT, BUILD, GUEST_CACHE, WITH_LIBVIRTD, _missing, guest_functions, slot_path,
-)
-from tests.support.journal import run_in_journal
+from tests.guestboot.layouts import boot_layouts, bootable, routing_guest_work
+from tests.guestboot.test_routing_real_qemu import guest_functions, slot_path
 from vfio_advisor.facts.domain import parse_domain_xml
 from vfio_advisor.facts.guest_intx import build_guest_intx_map
 from vfio_advisor.fix.planner import Analyzer, plan_domain
 
-ROUTING_LAYOUT = DATA.parents[1] / "data/domains/routing/routing-q35-rootports.xml"
-STAND_IN = {1: "e1000e"}  # INTx pin -> an emulated PCIe endpoint with that pin (QEMU 7.2)
 CASES = {
     "holds-slot": ("adv-q35-hostdev-holds-slot.xml", "VA5001"),
     "sata-lpc": ("adv-i440fx-sata-lpc.xml", "VA4001"),
 }
 
 
-def bootable(xml: str, host_pins: dict, name: str) -> str:
-    """`xml` as a routing-tier guest: its kernel, console and lifecycle,
-    TCG, the domain's own machine type, stand-ins for hostdevs, no disks."""
-    dom = etree.fromstring(xml.encode())
-    tier = etree.parse(str(ROUTING_LAYOUT)).getroot()
-    machine = dom.find("os/type").get("machine")
-    dom.set("type", "qemu")
-    dom.find("name").text = name
-    for tag in ("uuid", "metadata", "os", "on_poweroff", "on_reboot", "memory", "currentMemory"):
-        for el in dom.findall(tag):
-            dom.remove(el)
-    for tag in ("memory", "os", "on_poweroff", "on_reboot"):
-        dom.append(tier.find(tag))
-    dom.find("os/type").set("machine", machine)
-    devices = dom.find("devices")
-    serial = tier.find("devices/serial")
-    serial.find("source").set("path", f"@WORK@/{name}.console")
-    devices.append(serial)
-    for el in devices.findall("disk") + devices.findall("interface[@type='network']"):
-        devices.remove(el)
-    for hd in devices.findall("hostdev"):
-        src = hd.find("source/address")
-        bdf = "{:04x}:{:02x}:{:02x}.{:x}".format(
-            *(int(src.get(k), 16) for k in ("domain", "bus", "slot", "function")))
-        stand_in = etree.Element("interface", type="user")
-        etree.SubElement(stand_in, "model", type=STAND_IN[host_pins[bdf]])
-        stand_in.append(hd.find("address"))
-        hd.addprevious(stand_in)
-        devices.remove(hd)
-    return etree.tostring(dom, encoding="unicode")
-
-
 @pytest.fixture(scope="module")
 def booted(tmp_path_factory):
-    reason = _missing()
-    if reason:
-        pytest.skip(reason)
-    build = subprocess.run([str(BUILD), str(GUEST_CACHE)], capture_output=True, text=True)
-    if build.returncode != 0:
-        pytest.skip(f"routing-tier guest could not be built (Debian's archive?): {build.stderr[-300:]}")
+    work = routing_guest_work(tmp_path_factory, "fixkinds")
     analyzer = Analyzer(str(HOST_ROOT))
-    work = tmp_path_factory.mktemp("fixkinds")
-    (work / "hooks").mkdir()
-    layouts = work / "layouts"
-    layouts.mkdir()
-    plans = {}
+    plans, layouts = {}, {}
     for case, (file, rule) in CASES.items():
         plan = plan_domain(analyzer, (DATA / file).read_text())
         assert plan.changes and plan.changes[0].rule == rule, plan.unfixed
         plans[case] = plan
         pins = plan.before.host_pins()
-        (layouts / f"{case}-before.xml").write_text(bootable(plan.source_text, pins, f"{case}-before"))
-        (layouts / f"{case}-after.xml").write_text(bootable(plan.fixed_text, pins, f"{case}-after"))
-    run = run_in_journal(work / "journal",
-                         [str(WITH_LIBVIRTD), str(work), str(work / "hooks"), "--",
-                          str(BOOT), str(GUEST_CACHE), str(work),
-                          *sorted(map(str, layouts.glob("*.xml")))],
-                         timeout=900)
+        layouts[f"{case}-before"] = bootable(plan.source_text, pins, f"{case}-before")
+        layouts[f"{case}-after"] = bootable(plan.fixed_text, pins, f"{case}-after")
+    run = boot_layouts(work, layouts)
     created = {p.stem: p.read_text() for p in work.glob("*.create")}
     assert run.rc == 0, (created, run.stderr[-1000:])
     return plans, work
