@@ -329,9 +329,20 @@ class Service:
         import libvirt
 
         try:
-            self.watcher.rebooted(dom.name())
+            name = dom.name()
         except libvirt.libvirtError:
-            pass  # the domain vanished while we looked at it: the next resync settles it
+            return  # the domain vanished while we looked at it: the next resync settles it
+        self.watcher.rebooted(name)
+        followed = self.watcher.domains.get(name)
+        if followed is None:
+            return
+        # One line per reboot: nothing else in the journal shows that the
+        # settle time started over, or which recorded guest change the
+        # daemon now waits to confirm.
+        waiting = len(followed.guest_changes)
+        self.log(f"{name}: the guest rebooted; settle time starts over"
+                 + (f", {waiting} recorded guest change{'s' if waiting != 1 else ''} to confirm" if waiting else ""),
+                 "guest-rebooted")
 
     def _on_device(self, conn, dom, dev_alias, opaque) -> None:
         import libvirt
