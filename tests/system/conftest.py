@@ -2,7 +2,7 @@
 
 
 def pytest_terminal_summary(terminalreporter):
-    from tests.system.test_guest_loop_nested import TIMINGS as NESTED
+    from tests.system.test_guest_loop_nested import SUMMARY, TIMINGS as NESTED
     from tests.system.test_system import TIMINGS
 
     for title, timings in (("system tier times (s)", TIMINGS), ("guest loop on real vfio: times (s)", NESTED)):
@@ -10,3 +10,7 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.section(title)
             for name, value in timings.items():
                 terminalreporter.write_line(f"{name}: {value}")
+    if SUMMARY:
+        terminalreporter.section("guest loop on real vfio: what L1 saw")
+        for line in SUMMARY:
+            terminalreporter.write_line(line)
