@@ -175,6 +175,7 @@ tx timeout 300 virsh -q start $L2
 rc=$?
 L2_START=$(now)
 timing l2-start "$(since "$t")"
+timing l2-started-at "$(since "$T0")"  # the runner's clock, as l2-marks.txt
 marks & MARKS=$!
 if [ $rc = 0 ] && [ "$(virsh -q domstate $L2)" = running ]; then
     res l2-start ok "$(virsh -q dumpxml $L2 | grep -A3 '<hostdev' | tr -s ' \n' ' ')"
@@ -223,6 +224,7 @@ else
 fi
 APPLIED=$(now)
 timing apply "$(since "$t")"
+timing applied-at "$(since "$T0")"
 res apply ok "exit $(cat "$R/apply.rc")"
 # Where the change went, and whether the daemon reads it: its unit has
 # DynamicUser= and StateDirectory=, so /var/lib/vfio-advisor is a link into
