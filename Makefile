@@ -56,7 +56,7 @@ test: venv
 
 # The guest loop on real vfio (tests/system/test_guest_loop_nested.py): an L2
 # guest under TCG inside the system tier's guest. make test runs it only
-# where that guest gets KVM; here it takes about 11 minutes (README, tiers).
+# where that guest gets KVM; here it takes 8.5-10 minutes (docs/kvm.md).
 test-nested: venv
 	VFIO_ADVISOR_NESTED=1 tests/system/without-host-journal.sh $(VPY) -m pytest -q -rs \
 	    tests/system/test_guest_loop_nested.py

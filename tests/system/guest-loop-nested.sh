@@ -32,9 +32,9 @@ MODE=$(cat mode 2>/dev/null || echo full)
 # number of TSC cycles and a slow TCG guest missed it).
 L2_CMDLINE=${L2_CMDLINE:-"console=ttyS0 panic=-1 quiet loglevel=1 no_timer_check"}
 L2_MEMORY=${L2_MEMORY:-256}
-# One agent command under TCG inside TCG: `guest`'s inventory (one busybox
-# sh running a few dozen programs in L2) took 55-65 s here, past the default
-# 20 s and a first try at 60 s.
+# One agent command under TCG inside TCG: `guest`'s inventory (one sh -c
+# script under L2's busybox) took 55-65 s here, past the default 20 s and a
+# first try at 60 s.
 AGENT_TIMEOUT=300
 T0=$(cut -d' ' -f1 /proc/uptime)
 TX="$R/transcript.txt"
