@@ -62,6 +62,12 @@ def test_the_services_reboot_handler_confirms_a_change_of_the_same_run(testdrive
     assert run["after_reboot"].count("VA6009") == 2
     last = [e for e in run["journal"] if e.get(F.RULE) == "VA6009"][-1]
     assert "MSISupported=1, third" in last[F.MESSAGE]
+    # The reboot itself is one journal line: the settle time starts over and
+    # the change read again is waiting for its confirmation.
+    (rebooted,) = [e for e in run["journal"] if e.get(F.EVENT) == "guest-rebooted"]
+    assert rebooted[F.MESSAGE] == ("gpuvm: the guest rebooted; settle time starts over, "
+                                   "1 recorded guest change to confirm")
+    assert rebooted[F.PRIORITY] == "6" and rebooted[F.SOURCE] == "daemon"
 
 
 def _scenario_with_change(tmp_path, wall: list) -> Scenario:
