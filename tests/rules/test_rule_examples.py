@@ -230,3 +230,13 @@ def test_posted_msi_is_never_read_as_silence_or_affinity(runtime_example):
         posted = sample._replace(host_can_count_msi=False)
         assert _step(rule_id, (state, sample, elapsed, config)), rule_id
         assert not _step(rule_id, (state, posted, elapsed, config)), rule_id
+
+
+def test_stays_on_intx_says_how_long_the_guest_ran(runtime_example):
+    """VA6001 fires 120 s after the start in this example, well past the
+    10 s settle time: its message says 120 s (it said the settle time once,
+    "10 s after the domain started", for a finding made 161 s in)."""
+    state, sample, elapsed, config = runtime_example("rt-intx-settled-windows")
+    assert sample.since_start == 120 and config.settle != 120
+    [found] = _step("VA6001", (state, sample, elapsed, config))
+    assert "still on INTx 120 s after the guest started:" in found.message, found.message

@@ -8,8 +8,11 @@ old function returned the state unchanged and no finding; REFERENCE below is
 the old code, verbatim (before commit 645bf33, when each rule still kept a
 flag in one shared 15-field state: OldState), and every draw must give the
 same (state, findings) from both, the new rules' slots read as those flags.
-The one difference on purpose: VA6001 now holds back (HELD) where an idle
+Two differences on purpose: VA6001 now holds back (HELD) where an idle
 INTx line proves nothing; read as a flag that is "not flagged", as before.
+And VA6001's and VA6006's messages say how long the guest had run when
+they fired, not the settle time (one fired 161 s after the start, held back
+while the line was idle, and said "10 s"): the reference says it the same way.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import NamedTuple
 from tests.rules.runtime_examples import RUNTIME_EXAMPLES
 from vfio_advisor.rules import RUNTIME, runtime
 from vfio_advisor.rules.runtime import (
-    FLAGGED, STORM_HYSTERESIS, Finding, _make, _msi_capable, _name, _remedy, _settled,
+    FLAGGED, STORM_HYSTERESIS, Finding, _make, _msi_capable, _name, _remedy, _settled, _since_start,
     _storm_remedy, cpulist,
 )
 
@@ -110,8 +113,8 @@ def stays_on_intx(state, sample, elapsed, config):
               if irq.shared_with else "")
     return state._replace(flagged_intx=True), _make(
         "VA6001", sample,
-        f"{_name(sample)} supports MSI but is still on INTx {config.settle:g} s after "
-        f"the domain started: host IRQ {irq.intx_label} counts {state.rate:.0f}/s{shared}.",
+        f"{_name(sample)} supports MSI but is still on INTx {_since_start(sample)}: "
+        f"host IRQ {irq.intx_label} counts {state.rate:.0f}/s{shared}.",
         _remedy(sample), {"rate": f"{state.rate:.1f}", "irq": irq.intx_label})
 
 
@@ -175,8 +178,8 @@ def no_interrupts(state, sample, elapsed, config):
         return state, []
     return state._replace(reported_none=True), _make(
         "VA6006", sample,
-        f"{_name(sample)} has raised no interrupt at all {config.settle:g} s after "
-        "the domain started" + (" (no vfio vectors are set up)" if state.mode == "none" else "") + ".")
+        f"{_name(sample)} has raised no interrupt at all {_since_start(sample)}"
+        + (" (no vfio vectors are set up)" if state.mode == "none" else "") + ".")
 
 
 def affinity_overlap(state, sample, elapsed, config):

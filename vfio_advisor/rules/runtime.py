@@ -41,6 +41,14 @@ def _settled(sample: DeviceSample, config) -> bool:
     return sample.since_start >= config.settle
 
 
+def _since_start(sample: DeviceSample) -> str:
+    """How long the guest has run, as the messages say it: the settle time
+    is when a rule may first speak, not when it does (a line held back as
+    idle, or a device that starts counting late, fires minutes later), and
+    a guest reboot starts the count again (Watcher.rebooted)."""
+    return f"{sample.since_start:.0f} s after the guest started"
+
+
 def _name(sample: DeviceSample) -> str:
     dev = sample.device
     return dev.device.name if dev.device else dev.address
@@ -94,16 +102,16 @@ def intx_or_msi(own, state, sample, elapsed, config):
               if irq.shared_with else "")
     return FLAGGED, _make(
         "VA6001", sample,
-        f"{_name(sample)} supports MSI but is still on INTx {config.settle:g} s after "
-        f"the domain started: host IRQ {irq.intx_label} counts {state.rate:.0f}/s{shared}.",
+        f"{_name(sample)} supports MSI but is still on INTx {_since_start(sample)}: "
+        f"host IRQ {irq.intx_label} counts {state.rate:.0f}/s{shared}.",
         _remedy(sample), {"rate": f"{state.rate:.1f}", "irq": irq.intx_label})
 
 
 def held_on_intx(state, sample, config) -> str:
     """What the daemon says when it holds VA6001 back."""
     irq = sample.interrupts
-    return (f"{_name(sample)} is on INTx (host IRQ {irq.intx_label}) {config.settle:g} s after "
-            "the domain started, but its line did not count in the last sample: inconclusive. "
+    return (f"{_name(sample)} is on INTx (host IRQ {irq.intx_label}) {_since_start(sample)}, "
+            "but its line did not count in the last sample: inconclusive. "
             "Either the guest has not bound a driver, or the device was idle. Whether the guest "
             "keeps it on INTx (VA6001) is decided once it raises interrupts: use the device "
             "(play audio, run a load) while the daemon samples.")
@@ -201,8 +209,8 @@ def no_interrupts(own, state, sample, elapsed, config):
         return own, []
     return True, _make(
         "VA6006", sample,
-        f"{_name(sample)} has raised no interrupt at all {config.settle:g} s after "
-        "the domain started" + (" (no vfio vectors are set up)" if state.mode == "none" else "") + ".")
+        f"{_name(sample)} has raised no interrupt at all {_since_start(sample)}"
+        + (" (no vfio vectors are set up)" if state.mode == "none" else "") + ".")
 
 
 def affinity_overlap(own, state, sample, elapsed, config):
