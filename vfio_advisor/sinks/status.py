@@ -186,11 +186,22 @@ class StatusFileSink:
     def render(self) -> str:
         """The file's text: the document with each window spliced in from
         its stored JSON (see _Window)."""
-        compact = {"separators": (",", ":")}
-        devices = [entry.render() for _, entry in sorted(self.devices.items())]
+        return "".join(self._chunks())
+
+    def _chunks(self):
+        """render()'s text in pieces, a device's entry each: written one by
+        one, the file (about 1.8 MB at 512 devices with 120 points each) is
+        never one string. Built whole at each sample, it and its UTF-8 copy
+        came from the heap, not mmap, once glibc's malloc had raised its mmap
+        threshold past them (mallopt(3), M_MMAP_THRESHOLD: dynamic), and the
+        heap grew by 10 MiB over 240 samples around the long-lived objects
+        allocated between them."""
         rest = json.dumps({"schema": SCHEMA, "daemon": self.daemon, "host": self.host, "domains": self.domains,
-                           "findings": self.findings, "last_event": self.last_event}, **compact)
-        return rest[:-1] + ',"devices":[' + ",".join(devices) + "]}"
+                           "findings": self.findings, "last_event": self.last_event}, separators=(",", ":"))
+        yield rest[:-1] + ',"devices":['
+        for k, (_, entry) in enumerate(sorted(self.devices.items())):
+            yield "," + entry.render() if k else entry.render()
+        yield "]}"
 
     def write(self) -> None:
         if not self.path:
@@ -199,8 +210,7 @@ class StatusFileSink:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             # 0644: Cockpit's page reads it as the logged-in user; it holds
             # domain names, addresses and rates, nothing the journal does not.
-            write_atomically(self.path, self.render(),
-                             mode=0o644, prefix=".status-", durable=False)
+            write_atomically(self.path, self._chunks(), mode=0o644, prefix=".status-", durable=False)
         except OSError:
             pass  # a full or read-only state directory costs the page its plot, never the daemon
 
@@ -208,37 +218,56 @@ class StatusFileSink:
 class _Window:
     """One device's entry of the file: its last mode, count and whether the
     host can count it, and its rolling window of points, each turned into
-    its JSON text once, when it comes ([time, rate, mode]), and kept joined
-    in one string. As a deque of (time, text) per point, the windows of 512
-    devices at 240 points were 40 KiB a device of the daemon's RSS, and
-    joining them again at each sample a third of the sample's CPU
-    (bench/scale_bench.py); re-encoding every point at every sample was
-    worse still (54 ms a sample at 64 devices with full windows)."""
+    its JSON text once, when it comes ([time, rate, mode]).
 
-    __slots__ = ("head", "mode", "count", "observable", "text", "lengths")
+    The points' texts are kept joined by "," in blocks of up to BLOCK points
+    (a few hundred bytes each: CPython's small-object allocator, whose pools
+    of one size are reused as they free), with each point's length. As a
+    deque of (time, text) per point, the windows of 512 devices at 240
+    points were 40 KiB a device of the daemon's RSS, and joining them at each
+    sample a third of the sample's CPU (bench/scale_bench.py). As one string
+    per device, rebuilt at each sample, each a few KiB from malloc, the
+    heap fragmented: RSS grew by 3 MiB over 240 samples at 512 devices with
+    the windows full."""
+
+    __slots__ = ("head", "mode", "count", "observable", "blocks", "lengths", "open")
+
+    BLOCK = 8
 
     def __init__(self, domain: str, bdf: str):
         # '{"domain":...,"bdf":...' as json.dumps writes it, for render().
         self.head = json.dumps({"domain": domain, "bdf": bdf}, separators=(",", ":"))[:-1]
         self.mode, self.count, self.observable = "unknown", 0, True
-        self.text = ""  # the points' JSON texts joined by ","
+        self.blocks: deque[str] = deque()  # the points' texts, BLOCK to a block, joined by ","
         self.lengths: deque[int] = deque()  # each point's text length, oldest first
+        self.open = 0  # points in the last block
 
     def append(self, point: str) -> None:
         if len(self.lengths) >= MAX_POINTS:
             self.popleft()
-        self.text = self.text + "," + point if self.lengths else point
+        if self.open and self.open < self.BLOCK:
+            self.blocks[-1] = self.blocks[-1] + "," + point
+            self.open += 1
+        else:
+            self.blocks.append(point)
+            self.open = 1
         self.lengths.append(len(point))
 
     def popleft(self) -> None:
         n = self.lengths.popleft()
-        self.text = self.text[n + 1:] if self.lengths else ""
+        first = self.blocks[0]
+        if len(first) == n:  # the block's last point
+            self.blocks.popleft()
+            if not self.blocks:
+                self.open = 0
+        else:
+            self.blocks[0] = first[n + 1:]
 
     def render(self) -> str:
         """The entry's JSON: what json.dumps (compact) writes for
         {"domain", "bdf", "mode", "count", "observable", "points"} in that order."""
         return (f'{self.head},"mode":{_json_string(self.mode)},"count":{_json_number(self.count)},'
-                f'"observable":{"true" if self.observable else "false"},"points":[{self.text}]}}')
+                f'"observable":{"true" if self.observable else "false"},"points":[{",".join(self.blocks)}]}}')
 
 
 _STRINGS: dict[str, str] = {}
