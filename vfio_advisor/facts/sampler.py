@@ -208,15 +208,11 @@ class _Last:
     Updated in place when only the counts moved, so a steady sample builds
     no bookkeeping tuple per vector; replaced by a new one otherwise."""
 
-    __slots__ = ("mid", "actions", "template", "row", "handlers", "exclusive", "hint", "rest")
+    __slots__ = ("raw", "actions", "template", "row", "handlers", "exclusive", "hint", "rest")
 
     def __init__(self, raw: bytes, actions: bytes, template: _Template, row: IrqLine | None,
                  handlers: tuple[str, ...], exclusive: bool, hint: tuple[bytes, bytes]):
-        # per_cpu_count as read is hint[0] + mid + hint[1]: its zero runs are
-        # shared by all vectors (_ZERO_RUNS), so only what lies between them
-        # is kept per vector (a few digits for an affine vector, not the
-        # whole text: two bytes a CPU).
-        self.mid = raw[len(hint[0]):len(raw) - len(hint[1])]
+        self.raw = raw  # per_cpu_count as read
         self.actions = actions  # actions as read
         self.template = template
         self.row = row
@@ -424,7 +420,8 @@ class Sampler:
             # only the counts move. INTx lines (sharers come and go) and
             # vectors without a vfio handler yet (one may be set) have their
             # actions read at every sample, below.
-            _recount(irq, last, raw)
+            if raw != last.raw:
+                _recount(irq, last, raw)
             return last.row, False
         actions = self._pread(self.action_fds, irq, "actions")
         t = self.templates.get(irq)
@@ -435,7 +432,8 @@ class Sampler:
             # row with handlers is a row whatever its counts (below), so
             # nothing but the counts changed. (Without handlers the row comes
             # and goes with its counts: worked out below.)
-            _recount(irq, last, raw)
+            if raw != last.raw:
+                _recount(irq, last, raw)
             return last.row, False
         # actions_show joins with "," (irqdesc.c); /proc/interrupts with ", ".
         handlers = tuple(a.decode("utf-8", "replace") for a in actions.strip().split(b",") if a)
@@ -577,11 +575,12 @@ class Sampler:
                 except OSError:
                     raw = None  # _sysfs_row reads it again and says why
                 if raw is not None and raw[-1:] == b"\n":
-                    try:
-                        _recount(irq, last, raw)
-                    except ValueError:  # as below: a damaged recording
-                        bad += 1
-                        continue
+                    if raw != last.raw:
+                        try:
+                            _recount(irq, last, raw)
+                        except ValueError:  # as below: a damaged recording
+                            bad += 1
+                            continue
                     rows[irq] = last.row
                     readable = True
                     continue
@@ -670,25 +669,19 @@ class Sampler:
 
 def _recount(irq: str, last: _Last, raw: bytes) -> None:
     """Take `raw`, a new per_cpu_count of the row `last` holds (same
-    handlers, same chip: only its counts can have moved), into `last`: its
-    row with the new counts, in place; nothing when `raw` is the text read
-    last. ValueError as _parse_counts, `last` unchanged."""
+    handlers, same chip: only its counts moved), into `last`: its row with
+    the new counts, in place. ValueError as _parse_counts, `last` unchanged."""
     lead, tail = last.hint
-    if len(raw) >= len(lead) + len(tail) and raw.startswith(lead) and raw.endswith(tail):
-        mid = raw[len(lead):len(raw) - len(tail)]
-        if mid == last.mid:
-            return  # the same text as at the last read: no interrupt since
-        if mid.isdigit():
-            # _parse_counts' first case, inline: the vector counts on the one
-            # CPU it counted on before (the steady case of an affine vector).
-            last.mid = mid
-            # IrqLine(irq, counts, *last.rest) without the NamedTuple's __new__
-            # frame: the same tuple, of the same class (half the cost; bench/daemon_bench.py).
-            last.row = _tuple_new(IrqLine, (irq, (int(mid),), *last.rest))
-            return
-    counts, hint = _parse_counts(raw, last.hint)
-    last.hint = hint
-    last.mid = raw[len(hint[0]):len(raw) - len(hint[1])]
+    if (raw.startswith(lead) and raw.endswith(tail)
+            and (mid := raw[len(lead):len(raw) - len(tail)]).isdigit()):
+        # _parse_counts' first case, inline: the vector counts on the one CPU
+        # it counted on before (the steady case of an affine vector).
+        counts: tuple[int, ...] = (int(mid),)
+    else:
+        counts, last.hint = _parse_counts(raw, last.hint)
+    last.raw = raw
+    # IrqLine(irq, counts, *last.rest) without the NamedTuple's __new__
+    # frame: the same tuple, of the same class (half the cost; bench/daemon_bench.py).
     last.row = _tuple_new(IrqLine, (irq, counts, *last.rest))
 
 
