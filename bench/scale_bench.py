@@ -74,7 +74,11 @@ def daemon_child(root: str, node: str, work: str, warm: int, samples: int, resyn
     config = os.path.join(work, "config.toml")
     open(config, "w").close()
     irq_dir = os.path.join(root, "sys/kernel/irq")
-    counts = [os.path.join(irq_dir, n, "per_cpu_count") for n in sorted(os.listdir(irq_dir))]
+    # Each vector counts on its one CPU, the one the tree gave it (irq % the
+    # CPU count: build_scale_host), as sample_cost_scaled's bump() moves it.
+    # (Bumping another CPU at each sample, as this did before, left every
+    # vector counting on ~90 CPUs by the end of the run: not the scene.)
+    counts = [(os.path.join(irq_dir, n, "per_cpu_count"), int(n)) for n in sorted(os.listdir(irq_dir))]
 
     from vfio_advisor import cli
     from vfio_advisor.daemon import service as service_module
@@ -106,10 +110,10 @@ def daemon_child(root: str, node: str, work: str, warm: int, samples: int, resyn
     def sample(self):
         n = st["n"] = st["n"] + 1
         t = cpu()
-        for path in counts:  # every vector took interrupts since the last sample
+        for path, irq in counts:  # every vector took interrupts since the last sample
             with open(path, "r+") as f:
                 values = f.read().split(",")
-                k = n % len(values)
+                k = irq % len(values)
                 values[k] = str(int(values[k]) + 3)
                 f.seek(0)
                 f.write(",".join(values).rstrip("\n") + "\n")

@@ -197,3 +197,20 @@ def test_no_counter_without_vectors():
     assert samples_of(text, "vfio_advisor_device_interrupts_total") == {}
     modes = {(dict(k)["bdf"], dict(k)["mode"]) for k, v in samples_of(text, "vfio_advisor_device_mode").items() if v}
     assert modes == {("0000:01:00.0", "none"), ("0000:02:00.0", "unknown")}
+
+
+def test_a_device_s_kept_lines_follow_its_mode_and_observability():
+    """The lines of a device but its count are built once and kept
+    (prometheus._device_lines): a sample that changes its mode, its
+    observability or its count renders as a first render does, with nothing
+    kept."""
+    from vfio_advisor.sinks import prometheus
+
+    states = [("msix", 10, True), ("msix", 11, True), ("msix", 11, False), ("intx", 12, True),
+              ("none", 12, True), ("msix", 13, True), ("msix", 14, 0), ("unknown", None, True)]
+    for k, (mode, count, observable) in enumerate(states):
+        devices = [DeviceMetrics('vm "a"', "0000:01:00.0", mode, count, observable),
+                   DeviceMetrics("vm-b", "0000:02:00.0", states[-1 - k][0], 7, True)]
+        kept = render(devices, [], NOW + k, "x")
+        prometheus._device_lines.cache_clear()
+        assert kept == render(devices, [], NOW + k, "x"), states[k]

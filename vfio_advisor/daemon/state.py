@@ -33,6 +33,13 @@ def facts_to_keep(facts: DomainFacts) -> DomainFacts:
 
 
 SCHEMA = "vfio-advisor/state/1"
+# A domain not followed for this long is forgotten (its devices' last
+# modes, StateStore.prune): a host that starts VMs under new UUIDs (CI, a
+# VM per job) would otherwise keep an entry per VM ever run, and a VM not
+# run for three months compares little with its last run.
+FORGET_AFTER = 90 * 86400.0
+# How often the daemon looks for such domains (at a domain event).
+PRUNE_EVERY = 86400.0
 
 
 class StateStore:
@@ -55,6 +62,7 @@ class StateStore:
         # read-only disk is said once per condition, not at every sample.
         self.failing: str | None = None
         self.data: dict = {"schema": SCHEMA, "domains": {}}
+        self.pruned_at: float | None = None  # wall-clock time of the last prune()
         if self.path:
             self._load()
 
@@ -116,6 +124,62 @@ class StateStore:
         self.dirty = True
         if not self.deferred:
             self.flush()
+
+    def _followed(self) -> dict:
+        # {domain key: {"last": when it was last followed (Unix time), "name": its
+        # name}} beside "domains": a file without it (or damaged) starts one.
+        followed = self.data.get("followed")
+        if not isinstance(followed, dict):
+            followed = self.data["followed"] = {}
+        return followed
+
+    def seen(self, domain_key: str, name: str, now: float) -> None:
+        """The domain is followed now (a start, a resync) or stops now: the
+        time its kept entry ages from (prune). Only a domain with an entry:
+        one whose devices never settled keeps nothing (previous())."""
+        if domain_key not in self.data["domains"]:
+            return
+        self._followed()[domain_key] = {"last": round(now), "name": name}
+        self.dirty = True
+        if not self.deferred:
+            self.flush()
+
+    def prune_due(self, now: float) -> bool:
+        return self.pruned_at is None or not 0 <= now - self.pruned_at < PRUNE_EVERY
+
+    def prune(self, now: float, following: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """Forget the domains not followed for FORGET_AFTER seconds (not in
+        `following`, the keys followed now), and return their keys. An
+        entry without a time (written before times were kept) ages from now.
+        A domain with a guest change recorded (`fix --guest --apply`) is
+        kept, however long it has not run: its entry holds whether the
+        change's outcome was said (the guest-change rules), and the change
+        is confirmed at its next start."""
+        self.pruned_at = now
+        domains, followed = self.data["domains"], self._followed()
+        gone, changed = [], False
+        for key in list(domains) + [k for k in followed if k not in domains]:
+            if key in following:
+                continue
+            seen = followed.get(key)
+            last = seen.get("last") if isinstance(seen, dict) else None
+            if not isinstance(last, (int, float)) or isinstance(last, bool):
+                followed[key] = {"last": round(now), "name": None}
+                changed = True
+                continue
+            if now - last < FORGET_AFTER:
+                continue
+            name = seen.get("name")
+            if self.directory and isinstance(name, str) and guest_changes.load(self.directory, name):
+                continue
+            domains.pop(key, None)
+            followed.pop(key, None)
+            gone.append(key)
+        if gone or changed:
+            self.dirty = True
+            if not self.deferred:
+                self.flush()
+        return gone
 
     def flush(self) -> None:
         """Write the data if it changed since the last write that worked.

@@ -133,6 +133,12 @@ class Watcher:
                 if bdf in old.devices:
                     state.devices[bdf] = old.devices[bdf]
         self.domains[domain.name] = state
+        now = self.wall_clock()
+        self.store.seen(state.key, domain.name, now)
+        if self.store.prune_due(now):
+            # At a domain event, at most daily: what a host that runs VMs
+            # under ever new UUIDs adds to the state file is bounded.
+            self.store.prune(now, {d.key for d in self.domains.values()})
         self._update_wanted()
         for sink in self.sinks:
             sink.begin(facts)
@@ -153,7 +159,9 @@ class Watcher:
         dom.guest_changes = self.store.guest_changes(name)
 
     def remove_domain(self, name: str) -> None:
-        self.domains.pop(name, None)
+        dom = self.domains.pop(name, None)
+        if dom is not None:
+            self.store.seen(dom.key, name, self.wall_clock())  # its entry ages from its stop
         # open_findings() would drop them at its next call, but only a sink
         # that reads open findings (the metrics file) calls it: without one,
         # every stopped domain's findings stayed here for the daemon's life.

@@ -60,7 +60,7 @@ write_atomically is the one way a sink replaces a file.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Callable, NamedTuple, Protocol, TextIO, Union, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple, Protocol, TextIO, Union, runtime_checkable
 
 if TYPE_CHECKING:
     from vfio_advisor.facts.domain import Domain
@@ -225,9 +225,10 @@ def _temporary(directory: str, prefix: str, suffix: str) -> tuple[int, str]:
             n += 1  # a leftover of a killed run, or another writer
 
 
-def write_atomically(path: str, text: str, mode: int = 0o644, prefix: str = ".vfio-advisor-",
+def write_atomically(path: str, text: str | Iterable[str], mode: int = 0o644, prefix: str = ".vfio-advisor-",
                      durable: bool = True) -> None:
-    """Replace `path` with `text` so that a reader sees the old file or the
+    """Replace `path` with `text` (a string, or strings written one after
+    the other) so that a reader sees the old file or the
     new one, never a part: rename(2) within one directory is atomic. The
     temporary name does not end in .prom, so node_exporter's textfile
     collector (which reads only *.prom) skips it. `mode` 0644 by default:
@@ -239,11 +240,11 @@ def write_atomically(path: str, text: str, mode: int = 0o644, prefix: str = ".vf
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = _temporary(directory, prefix, ".tmp")
     try:
-        data = text.encode("utf-8")
-        view = memoryview(data)
         try:
-            while view:
-                view = view[os.write(fd, view):]
+            for chunk in (text,) if isinstance(text, str) else text:
+                view = memoryview(chunk.encode("utf-8"))
+                while view:
+                    view = view[os.write(fd, view):]
             if durable:
                 os.fsync(fd)
         finally:

@@ -50,7 +50,10 @@ class StatusFileSink:
         self.daemon = {"pid": os.getpid(), "running": True, "started": round(clock(), 3),
                        "updated": None, "interval": interval, "connect": connect,
                        "host_root": host_root, "window_seconds": window}
-        self.devices: dict[tuple[str, str], dict] = {}
+        self.devices: dict[tuple[str, str], _Window] = {}
+        # The rounded wall-clock time of each of the last MAX_POINTS samples,
+        # oldest first: the times of every window's points (_prune).
+        self.times: deque[float] = deque(maxlen=MAX_POINTS)
         self.findings: list[dict] = []
         self.domains: dict[str, dict] = {}
         self.host: dict | None = None
@@ -107,32 +110,32 @@ class StatusFileSink:
         condition still holds (see _close_findings). `now` is
         the wall clock (time.time()), which the page compares with its own."""
         now = self.clock() if now is None else now
+        t = round(now, 3)
+        self.times.append(t)
+        stamp = "[" + _json_number(t) + ","
         seen = set()
+        entries = self.devices
         for d in devices:
             key = (d.domain, d.bdf)
             seen.add(key)
-            entry = self.devices.get(key)
+            entry = entries.get(key)
             if entry is None:
-                entry = self.devices[key] = {"domain": d.domain, "bdf": d.bdf, "points": deque(maxlen=MAX_POINTS)}
-            entry.update(mode=d.mode, count=d.count, observable=bool(d.observable))
+                entry = entries[key] = _Window(d.domain, d.bdf)
+            observable = bool(d.observable)
+            entry.mode, entry.count, entry.observable = d.mode, d.count, observable
             # A posted-MSI device's host counters say nothing (runtime.DeviceSnapshot):
             # its rate is unknown (null), never a flat 0.
-            rate = round(float(d.rate), 3) if d.observable else None
-            # Each point is turned into its JSON text once, when it comes:
-            # re-encoding every window's floats at every sample took 54 ms a
-            # sample at 64 devices with full windows (7,700 points), 9 ms
-            # with the texts kept (measured on the 2-core test machine).
-            t = round(now, 3)
-            entry["points"].append((t, json.dumps([t, rate, d.mode], separators=(",", ":"))))
-        for key in list(self.devices):
-            if key not in seen:
-                del self.devices[key]  # the domain stopped or the device left it
-        for name in list(self.domains):
-            if not any(k[0] == name for k in seen):
-                del self.domains[name]
+            rate = _json_number(round(float(d.rate), 3)) if observable else "null"
+            entry.append(stamp + rate + "," + _json_string(d.mode) + "]")
+        if len(seen) != len(entries):
+            for key in [k for k in entries if k not in seen]:
+                del entries[key]  # the domain stopped or the device left it
+        names = {name for name, _ in seen}
+        for name in [n for n in self.domains if n not in names]:
+            del self.domains[name]
         self._prune(now)
         self._close_findings(open_findings, now)
-        self.daemon["updated"] = round(now, 3)
+        self.daemon["updated"] = t
         self.write()
 
     def close(self, summary=None) -> None:
@@ -147,10 +150,17 @@ class StatusFileSink:
 
     def _prune(self, now: float) -> None:
         oldest = now - self.window
+        # A window's points are the last len(window) samples' (a device gets
+        # a point at every sample from the first that shows it until it
+        # leaves), so self.times[-k] is the time of its oldest point. Each
+        # window drops its oldest points while they are older than the
+        # window, as a list of (time, point) would from its front.
+        times = self.times
         for entry in self.devices.values():
-            points = entry["points"]  # oldest first; the deque's maxlen caps its length
-            while points and points[0][0] < oldest:
-                points.popleft()
+            k = min(len(entry.lengths), len(times))  # more only for a device given twice in a sample
+            while k and times[-k] < oldest:
+                entry.popleft()
+                k -= 1
         self.findings = [f for f in self.findings if f["closed"] is None or f["closed"] >= oldest]
 
     def _close_findings(self, open_findings: Iterable, now: float) -> None:
@@ -174,16 +184,24 @@ class StatusFileSink:
                 f["closed"] = round(now, 3)
 
     def render(self) -> str:
-        """The file's text: the document with each window's points spliced
-        in from their stored JSON (see _sample)."""
-        compact = {"separators": (",", ":")}
-        devices = []
-        for e in sorted(self.devices.values(), key=lambda e: (e["domain"], e["bdf"])):
-            head = json.dumps({k: v for k, v in e.items() if k != "points"}, **compact)
-            devices.append(head[:-1] + ',"points":[' + ",".join(text for _, text in e["points"]) + "]}")
+        """The file's text: the document with each window spliced in from
+        its stored JSON (see _Window)."""
+        return "".join(self._chunks())
+
+    def _chunks(self):
+        """render()'s text in pieces, a device's entry each: written one by
+        one, the file (about 1.8 MB at 512 devices with 120 points each) is
+        never one string. Built whole at each sample, it and its UTF-8 copy
+        came from the heap, not mmap, once glibc's malloc had raised its mmap
+        threshold past them (mallopt(3), M_MMAP_THRESHOLD: dynamic), and the
+        heap grew by 10 MiB over 240 samples around the long-lived objects
+        allocated between them."""
         rest = json.dumps({"schema": SCHEMA, "daemon": self.daemon, "host": self.host, "domains": self.domains,
-                           "findings": self.findings, "last_event": self.last_event}, **compact)
-        return rest[:-1] + ',"devices":[' + ",".join(devices) + "]}"
+                           "findings": self.findings, "last_event": self.last_event}, separators=(",", ":"))
+        yield rest[:-1] + ',"devices":['
+        for k, (_, entry) in enumerate(sorted(self.devices.items())):
+            yield "," + entry.render() if k else entry.render()
+        yield "]}"
 
     def write(self) -> None:
         if not self.path:
@@ -192,7 +210,86 @@ class StatusFileSink:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             # 0644: Cockpit's page reads it as the logged-in user; it holds
             # domain names, addresses and rates, nothing the journal does not.
-            write_atomically(self.path, self.render(),
-                             mode=0o644, prefix=".status-", durable=False)
+            write_atomically(self.path, self._chunks(), mode=0o644, prefix=".status-", durable=False)
         except OSError:
             pass  # a full or read-only state directory costs the page its plot, never the daemon
+
+
+class _Window:
+    """One device's entry of the file: its last mode, count and whether the
+    host can count it, and its rolling window of points, each turned into
+    its JSON text once, when it comes ([time, rate, mode]).
+
+    The points' texts are kept joined by "," in blocks of up to BLOCK points
+    (a few hundred bytes each: CPython's small-object allocator, whose pools
+    of one size are reused as they free), with each point's length. As a
+    deque of (time, text) per point, the windows of 512 devices at 240
+    points were 40 KiB a device of the daemon's RSS, and joining them at each
+    sample a third of the sample's CPU (bench/scale_bench.py). As one string
+    per device, rebuilt at each sample, each a few KiB from malloc, the
+    heap fragmented: RSS grew by 3 MiB over 240 samples at 512 devices with
+    the windows full."""
+
+    __slots__ = ("head", "mode", "count", "observable", "blocks", "lengths", "open")
+
+    BLOCK = 8
+
+    def __init__(self, domain: str, bdf: str):
+        # '{"domain":...,"bdf":...' as json.dumps writes it, for render().
+        self.head = json.dumps({"domain": domain, "bdf": bdf}, separators=(",", ":"))[:-1]
+        self.mode, self.count, self.observable = "unknown", 0, True
+        self.blocks: deque[str] = deque()  # the points' texts, BLOCK to a block, joined by ","
+        self.lengths: deque[int] = deque()  # each point's text length, oldest first
+        self.open = 0  # points in the last block
+
+    def append(self, point: str) -> None:
+        if len(self.lengths) >= MAX_POINTS:
+            self.popleft()
+        if self.open and self.open < self.BLOCK:
+            self.blocks[-1] = self.blocks[-1] + "," + point
+            self.open += 1
+        else:
+            self.blocks.append(point)
+            self.open = 1
+        self.lengths.append(len(point))
+
+    def popleft(self) -> None:
+        n = self.lengths.popleft()
+        first = self.blocks[0]
+        if len(first) == n:  # the block's last point
+            self.blocks.popleft()
+            if not self.blocks:
+                self.open = 0
+        else:
+            self.blocks[0] = first[n + 1:]
+
+    def render(self) -> str:
+        """The entry's JSON: what json.dumps (compact) writes for
+        {"domain", "bdf", "mode", "count", "observable", "points"} in that order."""
+        return (f'{self.head},"mode":{_json_string(self.mode)},"count":{_json_number(self.count)},'
+                f'"observable":{"true" if self.observable else "false"},"points":[{",".join(self.blocks)}]}}')
+
+
+_STRINGS: dict[str, str] = {}
+
+
+def _json_string(value: str) -> str:
+    """json.dumps(value) of a mode: one of a handful, encoded once each."""
+    text = _STRINGS.get(value)
+    if text is None:
+        text = json.dumps(value)
+        if len(_STRINGS) < 64:
+            _STRINGS[value] = text
+    return text
+
+
+def _json_number(value) -> str:
+    """json.dumps(value) of a count, rate or time, without the encoder's
+    set-up at each call: json writes a finite float as float.__repr__ and an
+    int as int.__repr__ (json/encoder.py); anything else goes through it."""
+    kind = type(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float and value - value == 0.0:  # finite (inf - inf and nan - nan are nan)
+        return float.__repr__(value)
+    return json.dumps(value)
