@@ -186,6 +186,13 @@ FIRST_IRQ = 100
 NVME = ("cap-phy32.txt", "2e:00.0")
 DEFAULT_INTERVAL = 5.0  # config.Config.interval
 CORES = os.cpu_count() or 1
+# The host trees' kernel (proc/sys/kernel/osrelease): Debian 12's. Before
+# Linux 6.5 vfio-pci cannot grow enabled MSI-X, so the sampler needs no
+# msi_irqs/ listing per sample for an MSI-X device (facts/sampler.py); the
+# daemon_scale_dynamic_msix line measures the same 1,536 vectors on
+# bookworm-backports' kernel, where it lists each device at every sample.
+SCALE_KERNEL = "6.1.0-28-amd64"
+DYNAMIC_MSIX_KERNEL = "6.12.12+bpo-amd64"
 
 
 def vf_bdf(i: int) -> str:
@@ -230,6 +237,7 @@ def build_scale_host(root: Path, domains: int) -> list[str]:
                       msi_irqs=tuple(vector_irq(i, k) for k in range(VECTORS_PER_VF)))
                for i in range(vfs)]
     build(root, Host(devices=devices, interrupts=scale_interrupts(vfs)))
+    set_kernel(root, SCALE_KERNEL)
     for vf in range(vfs):
         for k in range(VECTORS_PER_VF):
             irq = vector_irq(vf, k)
@@ -246,6 +254,11 @@ def build_scale_host(root: Path, domains: int) -> list[str]:
         xml = domain_xml(f"vm{d:03d}", hostdevs, os="linux")
         xmls.append(xml.replace("<name>", f"<uuid>6a1c2f0e-3f43-4c1b-9b1e-{d:012x}</uuid>\n  <name>", 1))
     return xmls
+
+
+def set_kernel(root: Path, release: str) -> None:
+    (root / "proc/sys/kernel").mkdir(parents=True, exist_ok=True)
+    (root / "proc/sys/kernel/osrelease").write_text(release + "\n")
 
 
 _TREES: dict = {}
@@ -345,6 +358,7 @@ def bench_daemon(tmp: Path) -> bool:
     ok = True
     # The 8-vector baseline: daemon_bench's scene on the same 256 CPUs.
     base_root = daemon_bench.make_tree(tmp / "at8", 2000)
+    set_kernel(base_root, SCALE_KERNEL)
     at8 = daemon_bench.sample_cost(base_root, 200) / 8
     curve = {}
     trees = {}
@@ -390,6 +404,18 @@ def bench_daemon(tmp: Path) -> bool:
     print(f"BENCH daemon_resync domains=128 seconds={seconds:.2f} (reconnect to all 128 followed "
           f"again, one gathering child; goal <= 10 s: {goal(seconds <= 10)}) load {load()}", flush=True)
     ok &= seconds <= 10
+    # The same sample on a kernel with dynamic MSI-X: every MSI-X device's
+    # msi_irqs/ listed at every sample, in the 8-vector scene too. Reported,
+    # not counted in the exit status: Debian 12's kernel is the figure above.
+    set_kernel(base_root, DYNAMIC_MSIX_KERNEL)
+    set_kernel(root, DYNAMIC_MSIX_KERNEL)
+    dyn8 = daemon_bench.sample_cost(base_root, 200) / 8
+    dyn_cost, dyn_vectors = sample_cost_scaled(root, xmls, 4)
+    dyn = dyn_cost / dyn_vectors
+    print(f"BENCH daemon_scale_dynamic_msix vectors={dyn_vectors} kernel={DYNAMIC_MSIX_KERNEL} "
+          f"cpu_ms_per_sample={dyn_cost * 1e3:.2f} (Watcher.sample only) per_vector_us={dyn * 1e6:.2f} "
+          f"per_vector_us_at_8={dyn8 * 1e6:.2f} (ratio {dyn / dyn8:.2f}, goal <= 1.5: {goal(dyn / dyn8 <= 1.5)}; "
+          f"against {SCALE_KERNEL}: {dyn / per_vector:.2f}x a vector) load {load()}", flush=True)
     return ok
 
 

@@ -155,6 +155,28 @@ def test_an_msix_vector_added_in_place_is_seen_at_the_next_sample(tmp_path):
         checked.sample()
 
 
+@pytest.mark.parametrize("release,listed", [("6.1.0-28-amd64", False), ("6.5.0-1-amd64", True),
+                                             (None, True)])
+def test_msix_is_listed_at_every_sample_only_where_it_can_grow(tmp_path, release, listed):
+    """Before Linux 6.5 vfio-pci cannot add a vector to enabled MSI-X (QEMU
+    tears MSI-X down and enables it again, which frees every vector), so an
+    MSI-X device holding its vectors needs no msi_irqs/ listing per sample,
+    as MSI; from 6.5, or where the tree does not say its kernel, it does."""
+    root = tmp_path / "switch-5"
+    shutil.copytree(CAPTURES / "switch-5", root, symlinks=True)
+    if release is not None:
+        (root / "proc/sys/kernel").mkdir(parents=True)
+        (root / "proc/sys/kernel/osrelease").write_text(release + "\n")
+    dev = "0000:00:05.0"
+    checked = Checked(root, vfio_devices(root))
+    for step in range(3):
+        checked.sample()
+        move(root, step + 1, "same-cpu")
+    assert [v for v in checked.sampler.watched[dev].irqs if v != checked.sampler.watched[dev].static_irq]
+    assert checked.sampler.watched[dev].steady is not listed
+    assert (dev in [bdf for bdf, _ in checked.sampler._listed]) is listed
+
+
 def test_a_sharer_joining_an_intx_line_changes_the_shape(tmp_path):
     root = tmp_path / "stays"
     shutil.copytree(CAPTURES / "stays-intx-4", root, symlinks=True)

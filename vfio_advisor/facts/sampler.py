@@ -43,8 +43,15 @@ Which cheap signal shows a change of a device's vector set, per mode:
 - MSI: vfio_msi_disable frees every vector (pci_free_irq_vectors): ENODEV
   on the kept descriptors; MSI vectors are allocated all at once
   (pci_alloc_irq_vectors), they cannot grow while enabled;
-- MSI-X, or no vectors at all: msi_irqs/ is listed at every sample, since
-  MSI-X can grow without a teardown (vfio-pci dynamic MSI-X, Linux 6.5,
+- MSI-X on a kernel before 6.5: as MSI. vfio-pci there cannot add a
+  vector to enabled MSI-X (vfio_pci_set_msi_trigger -> vfio_msi_set_block
+  refuses a block past the vectors it enabled, Linux 6.1, and reports
+  VFIO_IRQ_INFO_NORESIZE), so QEMU grows it by disabling and enabling
+  MSI-X again (hw/vfio/pci.c vfio_msix_vector_do_use, QEMU 7.2), which
+  frees every vector: ENODEV.
+- MSI-X on 6.5 and later (or a tree that does not say its kernel), or no
+  vectors at all: msi_irqs/ is listed at every sample, since MSI-X can grow
+  without a teardown (vfio-pci dynamic MSI-X, Linux 6.5,
   pci_msix_alloc_irq_at; QEMU 8.1 vfio_msix_vector_do_use without
   NORESIZE) and a device without an INTx pin (an SR-IOV VF) goes from
   nothing to MSI with no line to watch. It reads the whole /proc/interrupts only to
@@ -84,7 +91,7 @@ from typing import Callable, Iterable, NamedTuple
 from vfio_advisor.errors import FactUnavailable
 from vfio_advisor.facts.host import INTERRUPTS_LIMIT, HostRoot
 from vfio_advisor.facts.interrupts import Interrupts, IrqLine, parse_vfio_handler, sample_table
-from vfio_advisor.facts.kernel import parse_cpulist
+from vfio_advisor.facts.kernel import parse_cpulist, read_kernel_release
 from vfio_advisor.facts.pci import PciDevice
 
 # A full /proc/interrupts read every 17,280 samples: a day at the default
@@ -266,6 +273,7 @@ class Sampler:
         self._last_rows: tuple | None = None
         self._listed: list = []  # (bdf, _Watched) of the devices not steady
         self._root_id = self._root_identity()
+        self.steady_modes = _steady_modes(host)
 
     # --- what to watch ----------------------------------------------------
 
@@ -295,6 +303,7 @@ class Sampler:
         self.last_raw.clear()
         self.close()
         self._root_id = self._root_identity()
+        self.steady_modes = _steady_modes(host)
         self.discover = True
 
     def close(self) -> None:
@@ -609,14 +618,15 @@ class Sampler:
 
     def _steady(self, rows: dict[str, IrqLine]) -> None:
         """Which devices need no msi_irqs/ listing (module docstring): those
-        holding vfio-intx or vfio-msi handlers on rows read from sysfs."""
+        holding vfio-intx or vfio-msi handlers on rows read from sysfs, and
+        vfio-msix ones where MSI-X cannot grow without a teardown."""
         held: set[str] = set()
         for irq, row in rows.items():
             if irq in self.from_proc or irq not in self.last_raw:
                 continue
             for h in row.handlers:
                 v = parse_vfio_handler(h)
-                if v is not None and v.mode in ("intx", "msi"):
+                if v is not None and v.mode in self.steady_modes:
                     held.add(v.bdf)
         for bdf, w in self.watched.items():
             w.steady = bdf.lower() in held
@@ -688,6 +698,21 @@ def _recount(irq: str, last: _Last, raw: bytes) -> None:
 # tuple.__new__: builds a NamedTuple from its fields in order, as its
 # generated __new__ does, without that Python-level frame.
 _tuple_new = tuple.__new__
+
+
+# vfio-pci adds vectors to enabled MSI-X from Linux 6.5 (dynamic MSI-X,
+# pci_msix_alloc_irq_at): before it, a vfio-msix vector set changes only by
+# a teardown, which the kept descriptors see (module docstring).
+DYNAMIC_MSIX_RELEASE = (6, 5)
+
+
+def _steady_modes(host: HostRoot) -> tuple[str, ...]:
+    """The vfio modes whose vector set cannot change without freeing every
+    vector, on this tree's kernel (the recorded one for --host-root)."""
+    release = read_kernel_release(host)
+    if release is not None and release < DYNAMIC_MSIX_RELEASE:
+        return ("intx", "msi", "msix")
+    return ("intx", "msi")
 
 
 def _close_dir(w: _Watched) -> None:
