@@ -28,8 +28,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import tarfile
 import time
 from pathlib import Path
 
@@ -37,7 +35,9 @@ import pytest
 
 from tests.guestagent.support import CACHE as GUEST_CACHE
 from tests.support import accel
-from tests.system.test_system import CACHE, QEMU, _missing, build_deb, build_image, qemu_command
+from tests.system.test_system import (
+    CACHE, _missing, boot_to_power_off, build_deb, build_image, pack_share, qemu_command,
+)
 
 HERE = Path(__file__).resolve().parent
 BDF = "0000:00:09.0"
@@ -113,39 +113,13 @@ def boot(work: Path, l2: Path, mode: str) -> dict:
     for name in ("vmlinuz", "initrd.img", "modprobe-d.img"):
         shutil.copy2(l2 / name, share_dir / name)
     (share_dir / "mode").write_text(mode + "\n")
-    share = work / "share.tar"
-    with tarfile.open(share, "w") as tar:
-        for p in sorted(share_dir.iterdir()):
-            tar.add(p, arcname=p.name)
-    results = work / "results.img"
-    with open(results, "wb") as f:
-        f.truncate(64 << 20)
-    console = work / "console.log"
+    share, results, console = pack_share(work, share_dir, results_mib=64)
     # L1's HDA: QEMU's ich9-intel-hda (8086:293e, MSI-capable) with a codec,
     # audio to nowhere; 00:09.0 is free in the system tier's layout.
     cmd = qemu_command(image, share, results, console) + [
         "-audiodev", "none,id=snd0", "-device", "ich9-intel-hda,addr=0x9",
         "-device", "hda-duplex,audiodev=snd0"]
-    t = time.monotonic()
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=open(work / "qemu.err", "wb"))
-    timed_out = False
-    try:
-        proc.wait(timeout=BOOT_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        timed_out = True  # the results disk is rewritten at every step: read what it got to
-        proc.kill()
-        proc.wait()
-    TIMINGS["L1 run (boot to power-off)"] = round(time.monotonic() - t, 1)
-    out = work / "out"
-    out.mkdir()
-    try:
-        with tarfile.open(results) as tar:
-            # filter= only from Python 3.11.4 (Debian 12 has 3.11.2)
-            tar.extractall(out, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(out)
-    except tarfile.TarError:
-        pass
-    res = out / "results"
+    res, timed_out, TIMINGS["L1 run (boot to power-off)"] = boot_to_power_off(cmd, work, results, BOOT_TIMEOUT)
     text = console.read_text(errors="replace").replace("\r", "")
     if not (res / "results.txt").exists():
         res.mkdir(parents=True, exist_ok=True)

@@ -33,13 +33,13 @@ import os
 import re
 import shutil
 import subprocess
-import tarfile
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.system.test_system import CACHE, QEMU, TIMINGS, _accel, build_image, system_run
+from tests.system.test_system import (
+    CACHE, QEMU, TIMINGS, _accel, boot_to_power_off, build_image, pack_share, system_run,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -92,32 +92,10 @@ def boot(work: Path, mode: str) -> dict:
     (share_dir / "mode").write_text(mode + "\n")
     with open(share_dir / "src.tar", "wb") as f:
         subprocess.run(["git", "-C", str(REPO), "archive", "HEAD"], stdout=f, check=True)
-    share = work / "share.tar"
-    with tarfile.open(share, "w") as tar:
-        for p in sorted(share_dir.iterdir()):
-            tar.add(p, arcname=p.name)
-    results = work / "results.img"
-    with open(results, "wb") as f:
-        f.truncate(16 << 20)
-    console = work / "console.log"
-    t0 = time.monotonic()
-    proc = subprocess.Popen(qemu_command(image, share, results, console, iommu=mode != "iommu-off"),
-                            stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=open(work / "qemu.err", "wb"))
-    try:
-        proc.wait(timeout=BOOT_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    TIMINGS[f"start failures ({mode}): guest run (boot to power-off)"] = round(time.monotonic() - t0, 1)
-    out = work / "out"
-    out.mkdir()
-    try:
-        with tarfile.open(results) as tar:
-            tar.extractall(out, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(out)
-    except tarfile.TarError:
-        pass
-    return parse_results(out / "results", mode, console)
+    share, results, console = pack_share(work, share_dir, results_mib=16)
+    res, _, TIMINGS[f"start failures ({mode}): guest run (boot to power-off)"] = boot_to_power_off(
+        qemu_command(image, share, results, console, iommu=mode != "iommu-off"), work, results, BOOT_TIMEOUT)
+    return parse_results(res, mode, console)
 
 
 def parse_results(res: Path, mode: str, console: Path) -> dict:

@@ -127,6 +127,51 @@ def build_image() -> Path:
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
+def pack_share(work: Path, share_dir: Path, results_mib: int) -> tuple[Path, Path, Path]:
+    """A boot's share, results disk and console (qemu_command's arguments):
+    share_dir's files as one tar (the runner unpacks it into
+    /run/systemtest), an empty disk of `results_mib` MiB that the runner
+    writes its results tar to, and the serial console's file."""
+    share = work / "share.tar"
+    with tarfile.open(share, "w") as tar:
+        for p in sorted(share_dir.iterdir()):
+            tar.add(p, arcname=p.name)
+    results = work / "results.img"
+    with open(results, "wb") as f:
+        f.truncate(results_mib << 20)
+    return share, results, work / "console.log"
+
+
+def boot_to_power_off(cmd: list[str], work: Path, results: Path,
+                      timeout: float) -> tuple[Path, bool, float]:
+    """Run the guest until it powers off (killed after `timeout` s) and
+    unpack its results disk: (the results folder, whether it timed out, the
+    seconds it ran). The runner rewrites the disk at every step, so a
+    run cut short still says how far it got; a disk it never wrote leaves
+    the folder empty (the console carries the RESULT lines too)."""
+    t0 = time.monotonic()
+    with open(work / "qemu.err", "wb") as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            proc.kill()
+            proc.wait()
+    seconds = round(time.monotonic() - t0, 1)
+    out = work / "out"
+    out.mkdir()
+    try:
+        with tarfile.open(results) as tar:
+            # filter= only from Python 3.11.4 (Debian 12 has 3.11.2)
+            tar.extractall(out, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(out)
+    except tarfile.TarError:
+        pass
+    (out / "results").mkdir(exist_ok=True)
+    return out / "results", timed_out, seconds
+
+
 def qemu_command(image: Path, share: Path, results: Path, console: Path) -> list[str]:
     return [QEMU, "-machine", "q35,kernel-irqchip=split", *_accel(image), "-m", "2048", "-smp", "2",
             "-display", "none", "-vga", "none", "-no-reboot", "-nic", "none",
@@ -198,35 +243,9 @@ def _boot_and_run(tmp_path_factory) -> dict:
     shutil.copy2(upgrade_deb, share_dir / "upgrade" / upgrade_deb.name)
     with open(share_dir / "src.tar", "wb") as f:
         subprocess.run(["git", "-C", str(REPO), "archive", "HEAD"], stdout=f, check=True)
-    share = work / "share.tar"
-    with tarfile.open(share, "w") as tar:
-        for p in sorted(share_dir.iterdir()):
-            tar.add(p, arcname=p.name)
-    results = work / "results.img"
-    with open(results, "wb") as f:
-        f.truncate(64 << 20)
-    console = work / "console.log"
+    share, results, console = pack_share(work, share_dir, results_mib=64)
     cmd = qemu_command(image, share, results, console)
-    t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=open(work / "qemu.err", "wb"))
-    timed_out = False
-    try:
-        proc.wait(timeout=BOOT_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        # The guest rewrites the results disk at every step: read what it got to.
-        timed_out = True
-        proc.kill()
-        proc.wait()
-    TIMINGS["guest run (boot to power-off)"] = round(time.monotonic() - t0, 1)
-    out = work / "out"
-    out.mkdir()
-    res = out / "results"
-    try:
-        with tarfile.open(results) as tar:
-            tar.extractall(out, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(out)
-    except tarfile.TarError:
-        res.mkdir(exist_ok=True)
+    res, timed_out, TIMINGS["guest run (boot to power-off)"] = boot_to_power_off(cmd, work, results, BOOT_TIMEOUT)
     text = console.read_text(errors="replace").replace("\r", "")
     if not (res / "results.txt").exists():
         # No results disk: the console carries the RESULT lines too.
