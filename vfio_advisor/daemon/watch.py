@@ -58,6 +58,10 @@ class DomainState:
         self.interrupts: dict[str, tuple] = {}
         self.pinned = bool(facts.domain.pinned_cpus)
         self.recorded: dict[str, tuple] = {}  # bdf -> (mode, slots) last recorded
+        # bdf -> the state file's entry (StateStore.previous) as the rules read
+        # it: only StateStore.record, which _step calls, changes a followed
+        # domain's entries, so it is read again only after a record.
+        self.previous: dict[str, dict] = {}
 
     @property
     def key(self) -> str:
@@ -238,10 +242,13 @@ class Watcher:
                 siblings = dom.siblings[bdf]
                 if siblings:
                     siblings = frozenset([s for s in siblings if devices[s].mode == "intx"])
+                previous = dom.previous.get(bdf)
+                if previous is None:
+                    previous = dom.previous[bdf] = store.previous(key, bdf)
                 sample = DeviceSample(
                     interrupts=irq, since_start=since_start, facts=facts,
                     device=assigned, sibling_on_intx=siblings or none,
-                    previous_run=store.previous(key, bdf),
+                    previous_run=previous,
                     vector_affinity=(self.sampler.affinity(irq.vector_counts)
                                      if (isolated or dom.pinned) else ()),
                     isolated_cpus=isolated,
@@ -270,6 +277,7 @@ class Watcher:
                     if recorded is None or recorded[0] != state.mode or recorded[1] != state.slots:
                         store.record(key, bdf, remembered_entry(state))
                         dom.recorded[bdf] = (state.mode, state.slots)
+                        dom.previous[bdf] = store.previous(key, bdf)
         self.last_sample = now
         for f in findings:
             self.open[(f.domain, f.subject, f.rule_id)] = None
@@ -297,7 +305,8 @@ class Watcher:
             if not gone:
                 continue
             for bdf in gone:
-                for table in (dom.devices, dom.interrupts, dom.siblings, dom.msi_possible, dom.recorded):
+                for table in (dom.devices, dom.interrupts, dom.siblings, dom.msi_possible, dom.recorded,
+                              dom.previous):
                     table.pop(bdf, None)
                 self.note(f"{dom.facts.domain.name}: {bdf} is gone from the host (hot-unplugged?); "
                           "no longer followed, its findings closed, until the domain's devices change")
