@@ -114,8 +114,9 @@ def unknown_rule_names(names) -> list[str]:
     folded = {k.lower(): k for k in known}
     lines = []
     for name in unknown:
-        # cutoff 0.4, below difflib's 0.6: "VA9999" is only 0.5 like VA9002,
-        # and still means a VA9xxx ID.
+        # cutoff 0.4, below difflib's 0.6: an ID with two digits mistyped
+        # scores only 0.5 against the real one (SequenceMatcher.ratio of two
+        # six-character strings sharing four), and still means that ID.
         nearest = difflib.get_close_matches(name.lower(), folded, n=1, cutoff=0.4)
         lines.append(f'unknown rule "{name}", nearest: {known[folded[nearest[0]]]}' if nearest
                      else f'unknown rule "{name}" (`vfio-advisor rules` lists them)')
