@@ -43,6 +43,10 @@ JOINS = {
     "i440fx-split-card": ("adv-i440fx-split-card.xml", ["VA4001", "VA4002"]),
 }
 IRQCHIP = ("q35-split-irqchip.xml", ["VA4003"])
+# The agent channel `fix --guest` needs: a virtio-serial controller that
+# libvirt places at define, so the boot shows where it went and that the
+# guest still sees everything else.
+AGENT_CHANNEL = ("q35-split-card.xml", ["VA1002"])
 
 
 def planned(analyzer, file: str, rules: list[str]):
@@ -59,6 +63,7 @@ def booted(tmp_path_factory):
     analyzer = Analyzer(str(HOST_ROOT))
     plans = {case: planned(analyzer, file, rules) for case, (file, rules) in JOINS.items()}
     plans["irqchip"] = planned(analyzer, *IRQCHIP)
+    plans["agent-channel"] = planned(analyzer, *AGENT_CHANNEL)
     layouts = {}
     for case, plan in plans.items():
         pins = plan.before.host_pins()
@@ -93,7 +98,7 @@ def _device_paths(live) -> dict:
             for d in live.emulated if d.guest is not None}
 
 
-@pytest.mark.parametrize("case", sorted([*JOINS, "irqchip"]))
+@pytest.mark.parametrize("case", sorted([*JOINS, "irqchip", "agent-channel"]))
 def test_the_fixed_guest_sees_every_function_it_saw_before(booted, case):
     plans, work = booted
     before, live_before = _booted(work, f"{case}-before")
@@ -151,3 +156,19 @@ def test_the_full_irqchip_layout_routes_as_predicted(booted):
         path = slot_path(live, fn.guest_address)
         assert path in seen, f"{fn.host_address} at {fn.guest_address} not seen in the guest"
         assert seen[path] == (fn.pin, fn.irq), (fn.host_address, fn.guest_address, seen[path], fn.irq)
+
+
+def test_the_agent_channel_is_a_device_the_guest_enumerates(booted):
+    """The channel's fix as libvirt's qemu driver defines it: a virtio-serial
+    controller at an address libvirt picked, which the guest enumerates
+    there (the test above checks it lost nothing else)."""
+    _, work = booted
+    live_xml = (work / "agent-channel-after.live.xml").read_text()
+    assert "org.qemu.guest_agent.0" in live_xml and "<controller type='virtio-serial'" in live_xml
+    seen, live = _booted(work, "agent-channel-after")
+    _, live_before = _booted(work, "agent-channel-before")
+
+    def serial(dom):
+        return [d.guest.address for d in dom.emulated if d.model.startswith("virtio-serial") and d.guest]
+    assert serial(live) and not serial(live_before), (serial(live), serial(live_before))
+    assert all(slot_path(live, address) in seen for address in serial(live)), (serial(live), sorted(seen))
