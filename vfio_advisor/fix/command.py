@@ -122,6 +122,18 @@ def run(args, conn=None) -> int:
     rules = rules_from(args.rule)
     if args.apply and args.xml:
         raise UsageError("--apply defines domains through libvirt: give DOMAIN names, not --xml")
+    plans = plan_sources(args, rules, conn)
+    applied: dict[str, dict] = {}
+    if args.apply:
+        applied = apply_plans(args, [(s, p) for s, p in plans if p.changed], conn)
+    emit(args, plans, applied)
+    complete = all(p.complete for _, p in plans)
+    return EXIT_OK if complete else EXIT_FINDINGS
+
+
+def plan_sources(args, rules: set[str] | None, conn=None) -> list[tuple[DomainSource, DomainPlan]]:
+    """Each selected domain with its verified plan for `rules` (None: every
+    fixable rule). UsageError (one line) before anything is analysed."""
     config = load_config(args.config)
     root, tmp = open_host_root(args.host_root)
     try:
@@ -135,19 +147,13 @@ def run(args, conn=None) -> int:
         analyzer = Analyzer(root, config)
         qemu = qemu_check(args, sources, conn)
         try:
-            plans = [(src, plan_domain(analyzer, src.xml, rules, qemu=qemu)) for src in sources]
+            return [(src, plan_domain(analyzer, src.xml, rules, qemu=qemu)) for src in sources]
         finally:
             if qemu.conn is not None and qemu.conn is not conn:
                 qemu.conn.close()
     finally:
         if tmp is not None:
             tmp.cleanup()
-    applied: dict[str, dict] = {}
-    if args.apply:
-        applied = apply_plans(args, [(s, p) for s, p in plans if p.changed], conn)
-    emit(args, plans, applied)
-    complete = all(p.complete for _, p in plans)
-    return EXIT_OK if complete else EXIT_FINDINGS
 
 
 def qemu_check(args, sources: list[DomainSource], conn=None) -> QemuCheck:
@@ -373,20 +379,7 @@ def agent_channel_fix(args, name: str) -> str:
     fix_args = argparse.Namespace(**{**vars(args), "domains": [name], "xml": [], "rule": [rule],
                                      "apply": False, "format": "diff"})
     try:
-        config = load_config(args.config)
-        root, tmp = open_host_root(args.host_root)
-        try:
-            sources = load_sources(fix_args, root)
-            qemu = qemu_check(fix_args, sources)
-            try:
-                analyzer = Analyzer(root, config)
-                plans = [(src, plan_domain(analyzer, src.xml, {rule}, qemu=qemu)) for src in sources]
-            finally:
-                if qemu.conn is not None:
-                    qemu.conn.close()
-        finally:
-            if tmp is not None:
-                tmp.cleanup()
+        plans = plan_sources(fix_args, {rule})
     except (UsageError, ConnectionFailed) as exc:
         return f"{by_hand} (no verified change: {exc})"
     offered = [(src, plan) for src, plan in plans if plan.changed]
