@@ -38,7 +38,10 @@ REPO = Path(__file__).resolve().parents[2]
 CAPTURES = REPO / "lab/captures"
 SCENARIOS = {name: moments(name) for name in (*STEPPED, "modes")}
 # How counts move between two samples (per_cpu_count rewritten in place).
-MOVES = ("same-cpu", "other-cpu", "every-cpu", "idle", "same-cpu", "damaged", "same-cpu")
+# "reset": every count back to 0 (a recording whose vector was freed and set
+# up again under the same number): the CPU the fast path hinted at reads "0",
+# which is no count at all (the fresh parse leaves zeros out).
+MOVES = ("same-cpu", "other-cpu", "every-cpu", "idle", "same-cpu", "damaged", "same-cpu", "reset", "same-cpu")
 
 
 def vfio_devices(root: Path) -> dict:
@@ -59,6 +62,8 @@ def move(root: Path, step: int, how: str) -> None:
             counts[step % len(counts)] += 1000
         elif how == "every-cpu":
             counts = [c + 1 + i for i, c in enumerate(counts)]
+        elif how == "reset":
+            counts = [0] * len(counts)
         text = ",".join(map(str, counts)) + "\n"
         if how == "damaged":
             text = text.replace("\n", ",x\n")

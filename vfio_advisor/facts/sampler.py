@@ -156,7 +156,7 @@ def _parse_counts(raw: bytes, hint: tuple[bytes, bytes] | None) -> tuple[tuple[i
     parsed. Otherwise the whole text is checked and parsed."""
     if hint is not None and raw.startswith(hint[0]) and raw.endswith(hint[1]):
         mid = raw[len(hint[0]):len(raw) - len(hint[1])]
-        if mid.isdigit():  # ASCII digits only: one count, on the same CPU as before
+        if mid.isdigit() and mid[0] != 48:  # one count, on the same CPU as before (not a "0")
             return (int(mid),), hint
         if not mid.translate(None, _COUNT_CHARS):
             return tuple(map(int, _NONZERO.findall(mid))), hint
@@ -219,7 +219,12 @@ class _Last:
 
     def __init__(self, raw: bytes, actions: bytes, template: _Template, row: IrqLine | None,
                  handlers: tuple[str, ...], exclusive: bool, hint: tuple[bytes, bytes]):
-        self.raw = raw  # per_cpu_count as read
+        # per_cpu_count as read; None for an exclusive vector, whose counts
+        # are parsed at every read instead (_recount): comparing its text
+        # cost as much as parsing it, and keeping one per vector was 0.8 MiB
+        # of the daemon's RSS at 1,536 vectors on 256 CPUs
+        # (bench/scale_bench.py).
+        self.raw = raw
         self.actions = actions  # actions as read
         self.template = template
         self.row = row
@@ -429,8 +434,7 @@ class Sampler:
             # only the counts move. INTx lines (sharers come and go) and
             # vectors without a vfio handler yet (one may be set) have their
             # actions read at every sample, below.
-            if raw != last.raw:
-                _recount(irq, last, raw)
+            _recount(irq, last, raw)
             return last.row, False
         actions = self._pread(self.action_fds, irq, "actions")
         t = self.templates.get(irq)
@@ -454,7 +458,8 @@ class Sampler:
             row = IrqLine(irq, counts, t.chip, t.hwirq, t.flow, handlers, False)
         if last is not None and (last.row is None) != (row is None):
             moved = True
-        self.last_raw[irq] = _Last(raw, actions, t, row, handlers, exclusive, hint)
+        # An exclusive vector's text is not kept (_Last.raw).
+        self.last_raw[irq] = _Last(None if exclusive else raw, actions, t, row, handlers, exclusive, hint)
         return row, moved
 
     def _sysfs_template(self, base: str) -> _Template:
@@ -583,16 +588,29 @@ class Sampler:
                     raw = pread(fd, SYSFS_PAGE, 0) if fd is not None else None
                 except OSError:
                     raw = None  # _sysfs_row reads it again and says why
-                if raw is not None and raw[-1:] == b"\n":
-                    if raw != last.raw:
+                if raw is not None:
+                    # _recount's first case, inline: the vector counts on the
+                    # CPU it counted on before. The tail ends with the text's
+                    # newline (_parse_counts), so a text cut at the page size
+                    # never matches; a count of exactly "0" is no count
+                    # (_NONZERO) and goes to _recount.
+                    lead, tail = last.hint
+                    if (raw.startswith(lead) and raw.endswith(tail)
+                            and (mid := raw[len(lead):len(raw) - len(tail)]).isdigit() and mid[0] != 48):
+                        if (row := last.row)[1] != (counts := (int(mid),)):
+                            last.row = _tuple_new(IrqLine, (irq, counts, *last.rest))
+                        rows[irq] = last.row
+                        readable = True
+                        continue
+                    if raw[-1:] == b"\n":
                         try:
                             _recount(irq, last, raw)
                         except ValueError:  # as below: a damaged recording
                             bad += 1
                             continue
-                    rows[irq] = last.row
-                    readable = True
-                    continue
+                        rows[irq] = last.row
+                        readable = True
+                        continue
             try:
                 row, changed = self._sysfs_row(irq)
             except _Stale:
@@ -680,16 +698,20 @@ class Sampler:
 def _recount(irq: str, last: _Last, raw: bytes) -> None:
     """Take `raw`, a new per_cpu_count of the row `last` holds (same
     handlers, same chip: only its counts moved), into `last`: its row with
-    the new counts, in place. ValueError as _parse_counts, `last` unchanged."""
+    the new counts, in place (a new row only when they differ). ValueError
+    as _parse_counts, `last` unchanged."""
     lead, tail = last.hint
     if (raw.startswith(lead) and raw.endswith(tail)
-            and (mid := raw[len(lead):len(raw) - len(tail)]).isdigit()):
+            and (mid := raw[len(lead):len(raw) - len(tail)]).isdigit() and mid[0] != 48):
         # _parse_counts' first case, inline: the vector counts on the one CPU
         # it counted on before (the steady case of an affine vector).
         counts: tuple[int, ...] = (int(mid),)
     else:
         counts, last.hint = _parse_counts(raw, last.hint)
-    last.raw = raw
+    if not last.exclusive:
+        last.raw = raw
+    if last.row is not None and last.row[1] == counts:
+        return
     # IrqLine(irq, counts, *last.rest) without the NamedTuple's __new__
     # frame: the same tuple, of the same class (half the cost; bench/daemon_bench.py).
     last.row = _tuple_new(IrqLine, (irq, counts, *last.rest))
