@@ -73,8 +73,16 @@ echo "GUEST: kernel $(uname -r) up"
 modprobe virtio_pci; modprobe virtio_console; modprobe virtio_blk; modprobe crc32c_generic; modprobe ext4
 for _ in $(seq 1 50); do [ -b /dev/vda ] && break; sleep 0.1; done
 mount -t ext4 /dev/vda /etc/modprobe.d && echo "GUEST: /etc/modprobe.d from vda: $(ls /etc/modprobe.d | tr '\n' ' ')"
-# busybox modprobe applies /etc/modprobe.d/*.conf options, like kmod.
-modprobe snd_hda_intel && echo "GUEST: snd_hda_intel enable_msi=$(cat /sys/module/snd_hda_intel/parameters/enable_msi)"
+# busybox modprobe reads /etc/modprobe.d in readdir order (libbb's
+# recursive_action), which ext4 gives in hash order, random per mkfs: with
+# sound.conf and vfio-advisor-msi.conf both setting enable_msi, the value in
+# effect was a coin toss per image build. kmod (every Debian guest, and what
+# `vfio-advisor guest` models) reads the files sorted by name and the last
+# value wins. So the options go again on the command line in the shell's
+# sorted glob order: busybox appends command-line options after the
+# config's, and the kernel's parse_args keeps a parameter's last value.
+opts=$(for f in /etc/modprobe.d/*.conf; do [ -f "$f" ] && sed -n 's/^options snd_hda_intel //p' "$f"; done | tr '\n' ' ')
+modprobe snd_hda_intel $opts && echo "GUEST: snd_hda_intel enable_msi=$(cat /sys/module/snd_hda_intel/parameters/enable_msi)"
 port=
 for p in /sys/class/virtio-ports/*; do
     [ "$(cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] && port=/dev/${p##*/}
