@@ -277,6 +277,13 @@ class Sampler:
         self.shape = 0
         self._last_rows: tuple | None = None
         self._listed: list = []  # (bdf, _Watched) of the devices not steady
+        # (irq, kept descriptor, _Last) of every IRQ in `order` when the last
+        # _read_rows read each of them as a vfio MSI/MSI-X vector through its
+        # kept descriptor: the next sample reads them in one tight loop
+        # (_read_plan). None whenever that may no longer hold: a
+        # rediscovery, a closed descriptor, another tree, or a read the loop
+        # did not expect (it then falls back to the full loop).
+        self._plan: tuple | None = None
         self._root_id = self._root_identity()
         self.steady_modes = _steady_modes(host)
 
@@ -313,6 +320,7 @@ class Sampler:
 
     def close(self) -> None:
         """Close every kept descriptor (they are reopened when needed)."""
+        self._plan = None
         for fds in (self.count_fds, self.action_fds):
             for fd in fds.values():
                 os.close(fd)
@@ -566,8 +574,44 @@ class Sampler:
         lines = tuple(rows[i] for i in order) if missing else tuple(rows.values())
         return Interrupts(cpus, lines, ()), odd
 
-    def _read_rows(self, retry: bool = False) -> tuple[dict, set, bool, int, bool]:
+    def _read_plan(self, plan: tuple) -> dict | None:
+        """_read_rows' steady case: every watched IRQ a vfio MSI/MSI-X vector
+        read through its kept descriptor, as in the last sample. Its rows, or
+        None at the first read that is anything else (an error, ENODEV, a
+        damaged text): the full loop then reads them all again, which
+        changes nothing for those read here (_recount only takes counts)."""
         rows: dict[str, IrqLine] = {}
+        pread = os.pread
+        for irq, fd, last in plan:
+            try:
+                raw = pread(fd, SYSFS_PAGE, 0)
+            except OSError:
+                return None
+            lead, tail = last.hint
+            if (raw.startswith(lead) and raw.endswith(tail)
+                    and (mid := raw[len(lead):len(raw) - len(tail)]).isdigit() and mid[0] != 48):
+                # _recount's first case, inline (as in _read_rows).
+                if last.row[1] != (counts := (int(mid),)):
+                    last.row = _tuple_new(IrqLine, (irq, counts, *last.rest))
+            elif raw[-1:] != b"\n":
+                return None
+            else:
+                try:
+                    _recount(irq, last, raw)
+                except ValueError:
+                    return None
+            rows[irq] = last.row
+        return rows
+
+    def _read_rows(self, retry: bool = False) -> tuple[dict, set, bool, int, bool]:
+        plan = self._plan
+        if plan is not None and not retry:
+            planned = self._read_plan(plan)
+            if planned is not None:
+                return planned, set(), True, 0, False
+            self._plan = None
+        rows: dict[str, IrqLine] = {}
+        fast = 0  # IRQs read by the inline path below (all of them: a plan)
         missing: set[str] = set()
         readable = moved = False
         bad = 0
@@ -597,10 +641,11 @@ class Sampler:
                     lead, tail = last.hint
                     if (raw.startswith(lead) and raw.endswith(tail)
                             and (mid := raw[len(lead):len(raw) - len(tail)]).isdigit() and mid[0] != 48):
-                        if (row := last.row)[1] != (counts := (int(mid),)):
+                        if last.row[1] != (counts := (int(mid),)):
                             last.row = _tuple_new(IrqLine, (irq, counts, *last.rest))
                         rows[irq] = last.row
                         readable = True
+                        fast += 1
                         continue
                     if raw[-1:] == b"\n":
                         try:
@@ -610,6 +655,7 @@ class Sampler:
                             continue
                         rows[irq] = last.row
                         readable = True
+                        fast += 1
                         continue
             try:
                 row, changed = self._sysfs_row(irq)
@@ -632,6 +678,8 @@ class Sampler:
             moved |= changed
             if row is not None:
                 rows[irq] = row
+        if fast and fast == len(self.order) and not bad:
+            self._plan = tuple((irq, count_fds[irq], last_raw[irq]) for irq in self.order)
         return rows, missing, readable, bad, moved
 
     def _steady(self, rows: dict[str, IrqLine]) -> None:
@@ -658,6 +706,7 @@ class Sampler:
         irq and msi_irqs/, become its watched IRQs. `counted`: False when the
         read is the per-sample fallback, not a rediscovery."""
         self.discover = False
+        self._plan = None
         if counted:
             self.rediscoveries += 1
             self.absent.clear()
