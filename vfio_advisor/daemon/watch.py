@@ -15,6 +15,7 @@ that keep more than findings (the metrics file, sinks/metrics.py).
 from __future__ import annotations
 
 import time
+from operator import itemgetter
 from typing import Callable, Sequence
 
 from vfio_advisor.config import Config
@@ -38,7 +39,11 @@ _SAMPLE_FIELDS = ("interrupts", "since_start", "facts", "device", "sibling_on_in
                   "host_msi_possible", "guest_change", "run_id", "booted_at")
 if DeviceSample._fields != _SAMPLE_FIELDS:
     raise ImportError(f"DeviceSample's fields changed ({DeviceSample._fields}): update Watcher._step")
+# Watcher.snapshot builds each DeviceSnapshot positionally too.
+if DeviceSnapshot._fields != ("domain", "bdf", "mode", "count", "rate", "observable"):
+    raise ImportError(f"DeviceSnapshot's fields changed ({DeviceSnapshot._fields}): update Watcher.snapshot")
 _tuple_new = tuple.__new__
+_second = itemgetter(1)
 
 # One config type for all commands; the old name stays for callers.
 RuntimeConfig = Config
@@ -245,15 +250,21 @@ class Watcher:
         for dom in list(self.domains.values()):
             devices, facts, key = dom.devices, dom.facts, dom.key
             since_start = now - dom.started_at
+            settled = since_start >= config.settle
+            # The domain's per-run values, looked up once for its devices.
+            remembered, recorded_of = dom.previous, dom.recorded
+            affinity = isolated or dom.pinned
+            can_count, msi_possible, changes = dom.can_count_msi, dom.msi_possible, dom.guest_changes
+            run_id, booted_at = dom.run_id, dom.booted_at
             for assigned in facts.devices:
                 bdf = assigned.address
                 irq = self._interrupts(dom, assigned, table, shape)
                 siblings = dom.siblings[bdf]
                 if siblings:
                     siblings = frozenset([s for s in siblings if devices[s].mode == "intx"])
-                previous = dom.previous.get(bdf)
+                previous = remembered.get(bdf)
                 if previous is None:
-                    previous = dom.previous[bdf] = store.previous(key, bdf)
+                    previous = remembered[bdf] = store.previous(key, bdf)
                 # DeviceSample(interrupts=..., since_start=..., ...) in its
                 # field order (_SAMPLE_FIELDS, checked at import), without
                 # the NamedTuple's keyword __new__ (1.0 us against 0.15 us a
@@ -261,14 +272,14 @@ class Watcher:
                 # every sample).
                 sample = _tuple_new(DeviceSample, (
                     irq, since_start, facts, assigned, siblings or none, previous,
-                    (self.sampler.affinity(irq.vector_counts) if (isolated or dom.pinned) else ()),
+                    self.sampler.affinity(irq.vector_counts) if affinity else (),
                     isolated,
                     frozenset(said) if said else none,
-                    dom.can_count_msi,
+                    can_count,
                     # pci=nomsi or msi_bus=0: the guest cannot get MSI whatever it
                     # sets, so no guest remedy (advise's static rule does the same).
-                    dom.msi_possible[bdf],
-                    dom.guest_changes.get(bdf), dom.run_id, dom.booted_at))
+                    msi_possible[bdf],
+                    changes.get(bdf), run_id, booted_at))
                 state, found, inconclusive = step_device(devices[bdf], sample, elapsed, config)
                 devices[bdf] = state
                 if found:
@@ -279,15 +290,15 @@ class Watcher:
                     findings += [f for f in found if not self._ignored(dom, f.rule_id)]
                 if inconclusive:
                     held += [n for n in inconclusive if not self._ignored(dom, n.rule_id)]
-                if state.mode != "none" and since_start >= config.settle:
+                if settled and state.mode != "none":
                     # StateStore.record writes only a change; what it got last per device
                     # is kept here as (mode, slots), so a steady device costs no dict
                     # building per sample (the rules' slots change only on a change).
-                    recorded = dom.recorded.get(bdf)
+                    recorded = recorded_of.get(bdf)
                     if recorded is None or recorded[0] != state.mode or recorded[1] != state.slots:
                         store.record(key, bdf, remembered_entry(state))
-                        dom.recorded[bdf] = (state.mode, state.slots)
-                        dom.previous[bdf] = store.previous(key, bdf)
+                        recorded_of[bdf] = (state.mode, state.slots)
+                        remembered[bdf] = store.previous(key, bdf)
         self.last_sample = now
         for f in findings:
             self.open[(f.domain, f.subject, f.rule_id)] = None
@@ -366,9 +377,12 @@ class Watcher:
         """One entry per watched device, sorted by domain and BDF."""
         out = []
         for dom in sorted(self.domains.values(), key=lambda d: d.facts.domain.name):
+            name = dom.facts.domain.name
             for bdf, dev in sorted(dom.devices.items()):
-                out.append(DeviceSnapshot(dom.facts.domain.name, bdf, dev.mode,
-                                          sum(c for _, c in dev.counts), dev.rate, dev.observable))
+                # DeviceSnapshot(name, bdf, ...) without its keyword-capable
+                # __new__, each total as the generator sum over counts was.
+                out.append(_tuple_new(DeviceSnapshot, (name, bdf, dev.mode, sum(map(_second, dev.counts)),
+                                                       dev.rate, dev.observable)))
         return out
 
     def open_findings(self) -> list:
