@@ -208,19 +208,23 @@ def vector_irq(vf: int, k: int) -> int:
 
 
 def scale_interrupts(vfs: int) -> str:
+    # irq_row(irq, counts, chip, flow, handlers, hwirq=...): each row's
+    # handlers a list. (Given the name as a string, irq_row joined its
+    # characters, and the tree's vfio rows had no "vfio-" for a rediscovery
+    # to find: every vector was looked up by its label instead.)
     rows = []
     for n in range(OTHER_ROWS):
         irq = FIRST_IRQ + n
         counts = [0] * CPUS
         counts[irq % CPUS] = irq * 7
-        rows.append(irq_row(irq, counts, "IR-PCI-MSIX", f"{irq * 2048}-edge", f"nvme0q{n % 64}"))
+        rows.append(irq_row(irq, counts, "IR-PCI-MSIX", "edge", [f"nvme0q{n % 64}"], hwirq=irq * 2048))
     for vf in range(vfs):
         for k in range(VECTORS_PER_VF):
             irq = vector_irq(vf, k)
             counts = [0] * CPUS
             counts[irq % CPUS] = irq * 7
-            rows.append(irq_row(irq, counts, "IR-PCI-MSIX", f"{irq * 2048}-edge",
-                                f"vfio-msix[{k}]({vf_bdf(vf)})"))
+            rows.append(irq_row(irq, counts, "IR-PCI-MSIX", "edge", [f"vfio-msix[{k}]({vf_bdf(vf)})"],
+                                hwirq=irq * 2048))
     header = "      " + "".join(f"CPU{i:<8}" for i in range(CPUS))
     tail = [f"  {name}: " + " ".join(f"{c:10d}" for c in range(CPUS)) + "   Some interrupts"
             for name in ("NMI", "LOC", "RES", "CAL", "TLB")]

@@ -72,11 +72,14 @@ def test_sampler_agrees_with_the_full_parser(path):
 
 
 def test_label_inside_a_name_is_not_a_row():
-    """"16:" also occurs inside 0000:16:00.0; only a row's own label counts."""
+    """"16:" also occurs inside 0000:16:00.0; only a row's own label counts,
+    in a vfio row and in another driver's (ahci names its handler after the
+    BDF: ahci[0000:17:00.0]); a wanted IRQ without a row of its own finds none."""
     text = ("           CPU0       CPU1\n"
             " 40:          5          0  IR-PCI-MSI 1-edge  vfio-msi[0](0000:16:00.0)\n"
+            " 41:          2          0  IR-PCI-MSI 2-edge  ahci[0000:17:00.0]\n"
             " 16:          7          1  IR-IO-APIC  16-fasteoi   ehci_hcd:usb1\n")
-    table, skipped = sample_table(text, frozenset({"16"}))
+    table, skipped = sample_table(text, frozenset({"16", "17"}))
     assert sorted(line.irq for line in table.lines) == ["16", "40"] and skipped == 0
     assert table.by_irq()["16"].total == 8
 
