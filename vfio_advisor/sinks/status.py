@@ -59,6 +59,7 @@ class StatusFileSink:
         self.host: dict | None = None
         self.last_event: dict | None = None
         self._order: list[_Window] | None = None  # the devices' windows by (domain, bdf); None: to sort
+        self._fixed: str | None = None  # the "host" and "domains" members' JSON; None: to redo
 
     @classmethod
     def for_config(cls, cfg) -> StatusFileSink:
@@ -88,6 +89,7 @@ class StatusFileSink:
             "uuid": domain.uuid,
             "devices": {d.address: d.guest_address for d in facts.devices},
         }
+        self._fixed = None
 
     def emit(self, finding, domain=None) -> None:
         now = self.clock()
@@ -125,15 +127,23 @@ class StatusFileSink:
             if entry is None:
                 entry = entries[key] = _Window(d.domain, d.bdf)
                 self._order = None
-            mode, observable = d.mode, bool(d.observable)
+            mode, count, observable = d.mode, d.count, bool(d.observable)
             if mode != entry.mode:
                 entry.set_mode(mode)
-            entry.count, entry.observable = d.count, observable
-            entry.header = entry.lead + _json_number(d.count).encode() + _TAILS[observable]
+            entry.count, entry.observable = count, observable
+            # bytes' %d is int.__repr__ and %r repr(): json.dumps's text for
+            # an int and a finite float (json/encoder.py), in one step.
+            entry.header = (b"%b%d%b" % (entry.lead, count, _TAILS[observable]) if type(count) is int
+                            else entry.lead + _json_number(count).encode() + _TAILS[observable])
             # A posted-MSI device's host counters say nothing (runtime.DeviceSnapshot):
             # its rate is unknown (null), never a flat 0.
-            rate = _json_number(round(float(d.rate), 3)).encode() if observable else b"null"
-            entry.append(stamp + rate + entry.mode_end)
+            if observable:
+                rate = round(float(d.rate), 3)
+                point = (b"%b%r%b" % (stamp, rate, entry.mode_end) if rate - rate == 0.0
+                         else stamp + _json_number(rate).encode() + entry.mode_end)
+            else:
+                point = stamp + b"null" + entry.mode_end
+            entry.append(point)
         if len(seen) != len(entries):
             for key in [k for k in entries if k not in seen]:
                 del entries[key]  # the domain stopped or the device left it
@@ -141,6 +151,7 @@ class StatusFileSink:
         names = {name for name, _ in seen}
         for name in [n for n in self.domains if n not in names]:
             del self.domains[name]
+            self._fixed = None
         self._prune(now)
         self._close_findings(open_findings, now)
         self.daemon["updated"] = t
@@ -218,9 +229,16 @@ class StatusFileSink:
         allocated between them. Written one device at a time (a str rendered,
         encoded and written each), the 512 write(2) calls and encodes were
         half the sink's CPU."""
-        rest = json.dumps({"schema": SCHEMA, "daemon": self.daemon, "host": self.host, "domains": self.domains,
-                           "findings": self.findings, "last_event": self.last_event}, separators=(",", ":"))
-        buffers = [(rest[:-1] + ',"devices":[').encode()]
+        # json.dumps's text for the document but its devices, member by
+        # member (what it writes for a dict: its members' texts between
+        # braces). The host and the domains change only at begin() and when
+        # a domain leaves: at 128 domains they are most of it (25 KB).
+        if self._fixed is None:
+            self._fixed = ',"host":' + _dumps(self.host) + ',"domains":' + _dumps(self.domains)
+        rest = ('{"schema":' + _dumps(SCHEMA) + ',"daemon":' + _dumps(self.daemon) + self._fixed
+                + ',"findings":' + _dumps(self.findings) + ',"last_event":' + _dumps(self.last_event)
+                + ',"devices":[')
+        buffers = [rest.encode()]
         order = self._order
         if order is None:
             order = self._order = [entry for _, entry in sorted(self.devices.items())]
@@ -307,6 +325,9 @@ class _Window:
             size += lengths.popleft()
         del self.points[:size if lengths else size - 1]
 
+
+# json.dumps(value, separators=(",", ":")) without an encoder made at each call.
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 _STRINGS: dict[str, str] = {}
 
