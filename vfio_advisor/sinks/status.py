@@ -217,11 +217,11 @@ class StatusFileSink:
 
     def _buffers(self) -> list:
         """render()'s bytes in pieces: the document but its devices, then
-        each device's header (its fields up to its points), its window's
-        bytes as _Window keeps them, and the bytes between two devices.
-        write_atomically hands them to writev(2) as they are: the file
-        (about 1.8 MB at 512 devices with 120 points each) is never one
-        object, and a device costs the Python side its small header only.
+        each device's header (its fields up to its points, after the "]},"
+        that ends the device before) and its window's bytes as _Window
+        keeps them. write_atomically hands them to writev(2) as they are:
+        the file (about 1.8 MB at 512 devices with 120 points each) is never
+        one object, and a device costs the Python side its small header only.
         Built whole at each sample, the text and its UTF-8 copy came from
         the heap, not mmap, once glibc's malloc had raised its mmap
         threshold past them (mallopt(3), M_MMAP_THRESHOLD: dynamic), and the
@@ -246,11 +246,11 @@ class StatusFileSink:
         for entry in order:
             append(entry.header)
             append(entry.points)
-            append(b"]},")
         if order:
-            buffers[-1] = b"]}]}"
+            buffers[1] = buffers[1][len(_SEPARATOR):]  # the first device has no device before it
+            append(b"]}]}")
         else:
-            buffers.append(b"]}")
+            append(b"]}")
         return buffers
 
     def write(self) -> None:
@@ -265,6 +265,8 @@ class StatusFileSink:
             pass  # a full or read-only state directory costs the page its plot, never the daemon
 
 
+# What ends a device's entry before the next one's header, which starts with it.
+_SEPARATOR = b"]},"
 # The end of a device's header after its count, observable or not.
 _TAILS = {True: b',"observable":true,"points":[', False: b',"observable":false,"points":['}
 
@@ -280,13 +282,17 @@ class _Window:
     CPython's bytearray cuts its front by moving its start, without a copy
     of the rest (Objects/bytearrayobject.c, since 3.4); once appends reach
     the end of its allocation it is copied to a new one 1/8 larger than the
-    text (PyByteArray_Resize), about every 15 samples at 120 points. As a
-    deque of (time, text) per point, the windows of 512 devices at 240
-    points were 40 KiB a device of the daemon's RSS, and joining them at
-    each sample a third of the sample's CPU (bench/scale_bench.py). As one
-    string per device, rebuilt at each sample, each a few KiB from malloc,
-    the heap fragmented: RSS grew by 3 MiB over 240 samples at 512 devices
-    with the windows full."""
+    text (PyByteArray_Resize), about every 15 samples at 120 points. Over
+    300 samples at 512 devices with the windows full, the sinks' RSS stayed
+    flat (within 0.2 MiB); kept instead in blocks of bytes under 512 bytes
+    each (CPython's small-object pools, handed to writev one by one) it
+    grew by 0.4 MiB and the sink took 1.2-1.5 times the CPU. As a deque of
+    (time, text) per point, the windows of 512 devices at 240 points were
+    40 KiB a device of the daemon's RSS, and joining them at each sample a
+    third of the sample's CPU (bench/scale_bench.py). As one string per
+    device, rebuilt at each sample, each a few KiB from malloc, the heap
+    fragmented: RSS grew by 3 MiB over 240 samples at 512 devices with the
+    windows full."""
 
     __slots__ = ("head", "lead", "mode", "mode_end", "count", "observable", "header", "points", "lengths")
 
@@ -300,10 +306,11 @@ class _Window:
         self.lengths: deque[int] = deque()  # each point's length, oldest first
 
     def set_mode(self, mode: str) -> None:
-        """The header's start up to the count, and a point's end, for `mode`."""
+        """The header's start (after _SEPARATOR) up to the count, and a
+        point's end, for `mode`."""
         text = _json_string(mode)
         self.mode = mode
-        self.lead = (self.head + ',"mode":' + text + ',"count":').encode()
+        self.lead = _SEPARATOR + (self.head + ',"mode":' + text + ',"count":').encode()
         self.mode_end = ("," + text + "]").encode()
 
     def append(self, point: bytes) -> None:
@@ -323,6 +330,7 @@ class _Window:
         size = n  # a separator after each, but the last point has none
         for _ in range(n):
             size += lengths.popleft()
+        # CPython (>= 3.4) moves the bytearray's start here: no copy of the rest.
         del self.points[:size if lengths else size - 1]
 
 
