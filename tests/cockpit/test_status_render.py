@@ -4,14 +4,16 @@ keeps each device's window as JSON text spliced in at each write, and this
 checks that text, byte for byte, against json.dumps of the same document
 built here the plain way (a list of [time, rate, mode] per device, pruned
 from its front by time and capped at MAX_POINTS), over many samples with
-devices coming and going, posted (unobservable) devices, odd names and a
-wall clock that steps back."""
+devices coming and going, posted (unobservable) devices, odd names, domains
+begun again and leaving (the sink keeps the host's and the domains' JSON
+between them), findings, and a wall clock that steps back."""
 
 from __future__ import annotations
 
 import json
 import random
 from collections import deque
+from types import SimpleNamespace as NS
 
 from vfio_advisor.sinks.base import DeviceSnapshot, SampleEvent
 from vfio_advisor.sinks.status import MAX_POINTS, SCHEMA, StatusFileSink
@@ -50,6 +52,17 @@ class PlainDocument:
                           separators=(",", ":"))
 
 
+def facts(name: str, rng: random.Random) -> NS:
+    """What begin() reads of facts.model.DomainFacts."""
+    iommu = NS(vendor="intel", units=["dmar0", "dmar1"], dma_remapping=True,
+               interrupt_remapping=rng.random() < 0.5, allow_unsafe_interrupts=False,
+               dma_evidence=["DMAR: IOMMU enabled"], ir_evidence=["DMAR-IR: Enabled IRQ remapping"])
+    posting = NS(verdict=rng.choice(["posted", "remapped"]), vendor="intel", evidence=["cap \"PI\""])
+    return NS(domain=NS(name=name, uuid=f"uuid-{name}"), host=NS(iommu=iommu, posting=posting),
+              devices=[NS(address=f"0000:0{k}:00.0", guest_address=f"0000:00:0{k + rng.randrange(4)}.0")
+                       for k in range(3)])
+
+
 def test_the_file_is_json_dumps_of_the_document(tmp_path):
     rng = random.Random(7)
     path = tmp_path / "status.json"
@@ -69,6 +82,12 @@ def test_the_file_is_json_dumps_of_the_document(tmp_path):
         now[0] += 0.01 if step < MAX_POINTS + 20 else rng.choice([5.0, 5.0, 0.25, 0.001, 7.3333, -12.0])
         if rng.random() < 0.1:
             present ^= {rng.choice(sorted(devices))}
+        if rng.random() < 0.1:
+            sink.begin(facts(rng.choice(names), rng))
+        if rng.random() < 0.05:
+            name, bdf = rng.choice(sorted(devices))
+            sink.emit(NS(domain=name, subject=bdf, rule_id=rng.choice(["R1", "R2"]), severity="warning",
+                         message=f"{name} \u00e9 {bdf}"))
         snapshot = []
         for key in sorted(present):
             counts[key] += rng.choice([0, 1, 10**12, 3])
@@ -81,3 +100,4 @@ def test_the_file_is_json_dumps_of_the_document(tmp_path):
         assert written == plain.text(), f"sample {step}"
         full = full or any(len(e["points"]) == MAX_POINTS for e in plain.devices.values())
     assert full and max(len(e["points"]) for e in json.loads(written)["devices"]) < MAX_POINTS
+    assert sink.findings and sink.domains, "the document had findings and domains to check"

@@ -225,26 +225,37 @@ def _temporary(directory: str, prefix: str, suffix: str) -> tuple[int, str]:
             n += 1  # a leftover of a killed run, or another writer
 
 
-def write_atomically(path: str, text: str | Iterable[str], mode: int = 0o644, prefix: str = ".vfio-advisor-",
-                     durable: bool = True) -> None:
-    """Replace `path` with `text` (a string, or strings written one after
-    the other) so that a reader sees the old file or the
-    new one, never a part: rename(2) within one directory is atomic. The
-    temporary name does not end in .prom, so node_exporter's textfile
-    collector (which reads only *.prom) skips it. `mode` 0644 by default:
-    node_exporter runs as its own user. `durable`: fsync the file and its
-    directory, so the new text survives a crash (the state file); the
-    metrics file, rewritten at every sample, skips it: after a crash its
-    next write replaces whatever is there, and two fsyncs per sample would
-    be two disk flushes every interval for the daemon's life."""
+# writev(2) takes at most this many buffers (Linux's UIO_MAXIOV,
+# include/uapi/linux/uio.h; glibc's IOV_MAX): EINVAL past it.
+_IOV_MAX = 1024
+
+
+def write_atomically(path: str, text: str | bytes | Iterable[str | bytes | bytearray], mode: int = 0o644,
+                     prefix: str = ".vfio-advisor-", durable: bool = True) -> None:
+    """Replace `path` with `text` (a string or bytes, or pieces of either
+    written one after the other, strings as UTF-8) so that a reader sees
+    the old file or the new one, never a part: rename(2) within one
+    directory is atomic. The pieces go to writev(2) as they are, up to
+    _IOV_MAX a call: a file of many pieces costs a few system calls, not
+    one a piece. The temporary name does not end in .prom, so
+    node_exporter's textfile collector (which reads only *.prom) skips it.
+    `mode` 0644 by default: node_exporter runs as its own user. `durable`:
+    fsync the file and its directory, so the new text survives a crash
+    (the state file); the metrics file, rewritten at every sample, skips
+    it: after a crash its next write replaces whatever is there, and two
+    fsyncs per sample would be two disk flushes every interval for the
+    daemon's life."""
+    if isinstance(text, str):
+        buffers = [text.encode("utf-8")]
+    elif isinstance(text, (bytes, bytearray)):
+        buffers = [text]
+    else:
+        buffers = [piece.encode("utf-8") if isinstance(piece, str) else piece for piece in text]
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = _temporary(directory, prefix, ".tmp")
     try:
         try:
-            for chunk in (text,) if isinstance(text, str) else text:
-                view = memoryview(chunk.encode("utf-8"))
-                while view:
-                    view = view[os.write(fd, view):]
+            _write_all(fd, buffers)
             if durable:
                 os.fsync(fd)
         finally:
@@ -265,3 +276,25 @@ def write_atomically(path: str, text: str | Iterable[str], mode: int = 0o644, pr
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def _write_all(fd: int, buffers: list) -> None:
+    """writev(2) of every byte of `buffers` (bytes or bytearray), in calls
+    of up to _IOV_MAX. A regular file's writev writes all of it but when
+    interrupted by a signal or out of space (then the next call raises
+    ENOSPC): a short write resumes where it stopped."""
+    i = 0
+    while i < len(buffers):
+        batch = buffers[i:i + _IOV_MAX]
+        written = os.writev(fd, batch)
+        if written == sum(map(len, batch)):
+            i += len(batch)
+            continue
+        for piece in batch:
+            if written < len(piece):
+                break
+            written -= len(piece)
+            i += 1
+        # A copy, not a memoryview: a view of a sink's bytearray would keep
+        # it from growing (BufferError) for as long as the view lives.
+        buffers = buffers[:i] + [buffers[i][written:]] + buffers[i + 1:]

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from typing import Iterable, NamedTuple
 
 # Re-exported: the exposition's input type and the one atomic writer live at the sinks' base.
@@ -112,29 +113,33 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
+# A device's sort key, (domain, bdf): the first two fields of DeviceMetrics.
+_BY_DEVICE = operator.itemgetter(0, 1)
+
+
 def render(devices: Iterable[DeviceMetrics], findings: Iterable[OpenFinding], now: float,
            version: str) -> str:
-    """The exposition text. `now` is the last sample's wall-clock time
-    (Unix seconds, time.time(); not the monotonic clock the Watcher uses)."""
+    """The exposition text. `devices` are DeviceMetrics, or tuples of its
+    fields in its order (what the metrics sink passes: no NamedTuple to
+    build per device). `now` is the last sample's wall-clock time (Unix
+    seconds, time.time(); not the monotonic clock the Watcher uses)."""
     if not math.isfinite(now):
         raise ValueError(f"sample timestamp is not a finite number: {now!r}")
-    devices = sorted(devices, key=lambda d: (d.domain, d.bdf))
-    seen: set[tuple[str, str]] = set()
-    totals, observable, modes = [], [], []
-    for dev in devices:
-        if dev.mode not in MODES:
-            raise ValueError(f"device {dev.bdf} of {dev.domain!r}: mode {dev.mode!r} is not one of "
-                             f"{', '.join(MODES)}")
-        if (dev.domain, dev.bdf) in seen:
-            raise ValueError(f"device {dev.bdf} of {dev.domain!r} given twice")
-        seen.add((dev.domain, dev.bdf))
-        total_head, observable_line, mode_lines = _device_lines(dev.domain, dev.bdf, dev.mode,
-                                                                bool(dev.observable))
-        if dev.observable and dev.interrupts_total is not None and dev.mode in COUNTED_MODES:
-            if dev.interrupts_total < 0:
-                raise ValueError(f"device {dev.bdf} of {dev.domain!r}: negative interrupt count")
-            totals.append(total_head + _number(dev.interrupts_total))
-        observable.append(observable_line)
+    totals, observables, modes = [], [], []
+    last_domain = last_bdf = None
+    for domain, bdf, mode, interrupts_total, observable in sorted(devices, key=_BY_DEVICE):
+        if mode not in MODES:
+            raise ValueError(f"device {bdf} of {domain!r}: mode {mode!r} is not one of {', '.join(MODES)}")
+        if bdf == last_bdf and domain == last_domain:  # sorted: a device given twice comes twice in a row
+            raise ValueError(f"device {bdf} of {domain!r} given twice")
+        last_domain, last_bdf = domain, bdf
+        observable = bool(observable)
+        total_head, observable_line, mode_lines = _device_lines(domain, bdf, mode, observable)
+        if observable and interrupts_total is not None and mode in COUNTED_MODES:
+            if interrupts_total < 0:
+                raise ValueError(f"device {bdf} of {domain!r}: negative interrupt count")
+            totals.append(total_head + _number(interrupts_total))
+        observables.append(observable_line)
         modes.append(mode_lines)
 
     counts: dict[tuple[str, str, str], int] = {}
@@ -153,7 +158,7 @@ def render(devices: Iterable[DeviceMetrics], findings: Iterable[OpenFinding], no
             "(kernel counts; an INTx line's count includes its sharers).", totals)
     _family(lines, "device_interrupts_observable", "gauge",
             "1 if the host can count the device's interrupts, 0 if they are posted to the guest "
-            "(then no interrupts_total sample).", observable)
+            "(then no interrupts_total sample).", observables)
     _family(lines, "device_mode", "gauge",
             "Interrupt mode of an assigned device: 1 for the current mode, 0 for the others.", modes)
     _family(lines, "findings", "gauge",

@@ -58,6 +58,8 @@ class StatusFileSink:
         self.domains: dict[str, dict] = {}
         self.host: dict | None = None
         self.last_event: dict | None = None
+        self._order: list[_Window] | None = None  # the devices' windows by (domain, bdf); None: to sort
+        self._fixed: str | None = None  # the "host" and "domains" members' JSON; None: to redo
 
     @classmethod
     def for_config(cls, cfg) -> StatusFileSink:
@@ -87,6 +89,7 @@ class StatusFileSink:
             "uuid": domain.uuid,
             "devices": {d.address: d.guest_address for d in facts.devices},
         }
+        self._fixed = None
 
     def emit(self, finding, domain=None) -> None:
         now = self.clock()
@@ -112,7 +115,9 @@ class StatusFileSink:
         now = self.clock() if now is None else now
         t = round(now, 3)
         self.times.append(t)
-        stamp = "[" + _json_number(t) + ","
+        # json.dumps escapes every non-ASCII character (ensure_ascii), so
+        # each text below is ASCII and its bytes are its characters.
+        stamp = (",[" + _json_number(t) + ",").encode()
         seen = set()
         entries = self.devices
         for d in devices:
@@ -121,18 +126,32 @@ class StatusFileSink:
             entry = entries.get(key)
             if entry is None:
                 entry = entries[key] = _Window(d.domain, d.bdf)
-            observable = bool(d.observable)
-            entry.mode, entry.count, entry.observable = d.mode, d.count, observable
+                self._order = None
+            mode, count, observable = d.mode, d.count, bool(d.observable)
+            if mode != entry.mode:
+                entry.set_mode(mode)
+            entry.count, entry.observable = count, observable
+            # bytes' %d is int.__repr__ and %r repr(): json.dumps's text for
+            # an int and a finite float (json/encoder.py), in one step.
+            entry.header = (b"%b%d%b" % (entry.lead, count, _TAILS[observable]) if type(count) is int
+                            else entry.lead + _json_number(count).encode() + _TAILS[observable])
             # A posted-MSI device's host counters say nothing (runtime.DeviceSnapshot):
             # its rate is unknown (null), never a flat 0.
-            rate = _json_number(round(float(d.rate), 3)) if observable else "null"
-            entry.append(stamp + rate + "," + _json_string(d.mode) + "]")
+            if observable:
+                rate = round(float(d.rate), 3)
+                point = (b"%b%r%b" % (stamp, rate, entry.mode_end) if rate - rate == 0.0
+                         else stamp + _json_number(rate).encode() + entry.mode_end)
+            else:
+                point = stamp + b"null" + entry.mode_end
+            entry.append(point)
         if len(seen) != len(entries):
             for key in [k for k in entries if k not in seen]:
                 del entries[key]  # the domain stopped or the device left it
+            self._order = None
         names = {name for name, _ in seen}
         for name in [n for n in self.domains if n not in names]:
             del self.domains[name]
+            self._fixed = None
         self._prune(now)
         self._close_findings(open_findings, now)
         self.daemon["updated"] = t
@@ -156,11 +175,19 @@ class StatusFileSink:
         # window drops its oldest points while they are older than the
         # window, as a list of (time, point) would from its front.
         times = self.times
+        drops: dict[int, int] = {}  # points to drop from a window of n points, the same for every such window
         for entry in self.devices.values():
-            k = min(len(entry.lengths), len(times))  # more only for a device given twice in a sample
-            while k and times[-k] < oldest:
-                entry.popleft()
-                k -= 1
+            n = len(entry.lengths)
+            drop = drops.get(n)
+            if drop is None:
+                drop = 0
+                k = min(n, len(times))  # more only for a device given twice in a sample
+                while k and times[-k] < oldest:
+                    drop += 1
+                    k -= 1
+                drops[n] = drop
+            if drop:
+                entry.drop(drop)
         self.findings = [f for f in self.findings if f["closed"] is None or f["closed"] >= oldest]
 
     def _close_findings(self, open_findings: Iterable, now: float) -> None:
@@ -186,22 +213,45 @@ class StatusFileSink:
     def render(self) -> str:
         """The file's text: the document with each window spliced in from
         its stored JSON (see _Window)."""
-        return "".join(self._chunks())
+        return b"".join(self._buffers()).decode()
 
-    def _chunks(self):
-        """render()'s text in pieces, a device's entry each: written one by
-        one, the file (about 1.8 MB at 512 devices with 120 points each) is
-        never one string. Built whole at each sample, it and its UTF-8 copy
-        came from the heap, not mmap, once glibc's malloc had raised its mmap
+    def _buffers(self) -> list:
+        """render()'s bytes in pieces: the document but its devices, then
+        each device's header (its fields up to its points, after the "]},"
+        that ends the device before) and its window's bytes as _Window
+        keeps them. write_atomically hands them to writev(2) as they are:
+        the file (about 1.8 MB at 512 devices with 120 points each) is never
+        one object, and a device costs the Python side its small header only.
+        Built whole at each sample, the text and its UTF-8 copy came from
+        the heap, not mmap, once glibc's malloc had raised its mmap
         threshold past them (mallopt(3), M_MMAP_THRESHOLD: dynamic), and the
         heap grew by 10 MiB over 240 samples around the long-lived objects
-        allocated between them."""
-        rest = json.dumps({"schema": SCHEMA, "daemon": self.daemon, "host": self.host, "domains": self.domains,
-                           "findings": self.findings, "last_event": self.last_event}, separators=(",", ":"))
-        yield rest[:-1] + ',"devices":['
-        for k, (_, entry) in enumerate(sorted(self.devices.items())):
-            yield "," + entry.render() if k else entry.render()
-        yield "]}"
+        allocated between them. Written one device at a time (a str rendered,
+        encoded and written each), the 512 write(2) calls and encodes were
+        half the sink's CPU."""
+        # json.dumps's text for the document but its devices, member by
+        # member (what it writes for a dict: its members' texts between
+        # braces). The host and the domains change only at begin() and when
+        # a domain leaves: at 128 domains they are most of it (25 KB).
+        if self._fixed is None:
+            self._fixed = ',"host":' + _dumps(self.host) + ',"domains":' + _dumps(self.domains)
+        rest = ('{"schema":' + _dumps(SCHEMA) + ',"daemon":' + _dumps(self.daemon) + self._fixed
+                + ',"findings":' + _dumps(self.findings) + ',"last_event":' + _dumps(self.last_event)
+                + ',"devices":[')
+        buffers = [rest.encode()]
+        order = self._order
+        if order is None:
+            order = self._order = [entry for _, entry in sorted(self.devices.items())]
+        append = buffers.append
+        for entry in order:
+            append(entry.header)
+            append(entry.points)
+        if order:
+            buffers[1] = buffers[1][len(_SEPARATOR):]  # the first device has no device before it
+            append(b"]}]}")
+        else:
+            append(b"]}")
+        return buffers
 
     def write(self) -> None:
         if not self.path:
@@ -210,65 +260,82 @@ class StatusFileSink:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             # 0644: Cockpit's page reads it as the logged-in user; it holds
             # domain names, addresses and rates, nothing the journal does not.
-            write_atomically(self.path, self._chunks(), mode=0o644, prefix=".status-", durable=False)
+            write_atomically(self.path, self._buffers(), mode=0o644, prefix=".status-", durable=False)
         except OSError:
             pass  # a full or read-only state directory costs the page its plot, never the daemon
 
 
+# What ends a device's entry before the next one's header, which starts with it.
+_SEPARATOR = b"]},"
+# The end of a device's header after its count, observable or not.
+_TAILS = {True: b',"observable":true,"points":[', False: b',"observable":false,"points":['}
+
+
 class _Window:
     """One device's entry of the file: its last mode, count and whether the
-    host can count it, and its rolling window of points, each turned into
-    its JSON text once, when it comes ([time, rate, mode]).
+    host can count it, its header (the entry's JSON up to its points, redone
+    at each sample for the count) and its rolling window of points, each
+    turned into its JSON bytes once, when it comes ([time, rate, mode]).
 
-    The points' texts are kept joined by "," in blocks of up to BLOCK points
-    (a few hundred bytes each: CPython's small-object allocator, whose pools
-    of one size are reused as they free), with each point's length. As a
-    deque of (time, text) per point, the windows of 512 devices at 240
-    points were 40 KiB a device of the daemon's RSS, and joining them at each
-    sample a third of the sample's CPU (bench/scale_bench.py). As one string
-    per device, rebuilt at each sample, each a few KiB from malloc, the
-    heap fragmented: RSS grew by 3 MiB over 240 samples at 512 devices with
-    the windows full."""
+    The points are one bytearray, joined by ",", with each point's length:
+    a point is appended at its end and the oldest cut from its front.
+    CPython's bytearray cuts its front by moving its start, without a copy
+    of the rest (Objects/bytearrayobject.c, since 3.4); once appends reach
+    the end of its allocation it is copied to a new one 1/8 larger than the
+    text (PyByteArray_Resize), about every 15 samples at 120 points. Over
+    300 samples at 512 devices with the windows full, the sinks' RSS stayed
+    flat (within 0.2 MiB); kept instead in blocks of bytes under 512 bytes
+    each (CPython's small-object pools, handed to writev one by one) it
+    grew by 0.4 MiB and the sink took 1.2-1.5 times the CPU. As a deque of
+    (time, text) per point, the windows of 512 devices at 240 points were
+    40 KiB a device of the daemon's RSS, and joining them at each sample a
+    third of the sample's CPU (bench/scale_bench.py). As one string per
+    device, rebuilt at each sample, each a few KiB from malloc, the heap
+    fragmented: RSS grew by 3 MiB over 240 samples at 512 devices with the
+    windows full."""
 
-    __slots__ = ("head", "mode", "count", "observable", "blocks", "lengths", "open")
-
-    BLOCK = 8
+    __slots__ = ("head", "lead", "mode", "mode_end", "count", "observable", "header", "points", "lengths")
 
     def __init__(self, domain: str, bdf: str):
-        # '{"domain":...,"bdf":...' as json.dumps writes it, for render().
+        # '{"domain":...,"bdf":...' as json.dumps writes it.
         self.head = json.dumps({"domain": domain, "bdf": bdf}, separators=(",", ":"))[:-1]
-        self.mode, self.count, self.observable = "unknown", 0, True
-        self.blocks: deque[str] = deque()  # the points' texts, BLOCK to a block, joined by ","
-        self.lengths: deque[int] = deque()  # each point's text length, oldest first
-        self.open = 0  # points in the last block
+        self.count, self.observable = 0, True
+        self.set_mode("unknown")
+        self.header = self.lead + b"0" + _TAILS[True]
+        self.points = bytearray()  # the points' JSON, joined by ","
+        self.lengths: deque[int] = deque()  # each point's length, oldest first
 
-    def append(self, point: str) -> None:
-        if len(self.lengths) >= MAX_POINTS:
-            self.popleft()
-        if self.open and self.open < self.BLOCK:
-            self.blocks[-1] = self.blocks[-1] + "," + point
-            self.open += 1
+    def set_mode(self, mode: str) -> None:
+        """The header's start (after _SEPARATOR) up to the count, and a
+        point's end, for `mode`."""
+        text = _json_string(mode)
+        self.mode = mode
+        self.lead = _SEPARATOR + (self.head + ',"mode":' + text + ',"count":').encode()
+        self.mode_end = ("," + text + "]").encode()
+
+    def append(self, point: bytes) -> None:
+        """`point` is the point's JSON after a "," (its separator from the one before)."""
+        lengths = self.lengths
+        if len(lengths) >= MAX_POINTS:
+            self.drop(1)
+        if lengths:
+            self.points += point
         else:
-            self.blocks.append(point)
-            self.open = 1
-        self.lengths.append(len(point))
+            self.points += point[1:]
+        lengths.append(len(point) - 1)
 
-    def popleft(self) -> None:
-        n = self.lengths.popleft()
-        first = self.blocks[0]
-        if len(first) == n:  # the block's last point
-            self.blocks.popleft()
-            if not self.blocks:
-                self.open = 0
-        else:
-            self.blocks[0] = first[n + 1:]
+    def drop(self, n: int) -> None:
+        """Drops the `n` oldest points (n <= their number)."""
+        lengths = self.lengths
+        size = n  # a separator after each, but the last point has none
+        for _ in range(n):
+            size += lengths.popleft()
+        # CPython (>= 3.4) moves the bytearray's start here: no copy of the rest.
+        del self.points[:size if lengths else size - 1]
 
-    def render(self) -> str:
-        """The entry's JSON: what json.dumps (compact) writes for
-        {"domain", "bdf", "mode", "count", "observable", "points"} in that order."""
-        return (f'{self.head},"mode":{_json_string(self.mode)},"count":{_json_number(self.count)},'
-                f'"observable":{"true" if self.observable else "false"},"points":[{",".join(self.blocks)}]}}')
 
+# json.dumps(value, separators=(",", ":")) without an encoder made at each call.
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 _STRINGS: dict[str, str] = {}
 
