@@ -199,6 +199,37 @@ def test_write_atomically_writes_every_piece_past_iov_max(tmp_path):
     pieces[2] += b"grows"  # the sink's bytearray is not held by the write (no BufferError)
 
 
+def test_a_file_rewritten_at_each_sample_swaps_names_instead_of_renaming_over(tmp_path, monkeypatch):
+    """durable=False (the metrics and status files) exchanges the two names
+    with renameat2(RENAME_EXCHANGE) and deletes the old text, so ext4 does
+    not write every version to the disk (sinks/base.py _exchange): rename
+    over the old file is not called. A reader holding the old file keeps it
+    whole; nothing is left beside the new file."""
+    path = tmp_path / "vfio-advisor.prom"
+    path.write_text("old\n")
+    reader = open(path)
+
+    def no_rename_over(src, dst):
+        raise AssertionError(f"renamed over {dst}")
+
+    monkeypatch.setattr(os, "replace", no_rename_over)
+    write_atomically(str(path), "new\n", durable=False)
+    assert path.read_text() == "new\n" and reader.read() == "old\n"
+    reader.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vfio-advisor.prom"]
+
+
+def test_the_first_write_of_such_a_file_renames(tmp_path):
+    """No old file to exchange with: renameat2 says ENOENT and the new file
+    is renamed into place."""
+    path = tmp_path / "status.json"
+    write_atomically(str(path), "first\n", durable=False)
+    write_atomically(str(path), "second\n", durable=False)
+    assert path.read_text() == "second\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["status.json"]
+
+
 def test_write_atomically_resumes_short_writes(tmp_path, monkeypatch):
     """writev(2) may write less than asked (a signal, the disk's last
     blocks): the rest follows from where it stopped, inside a piece or
