@@ -590,7 +590,11 @@ class Sampler:
             lead, tail = last.hint
             if (raw.startswith(lead) and raw.endswith(tail)
                     and (mid := raw[len(lead):len(raw) - len(tail)]).isdigit() and mid[0] != 48):
-                # _recount's first case, inline (as in _read_rows).
+                # _recount's first case, inline: the vector counts on the
+                # CPU it counted on before. The tail ends with the text's
+                # newline (_parse_counts), so a text cut at the page size
+                # never matches; a count of exactly "0" is no count
+                # (_NONZERO) and goes to _recount.
                 if last.row[1] != (counts := (int(mid),)):
                     last.row = _tuple_new(IrqLine, (irq, counts, *last.rest))
             elif raw[-1:] != b"\n":
@@ -623,8 +627,9 @@ class Sampler:
             if from_proc and irq in from_proc:
                 missing.add(irq)
                 continue
-            # _sysfs_row's path for a working MSI vector, inline (the most
-            # frequent read of a sample); anything else goes through it.
+            # _sysfs_row's path for a working MSI vector, inline; anything
+            # else goes through it. Once every IRQ went this way, the next
+            # samples read them through the plan (_read_plan).
             last = last_raw.get(irq)
             if last is not None and last.exclusive:
                 fd = count_fds.get(irq)
@@ -632,31 +637,16 @@ class Sampler:
                     raw = pread(fd, SYSFS_PAGE, 0) if fd is not None else None
                 except OSError:
                     raw = None  # _sysfs_row reads it again and says why
-                if raw is not None:
-                    # _recount's first case, inline: the vector counts on the
-                    # CPU it counted on before. The tail ends with the text's
-                    # newline (_parse_counts), so a text cut at the page size
-                    # never matches; a count of exactly "0" is no count
-                    # (_NONZERO) and goes to _recount.
-                    lead, tail = last.hint
-                    if (raw.startswith(lead) and raw.endswith(tail)
-                            and (mid := raw[len(lead):len(raw) - len(tail)]).isdigit() and mid[0] != 48):
-                        if last.row[1] != (counts := (int(mid),)):
-                            last.row = _tuple_new(IrqLine, (irq, counts, *last.rest))
-                        rows[irq] = last.row
-                        readable = True
-                        fast += 1
+                if raw is not None and raw[-1:] == b"\n":
+                    try:
+                        _recount(irq, last, raw)
+                    except ValueError:  # as below: a damaged recording
+                        bad += 1
                         continue
-                    if raw[-1:] == b"\n":
-                        try:
-                            _recount(irq, last, raw)
-                        except ValueError:  # as below: a damaged recording
-                            bad += 1
-                            continue
-                        rows[irq] = last.row
-                        readable = True
-                        fast += 1
-                        continue
+                    rows[irq] = last.row
+                    readable = True
+                    fast += 1
+                    continue
             try:
                 row, changed = self._sysfs_row(irq)
             except _Stale:
