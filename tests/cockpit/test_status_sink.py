@@ -18,7 +18,10 @@ AUDIO = "0000:05:00.1"
 def test_window_rates_and_finding_marks(tmp_path):
     s = Scenario(tmp_path)
     path = tmp_path / "state/status.json"
-    sink = StatusFileSink(str(path), "test:///default", str(s.root), 5.0, window=30.0, clock=s.clock)
+    # Rewritten at every sample (unread_rewrite=0), as while a page reads
+    # it: this is about what the file says; test_status_writes.py is about when.
+    sink = StatusFileSink(str(path), "test:///default", str(s.root), 5.0, window=30.0, clock=s.clock,
+                          unread_rewrite=0)
     s.watcher.wall_clock = s.clock
     s.watcher.sinks.append(sink)
     emitted_at = {}
@@ -58,7 +61,7 @@ def test_window_rates_and_finding_marks(tmp_path):
 def test_a_stopped_domain_leaves_the_file(tmp_path):
     s = Scenario(tmp_path)
     path = tmp_path / "status.json"
-    sink = StatusFileSink(str(path), clock=s.clock)
+    sink = StatusFileSink(str(path), clock=s.clock, unread_rewrite=0)
     s.at(0, intx_rows(10))
     sink.event(SampleEvent(s.clock(), s.clock(), None, s.watcher.snapshot, list))
     assert {d["domain"] for d in json.loads(path.read_text())["devices"]} == {"win11"}

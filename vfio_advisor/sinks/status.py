@@ -11,16 +11,19 @@ followed domain (the host's IOMMU and posting state come with it),
 the daemon's "service" events, `close(summary)` at stop (the file then says
 the daemon stopped, and every finding still open closes there).
 
-The whole file is replaced at each write (temp + rename, sinks/base.py's
-write_atomically): cockpit.file's read (cockpit-bridge's fsread1 channel
-reads the file in one go) must never see half a file. Not fsynced: it is
-rewritten at every sample and only worth its last few minutes.
+The whole file is replaced at each write (a temporary file exchanged with
+it, sinks/base.py's write_atomically): cockpit.file's read (cockpit-bridge's
+fsread1 channel reads the file in one go) must never see half a file. It
+is written at a sample when it was read since its last write, else only
+every half of the page's staleness limit (StatusFileSink._due). Not
+fsynced: it is only worth its last few minutes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections import deque
 from typing import Iterable
@@ -43,7 +46,7 @@ class StatusFileSink:
 
     def __init__(self, path: str | None, connect: str | None = None, host_root: str | None = None,
                  interval: float | None = None, window: float = WINDOW_SECONDS,
-                 clock=time.time):
+                 clock=time.time, unread_rewrite: float | None = None):
         self.path = path
         self.window = window
         self.clock = clock
@@ -60,6 +63,13 @@ class StatusFileSink:
         self.last_event: dict | None = None
         self._order: list[_Window] | None = None  # the devices' windows by (domain, bdf); None: to sort
         self._fixed: str | None = None  # the "host" and "domains" members' JSON; None: to redo
+        # Unread, the file is rewritten after half the page's staleness
+        # limit (cockpit/vfio-advisor.js: max(3 x interval, 30 s)), so a page
+        # that opens never finds it stale.
+        # (0: at every sample.)
+        self.unread_rewrite = max(1.5 * (interval or 5.0), 15.0) if unread_rewrite is None else unread_rewrite
+        self._written: float | None = None  # the sample time of the last write
+        self._atime_updates: bool | None = None  # atime_updates(path), once
 
     @classmethod
     def for_config(cls, cfg) -> StatusFileSink:
@@ -131,14 +141,12 @@ class StatusFileSink:
             if mode != entry.mode:
                 entry.set_mode(mode)
             entry.count, entry.observable = count, observable
-            # bytes' %d is int.__repr__ and %r repr(): json.dumps's text for
-            # an int and a finite float (json/encoder.py), in one step.
-            entry.header = (b"%b%d%b" % (entry.lead, count, _TAILS[observable]) if type(count) is int
-                            else entry.lead + _json_number(count).encode() + _TAILS[observable])
             # A posted-MSI device's host counters say nothing (runtime.DeviceSnapshot):
             # its rate is unknown (null), never a flat 0.
             if observable:
                 rate = round(float(d.rate), 3)
+                # bytes' %r is repr(): json.dumps's text for a finite float
+                # (json/encoder.py), in one step.
                 point = (b"%b%r%b" % (stamp, rate, entry.mode_end) if rate - rate == 0.0
                          else stamp + _json_number(rate).encode() + entry.mode_end)
             else:
@@ -155,7 +163,33 @@ class StatusFileSink:
         self._prune(now)
         self._close_findings(open_findings, now)
         self.daemon["updated"] = t
-        self.write()
+        if self._due(now):
+            self.write()
+            self._written = now
+
+    def _due(self, now: float) -> bool:
+        """Is the file to be rewritten at this sample? When it was read since
+        its last write, else every UNREAD_REWRITE of the page's staleness
+        limit. Nobody reads it while no Cockpit page is open, most of the
+        time: rewriting its 1.8 MB at each sample (512 devices) was the
+        sink's whole cost. A read shows in the file's atime: Linux updates
+        it at the first read after a write, relatime included (fs/inode.c
+        relatime_need_update: mtime not older than atime); the write's own
+        file starts with atime at or before its mtime. The page polls every
+        2 s, so while it is open the file follows every sample at the
+        default interval. On a noatime mount (no read ever shows) it is
+        rewritten at every sample, as before."""
+        if self._written is None or now - self._written >= self.unread_rewrite or not now >= self._written:
+            return True
+        if self._atime_updates is None:
+            self._atime_updates = atime_updates(self.path)
+        if not self._atime_updates:
+            return True
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return True  # gone (or unreadable): write it again
+        return st.st_atime_ns > st.st_mtime_ns
 
     def close(self, summary=None) -> None:
         self.daemon["running"] = False
@@ -244,7 +278,10 @@ class StatusFileSink:
             order = self._order = [entry for _, entry in sorted(self.devices.items())]
         append = buffers.append
         for entry in order:
-            append(entry.header)
+            # The header: bytes' %d is int.__repr__, json.dumps's text for an int.
+            count = entry.count
+            append(b"%b%d%b" % (entry.lead, count, _TAILS[entry.observable]) if type(count) is int
+                   else entry.lead + _json_number(count).encode() + _TAILS[entry.observable])
             append(entry.points)
         if order:
             buffers[1] = buffers[1][len(_SEPARATOR):]  # the first device has no device before it
@@ -263,6 +300,28 @@ class StatusFileSink:
             write_atomically(self.path, self._buffers(), mode=0o644, prefix=".status-", durable=False)
         except OSError:
             pass  # a full or read-only state directory costs the page its plot, never the daemon
+
+
+def atime_updates(path: str, mountinfo: str = "/proc/self/mountinfo") -> bool:
+    """Does a read of `path` update its atime? Not on a mount with
+    noatime (proc(5), /proc/pid/mountinfo: field 6, the per-mount
+    options), nor where the mounts cannot be read (then: assume not)."""
+    directory = os.path.realpath(os.path.dirname(path) or ".")
+    best, options = "", ""
+    try:
+        with open(mountinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) < 6:
+                    continue
+                # Spaces, tabs, newlines and backslashes in a mount point are octal escapes.
+                point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])
+                inside = directory == point or directory.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= len(best):  # the last of stacked mounts wins
+                    best, options = point, fields[5]
+    except OSError:
+        return False
+    return bool(best) and "noatime" not in options.split(",")
 
 
 # What ends a device's entry before the next one's header, which starts with it.
@@ -294,14 +353,13 @@ class _Window:
     fragmented: RSS grew by 3 MiB over 240 samples at 512 devices with the
     windows full."""
 
-    __slots__ = ("head", "lead", "mode", "mode_end", "count", "observable", "header", "points", "lengths")
+    __slots__ = ("head", "lead", "mode", "mode_end", "count", "observable", "points", "lengths")
 
     def __init__(self, domain: str, bdf: str):
         # '{"domain":...,"bdf":...' as json.dumps writes it.
         self.head = json.dumps({"domain": domain, "bdf": bdf}, separators=(",", ":"))[:-1]
         self.count, self.observable = 0, True
         self.set_mode("unknown")
-        self.header = self.lead + b"0" + _TAILS[True]
         self.points = bytearray()  # the points' JSON, joined by ","
         self.lengths: deque[int] = deque()  # each point's length, oldest first
 
