@@ -231,7 +231,7 @@ OWN_FILES = {
     "config.py": "the config file the user names",
     "daemon/state.py": "the daemon's state file under /var/lib/vfio-advisor",
     "daemon/gather_child.py": "stats the package's own .py files (fingerprint)",
-    "sinks/base.py": "writes sink output files atomically",
+    "sinks/base.py": "writes sink output files atomically, and tells whether one was read since",
     "sinks/journal.py": "looks for journald's socket",
     "sources.py": "domain XML files and snapshot archives the user names",
     "errors.py": "opens /dev/null over fd 2 while libvirt parses (quiet_stderr)",

@@ -60,6 +60,7 @@ write_atomically is the one way a sink replaces a file.
 from __future__ import annotations
 
 import os
+import re
 from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple, Protocol, TextIO, Union, runtime_checkable
 
 if TYPE_CHECKING:
@@ -344,3 +345,38 @@ def _write_all(fd: int, buffers: list) -> None:
         # A copy, not a memoryview: a view of a sink's bytearray would keep
         # it from growing (BufferError) for as long as the view lives.
         buffers = buffers[:i] + [buffers[i][written:]] + buffers[i + 1:]
+
+
+def atime_updates(path: str, mountinfo: str = "/proc/self/mountinfo") -> bool:
+    """Does a read of `path` update its atime? Not on a mount with
+    noatime (proc(5), /proc/pid/mountinfo: field 6, the per-mount
+    options), nor where the mounts cannot be read (then: assume not)."""
+    directory = os.path.realpath(os.path.dirname(path) or ".")
+    best, options = "", ""
+    try:
+        with open(mountinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) < 6:
+                    continue
+                # Spaces, tabs, newlines and backslashes in a mount point are octal escapes.
+                point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])
+                inside = directory == point or directory.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= len(best):  # the last of stacked mounts wins
+                    best, options = point, fields[5]
+    except OSError:
+        return False
+    return bool(best) and "noatime" not in options.split(",")
+
+
+def read_since_written(path: str) -> bool:
+    """Has `path` been read since it was last written? Linux updates a
+    file's atime at the first read after a write, relatime included
+    (fs/inode.c relatime_need_update: mtime not older than atime), and a
+    file written anew starts with atime at or before its mtime. True also
+    when it is gone or cannot be looked at (write it again)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return True
+    return st.st_atime_ns > st.st_mtime_ns

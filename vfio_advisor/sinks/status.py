@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from collections import deque
 from typing import Iterable
 
-from vfio_advisor.sinks.base import write_atomically
+from vfio_advisor.sinks.base import atime_updates, read_since_written, write_atomically
 
 SCHEMA = "vfio-advisor/status/1"
 STATUS_FILE = "status.json"
@@ -169,27 +168,19 @@ class StatusFileSink:
 
     def _due(self, now: float) -> bool:
         """Is the file to be rewritten at this sample? When it was read since
-        its last write, else every UNREAD_REWRITE of the page's staleness
-        limit. Nobody reads it while no Cockpit page is open, most of the
-        time: rewriting its 1.8 MB at each sample (512 devices) was the
-        sink's whole cost. A read shows in the file's atime: Linux updates
-        it at the first read after a write, relatime included (fs/inode.c
-        relatime_need_update: mtime not older than atime); the write's own
-        file starts with atime at or before its mtime. The page polls every
-        2 s, so while it is open the file follows every sample at the
-        default interval. On a noatime mount (no read ever shows) it is
-        rewritten at every sample, as before."""
+        its last write (sinks/base.py read_since_written: its atime), else
+        once `unread_rewrite` (half the page's staleness limit) has passed.
+        Nobody reads it while no Cockpit page is open, most of the time:
+        rewriting its 1.8 MB at each sample (512 devices) was the sink's
+        whole cost. The page polls every 2 s, so while it is open the file
+        follows every sample at the default interval. On a noatime mount
+        (no read ever shows) it is rewritten at every sample, as before.
+        A wall clock that stepped back also writes."""
         if self._written is None or now - self._written >= self.unread_rewrite or not now >= self._written:
             return True
         if self._atime_updates is None:
             self._atime_updates = atime_updates(self.path)
-        if not self._atime_updates:
-            return True
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return True  # gone (or unreadable): write it again
-        return st.st_atime_ns > st.st_mtime_ns
+        return not self._atime_updates or read_since_written(self.path)
 
     def close(self, summary=None) -> None:
         self.daemon["running"] = False
@@ -300,28 +291,6 @@ class StatusFileSink:
             write_atomically(self.path, self._buffers(), mode=0o644, prefix=".status-", durable=False)
         except OSError:
             pass  # a full or read-only state directory costs the page its plot, never the daemon
-
-
-def atime_updates(path: str, mountinfo: str = "/proc/self/mountinfo") -> bool:
-    """Does a read of `path` update its atime? Not on a mount with
-    noatime (proc(5), /proc/pid/mountinfo: field 6, the per-mount
-    options), nor where the mounts cannot be read (then: assume not)."""
-    directory = os.path.realpath(os.path.dirname(path) or ".")
-    best, options = "", ""
-    try:
-        with open(mountinfo, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) < 6:
-                    continue
-                # Spaces, tabs, newlines and backslashes in a mount point are octal escapes.
-                point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])
-                inside = directory == point or directory.startswith(point.rstrip("/") + "/")
-                if inside and len(point) >= len(best):  # the last of stacked mounts wins
-                    best, options = point, fields[5]
-    except OSError:
-        return False
-    return bool(best) and "noatime" not in options.split(",")
 
 
 # What ends a device's entry before the next one's header, which starts with it.
