@@ -152,6 +152,30 @@ def test_va5003_off_the_expander_bus(analyzer, xml):
             assert fn.routed
 
 
+def test_a_renumbered_controller_takes_its_chassis_along(analyzer):
+    """VA5003 empties the expander bus; its index goes to the root port
+    that had the highest (tidy_ops). libvirt gives a controller it adds
+    later (the USB controller's root port, defining the user's own file) its
+    index as chassis: the renumbered port's chassis must follow its index,
+    or QEMU refuses the start ("Can't add chassis slot", seen booting the
+    fix in tests/guestboot/test_fix_layouts_boot.py). A chassis the user
+    chose (not the index) stays."""
+    from lxml import etree  # noqa: PLC0415
+
+    def chassis(text: str) -> dict:
+        root = etree.fromstring(text.encode())
+        return {int(c.get("index")): c.find("target").get("chassis")
+                for c in root.iterfind("devices/controller[@type='pci']") if c.find("target") is not None
+                and c.find("target").get("chassis") is not None}
+
+    source = (DATA / "q35-pxb-hostdev.xml").read_text()
+    plan = plan_domain(analyzer, source)
+    assert_fixed(plan, "VA5003")
+    assert chassis(source) == {2: "2"} and chassis(plan.fixed_text) == {1: "1"}
+    chosen = plan_domain(analyzer, source.replace("chassis='2'", "chassis='7'"))
+    assert chassis(chosen.fixed_text) == {1: "7"}
+
+
 def test_va5003_moves_only_what_it_flagged(analyzer):
     # pxb_e1000 plus an e1000e behind a second root port on the same
     # expander bus: the e1000's port moves to pcie.0, the e1000e (MSI-X,

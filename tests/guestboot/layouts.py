@@ -47,6 +47,16 @@ def bootable(xml: str, host_pins: dict, name: str) -> str:
     for tag in ("memory", "vcpu", "os", "on_poweroff", "on_reboot"):
         dom.append(tier.find(tag))
     dom.find("os/type").set("machine", machine)
+    # A pcie-expander-bus names its NUMA node, so its domain has <numa>:
+    # its one cell gets the one vCPU and the tier's memory (libvirt 9.0
+    # refuses cells with more CPUs than <vcpu>, or memory that differs).
+    cells = dom.findall("cpu/numa/cell")
+    assert len(cells) <= 1, f"{name}: one NUMA cell at most for a one-vCPU guest"
+    for cell in cells:
+        memory = dom.find("memory")  # the tier's, appended above
+        cell.set("cpus", "0")
+        cell.set("memory", memory.text)
+        cell.set("unit", memory.get("unit", "KiB"))
     devices = dom.find("devices")
     serial = tier.find("devices/serial")
     serial.find("source").set("path", f"@WORK@/{name}.console")

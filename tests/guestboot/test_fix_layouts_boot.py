@@ -11,10 +11,13 @@ for the fixed XML.
   the guest (a slot without function 0 is not scanned).
 - tests/data/fix/adv-i440fx-sata-lpc.xml (VA4001): i440FX to Q35 with the
   SATA controller at 00:03.0 and a virtio-serial controller at 00:1f.0.
+- tests/data/fix/q35-pxb-hostdev.xml (VA5003): an INTx card behind a root
+  port on a pcie-expander-bus; the fix moves the root port, with the card,
+  to pcie.0, where its INTx reaches the guest.
 
 Assigned devices are booted as stand-ins with the same INTx pin at the same
 guest address (tests/guestboot/layouts.py). Disks are dropped (no image); everything else is the
-layout as planned. Both boot in one libvirtd: about 40 s under TCG.
+layout as planned. All boot in one libvirtd: about 40-60 s under TCG.
 
 Needs what that tier needs (root, libvirtd, QEMU, Debian's archive for the
 first guest build).
@@ -34,6 +37,7 @@ from vfio_advisor.fix.planner import Analyzer, plan_domain
 CASES = {
     "holds-slot": ("adv-q35-hostdev-holds-slot.xml", "VA5001"),
     "sata-lpc": ("adv-i440fx-sata-lpc.xml", "VA4001"),
+    "pxb-intx": ("q35-pxb-hostdev.xml", "VA5003"),
 }
 
 

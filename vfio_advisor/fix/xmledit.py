@@ -162,6 +162,18 @@ class Op:
             old = self.key[1]
             el = find(root, self.key)
             el.set("index", str(self.index))
+            # libvirt gives a root port or bridge without a chassis its
+            # index (pcie-root-port chassis, pci-bridge chassisNr; libvirt
+            # 9.0), so a chassis that was its old index moves with it.
+            # Kept, it collides with the next controller libvirt adds at
+            # the old index (a USB controller's root port on a define of
+            # the user's file), and QEMU 7.2 refuses to start: "Can't add
+            # chassis slot, error -16" (hw/pci/pcie_port.c pcie_chassis_add_slot:
+            # one (chassis, slot) pair per port).
+            target = el.find("target")
+            for name in ("chassis", "chassisNr"):
+                if target is not None and int_or_none(target.get(name)) == old:
+                    target.set(name, str(self.index))
             for dev in root.xpath(XPATH["device_elements"]):
                 a = address_of(dev)
                 if a is not None and a.bus == old and dev is not el:
