@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Callable
 
+from vfio_advisor import libc
 from vfio_advisor.config import Config, load_config
 from vfio_advisor.errors import quiet_stderr
 from vfio_advisor.facts.host import HostRoot
@@ -502,9 +503,6 @@ class Service:
             sink.close(None)
 
 
-_malloc_trim = None
-
-
 def release_free_heap() -> None:
     """Give the free pages of the C heap back to the kernel: glibc's
     malloc_trim(3), which since glibc 2.8 releases every whole free page of
@@ -514,16 +512,9 @@ def release_free_heap() -> None:
     returns: at 128 domains they were 5.7 MiB of the daemon's RSS for its
     life (bench/scale_bench.py). Not glibc (musl has no malloc_trim):
     nothing to do."""
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            import ctypes  # noqa: PLC0415 - at the first domain event only
-
-            _malloc_trim = ctypes.CDLL(None).malloc_trim
-        except (ImportError, OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
+    malloc_trim = libc.function("malloc_trim")
+    if malloc_trim is not None:
+        malloc_trim(0)
 
 
 def _raise_nofile_limit() -> None:

@@ -63,6 +63,8 @@ import os
 import re
 from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple, Protocol, TextIO, Union, runtime_checkable
 
+from vfio_advisor import libc
+
 if TYPE_CHECKING:
     from vfio_advisor.facts.domain import Domain
     from vfio_advisor.facts.model import DomainFacts, HostFacts
@@ -285,7 +287,6 @@ def write_atomically(path: str, text: str | bytes | Iterable[str | bytes | bytea
 # current directory" (AT_FDCWD, include/uapi/linux/fcntl.h).
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
-_renameat2 = None  # libc's renameat2 once looked up; False where it cannot be used
 
 
 def _exchange(tmp: str, path: str) -> bool:
@@ -302,20 +303,10 @@ def _exchange(tmp: str, path: str) -> bool:
     512 devices (measured here: 74 MB written for 40 rewrites against 1.9 MB
     exchanged). Exchanged and unlinked, a version is gone before the
     writeback's 30 s expiry (vm.dirty_expire_centisecs) and never written."""
-    global _renameat2
-    if _renameat2 is None:
-        try:
-            import ctypes  # noqa: PLC0415 - the daemon's only user; the hook never gets here
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            _renameat2 = libc.renameat2
-            _renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                                   ctypes.c_uint)
-        except (ImportError, OSError, AttributeError):
-            _renameat2 = False
-    if not _renameat2:
+    renameat2 = libc.function("renameat2")
+    if renameat2 is None:
         return False
-    if _renameat2(_AT_FDCWD, os.fsencode(tmp), _AT_FDCWD, os.fsencode(path), _RENAME_EXCHANGE) != 0:
+    if renameat2(_AT_FDCWD, os.fsencode(tmp), _AT_FDCWD, os.fsencode(path), _RENAME_EXCHANGE) != 0:
         # ENOENT (the first write), EINVAL or ENOSYS (no exchange here): nothing moved.
         return False
     try:

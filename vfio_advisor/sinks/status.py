@@ -176,7 +176,7 @@ class StatusFileSink:
         follows every sample at the default interval. On a noatime mount
         (no read ever shows) it is rewritten at every sample, as before.
         A wall clock that stepped back also writes."""
-        if self._written is None or now - self._written >= self.unread_rewrite or not now >= self._written:
+        if self._written is None or now < self._written or now - self._written >= self.unread_rewrite:
             return True
         if self._atime_updates is None:
             self._atime_updates = atime_updates(self.path)
