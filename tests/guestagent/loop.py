@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 import libvirt  # noqa: E402
 
 from vfio_advisor.guest.agent import GuestAgent, GuestAgentError, LibvirtAgent  # noqa: E402
-from vfio_advisor.guest.channel import add_agent_channel  # noqa: E402
+from tests.guestagent.support import add_agent_channel  # noqa: E402
 # The guest's accelerator: KVM only where a Debian kernel really boots under
 # this host's /dev/kvm (libvirt's type='kvm'), else TCG (type='qemu'); see
 # docs/kvm.md. Probed once per host boot and cached.

@@ -15,7 +15,7 @@ import pytest
 
 from tests.guestagent.support import HERE, REPO
 from vfio_advisor.guest import linux, windows
-from vfio_advisor.guest.channel import add_agent_channel
+from tests.guestagent.support import add_agent_channel
 from vfio_advisor.guest.inspect import DeviceReport, GuestReport, Target
 from vfio_advisor.guest.options import KNOWN_OPTIONS
 from vfio_advisor.guest.plan import MODPROBE_FILE, WRITE_MODPROBE_ARGV, plan_for

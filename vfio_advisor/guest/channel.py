@@ -24,33 +24,6 @@ def channel_state(root: etree._Element) -> str | None:
     return str(states[0]) if states else None
 
 
-def add_agent_channel(domain_xml: str) -> str | None:
-    """The domain XML with <channel type='unix'><target type='virtio'
-    name='org.qemu.guest_agent.0'/></channel> added as the last device; None
-    when it already has one. The text is edited in place (before the one
-    </devices>), so the diff shows only the added lines and libvirt's own
-    quoting and order stay as they were."""
-    parser = etree.XMLParser(resolve_entities=False, no_network=True)
-    root = etree.fromstring(domain_xml.encode(), parser)
-    if has_agent_channel(root):
-        return None
-    if domain_xml.count("</devices>") != 1:
-        if root.find("devices") is not None or "<devices/>" in domain_xml:
-            return None  # <devices/> or an odd layout: leave it to the user
-        end = domain_xml.rindex("</domain>")
-        return (domain_xml[:end] + "  <devices>\n" + _CHANNEL.format(indent="    ")
-                + "  </devices>\n" + domain_xml[end:])
-    end = domain_xml.index("</devices>")
-    line_start = domain_xml.rfind("\n", 0, end) + 1
-    outer = domain_xml[line_start:end]
-    indent = (outer if outer.strip() == "" else "  ") + "  "
-    return domain_xml[:line_start] + _CHANNEL.format(indent=indent) + domain_xml[line_start:]
-
-
-_CHANNEL = ("{indent}<channel type='unix'>\n{indent}  <target type='virtio' name='org.qemu.guest_agent.0'/>\n"
-            "{indent}</channel>\n")
-
-
 CHANNEL_ELEMENT = "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
 
 
