@@ -77,12 +77,20 @@ def daemon_child(root: str, node: str, work: str, warm: int, samples: int, resyn
 
     config = os.path.join(work, "config.toml")
     open(config, "w").close()
+    CPUS_OF_TREE = 256  # CPUS below, which this child does not import
     irq_dir = os.path.join(root, "sys/kernel/irq")
     # Each vector counts on its one CPU, the one the tree gave it (irq % the
     # CPU count: build_scale_host), as sample_cost_scaled's bump() moves it.
     # (Bumping another CPU at each sample, as this did before, left every
     # vector counting on ~90 CPUs by the end of the run: not the scene.)
     counts = [(os.path.join(irq_dir, n, "per_cpu_count"), int(n)) for n in sorted(os.listdir(irq_dir))]
+    # /proc/stat's intr line moves with them (build_scale_host wrote it):
+    # the kernel counts each interrupt in both (kstat_incr_irqs_this_cpu).
+    from vfio_advisor.testing.procstat import proc_stat_text
+    stat_path = os.path.join(root, "proc/stat")
+    with open(stat_path) as f:
+        intr = next(line for line in f if line.startswith("intr ")).split()[2:]
+    totals = {n: int(v) for n, v in enumerate(intr)}
 
     from vfio_advisor import cli
     from vfio_advisor.daemon import service as service_module
@@ -122,6 +130,9 @@ def daemon_child(root: str, node: str, work: str, warm: int, samples: int, resyn
                 f.seek(0)
                 f.write(",".join(values).rstrip("\n") + "\n")
                 f.truncate()
+            totals[irq] += 3
+        with open(stat_path, "w") as f:  # O_TRUNC: the same inode, as the daemon keeps it open
+            f.write(proc_stat_text(totals, CPUS_OF_TREE, len(totals)))
         st["bump"] += cpu() - t
         if n == warm:
             st["t0"], st["bump"] = cpu(), 0.0
@@ -192,6 +203,7 @@ from vfio_advisor.daemon.state import StateStore  # noqa: E402
 from vfio_advisor.daemon.watch import RuntimeConfig, Watcher  # noqa: E402
 from vfio_advisor.sinks.base import CallbackSink  # noqa: E402
 from vfio_advisor.testing.hosttree import Device, Host, build, irq_row, load_config  # noqa: E402
+from vfio_advisor.testing.procstat import proc_stat_text  # noqa: E402
 from vfio_advisor.testing.scenes import domain_xml, hostdev_xml  # noqa: E402
 
 CPUS = 256
@@ -268,12 +280,31 @@ def build_scale_host(root: Path, domains: int) -> list[str]:
             (d / "chip_name").write_text("IR-PCI-MSIX\n")
             (d / "hwirq").write_text(f"{irq * 2048}\n")
             (d / "type").write_text("edge\n")
+    write_scale_stat(root, vfs, 0)
     xmls = []
     for d in range(domains):
         hostdevs = [hostdev_xml(vf_bdf(d * VFS_PER_DOMAIN + j), (j + 1, 0, 0)) for j in range(VFS_PER_DOMAIN)]
         xml = domain_xml(f"vm{d:03d}", hostdevs, os="linux")
         xmls.append(xml.replace("<name>", f"<uuid>6a1c2f0e-3f43-4c1b-9b1e-{d:012x}</uuid>\n  <name>", 1))
     return xmls
+
+
+# nr_irqs of an x86_64 host with 256 CPUs and 120 IO-APIC pins, the length
+# of /proc/stat's intr line (arch/x86/kernel/apic/vector.c arch_probe_nr_irqs,
+# Linux 6.1: gsi_top + 16 legacy + 8 per CPU + 16 per GSI for MSI).
+STAT_NR_IRQS = 120 + 16 + 8 * CPUS + 16 * 120
+
+
+def write_scale_stat(root: Path, vfs: int, step: int) -> None:
+    """proc/stat of the scale tree: every row's total as its per_cpu_count
+    (the vectors, at `step`) and its /proc/interrupts row (the host's own)
+    sum to, as the kernel counts both."""
+    totals = {FIRST_IRQ + n: (FIRST_IRQ + n) * 7 for n in range(OTHER_ROWS)}
+    for vf in range(vfs):
+        for k in range(VECTORS_PER_VF):
+            irq = vector_irq(vf, k)
+            totals[irq] = sum(map(int, per_cpu_count(irq, CPUS, step, "one").split(",")))
+    (root / "proc/stat").write_text(proc_stat_text(totals, CPUS, STAT_NR_IRQS))
 
 
 def set_kernel(root: Path, release: str) -> None:
@@ -304,6 +335,7 @@ def bump(root: Path, irqs: list[int], step: int) -> None:
         with open(root / f"sys/kernel/irq/{irq}/per_cpu_count", "r+") as f:
             f.write(per_cpu_count(irq, CPUS, step, "one"))
             f.truncate()
+    write_scale_stat(root, len(irqs) // VECTORS_PER_VF, step)
 
 
 def sample_cost_scaled(root: Path, xmls: list[str], runs: int) -> tuple[float, int]:

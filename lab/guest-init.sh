@@ -107,6 +107,9 @@ capture() {
             [ -f "$i/$a" ] && copy1 "$i/$a" "/cap/$name$i/$a"
         done
     done
+    # After them: /proc/stat's intr line holds each IRQ's total
+    # (fs/proc/stat.c show_all_irqs), the daemon's steady counts for VFs.
+    cat /proc/stat > "/cap/$name/proc/stat"
     # The IOMMUs the kernel runs (drivers/iommu/iommu-sysfs.c) and their
     # capability registers (drivers/iommu/intel/iommu.c, intel-iommu/cap).
     for u in /sys/class/iommu/*; do

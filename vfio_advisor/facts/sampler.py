@@ -74,11 +74,25 @@ samples it keeps each IRQ's last read (_Last) and rebuilds only what moved;
 tests/daemon/test_sample_fastpath.py checks a long-lived sampler against a
 fresh one, which keeps nothing, at every sample.
 
+Where every watched IRQ is a vfio MSI/MSI-X vector (SR-IOV VFs, which have
+no INTx pin: the scene of a host with many VMs), the steady sample reads
+their counts from /proc/stat instead (STAT_INTR: one read for every
+vector, where per_cpu_count formats one count per possible CPU per vector),
+and one kept actions descriptor per device, its sentinel, notices what the
+per-vector reads noticed: a teardown frees every vector of the device, so
+the sentinel reads ENODEV, or another handler where the number went to
+another device. tests/facts/test_sampler_stat.py checks it against fresh
+samplers, tests/lab/test_lab_live.py that /proc/stat's totals are the
+per_cpu_count sums on a real kernel. Hosts where a watched device has an
+INTx line keep the per-vector reads.
+
 One difference the kernel makes, not this code: per_cpu_count lists
 possible CPUs and /proc/interrupts online ones, so counts an offline CPU
 took before it went offline are in the sysfs sum only. The counts come from
 sysfs at every sample once a device is watched, so its deltas never mix the
-two sources.
+two sources. /proc/stat's total is the same counter as the per_cpu_count
+sum (tot_count, on every possible CPU), up to its wrap at 2**32, which the
+stat plan makes up for (STAT_WRAP).
 """
 
 from __future__ import annotations
@@ -112,6 +126,22 @@ SYSFS_PAGE = 4096
 # for each read instead, so a host with hundreds of vectors stays far below
 # systemd's default soft RLIMIT_NOFILE of 1024.
 MAX_KEPT_FDS = 512
+# /proc/stat's "intr" line: one total per IRQ number, every number up to
+# nr_irqs (fs/proc/stat.c show_all_irqs, Linux 6.1: kstat_irqs_usr, which
+# for an ordinary IRQ returns desc->tot_count, kept beside the per-CPU counts
+# in kstat_incr_irqs_this_cpu since Linux 5.1, "genirq: Avoid summation loops
+# for /proc/stat"). A steady sample reads it once for all its vectors (the
+# stat plan, Sampler._read_stat_plan) instead of one per_cpu_count each,
+# which formats one number per possible CPU per read (irqdesc.c
+# per_cpu_count_show): 1,536 reads of 256 numbers on a 256-CPU host.
+STAT_INTR = b"\nintr "
+# tot_count is an unsigned int: it wraps at 2**32, where the per_cpu_count sum
+# (one unsigned int per CPU) need not. The plan keeps the difference.
+STAT_WRAP = 1 << 32
+# /proc/stat is sized by the kernel to its CPUs and IRQs (single_open_size in
+# fs/proc/stat.c stat_open); a read that fills the buffer is retried with a
+# larger one.
+STAT_FIRST_READ = 1 << 16
 
 
 def kept_fds_cap() -> int:
@@ -284,6 +314,16 @@ class Sampler:
         # rediscovery, a closed descriptor, another tree, or a read the loop
         # did not expect (it then falls back to the full loop).
         self._plan: tuple | None = None
+        # The steady sample's counts from /proc/stat (_build_stat_plan): its
+        # sentinels, entries and last totals; None where the plan reads each
+        # per_cpu_count. stat_usable turns False for the tree (until the next
+        # rediscovery) when /proc/stat cannot be read or disagrees with
+        # per_cpu_count; stat_samples counts the samples it served.
+        self._stat_plan: tuple | None = None
+        self._stat_fd: int | None = None
+        self._stat_size = STAT_FIRST_READ
+        self.stat_usable = True
+        self.stat_samples = 0
         self._root_id = self._root_identity()
         self.steady_modes = _steady_modes(host)
 
@@ -320,7 +360,10 @@ class Sampler:
 
     def close(self) -> None:
         """Close every kept descriptor (they are reopened when needed)."""
-        self._plan = None
+        self._plan = self._stat_plan = None
+        if self._stat_fd is not None:
+            os.close(self._stat_fd)
+            self._stat_fd = None
         for fds in (self.count_fds, self.action_fds):
             for fd in fds.values():
                 os.close(fd)
@@ -607,13 +650,127 @@ class Sampler:
             rows[irq] = last.row
         return rows
 
+    def _stat_tokens(self, upto: int = -1) -> list[bytes] | None:
+        """/proc/stat's intr line split at its spaces: [sum, IRQ 0, IRQ 1,
+        ...] (show_all_irqs prints every number up to nr_irqs, a gap as
+        " 0"); with `upto`, only the tokens up to that index are split off
+        (the rest of the line stays in one), read through a kept descriptor (a proc seq_file read at
+        offset 0 shows it anew, fs/seq_file.c seq_read_iter). None if
+        /proc/stat cannot be read or has no intr line."""
+        fd = self._stat_fd
+        try:
+            if fd is None:
+                fd = self._stat_fd = self.host.open_kept("proc/stat")
+            data = os.pread(fd, self._stat_size, 0)
+            while len(data) >= self._stat_size:  # maybe cut: read it whole
+                self._stat_size *= 4
+                data = os.pread(fd, self._stat_size, 0)
+        except (FactUnavailable, OSError):
+            return None
+        start = data.find(STAT_INTR)
+        if start < 0:
+            return None
+        start += len(STAT_INTR)
+        end = data.find(b"\n", start)
+        return data[start:end if end >= 0 else len(data)].split(b" ", upto + 1 if upto >= 0 else -1)
+
+    def _build_stat_plan(self, plan: tuple) -> tuple | None:
+        """The plan's counts from /proc/stat (STAT_INTR): (sentinels,
+        entries, totals), or None, and stat_usable False, where /proc/stat
+        cannot stand in for the per_cpu_count just read.
+
+        Each device's vectors are freed together (MSI, and MSI-X before
+        Linux 6.5: the module docstring; on later kernels msi_irqs/ is
+        listed at every sample anyway), so one kept actions descriptor per
+        device, its sentinel, reads ENODEV or another text at any teardown
+        of the device's vectors, as the per-vector reads did. Per entry
+        (irq, index in the intr line, offset, _Last): the offset is the
+        multiple of STAT_WRAP between tot_count and the per_cpu_count sum
+        just read (zero until a vector has counted 2**32 interrupts). The
+        intr line is read after the per_cpu_count texts, so on a live host
+        it may be ahead of them, never behind."""
+        tokens = self._stat_tokens()
+        if tokens is None:
+            self.stat_usable = False
+            return None
+        sentinels, entries, totals, seen = [], [], [], set()
+        try:
+            for irq, _fd, last in plan:
+                counted = sum(last.row[1])
+                k = int(irq) + 1
+                now = int(tokens[k])
+                ahead = (now - counted) % STAT_WRAP
+                if ahead >= STAT_WRAP // 2:  # behind per_cpu_count: not the same counter
+                    raise ValueError(irq)
+                entries.append((irq, k, counted + ahead - now, last))
+                totals.append(counted)
+                device = last.handlers[0].rpartition("(")[2] if last.handlers else None
+                if device not in seen:
+                    seen.add(device)
+                    if irq not in self.action_fds:  # closed since (a replay's root swapped)
+                        if self._pread(self.action_fds, irq, "actions") != last.actions:
+                            raise ValueError(irq)
+                    sentinels.append((self.action_fds[irq], last.actions))
+        except (ValueError, IndexError, KeyError, FactUnavailable, _Stale):
+            # A recorded tree whose /proc/stat is from another moment, a
+            # damaged one, or an actions file that cannot be kept open (past
+            # max_kept): the plan reads each per_cpu_count instead.
+            self.stat_usable = False
+            return None
+        return tuple(sentinels), tuple(entries), totals, max(e[1] for e in entries)
+
+    def _read_stat_plan(self, stat_plan: tuple) -> dict | None:
+        """_read_plan with every count from one /proc/stat read
+        (_build_stat_plan). _Stale when a sentinel reads ENODEV or another
+        text (sample() rediscovers). None at anything else it does not
+        expect: a sentinel's read error, a damaged or short intr line, a
+        total that fell (a reset, or tot_count wrapping past the offset):
+        the full loop then reads every per_cpu_count and builds the plan
+        again."""
+        sentinels, entries, totals, last_index = stat_plan
+        pread = os.pread
+        for fd, actions in sentinels:
+            try:
+                now = pread(fd, SYSFS_PAGE, 0)
+            except OSError as exc:
+                if exc.errno == errno.ENODEV:  # freed (module docstring): every vector of the device
+                    raise _Stale(fd) from None
+                return None
+            if now != actions:
+                # Another handler on the device's vector: freed and taken by
+                # another device, or its vfio handler freed (vfio-pci frees
+                # a handler without the vector on Linux 6.5+,
+                # vfio_msi_set_vector_signal): rediscover, as at ENODEV.
+                raise _Stale(fd)
+        tokens = self._stat_tokens(last_index)
+        if tokens is None or len(tokens) <= last_index:
+            return None
+        rows: dict[str, IrqLine] = {}
+        try:
+            for i, (irq, k, offset, last) in enumerate(entries):
+                total = int(tokens[k]) + offset
+                if total != totals[i]:
+                    if total < totals[i]:
+                        return None
+                    totals[i] = total
+                    # One count, the total: the rows' sum is what the model
+                    # reads (IrqLine.total); a zero total stays as it was,
+                    # no count.
+                    last.row = _tuple_new(IrqLine, (irq, (total,), *last.rest))
+                rows[irq] = last.row
+        except ValueError:
+            return None
+        self.stat_samples += 1
+        return rows
+
     def _read_rows(self, retry: bool = False) -> tuple[dict, set, bool, int, bool]:
         plan = self._plan
         if plan is not None and not retry:
-            planned = self._read_plan(plan)
+            stat_plan = self._stat_plan
+            planned = self._read_stat_plan(stat_plan) if stat_plan is not None else self._read_plan(plan)
             if planned is not None:
                 return planned, set(), True, 0, False
-            self._plan = None
+            self._plan = self._stat_plan = None
         rows: dict[str, IrqLine] = {}
         fast = 0  # IRQs read by the inline path below (all of them: a plan)
         missing: set[str] = set()
@@ -670,6 +827,7 @@ class Sampler:
                 rows[irq] = row
         if fast and fast == len(self.order) and not bad:
             self._plan = tuple((irq, count_fds[irq], last_raw[irq]) for irq in self.order)
+            self._stat_plan = self._build_stat_plan(self._plan) if self.stat_usable else None
         return rows, missing, readable, bad, moved
 
     def _steady(self, rows: dict[str, IrqLine]) -> None:
@@ -696,7 +854,8 @@ class Sampler:
         irq and msi_irqs/, become its watched IRQs. `counted`: False when the
         read is the per-sample fallback, not a rediscovery."""
         self.discover = False
-        self._plan = None
+        self._plan = self._stat_plan = None
+        self.stat_usable = True  # tried again with the rows found now
         if counted:
             self.rediscoveries += 1
             self.absent.clear()

@@ -3,6 +3,7 @@
 The tree has the shape the tool reads through HostRoot, and the kernel's:
 
     proc/interrupts, proc/cmdline
+    proc/stat                  write_proc_stat: derived from sys/kernel/irq/*/per_cpu_count
     sys/devices/pci0000:00/<bridge>/.../<bdf>/       one directory per device
         config                 binary config space (from a real dump, see load_config)
         vendor device subsystem_vendor subsystem_device revision class   ("0x10de\\n")
@@ -39,6 +40,7 @@ from typing import Iterable, Mapping, Sequence
 
 from vfio_advisor.facts.pci import normalize_bdf
 from vfio_advisor.facts.pci_config import parse_config_space, parse_lspci_dump
+from vfio_advisor.testing.procstat import proc_stat_text
 
 # The recorded inputs live in the source tree's tests/data (with their
 # provenance), not in the installed package: VFIO_ADVISOR_FIXTURE_DATA
@@ -280,6 +282,27 @@ def build(root: Path | str, host: Host) -> Path:
         _write(sys_ / "module" / "vfio_iommu_type1" / "parameters" / "allow_unsafe_interrupts",
                host.allow_unsafe_interrupts + "\n")
     return root
+
+
+# --- /proc/stat --------------------------------------------------------------
+
+def write_proc_stat(root: Path | str, nr_irqs: int | None = None) -> Path:
+    """proc/stat of a tree from its sys/kernel/irq/<N>/per_cpu_count files:
+    each IRQ's total is the sum of its per-CPU counts, as the kernel keeps
+    both (kernel/irq/internals.h kstat_incr_irqs_this_cpu). Written in
+    place, as the kernel's file changes under a kept descriptor; called
+    again after the counts are rewritten."""
+    root = Path(root)
+    totals, cpus = {}, 1
+    for d in (root / "sys/kernel/irq").iterdir():
+        if d.name.isdigit() and (d / "per_cpu_count").is_file():
+            counts = (d / "per_cpu_count").read_text().strip().split(",")
+            cpus = max(cpus, len(counts))
+            totals[int(d.name)] = sum(int(c) for c in counts)
+    path = root / "proc/stat"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(proc_stat_text(totals, cpus, nr_irqs))  # O_TRUNC: the same inode
+    return path
 
 
 # --- /proc/interrupts -------------------------------------------------------
