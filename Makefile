@@ -36,7 +36,7 @@ APT_PACKAGES += qemu-guest-agent busybox-static wine wine64
 DEB_DIR  ?= /var/tmp/vfio-advisor-deb
 DEB_REF  ?= HEAD
 
-.PHONY: demo test test-nested deps venv clean bench bench-scale lab deb cockpit-demo
+.PHONY: demo test test-nested deps venv clean bench bench-scale bench-kernel lab deb cockpit-demo
 
 demo: venv
 	$(VENV)/bin/vfio-advisor advise \
@@ -101,6 +101,13 @@ bench: venv
 # 2 cores; like make test, nothing it starts may write into the host journal.
 bench-scale: venv
 	tests/system/without-host-journal.sh $(VPY) bench/scale_bench.py
+
+# What each read of the daemon's sampler costs a real kernel (Debian 6.1
+# under QEMU TCG) at 2 and 256 possible CPUs: per_cpu_count against
+# /proc/stat and a sentinel (bench/kernel_read_cost/README.md). ~30 s; needs
+# the lab's kernel (make lab or the lab tests build it) and gcc.
+bench-kernel:
+	python3 bench/kernel_read_cost/run.py
 
 # Regenerate the lab's real vfio captures (lab/captures) from QEMU guests.
 lab: venv
