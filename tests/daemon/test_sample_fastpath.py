@@ -125,6 +125,8 @@ def test_kept_sampler_equals_a_fresh_one_at_every_sample(scenario, tmp_path):
         checked.sample()
     # the fast paths ran: rows read from sysfs through kept descriptors
     assert checked.sampler.count_fds or scenario == "modes"
+    if scenario == "modes":  # the plan: the vectors in its loop, the INTx line one by one
+        assert checked.sampler.plan_samples >= 5, checked.sampler.plan_samples
 
 
 def test_an_msix_vector_added_in_place_is_seen_at_the_next_sample(tmp_path):

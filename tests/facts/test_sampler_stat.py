@@ -1,11 +1,12 @@
 """The sampler's steady counts from /proc/stat (facts/sampler.py, the stat
 plan) against per_cpu_count, which a fresh Sampler reads, at every sample.
 
-The stat plan serves a sample where every watched IRQ is a vfio MSI/MSI-X
-vector (SR-IOV VFs: no INTx pin, so no line to watch). Its counts come from
-/proc/stat's intr line, one read for all vectors, and one kept actions
-descriptor per device (its sentinel) stands in for the per-vector reads
-that noticed a teardown. The trees are SR-IOV VFs of a real NVMe function
+The stat plan serves a steady sample's vfio MSI/MSI-X vectors (SR-IOV VFs
+have no INTx pin: nothing else to read; beside devices on INTx, their lines
+are read one by one). Its counts come from /proc/stat's intr line, one read
+for all vectors, and one kept actions descriptor per device (its sentinel)
+stands in for the per-vector reads that noticed a teardown. The trees are
+SR-IOV VFs of a real NVMe function
 (tests/data/hosts/configs/cap-phy32.txt, as bench/scale_bench.py), their
 proc/stat written from their per_cpu_count (hosttree.write_proc_stat), as
 the kernel keeps both; tests/lab/test_lab_live.py checks on a real kernel
@@ -42,20 +43,38 @@ def write_counts(root: Path, irq: int, counts: list[int], text: str | None = Non
         f.truncate()
 
 
-def vf_tree(root: Path, vfs: int = 3, first: int = 5) -> dict[int, list[int]]:
-    """`vfs` VFs on MSI-X, every vector counting `first` on one CPU."""
+# Devices on INTx beside the VFs (a GPU's audio function, say): line -> BDF.
+INTX = {16: "0000:30:00.0", 17: "0000:31:00.0"}
+
+
+def vf_tree(root: Path, vfs: int = 3, first: int = 5, intx: bool = False) -> dict[int, list[int]]:
+    """`vfs` VFs on MSI-X, every vector counting `first` on one CPU; with
+    `intx`, two devices on INTx lines 16 and 17 as well."""
     config = load_config(*NVME)
     counts = {}
     rows = ["     " + "".join(f"CPU{c:<8}" for c in range(CPUS))]
+    lines = INTX if intx else {}
+    for line, owner in lines.items():
+        counts[line] = [first] + [0] * (CPUS - 1)
+        rows.append(irq_row(line, counts[line], "IR-IO-APIC", "fasteoi", [f"vfio-intx({owner})"]))
     for vf in range(vfs):
         for k in range(VECTORS):
             irq = irq_of(vf, k)
             counts[irq] = [0] * CPUS
             counts[irq][irq % CPUS] = first
             rows.append(irq_row(irq, counts[irq], "IR-PCI-MSIX", "edge", [f"vfio-msix[{k}]({bdf(vf)})"]))
-    build(root, Host(devices=[Device(bdf(vf), config, irq=0, msi_irq_mode="msix",
-                                     msi_irqs=tuple(irq_of(vf, k) for k in range(VECTORS)))
-                              for vf in range(vfs)], interrupts="\n".join(rows) + "\n"))
+    devices = [Device(bdf(vf), config, irq=0, msi_irq_mode="msix",
+                      msi_irqs=tuple(irq_of(vf, k) for k in range(VECTORS))) for vf in range(vfs)]
+    devices += [Device(owner, config, irq=line) for line, owner in lines.items()]
+    build(root, Host(devices=devices, interrupts="\n".join(rows) + "\n"))
+    for line, owner in lines.items():
+        d = root / f"sys/kernel/irq/{line}"
+        d.mkdir(parents=True)
+        (d / "per_cpu_count").write_text(",".join(map(str, counts[line])) + "\n")
+        (d / "actions").write_text(f"vfio-intx({owner})\n")
+        (d / "chip_name").write_text("IR-IO-APIC\n")
+        (d / "hwirq").write_text(f"{line}\n")
+        (d / "type").write_text("level\n")
     (root / "proc/sys/kernel").mkdir(parents=True, exist_ok=True)
     (root / "proc/sys/kernel/osrelease").write_text("6.1.0-28-amd64\n")  # MSI-X cannot grow in place
     for vf in range(vfs):
@@ -229,3 +248,45 @@ def test_no_proc_stat_reads_each_per_cpu_count(tmp_path):
             v[irq % CPUS] += step
             write_counts(tmp_path, irq, v)
     assert c.sampler.stat_samples == 0 and c.sampler._plan is not None
+
+
+def test_vfs_beside_devices_on_intx_lines_read_their_vectors_from_proc_stat(tmp_path):
+    """The plan's vectors from /proc/stat, the INTx lines one by one (their
+    sharers come and go): a sharer that joins a line shows at that sample."""
+    counts = vf_tree(tmp_path, intx=True)
+    c = Compared(tmp_path)
+    for step in range(1, 7):
+        got = c.sample()
+        assert totals(got) == {str(irq): sum(v) for irq, v in counts.items()}  # the lines' too
+        assert [got[b].mode for b in INTX.values()] == ["intx", "intx"]
+        for irq, v in counts.items():
+            v[irq % CPUS] += step
+            write_counts(tmp_path, irq, v)
+        write_proc_stat(tmp_path, nr_irqs=256)
+    assert c.sampler.stat_samples == 4
+    shape = c.sampler.shape
+    (tmp_path / "sys/kernel/irq/16/actions").write_text(f"vfio-intx({INTX[16]}),ehci_hcd:usb1\n")
+    got = c.sample()
+    assert got[INTX[16]].shared_with == ("ehci_hcd:usb1",) and c.sampler.shape != shape
+    assert c.sampler.stat_samples == 5
+
+
+def test_a_line_that_changed_before_a_fallback_still_changes_the_shape(tmp_path):
+    """Line 16 gains a sharer and line 17's count is damaged in the same
+    sample: the plan reads 16 (a change, which _sysfs_row says once), falls
+    back at 17, and the full loop reads 16 again. The sample still shows the
+    sharer and changes its shape, or the daemon would keep 16's device as it
+    was (runtime.Watcher keys on the shape)."""
+    vf_tree(tmp_path, intx=True)
+    s = Sampler(HostRoot(str(tmp_path)))
+    devices = {b: read_pci_device(s.host, b) for b in sorted(p.name for p in (tmp_path / "sys/bus/pci/devices").iterdir())}
+    s.watch(devices.items())
+    for _ in range(3):
+        s.sample()
+    assert s.plan_samples
+    shape = s.shape
+    (tmp_path / "sys/kernel/irq/16/actions").write_text(f"vfio-intx({INTX[16]}),ehci_hcd:usb1\n")
+    write_counts(tmp_path, 17, [], text="5,x,0,0\n")
+    table, odd = s.sample()
+    assert odd == 1 and s.shape != shape
+    assert device_interrupts(INTX[16], devices[INTX[16]], table).shared_with == ("ehci_hcd:usb1",)
