@@ -90,7 +90,7 @@ def daemon_child(root: str, node: str, work: str, warm: int, samples: int, resyn
     stat_path = os.path.join(root, "proc/stat")
     with open(stat_path) as f:
         intr = next(line for line in f if line.startswith("intr ")).split()[2:]
-    totals = {n: int(v) for n, v in enumerate(intr)}
+    totals = [int(v) for v in intr]
 
     from vfio_advisor import cli
     from vfio_advisor.daemon import service as service_module
