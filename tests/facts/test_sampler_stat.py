@@ -43,6 +43,15 @@ def write_counts(root: Path, irq: int, counts: list[int], text: str | None = Non
         f.truncate()
 
 
+def irq_descriptor(root: Path, irq: int, counts: list[int], action: str, chip: str, hwirq: int, kind: str) -> None:
+    """/sys/kernel/irq/<irq>/ as kernel/irq/irqdesc.c shows it."""
+    d = root / f"sys/kernel/irq/{irq}"
+    d.mkdir(parents=True)
+    for name, text in (("per_cpu_count", ",".join(map(str, counts))), ("actions", action),
+                       ("chip_name", chip), ("hwirq", str(hwirq)), ("type", kind)):
+        (d / name).write_text(text + "\n")
+
+
 # Devices on INTx beside the VFs (a GPU's audio function, say): line -> BDF.
 INTX = {16: "0000:30:00.0", 17: "0000:31:00.0"}
 
@@ -68,25 +77,13 @@ def vf_tree(root: Path, vfs: int = 3, first: int = 5, intx: bool = False) -> dic
     devices += [Device(owner, config, irq=line) for line, owner in lines.items()]
     build(root, Host(devices=devices, interrupts="\n".join(rows) + "\n"))
     for line, owner in lines.items():
-        d = root / f"sys/kernel/irq/{line}"
-        d.mkdir(parents=True)
-        (d / "per_cpu_count").write_text(",".join(map(str, counts[line])) + "\n")
-        (d / "actions").write_text(f"vfio-intx({owner})\n")
-        (d / "chip_name").write_text("IR-IO-APIC\n")
-        (d / "hwirq").write_text(f"{line}\n")
-        (d / "type").write_text("level\n")
+        irq_descriptor(root, line, counts[line], f"vfio-intx({owner})", "IR-IO-APIC", line, "level")
     (root / "proc/sys/kernel").mkdir(parents=True, exist_ok=True)
     (root / "proc/sys/kernel/osrelease").write_text("6.1.0-28-amd64\n")  # MSI-X cannot grow in place
     for vf in range(vfs):
         for k in range(VECTORS):
             irq = irq_of(vf, k)
-            d = root / f"sys/kernel/irq/{irq}"
-            d.mkdir(parents=True)
-            (d / "per_cpu_count").write_text(",".join(map(str, counts[irq])) + "\n")
-            (d / "actions").write_text(f"vfio-msix[{k}]({bdf(vf)})\n")
-            (d / "chip_name").write_text("IR-PCI-MSIX\n")
-            (d / "hwirq").write_text(f"{irq * 2048}\n")
-            (d / "type").write_text("edge\n")
+            irq_descriptor(root, irq, counts[irq], f"vfio-msix[{k}]({bdf(vf)})", "IR-PCI-MSIX", irq * 2048, "edge")
     write_proc_stat(root, nr_irqs=256)
     return counts
 
