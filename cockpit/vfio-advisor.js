@@ -157,6 +157,33 @@
         return null;
     }
 
+    const STATUS_SCHEMA = "vfio-advisor/status/2";
+
+    /* The file says each sample's time once (doc.times, oldest first) and
+     * each device's mode once a run (dev.modes: [[time, mode], ...], the
+     * mode from that sample on); a device's rates are its rates at the last
+     * rates.length times. This gives each device back the points the plots
+     * draw, [time, rate, mode] (device_points in sinks/status.py does the
+     * same for the tests). */
+    function addPoints(doc) {
+        const times = doc.times || [];
+        for (const dev of doc.devices || []) {
+            const rates = dev.rates || [];
+            const runs = dev.modes || [];
+            const first = times.length - rates.length;
+            if (first < 0)
+                throw new Error(dev.bdf + " has more rates than times");
+            let run = 0;
+            dev.points = rates.map((rate, i) => {
+                const t = times[first + i];
+                // A run after the first starts at a sample of the window: found by its time.
+                if (run + 1 < runs.length && runs[run + 1][0] === t)
+                    run++;
+                return [t, rate, runs.length ? runs[run][1] : dev.mode];
+            });
+        }
+    }
+
     function parseStatus(content) {
         if (content === null) {
             state.status = null;
@@ -166,14 +193,15 @@
         }
         try {
             const doc = JSON.parse(content);
-            if (!doc || doc.schema !== "vfio-advisor/status/1")
+            if (!doc || doc.schema !== STATUS_SCHEMA)
                 throw new Error("schema " + (doc && doc.schema));
+            addPoints(doc);
             state.status = doc;
             state.statusProblem = null;
         } catch (e) {
             state.status = null;
             state.statusProblem = "The daemon's status file " + config.status_file + " is not readable as " +
-                "vfio-advisor/status/1 (" + e.message + ").";
+                STATUS_SCHEMA + " (" + e.message + ").";
         }
     }
 

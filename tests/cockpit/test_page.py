@@ -28,6 +28,7 @@ from tests.cockpit import backports, cockpitws
 from tests.cockpit.cockpitws import DEMO, CockpitServer, demo_config
 from tests.cockpit.conftest import ARTIFACTS
 from tests.lab.moments import Replay
+from vfio_advisor.sinks.status import device_points
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = str(Path(sys.executable).parent)
@@ -210,7 +211,7 @@ def test_plot_follows_the_daemons_window_through_intx_to_msi(browser, cockpit, t
         browser.wait("const a = document.querySelector('[data-alert=daemon]');"
                      "return a !== null && a.textContent.includes('stopped')", timeout=15, what="the stop")
         browser.wait(f"return document.querySelectorAll('#rates svg[data-plot] circle[data-t]').length === "
-                     f"{sum(len(d['points']) for d in window['devices'] if d['domain'] == 'lab-switch')}",
+                     f"{sum(len(d['rates']) for d in window['devices'] if d['domain'] == 'lab-switch')}",
                      timeout=10, what="the last window drawn")
         shot(browser, cockpit, "vm-view-lab-switch-intx-to-msi")
         plots = browser.js("return Object.fromEntries([...document.querySelectorAll('#rates svg[data-plot]')].map(p => "
@@ -234,16 +235,18 @@ def test_plot_follows_the_daemons_window_through_intx_to_msi(browser, cockpit, t
     # the devices' table follows the daemon too: the edu shows the MSI it
     # moved to while the view was open, not the INTx of the first read
     assert host_modes == {bdf: f"{dev['mode']} (daemon)" for bdf, dev in devices.items()}
+    # the file's points as the page must rebuild them from its times, rates and modes
+    points = {bdf: device_points(window, dev) for bdf, dev in devices.items()}
     for bdf, dev in devices.items():
-        assert plots[bdf]["points"] == dev["points"]
+        assert plots[bdf]["points"] == points[bdf]
         marks = sorted([f["rule"], kind, f[kind]] for f in window["findings"]
                        if f["domain"] == "lab-switch" and f["subject"] in (bdf, None)
                        for kind in ("opened", "closed") if f[kind] is not None
-                       and dev["points"][0][0] <= f[kind] <= max(dev["points"][-1][0], dev["points"][0][0] + 1))
+                       and points[bdf][0][0] <= f[kind] <= max(points[bdf][-1][0], points[bdf][0][0] + 1))
         assert sorted(plots[bdf]["marks"]) == marks
     # The edu device: counted on INTx, then on MSI; VA6001 opened, and closed
     # when it left INTx (its VA6002 is a mark of its own).
-    edu = devices["0000:00:03.0"]["points"]
+    edu = points["0000:00:03.0"]
     modes = [m for _, _, m in edu]
     assert "intx" in modes and "msi" in modes and modes.index("msi") > modes.index("intx")
     assert any(r and r > 0 for _, r, m in edu if m == "intx")
@@ -272,6 +275,25 @@ def test_without_vfio_advisor_the_page_says_so(browser, cockpit, tmp_path):
         text = alert_text(browser, "advise")
         problems = console_problems(browser)
     assert text and "vfio-advisor is not installed" in text
+    assert problems == []
+
+
+def test_a_status_file_of_another_schema_is_refused_with_a_message(browser, cockpit, tmp_path):
+    """A daemon of the schema before (points in every device) left its file
+    behind: the page names the schema it reads and the one it found, and
+    plots nothing rather than misread it."""
+    status = tmp_path / "status.json"
+    status.write_text(json.dumps({
+        "schema": "vfio-advisor/status/1",
+        "daemon": {"pid": 1, "running": True, "started": time.time(), "updated": time.time(), "interval": 5.0},
+        "host": None, "domains": {}, "findings": [], "last_event": None,
+        "devices": [{"domain": "win11", "bdf": "0000:01:00.0", "mode": "msi", "count": 10, "observable": True,
+                     "points": [[time.time(), 1.0, "msi"]]}]}))
+    with CockpitServer(tmp_path / "ws", demo_config(str(status)), path=[VENV_BIN], cockpit=cockpit) as server:
+        load(browser, server)
+        text = alert_text(browser, "daemon")
+        problems = console_problems(browser)
+    assert text and "not readable as vfio-advisor/status/2 (schema vfio-advisor/status/1)" in text
     assert problems == []
 
 

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from vfio_advisor.sinks.base import DeviceSnapshot, SampleEvent
-from vfio_advisor.sinks.status import StatusFileSink, atime_updates
+from vfio_advisor.sinks.status import StatusFileSink, atime_updates, device_points
 
 
 def sample(sink: StatusFileSink, now: float) -> None:
@@ -74,7 +74,7 @@ def test_a_read_brings_the_next_sample(sink, tmp_path):
     doc = json.loads(path.read_bytes())
     assert doc["daemon"]["updated"] == 1020.0
     # The window holds every sample, written or not.
-    assert [p[0] for p in doc["devices"][0]["points"]] == [1000.0, 1005.0, 1010.0, 1015.0, 1020.0]
+    assert [p[0] for p in device_points(doc, doc["devices"][0])] == [1000.0, 1005.0, 1010.0, 1015.0, 1020.0]
 
 
 def test_close_always_writes(sink, tmp_path):
@@ -83,7 +83,7 @@ def test_close_always_writes(sink, tmp_path):
     sample(sink, 1005.0)
     sink.close()
     doc = json.loads(path.read_bytes())
-    assert doc["daemon"]["running"] is False and len(doc["devices"][0]["points"]) == 2
+    assert doc["daemon"]["running"] is False and len(device_points(doc, doc["devices"][0])) == 2
 
 
 def test_noatime_mount_means_every_sample(tmp_path):

@@ -4,6 +4,16 @@ of each followed device's interrupt rate and mode, and when each finding
 opened and closed, so the page can plot "flat, climbing or storming" and
 mark the findings on the plot. Its format is docs/cockpit.md's.
 
+Every device's window holds the rates of the same samples (the last
+len(window) of them, see _prune), and a device's mode changes rarely, so
+the file says each sample's time once, at the top (`times`), and each
+device's mode once a run (`modes`): a device's `rates` are the rates at the
+last len(rates) entries of `times`. device_points() turns a device back
+into the [time, rate, mode] points the page plots. Written as a
+[time, rate, mode] list per point, the file was 3.4 times the size (2.0
+against 0.6 MB at 512 devices with full windows, bench/status_bench.py),
+and its write half the sink's CPU (1.0-1.2 against 0.6-0.65 ms a sample).
+
 A sink like the others (sinks/base.py's protocol): `begin(facts)` for each
 followed domain (the host's IOMMU and posting state come with it),
 `emit(finding, domain)` as the daemon emits it, `event(event)` for a
@@ -29,9 +39,9 @@ from typing import Iterable
 
 from vfio_advisor.sinks.base import atime_updates, read_since_written, write_atomically
 
-SCHEMA = "vfio-advisor/status/1"
+SCHEMA = "vfio-advisor/status/2"
 STATUS_FILE = "status.json"
-# Ten minutes at the default 5 s interval: 120 points a device. The cap
+# Ten minutes at the default 5 s interval: 120 rates a device. The cap
 # bounds the file (and the page's parse) when the interval is short.
 WINDOW_SECONDS = 600.0
 MAX_POINTS = 240
@@ -53,9 +63,13 @@ class StatusFileSink:
                        "updated": None, "interval": interval, "connect": connect,
                        "host_root": host_root, "window_seconds": window}
         self.devices: dict[tuple[str, str], _Window] = {}
-        # The rounded wall-clock time of each of the last MAX_POINTS samples,
-        # oldest first: the times of every window's points (_prune).
+        # The rounded wall-clock time of each kept sample, oldest first: the
+        # last MAX_POINTS samples, less those older than the window. Every
+        # window's rates are at the last len(window) of them (_prune); the
+        # file's `times` are their JSON, kept as the windows keep theirs.
         self.times: deque[float] = deque(maxlen=MAX_POINTS)
+        self._time_texts = _Texts()
+        self._samples = 0  # the samples so far: the number of the last one
         self.findings: list[dict] = []
         self.domains: dict[str, dict] = {}
         self.host: dict | None = None
@@ -126,36 +140,43 @@ class StatusFileSink:
         self.times.append(t)
         # json.dumps escapes every non-ASCII character (ensure_ascii), so
         # each text below is ASCII and its bytes are its characters.
-        stamp = (",[" + _json_number(t) + ",").encode()
-        seen = set()
+        time_text = _json_number(t)
+        self._time_texts.append(("," + time_text).encode())
+        sample = self._samples = self._samples + 1
         entries = self.devices
+        distinct = 0
         for d in devices:
             key = (d.domain, d.bdf)
-            seen.add(key)
             entry = entries.get(key)
+            mode = d.mode
             if entry is None:
                 entry = entries[key] = _Window(d.domain, d.bdf)
+                entry.set_mode(mode, sample, time_text)  # its first run
                 self._order = None
-            mode, count, observable = d.mode, d.count, bool(d.observable)
-            if mode != entry.mode:
-                entry.set_mode(mode)
-            entry.count, entry.observable = count, observable
+            elif entry.sample == sample:
+                # Given twice in one sample: the first counts. A second rate
+                # would put the window's rates off the end of `times`.
+                continue
+            elif mode != entry.mode:
+                entry.set_mode(mode, sample, time_text)
+            entry.sample = sample
+            distinct += 1
+            observable = entry.observable = bool(d.observable)
+            entry.count = d.count
             # A posted-MSI device's host counters say nothing (runtime.DeviceSnapshot):
             # its rate is unknown (null), never a flat 0.
             if observable:
                 rate = round(float(d.rate), 3)
                 # bytes' %r is repr(): json.dumps's text for a finite float
                 # (json/encoder.py), in one step.
-                point = (b"%b%r%b" % (stamp, rate, entry.mode_end) if rate - rate == 0.0
-                         else stamp + _json_number(rate).encode() + entry.mode_end)
+                entry.append(b",%r" % rate if rate - rate == 0.0 else ("," + _json_number(rate)).encode())
             else:
-                point = stamp + b"null" + entry.mode_end
-            entry.append(point)
-        if len(seen) != len(entries):
-            for key in [k for k in entries if k not in seen]:
-                del entries[key]  # the domain stopped or the device left it
+                entry.append(b",null")
+        if distinct != len(entries):
+            for key in [k for k, e in entries.items() if e.sample != sample]:
+                del entries[key]  # the domain stopped or the device left it: back, it starts a new window
             self._order = None
-        names = {name for name, _ in seen}
+        names = {name for name, _ in entries}
         for name in [n for n in self.domains if n not in names]:
             del self.domains[name]
             self._fixed = None
@@ -171,8 +192,8 @@ class StatusFileSink:
         its last write (sinks/base.py read_since_written: its atime), else
         once `unread_rewrite` (half the page's staleness limit) has passed.
         Nobody reads it while no Cockpit page is open, most of the time:
-        rewriting its 1.8 MB at each sample (512 devices) was the sink's
-        whole cost. The page polls every 2 s, so while it is open the file
+        rewriting it at each sample (1.8 MB at 512 devices, as schema 1
+        wrote it) was the sink's whole cost. The page polls every 2 s, so while it is open the file
         follows every sample at the default interval. On a noatime mount
         (no read ever shows) it is rewritten at every sample, as before.
         A wall clock that stepped back also writes."""
@@ -194,25 +215,37 @@ class StatusFileSink:
 
     def _prune(self, now: float) -> None:
         oldest = now - self.window
-        # A window's points are the last len(window) samples' (a device gets
-        # a point at every sample from the first that shows it until it
-        # leaves), so self.times[-k] is the time of its oldest point. Each
-        # window drops its oldest points while they are older than the
-        # window, as a list of (time, point) would from its front.
+        # A window's rates are the last len(window) samples' (a device gets
+        # one at every sample from the first that shows it until it
+        # leaves), so self.times[-k] is the time of its oldest. Each window
+        # drops its oldest rates while they are older than the window, as a
+        # list of (time, rate) would from its front, and the one past
+        # MAX_POINTS, whose time self.times (a deque of MAX_POINTS) let go.
+        # self.times then drops the times older than the window from its
+        # front: the same cut for a window as long as it, so every window
+        # stays within it (a shorter window never keeps more: the cut of a
+        # longer one ends at or before its start, or is its own).
         times = self.times
-        drops: dict[int, int] = {}  # points to drop from a window of n points, the same for every such window
+        kept = len(times)
+        sample = self._samples
+        drops: dict[int, int] = {}  # rates to drop from a window of n, the same for every such window
         for entry in self.devices.values():
             n = len(entry.lengths)
             drop = drops.get(n)
             if drop is None:
-                drop = 0
-                k = min(n, len(times))  # more only for a device given twice in a sample
+                k = min(n, kept)
+                drop = n - k
                 while k and times[-k] < oldest:
                     drop += 1
                     k -= 1
                 drops[n] = drop
             if drop:
-                entry.drop(drop)
+                entry.drop(drop, sample - (n - drop) + 1)
+        while times and times[0] < oldest:
+            times.popleft()
+        excess = len(self._time_texts.lengths) - len(times)
+        if excess:
+            self._time_texts.drop(excess)
         self.findings = [f for f in self.findings if f["closed"] is None or f["closed"] >= oldest]
 
     def _close_findings(self, open_findings: Iterable, now: float) -> None:
@@ -241,44 +274,43 @@ class StatusFileSink:
         return b"".join(self._buffers()).decode()
 
     def _buffers(self) -> list:
-        """render()'s bytes in pieces: the document but its devices, then
-        each device's header (its fields up to its points, after the "]},"
-        that ends the device before) and its window's bytes as _Window
-        keeps them. write_atomically hands them to writev(2) as they are:
-        the file (about 1.8 MB at 512 devices with 120 points each) is never
-        one object, and a device costs the Python side its small header only.
-        Built whole at each sample, the text and its UTF-8 copy came from
-        the heap, not mmap, once glibc's malloc had raised its mmap
-        threshold past them (mallopt(3), M_MMAP_THRESHOLD: dynamic), and the
-        heap grew by 10 MiB over 240 samples around the long-lived objects
-        allocated between them. Written one device at a time (a str rendered,
-        encoded and written each), the 512 write(2) calls and encodes were
-        half the sink's CPU."""
-        # json.dumps's text for the document but its devices, member by
-        # member (what it writes for a dict: its members' texts between
-        # braces). The host and the domains change only at begin() and when
-        # a domain leaves: at 128 domains they are most of it (25 KB).
+        """render()'s bytes in pieces: the document up to its times, the
+        times' bytes, then for each device its header (the "],...}," that
+        ends what came before, then its fields up to its rates) and its
+        window's rates as _Window keeps them. A device's end (its modes)
+        starts the next header. write_atomically hands them to writev(2) as
+        they are: the file (about 0.6 MB at 512 devices with 120 rates each)
+        is never one object, and a device costs the Python side its small
+        header only. Built whole at each sample, the text and its UTF-8
+        copy came from the heap, not mmap, once glibc's malloc had raised
+        its mmap threshold past them (mallopt(3), M_MMAP_THRESHOLD:
+        dynamic), and the heap grew by 10 MiB over 240 samples around the
+        long-lived objects allocated between them. Written one device at a
+        time (a str rendered, encoded and written each), the 512 write(2)
+        calls and encodes were half the sink's CPU."""
+        # json.dumps's text for the document but its times and devices,
+        # member by member (what it writes for a dict: its members' texts
+        # between braces). The host and the domains change only at begin()
+        # and when a domain leaves: at 128 domains they are most of it (25 KB).
         if self._fixed is None:
             self._fixed = ',"host":' + _dumps(self.host) + ',"domains":' + _dumps(self.domains)
         rest = ('{"schema":' + _dumps(SCHEMA) + ',"daemon":' + _dumps(self.daemon) + self._fixed
                 + ',"findings":' + _dumps(self.findings) + ',"last_event":' + _dumps(self.last_event)
-                + ',"devices":[')
-        buffers = [rest.encode()]
+                + ',"times":[')
+        buffers = [rest.encode(), self._time_texts.text]
         order = self._order
         if order is None:
             order = self._order = [entry for _, entry in sorted(self.devices.items())]
         append = buffers.append
+        end = b'],"devices":['  # what closes the piece before the next device
         for entry in order:
-            # The header: bytes' %d is int.__repr__, json.dumps's text for an int.
+            # bytes' %d is int.__repr__, json.dumps's text for an int.
             count = entry.count
-            append(b"%b%d%b" % (entry.lead, count, _TAILS[entry.observable]) if type(count) is int
-                   else entry.lead + _json_number(count).encode() + _TAILS[entry.observable])
-            append(entry.points)
-        if order:
-            buffers[1] = buffers[1][len(_SEPARATOR):]  # the first device has no device before it
-            append(b"]}]}")
-        else:
-            append(b"]}")
+            append(b"%b%b%d%b" % (end, entry.lead, count, _TAILS[entry.observable]) if type(count) is int
+                   else end + entry.lead + _json_number(count).encode() + _TAILS[entry.observable])
+            append(entry.text)
+            end = entry.modes_end
+        append((end[:-1] if order else end) + b"]}")  # the last device has no "," after it
         return buffers
 
     def write(self) -> None:
@@ -293,24 +325,20 @@ class StatusFileSink:
             pass  # a full or read-only state directory costs the page its plot, never the daemon
 
 
-# What ends a device's entry before the next one's header, which starts with it.
-_SEPARATOR = b"]},"
 # The end of a device's header after its count, observable or not.
-_TAILS = {True: b',"observable":true,"points":[', False: b',"observable":false,"points":['}
+_TAILS = {True: b',"observable":true,"rates":[', False: b',"observable":false,"rates":['}
 
 
-class _Window:
-    """One device's entry of the file: its last mode, count and whether the
-    host can count it, its header (the entry's JSON up to its points, redone
-    at each sample for the count) and its rolling window of points, each
-    turned into its JSON bytes once, when it comes ([time, rate, mode]).
+class _Texts:
+    """JSON values (the times, a window's rates), each turned into its JSON
+    bytes once, when it comes, joined by "," in one bytearray, with each
+    one's length: a value is appended at its end and the oldest cut from
+    its front.
 
-    The points are one bytearray, joined by ",", with each point's length:
-    a point is appended at its end and the oldest cut from its front.
     CPython's bytearray cuts its front by moving its start, without a copy
     of the rest (Objects/bytearrayobject.c, since 3.4); once appends reach
     the end of its allocation it is copied to a new one 1/8 larger than the
-    text (PyByteArray_Resize), about every 15 samples at 120 points. Over
+    text (PyByteArray_Resize), about every 15 samples at 120 values. Over
     300 samples at 512 devices with the windows full, the sinks' RSS stayed
     flat (within 0.2 MiB); kept instead in blocks of bytes under 512 bytes
     each (CPython's small-object pools, handed to writev one by one) it
@@ -322,43 +350,99 @@ class _Window:
     fragmented: RSS grew by 3 MiB over 240 samples at 512 devices with the
     windows full."""
 
-    __slots__ = ("head", "lead", "mode", "mode_end", "count", "observable", "points", "lengths")
+    __slots__ = ("text", "lengths")
 
-    def __init__(self, domain: str, bdf: str):
-        # '{"domain":...,"bdf":...' as json.dumps writes it.
-        self.head = json.dumps({"domain": domain, "bdf": bdf}, separators=(",", ":"))[:-1]
-        self.count, self.observable = 0, True
-        self.set_mode("unknown")
-        self.points = bytearray()  # the points' JSON, joined by ","
-        self.lengths: deque[int] = deque()  # each point's length, oldest first
+    def __init__(self):
+        self.text = bytearray()  # the values' JSON, joined by ","
+        self.lengths: deque[int] = deque()  # each value's length, oldest first
 
-    def set_mode(self, mode: str) -> None:
-        """The header's start (after _SEPARATOR) up to the count, and a
-        point's end, for `mode`."""
-        text = _json_string(mode)
-        self.mode = mode
-        self.lead = _SEPARATOR + (self.head + ',"mode":' + text + ',"count":').encode()
-        self.mode_end = ("," + text + "]").encode()
-
-    def append(self, point: bytes) -> None:
-        """`point` is the point's JSON after a "," (its separator from the one before)."""
+    def append(self, value: bytes) -> None:
+        """`value` is the value's JSON after a "," (its separator from the one before)."""
         lengths = self.lengths
-        if len(lengths) >= MAX_POINTS:
-            self.drop(1)
         if lengths:
-            self.points += point
+            self.text += value
         else:
-            self.points += point[1:]
-        lengths.append(len(point) - 1)
+            self.text += value[1:]
+        lengths.append(len(value) - 1)
 
     def drop(self, n: int) -> None:
-        """Drops the `n` oldest points (n <= their number)."""
+        """Drops the `n` oldest values (n <= their number)."""
         lengths = self.lengths
-        size = n  # a separator after each, but the last point has none
+        size = n  # a separator after each, but the last value has none
         for _ in range(n):
             size += lengths.popleft()
         # CPython (>= 3.4) moves the bytearray's start here: no copy of the rest.
-        del self.points[:size if lengths else size - 1]
+        del self.text[:size if lengths else size - 1]
+
+
+class _Window(_Texts):
+    """One device's entry of the file: its last mode, count and whether the
+    host can count it, its header (the entry's JSON up to its rates, redone
+    at each write for the count), its window's rates (_Texts) and its mode
+    runs.
+
+    A run is (the number of the sample it started at, its [time, mode]
+    JSON); `modes_end` is the entry's JSON from the end of its rates on,
+    with those runs. It is redone only when a run starts or leaves: the
+    mode changes rarely, and joining every device's runs at each write
+    would cost about what leaving the mode out of each point saves."""
+
+    __slots__ = ("head", "lead", "mode", "count", "observable", "sample", "runs", "modes_end")
+
+    def __init__(self, domain: str, bdf: str):
+        super().__init__()
+        # '{"domain":...,"bdf":...' as json.dumps writes it.
+        self.head = json.dumps({"domain": domain, "bdf": bdf}, separators=(",", ":"))[:-1]
+        self.count, self.observable = 0, True
+        self.mode: str | None = None  # set_mode's, at the sample that brings the device
+        self.sample = 0  # the number of the last sample that gave the device
+        self.runs: list[tuple[int, str]] = []
+
+    def set_mode(self, mode: str, sample: int, time_text: str) -> None:
+        """The device is in `mode` from sample number `sample` on, at
+        `time_text` (its time's JSON): a run starts, and the header's start
+        up to the count says `mode`."""
+        text = _json_string(mode)
+        self.mode = mode
+        self.lead = (self.head + ',"mode":' + text + ',"count":').encode()
+        self.runs.append((sample, "[" + time_text + "," + text + "]"))
+        self._render_modes()
+
+    def drop(self, n: int, first: int) -> None:
+        """Drops the `n` oldest rates (n <= their number), and the mode runs
+        that ended before the sample numbered `first`, the first one kept:
+        a run ends where the next starts."""
+        lengths = self.lengths
+        size = n
+        for _ in range(n):
+            size += lengths.popleft()
+        del self.text[:size if lengths else size - 1]
+        runs = self.runs
+        if len(runs) > 1 and runs[1][0] <= first:
+            while len(runs) > 1 and runs[1][0] <= first:
+                del runs[0]
+            self._render_modes()
+
+    def _render_modes(self) -> None:
+        # The entry's JSON after its rates, and the "," before the next entry.
+        self.modes_end = ('],"modes":[' + ",".join([run for _, run in self.runs]) + "]},").encode()
+
+
+def device_points(doc: dict, device: dict) -> list[list]:
+    """The [time, rate, mode] points of `device`, an entry of a status/2
+    document's `devices`, oldest first: its rates at the last len(rates)
+    `times`, each with the mode of the last run started at or before it.
+    A run after the first starts at a sample of the window, found by its
+    time: exact while the window's times differ (a wall clock set back can
+    repeat a time; a mode change then shows from the first sample of it)."""
+    rates, runs = device["rates"], device["modes"]
+    times = doc["times"][len(doc["times"]) - len(rates):]
+    points, run = [], 0
+    for t, rate in zip(times, rates):
+        if run + 1 < len(runs) and runs[run + 1][0] == t:
+            run += 1
+        points.append([t, rate, runs[run][1]])
+    return points
 
 
 # json.dumps(value, separators=(",", ":")) without an encoder made at each call.
