@@ -709,7 +709,8 @@ class Sampler:
                     raise ValueError(irq)
                 entries.append((irq, k, counted + ahead - now, last))
                 totals.append(counted)
-                device = last.handlers[0].rpartition("(")[2] if last.handlers else None
+                # An exclusive vector holds a vfio handler (_sysfs_row): its device.
+                device = next(v.bdf for v in map(parse_vfio_handler, last.handlers) if v is not None)
                 if device not in seen:
                     seen.add(device)
                     if irq not in self.action_fds:  # closed since (a replay's root swapped)
