@@ -57,7 +57,7 @@ from vfio_advisor.daemon.state import StateStore
 from vfio_advisor.daemon.watch import RuntimeConfig, Watcher  # noqa: E402
 from vfio_advisor.sinks.base import CallbackSink  # noqa: E402
 from vfio_advisor.sinks.metrics import MetricsFileSink  # noqa: E402
-from vfio_advisor.testing.hosttree import Host, build  # noqa: E402
+from vfio_advisor.testing.hosttree import Host, build, write_irq_descriptor  # noqa: E402
 from vfio_advisor.testing.scenes import AUDIO, GPU, domain_xml, gpu_audio_hostdevs  # noqa: E402
 from vfio_advisor.testing.scenes import gpu_audio_devices  # noqa: E402
 
@@ -102,13 +102,9 @@ def write_sysfs_irqs(root: Path, cpus: int, bump: int = 0, spread: str = "one") 
     handlers = {irq: f"vfio-msix[{k}]({GPU})" for k, irq in enumerate(GPU_VECTORS)}
     handlers[AUDIO_LINE] = f"vfio-intx({AUDIO})"
     for irq, handler in handlers.items():
-        d = root / f"sys/kernel/irq/{irq}"
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "per_cpu_count").write_text(per_cpu_count(irq, cpus, bump, spread))
-        (d / "actions").write_text(handler + "\n")
-        (d / "chip_name").write_text(("IR-IO-APIC" if irq == AUDIO_LINE else "IR-PCI-MSIX") + "\n")
-        (d / "hwirq").write_text(f"{irq * 2048}\n")
-        (d / "type").write_text(("level" if irq == AUDIO_LINE else "edge") + "\n")
+        line = irq == AUDIO_LINE
+        write_irq_descriptor(root, irq, per_cpu_count(irq, cpus, bump, spread), handler,
+                             "IR-IO-APIC" if line else "IR-PCI-MSIX", irq * 2048, "level" if line else "edge")
 
 
 def make_tree(root: Path, rows: int, cpus: int = CPUS) -> Path:

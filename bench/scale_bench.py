@@ -208,7 +208,7 @@ from vfio_advisor.facts.pciids import PciIds  # noqa: E402
 from vfio_advisor.daemon.state import StateStore  # noqa: E402
 from vfio_advisor.daemon.watch import RuntimeConfig, Watcher  # noqa: E402
 from vfio_advisor.sinks.base import CallbackSink  # noqa: E402
-from vfio_advisor.testing.hosttree import Device, Host, build, irq_row, load_config  # noqa: E402
+from vfio_advisor.testing.hosttree import Device, Host, build, irq_row, load_config, write_irq_descriptor  # noqa: E402
 from vfio_advisor.testing.procstat import proc_stat_text  # noqa: E402
 from vfio_advisor.testing.scenes import domain_xml, hostdev_xml  # noqa: E402
 
@@ -279,13 +279,8 @@ def build_scale_host(root: Path, domains: int) -> list[str]:
     for vf in range(vfs):
         for k in range(VECTORS_PER_VF):
             irq = vector_irq(vf, k)
-            d = root / f"sys/kernel/irq/{irq}"
-            d.mkdir(parents=True)
-            (d / "per_cpu_count").write_text(per_cpu_count(irq, CPUS, 0, "one"))
-            (d / "actions").write_text(f"vfio-msix[{k}]({vf_bdf(vf)})\n")
-            (d / "chip_name").write_text("IR-PCI-MSIX\n")
-            (d / "hwirq").write_text(f"{irq * 2048}\n")
-            (d / "type").write_text("edge\n")
+            write_irq_descriptor(root, irq, per_cpu_count(irq, CPUS, 0, "one"), f"vfio-msix[{k}]({vf_bdf(vf)})",
+                                 "IR-PCI-MSIX", irq * 2048, "edge")
     write_scale_stat(root, vfs, 0)
     xmls = []
     for d in range(domains):

@@ -321,7 +321,7 @@ def hosts(draw):
 
 def render_tree(root: Path, cpus: int, possible: int, rows: dict, devices: dict) -> None:
     from vfio_advisor.testing.hosttree import Device, Host, build  # noqa: PLC0415
-    from vfio_advisor.testing.hosttree import irq_row  # noqa: PLC0415
+    from vfio_advisor.testing.hosttree import irq_row, write_irq_descriptor  # noqa: PLC0415
 
     text = "    " + "".join(f"CPU{i:<8}" for i in range(cpus)) + "\n"
     for irq in sorted(rows):
@@ -333,11 +333,7 @@ def render_tree(root: Path, cpus: int, possible: int, rows: dict, devices: dict)
     build(root, Host(devices=[Device(bdf, None, irq=line, msi_irqs=msi, msi_irq_mode=kind, driver="vfio-pci")
                               for bdf, (line, msi, kind) in devices.items()], interrupts=text))
     for irq, (chip, handlers, counts) in rows.items():
-        d = root / f"sys/kernel/irq/{irq}"
-        d.mkdir(parents=True)
-        (d / "per_cpu_count").write_text(",".join(map(str, counts + [0] * (possible - cpus))) + "\n")
-        (d / "actions").write_text(",".join(handlers) + "\n")
-        (d / "chip_name").write_text(chip + "\n")
+        write_irq_descriptor(root, irq, ",".join(map(str, counts + [0] * (possible - cpus))), ",".join(handlers), chip)
 
 
 @settings(max_examples=60, deadline=None)

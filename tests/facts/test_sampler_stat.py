@@ -21,7 +21,8 @@ from vfio_advisor.facts.host import HostRoot
 from vfio_advisor.facts.model import device_interrupts
 from vfio_advisor.facts.pci import read_pci_device
 from vfio_advisor.facts.sampler import STAT_WRAP, Sampler
-from vfio_advisor.testing.hosttree import Device, Host, build, irq_row, load_config, write_proc_stat
+from vfio_advisor.testing.hosttree import (Device, Host, build, irq_row, load_config, write_irq_descriptor,
+                                          write_proc_stat)
 
 CPUS = 4
 VECTORS = 3
@@ -41,15 +42,6 @@ def write_counts(root: Path, irq: int, counts: list[int], text: str | None = Non
     with open(root / f"sys/kernel/irq/{irq}/per_cpu_count", "r+") as f:
         f.write(text if text is not None else ",".join(map(str, counts)) + "\n")
         f.truncate()
-
-
-def irq_descriptor(root: Path, irq: int, counts: list[int], action: str, chip: str, hwirq: int, kind: str) -> None:
-    """/sys/kernel/irq/<irq>/ as kernel/irq/irqdesc.c shows it."""
-    d = root / f"sys/kernel/irq/{irq}"
-    d.mkdir(parents=True)
-    for name, text in (("per_cpu_count", ",".join(map(str, counts))), ("actions", action),
-                       ("chip_name", chip), ("hwirq", str(hwirq)), ("type", kind)):
-        (d / name).write_text(text + "\n")
 
 
 # Devices on INTx beside the VFs (a GPU's audio function, say): line -> BDF.
@@ -77,13 +69,15 @@ def vf_tree(root: Path, vfs: int = 3, first: int = 5, intx: bool = False) -> dic
     devices += [Device(owner, config, irq=line) for line, owner in lines.items()]
     build(root, Host(devices=devices, interrupts="\n".join(rows) + "\n"))
     for line, owner in lines.items():
-        irq_descriptor(root, line, counts[line], f"vfio-intx({owner})", "IR-IO-APIC", line, "level")
+        write_irq_descriptor(root, line, ",".join(map(str, counts[line])), f"vfio-intx({owner})",
+                             "IR-IO-APIC", line, "level")
     (root / "proc/sys/kernel").mkdir(parents=True, exist_ok=True)
     (root / "proc/sys/kernel/osrelease").write_text("6.1.0-28-amd64\n")  # MSI-X cannot grow in place
     for vf in range(vfs):
         for k in range(VECTORS):
             irq = irq_of(vf, k)
-            irq_descriptor(root, irq, counts[irq], f"vfio-msix[{k}]({bdf(vf)})", "IR-PCI-MSIX", irq * 2048, "edge")
+            write_irq_descriptor(root, irq, ",".join(map(str, counts[irq])), f"vfio-msix[{k}]({bdf(vf)})",
+                                 "IR-PCI-MSIX", irq * 2048, "edge")
     write_proc_stat(root, nr_irqs=256)
     return counts
 

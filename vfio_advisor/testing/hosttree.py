@@ -4,6 +4,7 @@ The tree has the shape the tool reads through HostRoot, and the kernel's:
 
     proc/interrupts, proc/cmdline
     proc/stat                  write_proc_stat: derived from sys/kernel/irq/*/per_cpu_count
+    sys/kernel/irq/<n>/        write_irq_descriptor: per_cpu_count actions chip_name hwirq type
     sys/devices/pci0000:00/<bridge>/.../<bdf>/       one directory per device
         config                 binary config space (from a real dump, see load_config)
         vendor device subsystem_vendor subsystem_device revision class   ("0x10de\\n")
@@ -285,6 +286,21 @@ def build(root: Path | str, host: Host) -> Path:
 
 
 # --- /proc/stat --------------------------------------------------------------
+
+def write_irq_descriptor(root: Path | str, irq: int, per_cpu_count: str, actions: str, chip: str,
+                         hwirq: int | None = None, kind: str | None = None) -> Path:
+    """sys/kernel/irq/<irq>/ as kernel/irq/irqdesc.c shows it (CONFIG_SPARSE_IRQ):
+    per_cpu_count ("%u" per possible CPU, joined by ","), actions (the
+    handlers' names joined by ","), chip_name, and hwirq and type where given."""
+    d = Path(root) / f"sys/kernel/irq/{irq}"
+    d.mkdir(parents=True, exist_ok=True)
+    files = {"per_cpu_count": per_cpu_count, "actions": actions, "chip_name": chip,
+             "hwirq": None if hwirq is None else str(hwirq), "type": kind}
+    for name, text in files.items():
+        if text is not None:
+            (d / name).write_text(text.rstrip("\n") + "\n")
+    return d
+
 
 def write_proc_stat(root: Path | str, nr_irqs: int | None = None) -> Path:
     """proc/stat of a tree from its sys/kernel/irq/<N>/per_cpu_count files:
