@@ -20,6 +20,7 @@ APT_PACKAGES += lintian groff-base mmdebstrap e2fsprogs git
 APT_PACKAGES += libvirt-clients libxml2-utils
 # fix: the corpus sweep applies every printed diff with patch.
 APT_PACKAGES += patch  # fix
+APT_PACKAGES += iproute2  # the sampler's kernfs sentinel test (a veth in a private network namespace)
 # fleet tier: the real Prometheus (with promtool), node_exporter and journal-remote/upload;
 # permission tests run the product as nobody with setpriv.
 APT_PACKAGES += prometheus prometheus-node-exporter systemd-journal-remote util-linux
