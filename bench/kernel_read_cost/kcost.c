@@ -11,6 +11,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,7 +55,12 @@ static int cmp_double(const void *a, const void *b)
  * two differ when QEMU's vCPU thread is descheduled on the host). */
 struct figure { double wall, cpu, wall_min, wall_max; };
 
-enum op { OP_NULL, OP_PREAD, OP_READ_ALL };
+enum op { OP_NULL, OP_PREAD, OP_READ_ALL, OP_POLL };
+
+/* OP_POLL's set: kept actions fds as the daemon's sentinels would be, polled
+ * with a zero timeout; poll_ready_max is the most any one call returned. */
+static struct pollfd *pfds;
+static int poll_ready_max;
 
 static ssize_t do_op(enum op op, int fd, size_t len)
 {
@@ -77,6 +83,16 @@ static ssize_t do_op(enum op op, int fd, size_t len)
         if (lseek(fd, 0, SEEK_SET) < 0) return -1;
         while ((got = read(fd, big, len)) > 0) total += got;
         return got < 0 ? -1 : total;
+    }
+    case OP_POLL: {
+        /* One poll over len kept fds instead of one pread each: fs/select.c
+         * do_pollfd calls each file's poll, for sysfs fs/kernfs/file.c
+         * kernfs_fop_poll (kernfs_get_active, then kernfs_generic_poll:
+         * compare of->event with the node's event); nothing is formatted.
+         * Zero timeout: the sampler only asks whether a sentinel died. */
+        int got = poll(pfds, len, 0);
+        if (got > poll_ready_max) poll_ready_max = got;
+        return got;
     }
     }
     return -1;
@@ -297,6 +313,186 @@ static void sentinel(int irq, int fd_pcc, int fd_hw, int fd_act, int fd_stat)
            reused ? "yes" : "no", e_hw2 ? strerrorname_np(e_hw2) : "none");
 }
 
+/* The sentinel poll's cost: every IRQ's actions file kept open and read
+ * once, then poll(0) over all of them with POLLPRI. The read matters: a fd
+ * never read polls ready (fs/kernfs/file.c kernfs_generic_poll returns
+ * EPOLLERR|EPOLLPRI while of->event differs from the node's event, which
+ * starts at 1; only kernfs_seq_show copies it into of->event), so a daemon
+ * reads each sentinel once when it opens it. First with one fd per IRQ,
+ * then with each file opened again until there are POLL_MANY entries, as
+ * many as the daemon keeps for 512 devices: separate opens rather than dup,
+ * so that each entry is its own kernfs_open_file as the daemon's are. */
+#define POLL_MANY 512
+static int poll_fds[POLL_MANY];
+
+/* Opens entry n (IRQ n modulo their count), reads it once, adds it to pfds. */
+static int poll_open(int n)
+{
+    char path[64], buf[256];
+    snprintf(path, sizeof path, "/sys/kernel/irq/%d/actions", irqs[n % nirqs]);
+    if ((poll_fds[n] = open(path, O_RDONLY)) < 0) {
+        printf("KCOST error poll_open=%s errno=%d\n", path, errno);
+        return 0;
+    }
+    if (pread(poll_fds[n], buf, sizeof buf, 0) < 0) printf("KCOST error poll_read=%s errno=%d\n", path, errno);
+    pfds[n].fd = poll_fds[n];
+    pfds[n].events = POLLPRI;
+    return 1;
+}
+
+static void poll_figure(const char *name, int n, int iters)
+{
+    poll_ready_max = 0;
+    struct figure f = measure(OP_POLL, -1, n, iters);
+    report(name, f, iters);
+    printf("KCOST %s_fds=%d %s_per_fd_us=%.3f %s_ready=%d\n", name, n, name, f.wall / n, name, poll_ready_max);
+}
+
+static void poll_cost(void)
+{
+    int n = 0, first = nirqs < POLL_MANY ? nirqs : POLL_MANY;
+    pfds = calloc(POLL_MANY, sizeof *pfds);
+    while (n < first && poll_open(n)) n++;
+    if (n) poll_figure("poll", n, 1000);
+    while (n >= first && n < POLL_MANY && poll_open(n)) n++;
+    if (n > first) poll_figure("poll_many", n, 200);
+    for (int i = 0; i < n; i++) close(poll_fds[i]);
+}
+
+/* The distinct values among n revents (or errnos) into out: "0x0a" or
+ * "0x0a,0x00"; "-" when n is 0. */
+static const char *distinct(char *out, size_t size, const int *v, int n, const char *fmt)
+{
+    size_t l = 0;
+    snprintf(out, size, "-");
+    for (int i = 0; i < n; i++) {
+        int seen = 0;
+        for (int j = 0; j < i; j++) seen |= v[j] == v[i];
+        if (!seen && l < size - 16) l += snprintf(out + l, size - l, "%s", l ? "," : "");
+        if (!seen && l < size - 16) l += snprintf(out + l, size - l, fmt, v[i]);
+    }
+    return out;
+}
+
+static int read_hex(const char *path)
+{
+    char buf[64];
+    return slurp(path, buf, sizeof buf) > 0 ? (int)strtol(buf, NULL, 16) : -1;
+}
+
+/* Whether poll can stand in for the sentinel preads on this kernel, with
+ * one fd per IRQ on its actions file (after sentinel(): the devices are
+ * bound again, with new vectors, so the IRQs are listed afresh):
+ *  - a fresh fd polls POLLERR|POLLPRI (kernfs_generic_poll, of->event 0
+ *    against the node's 1), one read later it polls 0 (kernfs_seq_show);
+ *  - unbinding virtio-rng frees its MSI-X vectors, whose kernfs nodes are
+ *    removed (kernel/irq/irqdesc.c irq_sysfs_del): kernfs_fop_poll's
+ *    kernfs_get_active fails and it returns DEFAULT_POLLMASK|EPOLLERR|EPOLLPRI,
+ *    so with events=POLLPRI each of its fds polls POLLERR|POLLPRI, and a
+ *    pread fails with ENODEV (kernfs_fop_read_iter, same check);
+ *  - its INTx line's fd, when the unbind frees that descriptor too (see
+ *    below), is reported apart;
+ *  - every other IRQ's fd still polls 0: removal touches only those nodes.
+ * virtio-rng (vendor 0x1af4, device 0x1005 transitional or 0x1044 modern)
+ * because nothing in the guest depends on it. Last in the boot: it leaves
+ * the device unbound. */
+static void poll_semantics(void)
+{
+    static int fds[8192], revents[8192], errs[8192], mine[8192];
+    static struct pollfd p[8192];
+    char path[300], buf[256], bdf[64] = "", d1[256], d2[256], odd[1024] = "", vec[256] = "";
+    int want = POLLERR | POLLPRI;
+
+    nirqs = 0;
+    sysfs_irqs();
+    for (int i = 0; i < nirqs; i++) {
+        snprintf(path, sizeof path, "/sys/kernel/irq/%d/actions", irqs[i]);
+        fds[i] = open(path, O_RDONLY);
+        p[i].fd = fds[i];
+        p[i].events = POLLPRI;
+    }
+    int ready = poll(p, nirqs, 0);
+    for (int i = 0; i < nirqs; i++) revents[i] = p[i].revents;
+    printf("KCOST poll_fresh_ready=%d/%d poll_fresh_revents=%s\n", ready, nirqs,
+           distinct(d1, sizeof d1, revents, nirqs, "0x%02x"));
+    for (int i = 0; i < nirqs; i++) pread(fds[i], buf, sizeof buf, 0);
+    ready = poll(p, nirqs, 0);
+    for (int i = 0; i < nirqs; i++) revents[i] = p[i].revents;
+    printf("KCOST poll_after_read_ready=%d/%d poll_after_read_revents=%s\n", ready, nirqs,
+           distinct(d1, sizeof d1, revents, nirqs, "0x%02x"));
+
+    DIR *d = opendir("/sys/bus/pci/devices");
+    struct dirent *e;
+    while (d && (e = readdir(d)) && !bdf[0]) {
+        if (e->d_name[0] == '.') continue;
+        snprintf(path, sizeof path, "/sys/bus/pci/devices/%.63s/vendor", e->d_name);
+        if (read_hex(path) != 0x1af4) continue;
+        snprintf(path, sizeof path, "/sys/bus/pci/devices/%.63s/device", e->d_name);
+        int dev = read_hex(path);
+        if (dev == 0x1005 || dev == 0x1044) snprintf(bdf, sizeof bdf, "%.63s", e->d_name);
+    }
+    if (d) closedir(d);
+    /* Its vectors: drivers/pci/msi/sysfs (msi_irqs/<N>, one per vector). */
+    int k = 0;
+    snprintf(path, sizeof path, "/sys/bus/pci/devices/%s/msi_irqs", bdf);
+    d = bdf[0] ? opendir(path) : NULL;
+    while (d && (e = readdir(d))) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+        for (int i = 0; i < nirqs; i++)
+            if (irqs[i] == atoi(e->d_name)) {
+                mine[i] = 1;
+                size_t l = strlen(vec);
+                if (l < sizeof vec - 16) snprintf(vec + l, sizeof vec - l, "%s%d", k++ ? "," : "", irqs[i]);
+            }
+    }
+    if (d) closedir(d);
+    /* Its INTx line, which it holds though it uses MSI-X: pci_enable_device
+     * maps the pin's GSI to an IRQ (drivers/acpi/pci_irq.c
+     * acpi_pci_irq_enable), and the unbind's pci_disable_device unmaps it
+     * (acpi_pci_irq_disable -> acpi_unregister_gsi -> arch/x86/kernel/apic/
+     * io_apic.c mp_unmap_irq), which frees the descriptor when no other
+     * device shares the pin: that IRQ's fd dies too, so it is reported on
+     * its own and is not one of the others. With MSI-X enabled the irq file
+     * shows that line (drivers/pci/pci-sysfs.c irq_show). */
+    int intx = -1, intx_i = -1;
+    snprintf(path, sizeof path, "/sys/bus/pci/devices/%s/irq", bdf);
+    if (bdf[0] && slurp(path, buf, sizeof buf) > 0) intx = atoi(buf);
+    for (int i = 0; i < nirqs; i++)
+        if (irqs[i] == intx && !mine[i]) intx_i = i;
+    snprintf(path, sizeof path, "/sys/bus/pci/devices/%s/driver/unbind", bdf);
+    if (bdf[0]) write_str(path, bdf);
+
+    ready = poll(p, nirqs, 0);
+    int mine_ready = 0, others_ready = 0, nmine = 0, nothers = 0;
+    for (int i = 0; i < nirqs; i++) {
+        if (i == intx_i) continue;
+        if (!mine[i]) {
+            nothers++;
+            if (!p[i].revents) continue;
+            others_ready++;
+            size_t l = strlen(odd);
+            int err = pread(fds[i], buf, sizeof buf, 0) < 0 ? errno : 0;
+            if (l < sizeof odd - 64)
+                snprintf(odd + l, sizeof odd - l, "%sirq%d:revents=0x%02x,errno=%d", l ? ";" : "", irqs[i],
+                         p[i].revents, err);
+            continue;
+        }
+        mine_ready += p[i].revents != 0;
+        revents[nmine] = p[i].revents;
+        errs[nmine++] = pread(fds[i], buf, sizeof buf, 0) < 0 ? errno : 0;
+    }
+    printf("KCOST poll_teardown_device=%s poll_teardown_irqs=%s poll_teardown_ready=%d/%d "
+           "poll_teardown_revents=%s poll_teardown_pread_errno=%s poll_teardown_want=0x%02x\n",
+           bdf[0] ? bdf : "none", vec[0] ? vec : "-", mine_ready, k, distinct(d1, sizeof d1, revents, nmine, "0x%02x"),
+           distinct(d2, sizeof d2, errs, nmine, "%d"), want);
+    int intx_err = intx_i < 0 ? 0 : pread(fds[intx_i], buf, sizeof buf, 0) < 0 ? errno : 0;
+    printf("KCOST poll_teardown_intx=%d poll_teardown_intx_revents=0x%02x poll_teardown_intx_pread_errno=%d\n",
+           intx, intx_i < 0 ? 0 : p[intx_i].revents, intx_err);
+    printf("KCOST poll_others_ready=%d/%d poll_others_detail=%s poll_teardown_total_ready=%d\n", others_ready,
+           nothers, odd[0] ? odd : "-", ready);
+    for (int i = 0; i < nirqs; i++) close(fds[i]);
+}
+
 int main(void)
 {
     char buf[4096], path[64];
@@ -378,8 +574,11 @@ int main(void)
     f = measure(OP_PREAD, fd_stat, BIG, 500);  report("proc_stat", f, 500);
     f = measure(OP_READ_ALL, fd_int, BIG, 200); report("proc_interrupts", f, 200);
 
+    poll_cost();
+
     verify(fd_stat);
     sentinel(irq, fd_pcc, fd_hw, fd_act, fd_stat);
+    poll_semantics();
     printf("KCOST done\n");
     fflush(stdout);
     sync();

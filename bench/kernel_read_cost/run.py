@@ -7,9 +7,13 @@ possible-CPU count and boot, and prints one line per boot:
 
   BENCH kernel_read possible_cpus=256 per_cpu_count_us=... hwirq_us=...
         actions_us=... proc_stat_us=... proc_stat_bytes=... nr_irqs=...
+        poll_fds=84 poll_us=... poll_per_fd_us=... poll_many_fds=512 ...
         proc_interrupts_us=... null_syscall_us=... stat_matches_sum=yes|no(...)
+        poll_check=ok|FAILED(...)
 
-followed by extra key=value fields (CPU-clock figures, sizes, spread).
+followed by extra key=value fields (CPU-clock figures, sizes, spread, and
+the poll semantics: poll_fresh_*, poll_after_read_*, poll_teardown_*,
+poll_others_ready). Exits non-zero when a boot fails or a poll check fails.
 
   python3 bench/kernel_read_cost/run.py [--cpus default,256] [--boots 2]
   python3 bench/kernel_read_cost/run.py --cpus 256/16 --boots 1   # 16 online
@@ -22,6 +26,7 @@ counts, are the point. Stdlib only.
 from __future__ import annotations
 
 import argparse
+import errno
 import gzip
 import hashlib
 import os
@@ -123,13 +128,48 @@ def boot(img: Path, spec: str, timeout: float) -> tuple[dict[str, str], str, flo
     return fields, console, took
 
 
+def frac(value: str | None) -> tuple[int, int] | None:
+    a, _, b = (value or "").partition("/")
+    return (int(a), int(b)) if a.isdigit() and b.isdigit() else None
+
+
+def poll_failures(f: dict[str, str]) -> list[str]:
+    """Which of kcost.c's poll checks failed (poll_cost, poll_semantics):
+    a fresh actions fd polls POLLERR|POLLPRI and one read later nothing
+    (fs/kernfs/file.c kernfs_generic_poll against kernfs_seq_show's
+    of->event); kept, read fds poll nothing during the cost rounds; once
+    virtio-rng is unbound every fd of its vectors polls POLLERR|POLLPRI and
+    preads ENODEV (kernfs_fop_poll / kernfs_fop_read_iter when
+    kernfs_get_active fails on the removed node), while the fd of every IRQ
+    not the device's (neither a vector nor its INTx line, which the unbind
+    may free as well and which is only reported) still polls nothing. POLLERR|POLLPRI is taken from the guest
+    (poll_teardown_want) rather than written here."""
+    want = f.get("poll_teardown_want", "missing")
+    failed = []
+    fresh, after = frac(f.get("poll_fresh_ready")), frac(f.get("poll_after_read_ready"))
+    down, others = frac(f.get("poll_teardown_ready")), frac(f.get("poll_others_ready"))
+    if not (fresh and fresh[1] and fresh[0] == fresh[1] and f.get("poll_fresh_revents") == want):
+        failed.append("fresh")
+    if not (after and after[1] and after[0] == 0):
+        failed.append("after_read")
+    if f.get("poll_ready") != "0" or f.get("poll_many_ready", "0") != "0":
+        failed.append("cost_ready")
+    if not (down and down[1] and down[0] == down[1] and f.get("poll_teardown_revents") == want
+            and f.get("poll_teardown_pread_errno") == str(errno.ENODEV)):
+        failed.append("teardown")
+    if not (others and others[1] and others[0] == 0):
+        failed.append("others")
+    return failed
+
+
 def bench_line(cpus: str, f: dict[str, str], took: float) -> str:
     ok = f.get("stat_matches_sum", "?")
     if ok == "no":
         ok = (f"no(checked={f['stat_checked']},mismatches={f['stat_mismatches']},"
               f"moving={f['stat_moving']},nonzero_without_dir={f['stat_nonzero_without_dir']},"
               f"{f['stat_detail']})")
-    main = ["per_cpu_count_us", "hwirq_us", "actions_us", "proc_stat_us", "proc_stat_bytes", "nr_irqs",
+    main = ["per_cpu_count_us", "hwirq_us", "actions_us", "poll_fds", "poll_us", "poll_per_fd_us",
+            "poll_many_fds", "poll_many_us", "poll_many_per_fd_us", "proc_stat_us", "proc_stat_bytes", "nr_irqs",
             "proc_interrupts_us", "null_syscall_us"]
     extra = ["possible", "per_cpu_count_fields", "per_cpu_count_bytes", "proc_stat_4096_read",
              "proc_interrupts_bytes", "irq", "irq_actions", "irq_chip", "sysfs_irqs", "stat_checked", "stat_retried", "online",
@@ -137,8 +177,15 @@ def bench_line(cpus: str, f: dict[str, str], took: float) -> str:
              "proc_interrupts_cpu_us", "null_syscall_cpu_us",
              "per_cpu_count_min_us", "per_cpu_count_max_us", "proc_stat_min_us", "proc_stat_max_us", "freed_dir_gone", "freed_per_cpu_count_errno",
              "freed_hwirq_errno", "freed_actions_errno", "freed_stat_entry", "rebound_irq_reused",
-             "rebound_old_hwirq_fd_errno"]
+             "rebound_old_hwirq_fd_errno", "poll_cpu_us", "poll_min_us", "poll_max_us", "poll_many_cpu_us",
+             "poll_ready", "poll_many_ready", "poll_fresh_ready", "poll_fresh_revents", "poll_after_read_ready",
+             "poll_teardown_device", "poll_teardown_irqs", "poll_teardown_ready", "poll_teardown_revents",
+             "poll_teardown_pread_errno", "poll_teardown_intx", "poll_teardown_intx_revents",
+             "poll_teardown_intx_pread_errno", "poll_others_ready", "poll_others_detail"]
+    failed = poll_failures(f)
+    poll_check = f"FAILED({','.join(failed)})" if failed else "ok"
     words = [f"possible_cpus={cpus.partition('/')[0]}"] + [f"{k}={f.get(k, '?')}" for k in main] + [f"stat_matches_sum={ok}"]
+    words += [f"poll_check={poll_check}"]
     words += [f"{k}={f.get(k, '?')}" for k in extra] + [f"boot_s={took:.1f}"]
     return "BENCH kernel_read " + " ".join(words)
 
@@ -173,6 +220,10 @@ def main() -> int:
                 print(f"warning: asked for {cpus} possible CPUs, kernel has {f.get('possible')}",
                       file=sys.stderr)
             print(bench_line(cpus, f, took) + f" boot={boot_no}", flush=True)
+            if poll_failures(f):
+                failed += 1
+                print(f"BENCH kernel_read possible_cpus={cpus} boot={boot_no}: poll check failed: "
+                      + ", ".join(poll_failures(f)), file=sys.stderr)
     return 1 if failed else 0
 
 
