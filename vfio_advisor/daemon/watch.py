@@ -111,6 +111,9 @@ class Watcher:
         # (domain, bdf or None, rule) of emitted findings whose condition may
         # still hold; open_findings() drops those that no longer do.
         self.open: dict[tuple[str | None, str | None, str], None] = {}
+        # Names of the domains with a device on no vector at the last sample:
+        # the only ones _drop_vanished looks at.
+        self._without_vectors: set[str] = set()
         self.unreadable_reported = False
 
     # --- domains --------------------------------------------------------
@@ -247,6 +250,7 @@ class Watcher:
         # The empty set sibling_on_intx and said hold most of the time: one
         # object for the sample, not a new one per device.
         none: frozenset = frozenset()
+        without_vectors = self._without_vectors = set()
         for dom in list(self.domains.values()):
             devices, facts, key = dom.devices, dom.facts, dom.key
             since_start = now - dom.started_at
@@ -290,7 +294,9 @@ class Watcher:
                     findings += [f for f in found if not self._ignored(dom, f.rule_id)]
                 if inconclusive:
                     held += [n for n in inconclusive if not self._ignored(dom, n.rule_id)]
-                if settled and state.mode != "none":
+                if state.mode == "none":
+                    without_vectors.add(dom.facts.domain.name)
+                elif settled:
                     # StateStore.record writes only a change; what it got last per device
                     # is kept here as (mode, slots), so a steady device costs no dict
                     # building per sample (the rules' slots change only on a change).
@@ -320,7 +326,10 @@ class Watcher:
         (RuntimeRules.holds of a gone device). Only devices without
         vectors are looked at: a device that still has rows in the table is
         there, and the stat per device stays off the steady sample."""
-        for dom in list(self.domains.values()):
+        for name in self._without_vectors:
+            dom = self.domains.get(name)
+            if dom is None:
+                continue
             gone = [bdf for bdf, dev in dom.devices.items()
                     if dev.mode == "none" and not self.host.exists(f"sys/bus/pci/devices/{bdf}")]
             if not gone:

@@ -216,9 +216,15 @@ def no_interrupts(own, state, sample, elapsed, config):
 def affinity_overlap(own, state, sample, elapsed, config):
     """VA6007: a vector whose smp_affinity_list meets pinned vCPU or isolated
     CPUs. `own`: (irq, overlap already reported) pairs."""
+    if not sample.vector_affinity:
+        # No vector to compare, or no CPU to protect (the usual host: the
+        # Watcher reads smp_affinity_list only for pinned or isolated CPUs):
+        # what the rest would return, without Domain.pinned_cpus, a set
+        # union per call, at every device and sample.
+        return own, []
     isolated = sample.isolated_cpus
     if not isolated and not sample.facts.domain.pinned_cpus:
-        return own, []  # no CPU to protect (the usual host): settled or not, nothing
+        return own, []  # no CPU to protect: settled or not, nothing
     if not _settled(sample, config) or not state.observable:
         return own, []  # posted MSI never runs the host handler on those CPUs
     pinned = sample.facts.domain.pinned_cpus
