@@ -63,7 +63,7 @@ def _status_kib(field: str) -> int:
 
 
 def daemon_child(root: str, node: str, work: str, warm: int, samples: int, resync: bool,
-                 page: bool = True) -> int:
+                 page: bool = True, metrics: bool = True) -> int:
     """`vfio-advisor daemon` over the test driver's node file, as the
     command line runs it. Every sample moves every vector's counter first
     (its CPU is subtracted), and each is followed by a 20 ms pause. With
@@ -179,7 +179,7 @@ def daemon_child(root: str, node: str, work: str, warm: int, samples: int, resyn
     sys.argv = ["vfio-advisor", "daemon", "--connect", f"test://{node}", "--host-root", root,
                 "--interval", "0.000001", "--settle", "10", "--config", config,
                 "--state-dir", os.path.join(work, "state"),
-                "--metrics-file", os.path.join(work, "vfio-advisor.prom")]
+                *(("--metrics-file", os.path.join(work, "vfio-advisor.prom")) if metrics else ())]
     return cli.main()
 
 
@@ -235,7 +235,8 @@ if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--daemon-chi
     a = sys.argv[2:]
     if a[7] == "kernfs":
         sys.stdout.write(f"kernfs_sentinels={kernfs_sentinels(a[0], a[2])}\n")
-    sys.exit(daemon_child(a[0], a[1], a[2], int(a[3]), int(a[4]), a[5] == "resync", a[6] == "page"))
+    sys.exit(daemon_child(a[0], a[1], a[2], int(a[3]), int(a[4]), a[5] == "resync", a[6] == "page",
+                          metrics=a[6] != "plain"))
 
 # --- the benchmarks --------------------------------------------------------
 
@@ -429,7 +430,7 @@ SENTINELS = {"where": "kernfs", "why": ""}
 
 
 def run_daemon_child(installed, root: Path, node: Path, work: Path, warm: int, samples: int,
-                     resync: bool, page: bool = True) -> dict:
+                     resync: bool, page: bool = True, metrics: bool = True) -> dict:
     python, pythonpath = installed
     work.mkdir(parents=True, exist_ok=True)
     kernfs = SENTINELS["where"] == "kernfs"
@@ -439,12 +440,12 @@ def run_daemon_child(installed, root: Path, node: Path, work: Path, warm: int, s
     wrap = ["unshare", "--net", "--mount", "--propagation", "private"] if kernfs else []
     out = subprocess.run([*wrap, python, str(Path(__file__).resolve()), "--daemon-child", str(root), str(node),
                           str(work), str(warm), str(samples), "resync" if resync else "stay",
-                          "page" if page else "nopage", "kernfs" if kernfs else "files"],
+                          "page" if page else "nopage" if metrics else "plain", "kernfs" if kernfs else "files"],
                          cwd="/", capture_output=True, text=True, timeout=600,
                          env=dict(os.environ, PYTHONPATH=pythonpath))
     if kernfs and "kernfs_sentinels=" not in out.stdout:
         SENTINELS.update(where="files", why=(out.stderr.strip().splitlines() or ["?"])[-1][:200])
-        return run_daemon_child(installed, root, node, work, warm, samples, resync, page)
+        return run_daemon_child(installed, root, node, work, warm, samples, resync, page, metrics)
     fields = dict(kv.split("=", 1) for kv in out.stdout.split() if "=" in kv)
     if "rss_kib" not in fields or (resync and "resync_s" not in fields):
         raise SystemExit(f"daemon child failed (rc {out.returncode}): {out.stdout[-300:]} {out.stderr[-1500:]}")
@@ -513,6 +514,10 @@ def bench_daemon(tmp: Path) -> bool:
     # rewritten every 15 s, which this run of a few seconds hardly reaches.
     unread = run_daemon_child(installed, root, tmp / "node128.xml", tmp / "d128u", warm=WARM_SAMPLES,
                               samples=60, resync=False, page=False)
+    # And as the daemon runs by default: no page open and no metrics file
+    # (config.Config.metrics_file is unset until a fleet host sets it).
+    plain = run_daemon_child(installed, root, tmp / "node128.xml", tmp / "d128d", warm=WARM_SAMPLES,
+                             samples=60, resync=False, page=False, metrics=False)
     root1, xmls1 = trees[1]
     one = run_daemon_child(installed, root1, node_xml(tmp / "node1.xml", xmls1), tmp / "d1",
                            warm=WARM_SAMPLES, samples=60, resync=False)
@@ -526,6 +531,7 @@ def bench_daemon(tmp: Path) -> bool:
     else:
         sentinels = f"the sentinels read as regular files: no kernfs for them here ({SENTINELS['why']})"
     unread_ms = float(unread["cpu_per_sample"]) * 1e3
+    plain_ms = float(plain["cpu_per_sample"]) * 1e3
     share = process_ms / 1e3 / DEFAULT_INTERVAL
     growth = per_vector / at8
     print(f"BENCH daemon_scale devices={devices} vectors={vectors} cpu_ms_per_sample={process_ms:.2f} "
@@ -536,7 +542,9 @@ def bench_daemon(tmp: Path) -> bool:
           f"{', '.join(f'{r * 1e3:.2f}' for r in runs)} ms; windows full; {sentinels}), goal < 0.2 %: "
           f"{goal(share < 0.002)}; "
           f"no page open (status file not rewritten): cpu_ms_per_sample={unread_ms:.2f}, "
-          f"{unread_ms / 1e3 / DEFAULT_INTERVAL * 100:.3f} %) load {load()}")
+          f"{unread_ms / 1e3 / DEFAULT_INTERVAL * 100:.3f} %; the default configuration, no page open and no "
+          f"metrics file: cpu_ms_per_sample={plain_ms:.2f}, {plain_ms / 1e3 / DEFAULT_INTERVAL * 100:.3f} %) "
+          f"load {load()}")
     ok &= growth <= 1.5 and share < 0.002
     rss_mib = int(full["rss_kib"]) / 1024
     per_device = (int(full["rss_kib"]) - int(one["rss_kib"])) / (devices - VFS_PER_DOMAIN)
