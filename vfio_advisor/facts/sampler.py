@@ -95,13 +95,14 @@ freed while its vector stays allocated (vfio_msi_set_vector_signal with no
 eventfd): the same case _sysfs_row does not read the other vectors' actions
 for, since QEMU never asks for it on an enabled vector (hw/vfio/pci.c
 vfio_msix_vector_release switches to its own eventfd, 7.2-9.x); a
-rediscovery, at the latest the cross-check, sees it. In a
-recorded tree (regular files: they poll nothing, ever) each sentinel is
-read and compared, as before. INTx lines are read one by one as before
-(their sharers come and go). tests/facts/test_sampler_stat.py checks it against fresh
-samplers, tests/lab/test_lab_live.py that /proc/stat's totals are the
-per_cpu_count sums on a real kernel; bench/kernel_read_cost measures both
-reads on a 6.1 kernel with 256 possible CPUs.
+rediscovery, at the latest the cross-check, sees it. In a recorded tree
+(regular files: they poll nothing, ever) each sentinel is read and
+compared, as before. INTx lines are read one by one as before (their
+sharers come and go). tests/facts/test_sampler_stat.py checks it against
+fresh samplers, tests/facts/test_sampler_kernfs.py the poll on a real
+kernfs node removed under it, tests/lab/test_lab_live.py that /proc/stat's
+totals are the per_cpu_count sums on a real kernel; bench/kernel_read_cost
+measures the reads and the poll on a 6.1 kernel with 256 possible CPUs.
 
 One difference the kernel makes, not this code: per_cpu_count lists
 possible CPUs and /proc/interrupts online ones, so counts an offline CPU
@@ -367,8 +368,8 @@ class Sampler:
         # (it then falls back to the full loop).
         self._plan: tuple | None = None
         # The steady sample's counts from /proc/stat (_build_stat_plan): its
-        # sentinels (read, polled), entries and last totals; None where the plan reads each
-        # per_cpu_count. stat_usable turns False for the tree (until the next
+        # sentinels (read, polled), entries and last totals; None where the
+        # plan reads each per_cpu_count. stat_usable turns False for the tree (until the next
         # rediscovery) when /proc/stat cannot be read or disagrees with
         # per_cpu_count; stat_samples counts the samples it served.
         self._stat_plan: tuple | None = None
