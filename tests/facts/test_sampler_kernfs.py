@@ -59,10 +59,27 @@ def child(tmp: Path) -> dict:
     sentinel.unlink()
     sentinel.symlink_to(alias)
     c = Compared(root)
-    for _ in range(4):
-        got = c.sample()
+    for _ in range(2):  # a rediscovery, then the loop that builds the plan
+        c.sample()
+    # The saving itself: at a steady sample the polled sentinel is not read,
+    # the regular files' are (VF 1's, for the counter's sake).
+    kept = {vf: c.sampler.action_fds[str(irq_of(vf, 0))] for vf in (0, 1)}
+    reads = {fd: 0 for fd in kept.values()}
+    pread = os.pread
+
+    def counted(fd, *args):
+        if fd in reads:
+            reads[fd] += 1
+        return pread(fd, *args)
+
+    os.pread = counted
+    try:
+        for _ in range(2):
+            got = c.sample()
+    finally:
+        os.pread = pread
     out = {"polled": c.sampler.polled_sentinels, "stat_samples": c.sampler.stat_samples,
-           "before": got[bdf(0)].mode}
+           "before": got[bdf(0)].mode, "polled_reads": reads[kept[0]], "read_reads": reads[kept[1]]}
     shape, rediscoveries = c.sampler.shape, c.sampler.rediscoveries
     subprocess.run(["ip", "link", "del", link], check=True)  # the node goes, as at free_desc
     sentinel.unlink()
@@ -99,6 +116,7 @@ def test_a_removed_kernfs_sentinel_is_seen_through_one_poll(tmp_path):
     got = json.loads(run.stdout.splitlines()[-1])
     # The plan polled VF 0's sentinel (kernfs) and read the others (regular files).
     assert got["polled"] == 1 and got["stat_samples"] >= 2 and got["before"] == "msix", got
+    assert got["polled_reads"] == 0 and got["read_reads"] == 2, got
     assert got["after"] != "msix" and got["other"] == "msix", got
     assert got["shape_moved"] and got["rediscovered"] == 1, got
 

@@ -164,8 +164,10 @@ STAT_FIRST_READ = 1 << 16
 # What a kept kernfs descriptor polls when its node was removed, or before its
 # first read: kernfs_generic_poll compares the open file's event count, set
 # by each read (kernfs_seq_show), with the node's, which starts at 1
-# (kernfs_get_open_node), so a fresh descriptor polls these until read once.
-# A regular file never polls them (its f_op has no poll: DEFAULT_POLLMASK).
+# (kernfs_get_open_node), so a fresh descriptor polls these until read once
+# (fs/kernfs/file.c; seen on Linux 6.1 by bench/kernel_read_cost and on 6.18
+# by tests/facts/test_sampler_kernfs.py). A regular file never polls them
+# (its f_op has no poll: DEFAULT_POLLMASK).
 POLL_CHANGED = select.POLLERR | select.POLLPRI
 
 
@@ -369,18 +371,24 @@ class Sampler:
         self._plan: tuple | None = None
         # The steady sample's counts from /proc/stat (_build_stat_plan): its
         # sentinels (read, polled), entries and last totals; None where the
-        # plan reads each per_cpu_count. stat_usable turns False for the tree (until the next
-        # rediscovery) when /proc/stat cannot be read or disagrees with
-        # per_cpu_count; stat_samples counts the samples it served.
+        # plan reads each per_cpu_count. stat_usable turns False for the
+        # tree (until the next rediscovery) when /proc/stat cannot be read
+        # or disagrees with per_cpu_count; stat_samples counts the samples
+        # it served.
         self._stat_plan: tuple | None = None
         self._stat_fd: int | None = None
         self._stat_size = STAT_FIRST_READ
         self.stat_usable = True
         self.stat_samples = 0
         self.plan_samples = 0  # samples the plan served, from /proc/stat or not
-        self.polled_sentinels = 0  # the stat plan's sentinels polled, not read (kernfs)
         self._root_id = self._root_identity()
         self.steady_modes = _steady_modes(host)
+
+    @property
+    def polled_sentinels(self) -> int:
+        """How many of the stat plan's sentinels are polled, not read (kernfs)."""
+        polled = self._stat_plan[1] if self._stat_plan is not None else None
+        return len(polled[1]) if polled is not None else 0
 
     # --- what to watch ----------------------------------------------------
 
@@ -794,15 +802,18 @@ class Sampler:
             fd = fds[irq] = self.host.open_kept(f"sys/kernel/irq/{irq}/actions")
             fresh = _poll_now(fd)
             try:
-                if os.pread(fd, SYSFS_PAGE, 0) != actions:
-                    raise ValueError(irq)
+                now = os.pread(fd, SYSFS_PAGE, 0)
             except OSError:
                 raise ValueError(irq) from None
+            if now != actions:
+                # Changed since the loop read it (a teardown between the two
+                # reads): the next sample rediscovers, which tries the plan again.
+                self.discover = True
+                raise ValueError(irq)
             if fresh & POLL_CHANGED and not _poll_now(fd):
                 polled[fd] = actions
             else:
                 read.append((fd, actions))
-        self.polled_sentinels = len(polled)
         if not polled:
             return tuple(read), None
         poller = select.poll()
