@@ -412,11 +412,7 @@ class _Window(_Texts):
         """Drops the `n` oldest rates (n <= their number), and the mode runs
         that ended before the sample numbered `first`, the first one kept:
         a run ends where the next starts."""
-        lengths = self.lengths
-        size = n
-        for _ in range(n):
-            size += lengths.popleft()
-        del self.text[:size if lengths else size - 1]
+        _Texts.drop(self, n)
         runs = self.runs
         if len(runs) > 1 and runs[1][0] <= first:
             while len(runs) > 1 and runs[1][0] <= first:
