@@ -298,6 +298,17 @@ class _Stale(Exception):
     """A kept sysfs descriptor reads ENODEV: its IRQ was freed."""
 
 
+class _StatPlan(NamedTuple):
+    """What a steady sample reads from /proc/stat (Sampler._build_stat_plan)."""
+
+    read: tuple  # (fd, actions text) of the sentinels read and compared (regular files)
+    poller: object  # a select.poll over the keys of `polled`, None without them
+    polled: dict  # fd -> actions text of the sentinels polled (kernfs)
+    entries: tuple  # (irq, index in the intr line, offset, _Last) per vector
+    totals: list  # each entry's last total
+    last_index: int  # the highest index in the intr line an entry reads
+
+
 def _poll_now(fd: int) -> int:
     """poll(2) of one descriptor for POLLPRI, no timeout: its revents."""
     poller = select.poll()
@@ -310,8 +321,8 @@ def _sentinel_holds(fd: int, actions: bytes) -> bool:
     """Does a stat plan's sentinel still read `actions`? _Stale when it
     reads ENODEV (freed, module docstring: every vector of the device) or
     another handler: the vector freed and taken by another device, or its
-    vfio handler freed (vfio-pci frees a handler without the vector on
-    Linux 6.5+, vfio_msi_set_vector_signal); both rediscover. False at any
+    vfio handler freed with the vector kept (vfio_msi_set_vector_signal
+    with no eventfd); both rediscover. False at any
     other read error (the full loop reads again)."""
     try:
         now = os.pread(fd, SYSFS_PAGE, 0)
@@ -369,13 +380,12 @@ class Sampler:
         # closed descriptor, another tree, or a read the loop did not expect
         # (it then falls back to the full loop).
         self._plan: tuple | None = None
-        # The steady sample's counts from /proc/stat (_build_stat_plan): its
-        # sentinels (read, polled), entries and last totals; None where the
-        # plan reads each per_cpu_count. stat_usable turns False for the
+        # The steady sample's counts from /proc/stat (_build_stat_plan);
+        # None where the plan reads each per_cpu_count. stat_usable turns False for the
         # tree (until the next rediscovery) when /proc/stat cannot be read
         # or disagrees with per_cpu_count; stat_samples counts the samples
         # it served.
-        self._stat_plan: tuple | None = None
+        self._stat_plan: _StatPlan | None = None
         self._stat_fd: int | None = None
         self._stat_size = STAT_FIRST_READ
         self.stat_usable = True
@@ -387,8 +397,7 @@ class Sampler:
     @property
     def polled_sentinels(self) -> int:
         """How many of the stat plan's sentinels are polled, not read (kernfs)."""
-        polled = self._stat_plan[1] if self._stat_plan is not None else None
-        return len(polled[1]) if polled is not None else 0
+        return len(self._stat_plan.polled) if self._stat_plan is not None else 0
 
     # --- what to watch ----------------------------------------------------
 
@@ -718,9 +727,10 @@ class Sampler:
         """/proc/stat's intr line split at its spaces: [sum, IRQ 0, IRQ 1,
         ...] (show_all_irqs prints every number up to nr_irqs, a gap as
         " 0"); with `upto`, only the tokens up to that index are split off
-        (the rest of the line stays in one), read through a kept descriptor (a proc seq_file read at
-        offset 0 shows it anew, fs/seq_file.c seq_read_iter). None if
-        /proc/stat cannot be read or has no intr line."""
+        (the rest of the line stays in one), read through a kept
+        descriptor (a proc seq_file read at offset 0 shows it anew,
+        fs/seq_file.c seq_read_iter). None if /proc/stat cannot be read or
+        has no intr line."""
         fd = self._stat_fd
         try:
             if fd is None:
@@ -738,11 +748,10 @@ class Sampler:
         end = data.find(b"\n", start)
         return data[start:end if end >= 0 else len(data)].split(b" ", upto + 1 if upto >= 0 else -1)
 
-    def _build_stat_plan(self, plan: tuple) -> tuple | None:
-        """The plan's counts from /proc/stat (STAT_INTR): (the sentinels
-        to read, those to poll, entries, totals, the last index), or None,
-        and stat_usable False, where /proc/stat
-        cannot stand in for the per_cpu_count just read.
+    def _build_stat_plan(self, plan: tuple) -> _StatPlan | None:
+        """The plan's counts from /proc/stat (STAT_INTR), or None, and
+        stat_usable False, where /proc/stat cannot stand in for the
+        per_cpu_count just read.
 
         Each device's vectors are freed together (MSI, and MSI-X before
         Linux 6.5: the module docstring; on later kernels msi_irqs/ is
@@ -774,20 +783,20 @@ class Sampler:
                 if device not in seen:
                     seen.add(device)
                     sentinels.append((irq, last.actions))
-            read, polled = self._keep_sentinels(sentinels)
+            read, poller, polled = self._keep_sentinels(sentinels)
         except (ValueError, IndexError, KeyError, FactUnavailable, _Stale):
             # A recorded tree whose /proc/stat is from another moment, a
             # damaged one, or an actions file that cannot be kept open (past
             # max_kept): the plan reads each per_cpu_count instead.
             self.stat_usable = False
             return None
-        return read, polled, tuple(entries), totals, max(e[1] for e in entries)
+        return _StatPlan(read, poller, polled, tuple(entries), totals, max(e[1] for e in entries))
 
-    def _keep_sentinels(self, sentinels: list) -> tuple[tuple, tuple | None]:
+    def _keep_sentinels(self, sentinels: list) -> tuple[tuple, object, dict]:
         """Each sentinel, (irq, its actions text), on a descriptor opened
         anew (it replaces the IRQ's kept actions descriptor): (those to read
-        and compare at each sample, as (fd, text); (a poll object, {fd:
-        text}) of those to poll, or None). A descriptor is polled when it
+        and compare at each sample, as (fd, text); a poll object over those
+        to poll, or None; {fd: text} of those). A descriptor is polled when it
         behaves as kernfs does (POLL_CHANGED): polled before its first
         read, then nothing once read. ValueError when one cannot be kept or
         reads another text than the plan's."""
@@ -815,13 +824,13 @@ class Sampler:
             else:
                 read.append((fd, actions))
         if not polled:
-            return tuple(read), None
+            return tuple(read), None, polled
         poller = select.poll()
         for fd in polled:
             poller.register(fd, select.POLLPRI)
-        return tuple(read), (poller, polled)
+        return tuple(read), poller, polled
 
-    def _read_stat_plan(self, stat_plan: tuple) -> dict | None:
+    def _read_stat_plan(self, stat_plan: _StatPlan) -> dict | None:
         """_read_plan with every count from one /proc/stat read
         (_build_stat_plan). _Stale when a sentinel reads ENODEV or another
         text (sample() rediscovers). None at anything else it does not
@@ -829,15 +838,14 @@ class Sampler:
         total that fell (a reset, or tot_count wrapping past the offset):
         the full loop then reads every per_cpu_count and builds the plan
         again."""
-        sentinels, polled, entries, totals, last_index = stat_plan
-        if polled is not None:
+        read, poller, polled, entries, totals, last_index = stat_plan
+        if poller is not None:
             # One poll(2) for every kernfs sentinel (module docstring): those
             # that poll are read, as the others are below.
-            poller, texts = polled
             for fd, _events in poller.poll(0):
-                if not _sentinel_holds(fd, texts[fd]):
+                if not _sentinel_holds(fd, polled[fd]):
                     return None
-        for fd, actions in sentinels:
+        for fd, actions in read:
             if not _sentinel_holds(fd, actions):
                 return None
         tokens = self._stat_tokens(last_index)

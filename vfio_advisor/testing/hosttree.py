@@ -285,7 +285,7 @@ def build(root: Path | str, host: Host) -> Path:
     return root
 
 
-# --- /proc/stat --------------------------------------------------------------
+# --- /sys/kernel/irq and /proc/stat ----------------------------------------
 
 def write_irq_descriptor(root: Path | str, irq: int, per_cpu_count: str, actions: str, chip: str,
                          hwirq: int | None = None, kind: str | None = None) -> Path:
