@@ -26,6 +26,8 @@ def test_an_idle_intx_line_is_held_back_aloud_once_then_decided(tmp_path):
     assert entry[F.RULE] == "VA6001" and entry[F.HOST_BDF] == AUDIO and entry[F.DOMAIN] == "win11"
     assert entry[F.PRIORITY] == "6" and F.MESSAGE_ID not in entry  # a note, not a finding
     assert "inconclusive" in entry[F.MESSAGE] and "use the device" in entry[F.MESSAGE]
+    # named as a finding is, so a host with many guests can tell whose it is
+    assert entry[F.MESSAGE].startswith(f"win11 {AUDIO}: VA6001 held back: "), entry[F.MESSAGE]
     # the device is used: the line counts, and the finding is decided
     s.at(80, intx_rows(20000))
     assert [e["rule"] for e in s.emitted] == ["VA6001"]

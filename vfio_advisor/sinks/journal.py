@@ -117,8 +117,13 @@ def event_fields(message: str, event: str, priority: int, source: str) -> list[s
 
 def inconclusive_fields(note: Inconclusive, source: str) -> list[str]:
     """A finding held back because the sample proves nothing: an info entry
-    with the rule it is about, never the rule's MESSAGE_ID (no finding)."""
-    fields = {F.MESSAGE: note.message, F.PRIORITY: "6", F.SYSLOG_IDENTIFIER: IDENTIFIER,
+    with the rule it is about, never the rule's MESSAGE_ID (no finding).
+    Its MESSAGE names the domain and device as a finding's does: on a host
+    with many guests `journalctl -t vfio-advisor` shows MESSAGE alone, and
+    "held back" keeps it apart from the rule's finding."""
+    where = f" {note.subject}" if note.subject else ""
+    message = f"{note.domain or '-'}{where}: {note.rule_id} held back: {note.message}"
+    fields = {F.MESSAGE: message, F.PRIORITY: "6", F.SYSLOG_IDENTIFIER: IDENTIFIER,
               F.SOURCE: source, F.EVENT: note.kind, F.RULE: note.rule_id}
     if note.domain:
         fields[F.DOMAIN] = note.domain
