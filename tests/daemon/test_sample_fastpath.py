@@ -201,3 +201,19 @@ def test_a_sharer_joining_an_intx_line_changes_the_shape(tmp_path):
     assert "ehci_hcd:usb9" in next(line for line in table.lines if line.irq == "23").handlers
     move(root, 9, "same-cpu")
     checked.sample()
+
+
+def test_an_intx_line_back_after_a_reset_is_seen_without_sysfs(tmp_path):
+    """A tree without /sys/kernel/irq (a recording of /proc/interrupts
+    alone): a guest reboot's device reset frees vfio-intx, so the line's row
+    leaves /proc/interrupts (show_interrupts skips a line without handlers),
+    and QEMU requests it again after the reset. The row read from
+    /proc/interrupts at that sample is taken, as a fresh sampler takes it."""
+    from tests.daemon.scenarios import Scenario, intx_rows, msi_rows
+    from tests.rules.examples import _ir_interrupts
+
+    scene = Scenario(tmp_path)
+    checked = Checked(scene.root, vfio_devices(scene.root))
+    for rows in (intx_rows(3000), {28: None}, intx_rows(3100), intx_rows(3200), msi_rows(10)):
+        (scene.root / "proc/interrupts").write_text(_ir_interrupts(rows))
+        checked.sample()

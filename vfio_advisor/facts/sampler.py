@@ -661,10 +661,19 @@ class Sampler:
                 moved = True
                 by_irq = proc.by_irq()
                 watched = {i for w in self.watched.values() for i in w.irqs}
-                for irq in sorted(watched - set(rows) - self.absent, key=_irq_key):
+                # The absent too: /proc/interrupts is read anyway, and a line
+                # leaves it while it has no handler (kernel/irq/proc.c
+                # show_interrupts skips a descriptor without actions), as
+                # vfio-intx's does in a guest reboot's device reset (QEMU
+                # hw/vfio/pci.c vfio_pci_pre_reset frees it, vfio_pci_post_reset
+                # requests it again).
+                for irq in sorted(watched - set(rows), key=_irq_key):
                     if irq in by_irq:
                         rows[irq] = by_irq[irq]
-                        if irq in missing:
+                        if irq in self.absent:
+                            self.absent.discard(irq)
+                            self.from_proc.add(irq)
+                        elif irq in missing:
                             self._say_fallback(irq, self.fallback_errors.get(irq))
                     elif irq in missing:
                         # No row in /proc/interrupts either: nothing to read
