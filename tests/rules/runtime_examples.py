@@ -91,6 +91,14 @@ def flagged_now_msi(tmp: Path):
     return DeviceState(AUDIO, mode="intx", flagged_intx=True), s, INTERVAL, DEFAULTS
 
 
+@example("rt-flagged-reset-now-msi")
+def flagged_reset_now_msi(tmp: Path):
+    """Flagged on INTx, then a sample inside a guest reboot's device reset (no
+    vfio vector: QEMU frees them all for the reset), on vfio-msi now."""
+    s = _sample(gpu_audio_msi(tmp), AUDIO, SETTLED)
+    return DeviceState(AUDIO, mode="none", flagged_intx=True), s, INTERVAL, DEFAULTS
+
+
 @example("rt-msi-last-run-intx-now")
 def msi_last_run_intx_now(tmp: Path):
     """The state file says MSI last run; this run's first settled sample is INTx."""

@@ -13,6 +13,9 @@ INTx line proves nothing; read as a flag that is "not flagged", as before.
 And VA6001's and VA6006's messages say how long the guest had run when
 they fired, not the settle time (one fired 161 s after the start, held back
 while the line was idle, and said "10 s"): the reference says it the same way.
+And VA6002 now also fires where a sample with no vector fell between INTx
+and MSI (a guest reboot's device reset, runtime.intx_or_msi): the
+reference's switch condition reads the same.
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ class OldSample:
 
 def switched_to_msi(state, sample, elapsed, config):
     """VA6002: INTx -> MSI after we (or the previous run) had flagged it."""
-    if not (state.previous_mode == "intx" and state.mode in ("msi", "msix")):
+    if not (state.previous_mode in ("intx", "none") and state.mode in ("msi", "msix")):
         return state, []
     out = []
     if state.flagged_intx or sample.previous_run.get("flagged_intx"):

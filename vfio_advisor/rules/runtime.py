@@ -78,8 +78,16 @@ def _make(rule_id: str, sample: DeviceSample, message: str, remedy: str | None =
 
 def intx_or_msi(own, state, sample, elapsed, config):
     """VA6002 then VA6001, one slot: INTx -> MSI after we (or the previous
-    run) had flagged it; settled, MSI-capable and INTx still counting."""
-    if state.previous_mode == "intx" and state.mode in ("msi", "msix"):
+    run) had flagged it; settled, MSI-capable and INTx still counting.
+
+    A sample with no vector ("none") between INTx and MSI is still that
+    switch: a guest reboot resets the device, and QEMU frees every vfio
+    handler for the reset and requests vfio-intx again after it
+    (hw/vfio/pci.c vfio_pci_pre_reset -> vfio_disable_interrupts,
+    vfio_pci_post_reset -> vfio_intx_enable, 7.2-9.x), so a sample can fall
+    in the reset, up to about a second with a bus reset's wait. The slot
+    stays FLAGGED through it (below: a mode other than INTx keeps it)."""
+    if state.previous_mode in ("intx", "none") and state.mode in ("msi", "msix"):
         out = []
         if own == FLAGGED or sample.previous_run.get("flagged_intx"):
             out = _make("VA6002", sample,
@@ -420,7 +428,8 @@ RULES: tuple[Rule, ...] = register(
          "a driver option changed.",
          "Nothing to do. Check again after guest driver updates, which can reset the setting.",
          _id("1936b40983384a06a30e555d8d8c480d"), None,
-         transition=intx_or_msi, holds=_never, fires_on=('rt-lab-switch-to-msi', 'rt-flagged-now-msi'),
+         transition=intx_or_msi, holds=_never,
+         fires_on=('rt-lab-switch-to-msi', 'rt-flagged-now-msi', 'rt-flagged-reset-now-msi'),
          silent_on=('rt-lab-stays-intx', 'rt-intx-settled-windows')),
     Rule("VA6003", "msi-to-intx-regression", Severity.WARNING,
          "Device used MSI in the previous run and INTx now",
