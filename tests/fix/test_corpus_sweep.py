@@ -68,5 +68,8 @@ def test_every_offered_fix_passes_every_check(analyzer, request):
                             f"verified changes by rule: {dict(sorted(kinds.items()))}")
     # Not vacuous: the corpus exercises every planner that has a case in it.
     assert domains > 250
-    assert kinds["VA5001"] >= 20 and kinds["VA4002"] >= 10 and kinds["VA4001"] >= 7
+    # VA5001 at 19: three of the 20 it had were a PCI bridge counted as a
+    # sharer (its SHPC uses MSI: guest_intx.QEMU_MODEL_MSI); a fourth domain's
+    # sharing went with its VA4002 change, and one gained a free line.
+    assert kinds["VA5001"] >= 19 and kinds["VA4002"] >= 10 and kinds["VA4001"] >= 7
     assert kinds["VA5003"] >= 1

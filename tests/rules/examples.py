@@ -600,6 +600,25 @@ def guest_line_next_slot_q35(tmp: Path) -> DomainFacts:
                    domain_xml("win11", gpu_audio_hostdevs() + [e1000]))
 
 
+@example("guest-line-bridge-q35")
+def guest_line_bridge_q35(tmp: Path) -> DomainFacts:
+    """Near miss of VA5001: the audio on INTx at GSI 23 (PIRQH), and a
+    pcie-to-pci-bridge behind root port 00:03.0 whose pin A routes there too.
+    The bridge's only interrupt is its SHPC hotplug controller, which has
+    MSI (QEMU hw/pci-bridge/pcie_pci_bridge.c msi_init, msi=auto) and which
+    Linux's shpchp enables: not a sharer that costs the audio anything."""
+    bridge = """    <controller type='pci' index='5' model='pcie-root-port'>
+      <target chassis='5' port='0x18'/>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x03' function='0x0'/>
+    </controller>
+    <controller type='pci' index='6' model='pcie-to-pci-bridge'>
+      <address type='pci' domain='0x0000' bus='0x05' slot='0x00' function='0x0'/>
+    </controller>
+"""
+    return analyse(tmp, _audio_on_own_intx_host(),
+                   domain_xml("win11", gpu_audio_hostdevs() + [bridge]))
+
+
 @example("pxb-pcie-port-on-root")
 def pxb_pcie_port_on_root(tmp: Path) -> DomainFacts:
     """Near miss of VA5003: pxb-pcie-intx's domain with the e1000's root port

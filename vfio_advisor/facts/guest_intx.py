@@ -55,11 +55,16 @@ QEMU_MODEL_PIN = {
 # QEMU models with MSI or MSI-X, whose guest drivers normally use it: on a
 # shared INTx line they load it only until their driver loads. (QEMU sources:
 # virtio-pci vectors, xhci/ahci/hda/e1000e/vmxnet3/megasas msi(x) properties,
-# root ports' MSI for PME/hotplug.)
+# root ports' MSI for PME/hotplug.) The PCI bridges too: their pin only
+# serves their SHPC hotplug controller, which has MSI (hw/pci-bridge/
+# pcie_pci_bridge.c and pci_bridge_dev.c: msi_init with msi=auto, QEMU 7.2)
+# and which Linux's shpchp enables (drivers/pci/hotplug/shpchp_hpc.c
+# shpc_init, pci_enable_msi); even on INTx it raises one only at a hotplug
+# event. Controllers go by their libvirt model, devices by QEMU's.
 QEMU_MODEL_MSI = frozenset({
     "virtio", "virtio-vga", "virtio-gpu", "qemu-xhci", "nec-xhci", "ich9-ahci",
     "intel-hda", "ich9-intel-hda", "e1000e", "vmxnet3", "megasas", "pcie-root-port",
-    "ioh3420",
+    "ioh3420", "pci-bridge", "pcie-to-pci-bridge", "pcie-pci-bridge",
 })
 
 # libvirt element/model -> QEMU model (libvirt src/qemu/qemu_command.c names).

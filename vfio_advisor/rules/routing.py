@@ -243,7 +243,8 @@ RULES: tuple[Rule, ...] = register(
          _id("b325b388f18345aeb0da90a39d7df911"), check_guest_line_shared,
          fix=domain_xml_fix("plan_va5001", stage=4),
          fires_on=("guest-line-shared-q35",),
-         silent_on=("gpu-audio-msi", "guest-line-next-slot-q35"), routing=True),
+         silent_on=("gpu-audio-msi", "guest-line-next-slot-q35", "guest-line-bridge-q35"),
+         routing=True),
     Rule("VA5002", "i440fx-two-guest-irqs", Severity.INFO,
          "i440FX: all guest INTx share IRQ 10 and 11",
          "The i440FX/PIIX3 chipset has four PIRQ links, and SeaBIOS and OVMF connect them "
