@@ -18,6 +18,10 @@ from vfio_advisor.rules.remedies import domain_xml_fix
 from vfio_advisor.rules.sharing import uses_intx
 
 def check_i440fx_limits(facts: DomainFacts) -> Iterator[Finding]:
+    # On a bus whose root is conventional (i440FX) QEMU keeps an assigned
+    # device's PCIe capability "as-is" (hw/vfio/pci.c vfio_setup_pcie_cap; it
+    # hides it only on Q35's conventional buses), but adds no extended
+    # capability (vfio_add_ext_cap returns early off an Express bus).
     if facts.domain.chipset != "i440fx":
         return
     pcie = [d for d in facts.devices if d.device and d.device.config and d.device.config.pcie]
@@ -28,7 +32,8 @@ def check_i440fx_limits(facts: DomainFacts) -> Iterator[Finding]:
     what = []
     if pcie:
         what.append("PCI Express devices (" + ", ".join(d.address for d in pcie) +
-                    ") on a conventional PCI bus, where they lose their Express capability")
+                    ") on a conventional PCI bus, where the guest sees none of their extended "
+                    "capabilities (AER, Resizable BAR)")
     if intx_only:
         what.append("INTx-only devices (" + ", ".join(d.address for d in intx_only) + ")")
     yield device_finding(
@@ -77,6 +82,10 @@ def check_multifunction_split(facts: DomainFacts) -> Iterator[Finding]:
 
 
 def check_split_irqchip_intx(facts: DomainFacts) -> Iterator[Finding]:
+    # Since QEMU 5.1 a split irqchip keeps irqfd delivery in KVM and emulates
+    # only the resample in userspace (accel/kvm/kvm-all.c
+    # kvm_irqchip_assign_irqfd -> kvm_resample_fd_insert, kicked at the
+    # userspace IOAPIC's EOI): the cost is one exit to QEMU per INTx, at EOI.
     if facts.domain.ioapic_driver != "qemu":
         return
     for dev in facts.devices:
@@ -84,18 +93,21 @@ def check_split_irqchip_intx(facts: DomainFacts) -> Iterator[Finding]:
             yield device_finding(
                 "VA4003", facts, dev,
                 f"{dev.device.name} uses INTx while the domain has <ioapic driver='qemu'/> "
-                "(split irqchip). Each INTx then goes through QEMU's userspace IOAPIC instead "
-                "of KVM's irqfd resampler, adding exits and latency to every interrupt.",
+                "(split irqchip). KVM still injects each INTx, but its EOI goes to QEMU's "
+                "userspace IOAPIC, which only then lets vfio unmask the line: a trip through "
+                "QEMU for every interrupt, adding latency.",
                 "Enable MSI in the guest for this device, or drop <ioapic driver='qemu'/> "
-                "unless it is needed (it is for >255 vCPUs with an emulated IOMMU).",
+                "unless it is needed (an emulated Intel IOMMU with intremap='on' needs it, "
+                "as do more than 255 vCPUs).",
                 {"features": "ioapic driver='qemu'"})
 
 
 RULES: tuple[Rule, ...] = register(
     Rule("VA4001", "i440fx-with-pcie-or-intx-devices", Severity.WARNING,
          "i440FX machine with PCI Express or INTx-only assigned devices",
-         "The i440FX machine has no PCI Express bus, so assigned PCIe devices appear as "
-         "conventional PCI devices without their Express capability. Its PIIX3 routes "
+         "The i440FX machine has no PCI Express bus and no extended config space: QEMU "
+         "keeps an assigned PCIe device's Express capability there, but none of its "
+         "extended capabilities (AER, Resizable BAR). Its PIIX3 routes "
          "INTx to four PIRQ links (A-D), which SeaBIOS connects to IRQ 10 and 11 only, so "
          "INTx devices share guest lines. Q35 offers PCIe root ports and eight PIRQ links "
          "(A-H) on GSI 16-23.",
@@ -118,9 +130,10 @@ RULES: tuple[Rule, ...] = register(
                                                   "sriov-vfs-own-guest-slots")),
     Rule("VA4003", "split-irqchip-with-intx", Severity.WARNING,
          "Split irqchip (<ioapic driver='qemu'/>) with an assigned device on INTx",
-         "With a split irqchip the IOAPIC is emulated by QEMU in userspace. KVM's irqfd "
-         "resampler cannot then take INTx from vfio to the guest and back in the kernel, "
-         "so every INTx of the assigned device takes a trip through QEMU.",
+         "With a split irqchip the IOAPIC is emulated by QEMU in userspace. KVM still "
+         "injects vfio's INTx through its irqfd, but the guest's EOI reaches QEMU, not "
+         "KVM's resampler, so QEMU must kick the resample eventfd that lets vfio unmask "
+         "the line: every INTx of the assigned device takes a trip through QEMU.",
          "Enable MSI for the device in the guest, or use <ioapic driver='kvm'/> when the "
          "split irqchip is not required. `vfio-advisor fix DOMAIN` gives the exact change.",
          _id("9efddfe88126490d88dde5ade87c69df"), check_split_irqchip_intx,
