@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import TYPE_CHECKING
 
 from vfio_advisor.errors import FactUnavailable
+
+if TYPE_CHECKING:
+    from typing import Callable
 
 # A full PCIe config space is 4096 bytes; nothing we read is larger except
 # /proc/interrupts, which is read with its own limit.
@@ -129,12 +133,16 @@ class HostRoot:
         except OSError as exc:
             raise FactUnavailable(rel, _reason(exc)) from None
 
-    def list_dir(self, rel: str) -> list[str]:
+    def list_dir(self, rel: str, keep: Callable[[str], object] | None = None) -> list[str]:
+        """The names in a directory, sorted; with `keep`, only those it
+        accepts, and only they are recorded (a PCI device's directory also
+        holds its resource<N> BAR files, which a snapshot must never read)."""
         try:
             # sysfs and procfs have no dot entries; a recorded tree keeps an
             # empty directory (a PCI driver with no device bound) in git
             # through a .keep file, which is not part of the host.
-            names = sorted(n for n in os.listdir(self._path(rel)) if not n.startswith("."))
+            names = sorted(n for n in os.listdir(self._path(rel)) if not n.startswith(".")
+                           and (keep is None or keep(n)))
         except OSError as exc:
             raise FactUnavailable(rel, _reason(exc)) from None
         if self.recorded is not None:

@@ -212,18 +212,44 @@ def device_interrupts(bdf: str, device: PciDevice | None, table: Interrupts | No
                           vector_counts=counts)
 
 
+# Host drivers whose IRQ handler is named after something other than the
+# driver: the USB HCDs name it after their hc_driver's description
+# ("ehci_hcd:usb1" under ehci-pci, "ohci_hcd:usb7" under ohci-pci:
+# drivers/usb/core/hcd.c usb_hcd_request_irqs, "%s:usb%d"), and
+# snd_emu10k1 said "EMU10K1" until it took KBUILD_MODNAME.
+DRIVER_HANDLER_NAMES = {
+    "ehci_pci": ("ehci_hcd",),
+    "ohci_pci": ("ohci_hcd",),
+    "snd_emu10k1": ("emu10k1",),
+}
+
+
 def own_handler(handler: str, bdf: str, device: PciDevice | None) -> bool:
     """Is this /proc/interrupts action the device's own?
 
     Its vfio-intx, or its host driver's handler: with managed='yes' libvirt
     unbinds that driver before QEMU opens the device, which frees the line.
-    Drivers name actions after themselves ("snd_hda_intel:card0") or the BDF.
+    Drivers name actions after the BDF, after themselves
+    ("snd_hda_intel:card0"), after their USB bus ("ehci_hcd:usb1") or
+    network interface ("enp5s0"). Where the device's sysfs shows its own
+    root hubs or cards (PciDevice.handler_names), an action naming another
+    one ("snd_hda_intel:card1" of a second card on the line) is not its own.
     """
     if handler == f"vfio-intx({bdf})" or bdf in handler:
         return True
     driver = device.driver if device is not None else None
     if not driver or driver == "vfio-pci":
         return False
-    norm = handler.replace("-", "_")
-    drv = driver.replace("-", "_")
-    return norm == drv or norm.startswith(drv + ":")
+    names = device.handler_names
+    if handler in names:
+        return True  # a network interface's name, or "usb1" itself
+    _, colon, suffix = handler.rpartition(":")
+    if colon and names:
+        kind = suffix.rstrip("0123456789")
+        mine = [n for n in names if n.rstrip("0123456789") == kind and n != kind]
+        if mine:
+            return suffix in mine
+    norm = handler.replace("-", "_").lower()
+    drv = driver.replace("-", "_").lower()
+    return any(norm == name or norm.startswith(name + ":")
+               for name in (drv, *DRIVER_HANDLER_NAMES.get(drv, ())))

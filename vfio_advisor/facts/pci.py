@@ -77,6 +77,10 @@ class PciDevice(NamedTuple):
     sriov_vf: bool = False  # has a physfn link: an SR-IOV virtual function
     # Why the config space could not be decoded at all (config is None).
     config_problem: str | None = None
+    # The names its host driver gives its IRQ handlers besides the driver's
+    # own (model.own_handler): its USB root hubs (usbN), network interfaces
+    # and ALSA cards (cardN), from its sysfs children; () under vfio-pci.
+    handler_names: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -320,6 +324,7 @@ def read_pci_device(host: HostRoot, bdf: str, pci_ids: PciIds | None = None) -> 
             unreadable.append(f"msi_irqs: {exc.reason}")
 
     sriov_vf = host.exists(f"{base}/physfn")
+    handler_names = _handler_names(host, base) if driver and driver != "vfio-pci" else ()
 
     vendor_name = device_name = None
     if pci_ids is not None and vendor is not None and device is not None:
@@ -333,4 +338,31 @@ def read_pci_device(host: HostRoot, bdf: str, pci_ids: PciIds | None = None) -> 
         msi_bus=msi_bus, upstream=tuple(upstream), msi_irqs=msi_irqs,
         vendor_name=vendor_name, device_name=device_name, config=config,
         unreadable=tuple(unreadable), sriov_vf=sriov_vf, config_problem=config_problem,
+        handler_names=handler_names,
     )
+
+
+# A USB host controller's root hub, a child of its PCI device (usb_new_device
+# names it "usb<busnum>", drivers/usb/core/hcd.c); an ALSA card's device
+# under its PCI device's sound/ (sound/core/init.c, "card%i").
+_ROOT_HUB = re.compile(r"usb\d+")
+_SOUND_CARD = re.compile(r"card\d+")
+
+
+def _handler_names(host: HostRoot, base: str) -> tuple[str, ...]:
+    """What the device's host driver names its IRQ handlers besides itself:
+    USB HCDs "<hcd>:usb<busnum>" (drivers/usb/core/hcd.c
+    usb_hcd_request_irqs, and xhci-pci's INTx fallback), ALSA drivers
+    "<driver>:card<N>" (snd_hda_intel), NIC drivers the interface name
+    (r8169 rtl_open, e1000e, igb: netdev->name). Only what is there is
+    listed, and a directory the tree lacks adds nothing."""
+    names: list[str] = []
+    for rel, keep in ((base, _ROOT_HUB.fullmatch), (f"{base}/net", None),
+                      (f"{base}/sound", _SOUND_CARD.fullmatch)):
+        if rel != base and not host.exists(rel):
+            continue
+        try:
+            names += host.list_dir(rel, keep=keep)
+        except FactUnavailable:
+            continue  # unreadable: own_handler falls back on the driver's name
+    return tuple(names)
