@@ -129,8 +129,10 @@ def check_unsafe_interrupts(facts: DomainFacts) -> Iterator[Finding]:
         # may. The start fails or runs unisolated, and which is not known, so
         # this stays a warning: VA3008 is an error, which [hook]
         # block_on_error would let stop a start that modprobe.d allows; it
-        # fires only on the value the kernel holds (as VA3007 fires only on a
-        # module known to be missing).
+        # fires only on the value the kernel holds or the command line sets
+        # (kmod passes /proc/cmdline's module.param= after modprobe.d's
+        # options, and the kernel keeps the last), as VA3007 fires only on a
+        # module known to be missing.
         why = _remapping_off_because(facts)
         yield device_finding(
             "VA3002", facts, None,
@@ -391,7 +393,7 @@ def check_remapping_required(facts: DomainFacts) -> Iterator[Finding]:
     group N: Failed to set iommu for container: Operation not permitted",
     hw/vfio/common.c vfio_get_group and vfio_init_container, QEMU 7.2; read
     from the source, not recorded by the lab). The parameter unknown (module
-    not loaded) is VA3002's hedged case, not this one."""
+    not loaded, command line silent) is VA3002's hedged case, not this one."""
     if not facts.devices or _no_iommu_groups(facts):
         return
     if facts.host.interrupt_remapping is not False or _allow_unsafe(facts) is not False:
