@@ -299,6 +299,8 @@ def test_intremap_off_advise_va3002():
     (va3002,) = [f for f in findings(doc) if f["rule"] == "VA3002"]
     assert "allow_unsafe_interrupts=1" in va3002["message"]
     assert "interrupt remapping is off" in va3002["message"]
+    # allow_unsafe_interrupts=1 let the lab's groups attach: not a start failure
+    assert "VA3008" not in [f["rule"] for f in findings(doc)]
     # the three modes are still read right without IR- chips
     modes = {b: d["host_interrupts"]["mode"] for b, d in devices(doc).items()}
     assert modes == {"0000:00:03.0": "intx", "0000:00:04.0": "msi", "0000:00:05.0": "msix"}
@@ -308,7 +310,7 @@ def test_remapping_on_is_silent_on_va3002():
     # Near miss: the same devices and modes with remapping on (the modes capture).
     doc = advise("modes", LAB_DOMAINS / "modes.xml")
     assert doc["host"]["interrupt_remapping"] is True
-    assert "VA3002" not in [f["rule"] for f in findings(doc)]
+    assert not {"VA3002", "VA3008"} & {f["rule"] for f in findings(doc)}
 
 
 # --- isolcpus= / irqaffinity= with a vfio vector on the isolated CPU ----------

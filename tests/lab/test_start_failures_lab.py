@@ -79,7 +79,7 @@ def test_advise_names_the_member_and_its_driver(tmp_path):
 
 def test_advise_is_silent_once_the_kernel_opened_the_group(tmp_path):
     _, doc = advise(tmp_path, CAPTURES / "group-not-viable-2", xml((EDU_BEHIND_BRIDGE, "yes")))
-    assert not {"VA3004", "VA3005", "VA3006", "VA3007"} & set(rules_of(doc))
+    assert not {"VA3004", "VA3005", "VA3006", "VA3007", "VA3008"} & set(rules_of(doc))
 
 
 def test_a_snapshot_of_the_capture_keeps_what_the_rules_read(tmp_path):

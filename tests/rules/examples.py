@@ -18,6 +18,7 @@ Devices and where their bytes come from (tests/data/hosts/configs/PROVENANCE.md)
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -510,6 +511,68 @@ def lab_modes(tmp: Path) -> DomainFacts:
     return lab(CAPTURES / "modes", LAB_XML / "modes.xml")
 
 
+# VA3002 and VA3008 split the lab's two remapping states by the value of
+# vfio_iommu_type1's allow_unsafe_interrupts. The lab booted intremap=off only
+# with it set (vfio refuses the groups otherwise), so the other values are
+# written into copies of the captures; the kernel reads it at each group
+# attach (vfio_iommu_type1_attach_group), so the files are all that differs.
+UNSAFE_PARAM = "sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts"
+UNSAFE_CMDLINE = " vfio_iommu_type1.allow_unsafe_interrupts=1"
+
+
+def _without_unsafe_cmdline(root: Path) -> None:
+    cmdline = root / "proc/cmdline"
+    assert UNSAFE_CMDLINE in cmdline.read_text()
+    cmdline.write_text(cmdline.read_text().replace(UNSAFE_CMDLINE, ""))
+
+
+@example("intremap-off-unsafe-n")
+def intremap_off_unsafe_n(tmp: Path) -> DomainFacts:
+    """intremap-off with allow_unsafe_interrupts at its default, N (neither
+    the command line nor the module sets it): the next start fails with EPERM."""
+    root = _lab_copy(tmp, "intremap-off")
+    _without_unsafe_cmdline(root)
+    (root / UNSAFE_PARAM).write_text("N\n")
+    return lab(root, LAB_XML / "modes.xml")
+
+
+@example("intremap-off-type1-not-loaded")
+def intremap_off_type1_not_loaded(tmp: Path) -> DomainFacts:
+    """intremap-off before vfio_iommu_type1 is loaded, the command line
+    silent on it: the value is whatever /etc/modprobe.d gives at load. (The
+    copy keeps vfio_pci loaded; on a host modprobe loads the two together
+    through vfio's softdep, which no rule here reads.)"""
+    root = _lab_copy(tmp, "intremap-off")
+    _without_unsafe_cmdline(root)
+    shutil.rmtree(root / "sys/module/vfio_iommu_type1")
+    return lab(root, LAB_XML / "modes.xml")
+
+
+@example("modes-unsafe-y")
+def modes_unsafe_y(tmp: Path) -> DomainFacts:
+    """Near miss of intremap-off: remapping on (the modes capture) with
+    allow_unsafe_interrupts=1 set anyway, which then changes nothing."""
+    root = _lab_copy(tmp, "modes")
+    (root / "proc/cmdline").write_text((root / "proc/cmdline").read_text().rstrip("\n")
+                                       + UNSAFE_CMDLINE + "\n")
+    (root / UNSAFE_PARAM).write_text("Y\n")
+    return lab(root, LAB_XML / "modes.xml")
+
+
+@example("remapping-unknown-unsafe-y")
+def remapping_unknown_unsafe_y(tmp: Path) -> DomainFacts:
+    """intremap-off with no MSI or IO-APIC row in /proc/interrupts and no
+    intremap=off on the command line: remapping cannot be read, and
+    allow_unsafe_interrupts=1 is set."""
+    root = _lab_copy(tmp, "intremap-off")
+    rows = (root / "proc/interrupts").read_text().splitlines()
+    (root / "proc/interrupts").write_text("\n".join(
+        r for r in rows if "MSI" not in r and "APIC" not in r) + "\n")
+    cmdline = root / "proc/cmdline"
+    cmdline.write_text(cmdline.read_text().replace(" intremap=off", ""))
+    return lab(root, LAB_XML / "modes.xml")
+
+
 @example("posted-xeon-server-msi")
 def posted_xeon_server_msi(tmp: Path) -> DomainFacts:
     """Published Xeon server DMAR caps (PI set on every unit), APICv on; the
@@ -660,7 +723,6 @@ def hostdev_xml_managed(bdf: str, managed: str | None) -> str:
 
 def _lab_copy(tmp: Path, capture: str) -> Path:
     """A copy of a capture to edit (links kept as links)."""
-    import shutil
     root = tmp / "root"
     shutil.copytree(CAPTURES / capture, root, symlinks=True)
     return root

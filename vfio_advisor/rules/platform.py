@@ -45,32 +45,124 @@ def _msi_blocked_remedy(blocked: list[str]) -> str:
     return " ".join(steps)
 
 
-def check_unsafe_interrupts(facts: DomainFacts) -> Iterator[Finding]:
-    if not facts.devices:
-        return
-    kernel, iommu = facts.host.kernel, facts.host.iommu
-    reasons = []
-    if kernel.allow_unsafe_interrupts or (iommu is not None and iommu.allow_unsafe_interrupts):
-        reasons.append("vfio_iommu_type1 allow_unsafe_interrupts=1")
+def _allow_unsafe(facts: DomainFacts) -> bool | None:
+    """vfio_iommu_type1's allow_unsafe_interrupts: the loaded module's value,
+    else the command line's vfio_iommu_type1.allow_unsafe_interrupts= (what
+    modprobe would pass; facts.platform.iommu_state). None: the module is not
+    loaded and the command line does not say (/etc/modprobe.d may)."""
+    iommu = facts.host.iommu
+    return iommu.allow_unsafe_interrupts if iommu is not None else facts.host.kernel.allow_unsafe_interrupts
+
+
+def _remapping_off_because(facts: DomainFacts) -> str:
     # The effective state (facts.platform.iommu_state): the IR- chips first,
     # then the command line. intel_iommu=off does not turn Intel IR off
     # (drivers/iommu/intel/irq_remapping.c, 6.1), so only the evidence the
     # state was drawn from is quoted, never a guess from the command line.
-    remapping = facts.host.interrupt_remapping
-    if remapping is False:
-        why = "; ".join(iommu.ir_evidence) if iommu is not None and iommu.ir_evidence else \
-            "no IR- interrupt chips in /proc/interrupts"
-        reasons.append(f"interrupt remapping is off ({why})")
-    if reasons:
+    iommu = facts.host.iommu
+    return "; ".join(iommu.ir_evidence) if iommu is not None and iommu.ir_evidence else \
+        "no IR- interrupt chips in /proc/interrupts"
+
+
+def _no_iommu_groups(facts: DomainFacts) -> bool:
+    """No IOMMU at all: libvirt refuses the hostdevs before vfio sees a group
+    (VA3004 says so), so what vfio_iommu_type1 would do does not arise."""
+    return facts.vfio is not None and facts.vfio.iommu_groups == 0
+
+
+# vfio_iommu_type1_attach_group (drivers/vfio/vfio_iommu_type1.c) refuses a
+# group without MSI isolation with -EPERM unless allow_unsafe_interrupts is
+# set: Linux 6.1 asks irq_domain_check_msi_remap() or the IOMMU's
+# IOMMU_CAP_INTR_REMAP, 6.2 and later iommu_group_has_isolated_msi(). On x86
+# that isolation is interrupt remapping. So the parameter matters only where
+# remapping is off: with remapping on the group attaches whatever its value
+# (VA3002 silent); off with the parameter unset, the start fails (VA3008);
+# off with it set, guests run without isolation (VA3002). libvirt 9.0 with
+# QEMU 7.2 (Debian 12) opens the legacy container, so vfio_iommu_type1's
+# parameter is the one that counts; QEMU on iommufd (Linux 6.2+) checks
+# iommufd.allow_unsafe_interrupts instead (iommufd_device_bind,
+# drivers/iommu/iommufd/device.c).
+
+_REMAPPING_ON = (
+    "Turn interrupt remapping on: VT-d (Intel) or AMD-Vi (AMD) with interrupt remapping in "
+    "the firmware setup, and no intremap=off or nointremap (nor amd_iommu=off) on the kernel "
+    "command line; after the reboot dmesg says \"DMAR-IR: Enabled IRQ remapping\" (Intel) or "
+    "\"AMD-Vi: Interrupt remapping enabled\" (AMD) and /proc/interrupts shows IR-PCI-MSI "
+    "chips.")
+_ALLOW_UNSAFE = (
+    "Only on hardware without interrupt remapping, and only for guests you trust with the "
+    "host, allow it instead: \"options vfio_iommu_type1 allow_unsafe_interrupts=1\" in "
+    "/etc/modprobe.d/vfio.conf, or vfio_iommu_type1.allow_unsafe_interrupts=1 on the kernel "
+    "command line (until the next boot: echo 1 > "
+    "/sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts, read at each attach). "
+    "Then a guest can make its device forge MSIs and inject interrupts into the host and "
+    "other guests.")
+_DROP_UNSAFE = (
+    "vfio then isolates the MSIs and allow_unsafe_interrupts=1 changes nothing: drop it "
+    "(vfio_iommu_type1.allow_unsafe_interrupts=1 on the kernel command line, "
+    "\"options vfio_iommu_type1 allow_unsafe_interrupts=1\" in /etc/modprobe.d). Keep it only "
+    "on hardware without remapping, and only for guests you trust with the host.")
+
+
+def check_unsafe_interrupts(facts: DomainFacts) -> Iterator[Finding]:
+    """VA3002: assigned devices without MSI isolation, because
+    vfio_iommu_type1 was told to allow it (or may be, where a fact is
+    missing)."""
+    if not facts.devices or _no_iommu_groups(facts):
+        return
+    remapping, unsafe = facts.host.interrupt_remapping, _allow_unsafe(facts)
+    if remapping is False and unsafe is True:
+        why = _remapping_off_because(facts)
         yield device_finding(
             "VA3002", facts, None,
-            f"Assigned devices run without MSI isolation: {'; '.join(reasons)}. A guest can "
-            "make its device write forged MSI messages and inject interrupts into the host "
-            "or other guests.",
-            "Enable interrupt remapping (VT-d/AMD-Vi \"interrupt remapping\" in firmware; "
-            "no intremap=off) and set vfio_iommu_type1 allow_unsafe_interrupts=0. Keep it on "
-            "only for hosts that run trusted guests and lack remapping hardware.",
-            {"kernel": "; ".join(reasons)})
+            f"Assigned devices run without MSI isolation: interrupt remapping is off ({why}), "
+            "and vfio_iommu_type1 allow_unsafe_interrupts=1 lets vfio attach their IOMMU groups "
+            "anyway. A guest can make its device write forged MSI messages and inject "
+            "interrupts into the host or other guests.",
+            f"{_REMAPPING_ON} {_DROP_UNSAFE}",
+            {"kernel": f"interrupt remapping is off ({why}); "
+                       "vfio_iommu_type1 allow_unsafe_interrupts=1"})
+    elif remapping is False and unsafe is None:
+        # The module is not loaded yet (loading vfio loads it: the softdep in
+        # drivers/vfio/vfio_main.c, so libvirt's modprobe of vfio-pci does)
+        # and the command line does not set the parameter; /etc/modprobe.d
+        # may. The start fails or runs unisolated, and which is not known, so
+        # this stays a warning: VA3008 is an error, which [hook]
+        # block_on_error would let stop a start that modprobe.d allows; it
+        # fires only on the value the kernel holds or the command line sets
+        # (kmod passes /proc/cmdline's module.param= after modprobe.d's
+        # options, and the kernel keeps the last), as VA3007 fires only on a
+        # module known to be missing.
+        why = _remapping_off_because(facts)
+        yield device_finding(
+            "VA3002", facts, None,
+            f"Interrupt remapping is off ({why}) and vfio_iommu_type1 is not loaded yet, so its "
+            "allow_unsafe_interrupts is not known (the kernel command line does not set it). "
+            f"Unless it is loaded with allow_unsafe_interrupts=1, the start of {facts.domain.name} "
+            "will fail: vfio refuses IOMMU groups without MSI isolation (kernel log: \"No "
+            "interrupt remapping support.\"; QEMU: \"Failed to set iommu for container: "
+            "Operation not permitted\"). If it is, assigned devices run without MSI isolation "
+            "and a guest can inject interrupts into the host or other guests.",
+            "Check the value the module will get: modprobe vfio_iommu_type1; cat "
+            "/sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts (N: the start "
+            f"fails; Y: the guest runs without isolation). {_REMAPPING_ON} {_ALLOW_UNSAFE}",
+            {"kernel": f"interrupt remapping is off ({why}); vfio_iommu_type1 not loaded"})
+    elif remapping is None and unsafe is True:
+        # Remapping could not be read (no MSI or IO-APIC chip in
+        # /proc/interrupts, nothing on the command line). The parameter is
+        # only ever needed where remapping is off, so its being set is a hint
+        # worth a hedged warning; silence would hide the one risky case.
+        yield device_finding(
+            "VA3002", facts, None,
+            "vfio_iommu_type1 allow_unsafe_interrupts=1 is set, and whether interrupt remapping "
+            "is on could not be read. If it is off, assigned devices run without MSI isolation "
+            "and a guest can inject interrupts into the host or other guests; if it is on, the "
+            "setting changes nothing.",
+            "Look for IR-PCI-MSI chips in /proc/interrupts and for \"DMAR-IR: Enabled IRQ "
+            "remapping\" (Intel) or \"AMD-Vi: Interrupt remapping enabled\" (AMD) in dmesg. "
+            "With remapping on, drop allow_unsafe_interrupts=1: it changes nothing there. "
+            f"With it off: {_REMAPPING_ON} {_DROP_UNSAFE}",
+            {"kernel": "vfio_iommu_type1 allow_unsafe_interrupts=1; interrupt remapping unknown"})
 
 
 def check_msi_posted(facts: DomainFacts) -> Iterator[Finding]:
@@ -290,6 +382,39 @@ def check_vfio_pci_unavailable(facts: DomainFacts) -> Iterator[Finding]:
         {"sys/bus/pci/drivers": "no vfio-pci"})
 
 
+
+def check_remapping_required(facts: DomainFacts) -> Iterator[Finding]:
+    """VA3008: interrupt remapping is off and vfio_iommu_type1 holds
+    allow_unsafe_interrupts=N: vfio_iommu_type1_attach_group refuses the
+    group with -EPERM and logs "No interrupt remapping support.  Use the
+    module param \"allow_unsafe_interrupts\" to enable VFIO IOMMU support on
+    this platform" (drivers/vfio/vfio_iommu_type1.c, 6.1); QEMU's
+    VFIO_SET_IOMMU fails and the start stops ("failed to setup container for
+    group N: Failed to set iommu for container: Operation not permitted",
+    hw/vfio/common.c vfio_get_group and vfio_init_container, QEMU 7.2; read
+    from the source, not recorded by the lab). The parameter unknown (module
+    not loaded, command line silent) is VA3002's hedged case, not this one."""
+    if not facts.devices or _no_iommu_groups(facts):
+        return
+    if facts.host.interrupt_remapping is not False or _allow_unsafe(facts) is not False:
+        return
+    why = _remapping_off_because(facts)
+    groups = [g.number for g in (facts.vfio.groups if facts.vfio is not None else ())]
+    group = f"group {groups[0]}" if groups else "group N"
+    yield device_finding(
+        "VA3008", facts, None,
+        f"Interrupt remapping is off ({why}) and vfio_iommu_type1's allow_unsafe_interrupts "
+        "is N, so the kernel refuses to attach an IOMMU group without MSI isolation to QEMU's "
+        f"VFIO container, and the start of {facts.domain.name} will fail (QEMU: \"failed to "
+        f"setup container for {group}: Failed to set iommu for container: Operation not "
+        "permitted\"; kernel log: \"vfio_iommu_type1_attach_group: No interrupt remapping "
+        "support.  Use the module param \"allow_unsafe_interrupts\" to enable VFIO IOMMU "
+        "support on this platform\").",
+        f"{_REMAPPING_ON} {_ALLOW_UNSAFE}",
+        {"kernel": f"interrupt remapping is off ({why}); "
+                   "vfio_iommu_type1 allow_unsafe_interrupts=N"})
+
+
 RULES: tuple[Rule, ...] = register(
     Rule("VA3001", "msi-disabled-on-host", Severity.WARNING,
          "MSI is disabled on the host for an assigned device",
@@ -304,13 +429,18 @@ RULES: tuple[Rule, ...] = register(
          "Without interrupt remapping, an MSI is just a DMA write to the interrupt "
          "address range, and the IOMMU does not check its contents. A guest that "
          "controls an assigned device can make it write any MSI and inject interrupts "
-         "into the host or other guests. vfio refuses such hosts unless "
-         "vfio_iommu_type1 allow_unsafe_interrupts=1 is set.",
-         "Turn on interrupt remapping in the firmware and kernel, and unset "
-         "allow_unsafe_interrupts.",
+         "into the host or other guests. vfio_iommu_type1 refuses such groups unless its "
+         "allow_unsafe_interrupts=1 is set; this fires where it is set and remapping is off, "
+         "and, hedged, where one of the two could not be read (the module not loaded yet, or "
+         "no interrupt chip to show remapping). With remapping on the parameter changes "
+         "nothing and this stays silent.",
+         "Turn on interrupt remapping in the firmware and kernel; then drop "
+         "allow_unsafe_interrupts=1.",
          _id("cfe41719da2d463eae90ac6c90f91dea"), check_unsafe_interrupts,
-         fires_on=("lab-intremap-off",),
-         silent_on=("lab-modes", "gpu-audio-msi"), scope="domain"),
+         fires_on=("lab-intremap-off", "intremap-off-type1-not-loaded",
+                   "remapping-unknown-unsafe-y"),
+         silent_on=("lab-modes", "modes-unsafe-y", "intremap-off-unsafe-n", "lab-iommu-off"),
+         scope="domain"),
     Rule("VA3003", "msi-posted-to-guest", Severity.INFO,
          "The host cannot count this device's MSIs: they are posted to the guest",
          "With posted interrupts (Intel VT-d PI with APICv, AMD AVIC with the IOMMU's guest "
@@ -362,4 +492,20 @@ RULES: tuple[Rule, ...] = register(
          _id("8609a323f9d649668f3d3bcc0938076c"), check_vfio_pci_unavailable,
          fires_on=("no-vfio-pci-module",),
          silent_on=("no-vfio-pci-module-present", "lab-no-vfio-pci-unmanaged"), scope="domain"),
+    Rule("VA3008", "interrupt-remapping-required", Severity.ERROR,
+         "Interrupt remapping is off and vfio_iommu_type1 refuses the assigned devices",
+         "vfio_iommu_type1 attaches an IOMMU group to a VFIO container only if the platform "
+         "isolates the group's MSIs (on x86: interrupt remapping) or its module parameter "
+         "allow_unsafe_interrupts is set. With remapping off and the parameter at its "
+         "default N the kernel refuses the group (EPERM, \"No interrupt remapping support\" "
+         "in the kernel log) and QEMU stops: \"Failed to set iommu for container: Operation "
+         "not permitted\". QEMU on iommufd (Linux 6.2+) checks "
+         "iommufd.allow_unsafe_interrupts instead; libvirt 9.0 uses the legacy container.",
+         "Turn on interrupt remapping (VT-d/AMD-Vi interrupt remapping in the firmware, no "
+         "intremap=off). Only on hardware without it and for trusted guests: "
+         "vfio_iommu_type1.allow_unsafe_interrupts=1.",
+         _id("7cbcff5c5c3949fd817413c5ddba9d28"), check_remapping_required,
+         fires_on=("intremap-off-unsafe-n",),
+         silent_on=("lab-intremap-off", "intremap-off-type1-not-loaded", "lab-modes",
+                    "lab-iommu-off"), scope="domain"),
 )
