@@ -128,7 +128,7 @@ def _conflict_lines(devs, nointxmask: bool):
     """{line: [(device, masking, evidence)]} for devices with a known host line."""
     lines: dict[int, list] = {}
     for dev in devs:
-        line, evidence = dev.host_line()
+        line, evidence = dev.host_line(nointxmask)
         if line is None:
             continue
         lines.setdefault(line, []).append((dev, dev.intx_masking(nointxmask), evidence))
@@ -184,14 +184,14 @@ def check_line_conflict_between_domains(facts: DomainFacts) -> Iterator[Finding]
     nointxmask = facts.host.kernel.nointxmask
     own = {d.address for d in facts.devices}
     for dev in facts.devices:
-        line, evidence = dev.host_line()
+        line, evidence = dev.host_line(nointxmask)
         if line is None:
             continue
         masking = dev.intx_masking(nointxmask)
         clashes = []
         for other in facts.others:
             o = other.device
-            if o.address in own or o.host_line()[0] != line:
+            if o.address in own or o.host_line(nointxmask)[0] != line:
                 continue  # the same host device assigned twice is another matter
             o_masking = o.intx_masking(nointxmask)
             if masking.supported is False or o_masking.supported is False:
@@ -202,7 +202,7 @@ def check_line_conflict_between_domains(facts: DomainFacts) -> Iterator[Finding]
         what = "; ".join(f"domain {d} assigns {o.address} ({o.device.name if o.device else '?'})"
                          for d, o, _ in clashes)
         blocker = masking if masking.supported is False else clashes[0][2]
-        where = _line_words(line, [evidence, *(c[1].host_line()[1] for c in clashes)])
+        where = _line_words(line, [evidence, *(c[1].host_line(nointxmask)[1] for c in clashes)])
         yield device_finding(
             "VA2005", facts, dev,
             f"{dev.device.name} is on {where}, and {what} on the same line. A device there"
