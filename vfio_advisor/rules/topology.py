@@ -79,8 +79,9 @@ def check_multifunction_split(facts: DomainFacts) -> Iterator[Finding]:
 def check_split_irqchip_intx(facts: DomainFacts) -> Iterator[Finding]:
     if facts.domain.ioapic_driver != "qemu":
         return
+    nointxmask = facts.host.kernel.nointxmask
     for dev in facts.devices:
-        if dev.device is not None and uses_intx(dev):
+        if dev.device is not None and uses_intx(dev, nointxmask):
             yield device_finding(
                 "VA4003", facts, dev,
                 f"{dev.device.name} uses INTx while the domain has <ioapic driver='qemu'/> "
