@@ -98,6 +98,36 @@ def test_device_masking_comes_from_the_table(vendor, device, supported, word):
     assert word in masking.evidence and "6.1.176" in masking.evidence
 
 
-@pytest.mark.parametrize("vendor,device,pin", [(0x8086, 0x1563, 0), (0x8086, 0x1572, 0)])
-def test_guest_pin_of_nointx_ids(vendor, device, pin):
-    assert _device(vendor, device).guest_pin == pin
+@pytest.mark.parametrize("vendor,device", [(0x8086, 0x1563), (0x8086, 0x1572)])
+def test_guest_pin_of_nointx_ids(vendor, device):
+    assert _device(vendor, device).guest_pin(nointxmask=False) == 0
+
+
+def _real(dump: str, bdf: str, **changes):
+    """A PciDevice over a real config dump (tests/data/hosts/configs)."""
+    from vfio_advisor.facts.pci_config import parse_config_space
+    from vfio_advisor.testing.hosttree import load_config
+
+    config = parse_config_space(load_config(dump, bdf))
+    return _device(config.vendor_id, config.device_id)._replace(config=config, **changes)
+
+
+X710 = ("x710-sfp-plus_lspci-xxx.txt", "04:00.0")  # 8086:1572, Interrupt Pin INTA
+
+
+def test_nointxmask_gives_a_nointx_device_its_hardware_pin_back():
+    # vfio_pci_core_enable sets vdev->nointx only "if (likely(!nointxmask))".
+    x710 = _real(*X710)
+    assert x710.config.interrupt_pin == 1
+    assert x710.guest_pin(nointxmask=False) == 0
+    assert x710.guest_pin(nointxmask=True) == 1
+
+
+def test_an_sriov_vf_has_no_pin_whatever_nointxmask_says():
+    vf = _real(*X710, sriov_vf=True)
+    assert vf.guest_pin(nointxmask=False) == vf.guest_pin(nointxmask=True) == 0
+
+
+def test_a_device_outside_the_nointx_list_keeps_its_pin_either_way():
+    nec = _real("0005-90-01.1.lspci-x.txt", "0005:90:01.1")  # 1033:0035, INTB
+    assert nec.guest_pin(nointxmask=False) == nec.guest_pin(nointxmask=True) == 2

@@ -33,6 +33,7 @@ from vfio_advisor.testing.scenes import (  # noqa: F401 - examples' names for th
 from vfio_advisor.testing.scenes import gpu_audio_devices as _gpu_audio
 from vfio_advisor.testing.scenes import hostdev_xml as _hostdev
 from vfio_advisor.testing.hosttree import (
+    DEFAULT_VFIO_PCI_PARAMS,
     Device,
     capture_under_platform,
     Host,
@@ -406,6 +407,46 @@ def pxb_pcie_hostdev_msi(tmp: Path) -> DomainFacts:
         pxb, _hostdev(GPU, (0x06, 0, 0), multifunction=True), _hostdev(AUDIO, (0x06, 0, 1))]))
 
 
+# Both functions of an Intel X710 for 10GbE SFP+ [8086:1572] (a real lspci
+# -xxx, tests/data/hosts/configs/PROVENANCE.md), moved from 04:00.x to behind
+# the QD4's root port 00:03.0. The ID is on both kernel lists: vfio_pci_nointx
+# (the guest sees no pin) and quirk_broken_intx_masking (no masking).
+X710_DUMP = "x710-sfp-plus_lspci-xxx.txt"
+X710 = ("0000:02:00.0", "0000:02:00.1")
+
+
+def _x710_on_ehci_line(nointxmask: str) -> Host:
+    """The X710 on vfio-pci, both functions on IRQ 16 (INTA of one card),
+    which the capture's EHCI holds; the guest is shut off."""
+    params = {**DEFAULT_VFIO_PCI_PARAMS, "nointxmask": nointxmask}
+    devices = [Device("0000:00:03.0", load_config(QD4, "00:03.0"), driver="pcieport",
+                      iommu_group=29, irq=None)]
+    devices += [Device(bdf, load_config(X710_DUMP, f"04:00.{fn}"), parent="0000:00:03.0",
+                       iommu_group=30, irq=16) for fn, bdf in enumerate(X710)]
+    return Host(devices=devices, interrupts=_ir_interrupts({}, gpu=False), vfio_pci_params=params)
+
+
+def _x710_domain() -> str:
+    return domain_xml("nfv", [_hostdev(X710[0], (0x01, 0, 0), multifunction=True),
+                              _hostdev(X710[1], (0x01, 0, 1))], os="linux")
+
+
+@example("x710-shared-line")
+def x710_shared_line(tmp: Path) -> DomainFacts:
+    """Near miss of VA2002 and VA2004: the X710 cannot mask INTx and EHCI holds
+    its line, but vfio-pci treats it as nointx (pin 0 to QEMU), so nothing
+    requests the line."""
+    return analyse(tmp, _x710_on_ehci_line("N"), _x710_domain())
+
+
+@example("x710-shared-line-nointxmask")
+def x710_shared_line_nointxmask(tmp: Path) -> DomainFacts:
+    """x710-shared-line with vfio_pci nointxmask=1: vfio_pci_core_enable skips
+    the nointx quirk, the pin comes back, and both functions need IRQ 16
+    to themselves."""
+    return analyse(tmp, _x710_on_ehci_line("Y"), _x710_domain())
+
+
 # --- real kernel states: the lab's captures ------------------------------------
 #
 # Where the lab (lab/captures, made by `make lab`; how, in
@@ -415,7 +456,8 @@ def pxb_pcie_hostdev_msi(tmp: Path) -> DomainFacts:
 # make the state: the GPU + HDMI audio remedies (VA1001/VA2001 naming both
 # functions and their Windows hardware IDs need the real Navi 23 config dumps;
 # the lab's edu has no HDMI audio function), conventional PCI devices with PCI
-# PM 1.0/1.1 (VA2002/VA2003: QEMU emulates none), guest topologies (VA4xxx,
+# PM 1.0/1.1 (VA2002/VA2003: QEMU emulates none), an Intel X710 (one of
+# vfio-pci's nointx IDs; QEMU emulates none), guest topologies (VA4xxx,
 # VA5xxx: libvirt XML, not a host state), a missing device and a 64-byte
 # config read (VA8001/VA8002). Posted interrupts cannot be made either
 # (QEMU's intel-iommu has no PI): their platform comes from published real

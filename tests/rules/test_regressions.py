@@ -96,3 +96,19 @@ def test_domain_metadata_ignores_a_rule(tmp_path):
     assert {"VA1001", "VA1002", "VA2001"} <= set(plain)
     # VA1002 builds on VA1001 (Rule.builds_on): the <metadata> ignore of VA1001 silences it too
     assert sorted(ids) == sorted(r for r in plain if r not in ("VA1001", "VA1002", "VA2001"))
+
+
+def test_guest_intx_map_gives_the_x710_its_pin_only_under_nointxmask(tmp_path):
+    """The guest's INTx routing (VA5xxx, fix) sees the pin vfio-pci reports:
+    none for an X710 while the nointx quirk applies, INTA under
+    nointxmask=1 (vfio_pci_core_enable skips the quirk then)."""
+    from tests.rules.examples import EXAMPLES, X710
+    from vfio_advisor.fix.planner import Analysis
+
+    for name, pin in (("x710-shared-line", 0), ("x710-shared-line-nointxmask", 1)):
+        facts = EXAMPLES[name](tmp_path / name)
+        hostdevs = {f.host_address: f.pin for f in facts.guest_intx.functions
+                    if f.kind == "hostdev"}
+        assert hostdevs == {X710[0]: pin, X710[1]: pin}, name
+        # fix plans its guest layouts from the same pins
+        assert Analysis(facts.domain, facts, ()).host_pins() == hostdevs, name

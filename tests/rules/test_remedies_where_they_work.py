@@ -82,3 +82,15 @@ def test_va2001_remedy_says_msi_only_where_the_host_allows_it(tmp_path):
     assert blocked
     for f in blocked:
         assert "Enable MSI in the guest" not in f.remedy and "pci=nomsi" in f.remedy
+
+
+def test_nointxmask_remedy_for_a_nointx_device_says_dropping_it_hides_intx(tmp_path):
+    """The X710 cannot mask INTx, so dropping nointxmask=1 does not let it
+    share the line; it makes vfio-pci hide its INTx (vfio_pci_nointx), which
+    frees the line just the same. Both remedies must say that way out."""
+    found = run_rules(EXAMPLES["x710-shared-line-nointxmask"](tmp_path))
+    for rule_id in ("VA2002", "VA2004"):
+        remedies = [f.remedy for f in found if f.rule_id == rule_id]
+        assert remedies, rule_id
+        for remedy in remedies:
+            assert "without nointxmask=1" in remedy and "vfio_pci_nointx" in remedy, remedy

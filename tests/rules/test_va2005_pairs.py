@@ -54,7 +54,7 @@ def test_the_pair_where_only_one_device_lacks_masking_is_said_in_both_domains(tm
     # The premise, from the real config dumps: one masks, the other cannot.
     assert sblive.intx_masking(nointxmask).supported is False
     assert audio.intx_masking(nointxmask).supported is True
-    assert sblive.host_line()[0] == audio.host_line()[0] == LINE
+    assert sblive.host_line(nointxmask)[0] == audio.host_line(nointxmask)[0] == LINE
 
     (own,) = va2005(engine, oldbox)  # its own device lacks masking
     assert own.subject == SBLIVE

@@ -113,7 +113,8 @@ def gather_domain(domain: Domain, host: HostFacts, devices: DeviceCache,
     assigned = assigned_devices(domain, host, devices)
     other = tuple(OtherDomainDevice(o.name, d) for o in others if o.name != domain.name
                   for d in devices.assigned(o, host))
-    pins = {d.address: (d.device.guest_pin if d.device else None) for d in assigned}
+    nointxmask = host.kernel.nointxmask
+    pins = {d.address: (d.device.guest_pin(nointxmask) if d.device else None) for d in assigned}
     vfio = read_vfio_facts(devices.host, ((d.address, d.device.iommu_group, d.device.iommu_group_members)
                                           for d in assigned if d.device is not None),
                            host.kernel.iommu_groups) if assigned else None

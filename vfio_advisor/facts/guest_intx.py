@@ -196,7 +196,8 @@ def _implicit(chipset: str, occupied: set[PciAddress]) -> list[GuestFunction]:
 
 def build_guest_intx_map(domain: Domain, host_pins: dict[str, int | None]) -> GuestIntxMap:
     """`host_pins`: host BDF -> Interrupt Pin register as vfio-pci reports it
-    (0 for SR-IOV VFs and nointx devices), or None when unknown."""
+    (PciDevice.guest_pin under the host's nointxmask: 0 for SR-IOV VFs, and
+    for the nointx IDs while nointxmask is off), or None when unknown."""
     chipset = domain.chipset
     controllers = {c.index: c for c in domain.controllers}
     functions: list[GuestFunction] = []

@@ -98,7 +98,7 @@ class AssignedDevice(NamedTuple):
                                      "other handlers, which it does only for PCI 2.3 devices")
         return own
 
-    def host_line(self) -> tuple[int | None, str]:
+    def host_line(self, nointxmask: bool) -> tuple[int | None, str]:
         """(the host INTx line vfio-pci will request when QEMU enables INTx, evidence).
 
         The line a handler holds now (/proc/interrupts) is certain. Otherwise
@@ -108,12 +108,15 @@ class AssignedDevice(NamedTuple):
         (vfio_pci_core_enable); a device nobody enabled since boot still shows
         the value firmware left in Interrupt Line (drivers/pci/probe.c
         pci_read_irq). Devices behind one pin of one slot always share the line.
+        `nointxmask`: the host's vfio_pci parameter, which decides whether the
+        nointx IDs have a pin at all (PciDevice.guest_pin).
         """
         pci, irq = self.device, self.interrupts
         if pci is None or pci.intx_pin in (None, _UNKNOWN_PIN) or not pci.intx_pin:
             return None, "no INTx pin"
-        if pci.guest_pin == 0:
-            return None, "vfio-pci hides INTx for this device (vfio_pci_nointx)"
+        if pci.guest_pin(nointxmask) == 0:
+            return None, ("vfio-pci shows this device without an INTx pin (an SR-IOV VF, "
+                          "or vfio_pci_nointx with nointxmask off)")
         if irq.intx_irq is not None:
             return irq.intx_irq, f"/proc/interrupts: IRQ {irq.intx_irq}"
         if irq.mode in ("msi", "msix") or not pci.irq:

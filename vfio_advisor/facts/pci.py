@@ -156,12 +156,21 @@ class PciDevice(NamedTuple):
                 f"&SUBSYS_{self.subsystem_device_id:04X}{self.subsystem_vendor_id:04X}"
                 f"&REV_{self.revision:02X}")
 
-    @property
-    def guest_pin(self) -> int | None:
+    def guest_pin(self, nointxmask: bool) -> int | None:
         """The INTx pin vfio-pci shows the guest: the host's Interrupt Pin,
         except 0 for SR-IOV VFs and the nointx IDs (vfio_pci_config.c,
-        vfio_config_init). None when the config space is unreadable."""
-        if self.sriov_vf or (self.vendor_id, self.device_id) in _quirks.VFIO_NOINTX_IDS:
+        vfio_config_init). None when the config space is unreadable.
+
+        0 is also a promise that vfio-pci never requests the host line: QEMU
+        enables INTx only for a device with a pin (hw/vfio/pci.c
+        vfio_intx_enable, QEMU 7.2). The nointx IDs lose their pin only while
+        vfio_pci nointxmask is off: vfio_pci_core_enable sets vdev->nointx
+        inside "if (likely(!nointxmask))" (Linux 6.1.176), so with
+        nointxmask=1 they keep the hardware pin and use INTx like any device
+        without masking (pci_2_3 stays false: an exclusive line)."""
+        if self.sriov_vf:
+            return 0
+        if not nointxmask and (self.vendor_id, self.device_id) in _quirks.VFIO_NOINTX_IDS:
             return 0
         if self.config is None or not 0 <= self.config.interrupt_pin <= 4:
             return None  # unreadable, or a value no PCI function may hold

@@ -58,7 +58,9 @@ class Analysis(NamedTuple):
 
     def host_pins(self) -> dict[str, int | None]:
         """Host BDF -> the INTx pin vfio-pci gives the guest (None: unknown)."""
-        return {d.address: (d.device.guest_pin if d.device else None) for d in self.facts.devices}
+        nointxmask = self.facts.host.kernel.nointxmask
+        return {d.address: (d.device.guest_pin(nointxmask) if d.device else None)
+                for d in self.facts.devices}
 
 
 class Analyzer:

@@ -17,20 +17,20 @@ from vfio_advisor.rules.mode import host_blocks_msi
 from vfio_advisor.rules.base import message_id as _id
 
 
-def uses_intx(dev: AssignedDevice) -> bool:
-    """On INTx now, or bound to stay there (no MSI or MSI-X at all)."""
+def uses_intx(dev: AssignedDevice, nointxmask: bool) -> bool:
+    """On INTx now, or bound to stay there (no MSI or MSI-X at all, and a
+    pin the guest sees: PciDevice.guest_pin)."""
     pci = dev.device
     if dev.interrupts.on_intx:
         return True
-    return (pci is not None and pci.supports_msi is False
-            and pci.intx_pin not in (None, UNKNOWN))
+    return pci is not None and pci.supports_msi is False and bool(pci.guest_pin(nointxmask))
 
 
 def check_host_line_shared(facts: DomainFacts) -> Iterator[Finding]:
     nointxmask = facts.host.kernel.nointxmask
     for dev in facts.devices:
         irq = dev.interrupts
-        if dev.device is None or not irq.shared_with or not uses_intx(dev):
+        if dev.device is None or not irq.shared_with or not uses_intx(dev, nointxmask):
             continue
         if dev.intx_masking(nointxmask).supported is not True and not irq.on_intx:
             continue  # VA2002/VA2003 speak about this one
@@ -68,7 +68,13 @@ def _exclusive_line_findings(facts: DomainFacts, want: bool | None, rule_id: str
     nointxmask = facts.host.kernel.nointxmask
     for dev in facts.devices:
         pci, irq = dev.device, dev.interrupts
-        if pci is None or pci.intx_pin in (None, UNKNOWN) or not irq.shared_with:
+        if pci is None or not irq.shared_with:
+            continue
+        if not pci.guest_pin(nointxmask):
+            # No pin the guest sees (unknown, none, an SR-IOV VF, or a
+            # vfio_pci_nointx ID): QEMU never enables INTx for it
+            # (hw/vfio/pci.c vfio_intx_enable returns at "if (!pin)", QEMU
+            # 7.2), so vfio-pci never requests the line, held or not.
             continue
         masking = dev.intx_masking(nointxmask)
         if masking.supported is not want:
@@ -94,7 +100,13 @@ def _exclusive_line_findings(facts: DomainFacts, want: bool | None, rule_id: str
                   "after moving). The kernel log shows \"genirq: Flags mismatch irq N\" when "
                   "this happens.")
         own = dev.device.intx_masking(False).supported
-        if nointxmask and own is not False:
+        if nointxmask and pci.guest_pin(False) == 0:
+            # Without nointxmask vfio_pci_core_enable applies the nointx
+            # quirk to it instead (Linux 6.1.176): no pin, no INTx at all.
+            remedy += (" Or load vfio-pci without nointxmask=1: vfio-pci then hides this "
+                       "device's INTx (vfio_pci_nointx) and never requests the line; the guest "
+                       "driver must use MSI or MSI-X.")
+        elif nointxmask and own is not False:
             # nointxmask=1 alone may keep it off the shared line.
             remedy += (" Or load vfio-pci without nointxmask=1: " + (
                 "this device has PCI 2.3 masking and could then share the line." if own else
@@ -128,7 +140,7 @@ def _conflict_lines(devs, nointxmask: bool):
     """{line: [(device, masking, evidence)]} for devices with a known host line."""
     lines: dict[int, list] = {}
     for dev in devs:
-        line, evidence = dev.host_line()
+        line, evidence = dev.host_line(nointxmask)
         if line is None:
             continue
         lines.setdefault(line, []).append((dev, dev.intx_masking(nointxmask), evidence))
@@ -184,14 +196,14 @@ def check_line_conflict_between_domains(facts: DomainFacts) -> Iterator[Finding]
     nointxmask = facts.host.kernel.nointxmask
     own = {d.address for d in facts.devices}
     for dev in facts.devices:
-        line, evidence = dev.host_line()
+        line, evidence = dev.host_line(nointxmask)
         if line is None:
             continue
         masking = dev.intx_masking(nointxmask)
         clashes = []
         for other in facts.others:
             o = other.device
-            if o.address in own or o.host_line()[0] != line:
+            if o.address in own or o.host_line(nointxmask)[0] != line:
                 continue  # the same host device assigned twice is another matter
             o_masking = o.intx_masking(nointxmask)
             if masking.supported is False or o_masking.supported is False:
@@ -202,7 +214,7 @@ def check_line_conflict_between_domains(facts: DomainFacts) -> Iterator[Finding]
         what = "; ".join(f"domain {d} assigns {o.address} ({o.device.name if o.device else '?'})"
                          for d, o, _ in clashes)
         blocker = masking if masking.supported is False else clashes[0][2]
-        where = _line_words(line, [evidence, *(c[1].host_line()[1] for c in clashes)])
+        where = _line_words(line, [evidence, *(c[1].host_line(nointxmask)[1] for c in clashes)])
         yield device_finding(
             "VA2005", facts, dev,
             f"{dev.device.name} is on {where}, and {what} on the same line. A device there"
@@ -217,9 +229,13 @@ def check_line_conflict_between_domains(facts: DomainFacts) -> Iterator[Finding]
 
 def _conflict_remedy(dev: AssignedDevice, masking, nointxmask: bool, line: int) -> str:  # noqa: ARG001
     if nointxmask:
+        hidden = ""
+        if dev.device is not None and dev.device.guest_pin(False) == 0:
+            hidden = (f", and vfio-pci hides the INTx of {dev.address} (vfio_pci_nointx: its "
+                      "guest driver must use MSI or MSI-X)")
         return ("Load vfio-pci without nointxmask=1 (remove vfio_pci.nointxmask / "
                 "options vfio-pci nointxmask=1), so that devices with PCI 2.3 masking can "
-                "share their host line; or move one card to a slot on another line.")
+                f"share their host line{hidden}; or move one card to a slot on another line.")
     return (f"Move one of the cards to a slot on another host line (check /proc/interrupts "
             f"and sys/bus/pci/devices/<BDF>/irq after moving): {dev.address} cannot share "
             "its host line.")
@@ -243,13 +259,15 @@ RULES: tuple[Rule, ...] = register(
          "masking (Interrupt Disable in Command, Interrupt Status in Status). Without it, "
          "or with vfio_pci nointxmask=1, vfio-pci requests the line exclusively, and "
          "request_irq fails while other handlers hold it: QEMU reports \"Device or resource "
-         "busy\" and the domain does not start.",
+         "busy\" and the domain does not start. Devices that vfio-pci shows the guest "
+         "without an INTx pin never request the line: SR-IOV VFs, and Intel X710/XL710/"
+         "XXV710/X722 and X550 controllers unless nointxmask=1.",
          "Give the device a line of its own: unbind or disable the other devices on it, or "
          "move the card to another slot.",
          _id("b06b65a412664b1d9a16a16eacfbd1dc"), check_exclusive_line_required,
-         fires_on=("lab-nointxmask-after", "sblive-shared-line"),
+         fires_on=("lab-nointxmask-after", "sblive-shared-line", "x710-shared-line-nointxmask"),
          silent_on=("lab-shared", "lab-nointxmask-before", "intx-exclusive-line",
-                    "gpu-audio-intx-windows")),
+                    "gpu-audio-intx-windows", "x710-shared-line")),
     Rule("VA2003", "intx-masking-unproven-on-shared-line", Severity.WARNING,
          "Conventional PCI device of unknown PCI 2.3 compliance on a shared host line",
          "Nothing in the config space of this conventional PCI device shows that it "
@@ -271,8 +289,9 @@ RULES: tuple[Rule, ...] = register(
          "Move one card to a slot on another host line, or let the devices mask INTx "
          "(drop vfio_pci nointxmask=1 where it is set).",
          _id("dd9ce298de3f4a4b83b1d2f5cbef8f52"), check_line_conflict_at_start,
-         fires_on=("lab-nointxmask-before",),
-         silent_on=("lab-shared", "lab-nointxmask-after", "lab-nointxmask-one-device")),
+         fires_on=("lab-nointxmask-before", "x710-shared-line-nointxmask"),
+         silent_on=("lab-shared", "lab-nointxmask-after", "lab-nointxmask-one-device",
+                    "x710-shared-line")),
     Rule("VA2005", "intx-line-conflict-between-domains", Severity.WARNING,
          "Devices of two defined domains on one host INTx line, one without masking",
          "Another defined domain assigns a device on the same host INTx line, and one of the "

@@ -88,8 +88,9 @@ def check_split_irqchip_intx(facts: DomainFacts) -> Iterator[Finding]:
     # userspace IOAPIC's EOI): the cost is one exit to QEMU per INTx, at EOI.
     if facts.domain.ioapic_driver != "qemu":
         return
+    nointxmask = facts.host.kernel.nointxmask
     for dev in facts.devices:
-        if dev.device is not None and uses_intx(dev):
+        if dev.device is not None and uses_intx(dev, nointxmask):
             yield device_finding(
                 "VA4003", facts, dev,
                 f"{dev.device.name} uses INTx while the domain has <ioapic driver='qemu'/> "
