@@ -62,3 +62,41 @@ def test_a_failed_inventory_is_one_line_with_the_guests_reason(agent):
     assert line.startswith(f"vfio-advisor: agent socket {ga.path}: /bin/sh -c "), line
     assert "/proc/interrupts" not in line and len(line) < 300, line  # not the whole script
     assert out.stdout == ""
+
+
+# --- a guest whose answer is empty or cut short ------------------------------------------
+
+def test_an_empty_windows_listing_could_not_be_read(agent):
+    ga = agent(WINDOWS, _answers(b""))
+    out = _cli("guest", "win11", "--agent-socket", ga.path, "--ids", "1002:ab28")
+    assert out.returncode == 2, out
+    assert "verdict: could-not-read: reg.exe listed nothing under HKLM\\SYSTEM\\CurrentControlSet\\Enum\\PCI" \
+        in out.stdout, out.stdout
+    assert "not-found" not in out.stdout
+    [line] = out.stderr.splitlines()
+    assert "win11: could not read 1002:ab28 in the guest" in line, line
+
+
+def test_fix_guest_on_an_empty_windows_listing_plans_nothing_and_fails(agent):
+    ga = agent(WINDOWS, _answers(b""))
+    out = _cli("fix", "--guest", "win11", "--agent-socket", ga.path, "--ids", "1002:ab28")
+    assert out.returncode == 2, out
+    assert "# 1002:ab28: could-not-read" in out.stdout, out.stdout
+    assert "0 change(s)" in out.stdout
+    [line] = out.stderr.splitlines()
+    assert "win11: could not read 1002:ab28 in the guest" in line, line
+
+
+@pytest.mark.parametrize("output", [INVENTORY.partition(b"\nI\n")[0] + b"\n", b""],
+                         ids=["cut-before-interrupts", "empty"])
+def test_a_linux_inventory_without_its_interrupts_could_not_be_read(agent, output):
+    """8086:293e is in the inventory's device list (with enable_msi=0 set),
+    1002:ab28 is not: without /proc/interrupts neither can be judged."""
+    ga = agent(LINUX, _answers(output))
+    out = _cli("guest", "vm", "--agent-socket", ga.path, "--ids", "8086:293e", "--ids", "1002:ab28")
+    assert out.returncode == 2, out
+    verdicts = [ln.strip() for ln in out.stdout.splitlines() if ln.strip().startswith("verdict:")]
+    assert verdicts == ["verdict: could-not-read: the inventory came back without its /proc/interrupts "
+                        "section (cut short)"] * 2, out.stdout
+    [line] = out.stderr.splitlines()
+    assert "vm: could not read 8086:293e, 1002:ab28 in the guest" in line, line

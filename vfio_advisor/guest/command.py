@@ -1,8 +1,9 @@
 """`vfio-advisor guest DOMAIN` (read-only) and `vfio-advisor fix --guest DOMAIN`.
 
 Exit status of `guest`: 0 nothing to do, 1 a device whose verdict needs
-action, 2 any failure (one line on stderr). `fix --guest`: 0 the plan was
-shown (or applied and read back), 2 any failure.
+action, 2 any failure (one line on stderr), a device whose guest side could
+not be read included. `fix --guest`: 0 the plan was shown (or applied and
+read back), 2 any failure or such a device.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from vfio_advisor.guest import changes as change_store
 from vfio_advisor.guest.agent import DEFAULT_TIMEOUT, GuestAgent, GuestAgentError, LibvirtAgent, SocketAgent
 from vfio_advisor.guest.channel import CHANNEL_ELEMENT, channel_state, has_agent_channel
 from vfio_advisor.guest.inspect import GuestReport, Target, inspect
+from vfio_advisor.guest.verdict import UNREAD
 
 DEFAULT_URI = "qemu:///system"
 _IDS = re.compile(r"^([0-9a-fA-F]{4}):([0-9a-fA-F]{4})$")
@@ -231,7 +233,20 @@ def run_guest(args) -> int:
         sys.stdout.write("\n")
     else:
         write_text(report, sys.stdout)
+    if _said_unread(report):
+        return EXIT_FAILED
     return EXIT_ACTION if any(d.verdict.needs_action for d in report.devices) else EXIT_OK
+
+
+def _said_unread(report: GuestReport) -> bool:
+    """One line on stderr for the devices whose guest side could not be
+    read: the exit table's 2, which no verdict needing action outranks, as
+    "nothing needs action" cannot be said of a device not seen."""
+    unread = [d.target.host_bdf or d.target.ids for d in report.devices if d.verdict.name == UNREAD]
+    if unread:
+        print(f"vfio-advisor: {report.domain}: could not read {', '.join(unread)} in the guest "
+              "(see their verdicts)", file=sys.stderr)
+    return bool(unread)
 
 
 def write_text(report: GuestReport, out) -> None:
@@ -285,7 +300,7 @@ def run_fix_guest(args, channel_fix: Callable[[argparse.Namespace, str], str] | 
     if not as_json:
         print(f"# {name} ({report.os}): {len(plan.steps)} change(s) in the guest")
         for dev in report.devices:
-            print(f"# {dev.target.ids} {dev.target.host_bdf or ''}: {dev.verdict.name}".replace("  ", " "))
+            print(f"# {' '.join(filter(None, (dev.target.ids, dev.target.host_bdf)))}: {dev.verdict.name}")
         for step in plan.steps:
             print(f"# {step.purpose}\n{step.shown()}")
         for line in plan.unfixable:
@@ -320,4 +335,4 @@ def run_fix_guest(args, channel_fix: Callable[[argparse.Namespace, str], str] | 
         sys.stdout.write("\n")
     elif not args.apply and plan.steps:
         print("# nothing was changed: add --apply to run these in the guest")
-    return EXIT_OK
+    return EXIT_FAILED if _said_unread(report) else EXIT_OK
