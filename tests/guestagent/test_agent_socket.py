@@ -137,7 +137,8 @@ def test_silent_agent_times_out_and_says_how_long(tmp_path):
     thread.start()
     try:
         started = time.monotonic()
-        out = _cli("guest", "silent-vm", "--agent-socket", path, "--timeout", "1")
+        # --ids: a socket with nothing to look for is refused before the agent is asked.
+        out = _cli("guest", "silent-vm", "--agent-socket", path, "--timeout", "1", "--ids", "8086:293e")
         waited = time.monotonic() - started
     finally:
         stop.set()
@@ -154,7 +155,7 @@ def test_silent_agent_times_out_and_says_how_long(tmp_path):
 def test_timeout_must_be_bounded(tmp_path):
     out = _cli("guest", "x", "--agent-socket", str(tmp_path / "none"), "--timeout", "0")
     assert out.returncode == 2 and "between 0 and 600" in out.stderr
-    out = _cli("guest", "x", "--agent-socket", str(tmp_path / "none"))
+    out = _cli("guest", "x", "--agent-socket", str(tmp_path / "none"), "--ids", "8086:293e")
     assert out.returncode == 2 and "cannot connect" in out.stderr and len(out.stderr.splitlines()) == 1
 
 

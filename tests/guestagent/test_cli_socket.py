@@ -64,6 +64,70 @@ def test_a_failed_inventory_is_one_line_with_the_guests_reason(agent):
     assert out.stdout == ""
 
 
+# --- which devices are looked for -------------------------------------------------------
+
+def test_the_domains_devices_are_looked_for_through_a_socket(agent):
+    """-c and --host-root name what to look for even when the agent is on a
+    socket: the guest (a recorded Linux inventory, no AMD card) lacks both."""
+    ga = agent(LINUX, _answers(INVENTORY))
+    out = _cli("guest", "win11", "-c", URI, "--host-root", HOST, "--agent-socket", ga.path)
+    assert out.returncode == 1, out
+    assert "1002:73ff (host 0000:05:00.0) -> guest -" in out.stdout, out.stdout
+    assert "1002:ab28 (host 0000:05:00.1) -> guest -" in out.stdout
+    assert "verdict: not-found: no guest function has IDs 1002:ab28" in out.stdout
+    assert "no assigned PCI function" not in out.stdout
+
+
+def test_a_socket_without_a_domain_source_refuses(agent):
+    """Nothing names the domain's devices: say so, do not report "nothing
+    needs action" (the agent answers: the refusal is not a connection error)."""
+    ga = agent(LINUX, _answers(INVENTORY))
+    out = _cli("guest", "win11", "--agent-socket", ga.path)
+    assert out.returncode == 2, out
+    [line] = out.stderr.splitlines()
+    assert "win11: --agent-socket reaches the agent only" in line and "--ids" in line, line
+    assert out.stdout == "" and ga.ran == []
+
+
+def test_the_domain_xml_can_come_from_a_file(agent, tmp_path):
+    libvirt = pytest.importorskip("libvirt")
+    libvirt.registerErrorHandler(lambda *_: None, None)
+    conn = libvirt.openReadOnly(URI)
+    xml = tmp_path / "win11.xml"
+    xml.write_text(conn.lookupByName("win11").XMLDesc(0))
+    conn.close()
+    ga = agent(LINUX, _answers(INVENTORY))
+    out = _cli("guest", "win11", "--xml", str(xml), "--host-root", HOST, "--agent-socket", ga.path)
+    assert out.returncode == 1, out
+    assert "1002:ab28 (host 0000:05:00.1)" in out.stdout, out.stdout
+    out = _cli("guest", "other", "--xml", str(xml), "--host-root", HOST, "--agent-socket", ga.path)
+    assert out.returncode == 2 and "other: no such domain in the XML files given" in out.stderr, out
+    out = _cli("guest", "win11", "--xml", str(xml))
+    assert out.returncode == 2 and "--xml goes with --agent-socket" in out.stderr, out
+
+
+def test_ids_alone_through_a_socket_say_the_domain_was_not_read(agent):
+    ga = agent(LINUX, _answers(INVENTORY))
+    out = _cli("guest", "vm", "--agent-socket", ga.path, "--ids", "8086:293e")
+    assert out.returncode == 1, out  # enable_msi=0 in the recorded guest
+    assert "note: vm's XML was not read (no -c, --xml or snapshot): only --ids are looked for" in out.stdout
+
+
+def test_a_hostdev_the_host_tree_lacks_could_not_be_read(agent, tmp_path):
+    """A host tree without the assigned functions (a wrong --host-root): their
+    IDs are unknown, so they cannot be looked for."""
+    empty = tmp_path / "host"
+    (empty / "sys" / "bus" / "pci" / "devices").mkdir(parents=True)
+    (empty / "proc").mkdir()
+    ga = agent(LINUX, _answers(INVENTORY))
+    out = _cli("guest", "win11", "-c", URI, "--host-root", str(empty), "--agent-socket", ga.path)
+    assert out.returncode == 2, out
+    assert "verdict: could-not-read: 0000:05:00.1 is not a PCI device of the host tree" in out.stdout, out.stdout
+    assert "no assigned PCI function" not in out.stdout
+    [line] = out.stderr.splitlines()
+    assert "could not read" in line and "0000:05:00.0" in line and "0000:05:00.1" in line, line
+
+
 # --- a guest whose answer is empty or cut short ------------------------------------------
 
 def test_an_empty_windows_listing_could_not_be_read(agent):

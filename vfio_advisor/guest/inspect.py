@@ -38,10 +38,11 @@ class Target:
     host_mode: str | None = None  # from the host's vfio vectors, when assigned
     msi_capable: bool | None = None  # from the host's config space
     card: str | None = None  # host domain:bus:slot: functions of one card
+    unread: str | None = None  # why the host could not say its IDs: not looked for
 
     @property
     def ids(self) -> str:
-        return f"{self.vendor:04x}:{self.device:04x}"
+        return "????:????" if self.unread else f"{self.vendor:04x}:{self.device:04x}"
 
 
 @dataclass
@@ -126,6 +127,10 @@ def inspect(agent: GuestAgent, domain: str, targets: list[Target], changes: list
                               "qemu-ga allow-list; run the commands below in the guest by hand",
                               commands=read_commands(kind))
     now = time.time() if now is None else now
+    for target in targets:
+        if target.unread:
+            report.devices.append(DeviceReport(target, verdict=Verdict(UNREAD, target.unread)))
+    targets = [t for t in targets if not t.unread]
     if kind == "windows":
         _read_windows(agent, report, targets, changes, "guest-get-devices" not in disabled)
     else:
