@@ -1,11 +1,16 @@
-"""Shared by the guest-agent tests: the cached test guest, what is missing."""
+"""Shared by the guest-agent tests: the cached test guest, what is missing,
+a scripted agent."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
 import shutil
+import socket
 import subprocess
+import threading
 from pathlib import Path
 
 from lxml import etree
@@ -78,3 +83,72 @@ def add_agent_channel(domain_xml: str) -> str | None:
 
 _CHANNEL = ("{indent}<channel type='unix'>\n{indent}  <target type='virtio' name='org.qemu.guest_agent.0'/>\n"
             "{indent}</channel>\n")
+
+
+class ScriptedAgent:
+    """A qemu-ga stand-in on a unix socket for the guests a real qemu-ga on
+    this host cannot be: a Windows guest (guest-get-osinfo says "mswindows"),
+    or a program that fails or prints something odd inside the guest. It
+    speaks the QGA wire protocol (one JSON object a line, guest-sync first,
+    qga/qapi-schema.json); `run(argv)` gives (exitcode, stdout, stderr) for
+    each guest-exec. The real qemu-ga is used wherever it can stand in
+    (test_agent_socket.py)."""
+
+    def __init__(self, path: str, osinfo: dict, run):
+        self.path, self.osinfo, self.run = path, osinfo, run
+        self.ran: list[tuple[str, ...]] = []
+        self._exited: dict[int, dict] = {}
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._server.bind(path)
+        self._server.listen(4)
+        self._server.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._server.close()
+
+    def __enter__(self) -> "ScriptedAgent":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._server.accept()
+            except socket.timeout:
+                continue
+            with conn, conn.makefile("rwb") as stream:
+                for line in stream:
+                    stream.write(json.dumps(self._reply(json.loads(line))).encode() + b"\n")
+                    stream.flush()
+
+    def _reply(self, request: dict) -> dict:
+        command, args = request.get("execute"), request.get("arguments") or {}
+        if command == "guest-sync":
+            return {"return": args["id"]}
+        if command == "guest-info":
+            names = ("guest-info", "guest-get-osinfo", "guest-exec", "guest-exec-status", "guest-get-devices")
+            return {"return": {"version": "7.2.0", "supported_commands": [
+                {"name": n, "enabled": True} for n in names]}}
+        if command == "guest-get-osinfo":
+            return {"return": self.osinfo}
+        if command == "guest-get-devices":
+            return {"return": []}
+        if command == "guest-exec":
+            argv = (args["path"], *args.get("arg", ()))
+            self.ran.append(argv)
+            code, out, err = self.run(argv)
+            pid = len(self.ran)
+            self._exited[pid] = {"exited": True, "exitcode": code,
+                                 "out-data": base64.b64encode(out).decode(),
+                                 "err-data": base64.b64encode(err).decode()}
+            return {"return": {"pid": pid}}
+        if command == "guest-exec-status":
+            return {"return": self._exited[args["pid"]]}
+        return {"error": {"class": "CommandNotFound", "desc": f"The command {command} has not been found"}}

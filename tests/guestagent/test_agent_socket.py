@@ -137,7 +137,8 @@ def test_silent_agent_times_out_and_says_how_long(tmp_path):
     thread.start()
     try:
         started = time.monotonic()
-        out = _cli("guest", "silent-vm", "--agent-socket", path, "--timeout", "1")
+        # --ids: a socket with nothing to look for is refused before the agent is asked.
+        out = _cli("guest", "silent-vm", "--agent-socket", path, "--timeout", "1", "--ids", "8086:293e")
         waited = time.monotonic() - started
     finally:
         stop.set()
@@ -154,7 +155,7 @@ def test_silent_agent_times_out_and_says_how_long(tmp_path):
 def test_timeout_must_be_bounded(tmp_path):
     out = _cli("guest", "x", "--agent-socket", str(tmp_path / "none"), "--timeout", "0")
     assert out.returncode == 2 and "between 0 and 600" in out.stderr
-    out = _cli("guest", "x", "--agent-socket", str(tmp_path / "none"))
+    out = _cli("guest", "x", "--agent-socket", str(tmp_path / "none"), "--ids", "8086:293e")
     assert out.returncode == 2 and "cannot connect" in out.stderr and len(out.stderr.splitlines()) == 1
 
 
@@ -166,8 +167,24 @@ def test_non_zero_exit_and_too_large_output_are_one_line(qemu_ga):
         agent.run(["/bin/sh", "-c", "echo 'no such key' >&2; exit 3"])
     assert err.value.kind == "exit-status"
     assert str(err.value).endswith("exited with status 3 in the guest: no such key")
-    assert err.value.commands  # printed for the user to run by hand
+    assert err.value.commands == ()  # nothing printed after the one line
     with pytest.raises(GuestAgentError) as err:
         agent.run(["/bin/sh", "-c", "head -c 5000000 /dev/zero"])
     assert err.value.kind == "too-large" and "\n" not in str(err.value)
     agent.transport.close()
+
+
+def test_a_long_script_failing_is_one_bounded_line_with_its_first_error(qemu_ga):
+    """Through a real qemu-ga: a many-line `sh -c` script that fails is named
+    by its first line only, and the guest's first line of stderr (the reason,
+    not whatever the script printed after it) is what the message says."""
+    script = "\n".join(["printf 'K\\tx\\n'"] * 30 + ["cat /proc/no-such-file", "echo later >&2", "exit 1"])
+    agent = GuestAgent(SocketAgent(qemu_ga()), timeout=30)
+    with pytest.raises(GuestAgentError) as err:
+        agent.run(["/bin/sh", "-c", script])
+    agent.transport.close()
+    message = str(err.value)
+    assert err.value.kind == "exit-status" and "\n" not in message, message
+    assert ": /bin/sh -c printf 'K\\tx\\n' … exited with status 1 in the guest: " in message, message
+    assert "/proc/no-such-file: No such file or directory" in message and len(message) < 300, message
+    assert err.value.commands == ()  # rerunning a failed command by hand is no remedy

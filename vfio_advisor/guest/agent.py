@@ -300,17 +300,19 @@ class GuestAgent:
         result = self.execute(argv, stdin)
         if result.exitcode == 0 and result.signal is None:
             return result.stdout
-        detail = (result.stderr or result.stdout).decode("utf-8", "replace").strip()
-        detail = detail.splitlines()[-1][:200] if detail else ""
-        if "permission denied" in detail.lower() or "access is denied" in detail.lower():
+        said = (result.stderr or result.stdout).decode("utf-8", "replace")
+        detail = first_lines(said)
+        if "permission denied" in said.lower() or "access is denied" in said.lower():
             raise GuestAgentError(
                 "permission", f"{self.label}: the guest refused {argv[0]}: {detail} (on RHEL-family "
                 "guests SELinux confines qemu-ga, virt_qemu_ga_t: allow it with setsebool "
                 "virt_qemu_ga_run_unconfined on, or run the commands by hand)",
                 commands=[argv])
         how = f"signal {result.signal}" if result.signal is not None else f"status {result.exitcode}"
-        raise GuestAgentError("exit-status", f"{self.label}: {' '.join(argv[:3])} exited with {how} "
-                              f"in the guest{': ' + detail if detail else ''}", commands=[argv])
+        # No commands to run by hand: the same command fails there too, and
+        # printing a many-line script after the message buried its reason.
+        raise GuestAgentError("exit-status", f"{self.label}: {brief_argv(argv)} exited with {how} "
+                              f"in the guest{': ' + detail if detail else ''}")
 
     def reboot_through_libvirt(self) -> None:
         """libvirt's agent reboot (virDomainReboot with
@@ -339,3 +341,22 @@ def _b64(data, label: str, program: str) -> bytes:
         return base64.b64decode(data, validate=True)
     except ValueError:
         raise GuestAgentError("protocol", f"{label}: {program}'s output is not base64") from None
+
+
+def brief_argv(argv: Sequence[str], limit: int = 100) -> str:
+    """argv in one bounded line: each argument up to its first line break
+    (the inventory's `sh -c` script is 30 lines), the whole cut at `limit`."""
+    parts = [a.split("\n", 1)[0] + (" …" if "\n" in a else "") for a in argv]
+    text = " ".join(parts)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def first_lines(text: str, limit: int = 200) -> str:
+    """The first non-empty line of a program's stderr, bounded, saying how
+    many more there were: a failing script's first complaint is its cause,
+    what it prints after is consequence."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    head = lines[0] if len(lines[0]) <= limit else lines[0][:limit - 1] + "…"
+    return head + (f" (+{len(lines) - 1} more line{'s' if len(lines) > 2 else ''})" if len(lines) > 1 else "")

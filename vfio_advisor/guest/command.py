@@ -1,8 +1,9 @@
 """`vfio-advisor guest DOMAIN` (read-only) and `vfio-advisor fix --guest DOMAIN`.
 
 Exit status of `guest`: 0 nothing to do, 1 a device whose verdict needs
-action, 2 any failure (one line on stderr). `fix --guest`: 0 the plan was
-shown (or applied and read back), 2 any failure.
+action, 2 any failure (one line on stderr), a device whose guest side could
+not be read included. `fix --guest`: 0 the plan was shown (or applied and
+read back), 2 any failure or such a device.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from vfio_advisor.guest import changes as change_store
 from vfio_advisor.guest.agent import DEFAULT_TIMEOUT, GuestAgent, GuestAgentError, LibvirtAgent, SocketAgent
 from vfio_advisor.guest.channel import CHANNEL_ELEMENT, channel_state, has_agent_channel
 from vfio_advisor.guest.inspect import GuestReport, Target, inspect
+from vfio_advisor.guest.verdict import UNREAD
 
 DEFAULT_URI = "qemu:///system"
 _IDS = re.compile(r"^([0-9a-fA-F]{4}):([0-9a-fA-F]{4})$")
@@ -47,6 +49,9 @@ def add_guest_parser(sub, add_command) -> argparse.ArgumentParser:
     g.add_argument("domain", metavar="DOMAIN", help="a running libvirt domain with a guest agent channel")
     _common(g, with_connect=True)
     g.add_argument("--host-root", default="/", metavar="DIR", help="host tree for the host-side view")
+    g.add_argument("--xml", metavar="FILE",
+                   help="with --agent-socket: DOMAIN's XML, which names its assigned devices "
+                        "(else -c URI, or a --host-root snapshot's domains)")
     g.add_argument("--state-dir", metavar="DIR",
                    help="where fix --guest --apply recorded its changes (default: the config's "
                         f"[daemon] state_dir, {DEFAULT_STATE_DIR})")
@@ -69,7 +74,8 @@ def add_fix_guest_arguments(f: argparse.ArgumentParser) -> None:
     f.add_argument("--ids", action="append", default=[], metavar="VVVV:DDDD",
                    help="with --guest: also fix guest functions with these PCI IDs")
     f.add_argument("--agent-socket", metavar="PATH",
-                   help="with --guest: a qemu-ga unix socket instead of libvirt")
+                   help="with --guest: a qemu-ga unix socket instead of libvirt (DOMAIN's devices "
+                        "then come from -c URI, one --xml FILE or a --host-root snapshot)")
 
 
 # --- the domain and what to look for ---------------------------------------------------
@@ -111,7 +117,12 @@ def _hostdev_targets(xml: str, host_root: str) -> list[Target]:
             bdf = str(hostdev.source)
             device, _problem, irqs = engine.device(bdf)
             if device is None or device.vendor_id is None or device.device_id is None:
-                continue  # not on this host (or unreadable): nothing to match by
+                # Without its IDs it cannot be looked for in the guest, and
+                # leaving it out would read as "nothing needs action".
+                out.append(Target(key=bdf, host_bdf=bdf, vendor=0, device=0,
+                                  unread=f"{bdf} is not a PCI device of the host tree {host_root} "
+                                         "(its IDs are unknown; --host-root names another tree)"))
+                continue
             capable = device.config.supports_msi if device.config is not None else None
             hint = (hostdev.guest.address.slot, hostdev.guest.address.function) if hostdev.guest else None
             out.append(Target(key=bdf, host_bdf=bdf, vendor=device.vendor_id, device=device.device_id,
@@ -194,18 +205,69 @@ def state_dir_of(args) -> str:
     return configured or DEFAULT_STATE_DIR
 
 
+def _xml_files(args) -> list[str]:
+    xml = getattr(args, "xml", None)  # guest's is one FILE, fix's a list
+    return [xml] if isinstance(xml, str) else list(xml or [])
+
+
+def _socket_domain_xml(args, name: str, host_root: str) -> str | None:
+    """DOMAIN's XML when its agent is on a socket: the agent is not reached
+    through libvirt then, but the devices to look for are still the domain's.
+    From --xml FILE, -c URI (read-only is enough), or the domains a
+    --host-root snapshot holds; None when none of them was given (qemu:///
+    system is not assumed: a socket is for an agent without libvirt)."""
+    from vfio_advisor.sources import load_domains, open_host_root, snapshot_domains  # noqa: PLC0415
+
+    files = _xml_files(args)
+    if len(files) > 1:
+        raise UsageError("--agent-socket reaches one guest: give one --xml FILE")
+    tree, tmp = None, None
+    try:
+        if not files and not args.connect:
+            if host_root == "/":
+                return None
+            tree, tmp = open_host_root(host_root)
+            if not snapshot_domains(tree):
+                return None
+        found, errors = load_domains(files, [name], args.connect, tree)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    if errors:
+        source, why = errors[0]
+        raise UsageError(f"{source}: {why}")
+    return found[0].xml
+
+
 def _read(args, name: str, state_dir: str, host_root: str) -> tuple[_Session, GuestReport]:
     if not 0 < args.timeout <= 600:
         raise UsageError("--timeout takes a number of seconds between 0 and 600")
+    targets = _ids_targets(args.ids)
+    notes = []
+    socket_xml = None
+    if args.agent_socket:
+        # Before the agent is asked anything: a run that cannot know what
+        # to look for must not report that nothing needs action.
+        socket_xml = _socket_domain_xml(args, name, host_root)
+        if socket_xml is None and not targets:
+            raise UsageError(f"{name}: --agent-socket reaches the agent only; name the domain's "
+                             "assigned devices with -c URI, --xml FILE or a --host-root snapshot, "
+                             "or give --ids VVVV:DDDD")
+        if socket_xml is None:
+            notes.append(f"{name}'s XML was not read (no -c, --xml or snapshot): only --ids are "
+                         "looked for")
+    elif _xml_files(args):
+        raise UsageError("--xml goes with --agent-socket; through libvirt the domain's live XML is read")
     session = _Session(args, name)
     session.check_channel()
-    targets = _ids_targets(args.ids)
-    if session.xml is not None:
+    xml = session.xml if session.xml is not None else socket_xml
+    if xml is not None:
         try:
-            targets = _hostdev_targets(session.xml, host_root) + targets
+            targets = _hostdev_targets(xml, host_root) + targets
         except DomainXMLError as exc:
             raise UsageError(f"{name}: {exc}") from None
     report = inspect(session.agent, name, targets, change_store.load(state_dir, name))
+    report.notes.extend(notes)
     return session, report
 
 
@@ -231,7 +293,20 @@ def run_guest(args) -> int:
         sys.stdout.write("\n")
     else:
         write_text(report, sys.stdout)
+    if _said_unread(report):
+        return EXIT_FAILED
     return EXIT_ACTION if any(d.verdict.needs_action for d in report.devices) else EXIT_OK
+
+
+def _said_unread(report: GuestReport) -> bool:
+    """One line on stderr for the devices whose guest side could not be
+    read: the exit table's 2, which no verdict needing action outranks, as
+    "nothing needs action" cannot be said of a device not seen."""
+    unread = [d.target.host_bdf or d.target.ids for d in report.devices if d.verdict.name == UNREAD]
+    if unread:
+        print(f"vfio-advisor: {report.domain}: could not read {', '.join(unread)} in the guest "
+              "(see their verdicts)", file=sys.stderr)
+    return bool(unread)
 
 
 def write_text(report: GuestReport, out) -> None:
@@ -267,7 +342,7 @@ def run_fix_guest(args, channel_fix: Callable[[argparse.Namespace, str], str] | 
     name = args.guest
     if args.reboot and not args.apply:
         raise UsageError("--reboot restarts the guest after --apply; give both")
-    if args.domains or args.xml:
+    if args.domains or (args.xml and not args.agent_socket):
         raise UsageError("--guest takes one DOMAIN; do not name others")
     try:
         state_dir = state_dir_of(args)
@@ -285,7 +360,7 @@ def run_fix_guest(args, channel_fix: Callable[[argparse.Namespace, str], str] | 
     if not as_json:
         print(f"# {name} ({report.os}): {len(plan.steps)} change(s) in the guest")
         for dev in report.devices:
-            print(f"# {dev.target.ids} {dev.target.host_bdf or ''}: {dev.verdict.name}".replace("  ", " "))
+            print(f"# {' '.join(filter(None, (dev.target.ids, dev.target.host_bdf)))}: {dev.verdict.name}")
         for step in plan.steps:
             print(f"# {step.purpose}\n{step.shown()}")
         for line in plan.unfixable:
@@ -320,4 +395,4 @@ def run_fix_guest(args, channel_fix: Callable[[argparse.Namespace, str], str] | 
         sys.stdout.write("\n")
     elif not args.apply and plan.steps:
         print("# nothing was changed: add --apply to run these in the guest")
-    return EXIT_OK
+    return EXIT_FAILED if _said_unread(report) else EXIT_OK

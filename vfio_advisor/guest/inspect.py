@@ -14,7 +14,7 @@ from vfio_advisor.guest import linux, windows
 from vfio_advisor.guest.agent import GuestAgent, GuestAgentError, LibvirtAgent
 from vfio_advisor.guest.changes import last_change
 from vfio_advisor.guest.options import KNOWN_OPTIONS, setting_state
-from vfio_advisor.guest.verdict import Verdict, decide
+from vfio_advisor.guest.verdict import UNREAD, Verdict, decide
 
 SCHEMA = "vfio-advisor/guest/1"
 TAINT_NOTE = ("libvirt marks the domain tainted (custom-ga-command) when its agent is driven "
@@ -38,10 +38,11 @@ class Target:
     host_mode: str | None = None  # from the host's vfio vectors, when assigned
     msi_capable: bool | None = None  # from the host's config space
     card: str | None = None  # host domain:bus:slot: functions of one card
+    unread: str | None = None  # why the host could not say its IDs: not looked for
 
     @property
     def ids(self) -> str:
-        return f"{self.vendor:04x}:{self.device:04x}"
+        return "????:????" if self.unread else f"{self.vendor:04x}:{self.device:04x}"
 
 
 @dataclass
@@ -126,6 +127,10 @@ def inspect(agent: GuestAgent, domain: str, targets: list[Target], changes: list
                               "qemu-ga allow-list; run the commands below in the guest by hand",
                               commands=read_commands(kind))
     now = time.time() if now is None else now
+    for target in targets:
+        if target.unread:
+            report.devices.append(DeviceReport(target, verdict=Verdict(UNREAD, target.unread)))
+    targets = [t for t in targets if not t.unread]
     if kind == "windows":
         _read_windows(agent, report, targets, changes, "guest-get-devices" not in disabled)
     else:
@@ -139,6 +144,9 @@ def _read_linux(agent: GuestAgent, report: GuestReport, targets: list[Target], c
     inv = linux.parse_inventory(agent.run(linux.INVENTORY_ARGV).decode("utf-8", "replace"))
     report.linux = inv
     report.notes.extend(inv.odd)
+    if not inv.complete:
+        _unread(report, targets, "the inventory came back without its /proc/interrupts section (cut short)")
+        return
     booted_at = now - inv.uptime if inv.uptime is not None else None
     for target in targets:
         dev = DeviceReport(target)
@@ -188,6 +196,10 @@ def _read_linux(agent: GuestAgent, report: GuestReport, targets: list[Target], c
         report.devices.append(dev)
 
 
+def _unread(report: GuestReport, targets: list[Target], why: str) -> None:
+    report.devices.extend(DeviceReport(t, verdict=Verdict(UNREAD, why)) for t in targets)
+
+
 def _by_hint(found: list, hint: tuple[int, int] | None):
     if hint is not None:
         for fn in found:
@@ -208,7 +220,15 @@ def _read_windows(agent: GuestAgent, report: GuestReport, targets: list[Target],
         except GuestAgentError as exc:
             report.notes.append(f"guest-get-devices: {exc}")
     listing = agent.run(windows.list_hardware_ids_argv()).decode("utf-8", "replace")
-    keys = [k for k in (windows.parse_hardware_id(n) for n in windows.subkeys(listing, windows.ENUM_PCI)) if k]
+    names = windows.subkeys(listing, windows.ENUM_PCI)
+    if not names:
+        # Every Windows has PCI functions under Enum\PCI (the host bridge at
+        # least): an empty listing is reg.exe's output lost, not a guest
+        # without the device.
+        _unread(report, targets, f"reg.exe listed nothing under {windows.ENUM_PCI}"
+                + (" (empty output)" if not listing.strip() else ""))
+        return
+    keys = [k for k in (windows.parse_hardware_id(n) for n in names) if k]
     versions: dict[str, str | None] = {}
     for target in targets:
         dev = DeviceReport(target)
@@ -216,11 +236,22 @@ def _read_windows(agent: GuestAgent, report: GuestReport, targets: list[Target],
         if target.subsystem_vendor and len(found) > 1:
             found = [k for k in found if (k.subsystem_vendor, k.subsystem_device)
                      == (target.subsystem_vendor, target.subsystem_device)] or found
+        lost = []
         for key in found:
-            text = agent.run(windows.hardware_id_argv(key.hardware_id)).decode("utf-8", "replace")
+            argv = windows.hardware_id_argv(key.hardware_id)
+            text = agent.run(argv).decode("utf-8", "replace")
+            base = f"{windows.ENUM_PCI}\\{key.hardware_id}".lower()
+            # Listed a moment ago, yet neither it nor a key under it in the
+            # output: the query's output was lost (an instance is a subkey).
+            if not any(k.lower() == base or k.lower().startswith(base + "\\") for k in windows.parse_query(text)):
+                lost.append(" ".join(argv[1:]))
             key.instances = windows.parse_instances(key.hardware_id, text)
             dev.instances.extend(key.instances)
         dev.candidates = [f"{i.hardware_id}\\{i.instance}" for i in dev.instances]
+        if lost:
+            dev.verdict = Verdict(UNREAD, f"reg.exe {lost[0]} came back without that key")
+            report.devices.append(dev)
+            continue
         if not dev.instances:
             dev.verdict = Verdict("not-found", f"no Enum\\PCI instance has IDs {target.ids}")
             report.devices.append(dev)

@@ -86,6 +86,9 @@ class LinuxInventory:
     module_versions: dict[str, str] = field(default_factory=dict)
     options: list[tuple[str, str]] = field(default_factory=list)  # (file, "options m a=b")
     interrupts: tuple[IrqLine, ...] = ()
+    # The script prints /proc/interrupts last, after an "I" line: without
+    # that line the output was cut short and even the device list may be.
+    complete: bool = False
     odd: list[str] = field(default_factory=list)  # records that were not understood
 
     def function(self, bdf: str) -> GuestFunction | None:
@@ -181,6 +184,7 @@ def parse_inventory(text: str) -> LinuxInventory:
         except ValueError as exc:
             inv.odd.append(f"inventory line {number}: {exc}: {raw[:80]!r}")
     inv.interrupts = parse_interrupts(interrupts).lines if sep else ()
+    inv.complete = bool(sep)
     if not sep:
         inv.odd.append("inventory: no /proc/interrupts section (output cut short?)")
     return inv

@@ -15,7 +15,11 @@ VERDICTS = {
     "no-driver": ("no guest driver is bound: the device raises no interrupts", False),
     "not-found": ("no guest function matches the device's IDs", True),
     "unknown": ("the guest's interrupt mode could not be read", False),
+    # Not a judgement of the device: the guest's answer was missing or cut
+    # short, so not even "not found" can be said. The run fails (exit 2).
+    "could-not-read": ("the guest's side could not be read", False),
 }
+UNREAD = "could-not-read"
 
 
 class Verdict(NamedTuple):
