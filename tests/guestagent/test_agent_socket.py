@@ -41,8 +41,17 @@ def qemu_ga(tmp_path):
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         procs.append(proc)
         for _ in range(100):
+            # The socket file appears at bind(2), before listen(2): until
+            # then a connect is refused. Ready is when one is accepted.
             if sock.exists():
-                return str(sock)
+                probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    probe.connect(str(sock))
+                    return str(sock)
+                except OSError:
+                    pass
+                finally:
+                    probe.close()
             time.sleep(0.05)
         raise AssertionError(f"qemu-ga did not listen: {proc.stderr.read() if proc.poll() is not None else ''}")
     procs: list[subprocess.Popen] = []
