@@ -34,7 +34,8 @@ EXIT_STATUS: tuple[tuple[int, str, str], ...] = (
      "Also: every other input is still analysed, reported or archived."),
     (EXIT_USAGE, "guest",
      "Also: no agent channel, the agent not connected or timing out, guest-exec blocked, a "
-     "command failing in the guest, a domain not running, a read-only connection."),
+     "command failing in the guest, a domain not running, a read-only connection, an answer "
+     "empty or cut short, a hostdev the host tree lacks, no domain XML to look in."),
     (EXIT_USAGE, "fix",
      "Also: a domain that changed since the analysis, or a refused --apply (nothing is "
      "applied then)."),
