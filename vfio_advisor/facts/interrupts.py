@@ -228,14 +228,17 @@ def _count_misfit(row: str, cpus: int | None, line: IrqLine) -> str | None:
     column too many, leaves the row's CPUs, chip and actions in doubt."""
     if cpus is None or line.irq in SINGLE_COUNT:
         return None
-    tokens = row.partition(":")[2].split()
     taken = len(line.counts)
     if taken == cpus:
-        if taken < len(tokens) and _is_count(tokens[taken]):
-            # A chip name is never a bare number (show_interrupts prints
-            # chip->name, "-" or "None" first after the counts).
+        # What follows the counts starts the chip of a numbered row, the
+        # description of an arch row. A chip name is never a bare number
+        # (show_interrupts prints chip->name, "-" or "None" there).
+        # Read from the parsed row: no second split of every row.
+        after = line.chip if line.number is not None else (line.handlers or ("",))[0]
+        if after and _is_count(after.split(None, 1)[0]):
             return f"more count columns than the header's {cpus} CPUs"
         return None
+    tokens = row.partition(":")[2].split()
     if taken >= len(tokens):
         return None  # cut inside the counts: line.truncated says so
     bad, after = tokens[taken], tokens[taken + 1:cpus]
