@@ -175,9 +175,11 @@ def load_domains(args, root: str, *, inactive: bool = False, conn=None):
                 inactive=inactive, conn=conn)
 
 
-def worst_status(findings, errors) -> int:
-    """EXIT_STATUS for a run that reported `findings` and could not analyse `errors`."""
-    if errors:
+def worst_status(findings, errors, unread: bool = False) -> int:
+    """EXIT_STATUS for a run that reported `findings` and could not analyse
+    `errors`; `unread`: a damaged /proc/interrupts cost a device its interrupt
+    checks (DomainFacts.interrupts_unread), so no finding is no all-clear."""
+    if errors or unread:
         return EXIT_USAGE
     worst = max((f.severity for f in findings), default=None)
     return EXIT_FINDINGS if worst is not None and worst >= Severity.WARNING else EXIT_OK
@@ -222,9 +224,11 @@ def cmd_advise(args) -> int:
         sink = _report_sink(args.format, args.host_root, engine.host(args.sample, progress), errors)
         fixes = None
         reported = []
+        unread = False
         for source in domains:
             domain = source.domain
             facts, findings = engine.analyse(domain)
+            unread = unread or bool(facts.interrupts_unread())
             for line in config.policy.unknown_in_metadata(domain):
                 print(f"vfio-advisor: warning: {line}", file=sys.stderr)
             planned = {}
@@ -244,7 +248,7 @@ def cmd_advise(args) -> int:
     finally:
         if tmp is not None:
             tmp.cleanup()
-    return worst_status(reported, errors)
+    return worst_status(reported, errors, unread)
 
 
 def _has_domain_xml_fix(finding) -> bool:

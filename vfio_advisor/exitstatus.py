@@ -32,6 +32,11 @@ EXIT_STATUS: tuple[tuple[int, str, str], ...] = (
      "PCI device of the host, a damaged snapshot, a failed libvirt connection."),
     (EXIT_USAGE, "advise, device, snapshot",
      "Also: every other input is still analysed, reported or archived."),
+    (EXIT_USAGE, "advise",
+     "Also: a damaged /proc/interrupts (no rows, or rows not read whole that may be an assigned "
+     "device's) cost a device its interrupt checks; an info finding names them and every "
+     "finding is still reported. One that cannot be read at all (permissions, "
+     "ProcSubset=pid) gives that info finding alone and does not change the status."),
     (EXIT_USAGE, "guest",
      "Also: no agent channel, the agent not connected or timing out, guest-exec blocked, a "
      "command failing in the guest, a domain not running, a read-only connection, an answer "

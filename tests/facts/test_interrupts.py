@@ -14,6 +14,7 @@ from vfio_advisor.facts.interrupts import (
     parse_interrupt_row,
     parse_interrupts,
     parse_vfio_handler,
+    sample_table,
 )
 
 CORPUS = Path(__file__).resolve().parent.parent / "data" / "corpus" / "proc-interrupts"
@@ -261,7 +262,12 @@ def test_rows_with_fewer_counts_than_cpus_are_truncated():
     assert rows["8"].truncated and rows["8"].counts == (0, 0) and rows["8"].chip is None
     assert rows["NMI"].truncated
     assert not rows["ERR"].truncated
-    assert result.skipped == ()
+    # Cut rows stay in `lines` and are counted among the rows not read whole,
+    # as the daemon's sample_table counts them.
+    assert [(s.irq, s.reason, s.cut) for s in result.skipped] == [
+        ("8", "row cut short", True), ("NMI", "row cut short", True)]
+    assert [str(s) for s in result.skipped] == ["line 3: IRQ 8: row cut short",
+                                                "line 4: IRQ NMI: row cut short"]
 
 
 def test_row_cut_inside_counts_keeps_the_counts():
@@ -291,7 +297,7 @@ def test_garbage_lines_are_skipped_never_raised(garbage):
     result = parse_interrupts(text)
     assert result.cpus == 2
     assert len(result.skipped) == 1
-    assert result.skipped[0].startswith("line 2: not an interrupt row")
+    assert str(result.skipped[0]).startswith("line 2: not an interrupt row")
     assert [line.irq for line in result.lines] == ["1"]
 
 
@@ -391,7 +397,8 @@ def test_unicode_digit_does_not_raise():
 
 def test_overlong_count_does_not_raise():
     result = parse_interrupts("  0: " + "9" * 5000 + " IO-APIC   2-edge      timer\n")
-    assert len(result.lines) + len(result.skipped) == 1
+    assert len(result.lines) + sum(1 for s in result.skipped if not s.cut) == 1
+    assert len(result.skipped) == 1  # and never taken as read whole
 
 
 def test_arm_gic_row_not_truncated():
@@ -403,3 +410,60 @@ def test_arm_gic_row_not_truncated():
     for line in parse_interrupts(text).lines:
         assert line.chip == "GICv2"
         assert not line.truncated, line
+
+
+# --- rows that cannot be read whole --------------------------------------------
+
+def test_a_garbled_count_is_skipped_with_its_label_and_text():
+    text = textwrap.dedent("""\
+                   CPU0       CPU1       CPU2
+         16:         29          0          9  IR-IO-APIC  16-fasteoi   ehci_hcd:usb5
+         28:    44x8207          0          0  IR-IO-APIC   4-fasteoi   vfio-intx(0000:05:00.1)
+         30:          1          2        3x3  IR-PCI-MSI-edge      xhci_hcd
+        """)
+    result = parse_interrupts(text)
+    assert [line.irq for line in result.lines] == ["16"]
+    assert [str(s) for s in result.skipped] == [
+        "line 3: IRQ 28: count column 1 is '44x8207', not a number",
+        "line 4: IRQ 30: count column 3 is '3x3', not a number"]
+    assert result.skipped[0].names("0000:05:00.1") and not result.skipped[0].cut
+    assert result.vfio_lines("0000:05:00.1") == ()
+
+
+def test_more_count_columns_than_the_header_is_skipped():
+    text = textwrap.dedent("""\
+                   CPU0       CPU1
+         28:     448207          0          0  IR-IO-APIC   4-fasteoi   vfio-intx(0000:05:00.1)
+        NMI:          1          2          3   Non-maskable interrupts
+        ERR:          0
+        """)
+    result = parse_interrupts(text)
+    assert result.lines == (parse_interrupt_row("ERR:          0", 2),)
+    assert [(s.irq, s.reason) for s in result.skipped] == [
+        ("28", "more count columns than the header's 2 CPUs"),
+        ("NMI", "more count columns than the header's 2 CPUs")]
+
+
+def test_text_ending_inside_a_row_marks_it_cut():
+    # show_interrupts ends every row with "\n": text without one was cut.
+    whole = "           CPU0\n  28:     448207  IR-IO-APIC   4-fasteoi   vfio-intx(0000:05:00.1)\n"
+    assert parse_interrupts(whole).skipped == ()
+    cut = whole[:-len("0000:05:00.1)\n")]
+    result = parse_interrupts(cut)
+    (row,) = result.skipped
+    assert (row.irq, row.reason, row.cut, row.anonymous) == ("28", "row cut short", True, False)
+    assert result.by_irq()["28"].truncated
+    (row,) = parse_interrupts(whole[:40]).skipped
+    assert row.anonymous  # cut before its actions: it may be anyone's
+
+
+def test_sample_table_counts_the_rows_parse_interrupts_counts():
+    text = textwrap.dedent("""\
+                   CPU0       CPU1
+         16:         29          0  IR-IO-APIC  16-fasteoi   ehci_hcd:usb5
+         28:    44x8207          0  IR-IO-APIC   4-fasteoi   vfio-intx(0000:05:00.1)
+         45:          1          2          3  IR-PCI-MSI-edge      vfio-msi[0](0000:05:00.0)
+        """)
+    table, skipped = sample_table(text, frozenset({"16"}))
+    assert skipped == len(parse_interrupts(text).skipped) == 2
+    assert [s.irq for s in table.skipped] == ["28", "45"]

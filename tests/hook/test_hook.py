@@ -243,3 +243,25 @@ def test_config_disabled_rules_and_domain_ignores_apply_to_the_hook(installed, t
     assert not run.by_rule("VA1001") and not run.by_rule("VA1002")
     (summary,) = run.by_rule("VA9002")
     assert summary["VFIO_ADVISOR_FINDINGS"] == "0"
+
+
+@pytest.mark.parametrize("damage", ["empty", "garbled"])
+def test_damaged_proc_interrupts_is_logged_never_fatal(installed, tmp_path, damage):
+    """An emptied /proc/interrupts, or a count of win11's vfio-intx row
+    garbled: the start goes on (rc 0), VA8002 says what was skipped, and
+    no VA1001 is built on a row that was not read."""
+    import shutil  # noqa: PLC0415
+
+    _, _, config = installed
+    host = tmp_path / "host"
+    shutil.copytree(DEMO / "root", host, symlinks=True)
+    text = (host / "proc/interrupts").read_text()
+    (host / "proc/interrupts").write_text("" if damage == "empty" else text.replace(" 448207 ", " 44x8207 ", 1))
+    config.write_text(f'[hook]\nhost_root = "{host}"\n')
+    run = call(installed, tmp_path, "win11", stdin=libvirt_xml("win11"))
+    assert run.rc == 0
+    assert run.by_rule("VA1001") == [] and run.by_rule("VA9001") == []
+    (note,) = run.by_rule("VA8002")
+    expected = ("proc/interrupts: empty: no rows" if damage == "empty" else
+                "IRQ 28: count column 1 is '44x8207', not a number")
+    assert expected in note["MESSAGE"]

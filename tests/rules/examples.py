@@ -333,6 +333,48 @@ def config_255_bytes(tmp: Path) -> DomainFacts:
                    domain_xml("win11", gpu_audio_hostdevs(), os="windows"))
 
 
+def _audio_intx_with_rows(edit: Callable[[str], str]) -> Host:
+    """gpu-audio-intx-windows's host (VA1001 fires there) with its
+    /proc/interrupts text edited."""
+    host = _audio_on_shared_intx_host()
+    return Host(devices=host.devices, interrupts=edit(host.interrupts))
+
+
+def _garble_row(irq: str, old: str, new: str) -> Callable[[str], str]:
+    """Replace `old` by `new` in the row labelled `irq` alone."""
+    def edit(text: str) -> str:
+        rows = text.splitlines(keepends=True)
+        (at,) = [i for i, r in enumerate(rows) if r.partition(":")[0].strip() == irq]
+        assert old in rows[at], rows[at]
+        rows[at] = rows[at].replace(old, new, 1)
+        return "".join(rows)
+    return edit
+
+
+@example("intx-row-garbled")
+def intx_row_garbled(tmp: Path) -> DomainFacts:
+    """gpu-audio-intx-windows with one count of the audio's vfio-intx row
+    (IRQ 16) garbled: its mode and its line's sharers are unknown."""
+    return analyse(tmp, _audio_intx_with_rows(_garble_row("16", " 301514 ", " 30x514 ")),
+                   domain_xml("win11", gpu_audio_hostdevs(), os="windows"))
+
+
+@example("other-row-garbled")
+def other_row_garbled(tmp: Path) -> DomainFacts:
+    """gpu-audio-intx-windows with a count of another device's row (IRQ 8,
+    rtc0) garbled: the audio's own rows were read whole."""
+    return analyse(tmp, _audio_intx_with_rows(_garble_row("8", "          1 ", "         1x ")),
+                   domain_xml("win11", gpu_audio_hostdevs(), os="windows"))
+
+
+@example("proc-interrupts-empty")
+def proc_interrupts_empty(tmp: Path) -> DomainFacts:
+    """gpu-audio-intx-windows with an empty /proc/interrupts (as a copy
+    emptied by `: > file` leaves it): no table at all."""
+    return analyse(tmp, _audio_intx_with_rows(lambda text: ""),
+                   domain_xml("win11", gpu_audio_hostdevs(), os="windows"))
+
+
 def _loop_before_msi(config: bytes) -> bytes:
     """The Navi 23 audio's list is 0x48 vendor -> 0x50 PM -> 0x64 PCIe ->
     0xa0 MSI; PCIe's next pointer (0x65) turned back to 0x50 hides the MSI."""

@@ -24,21 +24,42 @@ def read_interrupts(host: HostRoot) -> Interrupts:
     return parse_interrupts(host.read_text("proc/interrupts", INTERRUPTS_LIMIT))
 
 
+def no_rows(table: Interrupts) -> str | None:
+    """Why a table read from /proc/interrupts is no table at all, or None.
+    The kernel prints the CPU header, a row per IRQ with a handler, and then
+    the architecture's own rows (kernel/irq/proc.c show_interrupts calls
+    arch_show_interrupts: x86's NMI, LOC, ..., ERR, arm64's IPIn): a host
+    with no row at all had the file emptied or replaced."""
+    if table.lines:
+        return None
+    if table.skipped:
+        return f"no interrupt rows: {len(table.skipped)} lines not understood ({table.skipped[0]})"
+    return "empty: no rows"
+
+
 def gather_host(host: HostRoot, sample_seconds: float | None = None,
                 progress: Callable[[float], None] | None = None) -> HostFacts:
     kernel = read_kernel_facts(host)
     interrupts = later = None
     problem = None
+    damaged = False
     try:
         interrupts = read_interrupts(host)
     except FactUnavailable as exc:
         problem = f"{exc.path}: {exc.reason}"
+    else:
+        if (why := no_rows(interrupts)) is not None:
+            # The rules see it as an unreadable file: no table, a problem.
+            interrupts, problem, damaged = None, f"proc/interrupts: {why}", True
     if interrupts is not None and sample_seconds:
         _sleep(sample_seconds, progress)
         try:
             later = read_interrupts(host)
         except FactUnavailable as exc:
             problem = f"{exc.path}: {exc.reason} (second sample)"
+        else:
+            if (why := no_rows(later)) is not None:
+                later, problem = None, f"proc/interrupts: {why} (second sample)"
     # Both read the kernel's own state (sysfs, module parameters as loaded)
     # and reuse the command line read above, one scan of the interrupt chips
     # (ir_chips: about 0.9 ms at 20,000 rows, once instead of twice) and one
@@ -49,6 +70,7 @@ def gather_host(host: HostRoot, sample_seconds: float | None = None,
     # line nobody shows.
     chips, units = ir_chips(interrupts), read_iommu_units(host)
     return HostFacts(kernel=kernel, interrupts=interrupts, interrupts_problem=problem,
+                     interrupts_damaged=damaged,
                      later=later, sample_seconds=sample_seconds if later else None,
                      posting=posting(host, cmdline=kernel.cmdline, chips=chips, units=units),
                      iommu=iommu_state(host, cmdline=kernel.cmdline, build_default=False,

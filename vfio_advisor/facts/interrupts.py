@@ -35,6 +35,10 @@ _CHIP_HWIRQ_LEVEL = re.compile(
 # Since Linux 3.11 a chip with an irq domain but no flow name ("intel-gpio   87  rt5682s").
 _CHIP_HWIRQ = re.compile(r"^(?P<chip>\S+)\s+(?P<hwirq>(?:0x)?[0-9a-fA-F]+)(?:\s{2,}|$)")
 # Flow handler names (kernel/irq/chip.c handle_*_irq, set via irq_set_chip_and_handler_name).
+# Rows with one global count by design: x86's ERR and MIS
+# (arch/x86/kernel/irq.c arch_show_interrupts), 32-bit ARM's Err
+# (arch/arm/kernel/irq.c).
+SINGLE_COUNT = frozenset({"ERR", "MIS", "Err"})
 KNOWN_FLOWS = frozenset({"edge", "level", "fasteoi", "simple", "percpu", "percpu_devid",
                          "none", "bad", "edge-eoi", "fasteoi_ack", "untracked"})
 
@@ -73,10 +77,40 @@ class IrqLine(NamedTuple):
         return bool(self.chip and self.chip.startswith("IR-"))
 
 
+class SkippedRow(NamedTuple):
+    """A row of /proc/interrupts that could not be read whole: one the parser
+    does not understand, or one whose counts cannot be placed in the CPU
+    columns (not in `Interrupts.lines`), or one cut short (kept in `lines`,
+    marked truncated). advise's VA8002 and the daemon's VA8003 count the same
+    rows. str() is the one line of explanation reports print."""
+
+    line: int | None  # 1-based line of the text; None where the reader does not count lines
+    irq: str | None  # its label ("28", "NMI"), where one could be read
+    reason: str
+    text: str  # the row as read: whose it is, where its text says
+    cut: bool  # the text ends early, so its actions (handler names) may be missing
+
+    def __str__(self) -> str:
+        where = f"line {self.line}: " if self.line is not None else ""
+        if self.irq is None:
+            return f"{where}{self.reason}: {self.text[:60]!r}"
+        return f"{where}IRQ {self.irq}: {self.reason}"
+
+    def names(self, bdf: str) -> bool:
+        """Does the row's text name the device (its vfio handler, or a host
+        driver's action or MSI chip carrying the BDF, Linux 6.2+)?"""
+        return bdf.lower() in self.text.lower()
+
+    @property
+    def anonymous(self) -> bool:
+        """Cut before any vfio handler it held could be read: any device's."""
+        return self.cut and "vfio-" not in self.text
+
+
 class Interrupts(NamedTuple):
     cpus: int | None  # from the header; None for a headerless fragment
     lines: tuple[IrqLine, ...]
-    skipped: tuple[str, ...]  # one line of explanation per unparsable row
+    skipped: tuple[SkippedRow, ...]  # every row not read whole
 
     def by_irq(self) -> dict[str, IrqLine]:
         return {line.irq: line for line in self.lines}
@@ -138,24 +172,85 @@ def parse_interrupts(text: str) -> Interrupts:
     """Parse the text of /proc/interrupts. Never raises on odd rows."""
     cpus: int | None = None
     lines: list[IrqLine] = []
-    skipped: list[str] = []
-    for number, raw in enumerate(text.splitlines(), 1):
+    skipped: list[SkippedRow] = []
+    rows = text.splitlines()
+    # show_interrupts ends every row with a newline (kernel/irq/proc.c): text
+    # that does not was cut inside its last row (a read limit, a copy).
+    cut_at_end = bool(text) and not text.endswith(("\n", "\r"))
+    for number, raw in enumerate(rows, 1):
         row = raw.strip()
         if not row:
             continue
-        if cpus is None and not lines and row.startswith("CPU"):
+        if cpus is None and not lines and not skipped and row.startswith("CPU"):
             cpus = header_cpus(row)
             continue
-        parsed = parse_interrupt_row(row, cpus)
-        if parsed is None:
-            skipped.append(f"line {number}: not an interrupt row: {raw[:60]!r}")
-        else:
+        parsed, fault = read_interrupt_row(row, cpus, cut=cut_at_end and number == len(rows))
+        if parsed is not None:
             lines.append(parsed)
+        if fault is not None:
+            skipped.append(fault._replace(line=number))
     return Interrupts(cpus=cpus, lines=tuple(lines), skipped=tuple(skipped))
 
 
 def parse_interrupt_row(row: str, cpus: int | None) -> IrqLine | None:
-    """One row, without its newline. None if it is not an interrupt row."""
+    """One row, without its newline. None if it is not an interrupt row, or
+    its counts do not fit the header's CPU columns."""
+    return read_interrupt_row(row, cpus)[0]
+
+
+def read_interrupt_row(row: str, cpus: int | None,
+                       cut: bool = False) -> tuple[IrqLine | None, SkippedRow | None]:
+    """(the row, why it was not read whole). A cut-short row is returned with
+    its fault (its counts and chip may still help); a row whose counts cannot
+    be placed in the CPU columns only as a fault. `cut`: the text is known to
+    end inside this row."""
+    label, sep, _ = row.partition(":")
+    label = label.strip()
+    irq = label if sep and label and " " not in label else None
+    line = _parse_row(row, cpus)
+    if line is None:
+        return None, SkippedRow(None, irq, "not an interrupt row", row, cut)
+    misfit = _count_misfit(row, cpus, line)
+    if misfit is not None:
+        return None, SkippedRow(None, line.irq, misfit, row, cut)
+    if cut and not line.truncated:
+        line = line._replace(truncated=True)
+    if line.truncated:
+        return line, SkippedRow(None, line.irq, "row cut short", row, True)
+    return line, None
+
+
+def _count_misfit(row: str, cpus: int | None, line: IrqLine) -> str | None:
+    """Why the row's counts do not fill the header's CPU columns although its
+    text goes on past them; None if they do (or no header says how many).
+    show_interrupts prints one "%10u " per online CPU in the header and in
+    every row (kernel/irq/proc.c), so a count that is not a number, or one
+    column too many, leaves the row's CPUs, chip and actions in doubt."""
+    if cpus is None or line.irq in SINGLE_COUNT:
+        return None
+    taken = len(line.counts)
+    if taken == cpus:
+        # What follows the counts starts the chip of a numbered row, the
+        # description of an arch row. A chip name is never a bare number
+        # (show_interrupts prints chip->name, "-" or "None" there).
+        # Read from the parsed row: no second split of every row.
+        after = line.chip if line.number is not None else (line.handlers or ("",))[0]
+        if after and _is_count(after.split(None, 1)[0]):
+            return f"more count columns than the header's {cpus} CPUs"
+        return None
+    tokens = row.partition(":")[2].split()
+    if taken >= len(tokens):
+        return None  # cut inside the counts: line.truncated says so
+    bad, after = tokens[taken], tokens[taken + 1:cpus]
+    # A chip name starts with a letter ("IR-IO-APIC", "GICv2", "-", "None");
+    # a token led by a digit, or one followed by further counts up to the
+    # last CPU column, stands where a count belongs.
+    if bad[:1].isdigit() or (after and all(map(_is_count, after))):
+        return f"count column {taken + 1} is {bad[:20]!r}, not a number"
+    return None
+
+
+def _parse_row(row: str, cpus: int | None) -> IrqLine | None:
     irq, sep, rest = row.partition(":")
     irq = irq.strip()
     if not sep or not irq or " " in irq:
@@ -171,8 +266,7 @@ def parse_interrupt_row(row: str, cpus: int | None) -> IrqLine | None:
     # split(None, i) keeps its original spacing.
     parts = rest.split(None, i)
     desc = parts[i].strip() if len(parts) > i else ""
-    # ERR and MIS print one global count by design (arch/x86/kernel/irq.c).
-    truncated = cpus is not None and len(counts) < cpus and irq not in ("ERR", "MIS")
+    truncated = cpus is not None and len(counts) < cpus and irq not in SINGLE_COUNT
     chip = hwirq = flow = None
     handlers: tuple[str, ...] = ()
     if _is_count(irq):
@@ -241,17 +335,18 @@ def sample_table(data: bytes | str, wanted: frozenset[str]) -> tuple[Interrupts,
                 starts.add(start)
             start = end + 1
     lines: dict[str, IrqLine] = {}
-    skipped: list[str] = []
+    skipped: list[SkippedRow] = []
+    cut_at_end = not data.endswith((b"\n", b"\r"))
     for start in sorted(starts):
         if start == 0 and cpus is not None:
             continue  # the header itself (a BDF cannot be in it, but be safe)
         end = data.find(b"\n", start)
         text = data[start:None if end == -1 else end].decode("utf-8", "replace").strip()
-        row = parse_interrupt_row(text, cpus)
-        if row is None or row.truncated:
-            skipped.append(f"not an interrupt row: {text[:60]!r}" if row is None
-                           else f"IRQ {row.irq}: row cut short")
-            if row is None:
-                continue
-        lines[row.irq] = row
+        # The same reading of a row as parse_interrupts', so the daemon's
+        # VA8003 and advise's VA8002 count the same rows.
+        row, fault = read_interrupt_row(text, cpus, cut=cut_at_end and end == -1)
+        if fault is not None:
+            skipped.append(fault)
+        if row is not None:
+            lines[row.irq] = row
     return Interrupts(cpus=cpus, lines=tuple(lines.values()), skipped=tuple(skipped)), len(skipped)

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from vfio_advisor.facts.domain import Domain, Hostdev
 from vfio_advisor.facts.guest_intx import GuestIntxMap
-from vfio_advisor.facts.interrupts import Interrupts, IrqLine
+from vfio_advisor.facts.interrupts import Interrupts, IrqLine, SkippedRow
 from vfio_advisor.facts.iommu import VfioFacts
 from vfio_advisor.facts.kernel import KernelFacts
 from vfio_advisor.facts.pci import IntxMasking, PciDevice
@@ -59,6 +59,10 @@ class HostFacts(NamedTuple):
     # remapping's effective state. None where a caller built HostFacts by hand.
     posting: Posting | None = None
     iommu: IommuState | None = None
+    # /proc/interrupts was read but holds no interrupt row (empty, header
+    # only, nothing the parser understands): a damaged input, not a denied
+    # read, though the rules see both alike (interrupts None, a problem).
+    interrupts_damaged: bool = False
 
     @property
     def interrupt_remapping(self) -> bool | None:
@@ -160,6 +164,19 @@ class DomainFacts(NamedTuple):
     def device(self, bdf: str) -> AssignedDevice | None:
         return next((d for d in self.devices if d.address == bdf), None)
 
+    def interrupts_unread(self) -> tuple[AssignedDevice, ...]:
+        """The devices whose interrupt mode and line sharing could not be
+        judged because /proc/interrupts was damaged: every device when the
+        table has no rows, else those with a row not read whole that may be
+        theirs (device_rows_unread). A denied or missing file is not damage."""
+        host = self.host
+        if host.interrupts_damaged:
+            return self.devices
+        table = host.interrupts
+        if table is None or not table.skipped:
+            return ()
+        return tuple(d for d in self.devices if device_rows_unread(d.address, d.device, table))
+
 
 def _sriov_vf(dev: AssignedDevice) -> bool:
     return dev.device is not None and dev.device.sriov_vf
@@ -175,8 +192,10 @@ def device_interrupts(bdf: str, device: PciDevice | None, table: Interrupts | No
     """The device's vfio vectors in `table` (the full /proc/interrupts, or
     the rows the daemon's sampler read), and its INTx line's other handlers.
     `later`: a second read, for the INTx line's increase (advise --sample)."""
-    if table is None:
+    if table is None or (table.skipped and device_rows_unread(bdf, device, table)):
         return UNKNOWN_INTERRUPTS
+    if later is not None and later.skipped and device_rows_unread(bdf, device, later):
+        later = None  # no increase from a second read that lost the device's rows
     vfio = table.vfio_lines(bdf)
     modes = {v.mode for _, v in vfio}
     irqs = tuple(sorted({line.number for line, _ in vfio if line.number is not None}))
@@ -213,6 +232,32 @@ def device_interrupts(bdf: str, device: PciDevice | None, table: Interrupts | No
                           intx_irq=intx_line.number if intx_line else None,
                           shared_with=shared, intx_count=count, intx_delta=delta,
                           vector_counts=counts)
+
+
+def device_rows_unread(bdf: str, device: PciDevice | None,
+                       table: Interrupts) -> tuple[SkippedRow, ...]:
+    """The rows of `table` not read whole that may be the device's, so that
+    its mode and its line's other handlers are unknown:
+    - a row whose text names it (its vfio handler, or a host driver's action
+      or MSI chip carrying its BDF);
+    - a row on one of its own IRQs: sysfs `irq` (its INTx line, whose other
+      handlers VA2001-VA2005 read) or a vector in msi_irqs/;
+    - while none of its vfio rows was read whole, a row cut before any vfio
+      handler it held could be read, which may be the one that would show
+      it on INTx or MSI.
+    A device whose vfio rows were all read whole keeps its verdict: vfio-pci
+    enables one interrupt type at a time (drivers/vfio/pci/vfio_pci_intrs.c,
+    Linux 6.1: vfio_intx_enable and vfio_msi_enable return -EINVAL unless
+    is_irq_none), so another row cannot change it, and its INTx row lists
+    the line's sharers.
+    """
+    own = set()
+    if device is not None:
+        own.update(str(i) for i in (device.irq, *(device.msi_irqs or ())) if i)
+    rows = tuple(r for r in table.skipped if r.names(bdf) or (r.irq is not None and r.irq in own))
+    if rows or table.vfio_lines(bdf):
+        return rows
+    return tuple(r for r in table.skipped if r.anonymous)
 
 
 # Host drivers whose IRQ handler is named after something other than the

@@ -62,13 +62,51 @@ def check_facts_incomplete(facts: DomainFacts) -> Iterator[Finding]:
                 f"were skipped: {skipped}.",
                 _incomplete_remedy(dev.device),
                 {"unreadable": skipped})
-    if facts.devices and facts.host.interrupts_problem:
+    host = facts.host
+    if facts.devices and host.interrupts_problem:
         yield device_finding(
             "VA8002", facts, None,
-            f"Host interrupts could not be read ({facts.host.interrupts_problem}); interrupt "
+            f"Host interrupts could not be read ({host.interrupts_problem}); interrupt "
             "mode and line sharing were not checked.",
+            _DAMAGED_REMEDY if host.interrupts_damaged else
             "Run where /proc/interrupts is readable (not under ProcSubset=pid).",
-            {"proc/interrupts": facts.host.interrupts_problem})
+            {"proc/interrupts": host.interrupts_problem})
+    elif facts.devices and host.interrupts is not None and host.interrupts.skipped:
+        yield _rows_unread(facts, host.interrupts.skipped)
+
+
+# Why rows come out damaged, for the remedy: the header and each row list
+# the CPUs online when each is printed (kernel/irq/proc.c show_interrupts),
+# and a long file is read in several chunks, so a CPU going on- or offline
+# during the read changes the count columns part-way; a recorded file may
+# also have been cut or edited.
+_DAMAGED_REMEDY = (
+    "If /proc/interrupts comes from a recorded host tree or snapshot, record it again "
+    "(vfio-advisor snapshot); a live host's is never empty. If a live host's keeps failing, "
+    "report it with a snapshot.")
+_ROWS_REMEDY = (
+    "Run again: on a live host a CPU brought online or offline while /proc/interrupts is read "
+    "changes the number of count columns part-way. " + _DAMAGED_REMEDY)
+
+
+def _rows_unread(facts: DomainFacts, skipped) -> Finding:
+    """VA8002 for rows of /proc/interrupts not read whole: the rows the
+    daemon's VA8003 counts (facts.interrupts.SkippedRow), and whose checks
+    they cost. A device with a row among them is judged as with no table at
+    all (model.device_interrupts); the others keep their verdicts."""
+    shown = "; ".join(str(r) for r in skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
+    rows = f"{len(skipped)} /proc/interrupts row{'s' if len(skipped) != 1 else ''}"
+    unread = facts.interrupts_unread()
+    if unread:
+        names = ", ".join(d.address for d in unread)
+        told = (f"interrupt mode and line sharing of {names} were not checked: "
+                f"{'its rows' if len(unread) == 1 else 'their rows'} may be among them")
+    else:
+        told = "the rows of this domain's devices were read whole, and their checks stand"
+    return device_finding(
+        "VA8002", facts, None,
+        f"{rows} could not be read whole ({shown}); {told}.",
+        _ROWS_REMEDY, {"proc/interrupts": shown})
 
 
 def rows_skipped(reported: bool, sample: HostSample, elapsed, config) -> tuple[bool, list[Finding]]:
@@ -93,11 +131,15 @@ RULES: tuple[Rule, ...] = register(
          "Some host facts could not be read: the checks that need them were skipped",
          "The tool could not read part of what it needs, most often because it ran "
          "without root: an unprivileged read of a PCI config space returns only its first "
-         "64 bytes, without the MSI, MSI-X and PCIe capabilities.",
+         "64 bytes, without the MSI, MSI-X and PCIe capabilities. It also says so when "
+         "/proc/interrupts has no rows, or rows it could not read whole (a count that is "
+         "not a number, more count columns than CPUs, a row cut short): a device whose rows "
+         "may be among them is neither called idle nor free of INTx, and advise exits 2.",
          "Run as root.",
          _id("d92502904c274f179326771266394df5"), check_facts_incomplete,
          fires_on=("config-64-bytes", "config-truncated-40-bytes", "config-255-bytes",
-                   "capability-list-loops"),
+                   "capability-list-loops", "intx-row-garbled", "other-row-garbled",
+                   "proc-interrupts-empty"),
          silent_on=("hostdev-missing", "gpu-audio-msi")),
     Rule("VA8003", "interrupt-rows-skipped", Severity.INFO,
          "Some /proc/interrupts rows could not be read",
