@@ -375,18 +375,26 @@ def cmd_snapshot(args) -> int:
         domains, errors = load_domains(args, root)
         for src, msg in errors:
             print(f"vfio-advisor: skipped {src}: {msg}", file=sys.stderr)
+        archived: list[tuple[str, str]] = []
+        for source in domains:
+            if (source.domain.name, source.xml) in archived:
+                # write_snapshot keeps one copy (domain_members says why).
+                print(f"vfio-advisor: {source.label.removeprefix('file:')}: domain "
+                      f"{source.domain.name!r} given again with the same XML; archived once",
+                      file=sys.stderr)
+                continue
+            archived.append((source.domain.name, source.xml))
         engine = Engine(root, record=True)
         for source in domains:
             engine.gather(source.domain)  # reading records what the archive must hold
         try:
-            count = write_snapshot(args.output, engine.root,
-                                   [(d.domain.name, d.xml) for d in domains])
+            count = write_snapshot(args.output, engine.root, archived)
         except OSError as exc:
             raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
     finally:
         if tmp is not None:
             tmp.cleanup()
-    print(f"wrote {args.output}: {count} entries, {len(domains)} domain(s)")
+    print(f"wrote {args.output}: {count} entries, {len(archived)} domain(s)")
     return EXIT_USAGE if errors else EXIT_OK
 
 

@@ -60,6 +60,30 @@ def _canonical(root: Path, rel: str) -> list[str]:
     return out
 
 
+def domain_members(domains: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(member name, XML) for each domain: domains/<safe name>.xml, the name
+    folded to characters any file system keeps. The replay refuses an archive
+    with two members of one name, and the folding maps distinct names to one
+    ("win 11" and "win_11"): a later one gets -2, -3, ... A domain given twice
+    with the same XML (the same --xml twice) is archived once: the replay
+    would otherwise report it twice and count its findings twice."""
+    out: list[tuple[str, str]] = []
+    used: set[str] = set()
+    seen: set[tuple[str, str]] = set()
+    for name, xml in domains:
+        if (name, xml) in seen:
+            continue
+        seen.add((name, xml))
+        safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in name) or "domain"
+        member, n = f"domains/{safe}.xml", 1
+        while member in used:
+            n += 1
+            member = f"domains/{safe}-{n}.xml"
+        used.add(member)
+        out.append((member, xml))
+    return out
+
+
 def write_snapshot(out_path: str, host: HostRoot, domains: list[tuple[str, str]]) -> int:
     """Write the archive. `host` must have recorded its reads. Returns member count."""
     if host.recorded is None:
@@ -104,9 +128,8 @@ def write_snapshot(out_path: str, host: HostRoot, domains: list[tuple[str, str]]
             else:
                 continue
             count += 1
-        for name, xml in domains:
-            safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in name) or "domain"
-            _add_bytes(tar, f"domains/{safe}.xml", xml.encode("utf-8"), 0o600)
+        for member, xml in domain_members(domains):
+            _add_bytes(tar, member, xml.encode("utf-8"), 0o600)
             count += 1
         _add_bytes(tar, SNAPSHOT_NOTE, (
             f"vfio-advisor {__version__} snapshot\n"
