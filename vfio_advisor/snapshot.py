@@ -60,6 +60,22 @@ def _canonical(root: Path, rel: str) -> list[str]:
     return out
 
 
+def _read_whole(path: Path, limit: int = 64 << 20) -> bytes:
+    """A file's bytes, up to `limit`, in reads of 1 MiB: procfs sysctl
+    files (proc/sys/kernel/osrelease) refuse one read(2) of more than
+    KMALLOC_MAX_SIZE with ENOMEM (fs/proc/proc_sysctl.c, proc_sys_call_handler),
+    and one f.read(64 MiB) is one such read(2)."""
+    chunks, size = [], 0
+    with open(path, "rb", buffering=0) as f:
+        while size < limit:
+            chunk = f.read(min(1 << 20, limit - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    return b"".join(chunks)
+
+
 def domain_members(domains: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """(member name, XML) for each domain: domains/<safe name>.xml, the name
     folded to characters any file system keeps. The replay refuses an archive
@@ -120,8 +136,7 @@ def write_snapshot(out_path: str, host: HostRoot, domains: list[tuple[str, str]]
             elif path.is_file():
                 try:
                     # sysfs reports 4096 for every attribute; read the real bytes.
-                    with open(path, "rb") as f:
-                        data = f.read(64 << 20)
+                    data = _read_whole(path)
                 except OSError:
                     continue
                 _add_bytes(tar, rel, data)
