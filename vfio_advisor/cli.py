@@ -388,14 +388,18 @@ def cmd_snapshot(args) -> int:
         for source in domains:
             engine.gather(source.domain)  # reading records what the archive must hold
         try:
-            count = write_snapshot(args.output, engine.root, archived)
+            count, unreadable = write_snapshot(args.output, engine.root, archived)
         except OSError as exc:
             raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
     finally:
         if tmp is not None:
             tmp.cleanup()
+    for rel, why in unreadable:
+        print(f"vfio-advisor: not archived {rel}: {why}", file=sys.stderr)
     print(f"wrote {args.output}: {count} entries, {len(archived)} domain(s)")
-    return EXIT_USAGE if errors else EXIT_OK
+    # A file the tool read but the archive lacks is an input that could not
+    # be read: the replay would take it for absent on the host.
+    return EXIT_USAGE if errors or unreadable else EXIT_OK
 
 
 def cmd_daemon(args) -> int:

@@ -100,13 +100,17 @@ def domain_members(domains: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return out
 
 
-def write_snapshot(out_path: str, host: HostRoot, domains: list[tuple[str, str]]) -> int:
-    """Write the archive. `host` must have recorded its reads. Returns member count."""
+def write_snapshot(out_path: str, host: HostRoot,
+                   domains: list[tuple[str, str]]) -> tuple[int, list[tuple[str, str]]]:
+    """Write the archive. `host` must have recorded its reads. Returns the
+    member count and (path, reason) for each file that was read but could
+    not be archived (a 0600 file for a user who is not root)."""
     if host.recorded is None:
         raise RuntimeError("programming error: snapshot needs a recording HostRoot")
     root = Path(host.root)
     kernel = tree_kernel(host)  # read first: the archive keeps the file it came from
     count = 0
+    unreadable: list[tuple[str, str]] = []
     entries: set[str] = set()
     for rel in host.recorded:
         entries.update(_canonical(root, rel))
@@ -137,7 +141,10 @@ def write_snapshot(out_path: str, host: HostRoot, domains: list[tuple[str, str]]
                 try:
                     # sysfs reports 4096 for every attribute; read the real bytes.
                     data = _read_whole(path)
-                except OSError:
+                except OSError as exc:
+                    # The replay would call it missing, not unreadable: the
+                    # caller says so, and SNAPSHOT.txt keeps the reason.
+                    unreadable.append((rel, exc.strerror or str(exc)))
                     continue
                 _add_bytes(tar, rel, data)
             else:
@@ -152,5 +159,6 @@ def write_snapshot(out_path: str, host: HostRoot, domains: list[tuple[str, str]]
             f"host root: {root}\n"
             f"kernel: {kernel}\n"
             f"as root: {os.geteuid() == 0}\n"
-            "replay: vfio-advisor advise --host-root THIS.tar.gz\n").encode())
-    return count
+            + "".join(f"not archived: {rel}: {why}\n" for rel, why in unreadable)
+            + "replay: vfio-advisor advise --host-root THIS.tar.gz\n").encode())
+    return count, unreadable
