@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 from typing import Callable, Sequence
@@ -18,7 +19,7 @@ from vfio_advisor.errors import AdvisorError, ConnectionFailed, UsageError
 from vfio_advisor.findings import Severity
 
 from vfio_advisor.exitstatus import (
-    EXIT_FINDINGS, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, exit_status_help,
+    EXIT_BROKEN_PIPE, EXIT_FINDINGS, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, exit_status_help,
 )
 
 
@@ -153,14 +154,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.modules.setdefault("lzma", None)
     args = build_parser(with_fix=words[:1] != ["daemon"]).parse_args(words)
     try:
-        return COMMANDS[args.command](args) if args.command in COMMANDS else args.run(args)
+        status = COMMANDS[args.command](args) if args.command in COMMANDS else args.run(args)
+        # Here, not at exit: a reader gone before the last buffer is written
+        # must reach the handler below, not "Exception ignored" and 120.
+        sys.stdout.flush()
+        return status
     except AdvisorError as exc:  # UsageError, DomainXMLError, ConnectionFailed, ...
         print(f"vfio-advisor: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
-        return EXIT_OK
+        # The reader of the output left (`| head`, `| true`). What was cut
+        # off may be the findings, so 0 ("no findings", "every fix
+        # verified") would be false; 141 is what the shell reports for a
+        # program SIGPIPE killed. The rest of the buffer goes to /dev/null,
+        # so the flush at exit does not raise again (Python's signal docs,
+        # "Note on SIGPIPE").
+        _stdout_to_devnull()
+        return EXIT_BROKEN_PIPE
+
+
+def _stdout_to_devnull() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # a stdout without a descriptor (in-process tests)
+        pass
 
 
 def load_domains(args, root: str, *, inactive: bool = False, conn=None):

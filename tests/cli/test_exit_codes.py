@@ -170,3 +170,21 @@ def test_no_commands_help_speaks_of_another_command():
         for other in named:
             if other != name:
                 assert not re.search(rf"(?<![\w-]){re.escape(other)}(?![\w-])", section), (name, other, section)
+
+
+@pytest.mark.parametrize("command", [["fix"], ["advise"]])
+def test_output_closed_by_its_reader_is_not_success(command):
+    """`vfio-advisor fix ... | true`: the findings were never read, so 0
+    ("every fix verified", "no findings") would be false; 141 is the
+    shell's status for a writer SIGPIPE ended, with no traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before the first write
+    try:
+        out = subprocess.run([sys.executable, "-m", "vfio_advisor", *command, "--connect", NODE,
+                              "--host-root", str(HOST), "--config", "/dev/null"],
+                             stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
+                             cwd=REPO, env=dict(os.environ, NO_COLOR="1"))
+    finally:
+        os.close(write_end)
+    assert out.returncode == 141, out.stderr
+    assert out.stderr == ""
