@@ -222,11 +222,14 @@ def cmd_advise(args) -> int:
             raise UsageError(f"--sample needs a live host: the snapshot {args.host_root} holds "
                              "one reading of /proc/interrupts, which never changes")
         domains, errors = load_domains(args, root)
-        if not domains and errors and (args.xml or args.host_root != "/"):
-            # Every XML file given (or stored in the snapshot) was refused:
-            # that is a usage error, not advice.
-            for src, msg in errors:
-                print(f"vfio-advisor: {src}: {msg}", file=sys.stderr)
+        # An input that could not be analysed is an error line, whatever the
+        # format and wherever the domains come from; the JSON document
+        # carries them in errors[] as well, and is printed all the same: its
+        # reader gets one shape whatever was refused.
+        for src, msg in errors:
+            print(f"vfio-advisor: {src}: {msg}", file=sys.stderr)
+        if not domains and errors and args.format == "text":
+            # Nothing left to analyse: "0 domains: 0 error, ..." would read as advice.
             return EXIT_USAGE
         engine = Engine(root, config)
         # The rule comparing domains (assigned twice) compares every defined
