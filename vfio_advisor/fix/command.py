@@ -390,8 +390,14 @@ def agent_channel_fix(args, name: str) -> str:
         return (f"{by_hand} ({rule} offers it as a verified change only while the guest keeps an "
                 "assigned device on INTx)")
     if args.format == "json":
-        json.dump(to_json(fix_args, offered, {}), sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        emit(fix_args, offered, {})
-    return f"`vfio-advisor fix {name} --rule {rule} --apply` defines the change above; restart the domain"
+        # `fix --guest --format json` answers in fix-guest/1 or not at all (a
+        # failure, as this is, prints no document): a fix/1 document here
+        # would be read as the guest's plan. The line names the command
+        # whose own document holds the change.
+        return (f"`vfio-advisor fix {name} --rule {rule}` shows the verified change that adds it "
+                "and `--apply` defines it; restart the domain")
+    emit(fix_args, offered, {})
+    # The line goes to stderr: printed after the change on a terminal.
+    sys.stdout.flush()
+    return (f"`vfio-advisor fix {name} --rule {rule} --apply` defines the change printed on "
+            "standard output; restart the domain")
