@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.cli.test_exit_codes import HOST, NODE, run
 
 
@@ -32,3 +34,21 @@ def test_fix_guest_text_without_a_channel_says_where_the_change_is():
     [line] = out.stderr.splitlines()
     assert line.endswith("`vfio-advisor fix win11 --rule VA1002 --apply` defines the change printed "
                          "on standard output; restart the domain"), line
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--reboot"], "--reboot goes"),
+    (["--timeout", "10"], "--timeout goes"),  # the default's own value, given on purpose
+    (["--ids", "1002:ab28"], "--ids goes"),
+    (["--agent-socket", "/run/qga.sock"], "--agent-socket goes"),
+    (["--reboot", "--timeout", "5"], "--reboot, --timeout go"),
+])
+def test_guest_options_without_guest_are_refused(flags, named):
+    """Accepted and ignored, they exited 0 as if the guest had been
+    rebooted or waited for; refused in one line as `--reboot` without
+    --apply is."""
+    out = run("fix", "win11", *flags, "--connect", NODE, "--host-root", str(HOST))
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert out.stdout == ""
+    assert out.stderr == (f"vfio-advisor: {named} with --guest DOMAIN (the guest's own setting); "
+                          f"without it nothing uses {'them' if named.endswith(' go') else 'it'}\n")

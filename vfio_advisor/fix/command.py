@@ -74,7 +74,9 @@ def add_parser(subparsers, add_command):
     # --guest: the guest's own setting through its agent (vfio_advisor/guest).
     from vfio_advisor.guest.command import add_fix_guest_arguments  # noqa: PLC0415
     add_fix_guest_arguments(f)
-    f.set_defaults(func=run)
+    # None, not the agent's default, so that run() can tell a --timeout
+    # given without --guest from none; run_fix_guest gets the default back.
+    f.set_defaults(func=run, timeout=None)
     return f
 
 
@@ -117,8 +119,22 @@ def load_sources(args, root: str, conn=None) -> list[DomainSource]:
 def run(args, conn=None) -> int:
     """`conn`: an open libvirt connection to use instead of --connect (tests)."""
     if getattr(args, "guest", None):  # fix --guest: vfio_advisor/guest/command.py
+        from vfio_advisor.guest.agent import DEFAULT_TIMEOUT  # noqa: PLC0415
         from vfio_advisor.guest.command import run_fix_guest  # noqa: PLC0415
+        if args.timeout is None:
+            args.timeout = DEFAULT_TIMEOUT
         return run_fix_guest(args, channel_fix=agent_channel_fix)
+    # Taken by the parser for --guest; without it they would change nothing
+    # and a script would believe it rebooted or waited.
+    given = [flag for flag, value in (("--reboot", getattr(args, "reboot", False)),
+                                      ("--timeout", getattr(args, "timeout", None) is not None),
+                                      ("--ids", getattr(args, "ids", None)),
+                                      ("--agent-socket", getattr(args, "agent_socket", None)))
+             if value]
+    if given:
+        raise UsageError(f"{', '.join(given)} {'goes' if len(given) == 1 else 'go'} with "
+                         "--guest DOMAIN (the guest's own setting); without it nothing uses "
+                         f"{'it' if len(given) == 1 else 'them'}")
     rules = rules_from(args.rule)
     if args.apply and args.xml:
         raise UsageError("--apply defines domains through libvirt: give DOMAIN names, not --xml")
