@@ -331,3 +331,16 @@ def test_unit_documentation_is_the_shipped_man_page():
     assert docs and docs[0] == f"man:{m.group(1).replace(chr(92) + '-', '-').lower()}({m.group(2)})", docs
     shipped = (REPO / "debian/vfio-advisor.manpages").read_text().split()
     assert any(p.endswith(f"/vfio-advisor.{m.group(2)}") for p in shipped), shipped
+
+
+def test_uninstall_of_nothing_says_so(tmp_path):
+    """An empty root: no catalog was removed, so no index was updated, and
+    no config is there to be kept."""
+    out = cli("uninstall", "--root", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"nothing to remove: no file of vfio-advisor under {tmp_path}\n"
+    (tmp_path / "etc/vfio-advisor").mkdir(parents=True)
+    (tmp_path / "etc/vfio-advisor/config.toml").write_text("")
+    out = cli("uninstall", "--root", str(tmp_path))
+    assert out.stdout.splitlines()[-1] == (f"kept {tmp_path}/etc/vfio-advisor/config.toml "
+                                           "(remove it by hand if you want)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 from typing import Callable, Sequence
@@ -18,7 +19,7 @@ from vfio_advisor.errors import AdvisorError, ConnectionFailed, UsageError
 from vfio_advisor.findings import Severity
 
 from vfio_advisor.exitstatus import (
-    EXIT_FINDINGS, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, exit_status_help,
+    EXIT_BROKEN_PIPE, EXIT_FINDINGS, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, exit_status_help,
 )
 
 
@@ -153,14 +154,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.modules.setdefault("lzma", None)
     args = build_parser(with_fix=words[:1] != ["daemon"]).parse_args(words)
     try:
-        return COMMANDS[args.command](args) if args.command in COMMANDS else args.run(args)
+        status = COMMANDS[args.command](args) if args.command in COMMANDS else args.run(args)
+        # Here, not at exit: a reader gone before the last buffer is written
+        # must reach the handler below, not "Exception ignored" and 120.
+        sys.stdout.flush()
+        return status
     except AdvisorError as exc:  # UsageError, DomainXMLError, ConnectionFailed, ...
         print(f"vfio-advisor: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
-        return EXIT_OK
+        # The reader of the output left (`| head`, `| true`). What was cut
+        # off may be the findings, so 0 ("no findings", "every fix
+        # verified") would be false; 141 is what the shell reports for a
+        # program SIGPIPE killed. The rest of the buffer goes to /dev/null,
+        # so the flush at exit does not raise again (Python's signal docs,
+        # "Note on SIGPIPE").
+        _stdout_to_devnull()
+        return EXIT_BROKEN_PIPE
+
+
+def _stdout_to_devnull() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # a stdout without a descriptor (in-process tests)
+        pass
 
 
 def load_domains(args, root: str, *, inactive: bool = False, conn=None):
@@ -203,11 +224,14 @@ def cmd_advise(args) -> int:
             raise UsageError(f"--sample needs a live host: the snapshot {args.host_root} holds "
                              "one reading of /proc/interrupts, which never changes")
         domains, errors = load_domains(args, root)
-        if not domains and errors and (args.xml or args.host_root != "/"):
-            # Every XML file given (or stored in the snapshot) was refused:
-            # that is a usage error, not advice.
-            for src, msg in errors:
-                print(f"vfio-advisor: {src}: {msg}", file=sys.stderr)
+        # An input that could not be analysed is an error line, whatever the
+        # format and wherever the domains come from; the JSON document
+        # carries them in errors[] as well, and is printed all the same: its
+        # reader gets one shape whatever was refused.
+        for src, msg in errors:
+            print(f"vfio-advisor: {src}: {msg}", file=sys.stderr)
+        if not domains and errors and args.format == "text":
+            # Nothing left to analyse: "0 domains: 0 error, ..." would read as advice.
             return EXIT_USAGE
         engine = Engine(root, config)
         # The rule comparing domains (assigned twice) compares every defined
@@ -379,19 +403,31 @@ def cmd_snapshot(args) -> int:
         domains, errors = load_domains(args, root)
         for src, msg in errors:
             print(f"vfio-advisor: skipped {src}: {msg}", file=sys.stderr)
+        archived: list[tuple[str, str]] = []
+        for source in domains:
+            if (source.domain.name, source.xml) in archived:
+                # write_snapshot keeps one copy (domain_members says why).
+                print(f"vfio-advisor: {source.label.removeprefix('file:')}: domain "
+                      f"{source.domain.name!r} given again with the same XML; archived once",
+                      file=sys.stderr)
+                continue
+            archived.append((source.domain.name, source.xml))
         engine = Engine(root, record=True)
         for source in domains:
             engine.gather(source.domain)  # reading records what the archive must hold
         try:
-            count = write_snapshot(args.output, engine.root,
-                                   [(d.domain.name, d.xml) for d in domains])
+            count, unreadable = write_snapshot(args.output, engine.root, archived)
         except OSError as exc:
             raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
     finally:
         if tmp is not None:
             tmp.cleanup()
-    print(f"wrote {args.output}: {count} entries, {len(domains)} domain(s)")
-    return EXIT_USAGE if errors else EXIT_OK
+    for rel, why in unreadable:
+        print(f"vfio-advisor: not archived {rel}: {why}", file=sys.stderr)
+    print(f"wrote {args.output}: {count} entries, {len(archived)} domain(s)")
+    # A file the tool read but the archive lacks is an input that could not
+    # be read: the replay would take it for absent on the host.
+    return EXIT_USAGE if errors or unreadable else EXIT_OK
 
 
 def cmd_daemon(args) -> int:

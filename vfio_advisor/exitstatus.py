@@ -6,6 +6,10 @@ from __future__ import annotations
 import textwrap
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# 128 + SIGPIPE: what a shell reports for a command that SIGPIPE killed, the
+# status `yes | head` leaves in PIPESTATUS. Python ignores SIGPIPE and gets
+# EPIPE instead, so cli.main says it itself.
+EXIT_BROKEN_PIPE = 141
 
 # (status, the commands it applies to, what it means). An input that could
 # not be analysed gives EXIT_USAGE even when others could, which are still
@@ -45,6 +49,9 @@ EXIT_STATUS: tuple[tuple[int, str, str], ...] = (
      "Also: a domain that changed since the analysis, or a refused --apply (nothing is "
      "applied then)."),
     (EXIT_INTERRUPTED, "every command", "Interrupted (SIGINT, Ctrl-C)."),
+    (EXIT_BROKEN_PIPE, "every command",
+     "Standard output was closed before everything was written (its reader, such as head, "
+     "exited early): the output is incomplete, and no status is claimed for what it left out."),
 )
 
 

@@ -421,6 +421,11 @@ def uninstall(root: str = "/") -> list[str]:
     if (base / COCKPIT_DIR).exists():
         shutil.rmtree(base / COCKPIT_DIR)
         notes.append(f"removed {base / COCKPIT_DIR}")
-    notes.append(_update_catalog(base))
-    notes.append(f"kept {base / CONFIG} (remove it by hand if you want)")
+    # The index holds our entries only if our catalog file was there.
+    if f"removed {base / CATALOG}" in notes:
+        notes.append(_update_catalog(base))
+    if not notes:
+        notes.append(f"nothing to remove: no file of vfio-advisor under {base}")
+    if (base / CONFIG).exists():
+        notes.append(f"kept {base / CONFIG} (remove it by hand if you want)")
     return notes

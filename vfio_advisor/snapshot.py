@@ -60,13 +60,57 @@ def _canonical(root: Path, rel: str) -> list[str]:
     return out
 
 
-def write_snapshot(out_path: str, host: HostRoot, domains: list[tuple[str, str]]) -> int:
-    """Write the archive. `host` must have recorded its reads. Returns member count."""
+def _read_whole(path: Path, limit: int = 64 << 20) -> bytes:
+    """A file's bytes, up to `limit`, in reads of 1 MiB: procfs sysctl
+    files (proc/sys/kernel/osrelease) refuse one read(2) of more than
+    KMALLOC_MAX_SIZE with ENOMEM (fs/proc/proc_sysctl.c, proc_sys_call_handler),
+    and one f.read(64 MiB) is one such read(2)."""
+    chunks, size = [], 0
+    with open(path, "rb", buffering=0) as f:
+        while size < limit:
+            chunk = f.read(min(1 << 20, limit - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    return b"".join(chunks)
+
+
+def domain_members(domains: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(member name, XML) for each domain: domains/<safe name>.xml, the name
+    folded to characters any file system keeps. The replay refuses an archive
+    with two members of one name, and the folding maps distinct names to one
+    ("win 11" and "win_11"): a later one gets -2, -3, ... A domain given twice
+    with the same XML (the same --xml twice) is archived once: the replay
+    would otherwise report it twice and count its findings twice."""
+    out: list[tuple[str, str]] = []
+    used: set[str] = set()
+    seen: set[tuple[str, str]] = set()
+    for name, xml in domains:
+        if (name, xml) in seen:
+            continue
+        seen.add((name, xml))
+        safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in name) or "domain"
+        member, n = f"domains/{safe}.xml", 1
+        while member in used:
+            n += 1
+            member = f"domains/{safe}-{n}.xml"
+        used.add(member)
+        out.append((member, xml))
+    return out
+
+
+def write_snapshot(out_path: str, host: HostRoot,
+                   domains: list[tuple[str, str]]) -> tuple[int, list[tuple[str, str]]]:
+    """Write the archive. `host` must have recorded its reads. Returns the
+    member count and (path, reason) for each file that was read but could
+    not be archived (a 0600 file for a user who is not root)."""
     if host.recorded is None:
         raise RuntimeError("programming error: snapshot needs a recording HostRoot")
     root = Path(host.root)
     kernel = tree_kernel(host)  # read first: the archive keeps the file it came from
     count = 0
+    unreadable: list[tuple[str, str]] = []
     entries: set[str] = set()
     for rel in host.recorded:
         entries.update(_canonical(root, rel))
@@ -96,17 +140,18 @@ def write_snapshot(out_path: str, host: HostRoot, domains: list[tuple[str, str]]
             elif path.is_file():
                 try:
                     # sysfs reports 4096 for every attribute; read the real bytes.
-                    with open(path, "rb") as f:
-                        data = f.read(64 << 20)
-                except OSError:
+                    data = _read_whole(path)
+                except OSError as exc:
+                    # The replay would call it missing, not unreadable: the
+                    # caller says so, and SNAPSHOT.txt keeps the reason.
+                    unreadable.append((rel, exc.strerror or str(exc)))
                     continue
                 _add_bytes(tar, rel, data)
             else:
                 continue
             count += 1
-        for name, xml in domains:
-            safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in name) or "domain"
-            _add_bytes(tar, f"domains/{safe}.xml", xml.encode("utf-8"), 0o600)
+        for member, xml in domain_members(domains):
+            _add_bytes(tar, member, xml.encode("utf-8"), 0o600)
             count += 1
         _add_bytes(tar, SNAPSHOT_NOTE, (
             f"vfio-advisor {__version__} snapshot\n"
@@ -114,5 +159,6 @@ def write_snapshot(out_path: str, host: HostRoot, domains: list[tuple[str, str]]
             f"host root: {root}\n"
             f"kernel: {kernel}\n"
             f"as root: {os.geteuid() == 0}\n"
-            "replay: vfio-advisor advise --host-root THIS.tar.gz\n").encode())
-    return count
+            + "".join(f"not archived: {rel}: {why}\n" for rel, why in unreadable)
+            + "replay: vfio-advisor advise --host-root THIS.tar.gz\n").encode())
+    return count, unreadable

@@ -61,9 +61,13 @@ def read_domain_file(path: str, exact_text: bool = False) -> tuple[Domain, str]:
         if size > MAX_XML_BYTES:
             raise DomainXMLError(f"{size} bytes is too large for a domain XML")
         with open(path, "rb") as f:
-            data = f.read()
+            # A pipe, /dev/stdin or a device reports size 0: the bound is
+            # the read's own (one byte over tells "too large" from "just fits").
+            data = f.read(MAX_XML_BYTES + 1)
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_XML_BYTES:
+        raise DomainXMLError(f"more than {MAX_XML_BYTES} bytes is too large for a domain XML")
     domain = parse_domain_xml(data)
     if not exact_text:
         return domain, data.decode("utf-8", "replace")

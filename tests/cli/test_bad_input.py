@@ -111,3 +111,32 @@ def test_proc_interrupts_a_directory(tmp_path):
     lines = [ln for ln in out.stdout.splitlines() if "VA8002 Host interrupts" in ln]
     assert lines == ["  info    VA8002 Host interrupts could not be read (proc/interrupts: Is a directory); "
                      "interrupt mode and line sharing were not checked."]
+
+
+def _address_space_limit():
+    # /dev/zero never ends: an unbounded read stops only at MemoryError.
+    import resource  # noqa: PLC0415
+    resource.setrlimit(resource.RLIMIT_AS, (1500 << 20, 1500 << 20))
+
+
+@pytest.mark.parametrize("command", [["advise"], ["guest-irqs"], ["fix"]])
+def test_xml_from_a_device_is_bounded(command):
+    """A device or pipe reports size 0, so the size check alone passes it;
+    the read itself stops one byte past the limit."""
+    out = subprocess.run([sys.executable, "-m", "vfio_advisor", *command, "--xml", "/dev/zero",
+                          "--host-root", str(DATA.parent / "data")], capture_output=True,
+                         text=True, timeout=120, env=dict(os.environ, NO_COLOR="1"),
+                         preexec_fn=_address_space_limit)
+    assert_clean_failure(out)
+    assert "/dev/zero" in out.stderr and "too large for a domain XML" in out.stderr, out.stderr
+
+
+def test_xml_on_stdin_over_the_limit_is_refused(tmp_path):
+    from vfio_advisor.sources import MAX_XML_BYTES  # noqa: PLC0415
+
+    # Small comments, each one well formed: only the size is wrong.
+    pad = "<!-- padding -->\n" * (MAX_XML_BYTES // 17 + 1)
+    xml = f"<domain type='kvm'><name>big</name>{pad}<devices/></domain>"
+    out = run("advise", "--xml", "/dev/stdin", "--host-root", str(tmp_path), stdin=xml)
+    assert_clean_failure(out)
+    assert f"/dev/stdin: more than {MAX_XML_BYTES} bytes is too large for a domain XML" in out.stderr

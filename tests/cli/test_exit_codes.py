@@ -62,7 +62,8 @@ def test_advise_named_domain_libvirt_lacks_exits_2():
     out = run("advise", "win11", "nope", "--connect", NODE, "--host-root", str(HOST),
               "--config", "/dev/null")
     assert out.returncode == 2, out.stderr
-    assert "win11" in out.stdout and "refused nope: " in out.stdout
+    assert "win11" in out.stdout and "nope" not in out.stdout
+    assert out.stderr == "vfio-advisor: nope: Domain not found\n"
     alone = run("advise", "win11", "--connect", NODE, "--host-root", str(HOST),
                 "--config", "/dev/null")
     assert alone.returncode == 1 and "warning VA1001" in alone.stdout  # its findings alone
@@ -170,3 +171,47 @@ def test_no_commands_help_speaks_of_another_command():
         for other in named:
             if other != name:
                 assert not re.search(rf"(?<![\w-]){re.escape(other)}(?![\w-])", section), (name, other, section)
+
+
+@pytest.mark.parametrize("command", [["fix"], ["advise"]])
+def test_output_closed_by_its_reader_is_not_success(command):
+    """`vfio-advisor fix ... | true`: the findings were never read, so 0
+    ("every fix verified", "no findings") would be false; 141 is the
+    shell's status for a writer SIGPIPE ended, with no traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before the first write
+    try:
+        out = subprocess.run([sys.executable, "-m", "vfio_advisor", *command, "--connect", NODE,
+                              "--host-root", str(HOST), "--config", "/dev/null"],
+                             stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
+                             cwd=REPO, env=dict(os.environ, NO_COLOR="1"))
+    finally:
+        os.close(write_end)
+    assert out.returncode == 141, out.stderr
+    assert out.stderr == ""
+
+
+@pytest.mark.parametrize("where", [["--connect", NODE], ["--connect", NODE, "--host-root", str(HOST)],
+                                   ["--host-root", "SNAPSHOT"]])
+def test_advise_json_is_a_document_whatever_was_refused(where, snapshot):
+    """Only a name nobody has: --format json still prints its document
+    (errors[], no domain), with or without --host-root, from libvirt or a
+    snapshot; the error line goes to stderr; text prints only that line."""
+    where = [str(snapshot) if w == "SNAPSHOT" else w for w in where]
+    out = run("advise", "nope", *where, "--format", "json", "--config", "/dev/null")
+    assert out.returncode == 2, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["schema"] == "vfio-advisor/advice/1" and doc["domains"] == []
+    assert [e["source"] for e in doc["errors"]] == ["nope"]
+    [line] = out.stderr.splitlines()
+    assert line.startswith("vfio-advisor: nope: ")
+    text = run("advise", "nope", *where, "--config", "/dev/null")
+    assert text.returncode == 2 and text.stdout == "" and text.stderr == out.stderr
+
+
+def test_advise_json_with_every_xml_refused_is_a_document(bad_xml):
+    out = run("advise", "--xml", str(bad_xml), "--host-root", str(HOST), "--format", "json",
+              "--config", "/dev/null")
+    assert out.returncode == 2, out.stderr
+    assert [e["source"] for e in json.loads(out.stdout)["errors"]] == [str(bad_xml)]
+    assert out.stderr.startswith(f"vfio-advisor: {bad_xml}: ") and len(out.stderr.splitlines()) == 1

@@ -65,3 +65,46 @@ def test_device_replays_the_snapshots_tree(snapshot):
     assert out.returncode == 0, out.stderr
     direct = run("device", "0000:08:00.0", "--host-root", str(HOST), "--format", "json")
     assert json.loads(out.stdout) == json.loads(direct.stdout)
+
+
+def test_domains_whose_safe_names_fold_together_both_replay(tmp_path):
+    """"win 11" and "win_11" fold to one file name; the archive must still
+    hold two members the replay accepts, and replay both domains."""
+    xml = TWO_INTX.read_text()
+    files = []
+    for name in ("win 11", "win_11"):
+        f = tmp_path / f"{name.replace(' ', '-')}.xml"
+        f.write_text(xml.replace("<name>two-intx</name>", f"<name>{name}</name>", 1))
+        files += ["--xml", str(f)]
+    archive = tmp_path / "s.tar.gz"
+    out = run("snapshot", "-o", str(archive), *files, "--host-root", str(HOST))
+    assert out.returncode == 0 and "2 domain(s)" in out.stdout, out.stderr
+    replay = run("advise", "--host-root", str(archive), "--format", "json", "--config", "/dev/null")
+    assert replay.returncode == 1, replay.stderr  # two-intx's warnings, nothing refused
+    assert sorted(d["name"] for d in json.loads(replay.stdout)["domains"]) == ["win 11", "win_11"]
+
+
+def test_the_same_domain_given_twice_is_archived_once(tmp_path):
+    archive = tmp_path / "s.tar.gz"
+    out = run("snapshot", "-o", str(archive), "--xml", str(TWO_INTX), "--xml", str(TWO_INTX),
+              "--host-root", str(HOST))
+    assert out.returncode == 0 and "1 domain(s)" in out.stdout, out.stderr
+    assert out.stderr == (f"vfio-advisor: {TWO_INTX}: domain 'two-intx' given again with the "
+                          "same XML; archived once\n")
+    with tarfile.open(archive) as tar:
+        assert [n for n in tar.getnames() if n.startswith("domains/")] == ["domains/two-intx.xml"]
+    replay = run("advise", "--host-root", str(archive), "--format", "json", "--config", "/dev/null")
+    assert replay.returncode == 1, replay.stderr
+    assert [d["name"] for d in json.loads(replay.stdout)["domains"]] == ["two-intx"]
+
+
+def test_snapshot_of_the_live_host_keeps_its_kernel_release(tmp_path):
+    """proc/sys/kernel/osrelease refuses a 64 MiB read(2) with ENOMEM; the
+    archive must hold it all the same, as SNAPSHOT.txt's kernel line does."""
+    archive = tmp_path / "live.tar.gz"
+    out = run("snapshot", "-o", str(archive), "--xml", str(TWO_INTX))
+    assert out.returncode == 0, out.stderr
+    with open("/proc/sys/kernel/osrelease", "rb") as f:
+        live = f.read()
+    with tarfile.open(archive) as tar:
+        assert tar.extractfile("proc/sys/kernel/osrelease").read() == live

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,24 @@ def test_real_config_space_as_nobody_gives_va8002(tmp_path):
     assert not [u for u in full["unreadable"] if u.startswith("config")]
     assert full["capabilities"]["msi"] != "unknown"
     assert not [f for f in full["findings"] if f["rule"] == "VA8002"]
+
+
+def test_snapshot_says_which_file_it_could_not_read(demo_copy):
+    """A file the tool read but nobody may open is not archived: the
+    replay would call it missing, so the snapshot names it, keeps the
+    reason in SNAPSHOT.txt and exits 2 (an input that could not be read)."""
+    (demo_copy / "root/proc/interrupts").chmod(0o600)
+    out_dir = demo_copy / "out"
+    out_dir.mkdir()
+    out_dir.chmod(0o777)
+    archive = out_dir / "s.tar.gz"
+    out = nobody.cli("snapshot", "-o", str(archive), "--connect", f"test://{demo_copy / 'node.xml'}",
+                     "--host-root", str(demo_copy / "root"))
+    assert "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert out.stderr == "vfio-advisor: not archived proc/interrupts: Permission denied\n"
+    assert out.stdout.startswith(f"wrote {archive}: ")
+    with tarfile.open(archive) as tar:
+        assert "proc/interrupts" not in tar.getnames()
+        note = tar.extractfile("SNAPSHOT.txt").read().decode()
+    assert "not archived: proc/interrupts: Permission denied\n" in note, note

@@ -79,6 +79,29 @@ def test_bad_config_is_a_usage_error(tmp_path):
     assert "interval must be a float" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("kind", ["file", "missing", "snapshot", "config"])
+def test_host_root_that_is_no_directory_is_refused(tmp_path, kind):
+    """Every other command refuses such a --host-root in one line; the
+    daemon started on it and sampled nothing, as if no device were there.
+    A snapshot is refused too: it holds one reading of /proc/interrupts."""
+    root = {"file": tmp_path / "passwd", "missing": tmp_path / "nowhere",
+            "snapshot": tmp_path / "host.tar.gz", "config": tmp_path / "passwd"}[kind]
+    if kind != "missing":
+        root.write_bytes(b"\x1f\x8b" if kind == "snapshot" else b"root:x:0:0::/root:/bin/sh\n")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[daemon]\nhost_root = "{root}"\n' if kind == "config" else "")
+    flag = [] if kind == "config" else ["--host-root", str(root)]
+    out = subprocess.run([sys.executable, "-m", "vfio_advisor", "daemon", "--connect", "test:///default",
+                          "--config", str(config), "--state-dir", str(tmp_path / "state"), *flag],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2, out.stderr
+    where = f"[daemon] host_root in {config}" if kind == "config" else "--host-root"
+    why = "does not exist or is not a directory: the daemon samples a live tree's"
+    [line] = out.stderr.splitlines()
+    assert line.startswith(f"vfio-advisor: host root {root} ({where}) {why}"), line
+    assert not (tmp_path / "state").exists()  # refused before it started
+
+
 def test_unreachable_libvirt_is_one_line_per_retry(tmp_path):
     """A test:/// node file that does not exist: libvirt's libxml2 prints
     its own "I/O warning" to fd 2 beside the libvirtError; the daemon's

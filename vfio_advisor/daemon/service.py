@@ -18,7 +18,7 @@ from typing import Callable
 
 from vfio_advisor import libc
 from vfio_advisor.config import Config, load_config
-from vfio_advisor.errors import quiet_stderr
+from vfio_advisor.errors import FactUnavailable, UsageError, quiet_stderr
 from vfio_advisor.facts.host import HostRoot
 from vfio_advisor.daemon.gather_child import (
     GATHER_TIMEOUT, KILL_WAIT, GatherFailure, gather_in_child, package_fingerprint,
@@ -534,10 +534,30 @@ def _raise_nofile_limit() -> None:
         pass  # a container that forbids it: the sampler reopens files past its cap
 
 
+def check_host_root(path: str, where: str) -> None:
+    """Refuse a host root the daemon cannot sample, in one line, before it
+    starts: it would otherwise run blind, each read failing as if the host
+    had no vfio device. Not open_host_root (sources.py), which unpacks a
+    snapshot too: a snapshot holds one reading of /proc/interrupts, and the
+    daemon follows counts as they change. Opened through HostRoot, as every
+    host file is (tests/test_architecture.py), which names ENOENT and
+    ENOTDIR alike "missing"."""
+    try:
+        os.close(HostRoot(path).open_kept("", directory=True))
+    except FactUnavailable as exc:
+        if exc.reason == "missing":
+            raise UsageError(f"host root {path} ({where}) does not exist or is not a directory: the "
+                             "daemon samples a live tree's /proc/interrupts, which a file or a "
+                             "snapshot (one reading) cannot give") from None
+        raise UsageError(f"host root {path} ({where}): {exc.reason}") from None
+
+
 def main(args) -> int:
     overrides = {"connect": args.connect, "host_root": args.host_root, "interval": args.interval,
                  "settle": args.settle, "state_dir": args.state_dir, "metrics_file": args.metrics_file}
     cfg = load_config(args.config, overrides)
+    check_host_root(cfg.host_root, "--host-root" if args.host_root is not None
+                    else f"[daemon] host_root in {args.config}")
     # Taken now, with the code this process has loaded: a later reinstall
     # then shows as a mismatch in its gathering children (daemon/gather_child.py).
     package_fingerprint()

@@ -74,7 +74,9 @@ def add_parser(subparsers, add_command):
     # --guest: the guest's own setting through its agent (vfio_advisor/guest).
     from vfio_advisor.guest.command import add_fix_guest_arguments  # noqa: PLC0415
     add_fix_guest_arguments(f)
-    f.set_defaults(func=run)
+    # None, not the agent's default, so that run() can tell a --timeout
+    # given without --guest from none; run_fix_guest gets the default back.
+    f.set_defaults(func=run, timeout=None)
     return f
 
 
@@ -117,8 +119,22 @@ def load_sources(args, root: str, conn=None) -> list[DomainSource]:
 def run(args, conn=None) -> int:
     """`conn`: an open libvirt connection to use instead of --connect (tests)."""
     if getattr(args, "guest", None):  # fix --guest: vfio_advisor/guest/command.py
+        from vfio_advisor.guest.agent import DEFAULT_TIMEOUT  # noqa: PLC0415
         from vfio_advisor.guest.command import run_fix_guest  # noqa: PLC0415
+        if args.timeout is None:
+            args.timeout = DEFAULT_TIMEOUT
         return run_fix_guest(args, channel_fix=agent_channel_fix)
+    # Taken by the parser for --guest; without it they would change nothing
+    # and a script would believe it rebooted or waited.
+    given = [flag for flag, value in (("--reboot", getattr(args, "reboot", False)),
+                                      ("--timeout", getattr(args, "timeout", None) is not None),
+                                      ("--ids", getattr(args, "ids", None)),
+                                      ("--agent-socket", getattr(args, "agent_socket", None)))
+             if value]
+    if given:
+        raise UsageError(f"{', '.join(given)} {'goes' if len(given) == 1 else 'go'} with "
+                         "--guest DOMAIN (the guest's own setting); without it nothing uses "
+                         f"{'it' if len(given) == 1 else 'them'}")
     rules = rules_from(args.rule)
     if args.apply and args.xml:
         raise UsageError("--apply defines domains through libvirt: give DOMAIN names, not --xml")
@@ -390,8 +406,14 @@ def agent_channel_fix(args, name: str) -> str:
         return (f"{by_hand} ({rule} offers it as a verified change only while the guest keeps an "
                 "assigned device on INTx)")
     if args.format == "json":
-        json.dump(to_json(fix_args, offered, {}), sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        emit(fix_args, offered, {})
-    return f"`vfio-advisor fix {name} --rule {rule} --apply` defines the change above; restart the domain"
+        # `fix --guest --format json` answers in fix-guest/1 or not at all (a
+        # failure, as this is, prints no document): a fix/1 document here
+        # would be read as the guest's plan. The line names the command
+        # whose own document holds the change.
+        return (f"`vfio-advisor fix {name} --rule {rule}` shows the verified change that adds it "
+                "and `--apply` defines it; restart the domain")
+    emit(fix_args, offered, {})
+    # The line goes to stderr: printed after the change on a terminal.
+    sys.stdout.flush()
+    return (f"`vfio-advisor fix {name} --rule {rule} --apply` defines the change printed on "
+            "standard output; restart the domain")

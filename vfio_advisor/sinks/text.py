@@ -95,10 +95,8 @@ class TextWriter:
                 f"{clean(pci.driver or 'no driver')}; {clean(now)}]")
 
     def write(self, report: Report) -> None:
-        for source, message in report.errors:
-            self.line(f"{self._c(_COLOURS[Severity.ERROR], 'refused')} {clean(source)}: {clean(message)}")
-        if report.errors and report.domains:
-            self.line()
+        # report.errors are not the report's: `advise` prints each on
+        # stderr, as every command prints its error lines.
         for d in report.domains:
             dom = d.facts.domain
             self.line(self._c(_BOLD, f"{clean(dom.name)}") + self._c(
