@@ -81,8 +81,8 @@ class SkippedRow(NamedTuple):
     """A row of /proc/interrupts that could not be read whole: one the parser
     does not understand, or one whose counts cannot be placed in the CPU
     columns (not in `Interrupts.lines`), or one cut short (kept in `lines`,
-    marked truncated). advise's VA8002 and the daemon's VA8003 count the same
-    rows. str() is the one line of explanation reports print."""
+    marked truncated). advise's coverage note and the daemon's skipped-rows
+    finding count the same rows. str() is the one line of explanation reports print."""
 
     line: int | None  # 1-based line of the text; None where the reader does not count lines
     irq: str | None  # its label ("28", "NMI"), where one could be read
@@ -342,8 +342,8 @@ def sample_table(data: bytes | str, wanted: frozenset[str]) -> tuple[Interrupts,
             continue  # the header itself (a BDF cannot be in it, but be safe)
         end = data.find(b"\n", start)
         text = data[start:None if end == -1 else end].decode("utf-8", "replace").strip()
-        # The same reading of a row as parse_interrupts', so the daemon's
-        # VA8003 and advise's VA8002 count the same rows.
+        # The same reading of a row as parse_interrupts', so the daemon and
+        # advise count the same rows as skipped.
         row, fault = read_interrupt_row(text, cpus, cut=cut_at_end and end == -1)
         if fault is not None:
             skipped.append(fault)

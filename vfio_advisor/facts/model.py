@@ -241,7 +241,7 @@ def device_rows_unread(bdf: str, device: PciDevice | None,
     - a row whose text names it (its vfio handler, or a host driver's action
       or MSI chip carrying its BDF);
     - a row on one of its own IRQs: sysfs `irq` (its INTx line, whose other
-      handlers VA2001-VA2005 read) or a vector in msi_irqs/;
+      handlers the host line sharing rules read) or a vector in msi_irqs/;
     - while none of its vfio rows was read whole, a row cut before any vfio
       handler it held could be read, which may be the one that would show
       it on INTx or MSI.
