@@ -215,3 +215,18 @@ def test_corpus_capture_cut_after_14_columns(demo):
     (note,) = [f for f in dom["findings"] if f["rule"] == "VA8002"]
     assert note["message"].startswith("44 /proc/interrupts rows could not be read whole "
                                       "(line 2: IRQ 8: row cut short; ")
+
+
+def test_a_text_ending_without_its_last_newline_costs_no_device_its_checks(demo):
+    """Only the final newline gone (a paste, a recording cut at the last
+    byte): the row it ends in is the architecture's MIS, read whole, and no
+    device's. Every finding stands and the status is the control's."""
+    path = interrupts(demo)
+    text = path.read_text()
+    assert text.endswith("\n") and text.splitlines()[-1].lstrip().startswith("MIS:")
+    path.write_text(text.rstrip("\n"))
+    code, doc = advise_json(demo)
+    assert code == 1, doc  # warnings and errors, as the demo as shipped
+    assert "VA2002" in rules(domain(doc, "oldbox"))
+    assert "VA1001" in rules(domain(doc, "win11"))
+    assert device(domain(doc, "win11"), AUDIO)["host_interrupts"]["mode"] == "intx"

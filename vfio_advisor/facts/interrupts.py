@@ -103,8 +103,14 @@ class SkippedRow(NamedTuple):
 
     @property
     def anonymous(self) -> bool:
-        """Cut before any vfio handler it held could be read: any device's."""
-        return self.cut and "vfio-" not in self.text
+        """Cut before any vfio handler it held could be read: any device's.
+        Only a numbered row (or one whose label was lost) can be: the
+        architecture's rows (NMI, LOC, ERR, MIS, ...) never hold a device's
+        handler, and show_interrupts prints them after every numbered row
+        (kernel/irq/proc.c, arch_show_interrupts last), so a text cut in one
+        of them read every device's row whole."""
+        return (self.cut and "vfio-" not in self.text
+                and (self.irq is None or self.irq.isdigit()))
 
 
 class Interrupts(NamedTuple):
