@@ -666,7 +666,12 @@ class Sampler:
                 # show_interrupts skips a descriptor without actions), as
                 # vfio-intx's does in a guest reboot's device reset (QEMU
                 # hw/vfio/pci.c vfio_pci_pre_reset frees it, vfio_pci_post_reset
-                # requests it again).
+                # requests it again). Only where /proc/interrupts is read for
+                # another row: reading it for absent IRQs alone would read it
+                # at every sample on hosts whose devices name a line that has
+                # no descriptor (lab captures do), so a device whose only
+                # watched IRQ is absent waits for the next rediscovery. On a
+                # live host a freed line keeps its sysfs files: not absent.
                 for irq in sorted(watched - set(rows), key=_irq_key):
                     if irq in by_irq:
                         rows[irq] = by_irq[irq]
