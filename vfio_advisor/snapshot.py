@@ -103,8 +103,9 @@ def domain_members(domains: list[tuple[str, str]]) -> list[tuple[str, str]]:
 def write_snapshot(out_path: str, host: HostRoot,
                    domains: list[tuple[str, str]]) -> tuple[int, list[tuple[str, str]]]:
     """Write the archive. `host` must have recorded its reads. Returns the
-    member count and (path, reason) for each file that was read but could
-    not be archived (a 0600 file for a user who is not root)."""
+    member count and (path, reason) for each file whose contents were read
+    (or tried) but could not be archived (a 0600 file for a user who is not
+    root)."""
     if host.recorded is None:
         raise RuntimeError("programming error: snapshot needs a recording HostRoot")
     root = Path(host.root)
@@ -142,10 +143,16 @@ def write_snapshot(out_path: str, host: HostRoot,
                     # sysfs reports 4096 for every attribute; read the real bytes.
                     data = _read_whole(path)
                 except OSError as exc:
-                    # The replay would call it missing, not unreadable: the
-                    # caller says so, and SNAPSHOT.txt keeps the reason.
-                    unreadable.append((rel, exc.strerror or str(exc)))
-                    continue
+                    if rel not in host.contents_read:
+                        # Only tested for existence or listed (an ACPI table,
+                        # 0400): its contents were never used, so an empty
+                        # file keeps what was used, that it is there.
+                        data = b""
+                    else:
+                        # The replay would call it missing, not unreadable:
+                        # the caller says so, and SNAPSHOT.txt keeps the reason.
+                        unreadable.append((rel, exc.strerror or str(exc)))
+                        continue
                 _add_bytes(tar, rel, data)
             else:
                 continue

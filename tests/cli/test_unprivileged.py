@@ -162,3 +162,29 @@ def test_snapshot_says_which_file_it_could_not_read(demo_copy):
         assert "proc/interrupts" not in tar.getnames()
         note = tar.extractfile("SNAPSHOT.txt").read().decode()
     assert "not archived: proc/interrupts: Permission denied\n" in note, note
+
+
+def test_snapshot_keeps_a_file_it_only_saw_exists():
+    """An ACPI table (0400 root, as sysfs shows them) is only tested for
+    existence where the host has no IOMMU groups (the lab's iommu-off
+    capture): its contents were never read, so nobody's snapshot archives it
+    empty, says nothing and exits as advise does, and the replay sees it."""
+    nobody.require()
+    with nobody.tree() as tree:
+        shutil.copytree(REPO / "lab/captures/iommu-off", tree / "root", symlinks=True)
+        table = tree / "root/sys/firmware/acpi/tables/DMAR"
+        table.write_bytes(b"DMAR")
+        table.chmod(0o400)
+        out_dir = tree / "out"
+        out_dir.mkdir()
+        out_dir.chmod(0o777)
+        archive = out_dir / "s.tar.gz"
+        xml = REPO / "tests/data/domains/lab/edu.xml"
+        out = nobody.cli("snapshot", "-o", str(archive), "--xml", str(xml), "--host-root",
+                         str(tree / "root"))
+        assert "Traceback" not in out.stderr, out.stderr
+        assert out.stderr == "", out.stderr
+        assert out.returncode == 0, (out.stdout, out.stderr)
+        with tarfile.open(archive) as tar:
+            member = tar.getmember("sys/firmware/acpi/tables/DMAR")
+            assert member.isfile() and member.size == 0

@@ -45,19 +45,25 @@ class HostRoot:
         # start, and pathlib (with urllib.parse and ipaddress) costs ~6 ms.
         self.root = os.fspath(path)
         self.recorded: set[str] | None = set() if record else None
+        # Of those, the files whose contents were read (or tried): a path
+        # only tested for existence or listed is archived even when it
+        # cannot be read, as an empty file (snapshot.write_snapshot).
+        self.contents_read: set[str] | None = set() if record else None
 
     def __repr__(self) -> str:
         return f"HostRoot({str(self.root)!r})"
 
-    def _path(self, rel: str) -> str:
+    def _path(self, rel: str, contents: bool = False) -> str:
         rel = rel.lstrip("/")
         if self.recorded is not None:
             self.recorded.add(rel)
+            if contents:
+                self.contents_read.add(rel)
         return os.path.join(self.root, rel)
 
     def read_bytes(self, rel: str, limit: int = _DEFAULT_LIMIT) -> bytes:
         try:
-            with open(self._path(rel), "rb") as f:
+            with open(self._path(rel, contents=True), "rb") as f:
                 if limit <= _DEFAULT_LIMIT:
                     return f.read(limit)
                 # f.read(n) allocates n bytes up front; for the 64 MiB bound on
@@ -78,7 +84,7 @@ class HostRoot:
         a buffered open() for a one-value sysfs attribute, which kernfs shows
         whole in one read (fs/kernfs/file.c, kernfs_seq_show)."""
         try:
-            fd = os.open(self._path(rel), os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self._path(rel, contents=True), os.O_RDONLY | os.O_CLOEXEC)
             try:
                 return os.read(fd, size)
             finally:
@@ -94,7 +100,7 @@ class HostRoot:
         any read; the caller closes it (os.close)."""
         flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECTORY if directory else 0)
         try:
-            return os.open(self._path(rel), flags)
+            return os.open(self._path(rel, contents=True), flags)
         except OSError as exc:
             raise FactUnavailable(rel, _reason(exc)) from None
 
