@@ -41,7 +41,7 @@ def gather_host(host: HostRoot, sample_seconds: float | None = None,
                 progress: Callable[[float], None] | None = None) -> HostFacts:
     kernel = read_kernel_facts(host)
     interrupts = later = None
-    problem = None
+    problem = sample_problem = None
     damaged = False
     try:
         interrupts = read_interrupts(host)
@@ -56,10 +56,10 @@ def gather_host(host: HostRoot, sample_seconds: float | None = None,
         try:
             later = read_interrupts(host)
         except FactUnavailable as exc:
-            problem = f"{exc.path}: {exc.reason} (second sample)"
+            sample_problem = f"{exc.path}: {exc.reason}"
         else:
             if (why := no_rows(later)) is not None:
-                later, problem = None, f"proc/interrupts: {why} (second sample)"
+                later, sample_problem = None, f"proc/interrupts: {why}"
     # Both read the kernel's own state (sysfs, module parameters as loaded)
     # and reuse the command line read above, one scan of the interrupt chips
     # (ir_chips: about 0.9 ms at 20,000 rows, once instead of twice) and one
@@ -70,7 +70,7 @@ def gather_host(host: HostRoot, sample_seconds: float | None = None,
     # line nobody shows.
     chips, units = ir_chips(interrupts), read_iommu_units(host)
     return HostFacts(kernel=kernel, interrupts=interrupts, interrupts_problem=problem,
-                     interrupts_damaged=damaged,
+                     interrupts_damaged=damaged, sample_problem=sample_problem,
                      later=later, sample_seconds=sample_seconds if later else None,
                      posting=posting(host, cmdline=kernel.cmdline, chips=chips, units=units),
                      iommu=iommu_state(host, cmdline=kernel.cmdline, build_default=False,

@@ -63,6 +63,10 @@ class HostFacts(NamedTuple):
     # only, nothing the parser understands): a damaged input, not a denied
     # read, though the rules see both alike (interrupts None, a problem).
     interrupts_damaged: bool = False
+    # Why the second read (--sample) gave no table, None if it did or there
+    # was none: the first read's checks stand, only the counters' rise over
+    # the sample is not measured.
+    sample_problem: str | None = None
 
     @property
     def interrupt_remapping(self) -> bool | None:

@@ -73,6 +73,15 @@ def check_facts_incomplete(facts: DomainFacts) -> Iterator[Finding]:
             {"proc/interrupts": host.interrupts_problem})
     elif facts.devices and host.interrupts is not None and host.interrupts.skipped:
         yield _rows_unread(facts, host.interrupts.skipped)
+    if facts.devices and host.sample_problem and host.interrupts is not None:
+        yield device_finding(
+            "VA8002", facts, None,
+            f"The second reading of /proc/interrupts (--sample) failed ({host.sample_problem}): "
+            "no interrupt counter's rise over the sample was measured; mode and line sharing "
+            "were checked on the first reading.",
+            "Run again; if the second reading keeps failing on a live host, report it with a "
+            "snapshot (vfio-advisor snapshot).",
+            {"proc/interrupts (second reading)": host.sample_problem})
 
 
 # Why rows come out damaged, for the remedy: the header and each row list
