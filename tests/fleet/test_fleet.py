@@ -368,7 +368,11 @@ def test_promql_returns_the_per_device_rate(fleet):
     # Evaluated 0.1 s after that scrape, well before the next (1 s), so that
     # the conversion of the query time to milliseconds cannot drop it.
     (rate,) = prom.query(f"irate({sel}[1m])", at=t1 + 0.1)
-    assert float(rate["value"][1]) == pytest.approx((v1 - v0) / (t1 - t0), rel=1e-9), (samples, rate)
+    # Prometheus keeps sample times as integer milliseconds, and its API
+    # prints them as float seconds: t1 - t0 in floats near 1.8e9 s is off by
+    # up to ~2e-7 s (1.0019998... for 1.002), so the interval is taken in ms.
+    interval = (round(t1 * 1000) - round(t0 * 1000)) / 1000
+    assert float(rate["value"][1]) == pytest.approx((v1 - v0) / interval, rel=1e-9), (samples, rate)
     # the dashboard's per-device query, over both hosts: every device of both
     # domains has a rate series at the moment it last counted on INTx
     per_device = prom.query("sum by (instance, domain, bdf, mode) "
