@@ -462,3 +462,22 @@ def test_ir_chips_without_a_table_or_chips():
     assert ir_chips(None).remapped is None
     assert ir_chips(parse_interrupts(" NMI:  1  Non-maskable interrupts\n")).remapped is None
     assert ir_chips(IR_ON).remapped is True and ir_chips(IR_OFF).remapped is False
+
+
+# arm64 rows as public captures print them (GICv3 and its ITS: an NVMe under
+# Xen on arm64, an xhci_hcd in an LKML thread on a GIC-ITS host).
+ARM64_ITS = parse_interrupts(
+    "           CPU0       CPU1\n"
+    " 11:      10413       9802     GICv3  27 Level     arch_timer\n"
+    " 37:         17          0   ITS-MSI 524288 Edge      nvme0q0\n"
+    "512:          0          0   ITS-MSI 524289 Edge      xhci_hcd\n"
+    "IPI0:        30        101       Rescheduling interrupts\n")
+
+
+def test_ir_chips_do_not_read_an_arm64_its_as_remapping_off():
+    """A GICv3 ITS isolates MSIs without "IR-" chips (vfio attaches its
+    groups): only x86's own chips without the prefix say remapping is off,
+    so the start-failure rule cannot fire there."""
+    assert ir_chips(ARM64_ITS).remapped is None
+    x86_off = parse_interrupts("           CPU0\n  24:   5   PCI-MSI 512000-edge   ahci[0000:00:1f.2]\n")
+    assert ir_chips(x86_off).remapped is False

@@ -182,12 +182,22 @@ class IrChips(NamedTuple):
     Remapping irq domains prefix their chips with "IR-" (IR-PCI-MSI,
     IR-PCI-MSIX-<bdf>, IR-IO-APIC: arch/x86/kernel/apic/msi.c,
     drivers/iommu/intel/irq_remapping.c, drivers/iommu/amd/iommu.c, 6.1).
-    `remapped`: True if an MSI or IO-APIC chip has the prefix, False if such
-    chips exist and none has it, None if there is no MSI/IO-APIC chip (or no
-    table). posting() and iommu_state() both need it; gather_host scans the
-    table once (about 0.9 ms at 20,000 rows) and passes it to both."""
+    `remapped`: True if an MSI or IO-APIC chip has the prefix, False if x86's
+    own chips without it exist (PCI-MSI, PCI-MSIX-<bdf>, IO-APIC) and none
+    has it, None if there is none of them (or no table). Only x86 chips
+    count: an arm64 GICv3 ITS ("ITS-MSI", "ITS-PCI-MSIX-<bdf>") isolates MSIs
+    without any "IR-" prefix (its irq domain is IRQ_DOMAIN_FLAG_ISOLATED_MSI,
+    drivers/irqchip/irq-gic-v3-its.c), and vfio attaches its groups.
+    posting() and iommu_state() both need it; gather_host scans the table
+    once (about 0.9 ms at 20,000 rows) and passes it to both."""
 
     remapped: bool | None
+
+
+# x86's interrupt chips outside any remapping domain (arch/x86/kernel/apic/
+# io_apic.c "IO-APIC", msi.c "PCI-MSI", and per device "PCI-MSIX-<bdf>" from
+# Linux 6.2).
+_X86_CHIPS = ("IO-APIC", "PCI-MSI")
 
 
 def ir_chips(interrupts: Interrupts | None) -> IrChips:
@@ -200,7 +210,7 @@ def ir_chips(interrupts: Interrupts | None) -> IrChips:
         if chip and ("MSI" in chip or "APIC" in chip):
             if chip.startswith("IR-"):
                 return IrChips(True)  # one remapped chip decides: stop here
-            seen = True
+            seen = seen or chip.startswith(_X86_CHIPS)
     return IrChips(False if seen else None)
 
 
