@@ -36,7 +36,7 @@ EXIT_STATUS: tuple[tuple[int, str, str], ...] = (
      "PCI device of the host, a damaged snapshot, a failed libvirt connection."),
     (EXIT_USAGE, "advise, device, snapshot",
      "Also: every other input is still analysed, reported or archived."),
-    (EXIT_USAGE, "advise",
+    (EXIT_USAGE, "advise, fix",
      "Also: a damaged /proc/interrupts (no rows, or rows not read whole that may be an assigned "
      "device's) cost a device its interrupt checks; an info finding names them and every "
      "finding is still reported. One that cannot be read at all (permissions, "

@@ -230,3 +230,21 @@ def test_a_text_ending_without_its_last_newline_costs_no_device_its_checks(demo)
     assert "VA2002" in rules(domain(doc, "oldbox"))
     assert "VA1001" in rules(domain(doc, "win11"))
     assert device(domain(doc, "win11"), AUDIO)["host_interrupts"]["mode"] == "intx"
+
+
+def test_fix_claims_no_all_clear_over_a_damaged_file_either(demo):
+    """fix runs advise's analysis: over an emptied /proc/interrupts its
+    plans are printed, but "every finding got a verified change" would
+    rest on checks that did not run, so it exits 2 as advise does."""
+    control = subprocess.run(
+        [sys.executable, "-m", "vfio_advisor", "fix", "--connect", f"test://{demo / 'node.xml'}",
+         "--host-root", str(demo / "root"), "--config", "/dev/null", "nvme-linux"],
+        capture_output=True, text=True, timeout=120, cwd=REPO, env=dict(os.environ, NO_COLOR="1"))
+    assert control.returncode == 0, (control.stdout, control.stderr)
+    interrupts(demo).write_text("")
+    out = subprocess.run(
+        [sys.executable, "-m", "vfio_advisor", "fix", "--connect", f"test://{demo / 'node.xml'}",
+         "--host-root", str(demo / "root"), "--config", "/dev/null", "nvme-linux"],
+        capture_output=True, text=True, timeout=120, cwd=REPO, env=dict(os.environ, NO_COLOR="1"))
+    assert "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == 2, (out.stdout, out.stderr)

@@ -20,7 +20,7 @@ import time
 
 from vfio_advisor.config import DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, load_config
 from vfio_advisor.errors import ConnectionFailed, UsageError
-from vfio_advisor.exitstatus import EXIT_FINDINGS, EXIT_OK
+from vfio_advisor.exitstatus import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE
 from vfio_advisor.facts.domain import parse_tree, serialize
 from vfio_advisor.fix.planner import FIX_RULES, FIXABLE_RULES, RULE_ORDER, Analyzer, DomainPlan, plan_domain
 from vfio_advisor.fix.verify import QemuCheck, describe_finding
@@ -144,6 +144,10 @@ def run(args, conn=None) -> int:
         applied = apply_plans(args, [(s, p) for s, p in plans if p.changed], conn)
     emit(args, plans, applied)
     complete = all(p.complete for _, p in plans)
+    if any(p.before.facts.interrupts_unread() for _, p in plans):
+        # As advise: a damaged /proc/interrupts hid what the rules would have
+        # found on a device, so "every finding got a change" claims nothing.
+        return EXIT_USAGE
     return EXIT_OK if complete else EXIT_FINDINGS
 
 
