@@ -301,3 +301,21 @@ def test_sriov_vfs_sharing_a_host_slot_are_cards_of_their_own(tmp_path):
     targets = _hostdev_targets(xml, str(tmp_path))
     assert [t.host_bdf for t in targets] == vfs
     assert len({t.card for t in targets}) == 2, [t.card for t in targets]
+
+
+def test_a_hostdev_whose_ids_cannot_be_read_is_said_so(tmp_path):
+    """A device that is in the host tree but whose IDs cannot be read (no
+    vendor/device files, no config space) is not "not a PCI device of the
+    host tree": the line says what could not be read."""
+    from vfio_advisor.guest.command import _hostdev_targets
+    from vfio_advisor.testing.hosttree import Device, Host, build
+    from vfio_advisor.testing.scenes import domain_xml, hostdev_xml
+
+    build(tmp_path / "root", Host(devices=[Device("0000:05:00.1", None, iommu_group=1, irq=28)],
+                                  interrupts=""))
+    xml = domain_xml("win11", [hostdev_xml("0000:05:00.1", (1, 0, 1))])
+    (target,) = _hostdev_targets(xml, str(tmp_path / "root"))
+    assert target.unread.startswith("the vendor and device IDs of 0000:05:00.1 could not be read"), \
+        target.unread
+    (gone,) = _hostdev_targets(xml.replace("bus='0x05'", "bus='0x06'"), str(tmp_path / "root"))
+    assert gone.unread.startswith("0000:06:00.1 is not a PCI device of the host tree"), gone.unread

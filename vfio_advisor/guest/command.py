@@ -115,13 +115,16 @@ def _hostdev_targets(xml: str, host_root: str) -> list[Target]:
         out = []
         for hostdev in domain.hostdevs:
             bdf = str(hostdev.source)
-            device, _problem, irqs = engine.device(bdf)
+            device, problem, irqs = engine.device(bdf)
             if device is None or device.vendor_id is None or device.device_id is None:
                 # Without its IDs it cannot be looked for in the guest, and
                 # leaving it out would read as "nothing needs action".
-                out.append(Target(key=bdf, host_bdf=bdf, vendor=0, device=0,
-                                  unread=f"{bdf} is not a PCI device of the host tree {host_root} "
-                                         "(its IDs are unknown; --host-root names another tree)"))
+                why = (f"{bdf} is not a PCI device of the host tree {host_root} (its IDs are "
+                       "unknown; --host-root names another tree)" if device is None else
+                       f"the vendor and device IDs of {bdf} could not be read"
+                       f"{f' ({problem})' if problem else ''}"
+                       f"{' (' + '; '.join(device.unreadable) + ')' if device.unreadable else ''}")
+                out.append(Target(key=bdf, host_bdf=bdf, vendor=0, device=0, unread=why))
                 continue
             capable = device.config.supports_msi if device.config is not None else None
             hint = (hostdev.guest.address.slot, hostdev.guest.address.function) if hostdev.guest else None
