@@ -12,7 +12,7 @@ from pathlib import Path
 
 from vfio_advisor import __version__
 from vfio_advisor.errors import FactUnavailable
-from vfio_advisor.facts.host import HostRoot
+from vfio_advisor.facts.host import HostRoot, read_in_pieces
 from vfio_advisor.sources import SNAPSHOT_NOTE
 
 # The kernel's release as it reports it (procfs, kernel/sysctl.c "osrelease").
@@ -61,19 +61,10 @@ def _canonical(root: Path, rel: str) -> list[str]:
 
 
 def _read_whole(path: Path, limit: int = 64 << 20) -> bytes:
-    """A file's bytes, up to `limit`, in reads of 1 MiB: procfs sysctl
-    files (proc/sys/kernel/osrelease) refuse one read(2) of more than
-    KMALLOC_MAX_SIZE with ENOMEM (fs/proc/proc_sysctl.c, proc_sys_call_handler),
-    and one f.read(64 MiB) is one such read(2)."""
-    chunks, size = [], 0
+    """A file's bytes, up to `limit`, in reads of 1 MiB (read_in_pieces:
+    one f.read(64 MiB) of proc/sys/kernel/osrelease fails with ENOMEM)."""
     with open(path, "rb", buffering=0) as f:
-        while size < limit:
-            chunk = f.read(min(1 << 20, limit - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    return b"".join(chunks)
+        return read_in_pieces(f, limit)
 
 
 def domain_members(domains: list[tuple[str, str]]) -> list[tuple[str, str]]:

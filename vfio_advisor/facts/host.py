@@ -33,6 +33,22 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
+def read_in_pieces(f, limit: int) -> bytes:
+    """Up to `limit` bytes of an open file, in reads of at most 1 MiB:
+    f.read(n) allocates n bytes up front, procfs reports a size of 0 (so the
+    64 MiB bound on /proc/interrupts cannot be sized first), and procfs
+    sysctl files refuse one read(2) larger than KMALLOC_MAX_SIZE with ENOMEM
+    (fs/proc/proc_sysctl.c proc_sys_call_handler)."""
+    chunks, size = [], 0
+    while size < limit:
+        chunk = f.read(min(1 << 20, limit - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 class HostRoot:
     """Reads files relative to a root directory ("/" on a live host).
 
@@ -66,16 +82,7 @@ class HostRoot:
             with open(self._path(rel, contents=True), "rb") as f:
                 if limit <= _DEFAULT_LIMIT:
                     return f.read(limit)
-                # f.read(n) allocates n bytes up front; for the 64 MiB bound on
-                # /proc/interrupts read in chunks instead (procfs reports size 0).
-                chunks, size = [], 0
-                while size < limit:
-                    chunk = f.read(min(1 << 20, limit - size))
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                    size += len(chunk)
-                return b"".join(chunks)
+                return read_in_pieces(f, limit)
         except OSError as exc:
             raise FactUnavailable(rel, _reason(exc)) from None
 
