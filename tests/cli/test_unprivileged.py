@@ -179,7 +179,8 @@ def test_snapshot_keeps_a_file_it_only_saw_exists():
         out_dir.mkdir()
         out_dir.chmod(0o777)
         archive = out_dir / "s.tar.gz"
-        xml = REPO / "tests/data/domains/lab/edu.xml"
+        xml = tree / "edu.xml"  # where nobody can read it (a clone may sit in a 0700 directory)
+        shutil.copy(REPO / "tests/data/domains/lab/edu.xml", xml)
         out = nobody.cli("snapshot", "-o", str(archive), "--xml", str(xml), "--host-root",
                          str(tree / "root"))
         assert "Traceback" not in out.stderr, out.stderr
