@@ -404,16 +404,16 @@ def cmd_snapshot(args) -> int:
         for src, msg in errors:
             print(f"vfio-advisor: skipped {src}: {msg}", file=sys.stderr)
         archived: list[tuple[str, str]] = []
+        engine = Engine(root, record=True)
         for source in domains:
             if (source.domain.name, source.xml) in archived:
-                # write_snapshot keeps one copy (domain_members says why).
+                # Archived once: the replay would report it twice and count
+                # its findings twice.
                 print(f"vfio-advisor: {source.label.removeprefix('file:')}: domain "
                       f"{source.domain.name!r} given again with the same XML; archived once",
                       file=sys.stderr)
                 continue
             archived.append((source.domain.name, source.xml))
-        engine = Engine(root, record=True)
-        for source in domains:
             engine.gather(source.domain)  # reading records what the archive must hold
         try:
             count, unreadable = write_snapshot(args.output, engine.root, archived)

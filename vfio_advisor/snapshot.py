@@ -71,16 +71,11 @@ def domain_members(domains: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """(member name, XML) for each domain: domains/<safe name>.xml, the name
     folded to characters any file system keeps. The replay refuses an archive
     with two members of one name, and the folding maps distinct names to one
-    ("win 11" and "win_11"): a later one gets -2, -3, ... A domain given twice
-    with the same XML (the same --xml twice) is archived once: the replay
-    would otherwise report it twice and count its findings twice."""
+    ("win 11" and "win_11"): a later one gets -2, -3, ... (A domain given
+    twice with the same XML reaches this once: cmd_snapshot keeps one.)"""
     out: list[tuple[str, str]] = []
     used: set[str] = set()
-    seen: set[tuple[str, str]] = set()
     for name, xml in domains:
-        if (name, xml) in seen:
-            continue
-        seen.add((name, xml))
         safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in name) or "domain"
         member, n = f"domains/{safe}.xml", 1
         while member in used:

@@ -368,10 +368,9 @@ def _handler_names(host: HostRoot, base: str) -> tuple[str, ...]:
     names: list[str] = []
     for rel, keep in ((base, _ROOT_HUB.fullmatch), (f"{base}/net", None),
                       (f"{base}/sound", _SOUND_CARD.fullmatch)):
-        if rel != base and not host.exists(rel):
-            continue
         try:
             names += host.list_dir(rel, keep=keep)
         except FactUnavailable:
-            continue  # unreadable: own_handler falls back on the driver's name
+            continue  # none (most devices have no net/ or sound/), or unreadable:
+            # own_handler then falls back on the driver's name
     return tuple(names)
