@@ -5,7 +5,9 @@ reads the watched devices' vectors one IRQ at a time from /sys/kernel/irq
 (the full /proc/interrupts only to rediscover them, or where sysfs lacks
 them), the same model `advise` uses (facts.model.device_interrupts) turns
 those rows into each device's HostInterrupts, and the runtime rules' pure
-transitions (rules/runtime.py) step each device. The config's ignore policy
+transitions (rules/runtime.py) step each device, except a device that rests
+(rules/stepping.py, "Resting"): its counts alone are taken until what its
+rules promised on changes (Watcher._step). The config's ignore policy
 filters what it emits; a finding is emitted once per change of state, never
 per sample. It also keeps which emitted findings are still open; each
 sample ends with a SampleEvent (devices and open findings) for the sinks
@@ -26,7 +28,7 @@ from vfio_advisor.facts.model import DomainFacts, device_interrupts
 from vfio_advisor.findings import Finding
 from vfio_advisor.rules import RULES_BY_ID, RUNTIME
 from vfio_advisor.rules.mode import host_blocks_msi
-from vfio_advisor.rules.stepping import DeviceSample, DeviceState, HostSample
+from vfio_advisor.rules.stepping import DeviceSample, DeviceState, HostSample, observe_resting
 from vfio_advisor.daemon.state import StateStore, facts_to_keep
 from vfio_advisor.sinks.base import DeviceSnapshot, OpenFinding, SampleEvent, Sink
 
@@ -76,6 +78,10 @@ class DomainState:
         # it: only StateStore.record, which _step calls, changes a followed
         # domain's entries, so it is read again only after a record.
         self.previous: dict[str, dict] = {}
+        # The devices that rest (Step.rests), and whether the domain was
+        # settled at the sample they were stepped at: a change wakes them.
+        self.resting: set[str] = set()
+        self.settled: bool | None = None
 
     @property
     def key(self) -> str:
@@ -83,6 +89,10 @@ class DomainState:
 
 
 class Watcher:
+    # False: every device is stepped at every sample, resting or not
+    # (tests/daemon/test_resting.py compares the two).
+    rest_devices = True
+
     def __init__(self, host: HostRoot, config: Config, sinks: Sink | Sequence[Sink],
                  store: StateStore | None = None, clock: Callable[[], float] = time.monotonic,
                  pci_ids=None, note: Callable[[str], None] | None = None,
@@ -104,6 +114,9 @@ class Watcher:
         self.host_slots: tuple = ()  # the host-wide rules' state (RuntimeRules.step_host)
         self.kernel = None
         self._isolated: tuple = (object(), frozenset())  # (kernel facts, isolcpus | nohz_full)
+        # The config and isolated CPUs the resting devices were stepped
+        # with: either changing wakes every device (a SIGHUP's new config).
+        self._rested_with: tuple = (None, None)
         # The daemon's own log line for host conditions said once (a sampler
         # fallback); findings go to the sinks.
         self.note = note or (lambda _msg: None)
@@ -178,6 +191,7 @@ class Watcher:
         dom.started_at = self.clock()
         dom.booted_at = self.wall_clock()
         dom.guest_changes = self.store.guest_changes(name)
+        dom.resting.clear()  # booted_at and guest_change are the samples' per-run parts
 
     def remove_domain(self, name: str) -> None:
         dom = self.domains.pop(name, None)
@@ -246,6 +260,12 @@ class Watcher:
         isolated = self._isolated[1]
         shape = getattr(self.sampler, "shape", None)
         config, store = self.config, self.store
+        lines = table.lines
+        if self._rested_with[0] is not config or self._rested_with[1] is not isolated:
+            self._rested_with = (config, isolated)
+            for dom in self.domains.values():
+                dom.resting.clear()
+        rest_devices = self.rest_devices
         step_device, remembered_entry = RUNTIME.step_device, RUNTIME.remembered_entry
         # The empty set sibling_on_intx and said hold most of the time: one
         # object for the sample, not a new one per device.
@@ -255,6 +275,10 @@ class Watcher:
             devices, facts, key = dom.devices, dom.facts, dom.key
             since_start = now - dom.started_at
             settled = since_start >= config.settle
+            resting, cache = dom.resting, dom.interrupts
+            if dom.settled is not settled:
+                dom.settled = settled
+                resting.clear()
             # The domain's per-run values, looked up once for its devices.
             remembered, recorded_of = dom.previous, dom.recorded
             affinity = isolated or dom.pinned
@@ -262,6 +286,18 @@ class Watcher:
             run_id, booted_at = dom.run_id, dom.booted_at
             for assigned in facts.devices:
                 bdf = assigned.address
+                if bdf in resting:
+                    cached = cache.get(bdf)
+                    if cached is not None and cached[0] == shape and cached[3] is assigned:
+                        # Its vectors as at the last sample (the table's shape is the
+                        # same): their counts, as _interrupts takes them, and no rule.
+                        state = devices[bdf] = observe_resting(
+                            devices[bdf], tuple([(i, sum(lines[k].counts)) for i, k in cached[2]]),
+                            elapsed)
+                        if state.mode == "none":
+                            without_vectors.add(dom.facts.domain.name)
+                        continue
+                    resting.discard(bdf)
                 irq = self._interrupts(dom, assigned, table, shape)
                 siblings = dom.siblings[bdf]
                 if siblings:
@@ -284,8 +320,10 @@ class Watcher:
                     # sets, so no guest remedy (advise's static rule does the same).
                     msi_possible[bdf],
                     changes.get(bdf), run_id, booted_at))
-                state, found, inconclusive = step_device(devices[bdf], sample, elapsed, config)
+                state, found, inconclusive, rests = step_device(devices[bdf], sample, elapsed, config)
                 devices[bdf] = state
+                if rests and rest_devices:
+                    resting.add(bdf)
                 if found:
                     for f in found:
                         key_said = RUNTIME.said_key(f)
@@ -341,6 +379,7 @@ class Watcher:
                 self.note(f"{dom.facts.domain.name}: {bdf} is gone from the host (hot-unplugged?); "
                           "no longer followed, its findings closed, until the domain's devices change")
             dom.facts = dom.facts._replace(devices=tuple(d for d in dom.facts.devices if d.address not in gone))
+            dom.resting.clear()  # facts are a per-run part of every sample
             dom.siblings = {bdf: tuple(s for s in sibs if s not in gone) for bdf, sibs in dom.siblings.items()}
             self._update_wanted()
 

@@ -76,6 +76,12 @@ class Rule(NamedTuple):
     # (state file key, slot -> value): what the next run of the domain reads
     # back in DeviceSample.previous_run.
     remembered: tuple[str, Callable[[object], object]] | None = None
+    # (slot, DeviceState, DeviceSample, config) -> True when the transition
+    # returns the slot unchanged and no finding at every later sample in
+    # which the device keeps state.mode and its vectors, and the sample's
+    # per-run parts stay as `sample` has them, whatever its counts do: the
+    # stepper then skips it (stepping.py, "Resting"). None: it never rests.
+    rests: Callable[..., bool] | None = None
     # IDs of the rules whose finding this one builds on (VA1002, the way to
     # VA1001's guest-side fix, means nothing without VA1001). Whatever
     # silences one of them (disabled_rules, [domains.NAME] ignore,

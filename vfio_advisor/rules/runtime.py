@@ -115,6 +115,13 @@ def intx_or_msi(own, state, sample, elapsed, config):
         _remedy(sample), {"rate": f"{state.rate:.1f}", "irq": irq.intx_label})
 
 
+def intx_or_msi_rests(own, state, sample, config) -> bool:
+    # With the mode kept, previous_mode is the mode: no switch; what is left
+    # is VA6001's wait for a settled, MSI-capable device counting on INTx.
+    return (state.mode != "intx" or own == FLAGGED or not _settled(sample, config)
+            or not _msi_capable(sample))
+
+
 def held_on_intx(state, sample, config) -> str:
     """What the daemon says when it holds VA6001 back."""
     irq = sample.interrupts
@@ -141,6 +148,11 @@ def msi_to_intx_regression(own, state, sample, elapsed, config):
             if sample.host_msi_possible else
             "The host now forbids MSI for it, so the guest could not keep it."),
         _remedy(sample), {"previous mode": before, "mode": state.mode})
+
+
+def regression_rests(own, state, sample, config) -> bool:
+    # Checked once a run (own True), or nothing to check before then.
+    return own or state.mode == "none" or not _settled(sample, config)
 
 
 NO_STORM = (0, False)  # (samples in a row at storm_rate or more, reported)
@@ -181,6 +193,13 @@ def intx_storm(own, state, sample, elapsed, config):
     return own, []
 
 
+def storm_rests(own, state, sample, config) -> bool:
+    # Off INTx no rate starts a storm, and one going on ends only on INTx's
+    # rate falling; before the settle time the slot is never written.
+    storming, reported = own
+    return not (storming or reported) and state.mode != "intx" or not _settled(sample, config)
+
+
 def _storm_key(line: str) -> str:
     return f"storm on host IRQ {line}"
 
@@ -219,6 +238,12 @@ def no_interrupts(own, state, sample, elapsed, config):
         "VA6006", sample,
         f"{_name(sample)} has raised no interrupt at all {_since_start(sample)}"
         + (" (no vfio vectors are set up)" if state.mode == "none" else "") + ".")
+
+
+def silence_rests(own, state, sample, config) -> bool:
+    # ever_counted never goes back within a run; a silent device's finding
+    # (own True) ends at its first count, which the counts alone bring.
+    return (state.ever_counted and not own) or not _settled(sample, config) or not state.observable
 
 
 def affinity_overlap(own, state, sample, elapsed, config):
@@ -262,6 +287,12 @@ def affinity_overlap(own, state, sample, elapsed, config):
     return (own if now == own else now), out
 
 
+def affinity_rests(own, state, sample, config) -> bool:
+    # With no CPU to protect the Watcher reads no affinity: nothing to compare.
+    return ((not sample.isolated_cpus and not sample.facts.domain.pinned_cpus)
+            or not _settled(sample, config) or not state.observable)
+
+
 def msi_posted(own, state, sample, elapsed, config):
     """VA6008: once per device and run, when it is on MSI/MSI-X and the host
     cannot count those vectors (sample.host_can_count_msi False: posted to
@@ -276,6 +307,10 @@ def msi_posted(own, state, sample, elapsed, config):
         "straight to the guest's vCPU: its vfio counters stay flat while it works, so the "
         "daemon reports no rate, silence or affinity for them (metrics mark them "
         "unobservable).", evidence={"mode": state.mode})
+
+
+def posted_rests(own, state, sample, config) -> bool:
+    return own or state.mode not in ("msi", "msix") or sample.host_can_count_msi
 
 
 # Why a recorded guest change may not have brought MSI, per guest OS.
@@ -337,6 +372,23 @@ def guest_change_outcome(own, state, sample, elapsed, config):
         f"Likely causes: {causes}. `vfio-advisor guest "
         f"{_shell_word(sample.facts.domain.name)}` reads the guest's side.",
         {"change": change.at, "rate": f"{state.rate:.1f}", "irq": sample.interrupts.intx_label})
+
+
+def guest_change_rests(own, state, sample, config) -> bool:
+    # guest_change_outcome's branches that return `own` whatever the counts
+    # (only delta, on a settled INTx line, decides between HELD and VA6010).
+    change = sample.guest_change
+    if change is None:
+        return True
+    if own is not None and own != HELD:
+        return own[1] == change.at
+    if own is None and sample.previous_run.get("guest_change_said") == change.at:
+        return False
+    if not _restarted_since(change, sample):
+        return True
+    if state.mode in ("msi", "msix"):
+        return False
+    return state.mode != "intx" or not _settled(sample, config)
 
 
 def _shell_word(text: str) -> str:
@@ -418,7 +470,7 @@ RULES: tuple[Rule, ...] = register(
          "Enable MSI in the guest: Windows MSISupported=1 for every function of the card "
          "(and again after driver updates); Linux, the driver's MSI option.",
          _id("60b452f510024659af0f6d48fbec1ee0"), None, documentation=(SEED_ARTICLE,),
-         transition=intx_or_msi, holds=_still_on_intx, held_back=held_on_intx,
+         transition=intx_or_msi, rests=intx_or_msi_rests, holds=_still_on_intx, held_back=held_on_intx,
          remembered=("flagged_intx", _was_flagged), fires_on=('rt-lab-stays-intx', 'rt-intx-settled-windows'),
          silent_on=('rt-intx-booting', 'rt-lab-switch-to-msi', 'rt-msi-settled')),
     Rule("VA6002", "switched-to-msi", Severity.INFO,
@@ -428,7 +480,7 @@ RULES: tuple[Rule, ...] = register(
          "a driver option changed.",
          "Nothing to do. Check again after guest driver updates, which can reset the setting.",
          _id("1936b40983384a06a30e555d8d8c480d"), None,
-         transition=intx_or_msi, holds=_never,
+         transition=intx_or_msi, rests=intx_or_msi_rests, holds=_never,
          fires_on=('rt-lab-switch-to-msi', 'rt-flagged-now-msi', 'rt-flagged-reset-now-msi'),
          silent_on=('rt-lab-stays-intx', 'rt-intx-settled-windows')),
     Rule("VA6003", "msi-to-intx-regression", Severity.WARNING,
@@ -439,7 +491,7 @@ RULES: tuple[Rule, ...] = register(
          "Set MSISupported=1 again for every function of the card (Windows), or restore the "
          "driver's MSI option (Linux), then restart the guest.",
          _id("4311428fa02a4380a07d7c7a8b3d26a9"), None,
-         transition=msi_to_intx_regression, initial=False, fires_on=('rt-lab-nomsi-after-msi-run', 'rt-msi-last-run-intx-now'),
+         transition=msi_to_intx_regression, rests=regression_rests, initial=False, fires_on=('rt-lab-nomsi-after-msi-run', 'rt-msi-last-run-intx-now'),
          silent_on=('rt-lab-stays-intx', 'rt-intx-settled-windows')),
     Rule("VA6004", "intx-storm", Severity.WARNING,
          "Interrupt storm on an assigned device's INTx line",
@@ -450,7 +502,7 @@ RULES: tuple[Rule, ...] = register(
          "Check the guest driver (and its logs) for this device; enable MSI if the device "
          "supports it. The threshold is [daemon] storm_rate in the config.",
          _id("6c7b6d7ab9414e3490ac862d7eb2a3dd"), None,
-         transition=intx_storm, initial=NO_STORM, holds=_storm_goes_on,
+         transition=intx_storm, rests=storm_rests, initial=NO_STORM, holds=_storm_goes_on,
          said_key=_storm_said, fires_on=('rt-lab-intx-own-line', 'rt-storm-own-line'),
          silent_on=('rt-lab-storm-shared', 'rt-storm-shared-line', 'rt-intx-settled-windows')),
     Rule("VA6005", "intx-storm-shared-line", Severity.ERROR,
@@ -460,7 +512,7 @@ RULES: tuple[Rule, ...] = register(
          "guest's. Host devices on the line (USB, storage) suffer too.",
          "Stop the storm (guest driver, MSI), or give the device a host line of its own.",
          _id("f90aba7e5162418e8a794c36b87980ef"), None,
-         transition=intx_storm, initial=NO_STORM, holds=_storm_goes_on,
+         transition=intx_storm, rests=storm_rests, initial=NO_STORM, holds=_storm_goes_on,
          said_key=_storm_said, fires_on=('rt-lab-storm-shared', 'rt-storm-shared-line'),
          silent_on=('rt-storm-own-line', 'rt-lab-stays-intx')),
     Rule("VA6006", "no-interrupts", Severity.INFO,
@@ -471,7 +523,7 @@ RULES: tuple[Rule, ...] = register(
          "Check in the guest that a driver is bound to the device (Device Manager, or "
          "lspci -k in Linux).",
          _id("3d219b988e0643289eabc7fe1bfecd0f"), None,
-         transition=no_interrupts, initial=False, holds=_still_silent, fires_on=('rt-lab-no-vectors', 'rt-no-vectors-settled'),
+         transition=no_interrupts, rests=silence_rests, initial=False, holds=_still_silent, fires_on=('rt-lab-no-vectors', 'rt-no-vectors-settled'),
          silent_on=('rt-msi-settled', 'rt-no-vectors-booting', 'rt-msi-zero-posted')),
     Rule("VA6007", "vfio-irq-affinity-overlap", Severity.WARNING,
          "A vfio vector may run on the domain's pinned vCPU CPUs or isolated CPUs",
@@ -481,7 +533,7 @@ RULES: tuple[Rule, ...] = register(
          "Set the vector's /proc/irq/N/smp_affinity_list to housekeeping CPUs, or use "
          "irqaffinity= on the host kernel command line. vfio-advisor only advises.",
          _id("ca692677e0fd4f29b856f5fefbb536e2"), None,
-         transition=affinity_overlap, initial=(), holds=_still_overlaps, fires_on=('rt-lab-isolcpus', 'rt-affinity-on-pinned'),
+         transition=affinity_overlap, rests=affinity_rests, initial=(), holds=_still_overlaps, fires_on=('rt-lab-isolcpus', 'rt-affinity-on-pinned'),
          silent_on=('rt-affinity-housekeeping', 'rt-affinity-posted')),
     Rule("VA6008", "msi-posted-unobservable", Severity.INFO,
          "Running device's MSIs are posted to the guest: the host cannot count them",
@@ -491,7 +543,7 @@ RULES: tuple[Rule, ...] = register(
          "from them (no VA6006, VA6007, rates).",
          "Nothing to fix. Judge the device's interrupts inside the guest.",
          _id("d1601fb60ec64ebc8b736b0209d7b05d"), None,
-         transition=msi_posted, initial=False, fires_on=('rt-lab-msi-posted', 'rt-msi-posted'),
+         transition=msi_posted, rests=posted_rests, initial=False, fires_on=('rt-lab-msi-posted', 'rt-msi-posted'),
          silent_on=('rt-msi-settled', 'rt-intx-posted-host')),
     Rule("VA6009", "guest-change-confirmed", Severity.INFO,
          "A recorded guest change brought MSI: confirmed from the host",
@@ -501,7 +553,7 @@ RULES: tuple[Rule, ...] = register(
          "enables MSI), so the change took effect.",
          "Nothing to fix. After a guest driver update, check again with `vfio-advisor guest`.",
          _id("593baa945b4f460ead53e7eda18e2eac"), None,
-         transition=guest_change_outcome, holds=_never, remembered=("guest_change_said", _change_said),
+         transition=guest_change_outcome, rests=guest_change_rests, holds=_never, remembered=("guest_change_said", _change_said),
          fires_on=('rt-lab-change-confirmed', 'rt-change-confirmed'),
          silent_on=('rt-change-before-restart', 'rt-msi-settled')),
     Rule("VA6010", "guest-change-not-effective", Severity.WARNING,
@@ -513,7 +565,7 @@ RULES: tuple[Rule, ...] = register(
          "reset (a driver update), written to another instance of the device, or the "
          "driver may not use MSI.",
          _id("775a39391a744635833de0214bc0652d"), None,
-         transition=guest_change_outcome, holds=_change_failed, held_back=held_after_change,
+         transition=guest_change_outcome, rests=guest_change_rests, holds=_change_failed, held_back=held_after_change,
          fires_on=('rt-lab-change-stays-intx', 'rt-change-stays-intx'),
          silent_on=('rt-change-stays-intx-idle', 'rt-change-booting', 'rt-change-before-restart')),
 )

@@ -4,9 +4,10 @@ that runs every runtime rule of the registry in its order.
 A runtime rule (a Rule with a `transition`, in its family module) is one
 object: its transition, a pure function over its own state slot; the
 slot's value at a run's start (`initial`); when a finding of it still holds
-(`holds`, for the metrics file and the closing of findings); its examples
-(fires_on, silent_on). Rules that share a transition (VA6004/VA6005, one
-storm with two outcomes) share its slot.
+(`holds`, for the metrics file and the closing of findings); when it rests
+(`rests`, below); its examples (fires_on, silent_on). Rules that share a
+transition (VA6004/VA6005, one storm with two outcomes) share its slot and
+its `rests`.
 
     device transition: (own, state: DeviceState, sample: DeviceSample,
                         elapsed, config) -> (own, findings)
@@ -19,6 +20,27 @@ its finding back for lack of evidence: the stepper then reports the rule's
 `held_back` text once, as an Inconclusive note. The daemon's Watcher knows
 none of this: it hands each device's sample to RuntimeRules.step_device.
 Nothing here does I/O.
+
+Resting. Most devices, most of the time, are in a state where no transition
+can do anything: on MSI-X, settled, counting, nothing flagged. A rule's
+`rests(own, state, sample, config)` says so of its slot: True promises that
+the transition returns `own` itself and no finding at every later sample
+while
+  - the device keeps state.mode and the same vectors (the sampled table's
+    shape for it is unchanged), and
+  - the sample's per-run parts stay as `sample` has them: whether it is
+    settled (since_start >= config.settle), facts, device, previous_run,
+    isolated_cpus, host_can_count_msi, host_msi_possible, guest_change,
+    run_id, booted_at, whether vector_affinity is read at all (pinned or
+    isolated CPUs), and the config,
+whatever the counts, rate and delta, the values of vector_affinity,
+sibling_on_intx and said. step_device says in Step.rests whether every
+device transition rests; the Watcher then only counts the device
+(observe_resting) until one of those parts changes, which it watches
+(daemon/watch.py, Watcher._step). tests/rules/test_runtime_rests.py holds
+each rule's `rests` to that promise on states and samples hypothesis draws,
+and tests/daemon/test_resting.py the Watcher to the full step's findings
+and snapshots at every sample.
 """
 
 from __future__ import annotations
@@ -102,19 +124,33 @@ class HostSample(NamedTuple):
 
 
 class Step(NamedTuple):
-    """One device's step: its new state, the findings to emit, and the
-    findings held back for lack of evidence (said once each)."""
+    """One device's step: its new state, the findings to emit, the
+    findings held back for lack of evidence (said once each), and whether
+    every device transition now rests (module docstring)."""
 
     state: DeviceState
     findings: list[Finding]
     inconclusive: list[Inconclusive]
+    rests: bool = False
 
 
 def observe(state: DeviceState, sample: DeviceSample, elapsed: float | None) -> DeviceState:
     """The bookkeeping every runtime rule reads: mode, counts, rate."""
     irq = sample.interrupts
     mode = irq.mode if irq.mode in ("intx", "msi", "msix") else "none"
-    vector_counts, before = irq.vector_counts, state.counts
+    observable = mode not in ("msi", "msix") or sample.host_can_count_msi
+    return _counted(state, mode, irq.vector_counts, elapsed, observable)
+
+
+def observe_resting(state: DeviceState, vector_counts, elapsed: float | None) -> DeviceState:
+    """observe() for a resting device (module docstring): its mode, vectors
+    and observability are the last sample's, only its counts are new."""
+    return _counted(state, state.mode, vector_counts, elapsed, state.observable)
+
+
+def _counted(state: DeviceState, mode: str, vector_counts, elapsed: float | None,
+             observable: bool) -> DeviceState:
+    before = state.counts
     # The daemon's steady case: the same vectors as at the last sample, in its
     # (sorted, unique) order; one pass, without the dicts and the sort below
     # (a few us of a ~50 us sample per device, bench/daemon_bench.py).
@@ -135,7 +171,6 @@ def observe(state: DeviceState, sample: DeviceSample, elapsed: float | None) -> 
     # device ever interrupted; but "none at all" must not be said of a
     # device that may have: only an all-zero count is taken as none.
     ever = state.ever_counted or delta > 0 or any(c for _, c in counts)
-    observable = mode not in ("msi", "msix") or sample.host_can_count_msi
     # state._replace(mode=..., previous_mode=state.mode, counts=..., rate=...,
     # delta=..., ever_counted=..., observable=...), spelled out: _replace
     # builds a dict and maps over the fields, twice the cost of the call (it
@@ -164,7 +199,7 @@ class RuntimeRules:
     shared transition once, at its first rule's place)."""
 
     def __init__(self, rules):
-        device, host, initial, host_initial = [], [], [], []
+        device, host, initial, host_initial, rests = [], [], [], [], []
         self.by_id = {}
         self._owner: dict = {}  # transition -> its rules
         for rule in rules:
@@ -175,16 +210,21 @@ class RuntimeRules:
             if fn in self._owner:
                 if rule.initial != self._owner[fn][0].initial:
                     raise ValueError(f"{rule.id} shares a transition but not its initial state")
+                if rule.rests is not self._owner[fn][0].rests:
+                    raise ValueError(f"{rule.id} shares a transition but not when it rests")
                 self._owner[fn].append(rule)
                 continue
             self._owner[fn] = [rule]
             if rule.scope == "device":
                 device.append(fn)
                 initial.append(rule.initial)
+                rests.append(rule.rests)
             else:
                 host.append(fn)
                 host_initial.append(rule.initial)
         self.device_transitions = tuple(device)
+        # None where a transition never rests: then no device does.
+        self.device_rests = None if None in rests else tuple(rests)
         self.host_transitions = tuple(host)
         self.initial = tuple(initial)
         self.host_initial = tuple(host_initial)
@@ -226,10 +266,17 @@ class RuntimeRules:
                 if got == HELD and own != HELD:
                     held = [*held, *self._held(transition, state, sample, config)]
         if changed is not None or not state.slots:
-            state = state._replace(slots=tuple(changed if changed is not None else slots))
-        # Step(state, findings, held) without the NamedTuple's __new__ frame:
-        # it runs for every device at every sample.
-        return _tuple_new(Step, (state, findings, held))
+            slots = tuple(changed if changed is not None else slots)
+            state = state._replace(slots=slots)
+        rests = self.device_rests is not None
+        if rests:
+            for own, rest in zip(slots, self.device_rests):
+                if not rest(own, state, sample, config):
+                    rests = False
+                    break
+        # Step(state, findings, held, rests) without the NamedTuple's
+        # __new__ frame: it runs for every device that does not rest.
+        return _tuple_new(Step, (state, findings, held, rests))
 
     def _held(self, transition, state, sample, config) -> list[Inconclusive]:
         out = []
