@@ -71,5 +71,7 @@ def test_every_offered_fix_passes_every_check(analyzer, request):
     # VA5001 at 19: three of the 20 it had were a PCI bridge counted as a
     # sharer (its SHPC uses MSI: guest_intx.QEMU_MODEL_MSI); a fourth domain's
     # sharing went with its VA4002 change, and one gained a free line.
-    assert kinds["VA5001"] >= 19 and kinds["VA4002"] >= 10 and kinds["VA4001"] >= 7
+    # VA4002 at 12: manu-romero_win7-uefi's join, whose new shared guest line
+    # the guest-line stage removes, is offered with that move.
+    assert kinds["VA5001"] >= 19 and kinds["VA4002"] >= 12 and kinds["VA4001"] >= 7
     assert kinds["VA5003"] >= 1

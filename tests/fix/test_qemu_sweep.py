@@ -72,6 +72,11 @@ def test_no_fix_is_refused_or_breaks_the_guest_layout(sweep):
     assert counts["changed"] >= 40 and judged >= 35, counts
     assert set(sweep["fix kinds"]) == {"VA1002", "VA4001", "VA4002", "VA4003", "VA5001", "VA5003"}
     assert sweep["fix kinds"]["VA4001"] >= 8
+    # VA4002 at 15 (13 before): a join whose new shared guest line the
+    # guest-line stage removes is offered with that move (the corpus's
+    # manu-romero_win7-uefi, and tests/data/fix/q35-join-adds-shared-line.xml).
+    assert sweep["fix kinds"]["VA4002"] >= 15
+    assert sweep["changed"]["user-domains/manu-romero_win7-uefi.xml"][:2] == ["VA4002", "VA5001"]
     # the guest agent channel: every corpus domain where the guest keeps a
     # device on INTx and has none (23 when it was added)
     assert sweep["fix kinds"]["VA1002"] >= 15

@@ -9,6 +9,10 @@ tests/guestboot/test_fix_layouts_boot.py.
 - tests/data/fix/adv-i440fx-split-card.xml (VA4001 then VA4002): an OHCI
   card (08:01.0 pin A, 08:01.1 pin B) split over two i440FX slots, joined
   into one slot on Q35.
+- tests/data/fix/q35-join-adds-shared-line.xml (VA4002 then VA5001): the
+  join of a three-function card puts its pin B function on the HDMI audio's
+  line, and the guest-line move that follows gives the audio a line of its
+  own; the join is offered only with that move.
 - tests/data/fix/q35-split-irqchip.xml (VA4003): <ioapic driver='qemu'/>
   to <ioapic driver='kvm'/>. Under TCG QEMU 7.2 boots it with its own
   IOAPIC (kernel_irqchip=on is a KVM accelerator property), so this checks
@@ -22,7 +26,7 @@ pin D), and libvirt places them anywhere an address says (models
 ich9-uhci1..3, ich9-ehci1). The guest reports the pin it read from config
 space, so a stand-in with the wrong pin fails the check, not hides it.
 
-The six layouts boot in one libvirtd: 41-75 s under TCG on the shared
+The eight layouts boot in one libvirtd: 41-75 s under TCG on the shared
 2-core lab machine. Needs what that tier needs (root, libvirtd,
 QEMU, Debian's archive for the first guest build).
 """
@@ -43,6 +47,8 @@ JOINS = {
     "i440fx-split-card": ("adv-i440fx-split-card.xml", ["VA4001", "VA4002"]),
 }
 IRQCHIP = ("q35-split-irqchip.xml", ["VA4003"])
+# A join whose new shared guest line a later stage removes (VA4002, VA5001).
+JOIN_THEN_LINES = ("q35-join-adds-shared-line.xml", ["VA4002", "VA5001"])
 # The agent channel `fix --guest` needs: a virtio-serial controller that
 # libvirt places at define, so the boot shows where it went and that the
 # guest still sees everything else.
@@ -63,6 +69,7 @@ def booted(tmp_path_factory):
     analyzer = Analyzer(str(HOST_ROOT))
     plans = {case: planned(analyzer, file, rules) for case, (file, rules) in JOINS.items()}
     plans["irqchip"] = planned(analyzer, *IRQCHIP)
+    plans["join-then-lines"] = planned(analyzer, *JOIN_THEN_LINES)
     plans["agent-channel"] = planned(analyzer, *AGENT_CHANNEL)
     layouts = {}
     for case, plan in plans.items():
@@ -98,7 +105,7 @@ def _device_paths(live) -> dict:
             for d in live.emulated if d.guest is not None}
 
 
-@pytest.mark.parametrize("case", sorted([*JOINS, "irqchip", "agent-channel"]))
+@pytest.mark.parametrize("case", sorted([*JOINS, "irqchip", "agent-channel", "join-then-lines"]))
 def test_the_fixed_guest_sees_every_function_it_saw_before(booted, case):
     plans, work = booted
     before, live_before = _booted(work, f"{case}-before")
@@ -136,6 +143,29 @@ def test_the_joined_functions_get_the_predicted_lines(booted, case):
         assert (pin, irq) == (fn.pin, fn.irq), (
             f"{fn.host_address} at {fn.guest_address}: guest pin {pin} GSI {irq}, "
             f"guest-irqs predicted pin {fn.pin} GSI {fn.irq}")
+
+
+def test_the_join_and_the_move_after_it_route_as_predicted(booted):
+    """Every function of the fixed layout on the pin and GSI promised; the
+    card in one slot, and the audio, which the join alone would have put on
+    the card's pin B line, on a line no other function the guest sees uses."""
+    plans, work = booted
+    plan = plans["join-then-lines"]
+    assert [(i.finding.key, i.resolved_by) for i in plan.changes[0].introduces] == [
+        (("VA5001", "0000:05:00.1"), "VA5001")]
+    seen, live = _booted(work, "join-then-lines-after")
+    promised = build_guest_intx_map(parse_domain_xml(plan.fixed_text), plan.before.host_pins())
+    cards = [f for f in promised.functions if f.kind == "hostdev"]
+    assert len(cards) == 5, cards
+    for fn in cards:
+        path = slot_path(live, fn.guest_address)
+        assert path in seen, f"{fn.host_address} at {fn.guest_address} not seen in the guest"
+        assert seen[path] == (fn.pin, fn.irq), (fn.host_address, fn.guest_address, seen[path], fn.irq)
+    card = [f for f in cards if f.host_address.startswith("0000:08:01.")]
+    assert len({(f.guest_address.bus, f.guest_address.slot) for f in card}) == 1, card
+    audio = next(f for f in cards if f.host_address == "0000:05:00.1")
+    path = slot_path(live, audio.guest_address)
+    assert [p for p, (_, irq) in seen.items() if irq == seen[path][1] and p != path] == [], sorted(seen.items())
 
 
 def test_the_full_irqchip_layout_routes_as_predicted(booted):

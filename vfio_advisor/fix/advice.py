@@ -49,6 +49,11 @@ def advised_remedy(f: Finding, fix: dict, command: str) -> str:
                              for r in fix["resolves"])
         lines = [f"Exact verified change: {fix['summary']} (resolves {resolves}):"]
         lines += [f"  {d}" for d in fix["details"]]
+        # A change that brings in a finding is offered only with the later
+        # change that resolves it: `fix` prints and applies them together.
+        lines += [f"  on its own it adds {r['rule']}" + (f" {r['subject']}" if r["subject"] else "")
+                  + f" ({r['severity']}), which the {r['resolved_by']} change of the same plan resolves"
+                  for r in fix.get("introduces", ())]
         lines.append(command)
         lines.append(f"By hand instead: {prose}")
         return "\n".join(lines)

@@ -348,6 +348,12 @@ def write_summary(src: DomainSource, plan: DomainPlan, out) -> None:
         for d in c.details:
             w(f"#     {d}\n")
         w("#     resolves " + ", ".join(describe_finding(f) for f in c.resolves) + "\n")
+        for x in c.introduces:
+            # On its own this change would add the finding; the plan is only
+            # offered whole, and the change that removes it comes later in it.
+            n = next(j for j, later in enumerate(plan.changes, 1) if later.rule == x.resolved_by)
+            w(f"#     introduces {describe_finding(x.finding)} ({x.finding.severity}), which "
+              f"change {n} ({x.resolved_by}) resolves\n")
         w("#     verified: " + "; ".join(k.summary() for k in c.checks) + "\n")
     for u in plan.unfixed:
         w(f"#  no verified fix for {describe_finding(u.finding)} ({u.finding.severity}): {u.reason}\n")

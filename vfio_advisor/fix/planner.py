@@ -14,6 +14,13 @@ order of their stages, because each one changes what the next one sees:
   4  a guest line of its own for every assigned INTx device (joint)
   5  <ioapic driver='kvm'/>
 
+A change that adds a finding of warning or worse is refused, except one
+whose rule has a change of its own in a later stage: that one is kept
+provisionally, and the plan stands only if the finding is gone from its
+final XML (Change.introduces says which later change removed it);
+otherwise the stage is planned strictly and the plan made again
+(plan_domain says why).
+
 Guest lines come from the routing model (facts/guest_intx.py; QEMU
 hw/pci/pci.c swizzle, hw/isa/lpc_ich9.c ich9_lpc_map_irq, hw/i386/pc_piix.c
 pc_pci_slot_get_pirq, SeaBIOS src/fw/pciinit.c), never from a fixed table here.
@@ -127,13 +134,15 @@ class Change:
     targeted: list[Finding]
     checks: list[Check] = field(default_factory=list)
     resolves: list[Finding] = field(default_factory=list)  # every original finding it removes
+    # findings of warning or worse it brought in, each resolved by a later change of the plan
+    introduces: list["Introduced"] = field(default_factory=list)
 
     @property
     def verified(self) -> bool:
         return bool(self.checks) and all(c.ok for c in self.checks)
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "rule": self.rule,
             "summary": self.summary,
             "details": self.details,
@@ -144,6 +153,17 @@ class Change:
             "verification": {c.name: c.to_json() for c in self.checks},
             "verified": self.verified,
         }
+        if self.introduces:  # present only when there is something to say, as "claims"
+            out["introduces"] = [{**_finding_ref(i.finding), "severity": str(i.finding.severity),
+                                  "resolved_by": i.resolved_by} for i in self.introduces]
+        return out
+
+
+class Introduced(NamedTuple):
+    """A finding of warning or worse that a change brought in, and the rule
+    of the later change in the same plan that resolved it."""
+    finding: Finding
+    resolved_by: str
 
 
 @dataclass
@@ -919,24 +939,21 @@ def plan_domain(analyzer: Analyzer, xml: str | bytes, rules: Iterable[str] | Non
     """Plan and verify. Raises DomainXMLError (one line) for XML that is not
     a domain. `rules`: the rule IDs to fix (default: every fixable one).
     `qemu`: where libvirt's qemu driver can check the XML (verify.QemuCheck).
+    `verifier`: the checks instead of verify.Verifier's, called as it is
+    (before, after, xml, targeted, pending, later).
 
     Claims come from the final XML only: a change is kept only if every
     finding of the original that the XML before it no longer had stays
-    gone (a change that brings one back, or adds a new one, is not offered),
-    so "resolves" of each change is what the final XML no longer has."""
+    gone (a change that brings one back is not offered), so "resolves" of
+    each change is what the final XML no longer has. A change that adds a
+    finding of warning or worse is offered only when a later change of the
+    plan resolves it (the change's `introduces` names both)."""
     text = xml.decode("utf-8", "replace") if isinstance(xml, bytes) else xml
     root = parse_tree(xml)
     base = serialize(root)
     before = analyzer.analyse(root)
     wanted_rules = FIXABLE_RULES if rules is None else FIXABLE_RULES & set(rules)
     router = Router(before)
-    current_root, current = root, before
-    changes: list[Change] = []
-    rejected: list[Change] = []
-    unfixed: list[Unfixed] = []
-    accepted_targets: list[Finding] = []
-    original = {f.key: f for f in before.findings}
-    present = set(original)  # original findings the current XML still has
     fixable = [f for f in before.findings if f.rule_id in wanted_rules]
     check = verifier
     if fixable and check is None:
@@ -967,6 +984,115 @@ def plan_domain(analyzer: Analyzer, xml: str | bytes, rules: Iterable[str] | Non
             return DomainPlan(before.domain.name, base, base, before, before, [], [],
                               [Unfixed(f, reason, "unverifiable") for f in fixable], other,
                               source_text=text)
+    # A change may bring in a finding that a later stage fixes (joining a
+    # card's functions in one slot can put one of them on the guest line of
+    # an assigned INTx-only device, which the guest-line stage then moves):
+    # judged alone, the earlier change would be refused although the plan as
+    # a whole ends without the finding. So such a change is accepted
+    # provisionally, and the plan is judged on its final XML: a finding one
+    # change introduced must be gone there. If one is left, the stage that
+    # introduced it is planned strictly (its new findings refuse it, as for
+    # any other change) and every stage is planned again from the original.
+    # Dropping that change alone and keeping the later ones would not do:
+    # their operations (addresses, new controller indexes) and their checks
+    # were made on the XML it had changed. A fresh pass is the simplest
+    # plan whose every change is judged on the XML it is applied to; it
+    # costs one more round of checks, only where a later stage failed to
+    # resolve what an earlier one introduced. Each retry makes one more
+    # stage strict, so there is at most one more pass per stage.
+    strict: dict[str, dict[tuple, str]] = {}  # stage rule -> why a finding it introduced is not left to later ones
+    while True:
+        run = _run_stages(analyzer, root, before, wanted_rules, router, check, strict)
+        if not run.pending:
+            break
+        for key, (finding, by) in run.pending.items():
+            strict.setdefault(by.rule, {})[key] = f"not left to a later change: {_why_left(run, finding)}"
+    current_root, current, changes, unfixed = run.root, run.current, run.changes, run.unfixed
+    # Findings an accepted change removed are not unfixed, whatever the
+    # planner of their own rule said before (e.g. a shared guest line on i440FX after Q35).
+    final = {f.key for f in current.findings}
+    unfixed = [u for u in unfixed if u.finding.key in final]
+    for change in changes:  # what each change resolved is gone from the final XML
+        change.resolves = [f for f in change.resolves if f.key not in final]
+        if change.introduces:
+            # Its re-analysis said "left to the later change"; on the final
+            # XML it is known which one resolved it.
+            by = {i.finding.key: i.resolved_by for i in change.introduces}
+            after, targeted, owed = run.judged[id(change)]
+            recheck = verify_module.reanalysis(
+                before, after, targeted, owed,
+                lambda f, by=by: (True, f"resolved by the later {by[f.key]} change") if f.key in by else None)
+            change.checks = [recheck if c.name == recheck.name else c for c in change.checks]
+    other = [f for f in before.findings
+             if f.rule_id not in FIXABLE_RULES and f.severity >= Severity.WARNING]
+    return DomainPlan(name=before.domain.name, base_xml=base, fixed_xml=serialize(current_root),
+                      before=before, after=current, changes=changes, rejected=run.rejected,
+                      unfixed=unfixed, other=other, source_text=text, base_root=root,
+                      fixed_root=current_root)
+
+
+@dataclass
+class _Pass:
+    """One pass of the stages over the original XML (plan_domain)."""
+    root: etree._Element
+    current: Analysis
+    changes: list[Change]
+    rejected: list[Change]
+    unfixed: list[Unfixed]
+    # introduced by an accepted change and not resolved since: key -> (finding, that change)
+    pending: dict[tuple, tuple[Finding, Change]]
+    # id(change) -> (its re-analysis, the findings it had to remove, the
+    # introduced ones it was not charged with): its reanalysis check again
+    judged: dict[int, tuple[Analysis, list[Finding], list[Finding]]]
+
+
+_FIX_RULE_OF = {r.id: r for r in FIX_RULES}
+
+
+def _later(stage: Rule, wanted_rules: frozenset[str], strict: dict[tuple, str] | None):
+    """verify.reanalysis's `later` for a change of `stage`'s rule: a new
+    finding is left to a later stage when its rule's own change comes later
+    in this plan, unless the stage is planned strictly."""
+    def later(f: Finding) -> tuple[bool, str | None] | None:
+        if strict is not None:
+            return False, strict.get(f.key)
+        fixer = _FIX_RULE_OF.get(f.rule_id)
+        if fixer is None or fixer.fix.stage <= stage.fix.stage:
+            return None
+        if fixer.id not in wanted_rules:
+            return False, (f"not left to the later {fixer.id} change: {fixer.id} is not among "
+                           "the rules asked for")
+        return True, f"left to the later {fixer.id} change"
+    return later
+
+
+def _why_left(run: _Pass, finding: Finding) -> str:
+    """Why a finding an earlier change introduced is still in a pass's final XML."""
+    key = finding.key
+    left = next((u for u in run.unfixed if u.finding.key == key), None)
+    if left is not None:
+        return f"the {finding.rule_id} change leaves it: {left.reason}"
+    failed = next((c for c in run.rejected if c.rule == finding.rule_id), None)
+    if failed is not None:
+        return f"the {finding.rule_id} change failed verification: " + "; ".join(
+            f"{c.name}: {c.detail}" for c in failed.checks if not c.ok)
+    return "the later changes leave it"
+
+
+def _run_stages(analyzer: Analyzer, root: etree._Element, before: Analysis,
+                wanted_rules: frozenset[str], router: Router, check: Callable[..., list[Check]],
+                strict: dict[str, dict[tuple, str]]) -> _Pass:
+    """Every stage in order, each on the XML the accepted changes before it
+    made; `strict`: the stages whose new findings are not left to later ones."""
+    current_root, current = root, before
+    changes: list[Change] = []
+    rejected: list[Change] = []
+    unfixed: list[Unfixed] = []
+    accepted_targets: list[Finding] = []
+    original = {f.key: f for f in before.findings}
+    present = set(original)  # original findings the current XML still has
+    pending: dict[tuple, tuple[Finding, Change]] = {}
+    judged: dict[int, tuple[Analysis, list[Finding], list[Finding]]] = {}
     for fix_rule in FIX_RULES:
         rule = fix_rule.id
         if rule not in wanted_rules:
@@ -1008,7 +1134,12 @@ def plan_domain(analyzer: Analyzer, xml: str | bytes, rules: Iterable[str] | Non
             unfixed += [Unfixed(f, change.checks[0].detail, "unverified") for f in proposal.targeted]
             continue
         # The offer is the accumulated XML: it must keep every earlier fix too.
-        change.checks = check(before, after, new_xml, accepted_targets + proposal.targeted)
+        # What an earlier change introduced and left to a later one is not
+        # this change's new finding.
+        owed = [f for f, _ in pending.values()]
+        targeted = accepted_targets + proposal.targeted
+        change.checks = check(before, after, new_xml, targeted, owed,
+                              _later(fix_rule, wanted_rules, strict.get(rule)))
         after_keys = {f.key for f in after.findings}
         back = [original[k] for k in sorted(set(original) - present) if k in after_keys]
         if back:
@@ -1018,6 +1149,13 @@ def plan_domain(analyzer: Analyzer, xml: str | bytes, rules: Iterable[str] | Non
         if change.verified:
             change.resolves = [f for k, f in original.items() if k in present and k not in after_keys]
             present &= after_keys
+            for key in [k for k in pending if k not in after_keys]:
+                finding, by = pending.pop(key)
+                by.introduces.append(Introduced(finding, rule))
+            # Accepted with new findings: the check left each to a later stage.
+            for f in verify_module.new_findings(before, after, owed):
+                pending[f.key] = (f, change)
+            judged[id(change)] = (after, targeted, owed)
             changes.append(change)
             accepted_targets += proposal.targeted
             current_root, current = new_root, after
@@ -1026,18 +1164,7 @@ def plan_domain(analyzer: Analyzer, xml: str | bytes, rules: Iterable[str] | Non
             failed = "; ".join(f"{c.name}: {c.detail}" for c in change.checks if not c.ok)
             unfixed += [Unfixed(f, f"the planned change failed verification ({failed})",
                                 "unverified") for f in proposal.targeted]
-    # Findings an accepted change removed are not unfixed, whatever the
-    # planner of their own rule said before (e.g. a shared guest line on i440FX after Q35).
-    final = {f.key for f in current.findings}
-    unfixed = [u for u in unfixed if u.finding.key in final]
-    for change in changes:  # what each change resolved is gone from the final XML
-        change.resolves = [f for f in change.resolves if f.key not in final]
-    other = [f for f in before.findings
-             if f.rule_id not in FIXABLE_RULES and f.severity >= Severity.WARNING]
-    return DomainPlan(name=before.domain.name, base_xml=base, fixed_xml=serialize(current_root),
-                      before=before, after=current, changes=changes, rejected=rejected,
-                      unfixed=unfixed, other=other, source_text=text, base_root=root,
-                      fixed_root=current_root)
+    return _Pass(current_root, current, changes, rejected, unfixed, pending, judged)
 
 
 def fix_for_finding(plan: DomainPlan, finding: Finding) -> dict | None:
@@ -1056,5 +1183,5 @@ def fix_for_finding(plan: DomainPlan, finding: Finding) -> dict | None:
     return {"verified": False, "rule": finding.rule_id, "kind": left.kind, "reason": left.reason}
 
 
-__all__ = ["Analysis", "Analyzer", "Change", "DomainPlan", "FIXABLE_RULES", "FIX_RULES", "Manual",
-           "RULE_ORDER", "Unfixed", "describe_finding", "fix_for_finding", "plan_domain"]
+__all__ = ["Analysis", "Analyzer", "Change", "DomainPlan", "FIXABLE_RULES", "FIX_RULES", "Introduced",
+           "Manual", "RULE_ORDER", "Unfixed", "describe_finding", "fix_for_finding", "plan_domain"]
