@@ -177,3 +177,33 @@ def test_a_reboot_wakes_resting_devices_for_a_recorded_guest_change(tmp_path, mo
             pair.each(reboot)
     said = pair.sinks["resting"].said
     assert ("finding", "VA6009") in [(kind, rule) for kind, rule, bdf, _ in said if bdf == EDU], said
+
+
+def test_the_snapshot_follows_domains_that_come_and_go(tmp_path):
+    """Watcher.snapshot keeps its sorted order between samples: a domain
+    followed, one whose devices changed (same run), and one removed each
+    show at the next sample, sorted as a fresh sort would put them."""
+    replay = Replay(tmp_path, ["modes"])
+    pair = Pair(replay.root, RuntimeConfig(settle=0))
+    w = pair.watchers["resting"]
+
+    def fresh():
+        return [(name, bdf) for name in sorted(w.domains) for bdf in sorted(w.domains[name].devices)]
+
+    modes = (DOMAINS / "modes.xml").read_bytes()
+    edu = (DOMAINS / "edu.xml").read_bytes()
+    w.add_domain(parse_domain_xml(modes.replace(b"lab-modes", b"zz-modes")))
+    w.sample()
+    assert [(d.domain, d.bdf) for d in w.snapshot()] == fresh() and len(fresh()) == 3
+    w.add_domain(parse_domain_xml(edu))  # sorts before the first
+    w.sample()
+    assert [(d.domain, d.bdf) for d in w.snapshot()] == fresh() and len(fresh()) == 4
+    # The same run with one device less (a detach-device: DEVICE_REMOVED).
+    fewer = modes.replace(b"lab-modes", b"zz-modes")
+    start = fewer.index(b"<hostdev")
+    w.add_domain(parse_domain_xml(fewer[:start] + fewer[fewer.index(b"</hostdev>", start) + 10:]), same_run=True)
+    w.sample()
+    assert [(d.domain, d.bdf) for d in w.snapshot()] == fresh() and len(fresh()) == 3
+    w.remove_domain("lab-edu")
+    w.sample()
+    assert [(d.domain, d.bdf) for d in w.snapshot()] == fresh() and len(fresh()) == 2

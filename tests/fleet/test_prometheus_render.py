@@ -276,3 +276,27 @@ def test_a_device_s_kept_lines_follow_its_mode_and_observability():
         kept = render(devices, [], NOW + k, "x")
         prometheus._device_lines.cache_clear()
         assert kept == render(devices, [], NOW + k, "x"), states[k]
+
+
+def test_kept_families_follow_every_mode_observability_and_device_change():
+    """render(..., kept) reuses the observable and mode families joined at
+    the last call (prometheus.Kept): over a run of samples that change a
+    mode, an observability, the devices followed, or only the counts, each
+    text is what a call with nothing kept renders."""
+    from vfio_advisor.sinks.prometheus import Kept
+
+    kept = Kept()
+    states = [("msix", True, 2), ("msix", True, 2), ("intx", True, 2), ("intx", False, 2),
+              ("intx", False, 1), ("intx", False, 3), ("none", True, 3), ("none", True, 0), ("msix", True, 2)]
+    for k, (mode, observable, n) in enumerate(states):
+        devices = [DeviceMetrics(f"vm{i}", f"0000:0{i}:00.0", mode if i == 0 else "msix", 100 + k, observable)
+                   for i in range(n)]
+        text = render(devices, [], NOW + k, "x", kept)
+        assert text == render(devices, [], NOW + k, "x"), states[k]
+    # The second call of an unchanged state kept the first one's families.
+    first = Kept()
+    devices = [DeviceMetrics("vm", "0000:01:00.0", "msix", 1)]
+    render(devices, [], NOW, "x", first)
+    joined = first.modes
+    render([DeviceMetrics("vm", "0000:01:00.0", "msix", 2)], [], NOW + 1, "x", first)
+    assert first.modes is joined

@@ -127,6 +127,9 @@ class Watcher:
         # Names of the domains with a device on no vector at the last sample:
         # the only ones _drop_vanished looks at.
         self._without_vectors: set[str] = set()
+        # (domain name, bdf, its domain's devices) of every followed device
+        # in snapshot()'s order; None: to sort again (a domain or device came or went).
+        self._order: list | None = None
         self.unreadable_reported = False
 
     # --- domains --------------------------------------------------------
@@ -167,6 +170,7 @@ class Watcher:
                 if bdf in old.devices:
                     state.devices[bdf] = old.devices[bdf]
         self.domains[domain.name] = state
+        self._order = None
         now = self.wall_clock()
         self.store.seen(state.key, domain.name, now)
         if self.store.prune_due(now):
@@ -195,6 +199,7 @@ class Watcher:
 
     def remove_domain(self, name: str) -> None:
         dom = self.domains.pop(name, None)
+        self._order = None
         if dom is not None:
             self.store.seen(dom.key, name, self.wall_clock())  # its entry ages from its stop
         # open_findings() would drop them at its next call, but only a sink
@@ -380,6 +385,7 @@ class Watcher:
                           "no longer followed, its findings closed, until the domain's devices change")
             dom.facts = dom.facts._replace(devices=tuple(d for d in dom.facts.devices if d.address not in gone))
             dom.resting.clear()  # facts are a per-run part of every sample
+            self._order = None
             dom.siblings = {bdf: tuple(s for s in sibs if s not in gone) for bdf, sibs in dom.siblings.items()}
             self._update_wanted()
 
@@ -423,14 +429,19 @@ class Watcher:
 
     def snapshot(self) -> list[DeviceSnapshot]:
         """One entry per watched device, sorted by domain and BDF."""
+        order = self._order
+        if order is None:
+            order = self._order = [(dom.facts.domain.name, bdf, dom.devices)
+                                   for dom in sorted(self.domains.values(), key=lambda d: d.facts.domain.name)
+                                   for bdf in sorted(dom.devices)]
         out = []
-        for dom in sorted(self.domains.values(), key=lambda d: d.facts.domain.name):
-            name = dom.facts.domain.name
-            for bdf, dev in sorted(dom.devices.items()):
-                # DeviceSnapshot(name, bdf, ...) without its keyword-capable
-                # __new__, each total as the generator sum over counts was.
-                out.append(_tuple_new(DeviceSnapshot, (name, bdf, dev.mode, sum(map(_second, dev.counts)),
-                                                       dev.rate, dev.observable)))
+        append = out.append
+        for name, bdf, devices in order:
+            dev = devices[bdf]
+            # DeviceSnapshot(name, bdf, ...) without its keyword-capable
+            # __new__, each total as the generator sum over counts was.
+            append(_tuple_new(DeviceSnapshot, (name, bdf, dev.mode, sum(map(_second, dev.counts)),
+                                               dev.rate, dev.observable)))
         return out
 
     def open_findings(self) -> list:
