@@ -52,7 +52,7 @@ from vfio_advisor.facts.domain import parse_domain_xml  # noqa: E402
 from vfio_advisor.facts.host import INTERRUPTS_LIMIT, HostRoot  # noqa: E402
 from vfio_advisor.facts.interrupts import sample_table  # noqa: E402
 from vfio_advisor.facts.pciids import PciIds  # noqa: E402
-from vfio_advisor.facts.sampler import CROSS_CHECK_SAMPLES  # noqa: E402
+from vfio_advisor.facts.sampler import CROSS_CHECK_SAMPLES, Sampled  # noqa: E402
 from vfio_advisor.daemon.state import StateStore
 from vfio_advisor.daemon.watch import RuntimeConfig, Watcher  # noqa: E402
 from vfio_advisor.sinks.base import CallbackSink  # noqa: E402
@@ -132,6 +132,10 @@ class FullTableSampler:
 
     def sample(self):
         return sample_table(self.host.read_bytes("proc/interrupts", INTERRUPTS_LIMIT), self.wanted)
+
+    def sample_counts(self):
+        table, odd = self.sample()
+        return Sampled.of(table), odd
 
 
 def make_watcher(root: Path, old: bool = False) -> tuple[Watcher, Clock]:

@@ -92,9 +92,16 @@ class Compared:
         self.devices = {b: read_pci_device(host, b) for b in sorted(p.name for p in (root / "sys/bus/pci/devices").iterdir())}
         self.sampler = Sampler(host)
         self.sampler.watch(self.devices.items())
+        self.lazy = 0  # samples whose table was built only when asked for
 
     def sample(self) -> dict:
-        kept, odd = self.sampler.sample()
+        sampled, odd = self.sampler.sample_counts()
+        # On the steady path the rows are built only when asked for
+        # (Sampled.table); the totals handed over without them must be the
+        # rows' totals, in the table's order.
+        self.lazy += sampled._table is None
+        kept = sampled.table
+        assert sampled.totals == [sum(line.counts) for line in kept.lines]
         fresh_sampler = Sampler(HostRoot(str(self.root)))
         fresh_sampler.watch(self.devices.items())
         fresh, fresh_odd = fresh_sampler.sample()
@@ -121,7 +128,8 @@ def test_steady_counts_come_from_proc_stat_and_equal_per_cpu_count(tmp_path):
             write_counts(tmp_path, irq, v)
         write_proc_stat(tmp_path, nr_irqs=256)
     # sample 1 rediscovers, sample 2 builds the plan, the rest read /proc/stat
-    assert c.sampler.stat_samples == 6 and c.sampler.rediscoveries == 1
+    # and hand over their totals, building the rows only when asked
+    assert c.sampler.stat_samples == 6 and c.sampler.rediscoveries == 1 and c.lazy == 6
 
 
 def test_proc_stat_is_what_the_plan_reads(tmp_path):

@@ -239,8 +239,8 @@ class Watcher:
     def _step(self, now: float, elapsed: float | None) -> list[Finding]:
         if self.sampler.host is not self.host:  # a replay moved to another tree
             self.sampler.set_host(self.host)
-        table, odd = self.sampler.sample()
-        if table is None:
+        sampled, odd = self.sampler.sample_counts()
+        if sampled is None:
             # Neither /proc/interrupts nor /sys/kernel/irq readable: modes
             # stay as they were; the sampler said why, once.
             if not self.unreadable_reported:
@@ -265,7 +265,7 @@ class Watcher:
         isolated = self._isolated[1]
         shape = getattr(self.sampler, "shape", None)
         config, store = self.config, self.store
-        lines = table.lines
+        totals = sampled.totals
         if self._rested_with[0] is not config or self._rested_with[1] is not isolated:
             self._rested_with = (config, isolated)
             for dom in self.domains.values():
@@ -297,13 +297,13 @@ class Watcher:
                         # Its vectors as at the last sample (the table's shape is the
                         # same): their counts, as _interrupts takes them, and no rule.
                         state = devices[bdf] = observe_resting(
-                            devices[bdf], tuple([(i, sum(lines[k].counts)) for i, k in cached[2]]),
+                            devices[bdf], tuple([(i, totals[k]) for i, k in cached[2]]),
                             elapsed)
                         if state.mode == "none":
                             without_vectors.add(dom.facts.domain.name)
                         continue
                     resting.discard(bdf)
-                irq = self._interrupts(dom, assigned, table, shape)
+                irq = self._interrupts(dom, assigned, sampled, shape)
                 siblings = dom.siblings[bdf]
                 if siblings:
                     siblings = frozenset([s for s in siblings if devices[s].mode == "intx"])
@@ -389,17 +389,19 @@ class Watcher:
             dom.siblings = {bdf: tuple(s for s in sibs if s not in gone) for bdf, sibs in dom.siblings.items()}
             self._update_wanted()
 
-    def _interrupts(self, dom: DomainState, assigned, table, shape):
-        """facts.model.device_interrupts(bdf, device, table), worked out again
-        only when the table's shape changed (Sampler.shape: a row came, went,
-        or changed handlers or chip). Otherwise only counts moved, and the
-        model's result differs in its two count fields alone: vector_counts
-        (each vfio row's total) and intx_count (the vfio-intx row's total),
-        which are read from the same rows. tests/daemon/test_interrupts_cache.py
-        checks this against device_interrupts at every sample."""
+    def _interrupts(self, dom: DomainState, assigned, sampled, shape):
+        """facts.model.device_interrupts(bdf, device, sampled.table), worked
+        out again only when the table's shape changed (Sampler.shape: a row
+        came, went, or changed handlers or chip). Otherwise only counts
+        moved, and the model's result differs in its two count fields alone:
+        vector_counts (each vfio row's total) and intx_count (the vfio-intx
+        row's total), which are the same rows' totals (sampled.totals: the
+        table is then never built on the sampler's steady path).
+        tests/daemon/test_interrupts_cache.py checks this against
+        device_interrupts at every sample."""
         bdf = assigned.address
         cached = dom.interrupts.get(bdf) if shape is not None else None
-        lines = table.lines
+        totals = sampled.totals
         if cached is not None and cached[0] == shape and cached[3] is assigned:
             _, known, plan, _, intx_at = cached
             # known._replace(intx_count=..., vector_counts=...) spelled out,
@@ -409,9 +411,11 @@ class Watcher:
             # (and in test_interrupts_cache) instead of being dropped.
             return known._make((
                 known.mode, known.irqs, known.intx_irq, known.shared_with,
-                sum(lines[intx_at].counts) if intx_at is not None else None,
+                totals[intx_at] if intx_at is not None else None,
                 known.intx_delta,
-                tuple([(irq, sum(lines[k].counts)) for irq, k in plan])))
+                tuple([(irq, totals[k]) for irq, k in plan])))
+        table = sampled.table
+        lines = table.lines
         known = device_interrupts(bdf, assigned.device, table)
         if shape is not None:
             at = {line.irq: k for k, line in enumerate(lines)}

@@ -119,6 +119,7 @@ import errno
 import os
 import re
 import select
+from operator import itemgetter, lt
 from typing import Callable, Iterable, NamedTuple
 
 from vfio_advisor.errors import FactUnavailable
@@ -305,8 +306,51 @@ class _StatPlan(NamedTuple):
     poller: object  # a select.poll over the keys of `polled`, None without them
     polled: dict  # fd -> actions text of the sentinels polled (kernfs)
     entries: tuple  # (irq, index in the intr line, offset, _Last) per vector
-    totals: list  # each entry's last total
+    totals: list  # each entry's total at the last sample
     last_index: int  # the highest index in the intr line an entry reads
+    order: tuple  # the entries' IRQs, in their order
+    tokens: Callable  # the intr line's tokens of the entries, in their order (an itemgetter)
+    offsets: tuple  # (entry's index, its offset) where the offset is not 0
+    built: list  # each entry's total when its row (_Last.row) was built last
+
+
+class Sampled:
+    """One sample as the Watcher reads it (Sampler.sample_counts): `totals`,
+    each row's count summed over CPUs (IrqLine.total) in the table's order,
+    and `table`, the Interrupts table.
+
+    On the steady path (the stat plan, _read_stat_plan) the rows are built
+    only when the table is asked for: a device whose rows kept their shape
+    needs only their totals (daemon/watch.py), and building 1,536 rows a
+    sample to hand over one number each was a third of the sampler's CPU
+    at 512 devices (bench/scale_bench.py). A table built later is still
+    this sample's: it is built from these totals."""
+
+    __slots__ = ("totals", "_table", "_build")
+
+    def __init__(self, totals: list[int], table: Interrupts | None = None,
+                 build: Callable[[], Interrupts] | None = None):
+        self.totals = totals
+        self._table = table
+        self._build = build
+
+    @classmethod
+    def of(cls, table: Interrupts) -> "Sampled":
+        return cls([sum(line.counts) for line in table.lines], table)
+
+    @property
+    def table(self) -> Interrupts:
+        if self._table is None:
+            self._table = self._build()
+            self._build = None
+        return self._table
+
+
+class _Column(NamedTuple):
+    """_read_planned's steady result: the stat plan and this sample's totals, rows not built."""
+
+    plan: _StatPlan
+    totals: list
 
 
 def _poll_now(fd: int) -> int:
@@ -613,6 +657,12 @@ class Sampler:
         model.device_interrupts) and how many rows could not be read. The
         table is None when neither /proc/interrupts nor any sysfs IRQ file
         could be read."""
+        sampled, odd = self.sample_counts()
+        return (sampled.table if sampled is not None else None), odd
+
+    def sample_counts(self) -> tuple[Sampled | None, int]:
+        """sample() as the Watcher reads it: the rows' totals, and the table
+        built only if asked for (Sampled)."""
         self.samples += 1
         full = self.discover or self.samples % CROSS_CHECK_SAMPLES == 0
         recheck = False
@@ -646,6 +696,13 @@ class Sampler:
             full = True
             rows, missing, readable, bad, moved = self._read_rows(retry=True)
         odd += bad
+        if type(rows) is _Column:
+            plan, totals = rows
+            if not (full or moved) and plan.order == self._last_rows:
+                # Only counts moved: no row is built unless the table is asked for.
+                return Sampled(totals, build=lambda: Interrupts(
+                    cpus, tuple(self._stat_rows(plan, totals).values()), ())), odd
+            rows = self._stat_rows(plan, totals)
         if missing:
             if proc is None:
                 # /proc/interrupts is read for these anyway: take from it, as
@@ -692,7 +749,7 @@ class Sampler:
             self.shape += 1
             self._last_rows = None
             self._steady({})
-            return (None, odd) if self.watched else (Interrupts(cpus, (), ()), odd)
+            return (None, odd) if self.watched else (Sampled([], Interrupts(cpus, (), ())), odd)
         # _read_rows follows self.order (sorted); rows from /proc/interrupts are added after
         order = tuple(sorted(rows, key=_irq_key)) if missing else tuple(rows)
         if moved or full or order != self._last_rows:
@@ -701,7 +758,7 @@ class Sampler:
             self._steady(rows)
         # Without a fallback row, rows is in `order` already (_read_rows).
         lines = tuple(rows[i] for i in order) if missing else tuple(rows.values())
-        return Interrupts(cpus, lines, ()), odd
+        return Sampled.of(Interrupts(cpus, lines, ())), odd
 
     def _read_plan(self, plan: tuple) -> dict | None:
         """_read_rows' steady case for the plan's entries, vfio MSI/MSI-X
@@ -804,7 +861,12 @@ class Sampler:
             # max_kept): the plan reads each per_cpu_count instead.
             self.stat_usable = False
             return None
-        return _StatPlan(read, poller, polled, tuple(entries), totals, max(e[1] for e in entries))
+        indexes = [e[1] for e in entries]
+        # itemgetter of one index gives the item, not a tuple of one.
+        tokens_of = itemgetter(*indexes) if len(indexes) > 1 else (lambda t, k=indexes[0]: (t[k],))
+        return _StatPlan(read, poller, polled, tuple(entries), totals, max(indexes),
+                         tuple(e[0] for e in entries), tokens_of,
+                         tuple((i, e[2]) for i, e in enumerate(entries) if e[2]), list(totals))
 
     def _keep_sentinels(self, sentinels: list) -> tuple[tuple, object, dict]:
         """Each sentinel, (irq, its actions text), on a descriptor opened
@@ -844,15 +906,15 @@ class Sampler:
             poller.register(fd, select.POLLPRI)
         return tuple(read), poller, polled
 
-    def _read_stat_plan(self, stat_plan: _StatPlan) -> dict | None:
-        """_read_plan with every count from one /proc/stat read
-        (_build_stat_plan). _Stale when a sentinel reads ENODEV or another
-        text (sample() rediscovers). None at anything else it does not
-        expect: a sentinel's read error, a damaged or short intr line, a
-        total that fell (a reset, or tot_count wrapping past the offset):
-        the full loop then reads every per_cpu_count and builds the plan
-        again."""
-        read, poller, polled, entries, totals, last_index = stat_plan
+    def _read_stat_plan(self, stat_plan: _StatPlan) -> list[int] | None:
+        """_read_plan's counts from one /proc/stat read (_build_stat_plan):
+        each entry's total, in the entries' order (_stat_rows builds their
+        rows). _Stale when a sentinel reads ENODEV or another text
+        (sample() rediscovers). None at anything else it does not expect: a
+        sentinel's read error, a damaged or short intr line, a total that
+        fell (a reset, or tot_count wrapping past the offset): the full
+        loop then reads every per_cpu_count and builds the plan again."""
+        read, poller, polled, entries, totals, last_index = stat_plan[:6]
         if poller is not None:
             # One poll(2) for every kernfs sentinel (module docstring): those
             # that poll are read, as the others are below.
@@ -865,33 +927,52 @@ class Sampler:
         tokens = self._stat_tokens(last_index)
         if tokens is None or len(tokens) <= last_index:
             return None
-        rows: dict[str, IrqLine] = {}
         try:
-            for i, (irq, k, offset, last) in enumerate(entries):
-                total = int(tokens[k]) + offset
-                if total != totals[i]:
-                    if total < totals[i]:
-                        return None
-                    totals[i] = total
-                    # One count, the total: the rows' sum is what the model
-                    # reads (IrqLine.total); a zero total stays as it was,
-                    # no count.
-                    last.row = _tuple_new(IrqLine, (irq, (total,), *last.rest))
-                rows[irq] = last.row
+            column = list(map(int, stat_plan.tokens(tokens)))
         except ValueError:
             return None
+        for i, offset in stat_plan.offsets:
+            column[i] += offset
+        if any(map(lt, column, totals)):
+            return None
+        totals[:] = column
         self.stat_samples += 1
+        return column
+
+    def _stat_rows(self, stat_plan: _StatPlan, column: list[int]) -> dict[str, IrqLine]:
+        """The rows of _read_stat_plan's `column`, in the entries' order:
+        each entry's row, built again where its total is not the one it was
+        built with. One count, the total: the rows' sum is what the model
+        reads (IrqLine.total); a row whose total did not move stays as it
+        was (a zero total: no count)."""
+        built = stat_plan.built
+        rows: dict[str, IrqLine] = {}
+        for i, (irq, _k, _offset, last) in enumerate(stat_plan.entries):
+            total = column[i]
+            if total != built[i]:
+                built[i] = total
+                last.row = _tuple_new(IrqLine, (irq, (total,), *last.rest))
+            rows[irq] = last.row
         return rows
 
-    def _read_planned(self, plan: tuple) -> tuple[dict | None, bool]:
-        """The plan's rows in `order` (None: fall back to the full loop), and
+    def _read_planned(self, plan: tuple) -> tuple[dict | _Column | None, bool]:
+        """The plan's rows in `order`, or only their totals (_Column) where
+        /proc/stat gives them all (None: fall back to the full loop), and
         whether a row read one by one changed anything but its counts (kept
         across a fallback: _sysfs_row says a change once)."""
         entries, others = plan
         stat_plan = self._stat_plan
-        planned = self._read_stat_plan(stat_plan) if stat_plan is not None else self._read_plan(entries)
-        if planned is None or not others:
-            return planned, False
+        if stat_plan is not None:
+            column = self._read_stat_plan(stat_plan)
+            if column is None:
+                return None, False
+            if not others:
+                return _Column(stat_plan, column), False
+            planned = self._stat_rows(stat_plan, column)
+        else:
+            planned = self._read_plan(entries)
+            if planned is None or not others:
+                return planned, False
         moved = False
         read: dict[str, IrqLine] = {}
         for irq in others:
@@ -912,7 +993,10 @@ class Sampler:
             rows[irq] = row
         return rows, moved
 
-    def _read_rows(self, retry: bool = False) -> tuple[dict, set, bool, int, bool]:
+    def _read_rows(self, retry: bool = False) -> tuple[dict | _Column, set, bool, int, bool]:
+        """(rows by IRQ in `order`, or the stat plan's _Column; the IRQs to
+        take from /proc/interrupts; whether any was readable; rows that
+        could not be parsed; whether a row changed anything but its counts)."""
         plan = self._plan
         moved = False
         if plan is not None and not retry:
