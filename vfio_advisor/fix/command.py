@@ -61,7 +61,8 @@ def add_parser(subparsers, add_command):
     f.add_argument("--config", default=DEFAULT_CONFIG_PATH, metavar="FILE",
                    help="disabled_rules and per-domain ignores, as for advise")
     f.add_argument("--rule", action="append", default=[], metavar="ID",
-                   help="fix only these rules (IDs or slugs; repeatable or comma-separated)")
+                   help="fix only these rules (IDs or slugs; repeatable or comma-separated); "
+                        "with --guest only the rules whose fix is inside the guest")
     f.add_argument("--format", choices=("diff", "xml", "json"), default="diff",
                    help="diff (default): unified diff of the domain XML with a '#' summary "
                         "(`patch FILE` applies it); xml: the domain's own text with only the "
