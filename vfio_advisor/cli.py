@@ -333,7 +333,7 @@ def cmd_device(args) -> int:
 def cmd_guest_irqs(args) -> int:
     from vfio_advisor.engine import Engine
     from vfio_advisor.rules import RULES
-    from vfio_advisor.sinks.report import guest_irqs_json
+    from vfio_advisor.sinks.report import GUEST_IRQS_SCHEMA, guest_irqs_json
     from vfio_advisor.sources import open_host_root
 
     if bool(args.domain) == bool(args.xml):
@@ -343,13 +343,24 @@ def cmd_guest_irqs(args) -> int:
         found, errors = load_domains(args, root)
         if not found:
             src, msg = errors[0] if errors else (args.domain or args.xml, "not found")
-            raise UsageError(f"{src}: {msg}")
+            if args.format != "json":
+                raise UsageError(f"{src}: {msg}")
+            # As advise: the line on stderr, and the document all the same,
+            # its members empty and the refusal in errors[], so that a
+            # reader of --format json gets one shape whatever was refused.
+            print(f"vfio-advisor: {src}: {msg}", file=sys.stderr)
+            json.dump({"schema": GUEST_IRQS_SCHEMA, "domain": args.domain, "chipset": None,
+                       "machine": None, "functions": [], "unaddressed": [], "findings": [],
+                       "errors": [{"source": src, "message": msg}]}, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+            return EXIT_USAGE
         facts, findings = Engine(root).analyse(found[0].domain)
     finally:
         if tmp is not None:
             tmp.cleanup()
     routing = frozenset(r.id for r in RULES if r.routing)
-    doc = guest_irqs_json(facts, findings, routing)
+    # errors[]: advise's member, empty here; a refused input fills it (above).
+    doc = {**guest_irqs_json(facts, findings, routing), "errors": []}
     if args.format == "json":
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")

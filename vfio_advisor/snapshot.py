@@ -4,8 +4,10 @@ are proc/..., sys/..., domains/<name>.xml and SNAPSHOT.txt)."""
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 import tarfile
 import time
 from pathlib import Path
@@ -36,18 +38,34 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) 
     tar.addfile(info, io.BytesIO(data))
 
 
+def _lstat_mode(path: Path) -> int | None:
+    """lstat's st_mode, None when the path does not exist. Any other
+    failure raises: EACCES on a directory the user cannot enter (search
+    permission, path_resolution(7)) says nothing of whether the path is
+    there, and Path.is_symlink (3.11) raises it while os.path.lexists takes
+    it for absence."""
+    try:
+        return os.lstat(path).st_mode
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return None
+        raise
+
+
 def _canonical(root: Path, rel: str) -> list[str]:
     """Paths to archive for one path read: every symlink met on the way (as a
     link), then the final target by its symlink-free path. sysfs reaches
     devices through links (bus/pci/devices/<BDF> -> ../../../devices/...), and
-    a tar member must not sit below a symlink member."""
+    a tar member must not sit below a symlink member. OSError (not ENOENT):
+    a directory on the way that could not be entered."""
     real_root = os.path.realpath(root)
     out: list[str] = []
     cur = ""
     for part in Path(rel).parts:
         cand = os.path.join(cur, part) if cur else part
         full = root / cand
-        if full.is_symlink():
+        mode = _lstat_mode(full)
+        if mode is not None and stat.S_ISLNK(mode):
             out.append(cand)
             target = os.path.realpath(full)
             if target != real_root and not target.startswith(real_root.rstrip("/") + "/"):
@@ -55,7 +73,7 @@ def _canonical(root: Path, rel: str) -> list[str]:
             cur = os.path.relpath(target, real_root)
         else:
             cur = cand
-    if cur and os.path.lexists(root / cur):
+    if cur and _lstat_mode(root / cur) is not None:
         out.append(cur)
     return out
 
@@ -91,7 +109,8 @@ def write_snapshot(out_path: str, host: HostRoot,
     """Write the archive. `host` must have recorded its reads. Returns the
     member count and (path, reason) for each file whose contents were read
     (or tried) but could not be archived (a 0600 file for a user who is not
-    root)."""
+    root), each path looked at under a directory that could not be entered,
+    and each directory that could not be listed."""
     if host.recorded is None:
         raise RuntimeError("programming error: snapshot needs a recording HostRoot")
     root = Path(host.root)
@@ -99,8 +118,19 @@ def write_snapshot(out_path: str, host: HostRoot,
     count = 0
     unreadable: list[tuple[str, str]] = []
     entries: set[str] = set()
+    blocked: dict[str, str] = {}
     for rel in host.recorded:
-        entries.update(_canonical(root, rel))
+        try:
+            entries.update(_canonical(root, rel))
+        except OSError as exc:
+            # Under a directory this user cannot enter: the replay would call
+            # it missing. Named like a file that could not be read.
+            blocked[rel] = exc.strerror or type(exc).__name__
+    for rel, why in (host.unlisted or {}).items():
+        # Listed but refused: the archive would hold only the entries other
+        # reads reached, and the replay would list those as all there is.
+        blocked.setdefault(rel, f"{why} (its entries could not be listed)")
+    unreadable.extend(sorted(blocked.items()))
     with tarfile.open(out_path, "w:gz") as tar:
         dirs_done: set[str] = set()
 

@@ -215,3 +215,49 @@ def test_advise_json_with_every_xml_refused_is_a_document(bad_xml):
     assert out.returncode == 2, out.stderr
     assert [e["source"] for e in json.loads(out.stdout)["errors"]] == [str(bad_xml)]
     assert out.stderr.startswith(f"vfio-advisor: {bad_xml}: ") and len(out.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("target", [["nope", "--connect", NODE], ["nope", "--host-root", "SNAPSHOT"],
+                                    ["--xml", "BAD"]])
+def test_guest_irqs_json_is_a_document_whatever_was_refused(target, snapshot, bad_xml):
+    """As advise: --format json prints its document (the same members,
+    empty, and the refusal in errors[]) and the line on stderr, exit 2; it
+    printed the line alone. Text prints only the line."""
+    target = [str(snapshot) if t == "SNAPSHOT" else str(bad_xml) if t == "BAD" else t for t in target]
+    host = [] if "--host-root" in target else ["--host-root", str(HOST)]
+    out = run("guest-irqs", *target, *host, "--format", "json")
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    doc = json.loads(out.stdout)
+    source = "nope" if "nope" in target else str(bad_xml)
+    assert doc == {"schema": "vfio-advisor/guest-irqs/1", "domain": "nope" if source == "nope" else None,
+                   "chipset": None, "machine": None, "functions": [], "unaddressed": [], "findings": [],
+                   "errors": [{"source": source, "message": doc["errors"][0]["message"]}]}
+    [line] = out.stderr.splitlines()
+    assert line == f"vfio-advisor: {source}: {doc['errors'][0]['message']}"
+    text = run("guest-irqs", *target, *host)
+    assert text.returncode == 2 and text.stdout == "" and text.stderr == out.stderr
+    good = json.loads(run("guest-irqs", "--xml", str(TWO_INTX), "--host-root", str(HOST),
+                          "--format", "json").stdout)
+    assert good["errors"] == [] and set(good) == set(doc)  # one shape
+
+
+@pytest.mark.parametrize("target", [["win11", "nope", "--connect", NODE],
+                                    ["--xml", str(TWO_INTX), "--xml", "BAD"]])
+def test_fix_json_is_a_document_whatever_was_refused(target, bad_xml):
+    """As advise: fix --format json prints its document with the refusals in
+    errors[] and no domain planned (one refused input refuses the run, as in
+    text, so --apply would change nothing), each refusal a line on stderr."""
+    target = [str(bad_xml) if t == "BAD" else t for t in target]
+    source = "nope" if "nope" in target else str(bad_xml)
+    out = run("fix", *target, "--host-root", str(HOST), "--format", "json", "--config", "/dev/null")
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    doc = json.loads(out.stdout)
+    assert doc["schema"] == "vfio-advisor/fix/1" and doc["domains"] == []
+    assert [e["source"] for e in doc["errors"]] == [source]
+    [line] = out.stderr.splitlines()
+    assert line == f"vfio-advisor: {source}: {doc['errors'][0]['message']}"
+    text = run("fix", *target, "--host-root", str(HOST), "--config", "/dev/null")
+    assert text.returncode == 2 and text.stdout == "" and text.stderr == out.stderr
+    good = json.loads(run("fix", "--xml", str(TWO_INTX), "--host-root", str(HOST), "--format", "json",
+                          "--config", "/dev/null").stdout)
+    assert good["errors"] == [] and set(good) == set(doc)  # one shape

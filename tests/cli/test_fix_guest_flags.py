@@ -52,3 +52,30 @@ def test_guest_options_without_guest_are_refused(flags, named):
     assert out.stdout == ""
     assert out.stderr == (f"vfio-advisor: {named} with --guest DOMAIN (the guest's own setting); "
                           f"without it nothing uses {'them' if named.endswith(' go') else 'it'}\n")
+
+
+@pytest.mark.parametrize("rule, line", [
+    ("VA4001", "vfio-advisor: VA4001's fix is a domain XML change, not one inside the guest: "
+               "`vfio-advisor fix win11 --rule VA4001` (without --guest); fix --guest handles VA1001"),
+    ("VA1002", "vfio-advisor: VA1002's fix is a domain XML change, not one inside the guest: "
+               "`vfio-advisor fix win11 --rule VA1002` (without --guest); fix --guest handles VA1001"),
+    ("VA6001", "vfio-advisor: VA6001 has no fix inside the guest; fix --guest handles VA1001"),
+    ("nope", "vfio-advisor: unknown rule 'nope' in --rule; 'vfio-advisor rules' lists them"),
+])
+def test_fix_guest_refuses_a_rule_whose_fix_is_not_in_the_guest(rule, line):
+    """--rule was taken and ignored with --guest: the guest plan (and here,
+    win11 having no agent channel, the channel's change) was printed as if
+    it fixed that rule's findings. Refused before the domain is looked at."""
+    out = run("fix", "--guest", "win11", "--rule", rule, "--connect", NODE, "--host-root", str(HOST))
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert out.stdout == ""
+    assert out.stderr == line + "\n"
+
+
+def test_fix_guest_with_its_own_rule_plans_as_without():
+    """The guest fix's own rule (by ID or slug) selects the whole guest plan:
+    every step of it serves that rule's findings."""
+    plain = run("fix", "--guest", "win11", "--connect", NODE, "--host-root", str(HOST))
+    for rule in ("VA1001", "msi-capable-device-on-intx,VA1001"):
+        out = run("fix", "--guest", "win11", "--rule", rule, "--connect", NODE, "--host-root", str(HOST))
+        assert (out.returncode, out.stdout, out.stderr) == (plain.returncode, plain.stdout, plain.stderr)

@@ -164,6 +164,38 @@ def test_snapshot_says_which_file_it_could_not_read(demo_copy):
     assert "not archived: proc/interrupts: Permission denied\n" in note, note
 
 
+@pytest.mark.parametrize("directory, mode, named", [
+    # Not enterable: the file under it could not even be looked at. It was
+    # "cannot write s.tar.gz: Permission denied" and no archive at all.
+    ("sys/module/vfio_iommu_type1/parameters", 0o700,
+     ["sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts: Permission denied"]),
+    # Enterable but not listable: the groups the devices' links reach were
+    # archived as if they were all there were, and the snapshot exited 0.
+    ("sys/kernel/iommu_groups", 0o711,
+     ["sys/kernel/iommu_groups: Permission denied (its entries could not be listed)"]),
+])
+def test_snapshot_names_what_a_directory_it_cannot_enter_hides(demo_copy, directory, mode, named):
+    """As for a file it could not read: each path is named on stderr and in
+    SNAPSHOT.txt, everything else is archived, and the exit status is 2."""
+    (demo_copy / "root" / directory).chmod(mode)
+    out_dir = demo_copy / "out"
+    out_dir.mkdir()
+    out_dir.chmod(0o777)
+    archive = out_dir / "s.tar.gz"
+    out = nobody.cli("snapshot", "-o", str(archive), "--connect", f"test://{demo_copy / 'node.xml'}",
+                     "--host-root", str(demo_copy / "root"))
+    assert "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert out.stderr.splitlines() == [f"vfio-advisor: not archived {line}" for line in named]
+    assert out.stdout.startswith(f"wrote {archive}: ")
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+        note = tar.extractfile("SNAPSHOT.txt").read().decode()
+    assert "proc/interrupts" in names and "domains/win11.xml" in names  # the rest is there
+    for line in named:
+        assert f"not archived: {line}\n" in note, note
+
+
 def test_snapshot_keeps_a_file_it_only_saw_exists():
     """An ACPI table (0400 root, as sysfs shows them) is only tested for
     existence where the host has no IOMMU groups (the lab's iommu-off

@@ -240,3 +240,60 @@ def test_reload_failure_keeps_the_old_config(tmp_path):
     reloaded = [line for line in err.splitlines() if "configuration reloaded" in line]
     # the good reload: its settle, and the default interval (the file no longer sets one)
     assert reloaded == ["vfio-advisor: configuration reloaded: interval 5 s, settle 7 s"], err
+
+
+def test_reload_moves_to_a_new_host_root_and_refuses_a_bad_one(tmp_path):
+    """A SIGHUP whose config names another host_root: the daemon follows the
+    running domain from the new tree (its count there, 3600 in stays-intx-4,
+    where the start's tree had 600), as a restart on it would; it kept
+    sampling the old tree until restarted. A host_root that is no directory
+    is refused as at start, and the old root stays in force."""
+    xml = (REPO / "tests/data/domains/lab/edu.xml").read_text()
+    (tmp_path / "node.xml").write_text(f"<node>\n{xml}\n</node>\n")
+    metrics = tmp_path / "m.prom"
+    config = tmp_path / "config.toml"
+    config.write_text(f'[daemon]\nhost_root = "{CAPTURES / "stays-intx-3"}"\n')
+    notify_path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(notify_path)
+    proc = subprocess.Popen([sys.executable, "-m", "vfio_advisor", "daemon", "--connect",
+                             f"test://{tmp_path / 'node.xml'}", "--interval", "0.1", "--settle", "0",
+                             "--state-dir", str(tmp_path / "state"), "--metrics-file", str(metrics),
+                             "--config", str(config)],
+                            env=dict(os.environ, NOTIFY_SOCKET=notify_path, NO_COLOR="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    total = ("vfio_advisor_device_interrupts_total",
+             (("bdf", "0000:00:03.0"), ("domain", "lab-edu"), ("mode", "intx")))
+
+    def count():
+        if not metrics.exists():
+            return None
+        _, samples = parse(metrics.read_text())
+        return {(n, tuple(sorted(labels.items()))): v for n, labels, v in samples}.get(total)
+
+    try:
+        receive(sock, "READY=1")
+        wait_for(lambda: count() == 600.0, "the count of stays-intx-3")
+        config.write_text(f'[daemon]\nhost_root = "{tmp_path / "config.toml"}"\n')  # a file
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        stamp = metrics.stat().st_mtime_ns
+        wait_for(lambda: metrics.stat().st_mtime_ns != stamp, "a sample after the refused reload", 2)
+        assert count() == 600.0  # still the old tree
+        config.write_text(f'[daemon]\nhost_root = "{CAPTURES / "stays-intx-4"}"\n')
+        proc.send_signal(signal.SIGHUP)
+        got = receive(sock, "READY=1")
+        wait_for(lambda: count() == 3600.0, "the count of stays-intx-4 after the reload")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert got.count("RELOADING=1") == 1, got  # the good reload only
+    [failed] = [line for line in err.splitlines() if "reload failed" in line]
+    assert failed.startswith(f"vfio-advisor: reload failed, keeping the old config: host root "
+                             f"{config} ([daemon] host_root in {config}) does not exist or is not "
+                             "a directory"), failed
+    [reloaded] = [line for line in err.splitlines() if "configuration reloaded" in line]
+    assert reloaded == (f"vfio-advisor: configuration reloaded: interval 0.1 s, settle 0 s; host root "
+                        f"{CAPTURES / 'stays-intx-4'} (was {CAPTURES / 'stays-intx-3'}): every running "
+                        "domain is gathered and followed afresh from it"), err

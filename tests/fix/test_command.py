@@ -104,6 +104,23 @@ def test_unparsable_domain(tmp_path, content, message):
     assert message in one_line(out.stderr)
 
 
+@pytest.mark.parametrize("content, message", [
+    ("<domain", "not well-formed XML"),
+    ("<network><name>x</name></network>", "root element is <network>"),
+])
+def test_unparsable_domain_in_json_is_still_a_document(tmp_path, content, message):
+    """--format json: the fix/1 document with the refusal in errors[] and no
+    domain, the same line on stderr, exit 2 (it printed the line alone)."""
+    bad = tmp_path / "bad.xml"
+    bad.write_text(content)
+    out = fix("--xml", str(bad), "--host-root", str(HOST_ROOT), "--format", "json")
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert message in one_line(out.stderr)
+    doc = json.loads(out.stdout)
+    assert doc["domains"] == [] and [e["source"] for e in doc["errors"]] == [str(bad)]
+    assert message in doc["errors"][0]["message"]
+
+
 def test_xml_format_needs_one_domain():
     out = fix("--xml", str(DATA / "q35-two-intx.xml"), "--xml", str(DATA / "q35-split-card.xml"),
               "--host-root", str(HOST_ROOT), "--format", "xml")

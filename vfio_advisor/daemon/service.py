@@ -456,17 +456,53 @@ class Service:
     def reload(self) -> None:
         try:
             cfg = load_config(self.config_path, {})
+            # Keep what the command line set explicitly.
+            cfg = cfg._replace(**{k: v for k, v in self.overrides.items() if v is not None})
+            moved = cfg.host_root != self.watcher.host.root
+            if moved:
+                # Refused as at start (main): a tree that is no directory, or
+                # a snapshot, would leave the daemon sampling nothing.
+                check_host_root(cfg.host_root, f"[daemon] host_root in {self.config_path}")
         except Exception as exc:  # noqa: BLE001 - a signal handler must not raise
             self.log(f"reload failed, keeping the old config: {exc}", "reload-failed", 4)
             return
         self.notify("RELOADING=1")
-        # Keep what the command line set explicitly.
-        self.cfg = cfg._replace(**{k: v for k, v in self.overrides.items() if v is not None})
-        self.watcher.config = self.cfg
-        self.watcher.sinks = self._sinks()
+        old_root = self.watcher.host.root
+        self.cfg = cfg
+        if moved:
+            self._move_host_root()
+        else:
+            self.watcher.config = self.cfg
+            self.watcher.sinks = self._sinks()
         self.log(f"configuration reloaded: interval {self.cfg.interval:g} s, settle "
-                 f"{self.cfg.settle:g} s", "reloaded")
+                 f"{self.cfg.settle:g} s"
+                 + (f"; host root {self.cfg.host_root} (was {old_root}): every running domain is "
+                    "gathered and followed afresh from it" if moved else ""), "reloaded")
         self.notify("READY=1")
+
+    def _move_host_root(self) -> None:
+        """Follow the running domains from the config's new host root, as a
+        restart on it would: what was gathered and sampled from the old tree
+        (each device's PCI facts, vector counts and modes, settle times, the
+        host-wide rules' windows) says nothing of the new one, and a count
+        read there against one read here would make a bogus rate. A new
+        Watcher, with the state store kept (its state carries across
+        restarts too); a gathering still under way read the old tree and is
+        voided (its generation dropped)."""
+        old = self.watcher
+        old.store.flush()
+        old.sampler.close()  # its kept descriptors are on the old tree
+        self.generations.clear()
+        self.watcher = Watcher(HostRoot(self.cfg.host_root), self.cfg, self._sinks(), old.store,
+                               clock=self.clock, note=lambda msg: self.log(msg, "sampling", 4))
+        if self.conn is None:
+            return  # the reconnect resyncs, onto the new tree
+        try:
+            self.resync()
+        except Exception as exc:  # noqa: BLE001 - a dead connection: the keeper reconnects and resyncs
+            self.log(f"cannot list the running domains on {self.cfg.connect} after the host root "
+                     f"changed: {exc}; reconnecting", "disconnected", 4)
+            self.reconnect_needed.set()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

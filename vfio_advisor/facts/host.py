@@ -65,6 +65,11 @@ class HostRoot:
         # only tested for existence or listed is archived even when it
         # cannot be read, as an empty file (snapshot.write_snapshot).
         self.contents_read: set[str] | None = set() if record else None
+        # Directories whose listing the OS refused (a 0700 directory for a
+        # user who is not root), with the reason: what they hold was never
+        # recorded, so a snapshot names them rather than archive them as
+        # if they held only what other reads reached.
+        self.unlisted: dict[str, str] | None = {} if record else None
 
     def __repr__(self) -> str:
         return f"HostRoot({str(self.root)!r})"
@@ -157,6 +162,8 @@ class HostRoot:
             names = sorted(n for n in os.listdir(self._path(rel)) if not n.startswith(".")
                            and (keep is None or keep(n)))
         except OSError as exc:
+            if self.unlisted is not None and exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                self.unlisted[rel.strip("/")] = exc.strerror or type(exc).__name__
             raise FactUnavailable(rel, _reason(exc)) from None
         if self.recorded is not None:
             self.recorded.update(f"{rel.strip('/')}/{name}" for name in names)

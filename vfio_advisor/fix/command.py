@@ -61,7 +61,8 @@ def add_parser(subparsers, add_command):
     f.add_argument("--config", default=DEFAULT_CONFIG_PATH, metavar="FILE",
                    help="disabled_rules and per-domain ignores, as for advise")
     f.add_argument("--rule", action="append", default=[], metavar="ID",
-                   help="fix only these rules (IDs or slugs; repeatable or comma-separated)")
+                   help="fix only these rules (IDs or slugs; repeatable or comma-separated); "
+                        "with --guest only the rules whose fix is inside the guest")
     f.add_argument("--format", choices=("diff", "xml", "json"), default="diff",
                    help="diff (default): unified diff of the domain XML with a '#' summary "
                         "(`patch FILE` applies it); xml: the domain's own text with only the "
@@ -98,6 +99,16 @@ def rules_from(values: list[str]) -> set[str] | None:
     return out
 
 
+class RefusedInputs(UsageError):
+    """Inputs that are not domains fix can read (not a domain XML, a domain
+    libvirt or the snapshot lacks): every (source, message), the first as
+    the one-line message."""
+
+    def __init__(self, errors: list[tuple[str, str]]):
+        super().__init__(f"{errors[0][0]}: {errors[0][1]}")
+        self.errors = errors
+
+
 def load_sources(args, root: str, conn=None) -> list[DomainSource]:
     """Every domain to fix, as its persistent config; raises UsageError (one
     line) before anything is analysed, so bad input changes nothing."""
@@ -109,8 +120,7 @@ def load_sources(args, root: str, conn=None) -> list[DomainSource]:
                                  root if args.host_root != "/" else None,
                                  inactive=True, conn=None if args.xml else conn)
     if errors:
-        src, msg = errors[0]
-        raise UsageError(f"{src}: {msg}")
+        raise RefusedInputs(errors)
     return found
 
 
@@ -138,7 +148,19 @@ def run(args, conn=None) -> int:
     rules = rules_from(args.rule)
     if args.apply and args.xml:
         raise UsageError("--apply defines domains through libvirt: give DOMAIN names, not --xml")
-    plans = plan_sources(args, rules, conn)
+    try:
+        plans = plan_sources(args, rules, conn)
+    except RefusedInputs as exc:
+        if args.format != "json":
+            raise
+        # As advise: a line on stderr for each, and the document all the
+        # same, with no domain planned (one refused input refuses the run,
+        # so that --apply changes nothing) and the refusals in errors[].
+        for src, msg in exc.errors:
+            print(f"vfio-advisor: {src}: {msg}", file=sys.stderr)
+        json.dump(to_json(args, [], {}, exc.errors), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return EXIT_USAGE
     applied: dict[str, dict] = {}
     if args.apply:
         applied = apply_plans(args, [(s, p) for s, p in plans if p.changed], conn)
@@ -367,7 +389,8 @@ def _finding_json(f) -> dict:
             "guest_address": f.guest_address}
 
 
-def to_json(args, plans: list[tuple[DomainSource, DomainPlan]], applied: dict[str, dict]) -> dict:
+def to_json(args, plans: list[tuple[DomainSource, DomainPlan]], applied: dict[str, dict],
+            errors: list[tuple[str, str]] = ()) -> dict:
     domains = []
     for src, plan in plans:
         domains.append({
@@ -388,7 +411,8 @@ def to_json(args, plans: list[tuple[DomainSource, DomainPlan]], applied: dict[st
             "applied": applied.get(src.domain.name),
         })
     return {"schema": SCHEMA, "host_root": args.host_root,
-            "rules": sorted(rules_from(args.rule) or FIXABLE_RULES), "domains": domains}
+            "rules": sorted(rules_from(args.rule) or FIXABLE_RULES), "domains": domains,
+            "errors": [{"source": src, "message": msg} for src, msg in errors]}
 
 
 # --- fix --guest on a domain without an agent channel ----------------------------------

@@ -335,6 +335,32 @@ def write_text(report: GuestReport, out) -> None:
 
 # --- fix --guest -------------------------------------------------------------------------
 
+def _check_guest_rules(values: list[str], name: str) -> None:
+    """fix's --rule, given with --guest: before the guest is asked anything.
+    The guest plan is the one guest planner's (guest_planner), which fixes
+    the findings of the rules whose fix is a guest change and no other; so
+    --rule naming those plans exactly what it would without, and a rule
+    whose fix is not inside the guest is refused in one line (else its
+    findings would seem handled by a plan that never looks at them)."""
+    from vfio_advisor.rules import RULES, lookup  # noqa: PLC0415
+    from vfio_advisor.rules.remedies import DOMAIN_XML, GUEST  # noqa: PLC0415
+
+    guest_rules = [r.id for r in RULES if r.fix is not None and r.fix.kind == GUEST]
+    for value in values:
+        for item in filter(None, (v.strip() for v in value.split(","))):
+            rule = lookup(item)
+            if rule is None:
+                raise UsageError(f"unknown rule {item!r} in --rule; 'vfio-advisor rules' lists them")
+            if rule.id in guest_rules:
+                continue
+            if rule.fix is not None and rule.fix.kind == DOMAIN_XML:
+                raise UsageError(f"{rule.id}'s fix is a domain XML change, not one inside the guest: "
+                                 f"`vfio-advisor fix {shlex.quote(name)} --rule {rule.id}` (without "
+                                 f"--guest); fix --guest handles {', '.join(guest_rules)}")
+            raise UsageError(f"{rule.id} has no fix inside the guest; fix --guest handles "
+                             + ", ".join(guest_rules))
+
+
 def run_fix_guest(args, channel_fix: Callable[[argparse.Namespace, str], str] | None = None) -> int:
     """`channel_fix(args, name)`: for a domain without an agent channel, prints
     the domain XML change that adds it and returns the line that says what to
@@ -347,6 +373,7 @@ def run_fix_guest(args, channel_fix: Callable[[argparse.Namespace, str], str] | 
         raise UsageError("--reboot restarts the guest after --apply; give both")
     if args.domains or (args.xml and not args.agent_socket):
         raise UsageError("--guest takes one DOMAIN; do not name others")
+    _check_guest_rules(getattr(args, "rule", None) or [], name)
     try:
         state_dir = state_dir_of(args)
         session, report = _read(args, name, state_dir, args.host_root)
