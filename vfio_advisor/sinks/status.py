@@ -145,7 +145,23 @@ class StatusFileSink:
         sample = self._samples = self._samples + 1
         entries = self.devices
         distinct = 0
-        for d in devices:
+        devices = devices if isinstance(devices, list) else list(devices)
+        # The daemon gives the same devices in the same (sorted) order sample
+        # after sample, the order of the windows (_order): those are matched
+        # by position, each checked against its window's key, without a key
+        # tuple and a dict lookup per device. From the first that differs
+        # (a device came, went or moved), by key.
+        start = 0
+        order = self._order
+        if order is not None and len(order) == len(devices):
+            for entry, d in zip(order, devices):
+                domain, bdf = entry.key
+                if d.domain != domain or d.bdf != bdf or d.mode != entry.mode:
+                    break
+                _take(entry, d, sample)
+                start += 1
+            distinct = start
+        for d in devices[start:] if start else devices:
             key = (d.domain, d.bdf)
             entry = entries.get(key)
             mode = d.mode
@@ -159,19 +175,8 @@ class StatusFileSink:
                 continue
             elif mode != entry.mode:
                 entry.set_mode(mode, sample, time_text)
-            entry.sample = sample
             distinct += 1
-            observable = entry.observable = bool(d.observable)
-            entry.count = d.count
-            # A posted-MSI device's host counters say nothing (runtime.DeviceSnapshot):
-            # its rate is unknown (null), never a flat 0.
-            if observable:
-                rate = round(float(d.rate), 3)
-                # bytes' %r is repr(): json.dumps's text for a finite float
-                # (json/encoder.py), in one step.
-                entry.append(b",%r" % rate if rate - rate == 0.0 else ("," + _json_number(rate)).encode())
-            else:
-                entry.append(b",null")
+            _take(entry, d, sample)
         if distinct != len(entries):
             for key in [k for k, e in entries.items() if e.sample != sample]:
                 del entries[key]  # the domain stopped or the device left it: back, it starts a new window
@@ -325,6 +330,22 @@ class StatusFileSink:
             pass  # a full or read-only state directory costs the page its plot, never the daemon
 
 
+def _take(entry: "_Window", d, sample: int) -> None:
+    """A device's snapshot `d` (runtime.DeviceSnapshot) into its window, at sample number `sample`."""
+    entry.sample = sample
+    observable = entry.observable = bool(d.observable)
+    entry.count = d.count
+    # A posted-MSI device's host counters say nothing (runtime.DeviceSnapshot):
+    # its rate is unknown (null), never a flat 0.
+    if observable:
+        rate = round(float(d.rate), 3)
+        # bytes' %r is repr(): json.dumps's text for a finite float
+        # (json/encoder.py), in one step.
+        entry.append(b",%r" % rate if rate - rate == 0.0 else ("," + _json_number(rate)).encode())
+    else:
+        entry.append(b",null")
+
+
 # The end of a device's header after its count, observable or not.
 _TAILS = {True: b',"observable":true,"rates":[', False: b',"observable":false,"rates":['}
 
@@ -387,10 +408,11 @@ class _Window(_Texts):
     mode changes rarely, and joining every device's runs at each write
     would cost about what leaving the mode out of each point saves."""
 
-    __slots__ = ("head", "lead", "mode", "count", "observable", "sample", "runs", "modes_end")
+    __slots__ = ("key", "head", "lead", "mode", "count", "observable", "sample", "runs", "modes_end")
 
     def __init__(self, domain: str, bdf: str):
         super().__init__()
+        self.key = (domain, bdf)
         # '{"domain":...,"bdf":...' as json.dumps writes it.
         self.head = json.dumps({"domain": domain, "bdf": bdf}, separators=(",", ":"))[:-1]
         self.count, self.observable = 0, True
