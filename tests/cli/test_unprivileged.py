@@ -143,11 +143,9 @@ def test_real_config_space_as_nobody_gives_va8002(tmp_path):
     assert not [f for f in full["findings"] if f["rule"] == "VA8002"]
 
 
-def test_snapshot_says_which_file_it_could_not_read(demo_copy):
-    """A file the tool read but nobody may open is not archived: the
-    replay would call it missing, so the snapshot names it, keeps the
-    reason in SNAPSHOT.txt and exits 2 (an input that could not be read)."""
-    (demo_copy / "root/proc/interrupts").chmod(0o600)
+def _snapshot_as_nobody(demo_copy):
+    """`snapshot` of the demo copy run as nobody into a directory it may
+    write; it must refuse nothing whole and exit 2 (an input not read)."""
     out_dir = demo_copy / "out"
     out_dir.mkdir()
     out_dir.chmod(0o777)
@@ -156,6 +154,15 @@ def test_snapshot_says_which_file_it_could_not_read(demo_copy):
                      "--host-root", str(demo_copy / "root"))
     assert "Traceback" not in out.stderr, out.stderr
     assert out.returncode == 2, (out.stdout, out.stderr)
+    return out, archive
+
+
+def test_snapshot_says_which_file_it_could_not_read(demo_copy):
+    """A file the tool read but nobody may open is not archived: the
+    replay would call it missing, so the snapshot names it, keeps the
+    reason in SNAPSHOT.txt and exits 2 (an input that could not be read)."""
+    (demo_copy / "root/proc/interrupts").chmod(0o600)
+    out, archive = _snapshot_as_nobody(demo_copy)
     assert out.stderr == "vfio-advisor: not archived proc/interrupts: Permission denied\n"
     assert out.stdout.startswith(f"wrote {archive}: ")
     with tarfile.open(archive) as tar:
@@ -178,14 +185,7 @@ def test_snapshot_names_what_a_directory_it_cannot_enter_hides(demo_copy, direct
     """As for a file it could not read: each path is named on stderr and in
     SNAPSHOT.txt, everything else is archived, and the exit status is 2."""
     (demo_copy / "root" / directory).chmod(mode)
-    out_dir = demo_copy / "out"
-    out_dir.mkdir()
-    out_dir.chmod(0o777)
-    archive = out_dir / "s.tar.gz"
-    out = nobody.cli("snapshot", "-o", str(archive), "--connect", f"test://{demo_copy / 'node.xml'}",
-                     "--host-root", str(demo_copy / "root"))
-    assert "Traceback" not in out.stderr, out.stderr
-    assert out.returncode == 2, (out.stdout, out.stderr)
+    out, archive = _snapshot_as_nobody(demo_copy)
     assert out.stderr.splitlines() == [f"vfio-advisor: not archived {line}" for line in named]
     assert out.stdout.startswith(f"wrote {archive}: ")
     with tarfile.open(archive) as tar:
