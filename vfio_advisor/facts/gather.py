@@ -74,7 +74,7 @@ def gather_host(host: HostRoot, sample_seconds: float | None = None,
                      later=later, sample_seconds=sample_seconds if later else None,
                      posting=posting(host, cmdline=kernel.cmdline, chips=chips, units=units),
                      iommu=iommu_state(host, cmdline=kernel.cmdline, build_default=False,
-                                       chips=chips, units=units))
+                                       chips=chips, units=units, unsafe=kernel.allow_unsafe_param))
 
 
 def _sleep(seconds: float, progress: Callable[[float], None] | None) -> None:

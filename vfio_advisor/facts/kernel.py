@@ -100,10 +100,115 @@ def parse_cmdline(text: str) -> KernelCmdline:
     return KernelCmdline(raw=text.strip(), params=tuple(params))
 
 
-def _flag(text: str | None) -> bool | None:
+def parse_bool_param(text: str | None) -> bool | None:
+    """A bool module parameter's value as the kernel parses it: "" (the
+    parameter alone, "vfio_pci.nointxmask") is set (kernel/params.c
+    param_set_bool takes a missing value as "1"); else kstrtobool's y/Y/1,
+    n/N/0, on/off (lib/kstrtox.c, 6.1). None for text it refuses (the
+    module then fails to load: load_module's parse_args) or no text."""
     if text is None:
         return None
-    return text.strip() in ("Y", "y", "1")
+    text = text.strip()
+    if not text:
+        return True
+    if text[0] in "yY1":
+        return True
+    if text[0] in "nN0":
+        return False
+    if text[:2].lower() == "on":
+        return True
+    if text[:2].lower() == "of":
+        return False
+    return None
+
+
+# The vfio module parameters the rules read: (module, parameter, the
+# module's default). Both are bool module_params defaulting to false
+# (drivers/vfio/vfio_iommu_type1.c allow_unsafe_interrupts,
+# drivers/vfio/pci/vfio_pci.c nointxmask, 6.1).
+UNSAFE_INTERRUPTS = ("vfio_iommu_type1", "allow_unsafe_interrupts", "N")
+NOINTXMASK = ("vfio_pci", "nointxmask", "N")
+
+# Where modprobe reads its options, highest priority first: a file of one
+# name in an earlier directory hides the same name in a later one, and the
+# files are read in the order of their names (kmod 30, Debian 12:
+# libkmod.c default_config_paths, libkmod-config.c conf_files_list).
+# /lib/modprobe.d is /usr/lib/modprobe.d on a merged /usr.
+MODPROBE_DIRS = ("etc/modprobe.d", "run/modprobe.d", "usr/local/lib/modprobe.d", "lib/modprobe.d")
+
+
+class ModuleParam(NamedTuple):
+    """A module parameter's value, as text, and where it comes from: the
+    loaded module ("loaded"), or what modprobe will pass when it loads it:
+    the last "options" of the modprobe.d files ("/etc/modprobe.d/vfio.conf"),
+    overridden by the kernel command line's module.param= ("kernel command
+    line": kmod parses /proc/cmdline after the files and appends its options,
+    libkmod-config.c kmod_config_new, and the kernel keeps the last), or
+    nothing at all ("default": no file sets it, and at least one modprobe.d
+    directory was read). value None: not known (no modprobe.d directory in
+    this tree, as in a recorded one, or one that could not be read)."""
+
+    value: str | None
+    source: str | None
+
+
+def read_modprobe_options(host: HostRoot) -> tuple[dict[str, list[tuple[str, str, str]]] | None, list[str]]:
+    """module (dashes as underscores) -> [(param, value, file)] in the
+    order modprobe reads them ("" for a parameter without "="), and what
+    could not be read. None when no modprobe.d directory exists here."""
+    files: dict[str, str] = {}
+    unreadable: list[str] = []
+    listed = False
+    for directory in MODPROBE_DIRS:
+        try:
+            names = host.list_dir(directory)
+        except FactUnavailable as exc:
+            if exc.reason != "missing":
+                unreadable.append(f"{exc.path}: {exc.reason}")
+            continue
+        listed = True
+        for name in names:
+            if name.endswith(".conf"):
+                files.setdefault(name, f"{directory}/{name}")
+    if not listed:
+        return None, unreadable
+    options: dict[str, list[tuple[str, str, str]]] = {}
+    for name in sorted(files):
+        rel = files[name]
+        try:
+            text = host.read_text(rel)
+        except FactUnavailable as exc:
+            unreadable.append(f"{exc.path}: {exc.reason}")
+            continue
+        # modprobe.d(5): "#" starts a comment line, a trailing backslash
+        # continues a line; "options MODULE OPTION..." (- and _ alike).
+        for line in text.replace("\\\n", " ").splitlines():
+            words = line.split()
+            if len(words) < 3 or words[0] != "options":
+                continue
+            module = words[1].replace("-", "_")
+            for token in _split_cmdline(" ".join(words[2:])):
+                param, sep, value = token.partition("=")
+                options.setdefault(module, []).append((param.replace("-", "_"), value if sep else "", "/" + rel))
+    return options, unreadable
+
+
+def module_param(host: HostRoot, cmdline: KernelCmdline | None, module: str, param: str,
+                 default: str, modprobe: dict | None) -> ModuleParam:
+    """`module`'s `param` (ModuleParam), `default` when nothing sets it;
+    `modprobe`: read_modprobe_options' options (None: no modprobe.d here).
+    FactUnavailable when the loaded module's value cannot be read."""
+    loaded = f"sys/module/{module}/parameters/{param}"
+    if host.exists(loaded):
+        return ModuleParam(host.read_value(loaded), "loaded")
+    if cmdline is not None and cmdline.get(f"{module}.{param}") is not None:
+        return ModuleParam(cmdline.get(f"{module}.{param}"), "kernel command line")
+    if modprobe is None:
+        return ModuleParam(None, None)
+    given = [(value, where) for name, value, where in modprobe.get(module, ()) if name == param]
+    if given:
+        return ModuleParam(*given[-1])
+    return ModuleParam(default, "default")
 
 
 OSRELEASE = "proc/sys/kernel/osrelease"
@@ -135,13 +240,20 @@ class KernelFacts(NamedTuple):
     iommu_groups: int | None  # count of sys/kernel/iommu_groups/*; None if unreadable
     unreadable: tuple[str, ...]
     release: tuple[int, int] | None = None  # (major, minor) of proc/sys/kernel/osrelease
+    # The two vfio parameters the rules read, with where each comes from
+    # (module_param: loaded, command line, modprobe.d, default); None where
+    # the facts were built without them.
+    allow_unsafe_param: "ModuleParam | None" = None
+    nointxmask_param: "ModuleParam | None" = None
 
     @property
     def nointxmask(self) -> bool:
+        if self.nointxmask_param is not None:
+            return bool(parse_bool_param(self.nointxmask_param.value))
         value = (self.vfio_pci_params or {}).get("nointxmask")
         if value is None and self.cmdline is not None:
             value = self.cmdline.get("vfio_pci.nointxmask")
-        return bool(_flag(value))
+        return bool(parse_bool_param(value))
 
 
 
@@ -166,15 +278,17 @@ def read_kernel_facts(host: HostRoot) -> KernelFacts:
         except FactUnavailable as exc:
             unreadable.append(f"{exc.path}: {exc.reason}")
 
-    unsafe = None
-    rel = "sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts"
-    if host.exists(rel):
-        try:
-            unsafe = _flag(host.read_value(rel))
-        except FactUnavailable as exc:
-            unreadable.append(f"{exc.path}: {exc.reason}")
-    elif cmdline is not None and cmdline.get("vfio_iommu_type1.allow_unsafe_interrupts") is not None:
-        unsafe = _flag(cmdline.get("vfio_iommu_type1.allow_unsafe_interrupts"))
+    modprobe, not_read = read_modprobe_options(host)
+    unreadable += not_read
+    try:
+        unsafe_param = module_param(host, cmdline, *UNSAFE_INTERRUPTS, modprobe)
+    except FactUnavailable as exc:
+        unreadable.append(f"{exc.path}: {exc.reason}")
+        unsafe_param = ModuleParam(None, None)
+    unsafe = parse_bool_param(unsafe_param.value)
+    # vfio_pci's parameters were read above when it is loaded.
+    nointxmask_param = (ModuleParam(params.get(NOINTXMASK[1]), "loaded") if params is not None
+                        else module_param(host, cmdline, *NOINTXMASK, modprobe))
 
     groups = None
     try:
@@ -187,4 +301,5 @@ def read_kernel_facts(host: HostRoot) -> KernelFacts:
 
     return KernelFacts(cmdline=cmdline, vfio_pci_params=params,
                        allow_unsafe_interrupts=unsafe, iommu_groups=groups,
-                       unreadable=tuple(unreadable), release=read_kernel_release(host))
+                       unreadable=tuple(unreadable), release=read_kernel_release(host),
+                       allow_unsafe_param=unsafe_param, nointxmask_param=nointxmask_param)

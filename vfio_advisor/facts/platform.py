@@ -19,7 +19,10 @@ from typing import NamedTuple
 from vfio_advisor.errors import FactUnavailable
 from vfio_advisor.facts.host import INTERRUPTS_LIMIT, HostRoot
 from vfio_advisor.facts.interrupts import Interrupts, parse_interrupts
-from vfio_advisor.facts.kernel import KernelCmdline, parse_cmdline, read_kernel_release
+from vfio_advisor.facts.kernel import (
+    UNSAFE_INTERRUPTS, KernelCmdline, ModuleParam, module_param, parse_bool_param, parse_cmdline,
+    read_kernel_release, read_modprobe_options,
+)
 
 # drivers/iommu/intel/iommu.h (6.1): cap_pi_support(c) = ((c) >> 59) & 1.
 DMAR_CAP_PI_BIT = 59
@@ -54,7 +57,6 @@ KVM_AMD_AVIC = "sys/module/kvm_amd/parameters/avic"
 # and that attribute is cleared when the IOMMU could not enable SNP
 # (drivers/iommu/amd/init.c iommu_snp_enable), so Y implies amd_iommu_snp_en.
 KVM_AMD_SEV_SNP = "sys/module/kvm_amd/parameters/sev_snp"
-UNSAFE_INTERRUPTS = "sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts"
 
 
 def parse_hex_register(text: str) -> int:
@@ -94,15 +96,6 @@ def parse_amd_features(text: str, release: tuple[int, int] | None = None
             return first, second
         return second, first
     raise ValueError(f"not an AMD IOMMU features value: {text.strip()[:40]!r}")
-
-
-def _flag(text: str) -> bool | None:
-    t = text.strip()
-    if t in ("Y", "y", "1"):
-        return True
-    if t in ("N", "n", "0"):
-        return False
-    return None
 
 
 def _amd_missing(efr: int | None) -> str:
@@ -268,7 +261,11 @@ class IommuState(NamedTuple):
     dma_evidence: tuple[str, ...]
     interrupt_remapping: bool | None
     ir_evidence: tuple[str, ...]
-    allow_unsafe_interrupts: bool | None  # vfio_iommu_type1, as loaded
+    # vfio_iommu_type1's, as loaded, else as it will load (facts.kernel.module_param)
+    allow_unsafe_interrupts: bool | None
+    # Where that comes from: "loaded", "kernel command line", a modprobe.d
+    # file, "default" (nothing sets it), None (not known).
+    allow_unsafe_source: str | None = None
 
     @property
     def unsafe_interrupts(self) -> bool:
@@ -297,7 +294,8 @@ def kernel_config_option(host: HostRoot, option: str) -> str | None:
 def iommu_state(host: HostRoot, *, interrupts: Interrupts | None = None,
                 cmdline: KernelCmdline | None = None, build_default: bool = True,
                 chips: IrChips | None = None,
-                units: tuple[tuple[IommuUnit, ...], str | None] | None = None) -> IommuState:
+                units: tuple[tuple[IommuUnit, ...], str | None] | None = None,
+                unsafe: ModuleParam | None = None) -> IommuState:
     """Whether DMA remapping and interrupt remapping are in effect, with evidence.
 
     Preference: the kernel's own state (/sys/class/iommu, IOMMU groups,
@@ -391,19 +389,15 @@ def iommu_state(host: HostRoot, *, interrupts: Interrupts | None = None,
     if ir is None and units:
         ir_ev.append("no MSI/IO-APIC chip seen; cannot tell from the kernel's state")
 
-    # --- vfio_iommu_type1
-    unsafe = None
-    if host.exists(UNSAFE_INTERRUPTS):
+    # --- vfio_iommu_type1 (`unsafe`: the kernel facts' reading, when the caller has them)
+    if unsafe is None:
         try:
-            unsafe = _flag(host.read_value(UNSAFE_INTERRUPTS))
+            unsafe = module_param(host, cmdline, *UNSAFE_INTERRUPTS, read_modprobe_options(host)[0])
         except FactUnavailable:
-            unsafe = None
-    elif cmdline is not None:
-        value = cmdline.get("vfio_iommu_type1.allow_unsafe_interrupts")
-        if value is not None:
-            unsafe = _flag(value) if value else True
+            unsafe = ModuleParam(None, None)
     return IommuState(vendor=vendor, units=names, dma_remapping=dma, dma_evidence=tuple(dma_ev),
-                      interrupt_remapping=ir, ir_evidence=tuple(ir_ev), allow_unsafe_interrupts=unsafe)
+                      interrupt_remapping=ir, ir_evidence=tuple(ir_ev),
+                      allow_unsafe_interrupts=parse_bool_param(unsafe.value), allow_unsafe_source=unsafe.source)
 
 
 # ---------------------------------------------------------------------------
@@ -433,7 +427,7 @@ def _snp_vapic(host: HostRoot, units: list[IommuUnit], no: list[str], unknown: l
     AND of all units, get_global_efr). sev_snp absent (before 6.11) or N:
     nothing to add, the host's SNP being off as far as KVM is concerned."""
     try:
-        snp = _flag(host.read_value(KVM_AMD_SEV_SNP))
+        snp = parse_bool_param(host.read_value(KVM_AMD_SEV_SNP))
     except FactUnavailable as exc:
         if exc.reason != "missing":
             unknown.append(f"{exc.path}: {exc.reason}")
@@ -490,7 +484,7 @@ def posting(host: HostRoot, *, interrupts: Interrupts | None = None,
         rel = KVM_INTEL_APICV if kvm_vendor == "intel" else KVM_AMD_AVIC
         name = "enable_apicv" if kvm_vendor == "intel" else "avic"
         try:
-            value = _flag(host.read_value(rel))
+            value = parse_bool_param(host.read_value(rel))
         except FactUnavailable as exc:
             value = None
             unknown.append(f"{exc.path}: {exc.reason}")

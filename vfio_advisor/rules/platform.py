@@ -47,11 +47,25 @@ def _msi_blocked_remedy(blocked: list[str]) -> str:
 
 def _allow_unsafe(facts: DomainFacts) -> bool | None:
     """vfio_iommu_type1's allow_unsafe_interrupts: the loaded module's value,
-    else the command line's vfio_iommu_type1.allow_unsafe_interrupts= (what
-    modprobe would pass; facts.platform.iommu_state). None: the module is not
-    loaded and the command line does not say (/etc/modprobe.d may)."""
+    else what modprobe will pass when it loads it (modprobe.d, then the
+    command line; facts.kernel.module_param). None: not known (no modprobe.d
+    directory in this tree, or one that could not be read)."""
     iommu = facts.host.iommu
     return iommu.allow_unsafe_interrupts if iommu is not None else facts.host.kernel.allow_unsafe_interrupts
+
+
+def _unsafe_from(facts: DomainFacts) -> str:
+    """Where that value comes from, as the findings say it ("" when loaded)."""
+    iommu = facts.host.iommu
+    source = iommu.allow_unsafe_source if iommu is not None else None
+    if source in (None, "loaded"):
+        return ""
+    if source == "default":
+        return (" (its default: the module is not loaded yet, and neither the kernel command line "
+                "nor a modprobe.d file sets it)")
+    if source == "kernel command line":
+        return " (the module is not loaded yet; the kernel command line sets it)"
+    return f" (the module is not loaded yet; {source} sets it)"
 
 
 def _remapping_off_because(facts: DomainFacts) -> str:
@@ -116,28 +130,29 @@ def check_unsafe_interrupts(facts: DomainFacts) -> Iterator[Finding]:
         yield device_finding(
             "VA3002", facts, None,
             f"Assigned devices run without MSI isolation: interrupt remapping is off ({why}), "
-            "and vfio_iommu_type1 allow_unsafe_interrupts=1 lets vfio attach their IOMMU groups "
-            "anyway. A guest can make its device write forged MSI messages and inject "
+            f"and vfio_iommu_type1 allow_unsafe_interrupts=1{_unsafe_from(facts)} lets vfio attach "
+            "their IOMMU groups anyway. A guest can make its device write forged MSI messages and inject "
             "interrupts into the host or other guests.",
             f"{_REMAPPING_ON} {_DROP_UNSAFE}",
             {"kernel": f"interrupt remapping is off ({why}); "
                        "vfio_iommu_type1 allow_unsafe_interrupts=1"})
     elif remapping is False and unsafe is None:
         # The module is not loaded yet (loading vfio loads it: the softdep in
-        # drivers/vfio/vfio_main.c, so libvirt's modprobe of vfio-pci does)
-        # and the command line does not set the parameter; /etc/modprobe.d
-        # may. The start fails or runs unisolated, and which is not known, so
-        # this stays a warning: VA3008 is an error, which [hook]
+        # drivers/vfio/vfio_main.c, so libvirt's modprobe of vfio-pci does),
+        # the command line does not set the parameter, and no modprobe.d
+        # directory could be read (a recorded tree without /etc, or one
+        # unreadable). The start fails or runs unisolated, and which is not
+        # known, so this stays a warning: VA3008 is an error, which [hook]
         # block_on_error would let stop a start that modprobe.d allows; it
-        # fires only on the value the kernel holds or the command line sets
-        # (kmod passes /proc/cmdline's module.param= after modprobe.d's
-        # options, and the kernel keeps the last), as VA3007 fires only on a
-        # module known to be missing.
+        # fires only on a value the kernel holds or modprobe will pass
+        # (facts.kernel.module_param), as VA3007 fires only on a module
+        # known to be missing.
         why = _remapping_off_because(facts)
         yield device_finding(
             "VA3002", facts, None,
             f"Interrupt remapping is off ({why}) and vfio_iommu_type1 is not loaded yet, so its "
-            "allow_unsafe_interrupts is not known (the kernel command line does not set it). "
+            "allow_unsafe_interrupts is not known (the kernel command line does not set it, and "
+            "no modprobe.d directory could be read). "
             f"Unless it is loaded with allow_unsafe_interrupts=1, the start of {facts.domain.name} "
             "will fail: vfio refuses IOMMU groups without MSI isolation (kernel log: \"No "
             "interrupt remapping support.\"; QEMU: \"Failed to set iommu for container: "
@@ -404,7 +419,8 @@ def check_remapping_required(facts: DomainFacts) -> Iterator[Finding]:
     yield device_finding(
         "VA3008", facts, None,
         f"Interrupt remapping is off ({why}) and vfio_iommu_type1's allow_unsafe_interrupts "
-        "is N, so the kernel refuses to attach an IOMMU group without MSI isolation to QEMU's "
+        f"is N{_unsafe_from(facts)}, so the kernel refuses to attach an IOMMU group without MSI "
+        "isolation to QEMU's "
         f"VFIO container, and the start of {facts.domain.name} will fail (QEMU: \"failed to "
         f"setup container for {group}: Failed to set iommu for container: Operation not "
         "permitted\"; kernel log: \"vfio_iommu_type1_attach_group: No interrupt remapping "
