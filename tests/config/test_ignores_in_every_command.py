@@ -36,11 +36,11 @@ def rules_of(out: subprocess.CompletedProcess, domain: str) -> list[str]:
 
 @pytest.mark.parametrize("config,win11,oldbox", [
     # VA1002 builds on VA1001: silencing VA1001 (the next two rows) silences it too
-    ("", ["VA1001", "VA1002"], ["VA2002", "VA4001", "VA5001", "VA5002"]),
+    ("", ["VA1001", "VA1002"], ["VA2003", "VA4001", "VA5001", "VA5002"]),
     ('[daemon]\ndisabled_rules = ["VA1001", "guest-intx-line-shared"]\n',
-     [], ["VA2002", "VA4001", "VA5002"]),
+     [], ["VA2003", "VA4001", "VA5002"]),
     ('[domains.win11]\nignore = ["msi-capable-device-on-intx"]\n[domains.oldbox]\nignore = ["VA4001"]\n',
-     [], ["VA2002", "VA5001", "VA5002"]),
+     [], ["VA2003", "VA5001", "VA5002"]),
 ])
 def test_advise_config_disables_and_ignores(tmp_path, config, win11, oldbox):
     path = tmp_path / "config.toml"

@@ -442,8 +442,22 @@ def test_intx_masking_sb_live_pm_1_0(tmp_path):
     assert (dev.vendor_id, dev.device_id, dev.subsystem_device_id) == (0x1102, 0x0002, 0x8031)
     assert dev.config.pm.offset == 0xDC and dev.config.pm.version == 1
     assert dev.config.pcie is None and dev.supports_msi is False
+    # PCI PM 1.0 hints at a design older than PCI 2.3, but the kernel probes
+    # Command bit 10 (drivers/pci/probe.c pci_intx_mask_broken, Linux 6.1),
+    # not the PM version: a hint, never a firm False.
     m = dev.intx_masking()
-    assert m.supported is False and "PCI PM 1.0" in m.evidence
+    assert m.supported is None
+    assert "PCI PM 1.0" in m.evidence and "likely older than PCI 2.3" in m.evidence
+
+
+def test_pci_pm_1_0_with_pci_2_3_masking_exists():
+    """Why PM 1.0 cannot prove a lack of masking: a real PM 1.0 device with
+    PCI 2.3's Interrupt Status bit (the 3Com [10b7:6001] of pciutils'
+    tree-fujitsu-p8010, also read in test_conventional_device_behind_pci_bridge)."""
+    from vfio_advisor.facts.pci_config import parse_config_space
+    cs = parse_config_space(config_bytes(FUJITSU, "0000:1d:00.0"))
+    assert cs.pm.version == 1 and cs.pcie is None
+    assert cs.interrupt_status  # Status bit 3, defined by PCI 2.3
 
 
 def test_intx_masking_conventional_without_evidence(tmp_path):

@@ -228,7 +228,7 @@ def test_va4001_manual_on_the_demo_oldbox(analyzer):
     reasons = {u.finding.rule_id: u.reason for u in plan.unfixed}
     assert "IDE bus" in reasons["VA4001"] and "INACCESSIBLE_BOOT_DEVICE" in reasons["VA4001"]
     assert "IRQ 10 or 11" in reasons["VA5001"]
-    assert [f.rule_id for f in plan.other] == ["VA2002"]  # not a domain XML matter
+    assert [f.rule_id for f in plan.other] == ["VA2003"]  # not a domain XML matter
 
 
 def test_nothing_to_fix(analyzer):
@@ -254,7 +254,7 @@ def test_fix_for_finding_api(analyzer):
     for f in plan.before.findings:
         by_rule.setdefault(f.rule_id, []).append(fix_for_finding(plan, f))
     assert all(x["verified"] and x["rule"] == "VA5001" for x in by_rule["VA5001"])
-    assert by_rule["VA2002"] == [None]  # no domain XML fix exists for it
+    assert by_rule["VA2003"] == [None]  # no domain XML fix exists for it
 
 
 def test_comments_and_unrelated_text_survive(analyzer):

@@ -78,21 +78,49 @@ def test_prepare_logs_findings_with_fields_and_catalog(installed, tmp_path):
     assert "Host device: 0000:05:00.1" in " ".join(run.explained.split())
 
 
-def test_error_finding_priority_and_no_block_by_default(installed, tmp_path):
+# An error-level finding on a real kernel state: the lab's nointxmask-after
+# capture, where the kernel refused the second edu's INTx with EBUSY
+# ("genirq: Flags mismatch irq 23" in its dmesg), with the lab's domain.
+LAB_ERROR_ROOT = REPO / "lab/captures/nointxmask-after"
+LAB_ERROR_XML = (REPO / "tests/data/domains/lab/shared.xml").read_bytes()
+
+
+def _on_lab_error_host(installed, extra: str = "") -> None:
+    _, _, config = installed
+    config.write_text(f'[hook]\nhost_root = "{LAB_ERROR_ROOT}"\n{extra}')
+
+
+def test_warning_level_start_risk_on_the_demo(installed, tmp_path):
+    """oldbox's SB Live! (PCI PM 1.0) only likely lacks INTx masking: a
+    warning (VA2003), which never blocks."""
     run = call(installed, tmp_path, "oldbox", stdin=libvirt_xml("oldbox"))
+    assert run.rc == 0
+    (entry,) = run.by_rule("VA2003")
+    assert entry["PRIORITY"] == "4"
+    assert "Device or resource busy" in entry["MESSAGE"]
+    assert not run.by_rule("VA2002")
+    assert run.by_rule("VA4001")
+
+
+def test_error_finding_priority_and_no_block_by_default(installed, tmp_path):
+    _on_lab_error_host(installed)
+    run = call(installed, tmp_path, "lab-shared", stdin=LAB_ERROR_XML)
     assert run.rc == 0
     (entry,) = run.by_rule("VA2002")
     assert entry["PRIORITY"] == "3"
     assert "Device or resource busy" in entry["MESSAGE"]
-    assert run.by_rule("VA4001")
 
 
 def test_block_on_error_is_opt_in(installed, tmp_path):
-    _, _, config = installed
-    config.write_text(config.read_text() + "block_on_error = true\n")
-    run = call(installed, tmp_path, "oldbox", stdin=libvirt_xml("oldbox"))
+    _on_lab_error_host(installed, "block_on_error = true\n")
+    run = call(installed, tmp_path, "lab-shared", stdin=LAB_ERROR_XML)
     assert run.rc == 1
     assert run.by_rule("VA2002")
+    # a warning alone does not block
+    _, _, config = installed
+    config.write_text(f'[hook]\nhost_root = "{DEMO / "root"}"\nblock_on_error = true\n')
+    run = call(installed, tmp_path, "oldbox", stdin=libvirt_xml("oldbox"), work="w")
+    assert run.rc == 0 and run.by_rule("VA2003")
     # a healthy domain still starts
     run = call(installed, tmp_path, "nvme-linux", stdin=libvirt_xml("nvme-linux"), work="k")
     assert run.rc == 0
@@ -206,7 +234,7 @@ def test_without_journald_falls_back_to_stderr(installed, tmp_path):
     out = subprocess.run([*HOOK_ENV, str(hook), "oldbox", "prepare", "begin", "-"],
                          input=libvirt_xml("oldbox"), capture_output=True)
     assert out.returncode == 0
-    assert b"VA2002" in out.stderr and b"Device or resource busy" in out.stderr
+    assert b"VA2003" in out.stderr and b"Device or resource busy" in out.stderr
 
 
 def test_classic_single_hook_file(tmp_path):

@@ -67,7 +67,7 @@ def test_an_internal_error_other_than_valueerror_is_logged_and_never_blocks(tmp_
     probe = subprocess.run([str(python), "-c", "import lxml"], capture_output=True, text=True)
     assert probe.returncode != 0, "the bare venv sees lxml: the premise does not hold"
     hook = install(tmp_path, "block_on_error = true\n", str(python))
-    # oldbox has VA2002, an error that blocks with block_on_error; here the
+    # oldbox has VA2003 (a warning) and no error; here the
     # analysis never ran, and the internal error alone must not block.
     out = subprocess.run([*HOOK_ENV, str(hook), "oldbox", "prepare", "begin", "-"],
                          input=domain_xml("oldbox"), capture_output=True, timeout=120)

@@ -11,7 +11,7 @@ Devices and where their bytes come from (tests/data/hosts/configs/PROVENANCE.md)
 
     0000:05:00.0/.1   AMD Navi 23 GPU + HDMI audio, Huananzhi X99-QD4 dump,
                       behind 00:02.0 -> 03:00.0 -> 04:00.0 as on that board
-    0000:08:00.0      Creative SB Live! EMU10K1 (PCI PM 1.0), moved from 00:0b.0
+    0000:08:00.0      Creative SB Live! EMU10K1 (PCI PM 1.0, no MSI), moved from 00:0b.0
     0000:08:01.0      NEC uPD720101 OHCI (PCI PM 1.1, no MSI), moved from 0005:90:01.0
     0000:07:00.0      PLX PEX8112 PCIe-to-PCI bridge above them, moved from 0005:80:00.0
 """
@@ -210,10 +210,31 @@ def intx_exclusive_line(tmp: Path) -> DomainFacts:
 
 @example("sblive-shared-line")
 def sblive_shared_line(tmp: Path) -> DomainFacts:
-    """Shut-off guest; the SB Live! (PCI PM 1.0, no INTx masking) is on IRQ 16 with EHCI."""
+    """Shut-off guest; the SB Live! (PCI PM 1.0: likely no INTx masking, not
+    proven) on vfio-pci, sysfs irq 16, which EHCI holds. Nothing records how
+    the kernel's probe of its Command bit 10 came out, nor a failed start,
+    and no handler of its own is on IRQ 16: both the masking and the line
+    are hedged (VA2003)."""
     host = Host(devices=_legacy_pci(sblive_irq=16), interrupts=_ir_interrupts({}, gpu=False))
     return analyse(tmp, host, domain_xml("oldbox", [_hostdev(SBLIVE, (0x00, 0x05, 0))],
                                          os="win7", machine="pc-i440fx-6.2"))
+
+
+@example("nec-host-driver-shared-nointxmask")
+def nec_host_driver_shared_nointxmask(tmp: Path) -> DomainFacts:
+    """Shut-off guest; vfio_pci nointxmask=1, so no device masks INTx; the
+    NEC OHCI still on its host driver ohci-pci (managed='yes': libvirt
+    unbinds it at start), whose handler "ohci_hcd:usb7" shares IRQ 16 with
+    EHCI. ohci-pci enabled the device, so the kernel routed it to IRQ 16
+    (acpi_pci_irq_enable): the line is confirmed, and VA2002 is firm."""
+    params = {**DEFAULT_VFIO_PCI_PARAMS, "nointxmask": "Y"}
+    devices = _legacy_pci(nec_irq=16)
+    devices[-1].driver = "ohci-pci"
+    devices[-1].attrs = {"usb7/busnum": "7"}
+    row = _ioapic_row(16, [301514, 0, 0, 0, 0, 9, 0, 0], [EHCI, "ohci_hcd:usb7"])
+    host = Host(devices=devices, interrupts=_ir_interrupts({16: row}, gpu=False),
+                vfio_pci_params=params)
+    return analyse(tmp, host, domain_xml("usbvm", [_hostdev(NEC, (0x00, 0x10, 0))], os="linux"))
 
 
 @example("conventional-unknown-shared")

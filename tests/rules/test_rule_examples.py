@@ -9,7 +9,7 @@ import copy
 import pytest
 
 from tests.hosttree import load_config
-from tests.rules.examples import AUDIO, EHCI, EXAMPLES, GPU, QD4, SBLIVE
+from tests.rules.examples import AUDIO, EHCI, EXAMPLES, GPU, NEC, QD4, SBLIVE, X710
 from tests.rules.runtime_examples import RUNTIME_EXAMPLES
 from vfio_advisor.engine import run_rules
 from vfio_advisor.rules import RULES, RULES_BY_ID, RUNTIME
@@ -199,13 +199,54 @@ def test_va1001_linux_remedy_is_the_hda_module_option(example):
     assert "MSISupported" not in va1001.remedy
 
 
-def test_va2002_says_busy_and_names_the_holder(example):
-    _, findings = example("sblive-shared-line")
+@pytest.mark.parametrize("name, subject, line, holder", [
+    # ohci-pci enabled the NEC, so the kernel routed it: its handler is on IRQ 16.
+    ("nec-host-driver-shared-nointxmask", NEC, 16, EHCI),
+    # The real kernel's EBUSY ("genirq: Flags mismatch irq 23" in the
+    # capture's dmesg): the domain runs, so its devices are enabled.
+    ("lab-nointxmask-after", "0000:00:07.0", 23, "vfio-intx(0000:00:03.0)"),
+], ids=["host-driver-handler-on-line", "lab-domain-running"])
+def test_va2002_is_firm_where_the_line_is_confirmed(example, name, subject, line, holder):
+    _, findings = example(name)
     (va2002,) = [f for f in findings if f.rule_id == "VA2002"]
-    assert va2002.subject == SBLIVE
-    assert "Device or resource busy" in va2002.message
-    assert EHCI in va2002.message
-    assert "IRQ 16" in va2002.message
+    assert va2002.subject == subject
+    assert f"needs host IRQ {line} to itself, but {holder} holds it" in va2002.message
+    assert "QEMU will fail to start the VM with \"Device or resource busy\"" in va2002.message
+    assert "sysfs irq" not in va2002.message and "if that line" not in va2002.message
+    assert va2002.remedy.startswith(f"Free host IRQ {line}: unbind or disable {holder}")
+
+
+def test_va2002_hedges_a_line_only_sysfs_names(example):
+    """The X710 under nointxmask=1 cannot mask INTx (that is firm), but the
+    VM is shut off and nothing of the X710's is on IRQ 16: only sysfs irq
+    says 16, which may be the number firmware left before the kernel
+    routes the device at enable."""
+    _, findings = example("x710-shared-line-nointxmask")
+    va2002 = [f for f in findings if f.rule_id == "VA2002"]
+    assert [f.subject for f in va2002] == list(X710)
+    for f in va2002:
+        assert "cannot mask INTx at the device (vfio_pci nointxmask=1" in f.message
+        assert "if that line is IRQ 16 (sysfs irq 16; before vfio-pci enables" in f.message
+        assert f"{EHCI} holds it" in f.message and "Device or resource busy" in f.message
+        assert "needs host IRQ 16 to itself" not in f.message
+        assert f.remedy.startswith(f"Free its host line: if that is IRQ 16, unbind or disable {EHCI}")
+
+
+def test_pci_pm_1_0_is_a_hint_not_proof(example):
+    """The SB Live! (PCI PM 1.0, no Interrupt Status, INTx Disable clear) on
+    a line EHCI holds: no recording shows how the kernel's probe of its
+    Command bit 10 came out, nor a failed start (the dump is a 2001 LKML
+    attachment without a vfio log), so it gets VA2003's warning, not
+    VA2002's error."""
+    facts, findings = example("sblive-shared-line")
+    masking = facts.device(SBLIVE).intx_masking(facts.host.kernel.nointxmask)
+    assert masking.supported is None
+    assert "PCI PM 1.0" in masking.evidence and "likely" in masking.evidence
+    assert [f.rule_id for f in findings if f.rule_id.startswith("VA2")] == ["VA2003"]
+    (va2003,) = [f for f in findings if f.rule_id == "VA2003"]
+    assert va2003.severity.name == "WARNING"
+    assert va2003.message.startswith("[1102:0002] may lack PCI 2.3 INTx masking (")
+    assert "if that line is IRQ 16 (sysfs irq 16;" in va2003.message  # nothing of its own on 16
 
 
 def test_va2001_names_the_other_handler(example):

@@ -45,11 +45,19 @@ def normalize_bdf(text: str) -> str:
 class IntxMasking(NamedTuple):
     """Can vfio-pci mask this device's INTx at the device (PCI 2.3)?
 
-    Nothing in sysfs says so: vfio-pci probes it by toggling Command bit 10
-    (drivers/pci/pci.c, pci_intx_mask_supported). We infer it from evidence.
+    The kernel decides by probing, not from any version field: at enumeration
+    pci_setup_device toggles Command bit 10 (INTx Disable) and reads it back
+    (drivers/pci/probe.c pci_intx_mask_broken), the INTx quirks may then set
+    pdev->broken_intx_masking (drivers/pci/quirks.c), and vfio_pci_core_enable
+    takes vdev->pci_2_3 from pci_intx_mask_supported, which returns
+    !broken_intx_masking (include/linux/pci.h; all Linux 6.1). Nothing in
+    sysfs shows the probe's result, so we infer it from evidence, and say
+    False only where the kernel's own inputs settle it (a quirk list,
+    nointxmask=1); a guess, however likely, is None with the guess in the
+    evidence.
     """
 
-    supported: bool | None  # None: no evidence either way
+    supported: bool | None  # None: not settled by the evidence (see `evidence`)
     evidence: str
 
 
@@ -206,9 +214,16 @@ class PciDevice(NamedTuple):
             return IntxMasking(None, f"capabilities unreadable ({cfg.capabilities_problem}): "
                                      "cannot tell PCI Express from conventional PCI")
         if cfg.pm and cfg.pm.version == 1:
-            # PCI PM 1.0 (1997) predates PCI 2.3 (2002), which defined the bits.
-            return IntxMasking(False, "conventional PCI device with PCI PM 1.0, older than "
-                                      "PCI 2.3; INTx Disable has never been seen set")
+            # PCI PM 1.0 (1997) predates PCI 2.3 (2002), which defined the
+            # bits, so such a design is likely older; but the kernel's probe
+            # (pci_intx_mask_broken) reads bit 10 back, not the PM version,
+            # and a later chip may keep a PM 1.0 capability: the 3Com
+            # 10b7:6001 of pciutils' tree-fujitsu-p8010 dump has PM 1.0 and
+            # PCI 2.3's Interrupt Status (tests/facts/test_pci_sysfs.py).
+            return IntxMasking(None, "conventional PCI device with PCI PM 1.0, so likely older "
+                                     "than PCI 2.3, which added INTx masking; no sign of masking "
+                                     "in its config space, and the kernel's probe of Command bit "
+                                     "10 at boot is not shown in sysfs")
         return IntxMasking(None, "conventional PCI device; no sign of PCI 2.3 INTx masking "
                                  "in its config space")
 

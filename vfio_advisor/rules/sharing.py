@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from vfio_advisor.facts.model import AssignedDevice, DomainFacts
+from vfio_advisor.facts.model import AssignedDevice, DomainFacts, own_handler
 from vfio_advisor.facts.pci_config import UNKNOWN
 from vfio_advisor.findings import Finding, Severity
 from vfio_advisor.rules.base import Rule, device_finding, register
@@ -85,20 +85,41 @@ def _exclusive_line_findings(facts: DomainFacts, want: bool | None, rule_id: str
             continue
         holders = ", ".join(irq.shared_with)
         verb = "holds" if len(irq.shared_with) == 1 else "hold"
-        if want is False:
-            message = (f"{pci.name} cannot mask INTx at the device ({masking.evidence}), so "
-                       f"vfio-pci needs host IRQ {irq.intx_irq} to itself, but {holders} "
-                       f"{verb} it. QEMU will fail to start the VM with "
-                       "\"Device or resource busy\".")
+        line = irq.intx_irq
+        if _line_confirmed(facts, dev, line):
+            if want is False:
+                message = (f"{pci.name} cannot mask INTx at the device ({masking.evidence}), "
+                           f"so vfio-pci needs host IRQ {line} to itself, but {holders} "
+                           f"{verb} it. QEMU will fail to start the VM with "
+                           "\"Device or resource busy\".")
+            else:
+                message = (f"{pci.name} may lack PCI 2.3 INTx masking ({masking.evidence}); "
+                           f"if it does, vfio-pci needs host IRQ {line} to itself, "
+                           f"but {holders} {verb} it, and the start fails with "
+                           "\"Device or resource busy\".")
+            remedy = (f"Free host IRQ {line}: unbind or disable {holders} before starting "
+                      "the VM, or move the card to a slot with its own line (check "
+                      "/proc/interrupts after moving). The kernel log shows \"genirq: Flags "
+                      "mismatch irq N\" when this happens.")
         else:
-            message = (f"{pci.name} may lack PCI 2.3 INTx masking ({masking.evidence}); "
-                       f"if it does, vfio-pci needs host IRQ {irq.intx_irq} to itself, "
-                       f"but {holders} {verb} it, and the start fails with "
-                       "\"Device or resource busy\".")
-        remedy = (f"Free host IRQ {irq.intx_irq}: unbind or disable {holders} before starting "
-                  "the VM, or move the card to a slot with its own line (check /proc/interrupts "
-                  "after moving). The kernel log shows \"genirq: Flags mismatch irq N\" when "
-                  "this happens.")
+            # Only sysfs irq names the line, and the row of that number holds
+            # no handler of this device: the number may be the one firmware
+            # left before the kernel routed the device (_line_words).
+            if_line = (f"if that line is IRQ {line} ({_UNROUTED.format(line=line)}), "
+                       f"{holders} {verb} it")
+            if want is False:
+                message = (f"{pci.name} cannot mask INTx at the device ({masking.evidence}), "
+                           f"so vfio-pci needs its host line to itself; {if_line}, and QEMU "
+                           "will fail to start the VM with \"Device or resource busy\".")
+            else:
+                message = (f"{pci.name} may lack PCI 2.3 INTx masking ({masking.evidence}); "
+                           f"if it does, vfio-pci needs its host line to itself; {if_line}, "
+                           "and the start fails with \"Device or resource busy\".")
+            remedy = (f"Free its host line: if that is IRQ {line}, unbind or disable {holders} "
+                      "before starting the VM; or move the card to a slot with its own line. "
+                      f"Once the VM runs, /proc/interrupts shows the line as "
+                      f"vfio-intx({dev.address}); when the start fails, the kernel log names "
+                      "it in \"genirq: Flags mismatch irq N\".")
         own = dev.device.intx_masking(False).supported
         if nointxmask and pci.guest_pin(False) == 0:
             # Without nointxmask vfio_pci_core_enable applies the nointx
@@ -147,16 +168,46 @@ def _conflict_lines(devs, nointxmask: bool):
     return lines
 
 
-def _line_words(line: int, evidence: list[str]) -> str:
-    """How sure the line number is. A line read from /proc/interrupts is the
-    one in use; sysfs irq of a device nobody enabled yet is what firmware left
-    in Interrupt Line, and the kernel may renumber it through ACPI _PRT when
-    vfio-pci enables the device (acpi_pci_irq_enable, Linux 6.1: the lab's
-    edus showed 11 before and got IO-APIC line 23, nointxmask-before/-after)."""
-    if all(e.startswith("/proc/interrupts") for e in evidence):
+# Why a sysfs irq number alone is not the line: see _line_words.
+_UNROUTED = ("sysfs irq {line}; before vfio-pci enables a device the kernel has not "
+             "routed it yet, so the number it gets may differ")
+
+
+def _line_confirmed(facts: DomainFacts, dev: AssignedDevice, line: int | None) -> bool:
+    """Is `line` the one the kernel routed for `dev`? Where a handler of the
+    device's own sits on that row of /proc/interrupts: its vfio-intx, or its
+    host driver's (model.own_handler), which got the line from
+    pci_enable_device. Or where the device is open in a running VFIO user:
+    a vfio handler of one of the domain's devices on vfio-pci shows QEMU
+    runs it, and QEMU opens every assigned device at realize (hw/vfio/pci.c
+    vfio_realize, QEMU 7.2), which enables it (vfio_pci_core_enable,
+    Linux 6.1), so sysfs irq is the routed line. A row found only by the
+    sysfs irq number, held by other handlers, confirms nothing: that number
+    may be the stale one."""
+    irq = dev.interrupts
+    if line is None or dev.device is None:
+        return False
+    if irq.on_intx and irq.intx_irq == line:
+        return True
+    if dev.device.driver == "vfio-pci" and dev in facts.devices and any(
+            d.device is not None and d.device.driver == "vfio-pci"
+            and d.interrupts.mode in ("intx", "msi", "msix") for d in facts.devices):
+        return True
+    table = facts.host.interrupts
+    row = table.by_irq().get(str(line)) if table is not None else None
+    return row is not None and any(own_handler(h, dev.address, dev.device) for h in row.handlers)
+
+
+def _line_words(line: int, confirmed: bool) -> str:
+    """How sure the line number is. A line on which /proc/interrupts shows a
+    handler of the device's own is the one in use (_line_confirmed); sysfs
+    irq of a device nobody enabled yet is what firmware left in Interrupt
+    Line, and the kernel may renumber it through ACPI _PRT when vfio-pci
+    enables the device (acpi_pci_irq_enable, Linux 6.1: the lab's edus
+    showed 11 before and got IO-APIC line 23, nointxmask-before/-after)."""
+    if confirmed:
         return f"host IRQ {line}"
-    return (f"one host INTx line (sysfs irq {line}; before vfio-pci enables a device the "
-            "kernel has not routed it yet, so the number it gets may differ)")
+    return f"one host INTx line ({_UNROUTED.format(line=line)})"
 
 
 def _already_held_by(dev: AssignedDevice, others) -> bool:
@@ -177,7 +228,7 @@ def check_line_conflict_at_start(facts: DomainFacts) -> Iterator[Finding]:
                 continue
             others = [d for d in devs if d is not dev]
             names = ", ".join(f"{o.address} ({o.device.name})" for o in others)
-            where = _line_words(line, [e for _, _, e in members])
+            where = _line_words(line, all(_line_confirmed(facts, d, line) for d in devs))
             yield device_finding(
                 "VA2004", facts, dev,
                 f"{dev.device.name} cannot mask INTx ({masking.evidence}), so vfio-pci requests "
@@ -214,7 +265,8 @@ def check_line_conflict_between_domains(facts: DomainFacts) -> Iterator[Finding]
         what = "; ".join(f"domain {d} assigns {o.address} ({o.device.name if o.device else '?'})"
                          for d, o, _ in clashes)
         blocker = masking if masking.supported is False else clashes[0][2]
-        where = _line_words(line, [evidence, *(c[1].host_line(nointxmask)[1] for c in clashes)])
+        where = _line_words(line, _line_confirmed(facts, dev, line) and all(
+            _line_confirmed(facts, c[1], line) for c in clashes))
         yield device_finding(
             "VA2005", facts, dev,
             f"{dev.device.name} is on {where}, and {what} on the same line. A device there"
@@ -265,20 +317,23 @@ RULES: tuple[Rule, ...] = register(
          "Give the device a line of its own: unbind or disable the other devices on it, or "
          "move the card to another slot.",
          _id("b06b65a412664b1d9a16a16eacfbd1dc"), check_exclusive_line_required,
-         fires_on=("lab-nointxmask-after", "sblive-shared-line", "x710-shared-line-nointxmask"),
+         fires_on=("lab-nointxmask-after", "nec-host-driver-shared-nointxmask",
+                   "x710-shared-line-nointxmask"),
          silent_on=("lab-shared", "lab-nointxmask-before", "intx-exclusive-line",
-                    "gpu-audio-intx-windows", "x710-shared-line")),
+                    "gpu-audio-intx-windows", "x710-shared-line", "sblive-shared-line")),
     Rule("VA2003", "intx-masking-unproven-on-shared-line", Severity.WARNING,
          "Conventional PCI device of unknown PCI 2.3 compliance on a shared host line",
          "Nothing in the config space of this conventional PCI device shows that it "
          "implements PCI 2.3 INTx masking, and its host line is shared. If it lacks "
          "masking, vfio-pci needs the line to itself and the start fails with \"Device or "
-         "resource busy\". The kernel tests this only when vfio-pci opens the device.",
+         "resource busy\". The kernel probes it at boot (it toggles Command bit 10 and reads "
+         "it back) but shows the result nowhere; vfio-pci acts on it when it opens the device. "
+         "A PCI PM 1.0 capability makes a device older than PCI 2.3 likely, not certain.",
          "If the VM fails to start with \"Device or resource busy\", free the line as "
          "VA2002 explains.",
          _id("fc898f30a0dc4aa9a807b7b1d5699ca1"), check_intx_masking_unproven,
-         fires_on=("conventional-unknown-shared",),
-         silent_on=("sblive-shared-line", "intx-only-usb", "config-truncated-40-bytes")),
+         fires_on=("conventional-unknown-shared", "sblive-shared-line"),
+         silent_on=("x710-shared-line-nointxmask", "intx-only-usb", "config-truncated-40-bytes")),
     Rule("VA2004", "intx-line-conflict-at-start", Severity.ERROR,
          "Two assigned devices on one host INTx line, one without masking: the VM will not start",
          "QEMU enables INTx for every assigned device when the VM starts, and vfio-pci "
