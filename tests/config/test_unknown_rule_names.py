@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hook.test_hook import call, installed, libvirt_xml  # noqa: F401 - fixture
+from tests.hook.test_hook import LAB_ERROR_ROOT, LAB_ERROR_XML, call, installed, libvirt_xml  # noqa: F401 - fixture
 from vfio_advisor.config import load_config, parse_config
 from vfio_advisor.errors import UsageError
 
@@ -194,9 +194,13 @@ def test_hook_says_an_unknown_rule_as_va9001_and_keeps_the_rest(installed, tmp_p
     assert entry["MESSAGE"].endswith(f'config file {config}: [daemon] disabled_rules: unknown rule "VA9999", '
                                      "nearest: VA9002 (run-summary)"), entry["MESSAGE"]
     assert "config ignored" not in entry["MESSAGE"]
-    # block_on_error still holds for a real error finding (VA2002 on oldbox)
-    run = call(installed, tmp_path, "oldbox", stdin=libvirt_xml("oldbox"), work="oldbox")
-    assert run.rc == 1 and run.by_rule("VA2002")
+    # block_on_error still holds for a real error finding: VA2002 on the
+    # lab's nointxmask-after capture (the kernel's own EBUSY), the same config
+    # with the unknown name in it.
+    config.write_text(f'[hook]\nhost_root = "{LAB_ERROR_ROOT}"\nblock_on_error = true\n'
+                      '[daemon]\ndisabled_rules = ["VA1001", "VA9999"]\n')
+    run = call(installed, tmp_path, "lab-shared", stdin=LAB_ERROR_XML, work="lab")
+    assert run.rc == 1 and run.by_rule("VA2002") and run.by_rule("VA9001")
 
 
 def test_hook_says_an_unknown_rule_in_the_domains_metadata(installed, tmp_path):  # noqa: F811
