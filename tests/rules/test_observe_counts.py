@@ -63,5 +63,27 @@ def test_observe_keeps_every_field_it_does_not_set(flags, storming, mode, posted
         if field not in OBSERVED:
             assert getattr(after, field) == getattr(state, field), field
     assert (after.mode, after.previous_mode) == (mode, "msix")
-    assert after.observable == (mode not in ("msi", "msix") or not posted)
+    # On a posting host an MSI device is observable where its counts rose in
+    # the mode it kept (here 10 -> 15 on msix): the host handler ran.
+    assert after.observable == (mode not in ("msi", "msix") or not posted or mode == "msix")
     assert after.ever_counted is True  # a count above zero
+
+
+def test_a_rising_count_makes_a_posted_device_observable_for_its_mode():
+    """On a host that can post MSIs (host_can_count_msi False) a vfio-msi
+    counter that rises shows the host handler ran: the device is counted
+    from then on, for as long as it keeps the mode; flat counters leave it
+    unobservable, and a new mode starts unobservable again."""
+    posted = {"host_can_count_msi": False}
+    state = DeviceState("0000:01:00.0")  # a run's start: mode unknown
+    state = observe(state, sample_of("msi", {"51": 3})._replace(**posted), None)
+    assert not state.observable  # a first sample: nothing rose yet
+    state = observe(state, sample_of("msi", {"51": 3})._replace(**posted), 5.0)
+    assert not state.observable  # flat, as posted vectors stay
+    state = observe(state, sample_of("msi", {"51": 9})._replace(**posted), 5.0)
+    assert state.observable and state.delta == 6
+    state = observe(state, sample_of("msi", {"51": 9})._replace(**posted), 5.0)
+    assert state.observable  # flat again: still counted, the handler ran this run
+    state = observe(state, sample_of("msix", {"52": 9})._replace(**posted), 5.0)
+    assert not state.observable  # MSI-X: other vectors, posted or not
+    assert observe(state, sample_of("intx", {"28": 9})._replace(**posted), 5.0).observable  # INTx never posted

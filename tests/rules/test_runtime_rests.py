@@ -2,7 +2,8 @@
 "Resting"): where `rests` says True, the transition must return its slot
 itself and no finding at every later sample that keeps the device's mode
 and the sample's per-run parts, whatever the counts, rates, affinity values,
-sibling modes and said keys of those samples.
+sibling modes and said keys of those samples (a count that rises also makes
+an MSI device observable, as stepping._counted does).
 
 The draws start from every runtime example's real sample (host trees, domain
 XML) and vary the slot, the state, the per-run parts and the config; the
@@ -108,9 +109,11 @@ def test_a_resting_slot_stays_and_says_nothing_whatever_the_counts(steps, case):
         # counts first; later in the run but on the same side of the settle time.
         since = since + 5.0 if settled else min(since, max(config.settle - 1.0, 0.0))
         counts = tuple((irq, n + step["more"]) for irq, n in state.counts)
+        # A count that rose on MSI makes the device observable (stepping._counted).
         state = state._replace(previous_mode=state.mode, counts=counts, delta=step["delta"],
                                rate=config.storm_rate * step["rate_factor"],
-                               ever_counted=state.ever_counted or step["delta"] > 0)
+                               ever_counted=state.ever_counted or step["delta"] > 0,
+                               observable=state.observable or step["delta"] > 0)
         line = sample.interrupts.intx_label if sample.interrupts.intx_irq else "0"
         later_sample = sample._replace(
             since_start=since,

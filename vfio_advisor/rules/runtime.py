@@ -242,8 +242,9 @@ def no_interrupts(own, state, sample, elapsed, config):
 
 def silence_rests(own, state, sample, config) -> bool:
     # ever_counted never goes back within a run; a silent device's finding
-    # (own True) ends at its first count, which the counts alone bring.
-    return (state.ever_counted and not own) or not _settled(sample, config) or not state.observable
+    # (own True) ends at its first count, which the counts alone bring. Not
+    # on `observable`: a rising count makes a device observable (_counted).
+    return (state.ever_counted and not own) or not _settled(sample, config)
 
 
 def affinity_overlap(own, state, sample, elapsed, config):
@@ -289,28 +290,35 @@ def affinity_overlap(own, state, sample, elapsed, config):
 
 def affinity_rests(own, state, sample, config) -> bool:
     # With no CPU to protect the Watcher reads no affinity: nothing to compare.
+    # Not on `observable`: a rising count makes a device observable (_counted).
     return ((not sample.isolated_cpus and not sample.facts.domain.pinned_cpus)
-            or not _settled(sample, config) or not state.observable)
+            or not _settled(sample, config))
 
 
 def msi_posted(own, state, sample, elapsed, config):
-    """VA6008: once per device and run, when it is on MSI/MSI-X and the host
-    cannot count those vectors (sample.host_can_count_msi False: posted to
-    the vCPU). The other transitions read state.observable and draw nothing
-    from its flat counters; INTx is never posted."""
-    if own or state.mode not in ("msi", "msix") or sample.host_can_count_msi:
+    """VA6008: once per device and run, when it is on MSI/MSI-X, the host may
+    post those vectors (sample.host_can_count_msi False), and by the settle
+    time its counters have not moved (a count that rose makes the device
+    observable: stepping._counted). The other transitions read
+    state.observable and draw nothing from flat counters; INTx is never
+    posted."""
+    if (own or state.mode not in ("msi", "msix") or sample.host_can_count_msi or state.observable
+            or not _settled(sample, config)):
         return own, []
     mode = "MSI-X" if state.mode == "msix" else "MSI"
     return True, _make(
         "VA6008", sample,
-        f"{_name(sample)} is on {mode}, and this host posts (or may post) those interrupts "
-        "straight to the guest's vCPU: its vfio counters stay flat while it works, so the "
-        "daemon reports no rate, silence or affinity for them (metrics mark them "
-        "unobservable).", evidence={"mode": state.mode})
+        f"{_name(sample)} is on {mode}, this host can post those interrupts straight to the "
+        f"guest's vCPU, and its vfio counters have not moved {_since_start(sample)}: they stay "
+        "flat while it works, so the daemon reports no rate, silence or affinity for it "
+        "(metrics mark it unobservable) until they move (the vector then goes through the "
+        "host after all).", evidence={"mode": state.mode})
 
 
 def posted_rests(own, state, sample, config) -> bool:
-    return own or state.mode not in ("msi", "msix") or sample.host_can_count_msi
+    # Observable stays so for the mode's run; unsettled, the settle time wakes it.
+    return (own or state.mode not in ("msi", "msix") or sample.host_can_count_msi or state.observable
+            or not _settled(sample, config))
 
 
 # Why a recorded guest change may not have brought MSI, per guest OS.
@@ -442,6 +450,11 @@ def _still_silent(own, state) -> bool:
     return own and not state.ever_counted
 
 
+def _still_unobservable(own, state) -> bool:
+    """its vfio counters rise (the host handler runs: not posted after all) or it leaves MSI"""
+    return own and not state.observable and state.mode in ("msi", "msix")
+
+
 def _still_overlaps(own, state) -> bool:
     """no vector of the device overlaps any more"""
     return any(overlap for _, overlap in own)
@@ -539,12 +552,17 @@ RULES: tuple[Rule, ...] = register(
          "Running device's MSIs are posted to the guest: the host cannot count them",
          "The device is on MSI or MSI-X, and KVM posts those interrupts to the vCPU "
          "(Intel VT-d PI with APICv, AMD AVIC): the host's vfio-msi/vfio-msix handlers never "
-         "run, so their counters stay flat. The daemon says so once and draws no conclusion "
-         "from them (no VA6006, VA6007, rates).",
+         "run, so their counters stay flat. The daemon says so once, when its counters have "
+         "not moved by the settle time, and draws no conclusion from them (no VA6006, VA6007, "
+         "rates). Posting is what the host can do, not what every vector gets: KVM leaves a "
+         "vector remapped while APICv is inhibited (Hyper-V SynIC AutoEOI, which Windows "
+         "guests use with hv-synic) or when the guest aims it at several vCPUs. Its counters "
+         "then move, the daemon counts the device, and the finding closes.",
          "Nothing to fix. Judge the device's interrupts inside the guest.",
          _id("d1601fb60ec64ebc8b736b0209d7b05d"), None,
-         transition=msi_posted, rests=posted_rests, initial=False, fires_on=('rt-lab-msi-posted', 'rt-msi-posted'),
-         silent_on=('rt-msi-settled', 'rt-intx-posted-host')),
+         transition=msi_posted, rests=posted_rests, initial=False, holds=_still_unobservable,
+         fires_on=('rt-msi-posted',),
+         silent_on=('rt-msi-settled', 'rt-intx-posted-host', 'rt-lab-msi-posted', 'rt-msi-posted-booting')),
     Rule("VA6009", "guest-change-confirmed", Severity.INFO,
          "A recorded guest change brought MSI: confirmed from the host",
          "`vfio-advisor fix --guest --apply` changed the device's interrupt setting in the "

@@ -71,6 +71,8 @@ class DeviceState(NamedTuple):
     ever_counted: bool = False
     # False while the host cannot count the device's vectors (MSI posted to
     # the guest, DeviceSample.host_can_count_msi): its counts say nothing.
+    # True again from the first sample whose counts rose in that mode: the
+    # host handler ran, so those vectors are not posted after all (_counted).
     observable: bool = True
     slots: tuple = ()  # empty: each rule's initial value (a new run)
 
@@ -178,6 +180,16 @@ def _counted(state: DeviceState, mode: str, vector_counts, elapsed: float | None
     # device ever interrupted; but "none at all" must not be said of a
     # device that may have: only an all-zero count is taken as none.
     ever = state.ever_counted or delta > 0 or any(c for _, c in counts)
+    if not observable and mode == state.mode and (state.observable or delta > 0):
+        # A vfio-msi/-msix counter rose: vfio's host handler ran, which a
+        # posted vector never does. Posting is the host's capability, not a
+        # promise for every vector: KVM leaves a vector in remapped mode when
+        # APICv is inhibited (Hyper-V SynIC AutoEOI, which Windows guests use
+        # with hv-synic: arch/x86/kvm/hyperv.c synic_update_vector) or its
+        # MSI targets more than one vCPU (kvm_intr_is_single_vcpu in
+        # vmx_pi_update_irte / avic_pi_update_irte, Linux 6.1). From then on
+        # the device is counted, for as long as it keeps this mode.
+        observable = True
     # state._replace(mode=..., previous_mode=state.mode, counts=..., rate=...,
     # delta=..., ever_counted=..., observable=...), spelled out: _replace
     # builds a dict and maps over the fields, twice the cost of the call, and
