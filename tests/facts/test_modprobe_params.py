@@ -37,7 +37,7 @@ def put(root: Path, rel: str, text: str) -> None:
 def param(root: Path, cmdline: str = "", module: str = "vfio_iommu_type1",
           name: str = "allow_unsafe_interrupts") -> ModuleParam:
     host = HostRoot(str(root))
-    return module_param(host, parse_cmdline(cmdline), module, name, "N", read_modprobe_options(host)[0])
+    return module_param(host, parse_cmdline(cmdline), module, name, "N", lambda: read_modprobe_options(host)[0])
 
 
 @pytest.mark.parametrize("text, value", [

@@ -7,7 +7,7 @@ with the kernel's semantics (intel_iommu=off leaves Intel IR on, Linux 6.1)."""
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 
 from vfio_advisor.errors import FactUnavailable
@@ -194,18 +194,22 @@ def read_modprobe_options(host: HostRoot) -> tuple[dict[str, list[tuple[str, str
 
 
 def module_param(host: HostRoot, cmdline: KernelCmdline | None, module: str, param: str,
-                 default: str, modprobe: dict | None) -> ModuleParam:
+                 default: str, modprobe: Callable[[], dict | None]) -> ModuleParam:
     """`module`'s `param` (ModuleParam), `default` when nothing sets it;
-    `modprobe`: read_modprobe_options' options (None: no modprobe.d here).
-    FactUnavailable when the loaded module's value cannot be read."""
+    `modprobe()`: read_modprobe_options' options (None: no modprobe.d here),
+    called only for a module not loaded whose parameter the command line
+    does not set: on a host running VMs both vfio modules are loaded, and
+    the hook reads no modprobe.d file. FactUnavailable when the loaded
+    module's value cannot be read."""
     loaded = f"sys/module/{module}/parameters/{param}"
     if host.exists(loaded):
         return ModuleParam(host.read_value(loaded), "loaded")
     if cmdline is not None and cmdline.get(f"{module}.{param}") is not None:
         return ModuleParam(cmdline.get(f"{module}.{param}"), "kernel command line")
-    if modprobe is None:
+    options = modprobe()
+    if options is None:
         return ModuleParam(None, None)
-    given = [(value, where) for name, value, where in modprobe.get(module, ()) if name == param]
+    given = [(value, where) for name, value, where in options.get(module, ()) if name == param]
     if given:
         return ModuleParam(*given[-1])
     return ModuleParam(default, "default")
@@ -278,8 +282,15 @@ def read_kernel_facts(host: HostRoot) -> KernelFacts:
         except FactUnavailable as exc:
             unreadable.append(f"{exc.path}: {exc.reason}")
 
-    modprobe, not_read = read_modprobe_options(host)
-    unreadable += not_read
+    read: list = []  # read_modprobe_options' options, once, if a parameter needs them
+
+    def modprobe() -> dict | None:
+        if not read:
+            options, not_read = read_modprobe_options(host)
+            unreadable.extend(not_read)
+            read.append(options)
+        return read[0]
+
     try:
         unsafe_param = module_param(host, cmdline, *UNSAFE_INTERRUPTS, modprobe)
     except FactUnavailable as exc:

@@ -392,7 +392,7 @@ def iommu_state(host: HostRoot, *, interrupts: Interrupts | None = None,
     # --- vfio_iommu_type1 (`unsafe`: the kernel facts' reading, when the caller has them)
     if unsafe is None:
         try:
-            unsafe = module_param(host, cmdline, *UNSAFE_INTERRUPTS, read_modprobe_options(host)[0])
+            unsafe = module_param(host, cmdline, *UNSAFE_INTERRUPTS, lambda: read_modprobe_options(host)[0])
         except FactUnavailable:
             unsafe = ModuleParam(None, None)
     return IommuState(vendor=vendor, units=names, dma_remapping=dma, dma_evidence=tuple(dma_ev),

@@ -305,7 +305,7 @@ class _StatPlan(NamedTuple):
     read: tuple  # (fd, actions text) of the sentinels read and compared (regular files)
     poller: object  # a select.poll over the keys of `polled`, None without them
     polled: dict  # fd -> actions text of the sentinels polled (kernfs)
-    entries: tuple  # (irq, index in the intr line, offset, _Last) per vector
+    entries: tuple  # (irq, _Last) per vector, in the order of the tokens below
     totals: list  # each entry's total at the last sample
     last_index: int  # the highest index in the intr line an entry reads
     order: tuple  # the entries' IRQs, in their order
@@ -864,7 +864,7 @@ class Sampler:
         indexes = [e[1] for e in entries]
         # itemgetter of one index gives the item, not a tuple of one.
         tokens_of = itemgetter(*indexes) if len(indexes) > 1 else (lambda t, k=indexes[0]: (t[k],))
-        return _StatPlan(read, poller, polled, tuple(entries), totals, max(indexes),
+        return _StatPlan(read, poller, polled, tuple((e[0], e[3]) for e in entries), totals, max(indexes),
                          tuple(e[0] for e in entries), tokens_of,
                          tuple((i, e[2]) for i, e in enumerate(entries) if e[2]), list(totals))
 
@@ -914,7 +914,7 @@ class Sampler:
         sentinel's read error, a damaged or short intr line, a total that
         fell (a reset, or tot_count wrapping past the offset): the full
         loop then reads every per_cpu_count and builds the plan again."""
-        read, poller, polled, entries, totals, last_index = stat_plan[:6]
+        read, poller, polled, _entries, totals, last_index = stat_plan[:6]
         if poller is not None:
             # One poll(2) for every kernfs sentinel (module docstring): those
             # that poll are read, as the others are below.
@@ -947,7 +947,7 @@ class Sampler:
         was (a zero total: no count)."""
         built = stat_plan.built
         rows: dict[str, IrqLine] = {}
-        for i, (irq, _k, _offset, last) in enumerate(stat_plan.entries):
+        for i, (irq, last) in enumerate(stat_plan.entries):
             total = column[i]
             if total != built[i]:
                 built[i] = total

@@ -135,7 +135,7 @@ def held_on_intx(state, sample, config) -> str:
 def msi_to_intx_regression(own, state, sample, elapsed, config):
     """VA6003: MSI in the previous run of the domain, INTx in this one.
     `own`: checked this run (once, at the first settled sample with a mode)."""
-    if own or state.mode == "none" or not _settled(sample, config):
+    if regression_rests(own, state, sample, config):
         return own, []
     before = sample.previous_run.get("mode")
     if state.mode != "intx" or before not in ("msi", "msix") or not _msi_capable(sample):
@@ -151,7 +151,8 @@ def msi_to_intx_regression(own, state, sample, elapsed, config):
 
 
 def regression_rests(own, state, sample, config) -> bool:
-    # Checked once a run (own True), or nothing to check before then.
+    # Checked once a run (own True), or nothing to check before then: the
+    # transition's own first test.
     return own or state.mode == "none" or not _settled(sample, config)
 
 
@@ -302,8 +303,7 @@ def msi_posted(own, state, sample, elapsed, config):
     observable: stepping._counted). The other transitions read
     state.observable and draw nothing from flat counters; INTx is never
     posted."""
-    if (own or state.mode not in ("msi", "msix") or sample.host_can_count_msi or state.observable
-            or not _settled(sample, config)):
+    if posted_rests(own, state, sample, config):
         return own, []
     mode = "MSI-X" if state.mode == "msix" else "MSI"
     return True, _make(
@@ -316,7 +316,8 @@ def msi_posted(own, state, sample, elapsed, config):
 
 
 def posted_rests(own, state, sample, config) -> bool:
-    # Observable stays so for the mode's run; unsettled, the settle time wakes it.
+    # The transition's own first test. Observable stays so for the mode's
+    # run; unsettled, the settle time wakes it.
     return (own or state.mode not in ("msi", "msix") or sample.host_can_count_msi or state.observable
             or not _settled(sample, config))
 

@@ -223,12 +223,14 @@ def check_line_conflict_at_start(facts: DomainFacts) -> Iterator[Finding]:
         devs = [m[0] for m in members]
         if any(_already_held_by(d, devs) for d in devs):
             continue
+        where = None  # the line's words, the same for each of its devices
         for dev, masking, evidence in members:
             if masking is None or masking.supported is not False:
                 continue
             others = [d for d in devs if d is not dev]
             names = ", ".join(f"{o.address} ({o.device.name})" for o in others)
-            where = _line_words(line, all(_line_confirmed(facts, d, line) for d in devs))
+            if where is None:
+                where = _line_words(line, all(_line_confirmed(facts, d, line) for d in devs))
             yield device_finding(
                 "VA2004", facts, dev,
                 f"{dev.device.name} cannot mask INTx ({masking.evidence}), so vfio-pci requests "
