@@ -406,11 +406,13 @@ def uninstall(root: str = "/") -> list[str]:
     _refuse_if_packaged(base, "uninstall", "remove the package instead: apt remove vfio-advisor "
                         "(apt purge also removes its config and state)")
     notes = []
+    catalog_removed = False
     for rel in (f"{HOOK_DIR}/{HOOK_NAME}", CATALOG, UNIT, METRICS_DROPIN, MANPAGE):
         path = base / rel
         if path.exists():
             path.unlink()
             notes.append(f"removed {path}")
+            catalog_removed |= rel == CATALOG
     classic = base / "etc/libvirt/hooks/qemu"
     if classic.exists() and "vfio_advisor.hook" in classic.read_text(errors="replace"):
         classic.unlink()
@@ -422,7 +424,7 @@ def uninstall(root: str = "/") -> list[str]:
         shutil.rmtree(base / COCKPIT_DIR)
         notes.append(f"removed {base / COCKPIT_DIR}")
     # The index holds our entries only if our catalog file was there.
-    if f"removed {base / CATALOG}" in notes:
+    if catalog_removed:
         notes.append(_update_catalog(base))
     if not notes:
         notes.append(f"nothing to remove: no file of vfio-advisor under {base}")

@@ -119,8 +119,11 @@ class Service:
             sinks.append(MetricsFileSink(self.cfg.metrics_file))
         return sinks
 
-    def _new_watcher(self) -> Watcher:
-        store = StateStore(self.cfg.state_dir, note=lambda msg: self.log(msg, "state-file", 4), deferred=True)
+    def _new_watcher(self, store: StateStore | None = None) -> Watcher:
+        """A Watcher on the config's host root; `store`: the state store to keep (a new one if None)."""
+        if store is None:
+            store = StateStore(self.cfg.state_dir, note=lambda msg: self.log(msg, "state-file", 4),
+                               deferred=True)
         return Watcher(HostRoot(self.cfg.host_root), self.cfg, self._sinks(), store,
                        clock=self.clock, note=lambda msg: self.log(msg, "sampling", 4))
 
@@ -493,8 +496,7 @@ class Service:
         old.store.flush()
         old.sampler.close()  # its kept descriptors are on the old tree
         self.generations.clear()
-        self.watcher = Watcher(HostRoot(self.cfg.host_root), self.cfg, self._sinks(), old.store,
-                               clock=self.clock, note=lambda msg: self.log(msg, "sampling", 4))
+        self.watcher = self._new_watcher(old.store)
         if self.conn is None:
             return  # the reconnect resyncs, onto the new tree
         try:

@@ -13,7 +13,7 @@ from vfio_advisor.facts.interrupts import Interrupts, parse_interrupts
 from vfio_advisor.facts.iommu import read_vfio_facts
 from vfio_advisor.facts.kernel import read_kernel_facts
 from vfio_advisor.facts.model import (
-    AssignedDevice, DomainFacts, HostFacts, OtherDomainDevice, device_interrupts,
+    AssignedDevice, DomainFacts, HostFacts, OtherDomainDevice, device_interrupts, host_pins,
 )
 from vfio_advisor.facts.pci import PciDevice, read_pci_device
 from vfio_advisor.facts.pciids import PciIds
@@ -135,8 +135,7 @@ def gather_domain(domain: Domain, host: HostFacts, devices: DeviceCache,
     assigned = assigned_devices(domain, host, devices)
     other = tuple(OtherDomainDevice(o.name, d) for o in others if o.name != domain.name
                   for d in devices.assigned(o, host))
-    nointxmask = host.kernel.nointxmask
-    pins = {d.address: (d.device.guest_pin(nointxmask) if d.device else None) for d in assigned}
+    pins = host_pins(assigned, host.kernel.nointxmask)
     vfio = read_vfio_facts(devices.host, ((d.address, d.device.iommu_group, d.device.iommu_group_members)
                                           for d in assigned if d.device is not None),
                            host.kernel.iommu_groups) if assigned else None

@@ -182,6 +182,12 @@ class DomainFacts(NamedTuple):
         return tuple(d for d in self.devices if device_rows_unread(d.address, d.device, table))
 
 
+def host_pins(devices, nointxmask: bool) -> dict[str, int | None]:
+    """Host BDF -> the INTx pin vfio-pci gives the guest (PciDevice.guest_pin;
+    None: unknown), for the guest INTx map and the fix planner alike."""
+    return {d.address: (d.device.guest_pin(nointxmask) if d.device else None) for d in devices}
+
+
 def _sriov_vf(dev: AssignedDevice) -> bool:
     return dev.device is not None and dev.device.sriov_vf
 

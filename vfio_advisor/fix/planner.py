@@ -45,7 +45,7 @@ from vfio_advisor.facts.domain import (
 from vfio_advisor.facts.guest_intx import (
     QEMU_MODEL_MSI, GuestFunction, GuestIntxMap, build_guest_intx_map,
 )
-from vfio_advisor.facts.model import DomainFacts
+from vfio_advisor.facts.model import DomainFacts, host_pins
 from vfio_advisor.findings import Finding, Severity
 from vfio_advisor.fix import textedit
 from vfio_advisor.fix import verify as verify_module
@@ -65,9 +65,7 @@ class Analysis(NamedTuple):
 
     def host_pins(self) -> dict[str, int | None]:
         """Host BDF -> the INTx pin vfio-pci gives the guest (None: unknown)."""
-        nointxmask = self.facts.host.kernel.nointxmask
-        return {d.address: (d.device.guest_pin(nointxmask) if d.device else None)
-                for d in self.facts.devices}
+        return host_pins(self.facts.devices, self.facts.host.kernel.nointxmask)
 
 
 class Analyzer:
