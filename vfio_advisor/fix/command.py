@@ -25,7 +25,7 @@ from vfio_advisor.facts.domain import parse_tree, serialize
 from vfio_advisor.fix.planner import FIX_RULES, FIXABLE_RULES, RULE_ORDER, Analyzer, DomainPlan, plan_domain
 from vfio_advisor.fix.verify import QemuCheck, describe_finding
 from vfio_advisor.fix.xmledit import apply_ops
-from vfio_advisor.rules import lookup as lookup_rule
+from vfio_advisor.rules import rules_named
 from vfio_advisor.sources import (
     DEFAULT_URI, DomainSource, libvirt_module, load_domains, open_host_root,
 )
@@ -87,15 +87,10 @@ def rules_from(values: list[str]) -> set[str] | None:
     if not values:
         return None
     out = set()
-    for value in values:
-        for item in filter(None, (v.strip() for v in value.split(","))):
-            rule = lookup_rule(item)
-            if rule is None:
-                raise UsageError(f"unknown rule {item!r} in --rule; 'vfio-advisor rules' lists them")
-            if rule.id not in FIXABLE_RULES:
-                raise UsageError(f"{rule.id} has no domain XML fix; fix handles "
-                                 + ", ".join(RULE_ORDER))
-            out.add(rule.id)
+    for rule in rules_named(values):
+        if rule.id not in FIXABLE_RULES:
+            raise UsageError(f"{rule.id} has no domain XML fix; fix handles " + ", ".join(RULE_ORDER))
+        out.add(rule.id)
     return out
 
 

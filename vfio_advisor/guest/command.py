@@ -342,23 +342,19 @@ def _check_guest_rules(values: list[str], name: str) -> None:
     --rule naming those plans exactly what it would without, and a rule
     whose fix is not inside the guest is refused in one line (else its
     findings would seem handled by a plan that never looks at them)."""
-    from vfio_advisor.rules import RULES, lookup  # noqa: PLC0415
+    from vfio_advisor.rules import RULES, rules_named  # noqa: PLC0415
     from vfio_advisor.rules.remedies import DOMAIN_XML, GUEST  # noqa: PLC0415
 
     guest_rules = [r.id for r in RULES if r.fix is not None and r.fix.kind == GUEST]
-    for value in values:
-        for item in filter(None, (v.strip() for v in value.split(","))):
-            rule = lookup(item)
-            if rule is None:
-                raise UsageError(f"unknown rule {item!r} in --rule; 'vfio-advisor rules' lists them")
-            if rule.id in guest_rules:
-                continue
-            if rule.fix is not None and rule.fix.kind == DOMAIN_XML:
-                raise UsageError(f"{rule.id}'s fix is a domain XML change, not one inside the guest: "
-                                 f"`vfio-advisor fix {shlex.quote(name)} --rule {rule.id}` (without "
-                                 f"--guest); fix --guest handles {', '.join(guest_rules)}")
-            raise UsageError(f"{rule.id} has no fix inside the guest; fix --guest handles "
-                             + ", ".join(guest_rules))
+    for rule in rules_named(values):
+        if rule.id in guest_rules:
+            continue
+        if rule.fix is not None and rule.fix.kind == DOMAIN_XML:
+            raise UsageError(f"{rule.id}'s fix is a domain XML change, not one inside the guest: "
+                             f"`vfio-advisor fix {shlex.quote(name)} --rule {rule.id}` (without "
+                             f"--guest); fix --guest handles {', '.join(guest_rules)}")
+        raise UsageError(f"{rule.id} has no fix inside the guest; fix --guest handles "
+                         + ", ".join(guest_rules))
 
 
 def run_fix_guest(args, channel_fix: Callable[[argparse.Namespace, str], str] | None = None) -> int:

@@ -39,6 +39,22 @@ def lookup(key: str) -> Rule | None:
     return RULES_BY_ID.get(key.upper()) or RULES_BY_SLUG.get(key.lower())
 
 
+def rules_named(values: list[str], option: str = "--rule") -> list[Rule]:
+    """The rules an option names, each value a comma-separated list of IDs
+    or slugs (fix's and fix --guest's --rule); UsageError on a name no
+    rule has."""
+    from vfio_advisor.errors import UsageError  # noqa: PLC0415 - only the CLI asks
+
+    out = []
+    for value in values:
+        for item in filter(None, (v.strip() for v in value.split(","))):
+            rule = lookup(item)
+            if rule is None:
+                raise UsageError(f"unknown rule {item!r} in {option}; 'vfio-advisor rules' lists them")
+            out.append(rule)
+    return out
+
+
 # The hook's own failure (VA9001): a shell tells it apart from the advice.
 INTERNAL_ERROR = RULES_BY_ID["VA9001"]
 
