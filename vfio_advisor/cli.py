@@ -333,7 +333,7 @@ def cmd_device(args) -> int:
 def cmd_guest_irqs(args) -> int:
     from vfio_advisor.engine import Engine
     from vfio_advisor.rules import RULES
-    from vfio_advisor.sinks.report import GUEST_IRQS_SCHEMA, guest_irqs_json
+    from vfio_advisor.sinks.report import guest_irqs_json
     from vfio_advisor.sources import open_host_root
 
     if bool(args.domain) == bool(args.xml):
@@ -349,9 +349,7 @@ def cmd_guest_irqs(args) -> int:
             # its members empty and the refusal in errors[], so that a
             # reader of --format json gets one shape whatever was refused.
             print(f"vfio-advisor: {src}: {msg}", file=sys.stderr)
-            json.dump({"schema": GUEST_IRQS_SCHEMA, "domain": args.domain, "chipset": None,
-                       "machine": None, "functions": [], "unaddressed": [], "findings": [],
-                       "errors": [{"source": src, "message": msg}]}, sys.stdout, indent=2)
+            json.dump(guest_irqs_json(None, [], frozenset(), [(src, msg)], args.domain), sys.stdout, indent=2)
             sys.stdout.write("\n")
             return EXIT_USAGE
         facts, findings = Engine(root).analyse(found[0].domain)
@@ -360,7 +358,7 @@ def cmd_guest_irqs(args) -> int:
             tmp.cleanup()
     routing = frozenset(r.id for r in RULES if r.routing)
     # errors[]: advise's member, empty here; a refused input fills it (above).
-    doc = {**guest_irqs_json(facts, findings, routing), "errors": []}
+    doc = guest_irqs_json(facts, findings, routing)
     if args.format == "json":
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")

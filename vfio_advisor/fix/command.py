@@ -26,6 +26,7 @@ from vfio_advisor.fix.planner import FIX_RULES, FIXABLE_RULES, RULE_ORDER, Analy
 from vfio_advisor.fix.verify import QemuCheck, describe_finding
 from vfio_advisor.fix.xmledit import apply_ops
 from vfio_advisor.rules import rules_named
+from vfio_advisor.sinks.report import errors_json
 from vfio_advisor.sources import (
     DEFAULT_URI, DomainSource, libvirt_module, load_domains, open_host_root,
 )
@@ -407,7 +408,7 @@ def to_json(args, plans: list[tuple[DomainSource, DomainPlan]], applied: dict[st
         })
     return {"schema": SCHEMA, "host_root": args.host_root,
             "rules": sorted(rules_from(args.rule) or FIXABLE_RULES), "domains": domains,
-            "errors": [{"source": src, "message": msg} for src, msg in errors]}
+            "errors": errors_json(errors)}
 
 
 # --- fix --guest on a domain without an agent channel ----------------------------------

@@ -93,9 +93,19 @@ def guest_function_json(fn: GuestFunction, gmap: GuestIntxMap) -> dict:
     }
 
 
-def guest_irqs_json(facts: DomainFacts, findings: list[Finding], routing: frozenset[str]) -> dict:
+def errors_json(errors) -> list[dict]:
+    """The documents' errors[] member: each (source, message) an input refused."""
+    return [{"source": s, "message": m} for s, m in errors]
+
+
+def guest_irqs_json(facts: DomainFacts | None, findings: list[Finding], routing: frozenset[str],
+                    errors=(), domain: str | None = None) -> dict:
     """`routing`: IDs of the rules about guest routing (Rule.routing), whose
-    findings go with the table."""
+    findings go with the table. `facts` None: the document of a refused
+    input (errors), its members empty, `domain` the name asked for."""
+    if facts is None:
+        return {"schema": GUEST_IRQS_SCHEMA, "domain": domain, "chipset": None, "machine": None,
+                "functions": [], "unaddressed": [], "findings": [], "errors": errors_json(errors)}
     gmap = facts.guest_intx
     return {
         "schema": GUEST_IRQS_SCHEMA,
@@ -105,6 +115,7 @@ def guest_irqs_json(facts: DomainFacts, findings: list[Finding], routing: frozen
         "functions": [guest_function_json(fn, gmap) for fn in gmap.functions],
         "unaddressed": list(gmap.unaddressed),
         "findings": [finding_json(f) for f in findings if f.rule_id in routing],
+        "errors": errors_json(errors),
     }
 
 
@@ -214,6 +225,6 @@ def report_json(report: Report) -> dict:
                         for dev in d.facts.devices],
             "findings": [advice_finding_json(f, d) for f in d.findings],
         } for d in report.domains],
-        "errors": [{"source": s, "message": m} for s, m in report.errors],
+        "errors": errors_json(report.errors),
         "summary": summary,
     }
