@@ -261,11 +261,9 @@ class IommuState(NamedTuple):
     dma_evidence: tuple[str, ...]
     interrupt_remapping: bool | None
     ir_evidence: tuple[str, ...]
-    # vfio_iommu_type1's, as loaded, else as it will load (facts.kernel.module_param)
+    # vfio_iommu_type1's, as loaded, else as it will load (facts.kernel.module_param;
+    # where from: KernelFacts.allow_unsafe_param)
     allow_unsafe_interrupts: bool | None
-    # Where that comes from: "loaded", "kernel command line", a modprobe.d
-    # file, "default" (nothing sets it), None (not known).
-    allow_unsafe_source: str | None = None
 
     @property
     def unsafe_interrupts(self) -> bool:
@@ -397,7 +395,7 @@ def iommu_state(host: HostRoot, *, interrupts: Interrupts | None = None,
             unsafe = ModuleParam(None, None)
     return IommuState(vendor=vendor, units=names, dma_remapping=dma, dma_evidence=tuple(dma_ev),
                       interrupt_remapping=ir, ir_evidence=tuple(ir_ev),
-                      allow_unsafe_interrupts=parse_bool_param(unsafe.value), allow_unsafe_source=unsafe.source)
+                      allow_unsafe_interrupts=parse_bool_param(unsafe.value))
 
 
 # ---------------------------------------------------------------------------

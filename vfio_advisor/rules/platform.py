@@ -56,8 +56,8 @@ def _allow_unsafe(facts: DomainFacts) -> bool | None:
 
 def _unsafe_from(facts: DomainFacts) -> str:
     """Where that value comes from, as the findings say it ("" when loaded)."""
-    iommu = facts.host.iommu
-    source = iommu.allow_unsafe_source if iommu is not None else None
+    param = facts.host.kernel.allow_unsafe_param if facts.host.iommu is not None else None
+    source = param.source if param is not None else None
     if source in (None, "loaded"):
         return ""
     if source == "default":
