@@ -153,19 +153,27 @@ def test_the_join_and_the_move_after_it_route_as_predicted(booted):
     plan = plans["join-then-lines"]
     assert [(i.finding.key, i.resolved_by) for i in plan.changes[0].introduces] == [
         (("VA5001", "0000:05:00.1"), "VA5001")]
-    seen, live = _booted(work, "join-then-lines-after")
-    promised = build_guest_intx_map(parse_domain_xml(plan.fixed_text), plan.before.host_pins())
-    cards = [f for f in promised.functions if f.kind == "hostdev"]
-    assert len(cards) == 5, cards
-    for fn in cards:
-        path = slot_path(live, fn.guest_address)
-        assert path in seen, f"{fn.host_address} at {fn.guest_address} not seen in the guest"
-        assert seen[path] == (fn.pin, fn.irq), (fn.host_address, fn.guest_address, seen[path], fn.irq)
+    cards, seen, live = _routed_as_promised(work, "join-then-lines-after", plan, 5)
     card = [f for f in cards if f.host_address.startswith("0000:08:01.")]
     assert len({(f.guest_address.bus, f.guest_address.slot) for f in card}) == 1, card
     audio = next(f for f in cards if f.host_address == "0000:05:00.1")
     path = slot_path(live, audio.guest_address)
     assert [p for p, (_, irq) in seen.items() if irq == seen[path][1] and p != path] == [], sorted(seen.items())
+
+
+def _routed_as_promised(work, name: str, plan, count: int):
+    """The booted fixed guest `name`: each of the plan's `count` assigned
+    functions is seen at its guest address on the pin and IRQ the fixed
+    XML's routing promised. Returns (those functions, seen, live)."""
+    seen, live = _booted(work, name)
+    promised = build_guest_intx_map(parse_domain_xml(plan.fixed_text), plan.before.host_pins())
+    cards = [f for f in promised.functions if f.kind == "hostdev"]
+    assert len(cards) == count, cards
+    for fn in cards:
+        path = slot_path(live, fn.guest_address)
+        assert path in seen, f"{fn.host_address} at {fn.guest_address} not seen in the guest"
+        assert seen[path] == (fn.pin, fn.irq), (fn.host_address, fn.guest_address, seen[path], fn.irq)
+    return cards, seen, live
 
 
 def test_the_full_irqchip_layout_routes_as_predicted(booted):
@@ -178,14 +186,7 @@ def test_the_full_irqchip_layout_routes_as_predicted(booted):
     plans, work = booted
     plan = plans["irqchip"]
     assert "<ioapic driver='kvm'/>" in (work / "irqchip-after.live.xml").read_text()
-    seen, live = _booted(work, "irqchip-after")
-    promised = build_guest_intx_map(parse_domain_xml(plan.fixed_text), plan.before.host_pins())
-    cards = [f for f in promised.functions if f.kind == "hostdev"]
-    assert len(cards) == 2, cards
-    for fn in cards:
-        path = slot_path(live, fn.guest_address)
-        assert path in seen, f"{fn.host_address} at {fn.guest_address} not seen in the guest"
-        assert seen[path] == (fn.pin, fn.irq), (fn.host_address, fn.guest_address, seen[path], fn.irq)
+    _routed_as_promised(work, "irqchip-after", plan, 2)
 
 
 def test_the_agent_channel_is_a_device_the_guest_enumerates(booted):
